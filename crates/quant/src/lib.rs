@@ -1,0 +1,163 @@
+//! hearth-quant: the ggml block formats.
+//!
+//! For each type: a `#[repr(C)]` block struct with a compile-time size check, a scalar
+//! `dequant` (block -> f32) and, through [`dot_row`], a scalar dot-product reference.
+//! All blocks have alignment 1 (f16 fields are stored as `[u8; 2]`), so a byte slice from a
+//! memory-mapped file can be viewed as blocks without copying or alignment concerns.
+//!
+//! Block layouts follow ggml-common.h in llama.cpp; the dequantization formulas follow the
+//! numpy reference in the PyPI `gguf` package, which the tests compare against.
+#![deny(missing_docs)]
+
+pub mod float;
+pub mod iquants;
+pub mod kquants;
+pub mod legacy;
+pub mod tables;
+pub mod ternary;
+
+use hearth_core::{DType, Error, Result};
+
+/// Largest block size of any type (QK_K).
+pub const MAX_BLOCK: usize = 256;
+
+/// Read a little-endian IEEE half.
+#[inline(always)]
+pub fn f16le(b: [u8; 2]) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes(b)).to_f32()
+}
+
+/// A block type: a fixed-size, alignment-1 struct of `SIZE` bytes that decodes to `N` floats.
+pub trait Block: Sized + Copy {
+    /// Elements per block.
+    const N: usize;
+    /// Decode one block into `out[..N]`.
+    fn dequant(&self, out: &mut [f32]);
+}
+
+/// View a byte slice as a slice of blocks. `bytes.len()` must be a multiple of the block size.
+#[inline]
+pub fn as_blocks<B: Block>(bytes: &[u8]) -> &[B] {
+    const { assert!(std::mem::align_of::<B>() == 1) };
+    let n = bytes.len() / std::mem::size_of::<B>();
+    debug_assert_eq!(n * std::mem::size_of::<B>(), bytes.len());
+    // SAFETY: B is a plain-old-data struct of u8 arrays with alignment 1 (checked above), every
+    // bit pattern is a valid B, and the length is within `bytes`.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const B, n) }
+}
+
+fn dequant_blocks<B: Block>(src: &[u8], dst: &mut [f32]) {
+    for (b, out) in as_blocks::<B>(src).iter().zip(dst.chunks_exact_mut(B::N)) {
+        b.dequant(out);
+    }
+}
+
+fn dot_blocks<B: Block>(src: &[u8], x: &[f32]) -> f32 {
+    let mut buf = [0f32; MAX_BLOCK];
+    let mut acc = 0f32;
+    for (b, xs) in as_blocks::<B>(src).iter().zip(x.chunks_exact(B::N)) {
+        b.dequant(&mut buf[..B::N]);
+        acc += dot_f32(&buf[..B::N], xs);
+    }
+    acc
+}
+
+/// Plain f32 dot product, written so that the compiler vectorizes it (8 independent lanes).
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]);
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+macro_rules! dispatch {
+    ($dtype:expr, $f:ident, $($args:expr),*) => {
+        match $dtype {
+            DType::Q4_0 => $f::<legacy::BlockQ4_0>($($args),*),
+            DType::Q4_1 => $f::<legacy::BlockQ4_1>($($args),*),
+            DType::Q5_0 => $f::<legacy::BlockQ5_0>($($args),*),
+            DType::Q5_1 => $f::<legacy::BlockQ5_1>($($args),*),
+            DType::Q8_0 => $f::<legacy::BlockQ8_0>($($args),*),
+            DType::Q8_1 => $f::<legacy::BlockQ8_1>($($args),*),
+            DType::Q2_K => $f::<kquants::BlockQ2K>($($args),*),
+            DType::Q3_K => $f::<kquants::BlockQ3K>($($args),*),
+            DType::Q4_K => $f::<kquants::BlockQ4K>($($args),*),
+            DType::Q5_K => $f::<kquants::BlockQ5K>($($args),*),
+            DType::Q6_K => $f::<kquants::BlockQ6K>($($args),*),
+            DType::Q8_K => $f::<kquants::BlockQ8K>($($args),*),
+            DType::IQ2_XXS => $f::<iquants::BlockIQ2XXS>($($args),*),
+            DType::IQ2_XS => $f::<iquants::BlockIQ2XS>($($args),*),
+            DType::IQ2_S => $f::<iquants::BlockIQ2S>($($args),*),
+            DType::IQ3_XXS => $f::<iquants::BlockIQ3XXS>($($args),*),
+            DType::IQ3_S => $f::<iquants::BlockIQ3S>($($args),*),
+            DType::IQ1_S => $f::<iquants::BlockIQ1S>($($args),*),
+            DType::IQ1_M => $f::<iquants::BlockIQ1M>($($args),*),
+            DType::IQ4_NL => $f::<iquants::BlockIQ4NL>($($args),*),
+            DType::IQ4_XS => $f::<iquants::BlockIQ4XS>($($args),*),
+            DType::TQ1_0 => $f::<ternary::BlockTQ1_0>($($args),*),
+            DType::TQ2_0 => $f::<ternary::BlockTQ2_0>($($args),*),
+            DType::MXFP4 => $f::<ternary::BlockMXFP4>($($args),*),
+            DType::F32 => $f::<float::F32>($($args),*),
+            DType::F16 => $f::<float::F16>($($args),*),
+            DType::BF16 => $f::<float::BF16>($($args),*),
+            DType::F64 => $f::<float::F64>($($args),*),
+            DType::I8 => $f::<float::I8>($($args),*),
+            DType::I16 => $f::<float::I16>($($args),*),
+            DType::I32 => $f::<float::I32>($($args),*),
+            DType::I64 => $f::<float::I64>($($args),*),
+        }
+    };
+}
+
+fn check(dtype: DType, src: &[u8], n: usize) -> Result<()> {
+    let need = dtype.row_bytes(n)?;
+    if src.len() != need {
+        return Err(Error::Invalid(format!(
+            "{dtype}: {n} elements need {need} bytes, got {}",
+            src.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Decode `dst.len()` elements of type `dtype` from `src` into `dst`.
+pub fn dequantize(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
+    check(dtype, src, dst.len())?;
+    dispatch!(dtype, dequant_blocks, src, dst);
+    Ok(())
+}
+
+/// Scalar reference dot product of a row of `dtype` (bytes `src`) with `x` (f32).
+/// Decodes one block at a time into a stack buffer: never a whole row or tensor.
+#[inline]
+pub fn dot_row(dtype: DType, src: &[u8], x: &[f32]) -> f32 {
+    dispatch!(dtype, dot_blocks, src, x)
+}
+
+/// Checked form of [`dot_row`].
+pub fn dot(dtype: DType, src: &[u8], x: &[f32]) -> Result<f32> {
+    check(dtype, src, x.len())?;
+    Ok(dot_row(dtype, src, x))
+}
+
+/// Compile-time check that a block struct has the byte size its format defines.
+#[macro_export]
+macro_rules! assert_block_size {
+    ($t:ty, $n:expr) => {
+        const _: () = assert!(std::mem::size_of::<$t>() == $n);
+        const _: () = assert!(std::mem::align_of::<$t>() == 1);
+    };
+}
