@@ -1,3 +1,357 @@
+//! The `hearth` command line.
+mod pull;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use hearth_core::Backend;
+use hearth_engine::{Engine, Sampler, SamplingParams};
+use hearth_formats::{ModelFiles, Source};
+use hearth_tokenizer::{ChatMessage, ChatTemplate, Tokenizer, CHATML};
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "hearth", version, about = "Run open-weight language models on your own hardware")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Chat with a model; with a prompt, answer it and exit.
+    Run(RunArgs),
+    /// Print the raw next-token logits for each position, as JSON lines.
+    Logits(LogitsArgs),
+    /// Print the token ids of a text as a JSON array.
+    Tokenize(TokenizeArgs),
+    /// Describe a model file.
+    Inspect {
+        /// .gguf file, HF directory, or alias (smollm2)
+        model: String,
+    },
+    /// Download a model alias (smollm2) into the model directory.
+    Pull {
+        /// alias
+        model: String,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// .gguf file, HF directory, or alias (smollm2)
+    model: String,
+    /// Worker threads (0: all cores)
+    #[arg(short = 't', long, default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The prompt; without it, an interactive chat starts
+    prompt: Option<String>,
+    /// System prompt
+    #[arg(long)]
+    system: Option<String>,
+    /// Feed the prompt as is, without the chat template
+    #[arg(long)]
+    raw: bool,
+    /// Most tokens to generate per answer
+    #[arg(short = 'n', long, default_value_t = 512)]
+    max_tokens: usize,
+    /// Context size in tokens
+    #[arg(short = 'c', long, default_value_t = 4096)]
+    ctx: usize,
+    /// Sampling temperature (0: greedy)
+    #[arg(long, default_value_t = 0.7)]
+    temp: f32,
+    /// Top-k (0: off)
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Top-p (1: off)
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Min-p (0: off)
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Repetition penalty (1: off)
+    #[arg(long, default_value_t = 1.1)]
+    repeat_penalty: f32,
+    /// Tokens the penalties look back over
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Presence penalty
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    /// Frequency penalty
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Random seed (default: from the clock)
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print prompt and generation speed
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+#[derive(Args)]
+struct LogitsArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Text to tokenize (BOS added as the model's rules say)
+    #[arg(long, conflicts_with = "tokens")]
+    prompt: Option<String>,
+    /// Comma-separated token ids, used exactly as given
+    #[arg(long)]
+    tokens: Option<String>,
+    /// Top logits to print per position
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    /// .gguf file, HF directory, or alias (smollm2)
+    model: String,
+    /// The text (or use --file)
+    text: Option<String>,
+    /// Read the text from a file
+    #[arg(long, conflicts_with = "text")]
+    file: Option<std::path::PathBuf>,
+    /// Add BOS/EOS as the model's rules say
+    #[arg(long)]
+    add_special: bool,
+}
+
 fn main() {
-    println!("Hello, world!");
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::Logits(a) => logits(a),
+        Cmd::Tokenize(a) => tokenize(a),
+        Cmd::Inspect { model } => inspect(&model),
+        Cmd::Pull { model } => pull::resolve(&model).map(|p| println!("{}", p.display())),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn backend(threads: usize) -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(hearth_cpu::Cpu::new(threads)?))
+}
+
+fn load(c: &Common) -> Result<Engine> {
+    let path = pull::resolve(&c.model)?;
+    Engine::load(&path, backend(c.threads)?).with_context(|| format!("cannot load {}", path.display()))
+}
+
+fn template(tok: &Tokenizer) -> Result<ChatTemplate> {
+    let s = |id: Option<u32>| id.map(|i| tok.token_str(i)).unwrap_or_default();
+    let src = tok.chat_template.as_deref().unwrap_or(CHATML);
+    Ok(ChatTemplate::new(src, &s(tok.bos), &s(tok.eos))?)
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let eng = load(&a.common)?;
+    let params = SamplingParams {
+        temperature: a.temp,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repeat_penalty: a.repeat_penalty,
+        repeat_last_n: a.repeat_last_n,
+        presence_penalty: a.presence_penalty,
+        frequency_penalty: a.frequency_penalty,
+        seed: a.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)),
+    };
+    params.validate().map_err(anyhow::Error::msg)?;
+    if a.ctx == 0 {
+        bail!("--ctx must be at least 1");
+    }
+    let mut sampler = Sampler::new(params);
+    let tmpl = template(&eng.tokenizer)?;
+    let mut state = eng.model.new_state(a.ctx);
+    let mut messages: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::new("system", s)).collect();
+    let mut rendered_len = 0usize; // tokens of the conversation already in the cache
+    let mut turn = |prompt: &str, messages: &mut Vec<ChatMessage>, state: &mut hearth_models::State| -> Result<()> {
+        let tokens = if a.raw {
+            eng.tokenizer.encode(prompt, true)?
+        } else {
+            messages.push(ChatMessage::new("user", prompt));
+            let text = tmpl.render(messages, true)?;
+            eng.tokenizer.encode(&text, true)?
+        };
+        // Reuse the cached prefix of the conversation; only new tokens are processed.
+        let common = state.len.min(rendered_len).min(tokens.len().saturating_sub(1));
+        state.truncate(common);
+        let new = &tokens[common..];
+        let mut out = std::io::stdout().lock();
+        let (generated, stats) = eng.generate(state, new, &mut sampler, a.max_tokens, |t| {
+            let _ = out.write_all(t.as_bytes());
+            let _ = out.flush();
+            true
+        })?;
+        let _ = writeln!(out);
+        rendered_len = tokens.len() + generated.len();
+        messages.push(ChatMessage::new("assistant", &eng.tokenizer.decode(&generated)));
+        if a.verbose {
+            let ps = stats.prompt_tokens as f64 / stats.prompt_time.as_secs_f64().max(1e-9);
+            let gs = stats.gen_tokens as f64 / stats.gen_time.as_secs_f64().max(1e-9);
+            eprintln!(
+                "[prompt: {} tokens, {:.1} t/s | generation: {} tokens, {:.1} t/s | stop: {:?}]",
+                stats.prompt_tokens, ps, stats.gen_tokens, gs, stats.stop
+            );
+        }
+        Ok(())
+    };
+    if let Some(p) = &a.prompt {
+        return turn(p, &mut messages, &mut state);
+    }
+    eprintln!("hearth chat: type a message, or /exit to quit, /reset to start over.");
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                messages.retain(|m| m.role == "system");
+                state.truncate(0);
+                continue;
+            }
+            _ => {}
+        }
+        if let Err(e) = turn(line, &mut messages, &mut state) {
+            eprintln!("error: {e:#}");
+            messages.retain(|m| m.role == "system");
+            state.truncate(0);
+        }
+    }
+    Ok(())
+}
+
+fn parse_tokens(s: &str) -> Result<Vec<u32>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse::<u32>().with_context(|| format!("'{t}' is not a token id")))
+        .collect()
+}
+
+fn logits(a: LogitsArgs) -> Result<()> {
+    let eng = load(&a.common)?;
+    let tokens = match (&a.prompt, &a.tokens) {
+        (Some(p), None) => eng.tokenizer.encode(p, true)?,
+        (None, Some(t)) => parse_tokens(t)?,
+        _ => bail!("give exactly one of --prompt or --tokens"),
+    };
+    if tokens.is_empty() {
+        bail!("no tokens to evaluate");
+    }
+    let mut state = eng.model.new_state(tokens.len());
+    let mut logits = Vec::new();
+    eng.model.forward(&tokens, &mut state, true, &mut logits)?;
+    let nv = eng.model.cfg.n_vocab;
+    let mut out = std::io::stdout().lock();
+    for (pos, (&tok, row)) in tokens.iter().zip(logits.chunks_exact(nv)).enumerate() {
+        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let lse = max as f64 + row.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln();
+        let mut idx: Vec<u32> = (0..nv as u32).collect();
+        let k = a.top.min(nv);
+        if k > 0 && k < nv {
+            idx.select_nth_unstable_by(k - 1, |&x, &y| row[y as usize].total_cmp(&row[x as usize]).then(x.cmp(&y)));
+        }
+        idx.truncate(k);
+        idx.sort_by(|&x, &y| row[y as usize].total_cmp(&row[x as usize]).then(x.cmp(&y)));
+        let top: Vec<(u32, f32)> = idx.iter().map(|&i| (i, row[i as usize])).collect();
+        let line = serde_json::json!({"pos": pos, "token": tok, "top": top, "logsumexp": lse});
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let path = pull::resolve(&a.model)?;
+    let files = ModelFiles::open(&path)?;
+    let tok = Tokenizer::from_files(&files)?;
+    let text = match (&a.text, &a.file) {
+        (Some(t), None) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
+        _ => bail!("give the text or --file"),
+    };
+    let ids = tok.encode(&text, a.add_special)?;
+    println!("{}", serde_json::to_string(&ids)?);
+    Ok(())
+}
+
+fn human(n: f64) -> String {
+    if n >= 1e9 {
+        format!("{:.2}B", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.1}M", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{:.1}K", n / 1e3)
+    } else {
+        format!("{n}")
+    }
+}
+
+fn inspect(model: &str) -> Result<()> {
+    let path = pull::resolve(model)?;
+    let files = ModelFiles::open(&path)?;
+    println!("file:          {}", path.display());
+    println!("file size:     {} bytes ({:.1} MiB)", files.file_size(), files.file_size() as f64 / 1048576.0);
+    match &files.source {
+        Source::Gguf(g) => {
+            println!("format:        GGUF v{}", g.version);
+            println!("architecture:  {}", g.architecture().unwrap_or("(none)"));
+            if let Some(n) = g.get("general.name").and_then(|v| v.as_str()) {
+                println!("name:          {n}");
+            }
+        }
+        Source::Hf(h) => {
+            println!("format:        Hugging Face safetensors ({} shard(s))", h.shards.len());
+            println!("architecture:  {}", h.config.get("model_type").and_then(|v| v.as_str()).unwrap_or("(none)"));
+        }
+    }
+    println!("tensors:       {}", files.tensors.len());
+    let mut mix: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for t in files.tensors.values() {
+        let e = mix.entry(t.dtype.name().to_string()).or_default();
+        e.0 += 1;
+        e.1 += t.numel();
+    }
+    let total: usize = mix.values().map(|v| v.1).sum();
+    for (k, (n, e)) in &mix {
+        println!("  {k:<8} {n:>5} tensors {:>10} params ({:.1}%)", human(*e as f64), 100.0 * *e as f64 / total.max(1) as f64);
+    }
+    if let Ok(tok) = Tokenizer::from_files(&files) {
+        println!("vocabulary:    {} tokens (bos {:?}, eos {:?}, chat template: {})", tok.vocab_size(), tok.bos, tok.eos, if tok.chat_template.is_some() { "yes" } else { "no" });
+    }
+    if files.tensors.is_empty() {
+        println!("(no tensors: vocabulary-only file)");
+        return Ok(());
+    }
+    let m = hearth_models::Model::load(&files, backend(1)?)?;
+    let c = &m.cfg;
+    println!("parameters:    {} ({})", m.n_params(), human(m.n_params() as f64));
+    println!(
+        "shape:         {} layers, n_embd {}, {} heads / {} kv heads, head_dim {}, n_ff {}, vocab {}",
+        c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.head_dim, c.n_ff, c.n_vocab
+    );
+    println!("context:       {} tokens (training)", c.n_ctx_train);
+    println!("rope:          theta {}, dim {}, {:?}, {:?}", c.rope.theta, c.rope.dim, c.rope.style, c.rope.scaling);
+    println!("KV cache:      {} bytes/token in f32, {} bytes/token in f16", c.kv_bytes_per_token(4), c.kv_bytes_per_token(2));
+    println!("read/token:    {:.1} MiB of weights per decoded token", m.bytes_per_token() as f64 / 1048576.0);
+    Ok(())
 }

@@ -4,10 +4,12 @@
 //! speaks the vocabulary defined here.
 #![deny(missing_docs)]
 
+mod backend;
 mod dtype;
 mod error;
 mod tensor;
 
+pub use backend::{AttnParams, Backend, RopeStyle};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use tensor::{Device, Storage, Tensor};

@@ -1,14 +1,211 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! hearth-cpu: the CPU backend.
+//!
+//! Matmuls run on quantized weights directly: a decode step dots each weight row with the
+//! activation one block at a time (never decoding a whole tensor); a batch decodes each row
+//! once into a per-thread scratch buffer and reuses it for every token in the batch.
+//! Work is split over a persistent rayon thread pool.
+#![deny(missing_docs)]
+
+use hearth_core::{AttnParams, Backend, DType, Device, Error, Result, RopeStyle, Tensor};
+use hearth_quant::{dequantize, dot_f32, dot_row};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// The CPU backend.
+pub struct Cpu {
+    pool: rayon::ThreadPool,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl Cpu {
+    /// A backend with `threads` worker threads (0: one per core).
+    pub fn new(threads: usize) -> Result<Cpu> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("hearth-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::Invalid(format!("cannot start the thread pool: {e}")))?;
+        Ok(Cpu { pool })
+    }
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+    /// Worker threads.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}
+
+/// Most rotated pairs per head the rope kernel handles (head_dim 1024).
+pub const MAX_ROPE_PAIRS: usize = 512;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to write disjoint elements from parallel tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+fn check_cpu(w: &Tensor) -> Result<()> {
+    if w.device != Device::Cpu {
+        return Err(Error::Unsupported(format!("tensor {} is on {:?}, not the CPU", w.name, w.device)));
+    }
+    Ok(())
+}
+
+impl Backend for Cpu {
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", self.threads())
+    }
+
+    fn supports(&self, _dtype: DType) -> bool {
+        true
+    }
+
+    fn matmul(&self, w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) -> Result<()> {
+        check_cpu(w)?;
+        let n_in = w.row_len();
+        let n_out = w.n_rows();
+        if x.len() != n_tok * n_in || out.len() != n_tok * n_out {
+            return Err(Error::Invalid(format!(
+                "matmul {}: weight [{n_out}, {n_in}], x has {} values for {n_tok} tokens, out {}",
+                w.name,
+                x.len(),
+                out.len()
+            )));
+        }
+        let dtype = w.dtype;
+        let rb = w.row_bytes();
+        let bytes = w.bytes();
+        // Rows per task: enough work per task to amortize scheduling.
+        let chunk = (n_out / (self.threads() * 8)).clamp(1, 64);
+        if n_tok == 1 {
+            self.pool.install(|| {
+                out.par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {
+                    let r0 = ci * chunk;
+                    for (i, v) in o.iter_mut().enumerate() {
+                        let r = r0 + i;
+                        *v = dot_row(dtype, &bytes[r * rb..(r + 1) * rb], x);
+                    }
+                });
+            });
+            return Ok(());
+        }
+        let optr = SendPtr(out.as_mut_ptr());
+        self.pool.install(|| {
+            (0..n_out.div_ceil(chunk)).into_par_iter().for_each(|ci| {
+                let optr = optr;
+                SCRATCH.with(|s| {
+                    let mut s = s.borrow_mut();
+                    if s.len() < n_in {
+                        s.resize(n_in, 0.0);
+                    }
+                    let row = &mut s[..n_in];
+                    for r in ci * chunk..((ci + 1) * chunk).min(n_out) {
+                        // Cannot fail: the tensor's size was checked when it was built.
+                        let _ = dequantize(dtype, &bytes[r * rb..(r + 1) * rb], row);
+                        for t in 0..n_tok {
+                            let v = dot_f32(row, &x[t * n_in..(t + 1) * n_in]);
+                            // SAFETY: (t, r) pairs are disjoint across tasks and in bounds.
+                            unsafe { *optr.0.add(t * n_out + r) = v };
+                        }
+                    }
+                });
+            });
+        });
+        Ok(())
+    }
+
+    fn get_row(&self, w: &Tensor, row: usize, out: &mut [f32]) -> Result<()> {
+        check_cpu(w)?;
+        if row >= w.n_rows() {
+            return Err(Error::Invalid(format!("row {row} out of range for {} ({} rows)", w.name, w.n_rows())));
+        }
+        dequantize(w.dtype, w.row(row), out)
+    }
+
+    fn rms_norm(&self, x: &mut [f32], w: &[f32], eps: f32) {
+        for row in x.chunks_exact_mut(w.len()) {
+            let ss: f32 = dot_f32(row, row) / w.len() as f32;
+            let r = 1.0 / (ss + eps).sqrt();
+            for (v, g) in row.iter_mut().zip(w) {
+                *v = *v * r * g;
+            }
+        }
+    }
+
+    fn rope(&self, x: &mut [f32], n_heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32], style: RopeStyle, mscale: f32) {
+        let half = inv_freq.len().min(MAX_ROPE_PAIRS);
+        let mut cs = [(0f32, 0f32); MAX_ROPE_PAIRS];
+        let cs = &mut cs[..half];
+        for (t, &pos) in positions.iter().enumerate() {
+            for (c, &f) in cs.iter_mut().zip(inv_freq) {
+                let a = pos as f32 * f;
+                *c = (a.cos() * mscale, a.sin() * mscale);
+            }
+            let tok = &mut x[t * n_heads * head_dim..(t + 1) * n_heads * head_dim];
+            for h in tok.chunks_exact_mut(head_dim) {
+                for (i, &(c, s)) in cs.iter().enumerate() {
+                    let (a, b) = match style {
+                        RopeStyle::Normal => (2 * i, 2 * i + 1),
+                        RopeStyle::Neox => (i, i + half),
+                    };
+                    let (x0, x1) = (h[a], h[b]);
+                    h[a] = x0 * c - x1 * s;
+                    h[b] = x0 * s + x1 * c;
+                }
+            }
+        }
+    }
+
+    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], n_tok: usize, pos0: usize, p: &AttnParams, out: &mut [f32]) {
+        let (hd, nh, nkv) = (p.head_dim, p.n_head, p.n_kv_head);
+        let group = nh / nkv;
+        let kv_stride = nkv * hd;
+        let optr = SendPtr(out.as_mut_ptr());
+        self.pool.install(|| {
+            (0..n_tok * nh).into_par_iter().for_each(|job| {
+                let optr = optr;
+                let (t, h) = (job / nh, job % nh);
+                let kh = h / group;
+                let pos = pos0 + t;
+                let start = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                let qv = &q[(t * nh + h) * hd..(t * nh + h + 1) * hd];
+                // SAFETY: each (t, h) writes its own disjoint head_dim slice of `out`.
+                let o = unsafe { std::slice::from_raw_parts_mut(optr.0.add((t * nh + h) * hd), hd) };
+                o.fill(0.0);
+                // Online softmax over the cached positions.
+                let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
+                for j in start..=pos {
+                    let kv = &k[j * kv_stride + kh * hd..j * kv_stride + (kh + 1) * hd];
+                    let s = dot_f32(qv, kv) * p.scale;
+                    let vv = &v[j * kv_stride + kh * hd..j * kv_stride + (kh + 1) * hd];
+                    if s > m {
+                        let corr = (m - s).exp();
+                        l = l * corr + 1.0;
+                        for (oi, &vi) in o.iter_mut().zip(vv) {
+                            *oi = *oi * corr + vi;
+                        }
+                        m = s;
+                    } else {
+                        let e = (s - m).exp();
+                        l += e;
+                        for (oi, &vi) in o.iter_mut().zip(vv) {
+                            *oi += e * vi;
+                        }
+                    }
+                }
+                let inv = 1.0 / l;
+                for oi in o.iter_mut() {
+                    *oi *= inv;
+                }
+            });
+        });
+    }
+
+    fn silu_mul(&self, gate: &mut [f32], up: &[f32]) {
+        for (g, u) in gate.iter_mut().zip(up) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
     }
 }

@@ -1,14 +1,68 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! hearth-formats: GGUF and Hugging Face (safetensors) readers, memory-mapped and zero-copy,
+//! and the name map that turns both into canonical tensor names. No compute here.
+#![deny(missing_docs)]
+
+pub mod gguf;
+pub mod hf;
+pub mod names;
+
+pub use gguf::{GgufFile, Value};
+pub use hf::HfDir;
+
+use hearth_core::{Error, Result, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Where a model came from.
+pub enum Source {
+    /// A GGUF file.
+    Gguf(GgufFile),
+    /// A Hugging Face directory.
+    Hf(HfDir),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// An opened model file: its source and its tensors under canonical names.
+pub struct ModelFiles {
+    /// The file(s) and their metadata.
+    pub source: Source,
+    /// Tensors by canonical name.
+    pub tensors: HashMap<String, Tensor>,
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl ModelFiles {
+    /// Open a `.gguf` file or a Hugging Face directory.
+    pub fn open(path: &Path) -> Result<ModelFiles> {
+        if path.is_dir() {
+            let hf = HfDir::open(path)?;
+            let mut tensors = HashMap::new();
+            for mut t in hf.tensors()? {
+                if let Some(c) = names::canonical_from_hf(&t.name) {
+                    t.name = c.clone();
+                    tensors.insert(c, t);
+                }
+            }
+            return Ok(ModelFiles { source: Source::Hf(hf), tensors });
+        }
+        if !path.exists() {
+            return Err(Error::Invalid(format!("no such model file or directory: {}", path.display())));
+        }
+        let g = GgufFile::open(path)?;
+        let mut tensors = HashMap::new();
+        for mut t in g.tensors()? {
+            let c = names::canonical_from_gguf(&t.name);
+            t.name = c.clone();
+            if tensors.insert(c.clone(), t).is_some() {
+                return Err(Error::Format(format!("tensor {c} appears twice")));
+            }
+        }
+        Ok(ModelFiles { source: Source::Gguf(g), tensors })
+    }
+
+    /// Total size of the model's files in bytes.
+    pub fn file_size(&self) -> u64 {
+        match &self.source {
+            Source::Gguf(g) => g.file_size,
+            Source::Hf(h) => h.file_size,
+        }
     }
 }

@@ -53,11 +53,16 @@ fn dequant_blocks<B: Block>(src: &[u8], dst: &mut [f32]) {
 }
 
 fn dot_blocks<B: Block>(src: &[u8], x: &[f32]) -> f32 {
+    // Decode up to MAX_BLOCK elements at a time (several small blocks, or one super-block)
+    // into a stack buffer, then take a vectorizable f32 dot with that piece of `x`.
+    let per = (MAX_BLOCK / B::N).max(1);
     let mut buf = [0f32; MAX_BLOCK];
     let mut acc = 0f32;
-    for (b, xs) in as_blocks::<B>(src).iter().zip(x.chunks_exact(B::N)) {
-        b.dequant(&mut buf[..B::N]);
-        acc += dot_f32(&buf[..B::N], xs);
+    for (bs, xs) in as_blocks::<B>(src).chunks(per).zip(x.chunks(per * B::N)) {
+        for (b, o) in bs.iter().zip(buf.chunks_exact_mut(B::N)) {
+            b.dequant(o);
+        }
+        acc += dot_f32(&buf[..xs.len()], xs);
     }
     acc
 }

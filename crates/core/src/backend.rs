@@ -1,0 +1,62 @@
+//! The compute interface. Models call only these methods, so a CUDA or Vulkan backend is a
+//! new crate that implements this trait (and passes the same conformance tests).
+//!
+//! Activations are f32 slices in row-major `[n_tok, width]` layout. Weights are [`Tensor`]s,
+//! each of which may live on its own [`crate::Device`]; a backend reports what it can run
+//! with [`Backend::supports`].
+use crate::{DType, Result, Tensor};
+
+/// Parameters of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnParams {
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads (GQA: `n_head` is a multiple of it).
+    pub n_kv_head: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Score scale (usually `1/sqrt(head_dim)`).
+    pub scale: f32,
+    /// Sliding window: attend only to the last `window` positions.
+    pub window: Option<usize>,
+}
+
+/// How RoPE pairs dimensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs (2i, 2i+1): GGUF llama-family files (their Q/K rows are permuted).
+    Normal,
+    /// Halves (i, i + d/2): Hugging Face checkpoints and GGUF qwen2/qwen3.
+    Neox,
+}
+
+/// The compute backend.
+pub trait Backend: Send + Sync {
+    /// A short name ("cpu", "cuda:0").
+    fn name(&self) -> String;
+
+    /// Whether this backend can multiply by weights of `dtype`.
+    fn supports(&self, dtype: DType) -> bool;
+
+    /// `W [n_out, n_in] @ x [n_tok, n_in] -> out [n_tok, n_out]`.
+    fn matmul(&self, w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) -> Result<()>;
+
+    /// Row `row` of `w`, decoded to f32 (embedding lookup): `out [row_len]`.
+    fn get_row(&self, w: &Tensor, row: usize, out: &mut [f32]) -> Result<()>;
+
+    /// RMS-normalize each row of `x [n, w.len()]` in place and scale by `w`.
+    fn rms_norm(&self, x: &mut [f32], w: &[f32], eps: f32);
+
+    /// Rotate `x [n_tok, n_heads, head_dim]` in place. Token `t` is at `positions[t]`;
+    /// `inv_freq` has one frequency per rotated pair (`rot_dim / 2`); `mscale` multiplies
+    /// cos and sin (YaRN).
+    #[allow(clippy::too_many_arguments)]
+    fn rope(&self, x: &mut [f32], n_heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32], style: RopeStyle, mscale: f32);
+
+    /// Causal attention of `q [n_tok, n_head, head_dim]` (token `t` at position `pos0 + t`)
+    /// over cached `k`, `v` `[pos0 + n_tok, n_kv_head, head_dim]`: `out [n_tok, n_head, head_dim]`.
+    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], n_tok: usize, pos0: usize, p: &AttnParams, out: &mut [f32]);
+
+    /// `gate[i] = silu(gate[i]) * up[i]`.
+    fn silu_mul(&self, gate: &mut [f32], up: &[f32]);
+}

@@ -1,0 +1,129 @@
+//! Chat templates: the model's own Jinja template rendered with minijinja, with the helpers
+//! HF templates call (`raise_exception`, `strftime_now`, Python string methods, `tojson`).
+use hearth_core::{Error, Result};
+use serde::Serialize;
+
+/// One chat message.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChatMessage {
+    /// system, user, assistant or tool
+    pub role: String,
+    /// the text
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message.
+    pub fn new(role: &str, content: &str) -> ChatMessage {
+        ChatMessage { role: role.into(), content: content.into() }
+    }
+}
+
+/// A compiled chat template.
+pub struct ChatTemplate {
+    env: minijinja::Environment<'static>,
+    bos: String,
+    eos: String,
+}
+
+/// ChatML, for models without a template of their own.
+pub const CHATML: &str = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+impl ChatTemplate {
+    /// Compile `source`. `bos` / `eos` are the strings templates see as `bos_token` / `eos_token`.
+    pub fn new(source: &str, bos: &str, eos: &str) -> Result<ChatTemplate> {
+        let mut env = minijinja::Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // HF renders templates with jinja2's trim_blocks and lstrip_blocks on.
+        if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build() {
+            env.set_syntax(syntax);
+        }
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| Error::Format(format!("the chat template does not compile: {e}")))?;
+        Ok(ChatTemplate { env, bos: bos.into(), eos: eos.into() })
+    }
+
+    /// Render `messages`, ending with the assistant's turn opener when `add_generation_prompt`.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let t = self.env.get_template("chat").map_err(|e| Error::Format(e.to_string()))?;
+        t.render(minijinja::context! {
+            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos.as_str(),
+            eos_token => self.eos.as_str(),
+        })
+        .map_err(|e| Error::Invalid(format!("chat template error: {e}")))
+    }
+}
+
+/// Today's date/time formatted with a small strftime subset (templates use `%d %b %Y`).
+fn strftime_now(fmt: &str) -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let days = (secs / 86400) as i64;
+    // civil-from-days (Howard Hinnant's algorithm)
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    const MON: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTH: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    let (hh, mm, ss) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let mut out = String::new();
+    let mut it = fmt.chars();
+    while let Some(c) = it.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match it.next() {
+            Some('Y') => out.push_str(&y.to_string()),
+            Some('m') => out.push_str(&format!("{m:02}")),
+            Some('d') => out.push_str(&format!("{d:02}")),
+            Some('b') => out.push_str(MON[(m - 1) as usize]),
+            Some('B') => out.push_str(MONTH[(m - 1) as usize]),
+            Some('H') => out.push_str(&format!("{hh:02}")),
+            Some('M') => out.push_str(&format!("{mm:02}")),
+            Some('S') => out.push_str(&format!("{ss:02}")),
+            Some('%') => out.push('%'),
+            Some(o) => {
+                out.push('%');
+                out.push(o);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn renders_chatml_and_python_methods() {
+        let t = ChatTemplate::new(
+            "{% for m in messages %}{% if m.role == 'user' %}{{ m.content.strip() }}{% endif %}{% endfor %}{{ strftime_now('%Y')|length }}",
+            "<s>",
+            "</s>",
+        )
+        .unwrap();
+        let s = t.render(&[ChatMessage::new("user", "  hi  ")], true).unwrap();
+        assert_eq!(s, "hi4");
+        let c = ChatTemplate::new(CHATML, "", "").unwrap();
+        assert_eq!(c.render(&[ChatMessage::new("user", "x")], true).unwrap(), "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n");
+    }
+    #[test]
+    fn raise_exception_is_an_error() {
+        let t = ChatTemplate::new("{{ raise_exception('nope') }}", "", "").unwrap();
+        assert!(t.render(&[], false).is_err());
+    }
+}
