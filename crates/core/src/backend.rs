@@ -51,11 +51,29 @@ pub trait Backend: Send + Sync {
     /// `inv_freq` has one frequency per rotated pair (`rot_dim / 2`); `mscale` multiplies
     /// cos and sin (YaRN).
     #[allow(clippy::too_many_arguments)]
-    fn rope(&self, x: &mut [f32], n_heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32], style: RopeStyle, mscale: f32);
+    fn rope(
+        &self,
+        x: &mut [f32],
+        n_heads: usize,
+        head_dim: usize,
+        positions: &[usize],
+        inv_freq: &[f32],
+        style: RopeStyle,
+        mscale: f32,
+    );
 
     /// Causal attention of `q [n_tok, n_head, head_dim]` (token `t` at position `pos0 + t`)
     /// over cached `k`, `v` `[pos0 + n_tok, n_kv_head, head_dim]`: `out [n_tok, n_head, head_dim]`.
-    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], n_tok: usize, pos0: usize, p: &AttnParams, out: &mut [f32]);
+    fn attention(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        n_tok: usize,
+        pos0: usize,
+        p: &AttnParams,
+        out: &mut [f32],
+    );
 
     /// `gate[i] = silu(gate[i]) * up[i]`.
     fn silu_mul(&self, gate: &mut [f32], up: &[f32]);

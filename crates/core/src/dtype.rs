@@ -78,7 +78,10 @@ const TABLE: &[(DType, u32, &str, usize, usize)] = &[
 
 impl DType {
     fn row(self) -> &'static (DType, u32, &'static str, usize, usize) {
-        TABLE.iter().find(|r| r.0 == self).expect("every DType is in TABLE")
+        TABLE
+            .iter()
+            .find(|r| r.0 == self)
+            .expect("every DType is in TABLE")
     }
 
     /// All types, in ggml id order.
@@ -107,7 +110,10 @@ impl DType {
 
     /// Look a type up by its ggml name, case-insensitively.
     pub fn from_name(name: &str) -> Option<DType> {
-        TABLE.iter().find(|r| r.2.eq_ignore_ascii_case(name)).map(|r| r.0)
+        TABLE
+            .iter()
+            .find(|r| r.2.eq_ignore_ascii_case(name))
+            .map(|r| r.0)
     }
 
     /// Elements in one block (1 for plain types).

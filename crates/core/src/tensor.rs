@@ -38,7 +38,11 @@ impl Storage {
     /// Storage that owns its bytes.
     pub fn owned(bytes: Vec<u8>) -> Self {
         let len = bytes.len();
-        Storage { buf: Arc::new(bytes), offset: 0, len }
+        Storage {
+            buf: Arc::new(bytes),
+            offset: 0,
+            len,
+        }
     }
 
     /// The bytes.
@@ -77,7 +81,8 @@ impl Tensor {
     /// Build a tensor, checking that the storage holds exactly the bytes the shape needs.
     pub fn new(name: String, dtype: DType, shape: Vec<usize>, storage: Storage) -> Result<Self> {
         let n = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
-        let n = n.ok_or_else(|| Error::Format(format!("tensor {name}: shape {shape:?} overflows")))?;
+        let n =
+            n.ok_or_else(|| Error::Format(format!("tensor {name}: shape {shape:?} overflows")))?;
         if let Some(&inner) = shape.last() {
             if inner % dtype.block_size() != 0 {
                 return Err(Error::Format(format!(
@@ -93,7 +98,13 @@ impl Tensor {
                 storage.len
             )));
         }
-        Ok(Tensor { name, dtype, shape, device: Device::Cpu, storage })
+        Ok(Tensor {
+            name,
+            dtype,
+            shape,
+            device: Device::Cpu,
+            storage,
+        })
     }
 
     /// An f32 tensor that owns its data (used for small derived tensors and tests).
@@ -138,9 +149,15 @@ impl Tensor {
     /// A view of the `i`-th slice along the outermost dimension (an expert of a merged
     /// 3-D expert tensor, say), without copying.
     pub fn slice_outer(&self, i: usize) -> Result<Tensor> {
-        let outer = *self.shape.first().ok_or_else(|| Error::Invalid("slice of a scalar".into()))?;
+        let outer = *self
+            .shape
+            .first()
+            .ok_or_else(|| Error::Invalid("slice of a scalar".into()))?;
         if i >= outer {
-            return Err(Error::Invalid(format!("index {i} out of range for {}", self.name)));
+            return Err(Error::Invalid(format!(
+                "index {i} out of range for {}",
+                self.name
+            )));
         }
         let per = self.storage.len / outer;
         let storage = Storage {

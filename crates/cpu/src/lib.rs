@@ -48,7 +48,10 @@ unsafe impl Sync for SendPtr {}
 
 fn check_cpu(w: &Tensor) -> Result<()> {
     if w.device != Device::Cpu {
-        return Err(Error::Unsupported(format!("tensor {} is on {:?}, not the CPU", w.name, w.device)));
+        return Err(Error::Unsupported(format!(
+            "tensor {} is on {:?}, not the CPU",
+            w.name, w.device
+        )));
     }
     Ok(())
 }
@@ -119,7 +122,11 @@ impl Backend for Cpu {
     fn get_row(&self, w: &Tensor, row: usize, out: &mut [f32]) -> Result<()> {
         check_cpu(w)?;
         if row >= w.n_rows() {
-            return Err(Error::Invalid(format!("row {row} out of range for {} ({} rows)", w.name, w.n_rows())));
+            return Err(Error::Invalid(format!(
+                "row {row} out of range for {} ({} rows)",
+                w.name,
+                w.n_rows()
+            )));
         }
         dequantize(w.dtype, w.row(row), out)
     }
@@ -134,7 +141,16 @@ impl Backend for Cpu {
         }
     }
 
-    fn rope(&self, x: &mut [f32], n_heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32], style: RopeStyle, mscale: f32) {
+    fn rope(
+        &self,
+        x: &mut [f32],
+        n_heads: usize,
+        head_dim: usize,
+        positions: &[usize],
+        inv_freq: &[f32],
+        style: RopeStyle,
+        mscale: f32,
+    ) {
         let half = inv_freq.len().min(MAX_ROPE_PAIRS);
         let mut cs = [(0f32, 0f32); MAX_ROPE_PAIRS];
         let cs = &mut cs[..half];
@@ -158,7 +174,16 @@ impl Backend for Cpu {
         }
     }
 
-    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], n_tok: usize, pos0: usize, p: &AttnParams, out: &mut [f32]) {
+    fn attention(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        n_tok: usize,
+        pos0: usize,
+        p: &AttnParams,
+        out: &mut [f32],
+    ) {
         let (hd, nh, nkv) = (p.head_dim, p.n_head, p.n_kv_head);
         let group = nh / nkv;
         let kv_stride = nkv * hd;
@@ -172,7 +197,8 @@ impl Backend for Cpu {
                 let start = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
                 let qv = &q[(t * nh + h) * hd..(t * nh + h + 1) * hd];
                 // SAFETY: each (t, h) writes its own disjoint head_dim slice of `out`.
-                let o = unsafe { std::slice::from_raw_parts_mut(optr.0.add((t * nh + h) * hd), hd) };
+                let o =
+                    unsafe { std::slice::from_raw_parts_mut(optr.0.add((t * nh + h) * hd), hd) };
                 o.fill(0.0);
                 // Online softmax over the cached positions.
                 let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);

@@ -3,7 +3,7 @@
 
 pub mod sampling;
 
-pub use sampling::{argmax, Rng, Sampler, SamplingParams};
+pub use sampling::{Rng, Sampler, SamplingParams, argmax};
 
 use hearth_core::{Backend, Error, Result};
 use hearth_formats::ModelFiles;
@@ -57,7 +57,11 @@ impl Engine {
         let files = ModelFiles::open(path)?;
         let tokenizer = Tokenizer::from_files(&files)?;
         let model = Model::load(&files, backend)?;
-        Ok(Engine { files, model, tokenizer })
+        Ok(Engine {
+            files,
+            model,
+            tokenizer,
+        })
     }
 
     /// Generate up to `max_tokens` after `prompt` in `state` (which may already hold a
@@ -70,7 +74,10 @@ impl Engine {
         max_tokens: usize,
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<(Vec<u32>, GenStats)> {
-        let mut stats = GenStats { prompt_tokens: prompt.len(), ..Default::default() };
+        let mut stats = GenStats {
+            prompt_tokens: prompt.len(),
+            ..Default::default()
+        };
         if prompt.len() + state.len > state.n_ctx() {
             return Err(Error::Invalid(format!(
                 "the prompt has {} tokens but the context holds {} (with {} already used)",

@@ -44,17 +44,35 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Greedy decoding.
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, ..Default::default() }
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
     /// Reject out-of-range settings with a message naming the parameter.
     pub fn validate(&self) -> Result<(), String> {
         let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
-        check(self.temperature.is_finite() && self.temperature >= 0.0, "temperature must be >= 0")?;
-        check(self.top_p > 0.0 && self.top_p <= 1.0, "top_p must be in (0, 1]")?;
+        check(
+            self.temperature.is_finite() && self.temperature >= 0.0,
+            "temperature must be >= 0",
+        )?;
+        check(
+            self.top_p > 0.0 && self.top_p <= 1.0,
+            "top_p must be in (0, 1]",
+        )?;
         check((0.0..=1.0).contains(&self.min_p), "min_p must be in [0, 1]")?;
-        check(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0, "repeat_penalty must be > 0")?;
-        check((-2.0..=2.0).contains(&self.presence_penalty), "presence_penalty must be in [-2, 2]")?;
-        check((-2.0..=2.0).contains(&self.frequency_penalty), "frequency_penalty must be in [-2, 2]")?;
+        check(
+            self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0,
+            "repeat_penalty must be > 0",
+        )?;
+        check(
+            (-2.0..=2.0).contains(&self.presence_penalty),
+            "presence_penalty must be in [-2, 2]",
+        )?;
+        check(
+            (-2.0..=2.0).contains(&self.frequency_penalty),
+            "frequency_penalty must be in [-2, 2]",
+        )?;
         Ok(())
     }
 }
@@ -108,7 +126,12 @@ impl Sampler {
     /// A sampler seeded from `params.seed`.
     pub fn new(params: SamplingParams) -> Sampler {
         let rng = Rng::new(params.seed);
-        Sampler { params, rng, cand: Vec::new(), counts: HashMap::new() }
+        Sampler {
+            params,
+            rng,
+            cand: Vec::new(),
+            counts: HashMap::new(),
+        }
     }
 
     /// Apply the penalties for `history` to `logits` in place.
@@ -125,7 +148,11 @@ impl Sampler {
         for (&t, &c) in &self.counts {
             if let Some(l) = logits.get_mut(t as usize) {
                 if p.repeat_penalty != 1.0 {
-                    *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repeat_penalty
+                    } else {
+                        *l * p.repeat_penalty
+                    };
                 }
                 *l -= c as f32 * p.frequency_penalty + p.presence_penalty;
             }
@@ -140,7 +167,13 @@ impl Sampler {
             return argmax(logits);
         }
         self.cand.clear();
-        self.cand.extend(logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i as u32, l)));
+        self.cand.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.is_finite())
+                .map(|(i, &l)| (i as u32, l)),
+        );
         if self.cand.is_empty() {
             return argmax(logits);
         }
@@ -208,8 +241,17 @@ mod tests {
         let mut g = Sampler::new(SamplingParams::greedy());
         assert_eq!(g.sample(&mut logits.clone(), &[]), argmax(&logits));
         let run = |seed| {
-            let mut s = Sampler::new(SamplingParams { seed, top_k: 0, min_p: 0.0, top_p: 1.0, temperature: 1.5, ..Default::default() });
-            (0..50).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            let mut s = Sampler::new(SamplingParams {
+                seed,
+                top_k: 0,
+                min_p: 0.0,
+                top_p: 1.0,
+                temperature: 1.5,
+                ..Default::default()
+            });
+            (0..50)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
@@ -217,17 +259,43 @@ mod tests {
     #[test]
     fn top_k_one_is_greedy_and_penalties_apply() {
         let logits = vec![1.0, 3.0, 2.0];
-        let mut s = Sampler::new(SamplingParams { top_k: 1, temperature: 1.0, ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            top_k: 1,
+            temperature: 1.0,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&mut logits.clone(), &[]), 1);
-        let mut s = Sampler::new(SamplingParams { presence_penalty: 2.0, temperature: 0.0, ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            presence_penalty: 2.0,
+            temperature: 0.0,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&mut logits.clone(), &[1]), 2);
-        let mut s = Sampler::new(SamplingParams { repeat_penalty: 4.0, temperature: 0.0, ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            repeat_penalty: 4.0,
+            temperature: 0.0,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&mut logits.clone(), &[1]), 2);
     }
     #[test]
     fn validation_rejects_bad_values() {
-        assert!(SamplingParams { top_p: 0.0, ..Default::default() }.validate().is_err());
-        assert!(SamplingParams { temperature: -1.0, ..Default::default() }.validate().is_err());
+        assert!(
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
         assert!(SamplingParams::default().validate().is_ok());
     }
 }

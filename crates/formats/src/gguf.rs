@@ -130,13 +130,17 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or_else(|| {
-            Error::Format(format!(
-                "GGUF file is truncated: {what} needs {n} bytes at offset {}, file has {}",
-                self.pos,
-                self.b.len()
-            ))
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| {
+                Error::Format(format!(
+                    "GGUF file is truncated: {what} needs {n} bytes at offset {}, file has {}",
+                    self.pos,
+                    self.b.len()
+                ))
+            })?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -148,13 +152,19 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1, "a value")?[0])
     }
     fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.take(2, "a value")?.try_into().unwrap()))
+        Ok(u16::from_le_bytes(
+            self.take(2, "a value")?.try_into().unwrap(),
+        ))
     }
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4, "a value")?.try_into().unwrap()))
+        Ok(u32::from_le_bytes(
+            self.take(4, "a value")?.try_into().unwrap(),
+        ))
     }
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8, "a value")?.try_into().unwrap()))
+        Ok(u64::from_le_bytes(
+            self.take(8, "a value")?.try_into().unwrap(),
+        ))
     }
     fn string(&mut self) -> Result<String> {
         let n = self.u64()?;
@@ -193,9 +203,15 @@ impl<'a> Cursor<'a> {
                     4 | 5 | 6 => 4,
                     8 | 10 | 11 | 12 => 8,
                     9 => 12,
-                    t => return Err(Error::Format(format!("unknown GGUF array element type {t}"))),
+                    t => {
+                        return Err(Error::Format(format!(
+                            "unknown GGUF array element type {t}"
+                        )));
+                    }
                 };
-                if n.checked_mul(min).is_none_or(|b| b > self.remaining() as u64) {
+                if n.checked_mul(min)
+                    .is_none_or(|b| b > self.remaining() as u64)
+                {
                     return Err(Error::Format(format!(
                         "GGUF array of {n} elements at offset {} cannot fit in the {} bytes left",
                         self.pos,
@@ -211,7 +227,11 @@ impl<'a> Cursor<'a> {
             10 => Value::U64(self.u64()?),
             11 => Value::I64(self.u64()? as i64),
             12 => Value::F64(f64::from_bits(self.u64()?)),
-            t => return Err(Error::Format(format!("unknown GGUF metadata value type {t}"))),
+            t => {
+                return Err(Error::Format(format!(
+                    "unknown GGUF metadata value type {t}"
+                )));
+            }
         })
     }
 }
@@ -219,10 +239,12 @@ impl<'a> Cursor<'a> {
 impl GgufFile {
     /// Open and memory-map a GGUF file.
     pub fn open(path: &std::path::Path) -> Result<GgufFile> {
-        let f = std::fs::File::open(path).map_err(|e| Error::Io(format!("cannot open {}", path.display()), e))?;
+        let f = std::fs::File::open(path)
+            .map_err(|e| Error::Io(format!("cannot open {}", path.display()), e))?;
         // SAFETY: the map is read-only; like every mmap-based loader we assume the file is not
         // truncated by another process while it is in use.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::Io(format!("cannot map {}", path.display()), e))?;
+        let map = unsafe { memmap2::Mmap::map(&f) }
+            .map_err(|e| Error::Io(format!("cannot map {}", path.display()), e))?;
         GgufFile::parse(Arc::new(map)).map_err(|e| match e {
             Error::Format(m) => Error::Format(format!("{}: {m}", path.display())),
             e => e,
@@ -233,20 +255,28 @@ impl GgufFile {
     pub fn parse(map: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<GgufFile> {
         let bytes: &[u8] = (*map).as_ref();
         let mut c = Cursor { b: bytes, pos: 0 };
-        let magic = c.take(4, "the magic number").map_err(|_| Error::Format("file is too short to be GGUF".into()))?;
+        let magic = c
+            .take(4, "the magic number")
+            .map_err(|_| Error::Format("file is too short to be GGUF".into()))?;
         if magic != b"GGUF" {
-            return Err(Error::Format(format!("not a GGUF file (magic {magic:02x?})")));
+            return Err(Error::Format(format!(
+                "not a GGUF file (magic {magic:02x?})"
+            )));
         }
         let version = c.u32()?;
         if !(2..=3).contains(&version) {
-            return Err(Error::Unsupported(format!("GGUF version {version} (hearth reads versions 2 and 3)")));
+            return Err(Error::Unsupported(format!(
+                "GGUF version {version} (hearth reads versions 2 and 3)"
+            )));
         }
         let n_tensors = c.u64()?;
         let n_kv = c.u64()?;
         // A tensor header needs >= 24 bytes, a key/value >= 13: check against the file.
-        if n_tensors.saturating_mul(24) > c.remaining() as u64 || n_kv.saturating_mul(13) > c.remaining() as u64 {
+        if n_tensors.saturating_mul(24) > c.remaining() as u64
+            || n_kv.saturating_mul(13) > c.remaining() as u64
+        {
             return Err(Error::Format(format!(
-                "header claims {n_tensors} tensors and {n_kv} metadata entries, more than the file can hold"
+                "header claims {n_tensors} tensors and {n_kv} metadata entries, more than the file can hold: it is truncated or corrupt"
             )));
         }
         let mut metadata = BTreeMap::new();
@@ -264,13 +294,17 @@ impl GgufFile {
             let name = c.string()?;
             let n_dims = c.u32()?;
             if n_dims > 8 {
-                return Err(Error::Format(format!("tensor {name} has {n_dims} dimensions")));
+                return Err(Error::Format(format!(
+                    "tensor {name} has {n_dims} dimensions"
+                )));
             }
             let mut shape = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
                 let d = c.u64()?;
                 if d > bytes.len() as u64 * 8 {
-                    return Err(Error::Format(format!("tensor {name}: dimension {d} is larger than the file")));
+                    return Err(Error::Format(format!(
+                        "tensor {name}: dimension {d} is larger than the file"
+                    )));
                 }
                 shape.push(d as usize);
             }
@@ -280,20 +314,46 @@ impl GgufFile {
                 Error::Unsupported(format!("tensor {name} has unknown ggml type id {ty}"))
             })?;
             let offset = c.u64()?;
-            tensor_infos.push(TensorInfo { name, shape, dtype, offset });
+            tensor_infos.push(TensorInfo {
+                name,
+                shape,
+                dtype,
+                offset,
+            });
         }
-        let align = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(32);
+        let align = metadata
+            .get("general.alignment")
+            .and_then(Value::as_u64)
+            .unwrap_or(32);
         if align == 0 || !align.is_power_of_two() || align > 1 << 20 {
-            return Err(Error::Format(format!("general.alignment {align} is not a sane power of two")));
+            return Err(Error::Format(format!(
+                "general.alignment {align} is not a sane power of two"
+            )));
         }
         let data_offset = (c.pos as u64).div_ceil(align) * align;
         let file_size = bytes.len() as u64;
-        let g = GgufFile { version, metadata, tensor_infos, data_offset, file_size, map: map.clone() };
+        let g = GgufFile {
+            version,
+            metadata,
+            tensor_infos,
+            data_offset,
+            file_size,
+            map: map.clone(),
+        };
         // Validate every tensor's extent now, so later access cannot go out of bounds.
         for t in &g.tensor_infos {
-            let n: u64 = t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).unwrap_or(u64::MAX);
-            let need = t.dtype.bytes_for(n).map_err(|e| Error::Format(format!("tensor {}: {e}", t.name)))?;
-            let end = data_offset.checked_add(t.offset).and_then(|s| s.checked_add(need));
+            let n: u64 = t
+                .shape
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+                .unwrap_or(u64::MAX);
+            let need = t
+                .dtype
+                .bytes_for(n)
+                .map_err(|e| Error::Format(format!("tensor {}: {e}", t.name)))?;
+            let end = data_offset
+                .checked_add(t.offset)
+                .and_then(|s| s.checked_add(need));
             if end.is_none_or(|e| e > file_size) {
                 return Err(Error::Format(format!(
                     "tensor {} ({} bytes at data offset {}) runs past the end of the file ({file_size} bytes): the file is truncated",
@@ -306,7 +366,9 @@ impl GgufFile {
 
     /// The architecture (`general.architecture`).
     pub fn architecture(&self) -> Option<&str> {
-        self.metadata.get("general.architecture").and_then(Value::as_str)
+        self.metadata
+            .get("general.architecture")
+            .and_then(Value::as_str)
     }
 
     /// A metadata value.
@@ -321,7 +383,11 @@ impl GgufFile {
             .map(|t| {
                 let n: usize = t.shape.iter().product();
                 let len = t.dtype.bytes_for(n as u64)? as usize;
-                let storage = Storage::new(self.map.clone(), (self.data_offset + t.offset) as usize, len)?;
+                let storage = Storage::new(
+                    self.map.clone(),
+                    (self.data_offset + t.offset) as usize,
+                    len,
+                )?;
                 Tensor::new(t.name.clone(), t.dtype, t.shape.clone(), storage)
             })
             .collect()

@@ -11,6 +11,8 @@ pub struct HfDir {
     pub config: serde_json::Value,
     /// tokenizer_config.json, if present.
     pub tokenizer_config: Option<serde_json::Value>,
+    /// The chat template: chat_template.jinja, else tokenizer_config.json's.
+    pub chat_template: Option<String>,
     /// Path of tokenizer.json, if present.
     pub tokenizer_json: Option<PathBuf>,
     /// The safetensors files, in order.
@@ -20,7 +22,8 @@ pub struct HfDir {
 }
 
 fn read_json(p: &Path) -> Result<serde_json::Value> {
-    let s = std::fs::read_to_string(p).map_err(|e| Error::Io(format!("cannot read {}", p.display()), e))?;
+    let s = std::fs::read_to_string(p)
+        .map_err(|e| Error::Io(format!("cannot read {}", p.display()), e))?;
     serde_json::from_str(&s).map_err(|e| Error::Format(format!("{}: {e}", p.display())))
 }
 
@@ -30,11 +33,31 @@ impl HfDir {
     pub fn open(dir: &Path) -> Result<HfDir> {
         let cfg_path = dir.join("config.json");
         if !cfg_path.exists() {
-            return Err(Error::Invalid(format!("{} has no config.json: not a Hugging Face model directory", dir.display())));
+            return Err(Error::Invalid(format!(
+                "{} has no config.json: not a Hugging Face model directory",
+                dir.display()
+            )));
         }
         let config = read_json(&cfg_path)?;
         let tc = dir.join("tokenizer_config.json");
-        let tokenizer_config = if tc.exists() { Some(read_json(&tc)?) } else { None };
+        let tokenizer_config = if tc.exists() {
+            Some(read_json(&tc)?)
+        } else {
+            None
+        };
+        let jinja = dir.join("chat_template.jinja");
+        let chat_template = if jinja.exists() {
+            Some(
+                std::fs::read_to_string(&jinja)
+                    .map_err(|e| Error::Io(format!("cannot read {}", jinja.display()), e))?,
+            )
+        } else {
+            tokenizer_config
+                .as_ref()
+                .and_then(|t| t.get("chat_template"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
         let tj = dir.join("tokenizer.json");
         let tokenizer_json = tj.exists().then_some(tj);
         let index = dir.join("model.safetensors.index.json");
@@ -46,9 +69,13 @@ impl HfDir {
                 .and_then(|m| m.as_object())
                 .ok_or_else(|| Error::Format(format!("{}: no weight_map", index.display())))?;
             for f in map.values() {
-                let f = f.as_str().ok_or_else(|| Error::Format("weight_map values must be file names".into()))?;
+                let f = f
+                    .as_str()
+                    .ok_or_else(|| Error::Format("weight_map values must be file names".into()))?;
                 if f.contains('/') || f.contains('\\') || f.contains("..") {
-                    return Err(Error::Format(format!("weight_map names a file outside the directory: {f}")));
+                    return Err(Error::Format(format!(
+                        "weight_map names a file outside the directory: {f}"
+                    )));
                 }
                 let p = dir.join(f);
                 if !shards.contains(&p) {
@@ -71,13 +98,26 @@ impl HfDir {
             }
         }
         if shards.is_empty() {
-            return Err(Error::Invalid(format!("{} has no .safetensors weights", dir.display())));
+            return Err(Error::Invalid(format!(
+                "{} has no .safetensors weights",
+                dir.display()
+            )));
         }
         let mut file_size = 0;
         for s in &shards {
-            file_size += std::fs::metadata(s).map_err(|e| Error::Io(format!("cannot stat {}", s.display()), e))?.len();
+            file_size += std::fs::metadata(s)
+                .map_err(|e| Error::Io(format!("cannot stat {}", s.display()), e))?
+                .len();
         }
-        Ok(HfDir { dir: dir.to_path_buf(), config, tokenizer_config, tokenizer_json, shards, file_size })
+        Ok(HfDir {
+            dir: dir.to_path_buf(),
+            config,
+            tokenizer_config,
+            chat_template,
+            tokenizer_json,
+            shards,
+            file_size,
+        })
     }
 
     /// Memory-map every shard and return its tensors under their file names.
@@ -92,9 +132,11 @@ impl HfDir {
 
 /// Memory-map one safetensors file and return views of its tensors.
 pub fn safetensors_file(p: &Path) -> Result<Vec<Tensor>> {
-    let f = std::fs::File::open(p).map_err(|e| Error::Io(format!("cannot open {}", p.display()), e))?;
+    let f =
+        std::fs::File::open(p).map_err(|e| Error::Io(format!("cannot open {}", p.display()), e))?;
     // SAFETY: read-only map; the file must not be truncated while in use.
-    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::Io(format!("cannot map {}", p.display()), e))?;
+    let map = unsafe { memmap2::Mmap::map(&f) }
+        .map_err(|e| Error::Io(format!("cannot map {}", p.display()), e))?;
     let map: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(map);
     let bytes: &[u8] = (*map).as_ref();
     let st = safetensors::SafeTensors::deserialize(bytes)
@@ -111,7 +153,12 @@ pub fn safetensors_file(p: &Path) -> Result<Vec<Tensor>> {
             safetensors::Dtype::I16 => DType::I16,
             safetensors::Dtype::I32 => DType::I32,
             safetensors::Dtype::I64 => DType::I64,
-            d => return Err(Error::Unsupported(format!("{}: tensor {name} has dtype {d:?}", p.display()))),
+            d => {
+                return Err(Error::Unsupported(format!(
+                    "{}: tensor {name} has dtype {d:?}",
+                    p.display()
+                )));
+            }
         };
         let data = view.data();
         let offset = data.as_ptr() as usize - base;

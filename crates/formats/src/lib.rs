@@ -41,10 +41,16 @@ impl ModelFiles {
                     tensors.insert(c, t);
                 }
             }
-            return Ok(ModelFiles { source: Source::Hf(hf), tensors });
+            return Ok(ModelFiles {
+                source: Source::Hf(hf),
+                tensors,
+            });
         }
         if !path.exists() {
-            return Err(Error::Invalid(format!("no such model file or directory: {}", path.display())));
+            return Err(Error::Invalid(format!(
+                "no such model file or directory: {}",
+                path.display()
+            )));
         }
         let g = GgufFile::open(path)?;
         let mut tensors = HashMap::new();
@@ -55,7 +61,10 @@ impl ModelFiles {
                 return Err(Error::Format(format!("tensor {c} appears twice")));
             }
         }
-        Ok(ModelFiles { source: Source::Gguf(g), tensors })
+        Ok(ModelFiles {
+            source: Source::Gguf(g),
+            tensors,
+        })
     }
 
     /// Total size of the model's files in bytes.

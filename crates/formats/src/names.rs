@@ -50,9 +50,18 @@ mod tests {
     use super::*;
     #[test]
     fn hf_names_map() {
-        assert_eq!(canonical_from_hf("model.layers.3.self_attn.q_proj.bias").unwrap(), "blk.3.attn_q.bias");
-        assert_eq!(canonical_from_hf("model.layers.0.mlp.down_proj.weight").unwrap(), "blk.0.ffn_down.weight");
-        assert_eq!(canonical_from_hf("lm_head.weight").unwrap(), "output.weight");
+        assert_eq!(
+            canonical_from_hf("model.layers.3.self_attn.q_proj.bias").unwrap(),
+            "blk.3.attn_q.bias"
+        );
+        assert_eq!(
+            canonical_from_hf("model.layers.0.mlp.down_proj.weight").unwrap(),
+            "blk.0.ffn_down.weight"
+        );
+        assert_eq!(
+            canonical_from_hf("lm_head.weight").unwrap(),
+            "output.weight"
+        );
         assert_eq!(canonical_from_hf("model.rotary_emb.inv_freq"), None);
     }
 }

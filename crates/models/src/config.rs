@@ -72,7 +72,12 @@ impl Rope {
         match self.scaling {
             RopeScaling::None => {}
             RopeScaling::Linear { factor } => inv.iter_mut().for_each(|f| *f /= factor),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position,
+            } => {
                 let low_wl = original_max_position / low_freq_factor;
                 let high_wl = original_max_position / high_freq_factor;
                 for f in inv.iter_mut() {
@@ -80,26 +85,46 @@ impl Rope {
                     let scaled = if wl > low_wl { *f / factor } else { *f };
                     let medium = !(wl < high_wl) && !(wl > low_wl);
                     *f = if medium {
-                        let smooth = (original_max_position / wl - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (original_max_position / wl - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * scaled / factor + smooth * scaled
                     } else {
                         scaled
                     };
                 }
             }
-            RopeScaling::Yarn { factor, original_max_position, beta_fast, beta_slow, attention_factor, mscale: ms, mscale_all_dim, truncate } => {
-                let get_mscale = |scale: f64, m: f64| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
+            RopeScaling::Yarn {
+                factor,
+                original_max_position,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                mscale: ms,
+                mscale_all_dim,
+                truncate,
+            } => {
+                let get_mscale = |scale: f64, m: f64| {
+                    if scale <= 1.0 {
+                        1.0
+                    } else {
+                        0.1 * m * scale.ln() + 1.0
+                    }
+                };
                 mscale = match attention_factor {
                     Some(a) => a,
                     None => match (ms, mscale_all_dim) {
                         (Some(m), Some(ma)) if m != 0.0 && ma != 0.0 => {
-                            (get_mscale(factor as f64, m as f64) / get_mscale(factor as f64, ma as f64)) as f32
+                            (get_mscale(factor as f64, m as f64)
+                                / get_mscale(factor as f64, ma as f64))
+                                as f32
                         }
                         _ => get_mscale(factor as f64, 1.0) as f32,
                     },
                 };
                 let corr_dim = |rot: f64| {
-                    (dim as f64 * (original_max_position as f64 / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * (base as f64).ln())
+                    (dim as f64
+                        * (original_max_position as f64 / (rot * 2.0 * std::f64::consts::PI)).ln())
+                        / (2.0 * (base as f64).ln())
                 };
                 let (mut low, mut high) = (corr_dim(beta_fast as f64), corr_dim(beta_slow as f64));
                 if truncate {
@@ -164,19 +189,32 @@ fn gget<'a>(g: &'a GgufFile, arch: &str, key: &str) -> Option<&'a Value> {
 }
 
 fn gusize(g: &GgufFile, arch: &str, key: &str) -> Result<usize> {
-    let v = gget(g, arch, key).ok_or_else(|| Error::Format(format!("GGUF metadata {arch}.{key} is missing")))?;
+    let v = gget(g, arch, key)
+        .ok_or_else(|| Error::Format(format!("GGUF metadata {arch}.{key} is missing")))?;
     // head counts may be per-layer arrays; take the first entry
     let v = match v {
-        Value::Array(a) => a.first().ok_or_else(|| Error::Format(format!("{arch}.{key} is empty")))?,
+        Value::Array(a) => a
+            .first()
+            .ok_or_else(|| Error::Format(format!("{arch}.{key} is empty")))?,
         v => v,
     };
-    let n = v.as_u64().ok_or_else(|| Error::Format(format!("GGUF metadata {arch}.{key} is not an integer")))?;
-    usize::try_from(n).ok().filter(|&n| n < (1 << 40)).ok_or_else(|| Error::Format(format!("{arch}.{key} = {n} is absurd")))
+    let n = v
+        .as_u64()
+        .ok_or_else(|| Error::Format(format!("GGUF metadata {arch}.{key} is not an integer")))?;
+    usize::try_from(n)
+        .ok()
+        .filter(|&n| n < (1 << 40))
+        .ok_or_else(|| Error::Format(format!("{arch}.{key} = {n} is absurd")))
 }
 
 impl ModelConfig {
     /// From GGUF metadata; `rope_style` comes from the architecture registry.
-    pub fn from_gguf(g: &GgufFile, arch: &str, rope_style: RopeStyle, n_vocab: usize) -> Result<ModelConfig> {
+    pub fn from_gguf(
+        g: &GgufFile,
+        arch: &str,
+        rope_style: RopeStyle,
+        n_vocab: usize,
+    ) -> Result<ModelConfig> {
         let n_embd = gusize(g, arch, "embedding_length")?;
         let n_head = gusize(g, arch, "attention.head_count")?;
         if n_head == 0 {
@@ -189,10 +227,13 @@ impl ModelConfig {
         let n_ctx_train = gusize(g, arch, "context_length").unwrap_or(4096);
         let scaling = match gget(g, arch, "rope.scaling.type").and_then(Value::as_str) {
             None | Some("none") => RopeScaling::None,
-            Some("linear") => RopeScaling::Linear { factor: f("rope.scaling.factor").unwrap_or(1.0) },
+            Some("linear") => RopeScaling::Linear {
+                factor: f("rope.scaling.factor").unwrap_or(1.0),
+            },
             Some("yarn") => RopeScaling::Yarn {
                 factor: f("rope.scaling.factor").unwrap_or(1.0),
-                original_max_position: f("rope.scaling.original_context_length").unwrap_or(n_ctx_train as f32),
+                original_max_position: f("rope.scaling.original_context_length")
+                    .unwrap_or(n_ctx_train as f32),
                 beta_fast: f("rope.scaling.yarn_beta_fast").unwrap_or(32.0),
                 beta_slow: f("rope.scaling.yarn_beta_slow").unwrap_or(1.0),
                 attention_factor: f("rope.scaling.yarn_attn_factor"),
@@ -213,8 +254,16 @@ impl ModelConfig {
             n_vocab,
             n_ctx_train,
             rms_eps: f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-            rope: Rope { theta: f("rope.freq_base").unwrap_or(10000.0), dim: rope_dim, style: rope_style, scaling, freq_factors: None },
-            sliding_window: gusize(g, arch, "attention.sliding_window").ok().filter(|&w| w > 0),
+            rope: Rope {
+                theta: f("rope.freq_base").unwrap_or(10000.0),
+                dim: rope_dim,
+                style: rope_style,
+                scaling,
+                freq_factors: None,
+            },
+            sliding_window: gusize(g, arch, "attention.sliding_window")
+                .ok()
+                .filter(|&w| w > 0),
         })
     }
 
@@ -224,29 +273,51 @@ impl ModelConfig {
             c.get(k)
                 .and_then(Json::as_u64)
                 .map(|v| v as usize)
-                .ok_or_else(|| Error::Format(format!("config.json: {k} is missing or not an integer")))
+                .ok_or_else(|| {
+                    Error::Format(format!("config.json: {k} is missing or not an integer"))
+                })
         };
         let f = |j: &Json, k: &str| j.get(k).and_then(Json::as_f64).map(|v| v as f32);
         let n_embd = u("hidden_size")?;
         let n_head = u("num_attention_heads")?;
         if n_head == 0 {
-            return Err(Error::Format("config.json: num_attention_heads is 0".into()));
+            return Err(Error::Format(
+                "config.json: num_attention_heads is 0".into(),
+            ));
         }
-        let head_dim = c.get("head_dim").and_then(Json::as_u64).map(|v| v as usize).unwrap_or(n_embd / n_head);
+        let head_dim = c
+            .get("head_dim")
+            .and_then(Json::as_u64)
+            .map(|v| v as usize)
+            .unwrap_or(n_embd / n_head);
         let n_ctx_train = u("max_position_embeddings").unwrap_or(4096);
         // transformers 5 keeps rope settings in `rope_parameters`; older files in
         // `rope_theta` + `rope_scaling`.
         let empty = Json::Null;
-        let rp = c.get("rope_parameters").filter(|v| v.is_object()).or_else(|| c.get("rope_scaling")).unwrap_or(&empty);
-        let theta = f(rp, "rope_theta").or_else(|| f(c, "rope_theta")).unwrap_or(10000.0);
-        let partial = f(rp, "partial_rotary_factor").or_else(|| f(c, "partial_rotary_factor")).unwrap_or(1.0);
-        let rtype = rp.get("rope_type").or_else(|| rp.get("type")).and_then(Json::as_str).unwrap_or("default");
+        let rp = c
+            .get("rope_parameters")
+            .filter(|v| v.is_object())
+            .or_else(|| c.get("rope_scaling"))
+            .unwrap_or(&empty);
+        let theta = f(rp, "rope_theta")
+            .or_else(|| f(c, "rope_theta"))
+            .unwrap_or(10000.0);
+        let partial = f(rp, "partial_rotary_factor")
+            .or_else(|| f(c, "partial_rotary_factor"))
+            .unwrap_or(1.0);
+        let rtype = rp
+            .get("rope_type")
+            .or_else(|| rp.get("type"))
+            .and_then(Json::as_str)
+            .unwrap_or("default");
         let orig = f(rp, "original_max_position_embeddings")
             .or_else(|| f(c, "original_max_position_embeddings"))
             .unwrap_or(n_ctx_train as f32);
         let scaling = match rtype {
             "default" => RopeScaling::None,
-            "linear" => RopeScaling::Linear { factor: f(rp, "factor").unwrap_or(1.0) },
+            "linear" => RopeScaling::Linear {
+                factor: f(rp, "factor").unwrap_or(1.0),
+            },
             "llama3" => RopeScaling::Llama3 {
                 factor: f(rp, "factor").unwrap_or(8.0),
                 low_freq_factor: f(rp, "low_freq_factor").unwrap_or(1.0),
@@ -265,8 +336,17 @@ impl ModelConfig {
             },
             o => return Err(Error::Unsupported(format!("rope type {o}"))),
         };
-        let use_sw = c.get("use_sliding_window").and_then(Json::as_bool).unwrap_or(true);
-        let sliding_window = if use_sw { c.get("sliding_window").and_then(Json::as_u64).map(|v| v as usize) } else { None };
+        let use_sw = c
+            .get("use_sliding_window")
+            .and_then(Json::as_bool)
+            .unwrap_or(true);
+        let sliding_window = if use_sw {
+            c.get("sliding_window")
+                .and_then(Json::as_u64)
+                .map(|v| v as usize)
+        } else {
+            None
+        };
         Ok(ModelConfig {
             arch: arch.to_string(),
             n_embd,
@@ -278,7 +358,13 @@ impl ModelConfig {
             n_vocab: u("vocab_size")?,
             n_ctx_train,
             rms_eps: f(c, "rms_norm_eps").unwrap_or(1e-6),
-            rope: Rope { theta, dim: (head_dim as f32 * partial) as usize, style: RopeStyle::Neox, scaling, freq_factors: None },
+            rope: Rope {
+                theta,
+                dim: (head_dim as f32 * partial) as usize,
+                style: RopeStyle::Neox,
+                scaling,
+                freq_factors: None,
+            },
             sliding_window,
         })
     }

@@ -95,14 +95,24 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.t.get(name).ok_or_else(|| Error::Format(format!("tensor {name} is missing")))?;
+        let t = self
+            .t
+            .get(name)
+            .ok_or_else(|| Error::Format(format!("tensor {name} is missing")))?;
         if t.shape != shape {
-            return Err(Error::Format(format!("tensor {name} has shape {:?}, expected {shape:?}", t.shape)));
+            return Err(Error::Format(format!(
+                "tensor {name} has shape {:?}, expected {shape:?}",
+                t.shape
+            )));
         }
         Ok(t.clone())
     }
     fn opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
-        if self.t.contains_key(name) { self.get(name, shape).map(Some) } else { Ok(None) }
+        if self.t.contains_key(name) {
+            self.get(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
     }
     fn vec(&self, name: &str, n: usize) -> Result<Vec<f32>> {
         Ok(to_f32(&self.get(name, &[n])?))
@@ -117,22 +127,39 @@ impl Model {
     /// architecture, a missing or mis-shaped tensor, or a type the backend cannot run.
     pub fn load(files: &ModelFiles, backend: Arc<dyn Backend>) -> Result<Model> {
         let tensors = &files.tensors;
-        let embd = tensors.get("token_embd.weight").ok_or_else(|| Error::Format("tensor token_embd.weight is missing".into()))?;
+        let embd = tensors
+            .get("token_embd.weight")
+            .ok_or_else(|| Error::Format("tensor token_embd.weight is missing".into()))?;
         if embd.shape.len() != 2 {
-            return Err(Error::Format(format!("token_embd.weight has shape {:?}", embd.shape)));
+            return Err(Error::Format(format!(
+                "token_embd.weight has shape {:?}",
+                embd.shape
+            )));
         }
         let mut cfg = match &files.source {
             Source::Gguf(g) => {
-                let arch = g.architecture().ok_or_else(|| Error::Format("general.architecture is missing".into()))?;
+                let arch = g
+                    .architecture()
+                    .ok_or_else(|| Error::Format("general.architecture is missing".into()))?;
                 let spec = arch_for_gguf(arch).ok_or_else(|| {
-                    Error::Unsupported(format!("architecture '{arch}' (supported: {})", supported_names()))
+                    Error::Unsupported(format!(
+                        "architecture '{arch}' (supported: {})",
+                        supported_names()
+                    ))
                 })?;
                 ModelConfig::from_gguf(g, arch, spec.gguf_rope, embd.shape[0])?
             }
             Source::Hf(h) => {
-                let mt = h.config.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+                let mt = h
+                    .config
+                    .get("model_type")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("");
                 let spec = arch_for_hf(mt).ok_or_else(|| {
-                    Error::Unsupported(format!("architecture '{mt}' (supported: {})", supported_names()))
+                    Error::Unsupported(format!(
+                        "architecture '{mt}' (supported: {})",
+                        supported_names()
+                    ))
                 })?;
                 ModelConfig::from_hf(&h.config, spec.name)?
             }
@@ -142,15 +169,27 @@ impl Model {
         }
         let (e, hd) = (cfg.n_embd, cfg.head_dim);
         if cfg.n_kv_head == 0 || cfg.n_head % cfg.n_kv_head != 0 {
-            return Err(Error::Format(format!("{} heads cannot be grouped over {} kv heads", cfg.n_head, cfg.n_kv_head)));
+            return Err(Error::Format(format!(
+                "{} heads cannot be grouped over {} kv heads",
+                cfg.n_head, cfg.n_kv_head
+            )));
         }
-        if cfg.rope.dim > hd || cfg.rope.dim % 2 != 0 || cfg.rope.dim / 2 > hearth_cpu::MAX_ROPE_PAIRS {
-            return Err(Error::Format(format!("rope dimension {} does not fit head_dim {hd}", cfg.rope.dim)));
+        if cfg.rope.dim > hd
+            || cfg.rope.dim % 2 != 0
+            || cfg.rope.dim / 2 > hearth_cpu::MAX_ROPE_PAIRS
+        {
+            return Err(Error::Format(format!(
+                "rope dimension {} does not fit head_dim {hd}",
+                cfg.rope.dim
+            )));
         }
         let l = Loader { t: tensors };
         let tok_embd = l.get("token_embd.weight", &[cfg.n_vocab, e])?;
         if cfg.n_ff == 0 {
-            cfg.n_ff = tensors.get("blk.0.ffn_gate.weight").map(|t| t.shape[0]).unwrap_or(0);
+            cfg.n_ff = tensors
+                .get("blk.0.ffn_gate.weight")
+                .map(|t| t.shape[0])
+                .unwrap_or(0);
         }
         let (qd, kvd, ff) = (cfg.n_head * hd, cfg.n_kv_head * hd, cfg.n_ff);
         let mut layers = Vec::with_capacity(cfg.n_layer.min(4096));
@@ -174,23 +213,47 @@ impl Model {
                 down: l.get(&n("ffn_down.weight"), &[e, ff])?,
             });
         }
-        let output = l.opt("output.weight", &[cfg.n_vocab, e])?.unwrap_or_else(|| tok_embd.clone());
+        let output = l
+            .opt("output.weight", &[cfg.n_vocab, e])?
+            .unwrap_or_else(|| tok_embd.clone());
         let output_norm = l.vec("output_norm.weight", e)?;
-        for t in std::iter::once(&output).chain(layers.iter().flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down])) {
+        for t in std::iter::once(&output).chain(
+            layers
+                .iter()
+                .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]),
+        ) {
             if !backend.supports(t.dtype) {
-                return Err(Error::Unsupported(format!("backend {} cannot run {} tensors ({})", backend.name(), t.dtype, t.name)));
+                return Err(Error::Unsupported(format!(
+                    "backend {} cannot run {} tensors ({})",
+                    backend.name(),
+                    t.dtype,
+                    t.name
+                )));
             }
         }
         let (inv_freq, rope_mscale) = cfg.rope.inv_freq();
-        Ok(Model { cfg, tok_embd, output_norm, output, layers, inv_freq, rope_mscale, backend })
+        Ok(Model {
+            cfg,
+            tok_embd,
+            output_norm,
+            output,
+            layers,
+            inv_freq,
+            rope_mscale,
+            backend,
+        })
     }
 
     /// A fresh state with room for `n_ctx` tokens (KV cache in f32).
     pub fn new_state(&self, n_ctx: usize) -> State {
         let w = self.cfg.n_kv_head * self.cfg.head_dim;
         State {
-            k: (0..self.cfg.n_layer).map(|_| vec![0f32; n_ctx * w]).collect(),
-            v: (0..self.cfg.n_layer).map(|_| vec![0f32; n_ctx * w]).collect(),
+            k: (0..self.cfg.n_layer)
+                .map(|_| vec![0f32; n_ctx * w])
+                .collect(),
+            v: (0..self.cfg.n_layer)
+                .map(|_| vec![0f32; n_ctx * w])
+                .collect(),
             n_ctx,
             len: 0,
             scratch: Scratch::default(),
@@ -204,9 +267,15 @@ impl Model {
             n += self.output.numel();
         }
         for l in &self.layers {
-            n += [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down].iter().map(|t| t.numel()).sum::<usize>();
+            n += [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+                .iter()
+                .map(|t| t.numel())
+                .sum::<usize>();
             n += l.attn_norm.len() + l.ffn_norm.len();
-            n += [&l.bq, &l.bk, &l.bv, &l.bo, &l.q_norm, &l.k_norm].iter().map(|b| b.as_ref().map_or(0, |v| v.len())).sum::<usize>();
+            n += [&l.bq, &l.bk, &l.bv, &l.bo, &l.q_norm, &l.k_norm]
+                .iter()
+                .map(|b| b.as_ref().map_or(0, |v| v.len()))
+                .sum::<usize>();
         }
         n
     }
@@ -215,7 +284,10 @@ impl Model {
     pub fn bytes_per_token(&self) -> usize {
         let mut n = self.output.bytes().len() + self.tok_embd.row_bytes();
         for l in &self.layers {
-            n += [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down].iter().map(|t| t.bytes().len()).sum::<usize>();
+            n += [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+                .iter()
+                .map(|t| t.bytes().len())
+                .sum::<usize>();
         }
         n
     }
@@ -237,7 +309,13 @@ impl Model {
     ///
     /// With `all_logits`, `logits` receives `[tokens.len(), n_vocab]`; otherwise only the last
     /// token's `[n_vocab]`. Long inputs are processed in chunks of `max_batch`.
-    pub fn forward(&self, tokens: &[u32], state: &mut State, all_logits: bool, logits: &mut Vec<f32>) -> Result<()> {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        state: &mut State,
+        all_logits: bool,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         const MAX_BATCH: usize = 256;
         if tokens.is_empty() {
             return Err(Error::Invalid("no tokens to process".into()));
@@ -251,7 +329,10 @@ impl Model {
             )));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.n_vocab) {
-            return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary of {}", self.cfg.n_vocab)));
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.cfg.n_vocab
+            )));
         }
         let nv = self.cfg.n_vocab;
         logits.clear();
@@ -272,7 +353,13 @@ impl Model {
         Ok(())
     }
 
-    fn forward_chunk(&self, tokens: &[u32], st: &mut State, out: Option<&mut [f32]>, all: bool) -> Result<()> {
+    fn forward_chunk(
+        &self,
+        tokens: &[u32],
+        st: &mut State,
+        out: Option<&mut [f32]>,
+        all: bool,
+    ) -> Result<()> {
         let c = &self.cfg;
         let be = &*self.backend;
         let n = tokens.len();
@@ -313,8 +400,24 @@ impl Model {
             if let Some(w) = &l.k_norm {
                 be.rms_norm(k, w, c.rms_eps);
             }
-            be.rope(q, c.n_head, hd, &s.pos, &self.inv_freq, c.rope.style, self.rope_mscale);
-            be.rope(k, c.n_kv_head, hd, &s.pos, &self.inv_freq, c.rope.style, self.rope_mscale);
+            be.rope(
+                q,
+                c.n_head,
+                hd,
+                &s.pos,
+                &self.inv_freq,
+                c.rope.style,
+                self.rope_mscale,
+            );
+            be.rope(
+                k,
+                c.n_kv_head,
+                hd,
+                &s.pos,
+                &self.inv_freq,
+                c.rope.style,
+                self.rope_mscale,
+            );
             st.k[li][pos0 * kvd..(pos0 + n) * kvd].copy_from_slice(k);
             st.v[li][pos0 * kvd..(pos0 + n) * kvd].copy_from_slice(v);
             let att = resize(&mut s.att, n * qd);
@@ -339,7 +442,11 @@ impl Model {
         }
         st.len += n;
         if let Some(out) = out {
-            let rows = if all { &mut x[..] } else { &mut x[(n - 1) * e..] };
+            let rows = if all {
+                &mut x[..]
+            } else {
+                &mut x[(n - 1) * e..]
+            };
             be.rms_norm(rows, &self.output_norm, c.rms_eps);
             let m = rows.len() / e;
             be.matmul(&self.output, rows, m, out)?;

@@ -30,15 +30,37 @@ pub struct ArchSpec {
 
 /// The architectures hearth runs. Tests iterate over this table.
 pub const ARCHS: &[ArchSpec] = &[
-    ArchSpec { name: "llama", hf_model_types: &["llama"], gguf_archs: &["llama"], gguf_rope: RopeStyle::Normal },
-    ArchSpec { name: "mistral", hf_model_types: &["mistral"], gguf_archs: &["mistral"], gguf_rope: RopeStyle::Normal },
-    ArchSpec { name: "qwen2", hf_model_types: &["qwen2"], gguf_archs: &["qwen2"], gguf_rope: RopeStyle::Neox },
-    ArchSpec { name: "qwen3", hf_model_types: &["qwen3"], gguf_archs: &["qwen3"], gguf_rope: RopeStyle::Neox },
+    ArchSpec {
+        name: "llama",
+        hf_model_types: &["llama"],
+        gguf_archs: &["llama"],
+        gguf_rope: RopeStyle::Normal,
+    },
+    ArchSpec {
+        name: "mistral",
+        hf_model_types: &["mistral"],
+        gguf_archs: &["mistral"],
+        gguf_rope: RopeStyle::Normal,
+    },
+    ArchSpec {
+        name: "qwen2",
+        hf_model_types: &["qwen2"],
+        gguf_archs: &["qwen2"],
+        gguf_rope: RopeStyle::Neox,
+    },
+    ArchSpec {
+        name: "qwen3",
+        hf_model_types: &["qwen3"],
+        gguf_archs: &["qwen3"],
+        gguf_rope: RopeStyle::Neox,
+    },
 ];
 
 /// Look an architecture up by HF `model_type`.
 pub fn arch_for_hf(model_type: &str) -> Option<&'static ArchSpec> {
-    ARCHS.iter().find(|a| a.hf_model_types.contains(&model_type))
+    ARCHS
+        .iter()
+        .find(|a| a.hf_model_types.contains(&model_type))
 }
 
 /// Look an architecture up by GGUF `general.architecture`.

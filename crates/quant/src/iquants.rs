@@ -1,6 +1,6 @@
 //! The i-quants: lattice ("grid") codebooks with sign bits, and the non-linear IQ4 types.
 use crate::tables::*;
-use crate::{assert_block_size, f16le, Block};
+use crate::{Block, assert_block_size, f16le};
 
 #[inline(always)]
 fn sign(bits: u8, j: usize) -> f32 {
@@ -100,7 +100,8 @@ impl Block for BlockIQ2S {
     fn dequant(&self, out: &mut [f32]) {
         let d = f16le(self.d);
         for g in 0..32 {
-            let idx = self.qs[g] as usize | ((((self.qh[g / 4] >> (2 * (g % 4))) & 3) as usize) << 8);
+            let idx =
+                self.qs[g] as usize | ((((self.qh[g / 4] >> (2 * (g % 4))) & 3) as usize) << 8);
             let db = d * (0.5 + nibble_scale(&self.scales, g)) * 0.25;
             let grid = &IQ2S_GRID[idx];
             for j in 0..8 {
@@ -198,7 +199,11 @@ impl Block for BlockIQ1S {
         for ib in 0..8 {
             let qh = u16::from_le_bytes([self.qh[2 * ib], self.qh[2 * ib + 1]]);
             let dl = d * (2 * ((qh >> 12) & 7) + 1) as f32;
-            let delta = if qh & 0x8000 != 0 { -IQ1S_DELTA } else { IQ1S_DELTA };
+            let delta = if qh & 0x8000 != 0 {
+                -IQ1S_DELTA
+            } else {
+                IQ1S_DELTA
+            };
             for l in 0..4 {
                 let idx = self.qs[4 * ib + l] as usize | ((((qh >> (3 * l)) & 7) as usize) << 8);
                 let g = &IQ1S_GRID[idx];
@@ -227,8 +232,11 @@ assert_block_size!(BlockIQ1M, 56);
 impl Block for BlockIQ1M {
     const N: usize = 256;
     fn dequant(&self, out: &mut [f32]) {
-        let sc: [u16; 4] = std::array::from_fn(|i| u16::from_le_bytes([self.scales[2 * i], self.scales[2 * i + 1]]));
-        let dbits = (sc[0] >> 12) | ((sc[1] >> 8) & 0xF0) | ((sc[2] >> 4) & 0xF00) | (sc[3] & 0xF000);
+        let sc: [u16; 4] = std::array::from_fn(|i| {
+            u16::from_le_bytes([self.scales[2 * i], self.scales[2 * i + 1]])
+        });
+        let dbits =
+            (sc[0] >> 12) | ((sc[1] >> 8) & 0xF0) | ((sc[2] >> 4) & 0xF00) | (sc[3] & 0xF000);
         let d = half::f16::from_bits(dbits).to_f32();
         for g in 0..32 {
             let s = g / 2; // scale index, 16 values each
@@ -236,7 +244,11 @@ impl Block for BlockIQ1M {
             let dl = d * (2 * ls + 1) as f32;
             let qhn = self.qh[g / 2] >> (4 * (g % 2));
             let idx = self.qs[g] as usize | (((qhn & 7) as usize) << 8);
-            let delta = if qhn & 8 != 0 { -IQ1S_DELTA } else { IQ1S_DELTA };
+            let delta = if qhn & 8 != 0 {
+                -IQ1S_DELTA
+            } else {
+                IQ1S_DELTA
+            };
             let grid = &IQ1S_GRID[idx];
             for j in 0..8 {
                 out[g * 8 + j] = dl * (grid[j] as f32 + delta);

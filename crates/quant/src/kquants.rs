@@ -1,5 +1,5 @@
 //! The k-quants: 256-element super-blocks with 6- or 8-bit sub-block scales.
-use crate::{assert_block_size, f16le, Block};
+use crate::{Block, assert_block_size, f16le};
 
 /// Elements in a k-quant super-block.
 pub const QK_K: usize = 256;
@@ -156,7 +156,8 @@ impl Block for BlockQ5K {
                 let (sc, m) = scale_min_k4(&self.scales, k);
                 let (dl, ml) = (d * sc as f32, dmin * m as f32);
                 for l in 0..32 {
-                    let q = ((self.qs[c * 32 + l] >> (4 * s)) & 0xF) | (((self.qh[l] >> k) & 1) << 4);
+                    let q =
+                        ((self.qs[c * 32 + l] >> (4 * s)) & 0xF) | (((self.qh[l] >> k) & 1) << 4);
                     out[c * 64 + s * 32 + l] = dl * q as f32 - ml;
                 }
             }

@@ -2,7 +2,7 @@
 //!
 //! In the 4/5-bit types, byte `j` of `qs` holds element `j` in its low nibble and element
 //! `j + 16` in its high nibble; Q5's fifth bits sit in `qh` (bit `i` for element `i`).
-use crate::{assert_block_size, f16le, Block};
+use crate::{Block, assert_block_size, f16le};
 
 /// Q4_0: x = d * (q - 8).
 #[repr(C)]

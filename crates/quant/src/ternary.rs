@@ -1,6 +1,6 @@
 //! Ternary (TQ1_0, TQ2_0) and microscaling FP4 (MXFP4) formats.
 use crate::tables::KVALUES_MXFP4;
-use crate::{assert_block_size, f16le, Block};
+use crate::{Block, assert_block_size, f16le};
 
 /// TQ1_0: 1.69 bpw ternary, five trits per byte in base 3.
 #[repr(C)]
@@ -87,7 +87,11 @@ assert_block_size!(BlockMXFP4, 17);
 /// E8M0 exponent to f32, halved (the values table is doubled), as ggml does.
 #[inline]
 pub fn e8m0_to_f32_half(e: u8) -> f32 {
-    let bits = if e < 2 { 0x0020_0000u32 << e } else { ((e - 1) as u32) << 23 };
+    let bits = if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        ((e - 1) as u32) << 23
+    };
     f32::from_bits(bits)
 }
 

@@ -4,14 +4,16 @@ use hearth_core::DType;
 use std::path::PathBuf;
 
 fn fixture(name: &str, ext: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/quant").join(format!("{name}.{ext}"));
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/quant")
+        .join(format!("{name}.{ext}"));
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 const TYPES: &[&str] = &[
-    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-    "Q8_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS",
-    "TQ1_0", "TQ2_0", "MXFP4",
+    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+    "Q6_K", "Q8_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL",
+    "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4",
 ];
 
 #[test]
@@ -19,12 +21,18 @@ fn dequantize_matches_gguf_numpy() {
     for name in TYPES {
         let dt = DType::from_name(name).unwrap();
         let q = fixture(name, "bin");
-        let want: Vec<f32> = fixture(name, "f32").chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let want: Vec<f32> = fixture(name, "f32")
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         let mut got = vec![0f32; want.len()];
         hearth_quant::dequantize(dt, &q, &mut got).unwrap();
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!((g - w).abs() <= scale * 1e-6, "{name}[{i}]: got {g}, gguf says {w}");
+            assert!(
+                (g - w).abs() <= scale * 1e-6,
+                "{name}[{i}]: got {g}, gguf says {w}"
+            );
         }
     }
 }
@@ -35,17 +43,33 @@ fn scalar_dot_matches_dequantized_dot() {
     for name in TYPES {
         let dt = DType::from_name(name).unwrap();
         let q = fixture(name, "bin");
-        let want: Vec<f32> = fixture(name, "f32").chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let want: Vec<f32> = fixture(name, "f32")
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         let x: Vec<f32> = (0..want.len())
             .map(|_| {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect();
-        let reference: f64 = want.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
-        let norm: f64 = want.iter().zip(&x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+        let reference: f64 = want
+            .iter()
+            .zip(&x)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
+        let norm: f64 = want
+            .iter()
+            .zip(&x)
+            .map(|(a, b)| (*a as f64 * *b as f64).abs())
+            .sum();
         let got = hearth_quant::dot(dt, &q, &x).unwrap() as f64;
-        assert!((got - reference).abs() <= norm * 1e-5 + 1e-6, "{name}: dot {got} vs {reference}");
+        assert!(
+            (got - reference).abs() <= norm * 1e-5 + 1e-6,
+            "{name}: dot {got} vs {reference}"
+        );
     }
 }
 

@@ -15,7 +15,10 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message.
     pub fn new(role: &str, content: &str) -> ChatMessage {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -36,21 +39,40 @@ impl ChatTemplate {
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         // HF renders templates with jinja2's trim_blocks and lstrip_blocks on.
-        if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build() {
+        if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+        {
             env.set_syntax(syntax);
         }
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_function("strftime_now", |fmt: String| -> String {
+            strftime_now(&fmt)
         });
-        env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| Error::Format(format!("the chat template does not compile: {e}")))?;
-        Ok(ChatTemplate { env, bos: bos.into(), eos: eos.into() })
+        Ok(ChatTemplate {
+            env,
+            bos: bos.into(),
+            eos: eos.into(),
+        })
     }
 
     /// Render `messages`, ending with the assistant's turn opener when `add_generation_prompt`.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let t = self.env.get_template("chat").map_err(|e| Error::Format(e.to_string()))?;
+        let t = self
+            .env
+            .get_template("chat")
+            .map_err(|e| Error::Format(e.to_string()))?;
         t.render(minijinja::context! {
             messages => minijinja::Value::from(minijinja::value::Serde(messages)),
             add_generation_prompt => add_generation_prompt,
@@ -63,7 +85,10 @@ impl ChatTemplate {
 
 /// Today's date/time formatted with a small strftime subset (templates use `%d %b %Y`).
 fn strftime_now(fmt: &str) -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let days = (secs / 86400) as i64;
     // civil-from-days (Howard Hinnant's algorithm)
     let z = days + 719468;
@@ -75,8 +100,23 @@ fn strftime_now(fmt: &str) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    const MON: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    const MONTH: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const MON: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    const MONTH: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
     let (hh, mm, ss) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     let mut out = String::new();
     let mut it = fmt.chars();
@@ -116,10 +156,15 @@ mod tests {
             "</s>",
         )
         .unwrap();
-        let s = t.render(&[ChatMessage::new("user", "  hi  ")], true).unwrap();
+        let s = t
+            .render(&[ChatMessage::new("user", "  hi  ")], true)
+            .unwrap();
         assert_eq!(s, "hi4");
         let c = ChatTemplate::new(CHATML, "", "").unwrap();
-        assert_eq!(c.render(&[ChatMessage::new("user", "x")], true).unwrap(), "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            c.render(&[ChatMessage::new("user", "x")], true).unwrap(),
+            "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
     #[test]
     fn raise_exception_is_an_error() {

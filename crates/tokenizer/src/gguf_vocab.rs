@@ -1,8 +1,8 @@
 //! Build a tokenizer from GGUF `tokenizer.ggml.*` metadata.
-use crate::{bytes_to_unicode, Spelling, Tokenizer};
+use crate::{Spelling, Tokenizer, bytes_to_unicode};
 use hearth_core::{Error, Result};
 use hearth_formats::{GgufFile, Value};
-use serde_json::{json, Value as Json};
+use serde_json::{Value as Json, json};
 use std::collections::{HashMap, HashSet};
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
@@ -13,10 +13,8 @@ const TOKEN_USER_DEFINED: i64 = 4;
 // own tokenizer.json files use, as listed in llama.cpp's llama-vocab.cpp and transformers'
 // integrations/gguf/gguf_tokenizer_mapping.py.
 const GPT2_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
-const LLAMA3_SPLIT: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_SPLIT: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const GPT4O_SPLIT: &str = concat!(
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
     r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
@@ -48,7 +46,10 @@ fn pre_tokenizer(pre: &str) -> Json {
         "tekken" => seq(vec![split(TEKKEN_SPLIT), byte_level(false)]),
         // Digits isolated one by one, then GPT-2 splitting.
         "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
-            seq(vec![json!({"type": "Digits", "individual_digits": true}), byte_level(true)])
+            seq(vec![
+                json!({"type": "Digits", "individual_digits": true}),
+                byte_level(true),
+            ])
         }
         _ => seq(vec![split(GPT2_SPLIT), byte_level(false)]),
     }
@@ -59,7 +60,11 @@ fn strings(g: &GgufFile, key: &str) -> Result<Option<Vec<String>>> {
         None => Ok(None),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| Error::Format(format!("{key} holds a non-string"))))
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| Error::Format(format!("{key} holds a non-string")))
+            })
             .collect::<Result<Vec<_>>>()
             .map(Some),
         Some(_) => Err(Error::Format(format!("{key} is not an array"))),
@@ -67,21 +72,32 @@ fn strings(g: &GgufFile, key: &str) -> Result<Option<Vec<String>>> {
 }
 
 fn ints(g: &GgufFile, key: &str) -> Option<Vec<i64>> {
-    g.get(key)?.as_array().map(|a| a.iter().map(|v| v.as_i64().unwrap_or(1)).collect())
+    g.get(key)?
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_i64().unwrap_or(1)).collect())
 }
 
 fn floats(g: &GgufFile, key: &str) -> Option<Vec<f64>> {
-    g.get(key)?.as_array().map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect())
+    g.get(key)?
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect())
 }
 
 fn id(g: &GgufFile, key: &str, n: usize) -> Option<u32> {
-    g.get(key)?.as_u64().filter(|&v| (v as usize) < n).map(|v| v as u32)
+    g.get(key)?
+        .as_u64()
+        .filter(|&v| (v as usize) < n)
+        .map(|v| v as u32)
 }
 
 /// SentencePiece merges recovered from the vocabulary and scores, ordered as transformers'
 /// `generate_merges` orders them: by the merged token's score (best first), then by the
 /// lengths of the two halves, then by their ids.
-fn merges_from_scores(tokens: &[String], scores: &[f64], vocab: &HashMap<&str, usize>) -> Vec<(String, String)> {
+fn merges_from_scores(
+    tokens: &[String],
+    scores: &[f64],
+    vocab: &HashMap<&str, usize>,
+) -> Vec<(String, String)> {
     let mut m: Vec<(f64, usize, usize, usize, usize, &str, &str)> = Vec::new();
     for (t, s) in tokens.iter().zip(scores) {
         let mut local = Vec::new();
@@ -95,26 +111,50 @@ fn merges_from_scores(tokens: &[String], scores: &[f64], vocab: &HashMap<&str, u
         m.extend(local);
     }
     // Python's sorted(..., reverse=True) is stable: equal keys keep their order.
-    m.sort_by(|a, b| (b.0, b.1, b.2).partial_cmp(&(a.0, a.1, a.2)).unwrap_or(std::cmp::Ordering::Equal));
-    m.into_iter().map(|x| (x.5.to_string(), x.6.to_string())).collect()
+    m.sort_by(|a, b| {
+        (b.0, b.1, b.2)
+            .partial_cmp(&(a.0, a.1, a.2))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    m.into_iter()
+        .map(|x| (x.5.to_string(), x.6.to_string()))
+        .collect()
 }
 
 /// Build the tokenizer a GGUF file describes.
 pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
-    let model = g.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
-    let tokens = strings(g, "tokenizer.ggml.tokens")?.ok_or_else(|| Error::Format("the file has no vocabulary (tokenizer.ggml.tokens)".into()))?;
+    let model = g
+        .get("tokenizer.ggml.model")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let tokens = strings(g, "tokenizer.ggml.tokens")?.ok_or_else(|| {
+        Error::Format("the file has no vocabulary (tokenizer.ggml.tokens)".into())
+    })?;
     let n = tokens.len();
     let types = ints(g, "tokenizer.ggml.token_type").unwrap_or_else(|| vec![1; n]);
-    let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+    let pre = g
+        .get("tokenizer.ggml.pre")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
     let (spelling, mut doc) = match model {
         "gpt2" => {
             let alphabet: HashSet<char> = bytes_to_unicode().into_iter().collect();
             let spell = bytes_to_unicode();
             let spelled: Vec<String> = tokens
                 .iter()
-                .map(|t| if t.chars().all(|c| alphabet.contains(&c)) { t.clone() } else { t.bytes().map(|b| spell[b as usize]).collect() })
+                .map(|t| {
+                    if t.chars().all(|c| alphabet.contains(&c)) {
+                        t.clone()
+                    } else {
+                        t.bytes().map(|b| spell[b as usize]).collect()
+                    }
+                })
                 .collect();
-            let vocab: serde_json::Map<String, Json> = spelled.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+            let vocab: serde_json::Map<String, Json> = spelled
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.clone(), json!(i)))
+                .collect();
             let merges: Vec<Json> = strings(g, "tokenizer.ggml.merges")?
                 .unwrap_or_default()
                 .iter()
@@ -134,14 +174,32 @@ pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
         }
         "llama" => {
             let scores = floats(g, "tokenizer.ggml.scores").unwrap_or_else(|| vec![0.0; n]);
-            let vocab_idx: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+            let vocab_idx: HashMap<&str, usize> = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.as_str(), i))
+                .collect();
             let merges: Vec<Json> = match strings(g, "tokenizer.ggml.merges")? {
-                Some(m) => m.iter().filter_map(|m| m.split_once(' ').map(|(a, b)| json!([a, b]))).collect(),
-                None => merges_from_scores(&tokens, &scores, &vocab_idx).into_iter().map(|(a, b)| json!([a, b])).collect(),
+                Some(m) => m
+                    .iter()
+                    .filter_map(|m| m.split_once(' ').map(|(a, b)| json!([a, b])))
+                    .collect(),
+                None => merges_from_scores(&tokens, &scores, &vocab_idx)
+                    .into_iter()
+                    .map(|(a, b)| json!([a, b]))
+                    .collect(),
             };
-            let vocab: serde_json::Map<String, Json> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
-            let add_space = g.get("tokenizer.ggml.add_space_prefix").and_then(Value::as_bool).unwrap_or(true);
-            let unk = id(g, "tokenizer.ggml.unknown_token_id", n).map(|i| tokens[i as usize].clone());
+            let vocab: serde_json::Map<String, Json> = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.clone(), json!(i)))
+                .collect();
+            let add_space = g
+                .get("tokenizer.ggml.add_space_prefix")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
+            let unk =
+                id(g, "tokenizer.ggml.unknown_token_id", n).map(|i| tokens[i as usize].clone());
             let mut dec = vec![
                 json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
                 json!({"type": "ByteFallback"}),
@@ -163,7 +221,11 @@ pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
             (Spelling::SentencePiece, doc)
         }
         "" => return Err(Error::Format("the file has no tokenizer.ggml.model".into())),
-        m => return Err(Error::Unsupported(format!("tokenizer model '{m}' (hearth reads gpt2 and llama vocabularies)"))),
+        m => {
+            return Err(Error::Unsupported(format!(
+                "tokenizer model '{m}' (hearth reads gpt2 and llama vocabularies)"
+            )));
+        }
     };
     // Control tokens become special added tokens; user-defined ones plain added tokens.
     let mut special = HashSet::new();
@@ -180,17 +242,38 @@ pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
     doc["added_tokens"] = Json::Array(added);
     doc["truncation"] = Json::Null;
     doc["padding"] = Json::Null;
-    let inner: tokenizers::Tokenizer = doc
-        .to_string()
-        .parse()
-        .map_err(|e| Error::Format(format!("cannot build the tokenizer from GGUF metadata: {e}")))?;
+    let inner: tokenizers::Tokenizer = doc.to_string().parse().map_err(|e| {
+        Error::Format(format!(
+            "cannot build the tokenizer from GGUF metadata: {e}"
+        ))
+    })?;
     let bos = id(g, "tokenizer.ggml.bos_token_id", n);
     let eos = id(g, "tokenizer.ggml.eos_token_id", n);
-    let add_bos = g.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(model == "llama");
-    let add_eos = g.get("tokenizer.ggml.add_eos_token").and_then(Value::as_bool).unwrap_or(false);
+    let add_bos = g
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(Value::as_bool)
+        .unwrap_or(model == "llama");
+    let add_eos = g
+        .get("tokenizer.ggml.add_eos_token")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let mut eog: HashSet<u32> = eos.into_iter().collect();
     eog.extend(id(g, "tokenizer.ggml.eot_token_id", n));
     eog.extend(id(g, "tokenizer.ggml.eom_token_id", n));
-    let chat_template = g.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string);
-    Ok(Tokenizer::assemble(inner, tokens, &special, spelling, bos, eos, add_bos, add_eos, eog, chat_template))
+    let chat_template = g
+        .get("tokenizer.chat_template")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(Tokenizer::assemble(
+        inner,
+        tokens,
+        &special,
+        spelling,
+        bos,
+        eos,
+        add_bos,
+        add_eos,
+        eog,
+        chat_template,
+    ))
 }

@@ -12,7 +12,7 @@
 mod chat;
 mod gguf_vocab;
 
-pub use chat::{ChatMessage, ChatTemplate, CHATML};
+pub use chat::{CHATML, ChatMessage, ChatTemplate};
 
 use hearth_core::{Error, Result};
 use hearth_formats::{ModelFiles, Source};
@@ -51,7 +51,8 @@ pub fn bytes_to_unicode() -> [char; 256] {
     let mut t = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         t[b as usize] = if printable {
             char::from_u32(b).unwrap()
         } else {
@@ -62,7 +63,11 @@ pub fn bytes_to_unicode() -> [char; 256] {
     t
 }
 
-fn spelled_bytes(s: &str, spelling: Spelling, inv: &std::collections::HashMap<char, u8>) -> Vec<u8> {
+fn spelled_bytes(
+    s: &str,
+    spelling: Spelling,
+    inv: &std::collections::HashMap<char, u8>,
+) -> Vec<u8> {
     match spelling {
         Spelling::ByteLevel => {
             let mut out = Vec::with_capacity(s.len());
@@ -99,16 +104,26 @@ impl Tokenizer {
                 })?;
                 let inner = tokenizers::Tokenizer::from_file(path)
                     .map_err(|e| Error::Format(format!("{}: {e}", path.display())))?;
-                Tokenizer::from_hf(inner, h.tokenizer_config.as_ref(), &h.config)
+                let mut t = Tokenizer::from_hf(inner, h.tokenizer_config.as_ref(), &h.config)?;
+                t.chat_template = h.chat_template.clone();
+                Ok(t)
             }
         }
     }
 
     /// Wrap an HF tokenizer, taking the special-token rules from tokenizer_config.json.
-    pub fn from_hf(inner: tokenizers::Tokenizer, tc: Option<&serde_json::Value>, config: &serde_json::Value) -> Result<Tokenizer> {
+    pub fn from_hf(
+        inner: tokenizers::Tokenizer,
+        tc: Option<&serde_json::Value>,
+        config: &serde_json::Value,
+    ) -> Result<Tokenizer> {
         let tok_str = |k: &str| -> Option<String> {
             let v = tc?.get(k)?;
-            v.as_str().map(str::to_string).or_else(|| v.get("content").and_then(|c| c.as_str()).map(str::to_string))
+            v.as_str().map(str::to_string).or_else(|| {
+                v.get("content")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string)
+            })
         };
         let id_of = |s: Option<String>| s.and_then(|s| inner.token_to_id(&s));
         let cfg_id = |k: &str| config.get(k).and_then(|v| v.as_u64()).map(|v| v as u32);
@@ -120,9 +135,18 @@ impl Tokenizer {
         let has_post = inner.get_post_processor().is_some();
         let add_bos = !has_post && flag("add_bos_token").unwrap_or(false);
         let add_eos = !has_post && flag("add_eos_token").unwrap_or(false);
-        let chat_template = tc.and_then(|t| t.get("chat_template")).and_then(|v| v.as_str()).map(str::to_string);
-        let decoder_json = serde_json::to_value(inner.get_decoder()).unwrap_or_default().to_string();
-        let spelling = if decoder_json.contains("ByteLevel") { Spelling::ByteLevel } else { Spelling::SentencePiece };
+        let chat_template = tc
+            .and_then(|t| t.get("chat_template"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let decoder_json = serde_json::to_value(inner.get_decoder())
+            .unwrap_or_default()
+            .to_string();
+        let spelling = if decoder_json.contains("ByteLevel") {
+            Spelling::ByteLevel
+        } else {
+            Spelling::SentencePiece
+        };
         let n = inner.get_vocab_size(true);
         let mut pieces = vec![String::new(); n];
         let mut special = HashSet::new();
@@ -140,7 +164,18 @@ impl Tokenizer {
         if let Some(ids) = config.get("eos_token_id").and_then(|v| v.as_array()) {
             eog.extend(ids.iter().filter_map(|v| v.as_u64()).map(|v| v as u32));
         }
-        Ok(Tokenizer::assemble(inner, pieces, &special, spelling, bos, eos, add_bos, add_eos, eog, chat_template))
+        Ok(Tokenizer::assemble(
+            inner,
+            pieces,
+            &special,
+            spelling,
+            bos,
+            eos,
+            add_bos,
+            add_eos,
+            eog,
+            chat_template,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -157,21 +192,48 @@ impl Tokenizer {
         chat_template: Option<String>,
     ) -> Tokenizer {
         let table = bytes_to_unicode();
-        let inv: std::collections::HashMap<char, u8> = table.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+        let inv: std::collections::HashMap<char, u8> = table
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
         let token_bytes = pieces
             .iter()
             .enumerate()
-            .map(|(i, s)| if special.contains(&(i as u32)) { Vec::new() } else { spelled_bytes(s, spelling, &inv) })
+            .map(|(i, s)| {
+                if special.contains(&(i as u32)) {
+                    Vec::new()
+                } else {
+                    spelled_bytes(s, spelling, &inv)
+                }
+            })
             .collect();
         // Chat-turn terminators are end-of-generation tokens too.
-        for name in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<end_of_turn>", "<|end_of_text|>", "</s>"] {
+        for name in [
+            "<|im_end|>",
+            "<|eot_id|>",
+            "<|end|>",
+            "<|endoftext|>",
+            "<end_of_turn>",
+            "<|end_of_text|>",
+            "</s>",
+        ] {
             if let Some(id) = inner.token_to_id(name) {
                 if special.contains(&id) || Some(id) == eos {
                     eog.insert(id);
                 }
             }
         }
-        Tokenizer { inner, token_bytes, bos, eos, add_bos, add_eos, eog, chat_template }
+        Tokenizer {
+            inner,
+            token_bytes,
+            bos,
+            eos,
+            add_bos,
+            add_eos,
+            eog,
+            chat_template,
+        }
     }
 
     /// Vocabulary size (including added tokens).
@@ -182,7 +244,10 @@ impl Tokenizer {
     /// Encode text. Special-token strings in the text (`<|im_start|>`) become their tokens.
     /// With `add_special`, BOS/EOS are added as the model's rules say.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, add_special).map_err(|e| Error::Invalid(format!("cannot tokenize: {e}")))?;
+        let enc = self
+            .inner
+            .encode(text, add_special)
+            .map_err(|e| Error::Invalid(format!("cannot tokenize: {e}")))?;
         let mut ids = enc.get_ids().to_vec();
         if add_special {
             if self.add_bos {
@@ -203,7 +268,9 @@ impl Tokenizer {
 
     /// The raw bytes token `id` contributes to the output (empty for control tokens).
     pub fn token_bytes(&self, id: u32) -> &[u8] {
-        self.token_bytes.get(id as usize).map_or(&[], |v| v.as_slice())
+        self.token_bytes
+            .get(id as usize)
+            .map_or(&[], |v| v.as_slice())
     }
 
     /// The token's string as the vocabulary spells it.

