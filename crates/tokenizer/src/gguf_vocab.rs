@@ -211,14 +211,17 @@ pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
             let doc = json!({
                 "version": "1.0",
                 "normalizer": null,
-                "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": if add_space { "first" } else { "never" }, "split": false},
+                // The dummy-prefix space is added in `Tokenizer::encode` (as sentencepiece and
+                // llama.cpp do, even before a leading space), not by Metaspace, which skips it
+                // when the text already starts with one.
+                "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "never", "split": false},
                 "post_processor": null,
                 "decoder": {"type": "Sequence", "decoders": dec},
                 "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
                           "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
                           "vocab": vocab, "merges": merges},
             });
-            (Spelling::SentencePiece, doc)
+            (Spelling::SentencePiece(add_space), doc)
         }
         "" => return Err(Error::Format("the file has no tokenizer.ggml.model".into())),
         m => {

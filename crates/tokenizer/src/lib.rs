@@ -23,13 +23,18 @@ use std::collections::HashSet;
 pub enum Spelling {
     /// GPT-2 byte-to-unicode alphabet.
     ByteLevel,
-    /// SentencePiece: `▁` is a space, `<0xXX>` a raw byte.
-    SentencePiece,
+    /// SentencePiece: `▁` is a space, `<0xXX>` a raw byte; with a dummy-prefix space added
+    /// to the text before encoding when the flag is set.
+    SentencePiece(bool),
 }
 
 /// A tokenizer with the model's special-token rules.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// Add sentencepiece's dummy-prefix space before encoding.
+    space_prefix: bool,
+    /// Special-token strings (a text starting with one gets no dummy prefix).
+    specials: Vec<String>,
     /// Raw bytes of each token when decoded (empty for control tokens).
     token_bytes: Vec<Vec<u8>>,
     /// Beginning-of-sequence token.
@@ -82,7 +87,7 @@ fn spelled_bytes(
             }
             out
         }
-        Spelling::SentencePiece => {
+        Spelling::SentencePiece(_) => {
             if s.len() == 6 && s.starts_with("<0x") && s.ends_with('>') {
                 if let Ok(b) = u8::from_str_radix(&s[3..5], 16) {
                     return vec![b];
@@ -145,7 +150,7 @@ impl Tokenizer {
         let spelling = if decoder_json.contains("ByteLevel") {
             Spelling::ByteLevel
         } else {
-            Spelling::SentencePiece
+            Spelling::SentencePiece(false)
         };
         let n = inner.get_vocab_size(true);
         let mut pieces = vec![String::new(); n];
@@ -197,7 +202,7 @@ impl Tokenizer {
             .enumerate()
             .map(|(b, &c)| (c, b as u8))
             .collect();
-        let token_bytes = pieces
+        let token_bytes: Vec<Vec<u8>> = pieces
             .iter()
             .enumerate()
             .map(|(i, s)| {
@@ -224,8 +229,16 @@ impl Tokenizer {
                 }
             }
         }
+        let space_prefix = matches!(spelling, Spelling::SentencePiece(true));
+        let specials = special
+            .iter()
+            .filter_map(|&i| pieces.get(i as usize).cloned())
+            .filter(|s| !s.is_empty())
+            .collect();
         Tokenizer {
             inner,
+            space_prefix,
+            specials,
             token_bytes,
             bos,
             eos,
@@ -244,6 +257,14 @@ impl Tokenizer {
     /// Encode text. Special-token strings in the text (`<|im_start|>`) become their tokens.
     /// With `add_special`, BOS/EOS are added as the model's rules say.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let prefixed;
+        let starts_special = self.specials.iter().any(|s| text.starts_with(s.as_str()));
+        let text = if self.space_prefix && !text.is_empty() && !starts_special {
+            prefixed = format!(" {text}");
+            prefixed.as_str()
+        } else {
+            text
+        };
         let enc = self
             .inner
             .encode(text, add_special)
