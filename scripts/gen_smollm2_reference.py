@@ -52,4 +52,13 @@ hard = [
 goldens = [{"text": s, "ids": tok(s, add_special_tokens=False)["input_ids"],
             "ids_special": tok(s, add_special_tokens=True)["input_ids"]} for s in hard]
 json.dump(goldens, open(os.path.join(fx, "tokenizer_goldens.json"), "w"), ensure_ascii=False, indent=0)
+
+# The GGUF's chat template as transformers renders it.
+chats = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 2+2?"},
+     {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}],
+]
+rendered = [{"messages": m, "text": tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True)} for m in chats]
+json.dump(rendered, open(os.path.join(fx, "chat_goldens.json"), "w"), ensure_ascii=False, indent=0)
 print(f"{len(goldens)} tokenizer goldens")

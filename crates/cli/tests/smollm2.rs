@@ -139,18 +139,26 @@ fn tiny_models_tokenizer_json_and_chat_template_match_hf() {
 
 #[test]
 fn smollm2_chat_template_renders_like_hf() {
-    // The template from the GGUF, rendered the way transformers renders it.
+    // The template from the GGUF, rendered as transformers renders it (chat_goldens.json).
     let files = hearth_formats::ModelFiles::open(&smollm2()).unwrap();
     let tok = hearth_tokenizer::Tokenizer::from_files(&files).unwrap();
     let t =
         hearth_tokenizer::ChatTemplate::new(tok.chat_template.as_deref().unwrap(), "", "").unwrap();
-    let s = t
-        .render(&[hearth_tokenizer::ChatMessage::new("user", "Hi")], true)
-        .unwrap();
-    assert_eq!(
-        s,
-        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
-    );
+    let goldens = json(fixtures().join("smollm2/chat_goldens.json"));
+    for g in goldens.as_array().unwrap() {
+        let msgs: Vec<_> = g["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                hearth_tokenizer::ChatMessage::new(
+                    m["role"].as_str().unwrap(),
+                    m["content"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(t.render(&msgs, true).unwrap(), g["text"].as_str().unwrap());
+    }
 }
 
 #[test]
