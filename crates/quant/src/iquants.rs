@@ -25,6 +25,7 @@ assert_block_size!(BlockIQ2XXS, 66);
 
 impl Block for BlockIQ2XXS {
     const N: usize = 256;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let d = f16le(self.d);
         for ib in 0..8 {
@@ -64,6 +65,7 @@ assert_block_size!(BlockIQ2XS, 74);
 
 impl Block for BlockIQ2XS {
     const N: usize = 256;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let d = f16le(self.d);
         for g in 0..32 {
@@ -97,6 +99,7 @@ assert_block_size!(BlockIQ2S, 82);
 
 impl Block for BlockIQ2S {
     const N: usize = 256;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let d = f16le(self.d);
         for g in 0..32 {
@@ -124,6 +127,7 @@ assert_block_size!(BlockIQ3XXS, 98);
 
 impl Block for BlockIQ3XXS {
     const N: usize = 256;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let d = f16le(self.d);
         for ib in 0..8 {
@@ -162,6 +166,7 @@ assert_block_size!(BlockIQ3S, 110);
 
 impl Block for BlockIQ3S {
     const N: usize = 256;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let d = f16le(self.d);
         for i in 0..64 {
@@ -194,6 +199,7 @@ assert_block_size!(BlockIQ1S, 50);
 
 impl Block for BlockIQ1S {
     const N: usize = 256;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let d = f16le(self.d);
         for ib in 0..8 {
@@ -231,6 +237,7 @@ assert_block_size!(BlockIQ1M, 56);
 
 impl Block for BlockIQ1M {
     const N: usize = 256;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let sc: [u16; 4] = std::array::from_fn(|i| {
             u16::from_le_bytes([self.scales[2 * i], self.scales[2 * i + 1]])
@@ -270,6 +277,7 @@ assert_block_size!(BlockIQ4NL, 18);
 
 impl Block for BlockIQ4NL {
     const N: usize = 32;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let d = f16le(self.d);
         for j in 0..16 {
@@ -307,6 +315,7 @@ impl BlockIQ4XS {
 
 impl Block for BlockIQ4XS {
     const N: usize = 256;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let d = f16le(self.d);
         for ib in 0..8 {

@@ -21,6 +21,7 @@ assert_block_size!(BlockQ2K, 84);
 
 impl Block for BlockQ2K {
     const N: usize = QK_K;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let (d, dmin) = (f16le(self.d), f16le(self.dmin));
         for h in 0..2 {
@@ -66,6 +67,7 @@ impl BlockQ3K {
 
 impl Block for BlockQ3K {
     const N: usize = QK_K;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let d = f16le(self.d);
         let sc = self.scales();
@@ -114,6 +116,7 @@ assert_block_size!(BlockQ4K, 144);
 
 impl Block for BlockQ4K {
     const N: usize = QK_K;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let (d, dmin) = (f16le(self.d), f16le(self.dmin));
         for c in 0..4 {
@@ -148,6 +151,7 @@ assert_block_size!(BlockQ5K, 176);
 
 impl Block for BlockQ5K {
     const N: usize = QK_K;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let (d, dmin) = (f16le(self.d), f16le(self.dmin));
         for c in 0..4 {
@@ -182,6 +186,7 @@ assert_block_size!(BlockQ6K, 210);
 
 impl Block for BlockQ6K {
     const N: usize = QK_K;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let d = f16le(self.d);
         for h in 0..2 {
@@ -214,6 +219,7 @@ assert_block_size!(BlockQ8K, 292);
 
 impl Block for BlockQ8K {
     const N: usize = QK_K;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let d = f32::from_le_bytes(self.d);
         for j in 0..256 {

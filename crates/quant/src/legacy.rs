@@ -17,6 +17,7 @@ assert_block_size!(BlockQ4_0, 18);
 
 impl Block for BlockQ4_0 {
     const N: usize = 32;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let d = f16le(self.d);
         for j in 0..16 {
@@ -41,6 +42,7 @@ assert_block_size!(BlockQ4_1, 20);
 
 impl Block for BlockQ4_1 {
     const N: usize = 32;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let (d, m) = (f16le(self.d), f16le(self.m));
         for j in 0..16 {
@@ -65,6 +67,7 @@ assert_block_size!(BlockQ5_0, 22);
 
 impl Block for BlockQ5_0 {
     const N: usize = 32;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let d = f16le(self.d);
         let qh = u32::from_le_bytes(self.qh);
@@ -94,6 +97,7 @@ assert_block_size!(BlockQ5_1, 24);
 
 impl Block for BlockQ5_1 {
     const N: usize = 32;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let (d, m) = (f16le(self.d), f16le(self.m));
         let qh = u32::from_le_bytes(self.qh);
@@ -119,6 +123,7 @@ assert_block_size!(BlockQ8_0, 34);
 
 impl Block for BlockQ8_0 {
     const N: usize = 32;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let d = f16le(self.d);
         for j in 0..32 {
@@ -142,6 +147,7 @@ assert_block_size!(BlockQ8_1, 36);
 
 impl Block for BlockQ8_1 {
     const N: usize = 32;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let d = f16le(self.d);
         for j in 0..32 {

@@ -46,13 +46,52 @@ pub fn as_blocks<B: Block>(bytes: &[u8]) -> &[B] {
     unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const B, n) }
 }
 
-fn dequant_blocks<B: Block>(src: &[u8], dst: &mut [f32]) {
+/// Whether to use the AVX2+FMA builds: the CPU has them, and `HEARTH_CPU_BASELINE` is not set
+/// (the tests set it to check the portable path too). Decided once.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn has_avx2() -> bool {
+    static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USE.get_or_init(|| {
+        std::env::var_os("HEARTH_CPU_BASELINE").is_none()
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+    })
+}
+
+/// Run the same generic scalar code compiled for AVX2+FMA when the CPU has them: the block
+/// decoders and the f32 dot are all `inline(always)`, so they are vectorized with 256-bit
+/// registers inside the wrapper. Portable builds (and other architectures) use the baseline.
+macro_rules! multiversion {
+    ($name:ident, $avx2:ident, $inner:ident, <$B:ident>($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2<$B: Block>($($arg: $ty),*) -> $ret {
+            $inner::<$B>($($arg),*)
+        }
+        fn $name<$B: Block>($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                // SAFETY: the CPU supports the features the wrapper was compiled for.
+                return unsafe { $avx2::<$B>($($arg),*) };
+            }
+            $inner::<$B>($($arg),*)
+        }
+    };
+}
+
+multiversion!(dequant_blocks, dequant_blocks_avx2, dequant_blocks_impl, <B>(src: &[u8], dst: &mut [f32]) -> ());
+multiversion!(dot_blocks, dot_blocks_avx2, dot_blocks_impl, <B>(src: &[u8], x: &[f32]) -> f32);
+
+#[inline(always)]
+fn dequant_blocks_impl<B: Block>(src: &[u8], dst: &mut [f32]) {
     for (b, out) in as_blocks::<B>(src).iter().zip(dst.chunks_exact_mut(B::N)) {
         b.dequant(out);
     }
 }
 
-fn dot_blocks<B: Block>(src: &[u8], x: &[f32]) -> f32 {
+#[inline(always)]
+fn dot_blocks_impl<B: Block>(src: &[u8], x: &[f32]) -> f32 {
     // Decode up to MAX_BLOCK elements at a time (several small blocks, or one super-block)
     // into a stack buffer, then take a vectorizable f32 dot with that piece of `x`.
     let per = (MAX_BLOCK / B::N).max(1);
@@ -62,14 +101,31 @@ fn dot_blocks<B: Block>(src: &[u8], x: &[f32]) -> f32 {
         for (b, o) in bs.iter().zip(buf.chunks_exact_mut(B::N)) {
             b.dequant(o);
         }
-        acc += dot_f32(&buf[..xs.len()], xs);
+        acc += dot_f32_impl(&buf[..xs.len()], xs);
     }
     acc
 }
 
-/// Plain f32 dot product, written so that the compiler vectorizes it (8 independent lanes).
+/// Plain f32 dot product (AVX2+FMA when the CPU has them).
 #[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { dot_f32_avx2(a, b) };
+    }
+    dot_f32_impl(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_f32_impl(a, b)
+}
+
+/// The f32 dot, written so that the compiler vectorizes it (8 independent lanes).
+#[inline(always)]
+fn dot_f32_impl(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; 8];

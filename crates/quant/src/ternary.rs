@@ -23,6 +23,7 @@ fn trit(byte: u8, pow3: u8) -> f32 {
 
 impl Block for BlockTQ1_0 {
     const N: usize = 256;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         const POW3: [u8; 5] = [1, 3, 9, 27, 81];
         let d = f16le(self.d);
@@ -60,6 +61,7 @@ assert_block_size!(BlockTQ2_0, 66);
 
 impl Block for BlockTQ2_0 {
     const N: usize = 256;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let d = f16le(self.d);
         for h in 0..2 {
@@ -97,6 +99,7 @@ pub fn e8m0_to_f32_half(e: u8) -> f32 {
 
 impl Block for BlockMXFP4 {
     const N: usize = 32;
+    #[inline(always)]
     fn dequant(&self, out: &mut [f32]) {
         let d = e8m0_to_f32_half(self.e);
         for j in 0..16 {
