@@ -84,3 +84,28 @@ for name, cfg in CONFIGS.items():
         if os.path.exists(p):
             os.remove(p)
     print(name, "ok", os.path.getsize(os.path.join(d, "model.safetensors")), "bytes")
+
+# Half-precision, sharded checkpoints: the weights are rounded to bf16 / f16 and saved in that
+# type across several shards (model.safetensors.index.json); transformers computes the expected
+# logits in float32 from the rounded weights, which is what hearth does with them.
+for name, src, dtype in [("llama-bf16-sharded", "llama", torch.bfloat16), ("qwen2-f16-sharded", "qwen2", torch.float16)]:
+    d = os.path.join(out_root, name)
+    shutil.rmtree(d, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(os.path.join(out_root, src), dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():  # round the weights only: buffers such as rope's inv_freq stay f32
+        for p_ in model.parameters():
+            p_.copy_(p_.to(dtype).to(torch.float32))
+    model.eval()
+    half = AutoModelForCausalLM.from_pretrained(os.path.join(out_root, src), dtype=torch.float32, attn_implementation="eager")
+    half.load_state_dict(model.state_dict())
+    half.to(dtype).save_pretrained(d, safe_serialization=True, max_shard_size="150KB")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|im_end|>")
+    fast.save_pretrained(d)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].float().numpy()
+    logits.astype(np.float32).tofile(os.path.join(d, "logits.f32"))
+    json.dump({"tokens": ids, "vocab": VOCAB}, open(os.path.join(d, "expected.json"), "w"))
+    p = os.path.join(d, "generation_config.json")
+    if os.path.exists(p):
+        os.remove(p)
+    print(name, "ok", sorted(f for f in os.listdir(d) if f.endswith(".safetensors") or f.endswith(".json")))

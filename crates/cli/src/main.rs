@@ -190,7 +190,7 @@ fn run(a: RunArgs) -> Result<()> {
         .iter()
         .map(|s| ChatMessage::new("system", s))
         .collect();
-    let mut rendered_len = 0usize; // tokens of the conversation already in the cache
+    let mut cached: Vec<u32> = Vec::new(); // the tokens in the KV cache, in order
     let mut turn = |prompt: &str,
                     messages: &mut Vec<ChatMessage>,
                     state: &mut hearth_models::State|
@@ -203,10 +203,12 @@ fn run(a: RunArgs) -> Result<()> {
             eng.tokenizer.encode(&text, true)?
         };
         // Reuse the cached prefix of the conversation; only new tokens are processed.
-        let common = state
-            .len
-            .min(rendered_len)
-            .min(tokens.len().saturating_sub(1));
+        let lcp = cached
+            .iter()
+            .zip(&tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let common = lcp.min(state.len).min(tokens.len().saturating_sub(1));
         state.truncate(common);
         let new = &tokens[common..];
         let mut out = std::io::stdout().lock();
@@ -216,7 +218,9 @@ fn run(a: RunArgs) -> Result<()> {
             true
         })?;
         let _ = writeln!(out);
-        rendered_len = tokens.len() + generated.len();
+        cached = tokens.clone();
+        cached.extend(&generated);
+        cached.truncate(state.len);
         messages.push(ChatMessage::new(
             "assistant",
             &eng.tokenizer.decode(&generated),

@@ -121,3 +121,32 @@ fn hearth_engine_argmax(l: &[f32]) -> u32 {
     }
     b as u32
 }
+
+#[test]
+fn half_precision_sharded_checkpoints_match_transformers() {
+    for name in ["llama-bf16-sharded", "qwen2-f16-sharded"] {
+        let (files, model, exp, want) = load(name);
+        if let hearth_formats::Source::Hf(h) = &files.source {
+            assert!(h.shards.len() >= 2, "{name} should be sharded");
+        }
+        let dt = files.tensors["blk.0.attn_q.weight"].dtype;
+        assert!(
+            matches!(dt, hearth_core::DType::BF16 | hearth_core::DType::F16),
+            "{name}: {dt}"
+        );
+        let tokens = ids(&exp["tokens"]);
+        let mut st = model.new_state(tokens.len());
+        let mut got = Vec::new();
+        model.forward(&tokens, &mut st, true, &mut got).unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let max_diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            max_diff <= 2e-5 * scale.max(1.0),
+            "{name}: max |diff| {max_diff} (logit scale {scale})"
+        );
+    }
+}
