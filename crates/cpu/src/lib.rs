@@ -81,7 +81,9 @@ impl Backend for Cpu {
         let rb = w.row_bytes();
         let bytes = w.bytes();
         // Rows per task: enough work per task to amortize scheduling.
-        let chunk = (n_out / (self.threads() * 8)).clamp(1, 64);
+        // Rows per task: every row costs the same, so one even share per thread keeps
+        // scheduling overhead to one task each.
+        let chunk = n_out.div_ceil(self.threads()).max(1);
         if n_tok == 1 {
             self.pool.install(|| {
                 out.par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {

@@ -15,6 +15,8 @@ pub mod kquants;
 pub mod legacy;
 pub mod tables;
 pub mod ternary;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
 
 use hearth_core::{DType, Error, Result};
 
@@ -46,7 +48,7 @@ pub fn as_blocks<B: Block>(bytes: &[u8]) -> &[B] {
     unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const B, n) }
 }
 
-/// Whether to use the AVX2+FMA builds: the CPU has them, and `HEARTH_CPU_BASELINE` is not set
+/// Whether to use the AVX2+FMA(+F16C) builds: the CPU has them, and `HEARTH_CPU_BASELINE` is not set
 /// (the tests set it to check the portable path too). Decided once.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -56,6 +58,7 @@ fn has_avx2() -> bool {
         std::env::var_os("HEARTH_CPU_BASELINE").is_none()
             && std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
     })
 }
 
@@ -201,10 +204,28 @@ pub fn dequantize(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
-/// Scalar reference dot product of a row of `dtype` (bytes `src`) with `x` (f32).
-/// Decodes one block at a time into a stack buffer: never a whole row or tensor.
+/// Scalar reference dot product of a row of `dtype` (bytes `src`) with `x` (f32): decodes one
+/// block at a time into a stack buffer (never a whole row or tensor), then an f32 dot.
+pub fn dot_row_scalar(dtype: DType, src: &[u8], x: &[f32]) -> f32 {
+    dispatch!(dtype, dot_blocks_impl, src, x)
+}
+
+/// Dot product of a row of `dtype` (bytes `src`) with `x` (f32), with the fastest kernel the
+/// CPU runs: a fused SIMD kernel where one exists, else the generic path compiled for the CPU.
 #[inline]
 pub fn dot_row(dtype: DType, src: &[u8], x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY (each arm): the CPU has AVX2 and FMA.
+        match dtype {
+            DType::Q4_0 => return unsafe { x86::dot_q4_0(src, x) },
+            DType::Q4_1 => return unsafe { x86::dot_q4_1(src, x) },
+            DType::Q8_0 => return unsafe { x86::dot_q8_0(src, x) },
+            DType::Q4_K => return unsafe { x86::dot_q4_k(src, x) },
+            DType::Q6_K => return unsafe { x86::dot_q6_k(src, x) },
+            _ => {}
+        }
+    }
     dispatch!(dtype, dot_blocks, src, x)
 }
 

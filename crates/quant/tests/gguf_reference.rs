@@ -79,3 +79,30 @@ fn wrong_length_is_an_error_not_a_panic() {
     assert!(hearth_quant::dequantize(DType::Q4_0, &[0u8; 17], &mut out).is_err());
     assert!(hearth_quant::dequantize(DType::Q4_K, &[0u8; 144], &mut out).is_err());
 }
+
+#[test]
+fn simd_dot_agrees_with_scalar_reference() {
+    let mut seed = 7u64;
+    for name in TYPES {
+        let dt = DType::from_name(name).unwrap();
+        let q = fixture(name, "bin");
+        let n = fixture(name, "f32").len() / 4;
+        let x: Vec<f32> = (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        let mut w = vec![0f32; n];
+        hearth_quant::dequantize(dt, &q, &mut w).unwrap();
+        let norm: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+        let fast = hearth_quant::dot_row(dt, &q, &x);
+        let reference = hearth_quant::dot_row_scalar(dt, &q, &x);
+        assert!(
+            (fast - reference).abs() <= norm * 1e-5 + 1e-6,
+            "{name}: simd {fast} vs scalar {reference}"
+        );
+    }
+}

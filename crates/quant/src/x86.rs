@@ -1,0 +1,174 @@
+//! AVX2+FMA dot products of quantized weight rows with f32 activations, for the types real
+//! models ship in. Each has the generic scalar path in `lib.rs` as its reference (the tests
+//! run both). Activations stay in f32: decoding is memory-bound, so the extra precision costs
+//! nothing there.
+#![allow(unsafe_op_in_unsafe_fn)]
+
+use crate::as_blocks;
+use crate::kquants::{BlockQ4K, BlockQ6K, scale_min_k4};
+use crate::legacy::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
+use std::arch::x86_64::*;
+
+/// IEEE half to f32 with the F16C instruction.
+#[inline(always)]
+unsafe fn f16le(b: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(
+        _mm_cvtsi32_si128(u16::from_le_bytes(b) as i32),
+    ))
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// 8 unsigned bytes (the low 8 of `v`) as 8 floats.
+#[inline(always)]
+unsafe fn u8x8(v: __m128i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
+}
+
+/// Unpack 16 bytes of nibbles into 32 floats: low nibbles are elements 0..16, high 16..32.
+#[inline(always)]
+unsafe fn nibbles(p: *const u8) -> [__m256; 4] {
+    let v = _mm_loadu_si128(p as *const __m128i);
+    let m4 = _mm_set1_epi8(0x0F);
+    let lo = _mm_and_si128(v, m4);
+    let hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+    [
+        u8x8(lo),
+        u8x8(_mm_srli_si128(lo, 8)),
+        u8x8(hi),
+        u8x8(_mm_srli_si128(hi, 8)),
+    ]
+}
+
+#[inline(always)]
+unsafe fn dot32(q: &[__m256; 4], x: *const f32) -> (__m256, __m256) {
+    let xs = [
+        _mm256_loadu_ps(x),
+        _mm256_loadu_ps(x.add(8)),
+        _mm256_loadu_ps(x.add(16)),
+        _mm256_loadu_ps(x.add(24)),
+    ];
+    let mut s = _mm256_mul_ps(q[0], xs[0]);
+    s = _mm256_fmadd_ps(q[1], xs[1], s);
+    s = _mm256_fmadd_ps(q[2], xs[2], s);
+    s = _mm256_fmadd_ps(q[3], xs[3], s);
+    let sx = _mm256_add_ps(_mm256_add_ps(xs[0], xs[1]), _mm256_add_ps(xs[2], xs[3]));
+    (s, sx)
+}
+
+/// Q4_0 row · x: per block d * (sum q*x - 8 * sum x).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_0(src: &[u8], x: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let eight = _mm256_set1_ps(8.0);
+    for (b, xs) in as_blocks::<BlockQ4_0>(src).iter().zip(x.chunks_exact(32)) {
+        let (s, sx) = dot32(&nibbles(b.qs.as_ptr()), xs.as_ptr());
+        let t = _mm256_fnmadd_ps(eight, sx, s);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16le(b.d)), t, acc);
+    }
+    hsum(acc)
+}
+
+/// Q4_1 row · x: per block d * sum q*x + m * sum x.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_1(src: &[u8], x: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (b, xs) in as_blocks::<BlockQ4_1>(src).iter().zip(x.chunks_exact(32)) {
+        let (s, sx) = dot32(&nibbles(b.qs.as_ptr()), xs.as_ptr());
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16le(b.d)), s, acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16le(b.m)), sx, acc);
+    }
+    hsum(acc)
+}
+
+/// Q8_0 row · x.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_0(src: &[u8], x: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (b, xs) in as_blocks::<BlockQ8_0>(src).iter().zip(x.chunks_exact(32)) {
+        let q = b.qs.as_ptr();
+        let xp = xs.as_ptr();
+        let mut s = _mm256_setzero_ps();
+        for k in 0..4 {
+            let v = _mm_loadl_epi64(q.add(8 * k) as *const __m128i);
+            let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+            s = _mm256_fmadd_ps(f, _mm256_loadu_ps(xp.add(8 * k)), s);
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16le(b.d)), s, acc);
+    }
+    hsum(acc)
+}
+
+/// Q4_K row · x: per sub-block of 32, d*sc * sum q*x - dmin*m * sum x.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_k(src: &[u8], x: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (b, xs) in as_blocks::<BlockQ4K>(src).iter().zip(x.chunks_exact(256)) {
+        let (d, dmin) = (f16le(b.d), f16le(b.dmin));
+        for c in 0..4 {
+            // 32 bytes hold sub-blocks 2c (low nibbles) and 2c+1 (high nibbles)
+            let v = _mm256_loadu_si256(b.qs.as_ptr().add(32 * c) as *const __m256i);
+            let m4 = _mm256_set1_epi8(0x0F);
+            let lo = _mm256_and_si256(v, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            for (s, q) in [lo, hi].into_iter().enumerate() {
+                let (sc, m) = scale_min_k4(&b.scales, 2 * c + s);
+                let q128 = [_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)];
+                let qf = [
+                    u8x8(q128[0]),
+                    u8x8(_mm_srli_si128(q128[0], 8)),
+                    u8x8(q128[1]),
+                    u8x8(_mm_srli_si128(q128[1], 8)),
+                ];
+                let (dot, sx) = dot32(&qf, xs.as_ptr().add(c * 64 + s * 32));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc as f32), dot, acc);
+                acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * m as f32), sx, acc);
+            }
+        }
+    }
+    hsum(acc)
+}
+
+/// Q6_K row · x: per sub-block of 16, d*scale * sum (q-32)*x.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q6_k(src: &[u8], x: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut q = [0i8; 256];
+    for (b, xs) in as_blocks::<BlockQ6K>(src).iter().zip(x.chunks_exact(256)) {
+        // Rebuild the 6-bit values (minus 32) as bytes, then dot 8 at a time.
+        for h in 0..2 {
+            for l in 0..32 {
+                let ql0 = b.ql[h * 64 + l];
+                let ql1 = b.ql[h * 64 + 32 + l];
+                let qh = b.qh[h * 32 + l];
+                let base = h * 128 + l;
+                q[base] = (((ql0 & 0xF) | ((qh & 3) << 4)) as i8).wrapping_sub(32);
+                q[base + 32] = (((ql1 & 0xF) | (((qh >> 2) & 3) << 4)) as i8).wrapping_sub(32);
+                q[base + 64] = (((ql0 >> 4) | (((qh >> 4) & 3) << 4)) as i8).wrapping_sub(32);
+                q[base + 96] = (((ql1 >> 4) | (((qh >> 6) & 3) << 4)) as i8).wrapping_sub(32);
+            }
+        }
+        let d = f16le(b.d);
+        for sb in 0..16 {
+            let p = q.as_ptr().add(sb * 16);
+            let f0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)));
+            let f1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                p.add(8) as *const __m128i
+            )));
+            let xp = xs.as_ptr().add(sb * 16);
+            let s = _mm256_fmadd_ps(
+                f1,
+                _mm256_loadu_ps(xp.add(8)),
+                _mm256_mul_ps(f0, _mm256_loadu_ps(xp)),
+            );
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * b.scales[sb] as i8 as f32), s, acc);
+        }
+    }
+    hsum(acc)
+}
