@@ -27,6 +27,29 @@ fn load(name: &str) -> (ModelFiles, Model, serde_json::Value, Vec<f32>) {
     (files, model, exp, logits)
 }
 
+/// Logits agree to within float32 rounding noise: a few ulps of the largest logit, accumulated
+/// over the layers.
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max_diff = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        max_diff <= 2e-5 * scale.max(1.0),
+        "{what}: max |diff| {max_diff} (logit scale {scale})"
+    );
+}
+
+fn forward_all(model: &Model, tokens: &[u32]) -> Vec<f32> {
+    let mut st = model.new_state(tokens.len());
+    let mut got = Vec::new();
+    model.forward(tokens, &mut st, true, &mut got).unwrap();
+    got
+}
+
 fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array()
         .unwrap()
@@ -39,24 +62,7 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 fn every_architecture_matches_transformers_logits() {
     for arch in ARCHS {
         let (_f, model, exp, want) = load(arch.name);
-        let tokens = ids(&exp["tokens"]);
-        let mut st = model.new_state(tokens.len());
-        let mut got = Vec::new();
-        model.forward(&tokens, &mut st, true, &mut got).unwrap();
-        assert_eq!(got.len(), want.len(), "{}", arch.name);
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let max_diff = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        eprintln!("{}: max diff {max_diff}, scale {scale}", arch.name);
-        // float32 rounding noise: a few ulps of the largest logit, accumulated over the layers
-        assert!(
-            max_diff <= 2e-5 * scale.max(1.0),
-            "{}: max |diff| {max_diff} (logit scale {scale})",
-            arch.name
-        );
+        assert_close(arch.name, &forward_all(&model, &ids(&exp["tokens"])), &want);
     }
 }
 
@@ -74,16 +80,10 @@ fn every_architecture_prefill_in_pieces_equals_one_batch() {
             .unwrap();
         for (i, &t) in tokens.iter().enumerate().skip(5) {
             model.forward(&[t], &mut st, false, &mut got).unwrap();
-            let w = &want[i * nv..(i + 1) * nv];
-            let d = got
-                .iter()
-                .zip(w)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(
-                d < 1e-3,
-                "{} pos {i}: decode differs from transformers by {d}",
-                arch.name
+            assert_close(
+                &format!("{} decode pos {i}", arch.name),
+                &got,
+                &want[i * nv..(i + 1) * nv],
             );
         }
     }
@@ -134,19 +134,6 @@ fn half_precision_sharded_checkpoints_match_transformers() {
             matches!(dt, hearth_core::DType::BF16 | hearth_core::DType::F16),
             "{name}: {dt}"
         );
-        let tokens = ids(&exp["tokens"]);
-        let mut st = model.new_state(tokens.len());
-        let mut got = Vec::new();
-        model.forward(&tokens, &mut st, true, &mut got).unwrap();
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let max_diff = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            max_diff <= 2e-5 * scale.max(1.0),
-            "{name}: max |diff| {max_diff} (logit scale {scale})"
-        );
+        assert_close(name, &forward_all(&model, &ids(&exp["tokens"])), &want);
     }
 }
