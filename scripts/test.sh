@@ -9,4 +9,4 @@ cargo build --release --locked
 ./target/release/hearth pull smollm2 >/dev/null
 cargo test --release --locked --workspace
 # the portable (non-AVX2) kernels against the same references
-HEARTH_CPU_BASELINE=1 cargo test --release --locked -p hearth-quant -p hearth-models
+HEARTH_CPU_BASELINE=1 cargo test --release --locked -p hearth-quant -p hearth-models -p hearth-cpu

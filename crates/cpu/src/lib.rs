@@ -7,9 +7,8 @@
 #![deny(missing_docs)]
 
 use hearth_core::{AttnParams, Backend, DType, Device, Error, Result, RopeStyle, Tensor};
-use hearth_quant::{dequantize, dot_f32, dot_row};
+use hearth_quant::{dequantize, dot_f32, dot_row, dot_row_x4};
 use rayon::prelude::*;
-use std::cell::RefCell;
 
 /// The CPU backend.
 pub struct Cpu {
@@ -35,10 +34,6 @@ impl Cpu {
 
 /// Most rotated pairs per head the rope kernel handles (head_dim 1024).
 pub const MAX_ROPE_PAIRS: usize = 512;
-
-thread_local! {
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -84,38 +79,33 @@ impl Backend for Cpu {
         // Rows per task: every row costs the same, so one even share per thread keeps
         // scheduling overhead to one task each.
         let chunk = n_out.div_ceil(self.threads()).max(1);
-        if n_tok == 1 {
-            self.pool.install(|| {
-                out.par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {
-                    let r0 = ci * chunk;
-                    for (i, v) in o.iter_mut().enumerate() {
-                        let r = r0 + i;
-                        *v = dot_row(dtype, &bytes[r * rb..(r + 1) * rb], x);
-                    }
-                });
-            });
-            return Ok(());
-        }
+        // Each (row, token) result is computed exactly as a one-token call computes it, so a
+        // token's logits never depend on which other tokens share its batch.
         let optr = SendPtr(out.as_mut_ptr());
+        let xrow = |t: usize| &x[t * n_in..(t + 1) * n_in];
         self.pool.install(|| {
             (0..n_out.div_ceil(chunk)).into_par_iter().for_each(|ci| {
                 let optr = optr;
-                SCRATCH.with(|s| {
-                    let mut s = s.borrow_mut();
-                    if s.len() < n_in {
-                        s.resize(n_in, 0.0);
-                    }
-                    let row = &mut s[..n_in];
-                    for r in ci * chunk..((ci + 1) * chunk).min(n_out) {
-                        // Cannot fail: the tensor's size was checked when it was built.
-                        let _ = dequantize(dtype, &bytes[r * rb..(r + 1) * rb], row);
-                        for t in 0..n_tok {
-                            let v = dot_f32(row, &x[t * n_in..(t + 1) * n_in]);
-                            // SAFETY: (t, r) pairs are disjoint across tasks and in bounds.
-                            unsafe { *optr.0.add(t * n_out + r) = v };
+                // SAFETY (writes below): (t, r) pairs are disjoint across tasks and in bounds.
+                let put = |t: usize, r: usize, v: f32| unsafe { *optr.0.add(t * n_out + r) = v };
+                for r in ci * chunk..((ci + 1) * chunk).min(n_out) {
+                    let row = &bytes[r * rb..(r + 1) * rb];
+                    let mut t = 0;
+                    while t + 4 <= n_tok {
+                        let v = dot_row_x4(
+                            dtype,
+                            row,
+                            [xrow(t), xrow(t + 1), xrow(t + 2), xrow(t + 3)],
+                        );
+                        for (k, v) in v.into_iter().enumerate() {
+                            put(t + k, r, v);
                         }
+                        t += 4;
                     }
-                });
+                    for t in t..n_tok {
+                        put(t, r, dot_row(dtype, row, xrow(t)));
+                    }
+                }
             });
         });
         Ok(())
@@ -234,6 +224,65 @@ impl Backend for Cpu {
     fn silu_mul(&self, gate: &mut [f32], up: &[f32]) {
         for (g, u) in gate.iter_mut().zip(up) {
             *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_core::{DType, Storage};
+
+    #[test]
+    fn a_tokens_result_does_not_depend_on_its_batch() {
+        // Random Q4_1 / Q8_0 / Q4_K weights; 7 tokens at once must equal 7 single-token calls,
+        // bit for bit.
+        let cpu = Cpu::new(2).unwrap();
+        let mut seed = 1u64;
+        let mut rnd = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        for dt in [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q8_0,
+            DType::Q4_K,
+            DType::Q6_K,
+            DType::F16,
+        ] {
+            let (n_out, n_in, n_tok) = (37, 512, 7);
+            let nbytes = dt.row_bytes(n_in).unwrap() * n_out;
+            // random bytes, with every f16 scale made finite by clearing its exponent's top bit
+            let bytes: Vec<u8> = (0..nbytes)
+                .map(|i| {
+                    if i % 2 == 1 {
+                        (rnd() as u8) & 0x3B
+                    } else {
+                        rnd() as u8
+                    }
+                })
+                .collect();
+            let w = Tensor::new("w".into(), dt, vec![n_out, n_in], Storage::owned(bytes)).unwrap();
+            let x: Vec<f32> = (0..n_tok * n_in)
+                .map(|_| (rnd() % 2000) as f32 / 1000.0 - 1.0)
+                .collect();
+            let mut batch = vec![0f32; n_tok * n_out];
+            cpu.matmul(&w, &x, n_tok, &mut batch).unwrap();
+            for t in 0..n_tok {
+                let mut one = vec![0f32; n_out];
+                cpu.matmul(&w, &x[t * n_in..(t + 1) * n_in], 1, &mut one)
+                    .unwrap();
+                for r in 0..n_out {
+                    assert_eq!(
+                        one[r].to_bits(),
+                        batch[t * n_out + r].to_bits(),
+                        "{dt} token {t} row {r}"
+                    );
+                }
+            }
         }
     }
 }

@@ -62,47 +62,79 @@ unsafe fn dot32(q: &[__m256; 4], x: *const f32) -> (__m256, __m256) {
     (s, sx)
 }
 
-/// Q4_0 row · x: per block d * (sum q*x - 8 * sum x).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_0(src: &[u8], x: &[f32]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
+// Each kernel takes N activation rows and decodes every weight block once for all of them.
+// Lane k runs exactly the operations the N = 1 kernel runs, so a token's result never depends
+// on how many tokens share the call.
+
+#[inline(always)]
+unsafe fn q4_0_n<const N: usize>(src: &[u8], x: [&[f32]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
     let eight = _mm256_set1_ps(8.0);
-    for (b, xs) in as_blocks::<BlockQ4_0>(src).iter().zip(x.chunks_exact(32)) {
-        let (s, sx) = dot32(&nibbles(b.qs.as_ptr()), xs.as_ptr());
-        let t = _mm256_fnmadd_ps(eight, sx, s);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16le(b.d)), t, acc);
-    }
-    hsum(acc)
-}
-
-/// Q4_1 row · x: per block d * sum q*x + m * sum x.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_1(src: &[u8], x: &[f32]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (b, xs) in as_blocks::<BlockQ4_1>(src).iter().zip(x.chunks_exact(32)) {
-        let (s, sx) = dot32(&nibbles(b.qs.as_ptr()), xs.as_ptr());
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16le(b.d)), s, acc);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16le(b.m)), sx, acc);
-    }
-    hsum(acc)
-}
-
-/// Q8_0 row · x.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8_0(src: &[u8], x: &[f32]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (b, xs) in as_blocks::<BlockQ8_0>(src).iter().zip(x.chunks_exact(32)) {
-        let q = b.qs.as_ptr();
-        let xp = xs.as_ptr();
-        let mut s = _mm256_setzero_ps();
-        for k in 0..4 {
-            let v = _mm_loadl_epi64(q.add(8 * k) as *const __m128i);
-            let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
-            s = _mm256_fmadd_ps(f, _mm256_loadu_ps(xp.add(8 * k)), s);
+    for (i, b) in as_blocks::<BlockQ4_0>(src).iter().enumerate() {
+        let q = nibbles(b.qs.as_ptr());
+        let d = _mm256_set1_ps(f16le(b.d));
+        for k in 0..N {
+            let (s, sx) = dot32(&q, x[k][i * 32..i * 32 + 32].as_ptr());
+            acc[k] = _mm256_fmadd_ps(d, _mm256_fnmadd_ps(eight, sx, s), acc[k]);
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16le(b.d)), s, acc);
     }
-    hsum(acc)
+    acc.map(|a| hsum(a))
+}
+
+#[inline(always)]
+unsafe fn q4_1_n<const N: usize>(src: &[u8], x: [&[f32]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (i, b) in as_blocks::<BlockQ4_1>(src).iter().enumerate() {
+        let q = nibbles(b.qs.as_ptr());
+        let (d, m) = (_mm256_set1_ps(f16le(b.d)), _mm256_set1_ps(f16le(b.m)));
+        for k in 0..N {
+            let (s, sx) = dot32(&q, x[k][i * 32..i * 32 + 32].as_ptr());
+            acc[k] = _mm256_fmadd_ps(d, s, acc[k]);
+            acc[k] = _mm256_fmadd_ps(m, sx, acc[k]);
+        }
+    }
+    acc.map(|a| hsum(a))
+}
+
+#[inline(always)]
+unsafe fn q8_0_n<const N: usize>(src: &[u8], x: [&[f32]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (i, b) in as_blocks::<BlockQ8_0>(src).iter().enumerate() {
+        let p = b.qs.as_ptr();
+        let q: [__m256; 4] = std::array::from_fn(|k| {
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                p.add(8 * k) as *const __m128i
+            )))
+        });
+        let d = _mm256_set1_ps(f16le(b.d));
+        for k in 0..N {
+            let (s, _) = dot32(&q, x[k][i * 32..i * 32 + 32].as_ptr());
+            acc[k] = _mm256_fmadd_ps(d, s, acc[k]);
+        }
+    }
+    acc.map(|a| hsum(a))
+}
+
+macro_rules! kernels {
+    ($($n1:ident, $n4:ident, $inner:ident, $doc:expr;)*) => {$(
+        #[doc = $doc]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $n1(src: &[u8], x: &[f32]) -> f32 {
+            $inner::<1>(src, [x])[0]
+        }
+        #[doc = $doc]
+        #[doc = " Four activation rows at once."]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $n4(src: &[u8], x: [&[f32]; 4]) -> [f32; 4] {
+            $inner::<4>(src, x)
+        }
+    )*};
+}
+
+kernels! {
+    dot_q4_0, dot_q4_0_x4, q4_0_n, "Q4_0 row · x: per block d * (sum q*x - 8 * sum x).";
+    dot_q4_1, dot_q4_1_x4, q4_1_n, "Q4_1 row · x: per block d * sum q*x + m * sum x.";
+    dot_q8_0, dot_q8_0_x4, q8_0_n, "Q8_0 row · x.";
 }
 
 /// Q4_K row · x: per sub-block of 32, d*sc * sum q*x - dmin*m * sum x.
