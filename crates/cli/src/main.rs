@@ -1,4 +1,5 @@
 //! The `hearth` command line.
+mod bench;
 mod pull;
 
 use anyhow::{Context, Result, bail};
@@ -34,6 +35,8 @@ enum Cmd {
         /// .gguf file, HF directory, or alias (smollm2)
         model: String,
     },
+    /// Measure prompt and generation speed (like llama-bench).
+    Bench(BenchArgs),
     /// Download a model alias (smollm2) into the model directory.
     Pull {
         /// alias
@@ -116,6 +119,21 @@ struct LogitsArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Prompt tokens per pp test (0: skip)
+    #[arg(short = 'p', long, default_value_t = 512)]
+    n_prompt: usize,
+    /// Generated tokens per tg test (0: skip)
+    #[arg(short = 'n', long, default_value_t = 128)]
+    n_gen: usize,
+    /// Repetitions
+    #[arg(short = 'r', long, default_value_t = 5)]
+    reps: usize,
+}
+
+#[derive(Args)]
 struct TokenizeArgs {
     /// .gguf file, HF directory, or alias (smollm2)
     model: String,
@@ -136,6 +154,7 @@ fn main() {
         Cmd::Logits(a) => logits(a),
         Cmd::Tokenize(a) => tokenize(a),
         Cmd::Inspect { model } => inspect(&model),
+        Cmd::Bench(a) => bench(a),
         Cmd::Pull { model } => pull::resolve(&model).map(|p| println!("{}", p.display())),
     };
     if let Err(e) = r {
@@ -265,6 +284,28 @@ fn run(a: RunArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    if a.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let path = pull::resolve(&a.common.model)?;
+    let cpu = Arc::new(hearth_cpu::Cpu::new(a.common.threads)?);
+    let threads = cpu.threads();
+    let files = ModelFiles::open(&path)?;
+    let model = hearth_models::Model::load(&files, cpu)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let opts = bench::BenchOpts {
+        n_prompt: a.n_prompt,
+        n_gen: a.n_gen,
+        reps: a.reps,
+        threads,
+    };
+    bench::run(&model, &name, &opts)
 }
 
 fn parse_tokens(s: &str) -> Result<Vec<u32>> {

@@ -1,0 +1,121 @@
+//! `hearth bench`: prompt processing and generation speed in the style of llama-bench,
+//! plus the effective bandwidth of weight reads during generation against a measured probe.
+use anyhow::Result;
+use hearth_engine::Rng;
+use hearth_models::Model;
+use std::time::Instant;
+
+/// Settings for one benchmark run.
+pub struct BenchOpts {
+    /// Prompt tokens (pp test); 0 skips it.
+    pub n_prompt: usize,
+    /// Generated tokens (tg test); 0 skips it.
+    pub n_gen: usize,
+    /// Repetitions.
+    pub reps: usize,
+    /// Worker threads in use.
+    pub threads: usize,
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+/// Memory read bandwidth in GB/s: every thread sums its share of a buffer much larger than
+/// the caches; the best of a few passes.
+pub fn bandwidth_probe(threads: usize) -> f64 {
+    let bytes = 512usize << 20;
+    let words = bytes / 8;
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let threads = threads.max(1);
+    let mut best = 0f64;
+    for _ in 0..4 {
+        let t0 = Instant::now();
+        let sum: u64 = std::thread::scope(|s| {
+            let hs: Vec<_> = buf
+                .chunks(words.div_ceil(threads))
+                .map(|c| {
+                    s.spawn(move || {
+                        // eight independent sums so the loop is bound by loads, not additions
+                        let mut acc = [0u64; 8];
+                        for w in c.chunks_exact(8) {
+                            for i in 0..8 {
+                                acc[i] = acc[i].wrapping_add(w[i]);
+                            }
+                        }
+                        acc.iter().fold(0u64, |a, b| a.wrapping_add(*b))
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or(0))
+                .fold(0u64, |a, b| a.wrapping_add(b))
+        });
+        std::hint::black_box(sum);
+        best = best.max(bytes as f64 / t0.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+/// Run the benchmark and print a table.
+pub fn run(model: &Model, name: &str, o: &BenchOpts) -> Result<()> {
+    let nv = model.cfg.n_vocab as u64;
+    let mut rng = Rng::new(1234);
+    let mut tok = || (rng.next_u64() % nv) as u32;
+    let mut logits = Vec::new();
+    println!("| model | threads | test | t/s |");
+    println!("|---|---|---|---|");
+    // warm-up: page the weights in
+    let mut st = model.new_state(o.n_prompt.max(o.n_gen).max(16));
+    model.forward(&[tok(), tok()], &mut st, false, &mut logits)?;
+    if o.n_prompt > 0 {
+        let mut speeds = Vec::new();
+        for _ in 0..o.reps {
+            let prompt: Vec<u32> = (0..o.n_prompt).map(|_| tok()).collect();
+            let mut st = model.new_state(o.n_prompt);
+            let t0 = Instant::now();
+            model.forward(&prompt, &mut st, false, &mut logits)?;
+            speeds.push(o.n_prompt as f64 / t0.elapsed().as_secs_f64());
+        }
+        let (m, sd) = mean_sd(&speeds);
+        println!(
+            "| {name} | {} | pp{} | {m:.2} ± {sd:.2} |",
+            o.threads, o.n_prompt
+        );
+    }
+    if o.n_gen > 0 {
+        let mut speeds = Vec::new();
+        for _ in 0..o.reps {
+            let mut st = model.new_state(o.n_gen);
+            let mut t = tok();
+            let t0 = Instant::now();
+            for _ in 0..o.n_gen {
+                model.forward(&[t], &mut st, false, &mut logits)?;
+                t = hearth_engine::argmax(&logits);
+            }
+            speeds.push(o.n_gen as f64 / t0.elapsed().as_secs_f64());
+        }
+        let (m, sd) = mean_sd(&speeds);
+        println!(
+            "| {name} | {} | tg{} | {m:.2} ± {sd:.2} |",
+            o.threads, o.n_gen
+        );
+        let gbs = model.bytes_per_token() as f64 * m / 1e9;
+        let bw = bandwidth_probe(o.threads);
+        println!();
+        println!(
+            "generation reads {:.1} MB of weights per token: {gbs:.2} GB/s effective, {:.0}% of the {bw:.2} GB/s measured memory read bandwidth ({} threads)",
+            model.bytes_per_token() as f64 / 1e6,
+            100.0 * gbs / bw,
+            o.threads
+        );
+    }
+    Ok(())
+}
