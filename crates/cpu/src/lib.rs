@@ -6,29 +6,38 @@
 //! Work is split over a persistent rayon thread pool.
 #![deny(missing_docs)]
 
+mod pool;
+
 use hearth_core::{AttnParams, Backend, DType, Device, Error, Result, RopeStyle, Tensor};
-use hearth_quant::{dequantize, dot_f32, dot_row, dot_row_x4};
-use rayon::prelude::*;
+use hearth_quant::acts::{QuantizedActs, supports_q16};
+use hearth_quant::{dequantize, dot_f32, dot_row, dot_row_q16, dot_row_x4};
 
 /// The CPU backend.
 pub struct Cpu {
-    pool: rayon::ThreadPool,
+    pool: pool::Pool,
+    /// Reused buffer for activations quantized to 16 bits (integer kernels).
+    acts: std::sync::Mutex<QuantizedActs>,
 }
 
 impl Cpu {
     /// A backend with `threads` worker threads (0: one per core).
     pub fn new(threads: usize) -> Result<Cpu> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("hearth-cpu-{i}"))
-            .build()
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = pool::Pool::new(threads)
             .map_err(|e| Error::Invalid(format!("cannot start the thread pool: {e}")))?;
-        Ok(Cpu { pool })
+        Ok(Cpu {
+            pool,
+            acts: Default::default(),
+        })
     }
 
     /// Worker threads.
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.pool.threads()
     }
 }
 
@@ -82,20 +91,30 @@ impl Backend for Cpu {
         // Each (row, token) result is computed exactly as a one-token call computes it, so a
         // token's logits never depend on which other tokens share its batch.
         let optr = SendPtr(out.as_mut_ptr());
-        let xrow = |t: usize| &x[t * n_in..(t + 1) * n_in];
-        self.pool.install(|| {
-            (0..n_out.div_ceil(chunk)).into_par_iter().for_each(|ci| {
-                let optr = optr;
-                // SAFETY (writes below): (t, r) pairs are disjoint across tasks and in bounds.
-                let put = |t: usize, r: usize, v: f32| unsafe { *optr.0.add(t * n_out + r) = v };
-                for r in ci * chunk..((ci + 1) * chunk).min(n_out) {
+        // SAFETY (callers of `put`): (t, r) pairs are disjoint across tasks and in bounds.
+        let put = move |t: usize, r: usize, v: f32| {
+            let p = optr; // capture the Send + Sync wrapper, not its raw pointer field
+            unsafe { *p.0.add(t * n_out + r) = v }
+        };
+        if supports_q16(dtype) {
+            // Integer kernels: quantize the activations once, to 16 bits.
+            let mut guard = self.acts.lock().unwrap_or_else(|e| e.into_inner());
+            guard.quantize(x, n_in);
+            let acts = &*guard;
+            self.pool.run(&|ci| {
+                for r in (ci * chunk).min(n_out)..((ci + 1) * chunk).min(n_out) {
                     let row = &bytes[r * rb..(r + 1) * rb];
                     let mut t = 0;
                     while t + 4 <= n_tok {
-                        let v = dot_row_x4(
+                        let v = dot_row_q16::<4>(
                             dtype,
                             row,
-                            [xrow(t), xrow(t + 1), xrow(t + 2), xrow(t + 3)],
+                            [
+                                acts.row(t),
+                                acts.row(t + 1),
+                                acts.row(t + 2),
+                                acts.row(t + 3),
+                            ],
                         );
                         for (k, v) in v.into_iter().enumerate() {
                             put(t + k, r, v);
@@ -103,10 +122,29 @@ impl Backend for Cpu {
                         t += 4;
                     }
                     for t in t..n_tok {
-                        put(t, r, dot_row(dtype, row, xrow(t)));
+                        put(t, r, dot_row_q16::<1>(dtype, row, [acts.row(t)])[0]);
                     }
                 }
             });
+            return Ok(());
+        }
+        let xrow = |t: usize| &x[t * n_in..(t + 1) * n_in];
+        self.pool.run(&|ci| {
+            for r in (ci * chunk).min(n_out)..((ci + 1) * chunk).min(n_out) {
+                let row = &bytes[r * rb..(r + 1) * rb];
+                let mut t = 0;
+                while t + 4 <= n_tok {
+                    let v =
+                        dot_row_x4(dtype, row, [xrow(t), xrow(t + 1), xrow(t + 2), xrow(t + 3)]);
+                    for (k, v) in v.into_iter().enumerate() {
+                        put(t + k, r, v);
+                    }
+                    t += 4;
+                }
+                for t in t..n_tok {
+                    put(t, r, dot_row(dtype, row, xrow(t)));
+                }
+            }
         });
         Ok(())
     }
@@ -180,8 +218,10 @@ impl Backend for Cpu {
         let group = nh / nkv;
         let kv_stride = nkv * hd;
         let optr = SendPtr(out.as_mut_ptr());
-        self.pool.install(|| {
-            (0..n_tok * nh).into_par_iter().for_each(|job| {
+        let n_jobs = n_tok * nh;
+        let per = n_jobs.div_ceil(self.pool.threads());
+        self.pool.run(&|i| {
+            for job in (i * per).min(n_jobs)..((i + 1) * per).min(n_jobs) {
                 let optr = optr;
                 let (t, h) = (job / nh, job % nh);
                 let kh = h / group;
@@ -217,7 +257,7 @@ impl Backend for Cpu {
                 for oi in o.iter_mut() {
                     *oi *= inv;
                 }
-            });
+            }
         });
     }
 

@@ -9,6 +9,7 @@
 //! numpy reference in the PyPI `gguf` package, which the tests compare against.
 #![deny(missing_docs)]
 
+pub mod acts;
 pub mod float;
 pub mod iquants;
 pub mod kquants;
@@ -223,6 +224,23 @@ pub fn dot_row_x4(dtype: DType, src: &[u8], x: [&[f32]; 4]) -> [f32; 4] {
         }
     }
     x.map(|r| dot_row(dtype, src, r))
+}
+
+/// Integer dot products of one weight row (a type [`acts::supports_q16`] accepts) with `N`
+/// rows of 16-bit quantized activations. Lane k is bit-identical to the `N = 1` call on row k.
+#[inline]
+pub fn dot_row_q16<const N: usize>(dtype: DType, src: &[u8], x: [acts::ActsRow; N]) -> [f32; N] {
+    let n = src.len() / dtype.type_size() * dtype.block_size();
+    assert!(
+        x.iter()
+            .all(|r| r.q.len() >= n && r.d.len() * acts::QK >= n && r.sum.len() * acts::QK >= n)
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C; the rows hold the row's length (checked).
+        return unsafe { x86::dot_q16::<N>(dtype, src, x) };
+    }
+    x.map(|r| acts::dot_q16_scalar(dtype, src, r))
 }
 
 /// Scalar reference dot product of a row of `dtype` (bytes `src`) with `x` (f32): decodes one

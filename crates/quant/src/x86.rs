@@ -4,6 +4,7 @@
 //! nothing there.
 #![allow(unsafe_op_in_unsafe_fn)]
 
+use crate::acts::{ActsRow, QK};
 use crate::as_blocks;
 use crate::kquants::{BlockQ4K, BlockQ6K, scale_min_k4};
 use crate::legacy::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
@@ -203,4 +204,84 @@ pub unsafe fn dot_q6_k(src: &[u8], x: &[f32]) -> f32 {
         }
     }
     hsum(acc)
+}
+
+// ---- integer kernels against 16-bit quantized activations (see acts.rs) ----
+
+/// 16 unsigned nibbles' worth of bytes (low or high) as 16 i16.
+#[inline(always)]
+unsafe fn q4_halves(p: *const u8, off: i16) -> (__m256i, __m256i) {
+    let v = _mm_loadu_si128(p as *const __m128i);
+    let m4 = _mm_set1_epi8(0x0F);
+    let lo = _mm256_cvtepu8_epi16(_mm_and_si128(v, m4));
+    let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(v, 4), m4));
+    let o = _mm256_set1_epi16(off);
+    (_mm256_sub_epi16(lo, o), _mm256_sub_epi16(hi, o))
+}
+
+/// Exact i32 dot of 32 weights (as two halves of 16 i16) with 32 activation i16, as f32 lanes.
+#[inline(always)]
+unsafe fn idot(w: (__m256i, __m256i), xq: *const i16) -> __m256 {
+    let x0 = _mm256_loadu_si256(xq as *const __m256i);
+    let x1 = _mm256_loadu_si256(xq.add(16) as *const __m256i);
+    _mm256_cvtepi32_ps(_mm256_add_epi32(
+        _mm256_madd_epi16(w.0, x0),
+        _mm256_madd_epi16(w.1, x1),
+    ))
+}
+
+#[inline(always)]
+unsafe fn q4_q16_n<const N: usize, const Q4_1: bool>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut macc = [0f32; N];
+    let bs = if Q4_1 { 20 } else { 18 };
+    let nb = src.len() / bs;
+    for i in 0..nb {
+        let b = src.as_ptr().add(i * bs);
+        let d = f16le([*b, *b.add(1)]);
+        let qs = if Q4_1 { b.add(4) } else { b.add(2) };
+        let w = q4_halves(qs, if Q4_1 { 0 } else { 8 });
+        for k in 0..N {
+            let s = idot(w, x[k].q.as_ptr().add(i * QK));
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[k].d[i]), s, acc[k]);
+            if Q4_1 {
+                macc[k] += f16le([*b.add(2), *b.add(3)]) * x[k].sum[i];
+            }
+        }
+    }
+    std::array::from_fn(|k| hsum(acc[k]) + macc[k])
+}
+
+#[inline(always)]
+unsafe fn q8_0_q16_n<const N: usize>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (i, b) in as_blocks::<BlockQ8_0>(src).iter().enumerate() {
+        let p = b.qs.as_ptr();
+        let w = (
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i)),
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16) as *const __m128i)),
+        );
+        let d = f16le(b.d);
+        for k in 0..N {
+            let s = idot(w, x[k].q.as_ptr().add(i * QK));
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[k].d[i]), s, acc[k]);
+        }
+    }
+    acc.map(|a| hsum(a))
+}
+
+/// Integer-kernel dot of a Q4_0 / Q4_1 / Q8_0 row with `N` quantized activation rows (lane k
+/// computes exactly what N = 1 computes for that row). The rows must hold the row's length.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q16<const N: usize>(
+    dtype: hearth_core::DType,
+    src: &[u8],
+    x: [ActsRow; N],
+) -> [f32; N] {
+    match dtype {
+        hearth_core::DType::Q4_0 => q4_q16_n::<N, false>(src, x),
+        hearth_core::DType::Q4_1 => q4_q16_n::<N, true>(src, x),
+        hearth_core::DType::Q8_0 => q8_0_q16_n::<N>(src, x),
+        _ => [0.0; N],
+    }
 }

@@ -106,3 +106,65 @@ fn simd_dot_agrees_with_scalar_reference() {
         );
     }
 }
+
+#[test]
+fn integer_q16_kernels_agree_with_f32_and_scalar_reference() {
+    use hearth_quant::acts::{QuantizedActs, dot_q16_scalar, supports_q16};
+    let mut seed = 11u64;
+    for name in TYPES {
+        let dt = DType::from_name(name).unwrap();
+        if !supports_q16(dt) {
+            continue;
+        }
+        let q = fixture(name, "bin");
+        let n = fixture(name, "f32").len() / 4;
+        let rows: Vec<Vec<f32>> = (0..5)
+            .map(|_| {
+                (0..n)
+                    .map(|_| {
+                        seed = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                    })
+                    .collect()
+            })
+            .collect();
+        let flat: Vec<f32> = rows.concat();
+        let mut acts = QuantizedActs::default();
+        acts.quantize(&flat, n);
+        let mut w = vec![0f32; n];
+        hearth_quant::dequantize(dt, &q, &mut w).unwrap();
+        let x4 = hearth_quant::dot_row_q16::<4>(
+            dt,
+            &q,
+            [acts.row(0), acts.row(1), acts.row(2), acts.row(3)],
+        );
+        for (t, x) in rows.iter().enumerate() {
+            let exact: f64 = w.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let norm: f64 = w
+                .iter()
+                .zip(x)
+                .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                .sum();
+            let fast = hearth_quant::dot_row_q16::<1>(dt, &q, [acts.row(t)])[0];
+            let reference = dot_q16_scalar(dt, &q, acts.row(t));
+            // 16-bit activations: within 1e-4 of the exact dot, relative to the sum of |terms|
+            assert!(
+                (fast as f64 - exact).abs() <= norm * 1e-4,
+                "{name} row {t}: {fast} vs exact {exact}"
+            );
+            assert!(
+                (fast - reference).abs() as f64 <= norm * 1e-5,
+                "{name} row {t}: simd {fast} vs scalar {reference}"
+            );
+            if t < 4 {
+                assert_eq!(
+                    x4[t].to_bits(),
+                    fast.to_bits(),
+                    "{name}: four-row kernel differs from one-row kernel"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! A persistent thread pool for the forward pass: the calling thread works too, workers spin
+//! briefly between jobs (a decode step runs hundreds of short parallel sections, and waking a
+//! sleeping thread costs more than most of them), then park until the next job.
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+type Job = *const (dyn Fn(usize) + Sync);
+
+struct Inner {
+    epoch: AtomicUsize,
+    pending: AtomicUsize,
+    stop: AtomicBool,
+    job: Mutex<Option<SendJob>>,
+    wake: Condvar,
+    park: Mutex<()>,
+}
+
+#[derive(Clone, Copy)]
+struct SendJob(Job);
+// SAFETY: the pointee is Sync, and `run` keeps it alive until every worker is done with it.
+unsafe impl Send for SendJob {}
+
+/// The pool. `run(f)` calls `f(i)` once for each thread index `i` in `0..threads()`.
+pub struct Pool {
+    inner: Arc<Inner>,
+    handles: Vec<JoinHandle<()>>,
+    n: usize,
+    busy: Mutex<()>,
+}
+
+/// Spin iterations before a worker parks (roughly a few hundred microseconds).
+const SPIN: u32 = 100_000;
+
+impl Pool {
+    /// A pool of `threads` threads in all (the caller counts as one).
+    pub fn new(threads: usize) -> std::io::Result<Pool> {
+        let n = threads.max(1);
+        let inner = Arc::new(Inner {
+            epoch: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            job: Mutex::new(None),
+            wake: Condvar::new(),
+            park: Mutex::new(()),
+        });
+        let mut handles = Vec::new();
+        for i in 1..n {
+            let inner = inner.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("hearth-cpu-{i}"))
+                    .spawn(move || worker(&inner, i))?,
+            );
+        }
+        Ok(Pool {
+            inner,
+            handles,
+            n,
+            busy: Mutex::new(()),
+        })
+    }
+
+    /// Threads, the caller included.
+    pub fn threads(&self) -> usize {
+        self.n
+    }
+
+    /// Run `f(i)` for every thread index `i`, the caller taking index 0; returns when all are
+    /// done. `f` must not panic (a panic is caught and the job still completes).
+    pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+        if self.n == 1 {
+            f(0);
+            return;
+        }
+        // One job at a time (a second caller waits here).
+        let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the 'static lifetime is a lie that `run` makes true by not returning before
+        // every worker has finished with the job.
+        let job: Job = unsafe {
+            std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), Job>(f as *const _)
+        };
+        *self.inner.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(SendJob(job));
+        self.inner.pending.store(self.n - 1, Ordering::Release);
+        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+        {
+            let _g = self.inner.park.lock().unwrap_or_else(|e| e.into_inner());
+            self.inner.wake.notify_all();
+        }
+        let _ = catch_unwind(AssertUnwindSafe(|| f(0)));
+        let mut spins = 0u32;
+        while self.inner.pending.load(Ordering::Acquire) != 0 {
+            spin_or_yield(&mut spins);
+        }
+    }
+}
+
+/// Spin, and now and then give the core away: with more threads than cores (tests running
+/// side by side, a busy machine) pure spinning would keep the thread we wait for off the CPU.
+#[inline]
+fn spin_or_yield(spins: &mut u32) {
+    *spins += 1;
+    if *spins % 256 == 0 {
+        std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
+    }
+}
+
+fn worker(inner: &Inner, i: usize) {
+    let mut seen = 0usize;
+    loop {
+        // spin, then park, until a new epoch (job) or stop
+        let mut spins = 0u32;
+        loop {
+            if inner.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let e = inner.epoch.load(Ordering::Acquire);
+            if e != seen {
+                seen = e;
+                break;
+            }
+            if spins < SPIN {
+                spin_or_yield(&mut spins);
+            } else {
+                let g = inner.park.lock().unwrap_or_else(|e| e.into_inner());
+                if inner.epoch.load(Ordering::Acquire) == seen
+                    && !inner.stop.load(Ordering::Acquire)
+                {
+                    let _g = inner.wake.wait(g).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+        let job = *inner.job.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(SendJob(j)) = job {
+            // SAFETY: `run` keeps the job alive until `pending` reaches zero.
+            let f = unsafe { &*j };
+            let _ = catch_unwind(AssertUnwindSafe(|| f(i)));
+        }
+        inner.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::Release);
+        {
+            let _g = self.inner.park.lock().unwrap_or_else(|e| e.into_inner());
+            self.inner.wake.notify_all();
+        }
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn every_index_runs_once_per_job() {
+        let p = Pool::new(3).unwrap();
+        for _ in 0..1000 {
+            let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+            p.run(&|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+        // after a pause long enough for workers to park, jobs still run
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let n = AtomicUsize::new(0);
+        p.run(&|_| {
+            n.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(n.load(Ordering::Relaxed), 3);
+    }
+}

@@ -1,0 +1,121 @@
+//! Activations quantized to 16-bit integers in blocks of 32, for integer dot products with
+//! 4- and 8-bit weights.
+//!
+//! Why 16 bits: the products and their sums are exact in i32, so the integer part of a dot
+//! never depends on summation order, and the rounding of x to 1/32767 of its block maximum is
+//! far below what changes a model's output (8-bit activations, as llama.cpp uses, cost
+//! measurable top-1 agreement). The weights' scales and the block sums of x stay in f32.
+use crate::legacy::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
+use crate::{as_blocks, f16le};
+use hearth_core::DType;
+
+/// Elements per activation block.
+pub const QK: usize = 32;
+
+/// `n_rows` activation rows of `n` values each, quantized per block of 32.
+#[derive(Default, Debug, Clone)]
+pub struct QuantizedActs {
+    /// Values, `[n_rows, n]`.
+    pub q: Vec<i16>,
+    /// Scale per block, `[n_rows, n / 32]`.
+    pub d: Vec<f32>,
+    /// Sum of the original f32 values per block, `[n_rows, n / 32]`.
+    pub sum: Vec<f32>,
+    /// Values per row.
+    pub n: usize,
+}
+
+/// One quantized activation row.
+#[derive(Clone, Copy)]
+pub struct ActsRow<'a> {
+    /// values
+    pub q: &'a [i16],
+    /// per-block scales
+    pub d: &'a [f32],
+    /// per-block sums of the f32 values
+    pub sum: &'a [f32],
+}
+
+impl QuantizedActs {
+    /// Quantize `x` (`[rows, n]`, `n` a multiple of 32), reusing the buffers.
+    pub fn quantize(&mut self, x: &[f32], n: usize) {
+        assert!(n % QK == 0 && x.len() % n == 0);
+        self.n = n;
+        self.q.resize(x.len(), 0);
+        self.d.resize(x.len() / QK, 0.0);
+        self.sum.resize(x.len() / QK, 0.0);
+        for (b, (xs, qs)) in x
+            .chunks_exact(QK)
+            .zip(self.q.chunks_exact_mut(QK))
+            .enumerate()
+        {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 32767.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut s = 0f32;
+            for (q, &v) in qs.iter_mut().zip(xs) {
+                *q = (v * id).round() as i16;
+                s += v;
+            }
+            self.d[b] = d;
+            self.sum[b] = s;
+        }
+    }
+
+    /// Row `t`.
+    pub fn row(&self, t: usize) -> ActsRow<'_> {
+        let nb = self.n / QK;
+        ActsRow {
+            q: &self.q[t * self.n..(t + 1) * self.n],
+            d: &self.d[t * nb..(t + 1) * nb],
+            sum: &self.sum[t * nb..(t + 1) * nb],
+        }
+    }
+}
+
+/// Whether `dtype` has integer kernels against [`QuantizedActs`].
+pub fn supports_q16(dtype: DType) -> bool {
+    matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0)
+}
+
+#[inline(always)]
+fn q4_isum(qs: &[u8; 16], xq: &[i16], off: i32) -> i32 {
+    let mut isum = 0i32;
+    for j in 0..16 {
+        isum += ((qs[j] & 0xF) as i32 - off) * xq[j] as i32;
+        isum += ((qs[j] >> 4) as i32 - off) * xq[j + 16] as i32;
+    }
+    isum
+}
+
+/// Scalar reference (and portable path): a weight row of `dtype` (one of [`supports_q16`])
+/// dotted with a quantized activation row.
+pub fn dot_q16_scalar(dtype: DType, src: &[u8], x: ActsRow) -> f32 {
+    let mut acc = 0f32;
+    let xq = |i: usize| &x.q[i * QK..(i + 1) * QK];
+    match dtype {
+        DType::Q4_0 => {
+            for (i, b) in as_blocks::<BlockQ4_0>(src).iter().enumerate() {
+                acc += f16le(b.d) * x.d[i] * q4_isum(&b.qs, xq(i), 8) as f32;
+            }
+        }
+        DType::Q4_1 => {
+            for (i, b) in as_blocks::<BlockQ4_1>(src).iter().enumerate() {
+                acc +=
+                    f16le(b.d) * x.d[i] * q4_isum(&b.qs, xq(i), 0) as f32 + f16le(b.m) * x.sum[i];
+            }
+        }
+        DType::Q8_0 => {
+            for (i, b) in as_blocks::<BlockQ8_0>(src).iter().enumerate() {
+                let isum: i32 =
+                    b.qs.iter()
+                        .zip(xq(i))
+                        .map(|(&w, &v)| w as i8 as i32 * v as i32)
+                        .sum();
+                acc += f16le(b.d) * x.d[i] * isum as f32;
+            }
+        }
+        _ => {}
+    }
+    acc
+}
