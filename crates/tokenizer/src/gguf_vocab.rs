@@ -1,5 +1,5 @@
 //! Build a tokenizer from GGUF `tokenizer.ggml.*` metadata.
-use crate::{Spelling, Tokenizer, bytes_to_unicode};
+use crate::{Rules, Spelling, Tokenizer, bytes_to_unicode};
 use hearth_core::{Error, Result};
 use hearth_formats::{GgufFile, Value};
 use serde_json::{Value as Json, json};
@@ -267,16 +267,15 @@ pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer> {
         .get("tokenizer.chat_template")
         .and_then(Value::as_str)
         .map(str::to_string);
-    Ok(Tokenizer::assemble(
-        inner,
-        tokens,
-        &special,
-        spelling,
+    let rules = Rules {
         bos,
         eos,
         add_bos,
         add_eos,
         eog,
         chat_template,
+    };
+    Ok(Tokenizer::assemble(
+        inner, tokens, &special, spelling, rules,
     ))
 }

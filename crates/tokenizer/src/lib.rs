@@ -28,6 +28,16 @@ pub enum Spelling {
     SentencePiece(bool),
 }
 
+/// A vocabulary's special-token rules, as its file states them.
+pub(crate) struct Rules {
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub add_bos: bool,
+    pub add_eos: bool,
+    pub eog: HashSet<u32>,
+    pub chat_template: Option<String>,
+}
+
 /// A tokenizer with the model's special-token rules.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -169,33 +179,34 @@ impl Tokenizer {
         if let Some(ids) = config.get("eos_token_id").and_then(|v| v.as_array()) {
             eog.extend(ids.iter().filter_map(|v| v.as_u64()).map(|v| v as u32));
         }
-        Ok(Tokenizer::assemble(
-            inner,
-            pieces,
-            &special,
-            spelling,
+        let rules = Rules {
             bos,
             eos,
             add_bos,
             add_eos,
             eog,
             chat_template,
+        };
+        Ok(Tokenizer::assemble(
+            inner, pieces, &special, spelling, rules,
         ))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn assemble(
         inner: tokenizers::Tokenizer,
         pieces: Vec<String>,
         special: &HashSet<u32>,
         spelling: Spelling,
-        bos: Option<u32>,
-        eos: Option<u32>,
-        add_bos: bool,
-        add_eos: bool,
-        mut eog: HashSet<u32>,
-        chat_template: Option<String>,
+        rules: Rules,
     ) -> Tokenizer {
+        let Rules {
+            bos,
+            eos,
+            add_bos,
+            add_eos,
+            mut eog,
+            chat_template,
+        } = rules;
         let table = bytes_to_unicode();
         let inv: std::collections::HashMap<char, u8> = table
             .iter()
