@@ -5,8 +5,12 @@
 # so no Python packages are needed here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 cargo build --release --locked
 ./target/release/hearth pull smollm2 >/dev/null
-cargo test --release --locked --workspace
+cargo test --release --locked --workspace 2>&1 | tee -a "$log"
 # the portable (non-AVX2) kernels against the same references
-HEARTH_CPU_BASELINE=1 cargo test --release --locked -p hearth-quant -p hearth-models -p hearth-cpu
+HEARTH_CPU_BASELINE=1 cargo test --release --locked -p hearth-quant -p hearth-models -p hearth-cpu 2>&1 | tee -a "$log"
+# one closing line for the whole run
+awk '/^test result:/ { p += $4; f += $6 } END { printf "all: %d passed, %d failed\n", p, f }' "$log"
