@@ -1,9 +1,10 @@
 //! hearth-cpu: the CPU backend.
 //!
-//! Matmuls run on quantized weights directly: a decode step dots each weight row with the
-//! activation one block at a time (never decoding a whole tensor); a batch decodes each row
-//! once into a per-thread scratch buffer and reuses it for every token in the batch.
-//! Work is split over a persistent rayon thread pool.
+//! Matmuls run on quantized weights directly, one block at a time (never decoding a whole
+//! tensor). For Q4_0/Q4_1/Q8_0 the activations are first quantized to 16-bit integers and the
+//! dots are exact integer sums. A batch runs the one-token arithmetic for every (row, token),
+//! four tokens per weight-block decode, so batching never changes a token's result.
+//! Work is split over a persistent thread pool (`pool.rs`).
 #![deny(missing_docs)]
 
 mod pool;
@@ -84,7 +85,6 @@ impl Backend for Cpu {
         let dtype = w.dtype;
         let rb = w.row_bytes();
         let bytes = w.bytes();
-        // Rows per task: enough work per task to amortize scheduling.
         // Rows per task: every row costs the same, so one even share per thread keeps
         // scheduling overhead to one task each.
         let chunk = n_out.div_ceil(self.threads()).max(1);
