@@ -11,7 +11,7 @@ mod pool;
 
 use hearth_core::{AttnParams, Backend, DType, Device, Error, Result, RopeStyle, Tensor};
 use hearth_quant::acts::{QuantizedActs, supports_q16};
-use hearth_quant::{dequantize, dot_f32, dot_row, dot_row_q16, dot_row_x4};
+use hearth_quant::{dequantize, dot_f32, dot_row, dot_row_q16};
 
 /// The CPU backend.
 pub struct Cpu {
@@ -132,16 +132,7 @@ impl Backend for Cpu {
         self.pool.run(&|ci| {
             for r in (ci * chunk).min(n_out)..((ci + 1) * chunk).min(n_out) {
                 let row = &bytes[r * rb..(r + 1) * rb];
-                let mut t = 0;
-                while t + 4 <= n_tok {
-                    let v =
-                        dot_row_x4(dtype, row, [xrow(t), xrow(t + 1), xrow(t + 2), xrow(t + 3)]);
-                    for (k, v) in v.into_iter().enumerate() {
-                        put(t + k, r, v);
-                    }
-                    t += 4;
-                }
-                for t in t..n_tok {
+                for t in 0..n_tok {
                     put(t, r, dot_row(dtype, row, xrow(t)));
                 }
             }

@@ -205,27 +205,6 @@ pub fn dequantize(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
-/// Dot products of one weight row with four activation rows. Each result is bit-identical to
-/// [`dot_row`] on that activation row alone (the batch never changes a token's result); types
-/// with a four-row kernel decode each weight block once for all four.
-#[inline]
-pub fn dot_row_x4(dtype: DType, src: &[u8], x: [&[f32]; 4]) -> [f32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        let n = src.len() / dtype.type_size() * dtype.block_size();
-        if x.iter().all(|r| r.len() >= n) {
-            // SAFETY (each arm): the CPU has AVX2, FMA and F16C; rows hold n values.
-            match dtype {
-                DType::Q4_0 => return unsafe { x86::dot_q4_0_x4(src, x) },
-                DType::Q4_1 => return unsafe { x86::dot_q4_1_x4(src, x) },
-                DType::Q8_0 => return unsafe { x86::dot_q8_0_x4(src, x) },
-                _ => {}
-            }
-        }
-    }
-    x.map(|r| dot_row(dtype, src, r))
-}
-
 /// Integer dot products of one weight row (a type [`acts::supports_q16`] accepts) with `N`
 /// rows of 16-bit quantized activations. Lane k is bit-identical to the `N = 1` call on row k.
 #[inline]

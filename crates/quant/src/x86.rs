@@ -63,9 +63,9 @@ unsafe fn dot32(q: &[__m256; 4], x: *const f32) -> (__m256, __m256) {
     (s, sx)
 }
 
-// Each kernel takes N activation rows and decodes every weight block once for all of them.
-// Lane k runs exactly the operations the N = 1 kernel runs, so a token's result never depends
-// on how many tokens share the call.
+// Written for N activation rows (one weight-block decode for all, lane k doing exactly what
+// N = 1 does); the f32 path only needs N = 1, since these types take the integer kernels in
+// batched matmuls.
 
 #[inline(always)]
 unsafe fn q4_0_n<const N: usize>(src: &[u8], x: [&[f32]; N]) -> [f32; N] {
@@ -117,25 +117,19 @@ unsafe fn q8_0_n<const N: usize>(src: &[u8], x: [&[f32]; N]) -> [f32; N] {
 }
 
 macro_rules! kernels {
-    ($($n1:ident, $n4:ident, $inner:ident, $doc:expr;)*) => {$(
+    ($($n1:ident, $inner:ident, $doc:expr;)*) => {$(
         #[doc = $doc]
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $n1(src: &[u8], x: &[f32]) -> f32 {
             $inner::<1>(src, [x])[0]
         }
-        #[doc = $doc]
-        #[doc = " Four activation rows at once."]
-        #[target_feature(enable = "avx2,fma,f16c")]
-        pub unsafe fn $n4(src: &[u8], x: [&[f32]; 4]) -> [f32; 4] {
-            $inner::<4>(src, x)
-        }
     )*};
 }
 
 kernels! {
-    dot_q4_0, dot_q4_0_x4, q4_0_n, "Q4_0 row · x: per block d * (sum q*x - 8 * sum x).";
-    dot_q4_1, dot_q4_1_x4, q4_1_n, "Q4_1 row · x: per block d * sum q*x + m * sum x.";
-    dot_q8_0, dot_q8_0_x4, q8_0_n, "Q8_0 row · x.";
+    dot_q4_0, q4_0_n, "Q4_0 row · x: per block d * (sum q*x - 8 * sum x).";
+    dot_q4_1, q4_1_n, "Q4_1 row · x: per block d * sum q*x + m * sum x.";
+    dot_q8_0, q8_0_n, "Q8_0 row · x.";
 }
 
 /// Q4_K row · x: per sub-block of 32, d*sc * sum q*x - dmin*m * sum x.
