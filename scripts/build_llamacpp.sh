@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Build llama.cpp's tools (llama-bench, llama-quantize, llama-perplexity, llama-server) from the
 # source vendored in the PyPI sdist of llama-cpp-python, into .llama.cpp/ (git-ignored).
-# Needs cmake (apt-get install cmake). Prints the bin directory.
+# Needs cmake (apt-get install cmake). Prints the bin directory. With --src-only it only unpacks
+# the source (for convert_hf_to_gguf.py) and prints its directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD/.llama.cpp"
 bin="$root/build/bin"
-if [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-quantize" ]; then echo "$bin"; exit 0; fi
-command -v cmake >/dev/null || { echo "cmake is needed: apt-get install -y cmake" >&2; exit 1; }
+src_only=0; [ "${1:-}" = "--src-only" ] && src_only=1
+if [ $src_only = 0 ] && [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-quantize" ]; then echo "$bin"; exit 0; fi
 mkdir -p "$root"
 if [ ! -d "$root/src" ]; then
   pip download --no-binary :all: --no-deps llama-cpp-python -d "$root/dl" >&2
   tar -xzf "$root"/dl/llama_cpp_python-*.tar.gz -C "$root"
   mv "$root"/llama_cpp_python-*/vendor/llama.cpp "$root/src"
 fi
+if [ $src_only = 1 ]; then echo "$root/src"; exit 0; fi
+command -v cmake >/dev/null || { echo "cmake is needed: apt-get install -y cmake" >&2; exit 1; }
 cmake -S "$root/src" -B "$root/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >&2
 cmake --build "$root/build" -j"$(nproc)" --target llama-bench llama-quantize llama-perplexity llama-server >&2

@@ -44,68 +44,78 @@ CONFIGS = {
                   attention_bias=False, rope_scaling={"rope_type": "linear", "factor": 2.0}),
 }
 
-ids = tk.encode(text[:400]).ids[:40]
-torch.manual_seed(0)
-for name, cfg in CONFIGS.items():
-    d = os.path.join(out_root, name)
-    shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(d)
-    config = AutoConfig.for_model(**cfg)
-    config._attn_implementation = "eager"
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
-    with torch.no_grad():  # larger-than-default init so that logits are not all ~0
-        for p in model.parameters():
-            if p.dim() >= 1:
-                p.normal_(0.0, 0.2 if p.dim() > 1 else 0.5)
-        for n_, p in model.named_parameters():
-            if "norm" in n_:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-    model.eval()
-    model.save_pretrained(d, safe_serialization=True)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|im_end|>")
-    fast.chat_template = CHATML
-    fast.save_pretrained(d)
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0].float().numpy()
-        gen = model.generate(torch.tensor([ids[:8]]), max_new_tokens=16, do_sample=False, eos_token_id=None,
-                             pad_token_id=0)[0, 8:].tolist()
-    logits.astype(np.float32).tofile(os.path.join(d, "logits.f32"))
+
+def tokenizer_expectations(fast):
+    """Token ids of awkward strings, and a rendered chat, from the HF tokenizer."""
     hard = ["Hello world", "  multiple   spaces\tand\nnewlines\n\n", "café naïve Ångström", "你好，世界 🙂👍🏽",
             "def f(x):\n    return x**2  # code", "<|im_start|>user\nHi<|im_end|>", "1234567890", ""]
     goldens = [{"text": t, "ids": fast(t, add_special_tokens=False)["input_ids"],
                 "ids_special": fast(t, add_special_tokens=True)["input_ids"]} for t in hard]
     chat = fast.apply_chat_template([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}],
                                     tokenize=False, add_generation_prompt=True)
-    json.dump({"tokens": ids, "vocab": VOCAB, "greedy_prompt": ids[:8], "greedy": gen, "tokenizer_goldens": goldens,
-               "chat_rendered": chat,
-               "transformers": transformers.__version__}, open(os.path.join(d, "expected.json"), "w"))
-    for junk in ["generation_config.json"]:
-        p = os.path.join(d, junk)
+    return {"tokenizer_goldens": goldens, "chat_rendered": chat}
+
+
+def main():
+    ids = tk.encode(text[:400]).ids[:40]
+    torch.manual_seed(0)
+    for name, cfg in CONFIGS.items():
+        d = os.path.join(out_root, name)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        config = AutoConfig.for_model(**cfg)
+        config._attn_implementation = "eager"
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
+        with torch.no_grad():  # larger-than-default init so that logits are not all ~0
+            for p in model.parameters():
+                if p.dim() >= 1:
+                    p.normal_(0.0, 0.2 if p.dim() > 1 else 0.5)
+            for n_, p in model.named_parameters():
+                if "norm" in n_:
+                    p.copy_(1.0 + 0.2 * torch.randn_like(p))
+        model.eval()
+        model.save_pretrained(d, safe_serialization=True)
+        fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|im_end|>")
+        fast.chat_template = CHATML
+        fast.save_pretrained(d)
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].float().numpy()
+            gen = model.generate(torch.tensor([ids[:8]]), max_new_tokens=16, do_sample=False, eos_token_id=None,
+                                 pad_token_id=0)[0, 8:].tolist()
+        logits.astype(np.float32).tofile(os.path.join(d, "logits.f32"))
+        json.dump({"tokens": ids, "vocab": VOCAB, "greedy_prompt": ids[:8], "greedy": gen, **tokenizer_expectations(fast),
+                   "transformers": transformers.__version__}, open(os.path.join(d, "expected.json"), "w"))
+        for junk in ["generation_config.json"]:
+            p = os.path.join(d, junk)
+            if os.path.exists(p):
+                os.remove(p)
+        print(name, "ok", os.path.getsize(os.path.join(d, "model.safetensors")), "bytes")
+
+    # Half-precision, sharded checkpoints: the weights are rounded to bf16 / f16 and saved in that
+    # type across several shards (model.safetensors.index.json); transformers computes the expected
+    # logits in float32 from the rounded weights, which is what hearth does with them.
+    for name, src, dtype in [("llama-bf16-sharded", "llama", torch.bfloat16), ("qwen2-f16-sharded", "qwen2", torch.float16)]:
+        d = os.path.join(out_root, name)
+        shutil.rmtree(d, ignore_errors=True)
+        model = AutoModelForCausalLM.from_pretrained(os.path.join(out_root, src), dtype=torch.float32, attn_implementation="eager")
+        with torch.no_grad():  # round the weights only: buffers such as rope's inv_freq stay f32
+            for p_ in model.parameters():
+                p_.copy_(p_.to(dtype).to(torch.float32))
+        model.eval()
+        half = AutoModelForCausalLM.from_pretrained(os.path.join(out_root, src), dtype=torch.float32, attn_implementation="eager")
+        half.load_state_dict(model.state_dict())
+        half.to(dtype).save_pretrained(d, safe_serialization=True, max_shard_size="150KB")
+        fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|im_end|>")
+        fast.save_pretrained(d)
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].float().numpy()
+        logits.astype(np.float32).tofile(os.path.join(d, "logits.f32"))
+        json.dump({"tokens": ids, "vocab": VOCAB}, open(os.path.join(d, "expected.json"), "w"))
+        p = os.path.join(d, "generation_config.json")
         if os.path.exists(p):
             os.remove(p)
-    print(name, "ok", os.path.getsize(os.path.join(d, "model.safetensors")), "bytes")
+        print(name, "ok", sorted(f for f in os.listdir(d) if f.endswith(".safetensors") or f.endswith(".json")))
 
-# Half-precision, sharded checkpoints: the weights are rounded to bf16 / f16 and saved in that
-# type across several shards (model.safetensors.index.json); transformers computes the expected
-# logits in float32 from the rounded weights, which is what hearth does with them.
-for name, src, dtype in [("llama-bf16-sharded", "llama", torch.bfloat16), ("qwen2-f16-sharded", "qwen2", torch.float16)]:
-    d = os.path.join(out_root, name)
-    shutil.rmtree(d, ignore_errors=True)
-    model = AutoModelForCausalLM.from_pretrained(os.path.join(out_root, src), dtype=torch.float32, attn_implementation="eager")
-    with torch.no_grad():  # round the weights only: buffers such as rope's inv_freq stay f32
-        for p_ in model.parameters():
-            p_.copy_(p_.to(dtype).to(torch.float32))
-    model.eval()
-    half = AutoModelForCausalLM.from_pretrained(os.path.join(out_root, src), dtype=torch.float32, attn_implementation="eager")
-    half.load_state_dict(model.state_dict())
-    half.to(dtype).save_pretrained(d, safe_serialization=True, max_shard_size="150KB")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|im_end|>")
-    fast.save_pretrained(d)
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0].float().numpy()
-    logits.astype(np.float32).tofile(os.path.join(d, "logits.f32"))
-    json.dump({"tokens": ids, "vocab": VOCAB}, open(os.path.join(d, "expected.json"), "w"))
-    p = os.path.join(d, "generation_config.json")
-    if os.path.exists(p):
-        os.remove(p)
-    print(name, "ok", sorted(f for f in os.listdir(d) if f.endswith(".safetensors") or f.endswith(".json")))
+
+if __name__ == "__main__":
+    main()

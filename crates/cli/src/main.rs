@@ -452,21 +452,63 @@ fn inspect(model: &str) -> Result<()> {
     let m = hearth_models::Model::load(&files, backend(1)?)?;
     let c = &m.cfg;
     println!(
-        "parameters:    {} ({})",
+        "parameters:    {} ({}) total, {} ({}) active per token",
         m.n_params(),
-        human(m.n_params() as f64)
+        human(m.n_params() as f64),
+        m.n_active_params(),
+        human(m.n_active_params() as f64)
     );
-    println!(
-        "shape:         {} layers, n_embd {}, {} heads / {} kv heads, head_dim {}, n_ff {}, vocab {}",
-        c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.head_dim, c.n_ff, c.n_vocab
-    );
+    println!("architecture:  {}", c.arch);
+    match &c.mla {
+        Some(a) => println!(
+            "shape:         {} layers, n_embd {}, {} heads with latent attention (kv_lora_rank {}, q_lora_rank {}, nope {} + rope {}, v {}), n_ff {}, vocab {}",
+            c.n_layer,
+            c.n_embd,
+            c.n_head,
+            a.kv_lora_rank,
+            a.q_lora_rank.map_or("none".to_string(), |r| r.to_string()),
+            a.nope,
+            a.rope,
+            a.v_dim,
+            c.n_ff,
+            c.n_vocab
+        ),
+        None => println!(
+            "shape:         {} layers, n_embd {}, {} heads / {} kv heads, head_dim {}, n_ff {}, vocab {}",
+            c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.head_dim, c.n_ff, c.n_vocab
+        ),
+    }
+    if let Some(e) = &c.moe {
+        println!(
+            "experts:       {} routed, {} used per token, {:?} scores{}{}{}, {} MoE layers of {}",
+            e.n_expert,
+            e.n_used,
+            e.gating,
+            if e.norm { ", renormalised" } else { "" },
+            if e.scale != 1.0 {
+                format!(", scaled by {}", e.scale)
+            } else {
+                String::new()
+            },
+            if e.n_group > 1 {
+                format!(
+                    ", {} of {} groups ({:?})",
+                    e.topk_group, e.n_group, e.group_score
+                )
+            } else {
+                String::new()
+            },
+            m.n_moe_layers(),
+            c.n_layer
+        );
+    }
     println!("context:       {} tokens (training)", c.n_ctx_train);
     println!(
         "rope:          theta {}, dim {}, {:?}, {:?}",
         c.rope.theta, c.rope.dim, c.rope.style, c.rope.scaling
     );
     println!(
-        "KV cache:      {} bytes/token in f32, {} bytes/token in f16",
+        "KV cache:      {} bytes/token in f32, {} bytes/token in 16-bit",
         c.kv_bytes_per_token(4),
         c.kv_bytes_per_token(2)
     );

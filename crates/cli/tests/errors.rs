@@ -170,7 +170,7 @@ fn missing_tensor_and_metadata() {
         .write(&p);
     fails_cleanly(
         &["inspect", p.to_str().unwrap()],
-        "blk.0.attn_norm.weight is missing",
+        "blk.0.attn_q.weight is missing",
     );
 }
 
@@ -273,4 +273,22 @@ fn vocabulary_only_gguf_tokenizes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn impossible_expert_routing() {
+    // more experts per token than there are experts: a clear error, not an index panic
+    let p = tmp("bad-moe.gguf");
+    Gguf::new(1, 7)
+        .kv_str("general.architecture", "qwen3moe")
+        .kv_u32("qwen3moe.embedding_length", 8)
+        .kv_u32("qwen3moe.attention.head_count", 2)
+        .kv_u32("qwen3moe.block_count", 1)
+        .kv_u32("qwen3moe.feed_forward_length", 16)
+        .kv_u32("qwen3moe.expert_count", 4)
+        .kv_u32("qwen3moe.expert_used_count", 9)
+        .tensor("token_embd.weight", &[8, 4], 0, 0)
+        .data(128)
+        .write(&p);
+    fails_cleanly(&["inspect", p.to_str().unwrap()], "not a valid routing");
 }

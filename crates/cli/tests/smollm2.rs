@@ -105,6 +105,21 @@ fn tiny_models_tokenizer_json_and_chat_template_match_hf() {
     for arch in hearth_models::ARCHS {
         let dir = fixtures().join("tiny").join(arch.name);
         let exp = json(dir.join("expected.json"));
+        // the vocabulary llama.cpp's converter wrote into the GGUF must tokenize the same way
+        let gguf = dir.join("model.gguf");
+        if gguf.exists() {
+            let files = hearth_formats::ModelFiles::open(&gguf).unwrap();
+            let tok = hearth_tokenizer::Tokenizer::from_files(&files).unwrap();
+            for e in exp["tokenizer_goldens"].as_array().unwrap() {
+                let text = e["text"].as_str().unwrap();
+                assert_eq!(
+                    tok.encode(text, false).unwrap(),
+                    ids(&e["ids"]),
+                    "{} (GGUF): {text:?}",
+                    arch.name
+                );
+            }
+        }
         let files = hearth_formats::ModelFiles::open(&dir).unwrap();
         let tok = hearth_tokenizer::Tokenizer::from_files(&files).unwrap();
         for e in exp["tokenizer_goldens"].as_array().unwrap() {

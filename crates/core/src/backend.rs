@@ -7,18 +7,50 @@
 use crate::{DType, Result, Tensor};
 
 /// Parameters of one attention call.
+///
+/// Queries are `[n_tok, n_head, head_dim]`. The caches hold one row per position: keys at
+/// `k[pos * k_stride + kv_head * head_dim ..][..head_dim]`, values at
+/// `v[pos * v_stride + kv_head * v_dim ..][..v_dim]`; the output is `[n_tok, n_head, v_dim]`.
+/// Multi-head latent attention runs through the same call as one kv head whose values are the
+/// first `v_dim` columns of the key rows.
 #[derive(Clone, Copy, Debug)]
-pub struct AttnParams {
+pub struct AttnParams<'a> {
     /// Query heads.
     pub n_head: usize,
     /// Key/value heads (GQA: `n_head` is a multiple of it).
     pub n_kv_head: usize,
-    /// Width of one head.
+    /// Width of one query/key head.
     pub head_dim: usize,
+    /// Width of one value head.
+    pub v_dim: usize,
+    /// Floats between consecutive positions' key rows.
+    pub k_stride: usize,
+    /// Floats between consecutive positions' value rows.
+    pub v_stride: usize,
     /// Score scale (usually `1/sqrt(head_dim)`).
     pub scale: f32,
     /// Sliding window: attend only to the last `window` positions.
     pub window: Option<usize>,
+    /// Attention sinks (gpt-oss): one extra logit per head that joins the softmax's
+    /// denominator and contributes no value.
+    pub sinks: Option<&'a [f32]>,
+}
+
+impl AttnParams<'_> {
+    /// Plain (grouped-query) attention over caches of `[n_kv_head, head_dim]` rows.
+    pub fn gqa(n_head: usize, n_kv_head: usize, head_dim: usize, scale: f32) -> Self {
+        AttnParams {
+            n_head,
+            n_kv_head,
+            head_dim,
+            v_dim: head_dim,
+            k_stride: n_kv_head * head_dim,
+            v_stride: n_kv_head * head_dim,
+            scale,
+            window: None,
+            sinks: None,
+        }
+    }
 }
 
 /// How RoPE pairs dimensions.
@@ -71,7 +103,7 @@ pub trait Backend: Send + Sync {
         v: &[f32],
         n_tok: usize,
         pos0: usize,
-        p: &AttnParams,
+        p: &AttnParams<'_>,
         out: &mut [f32],
     );
 

@@ -173,4 +173,28 @@ impl Tensor {
             storage,
         })
     }
+
+    /// A view of rows `start..start + n` of a 2-D tensor, without copying.
+    pub fn rows(&self, start: usize, n: usize) -> Result<Tensor> {
+        if self.shape.len() != 2 || start + n > self.shape[0] {
+            return Err(Error::Invalid(format!(
+                "rows {start}..{} out of range for {} {:?}",
+                start + n,
+                self.name,
+                self.shape
+            )));
+        }
+        let rb = self.row_bytes();
+        Ok(Tensor {
+            name: format!("{}[{start}..{}]", self.name, start + n),
+            dtype: self.dtype,
+            shape: vec![n, self.shape[1]],
+            device: self.device,
+            storage: Storage {
+                buf: self.storage.buf.clone(),
+                offset: self.storage.offset + start * rb,
+                len: n * rb,
+            },
+        })
+    }
 }

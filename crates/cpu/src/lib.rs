@@ -202,12 +202,11 @@ impl Backend for Cpu {
         v: &[f32],
         n_tok: usize,
         pos0: usize,
-        p: &AttnParams,
+        p: &AttnParams<'_>,
         out: &mut [f32],
     ) {
-        let (hd, nh, nkv) = (p.head_dim, p.n_head, p.n_kv_head);
+        let (hd, vd, nh, nkv) = (p.head_dim, p.v_dim, p.n_head, p.n_kv_head);
         let group = nh / nkv;
-        let kv_stride = nkv * hd;
         let optr = SendPtr(out.as_mut_ptr());
         let n_jobs = n_tok * nh;
         let per = n_jobs.div_ceil(self.pool.threads());
@@ -219,16 +218,21 @@ impl Backend for Cpu {
                 let pos = pos0 + t;
                 let start = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
                 let qv = &q[(t * nh + h) * hd..(t * nh + h + 1) * hd];
-                // SAFETY: each (t, h) writes its own disjoint head_dim slice of `out`.
+                // SAFETY: each (t, h) writes its own disjoint v_dim slice of `out`.
                 let o =
-                    unsafe { std::slice::from_raw_parts_mut(optr.0.add((t * nh + h) * hd), hd) };
+                    unsafe { std::slice::from_raw_parts_mut(optr.0.add((t * nh + h) * vd), vd) };
                 o.fill(0.0);
-                // Online softmax over the cached positions.
-                let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
+                // Online softmax over the cached positions; a sink starts the running
+                // maximum and denominator off with its own logit and no value.
+                let (mut m, mut l) = match p.sinks {
+                    Some(s) => (s[h], 1f32),
+                    None => (f32::NEG_INFINITY, 0f32),
+                };
                 for j in start..=pos {
-                    let kv = &k[j * kv_stride + kh * hd..j * kv_stride + (kh + 1) * hd];
-                    let s = dot_f32(qv, kv) * p.scale;
-                    let vv = &v[j * kv_stride + kh * hd..j * kv_stride + (kh + 1) * hd];
+                    let kr = j * p.k_stride + kh * hd;
+                    let s = dot_f32(qv, &k[kr..kr + hd]) * p.scale;
+                    let vr = j * p.v_stride + kh * vd;
+                    let vv = &v[vr..vr + vd];
                     if s > m {
                         let corr = (m - s).exp();
                         l = l * corr + 1.0;

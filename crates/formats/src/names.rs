@@ -17,6 +17,52 @@ const HF_LAYER: &[(&str, &str)] = &[
     ("mlp.gate_proj", "ffn_gate"),
     ("mlp.up_proj", "ffn_up"),
     ("mlp.down_proj", "ffn_down"),
+    // MLA (DeepSeek V2/V3)
+    ("self_attn.q_a_proj", "attn_q_a"),
+    ("self_attn.q_a_layernorm", "attn_q_a_norm"),
+    ("self_attn.q_b_proj", "attn_q_b"),
+    ("self_attn.kv_a_proj_with_mqa", "attn_kv_a_mqa"),
+    ("self_attn.kv_a_layernorm", "attn_kv_a_norm"),
+    ("self_attn.kv_b_proj", "attn_kv_b"),
+    // routers
+    ("mlp.gate", "ffn_gate_inp"),
+    ("mlp.router", "ffn_gate_inp"),
+    ("block_sparse_moe.gate", "ffn_gate_inp"),
+    // shared experts
+    ("mlp.shared_expert.gate_proj", "ffn_gate_shexp"),
+    ("mlp.shared_expert.up_proj", "ffn_up_shexp"),
+    ("mlp.shared_expert.down_proj", "ffn_down_shexp"),
+    ("mlp.shared_experts.gate_proj", "ffn_gate_shexp"),
+    ("mlp.shared_experts.up_proj", "ffn_up_shexp"),
+    ("mlp.shared_experts.down_proj", "ffn_down_shexp"),
+    ("mlp.shared_expert_gate", "ffn_gate_inp_shexp"),
+];
+
+/// Layer-local HF names without a `.weight`/`.bias` suffix (parameters and buffers that are
+/// bare names) -> canonical name. gpt-oss keeps its experts merged, transposed relative to
+/// GGUF and with gate/up interleaved, so they get names of their own (`*_hf`) that the model
+/// loader converts.
+const HF_BARE: &[(&str, &str)] = &[
+    ("self_attn.sinks", "attn_sinks.weight"),
+    ("mlp.gate.e_score_correction_bias", "exp_probs_b.bias"),
+    (
+        "block_sparse_moe.e_score_correction_bias",
+        "exp_probs_b.bias",
+    ),
+    ("mlp.experts.gate_up_proj", "ffn_gate_up_exps_hf.weight"),
+    ("mlp.experts.gate_up_proj_bias", "ffn_gate_up_exps_hf.bias"),
+    ("mlp.experts.down_proj", "ffn_down_exps_hf.weight"),
+    ("mlp.experts.down_proj_bias", "ffn_down_exps.bias"),
+];
+
+/// Per-expert HF projections -> canonical per-expert stem: `blk.{i}.{stem}.{e}.weight`.
+const HF_EXPERT: &[(&str, &str)] = &[
+    ("gate_proj", "ffn_gate_exps"),
+    ("up_proj", "ffn_up_exps"),
+    ("down_proj", "ffn_down_exps"),
+    ("w1", "ffn_gate_exps"),
+    ("w3", "ffn_up_exps"),
+    ("w2", "ffn_down_exps"),
 ];
 
 /// (Hugging Face global name, canonical name)
@@ -35,6 +81,20 @@ pub fn canonical_from_hf(name: &str) -> Option<String> {
     let rest = name.strip_prefix("model.layers.")?;
     let (idx, rest) = rest.split_once('.')?;
     let layer: usize = idx.parse().ok()?;
+    if let Some((_, c)) = HF_BARE.iter().find(|(h, _)| *h == rest) {
+        return Some(format!("blk.{layer}.{c}"));
+    }
+    // mlp.experts.{e}.gate_proj.weight, block_sparse_moe.experts.{e}.w1.weight
+    if let Some(ex) = rest
+        .strip_prefix("mlp.experts.")
+        .or_else(|| rest.strip_prefix("block_sparse_moe.experts."))
+    {
+        let (e, proj) = ex.split_once('.')?;
+        let e: usize = e.parse().ok()?;
+        let (proj, suffix) = proj.rsplit_once('.')?;
+        let (_, c) = HF_EXPERT.iter().find(|(h, _)| *h == proj)?;
+        return Some(format!("blk.{layer}.{c}.{e}.{suffix}"));
+    }
     let (stem, suffix) = rest.rsplit_once('.')?;
     let (_, part) = HF_LAYER.iter().find(|(h, _)| *h == stem)?;
     Some(format!("blk.{layer}.{part}.{suffix}"))
@@ -63,5 +123,21 @@ mod tests {
             "output.weight"
         );
         assert_eq!(canonical_from_hf("model.rotary_emb.inv_freq"), None);
+        assert_eq!(
+            canonical_from_hf("model.layers.2.mlp.experts.7.up_proj.weight").unwrap(),
+            "blk.2.ffn_up_exps.7.weight"
+        );
+        assert_eq!(
+            canonical_from_hf("model.layers.0.block_sparse_moe.experts.3.w2.weight").unwrap(),
+            "blk.0.ffn_down_exps.3.weight"
+        );
+        assert_eq!(
+            canonical_from_hf("model.layers.1.mlp.gate.e_score_correction_bias").unwrap(),
+            "blk.1.exp_probs_b.bias"
+        );
+        assert_eq!(
+            canonical_from_hf("model.layers.1.self_attn.kv_b_proj.weight").unwrap(),
+            "blk.1.attn_kv_b.weight"
+        );
     }
 }

@@ -155,6 +155,97 @@ impl Rope {
     }
 }
 
+/// How router logits become expert scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gating {
+    /// Softmax over all experts.
+    Softmax,
+    /// Independent sigmoids (DeepSeek V3, GLM-4.5, MiniMax-M2).
+    Sigmoid,
+}
+
+/// How a group of experts is scored for group-limited routing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupScore {
+    /// The group's best expert (DeepSeek V2's `group_limited_greedy`).
+    Max,
+    /// The sum of the group's two best experts (DeepSeek V3's `noaux_tc`).
+    Top2Sum,
+}
+
+/// The experts' activation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ExpertAct {
+    /// silu(gate) * up.
+    Silu,
+    /// gpt-oss: gate clamped above at `limit`, up clamped to ±`limit`,
+    /// `gate * sigmoid(alpha * gate) * (up + 1)`.
+    ClampedSwiglu {
+        /// sigmoid slope
+        alpha: f32,
+        /// clamp bound
+        limit: f32,
+    },
+}
+
+/// Mixture-of-experts routing.
+#[derive(Clone, Debug)]
+pub struct MoeConfig {
+    /// Routed experts per MoE layer.
+    pub n_expert: usize,
+    /// Experts each token uses.
+    pub n_used: usize,
+    /// Router scoring.
+    pub gating: Gating,
+    /// Renormalise the chosen experts' weights to sum to one.
+    pub norm: bool,
+    /// Multiply the chosen weights by this (`routed_scaling_factor`).
+    pub scale: f32,
+    /// Expert groups (1: no group-limited routing).
+    pub n_group: usize,
+    /// Groups a token may draw experts from.
+    pub topk_group: usize,
+    /// How a group is scored.
+    pub group_score: GroupScore,
+    /// Activation.
+    pub act: ExpertAct,
+}
+
+impl MoeConfig {
+    fn validate(&self) -> Result<()> {
+        if self.n_used == 0
+            || self.n_used > self.n_expert
+            || self.n_group == 0
+            || self.n_group > self.n_expert
+            || self.n_expert % self.n_group != 0
+            || self.topk_group == 0
+            || self.topk_group > self.n_group
+            || self.n_used > self.topk_group * (self.n_expert / self.n_group)
+        {
+            return Err(Error::Format(format!(
+                "{} of {} experts, from {} of {} groups, is not a valid routing",
+                self.n_used, self.n_expert, self.topk_group, self.n_group
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Multi-head latent attention (DeepSeek V2/V3) shapes.
+#[derive(Clone, Debug)]
+pub struct MlaConfig {
+    /// Rank of the query compression (None: full q projection).
+    pub q_lora_rank: Option<usize>,
+    /// Rank of the compressed KV latent (what the cache holds, with the rope key).
+    pub kv_lora_rank: usize,
+    /// Per-head query/key dimensions without position.
+    pub nope: usize,
+    /// Per-head rotary dimensions (the rope key is shared by all heads).
+    pub rope: usize,
+    /// Per-head value dimensions.
+    pub v_dim: usize,
+}
+
 /// Everything the forward pass needs to know about a model's shape.
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
@@ -180,8 +271,79 @@ pub struct ModelConfig {
     pub rms_eps: f32,
     /// RoPE.
     pub rope: Rope,
-    /// Sliding-window attention span, if any.
+    /// Sliding-window attention span, if any (every layer unless `swa_layers` says).
     pub sliding_window: Option<usize>,
+    /// Which layers use the sliding window (None: all of them).
+    pub swa_layers: Option<Vec<bool>>,
+    /// Routing, for models with MoE layers (which layers are MoE follows from the tensors).
+    pub moe: Option<MoeConfig>,
+    /// Latent attention shapes, for MLA models.
+    pub mla: Option<MlaConfig>,
+}
+
+/// Routing settings from an HF config.json; None for dense models. transformers hard-codes
+/// each architecture's routing in its modeling code, so the table follows that code.
+fn hf_moe(c: &Json, arch: &str) -> Result<Option<MoeConfig>> {
+    let n_expert = ["num_experts", "num_local_experts", "n_routed_experts"]
+        .iter()
+        .find_map(|k| c.get(*k).and_then(Json::as_u64))
+        .unwrap_or(0) as usize;
+    if n_expert == 0 {
+        return Ok(None);
+    }
+    let n_used = c
+        .get("num_experts_per_tok")
+        .and_then(Json::as_u64)
+        .ok_or_else(|| Error::Format("config.json: num_experts_per_tok is missing".into()))?
+        as usize;
+    let fl = |k: &str| c.get(k).and_then(Json::as_f64).map(|v| v as f32);
+    let us = |k: &str| c.get(k).and_then(Json::as_u64).map(|v| v as usize);
+    let norm_topk = c.get("norm_topk_prob").and_then(Json::as_bool);
+    let mut m = MoeConfig {
+        n_expert,
+        n_used,
+        gating: Gating::Softmax,
+        norm: false,
+        scale: 1.0,
+        n_group: 1,
+        topk_group: 1,
+        group_score: GroupScore::Max,
+        act: ExpertAct::Silu,
+    };
+    match arch {
+        "qwen3_moe" | "qwen2_moe" => m.norm = norm_topk.unwrap_or(false),
+        "mixtral" => m.norm = true,
+        "deepseek_v2" => {
+            m.scale = fl("routed_scaling_factor").unwrap_or(1.0);
+            if c.get("topk_method").and_then(Json::as_str) == Some("group_limited_greedy") {
+                m.n_group = us("n_group").unwrap_or(1).max(1);
+                m.topk_group = us("topk_group").unwrap_or(m.n_group);
+            }
+        }
+        "deepseek_v3" | "glm4_moe" => {
+            m.gating = Gating::Sigmoid;
+            m.norm = norm_topk.unwrap_or(true);
+            m.scale = fl("routed_scaling_factor").unwrap_or(1.0);
+            m.n_group = us("n_group").unwrap_or(1).max(1);
+            m.topk_group = us("topk_group").unwrap_or(m.n_group);
+            m.group_score = GroupScore::Top2Sum;
+        }
+        "minimax_m2" => {
+            m.gating = Gating::Sigmoid;
+            m.norm = true;
+        }
+        "gpt_oss" => {
+            // softmax over the top-k logits == renormalised softmax over all of them
+            m.norm = true;
+            m.act = ExpertAct::ClampedSwiglu {
+                alpha: fl("swiglu_alpha").unwrap_or(1.702),
+                limit: fl("swiglu_limit").unwrap_or(7.0),
+            };
+        }
+        o => return Err(Error::Unsupported(format!("routing of {o} experts"))),
+    }
+    m.validate()?;
+    Ok(Some(m))
 }
 
 fn gget<'a>(g: &'a GgufFile, arch: &str, key: &str) -> Option<&'a Value> {
@@ -239,14 +401,109 @@ impl ModelConfig {
                 attention_factor: f("rope.scaling.yarn_attn_factor"),
                 mscale: None,
                 mscale_all_dim: None,
-                truncate: true,
+                // gpt-oss's reference YaRN does not round the correction range (its HF config
+                // says truncate: false); GGUF has no key for it
+                truncate: arch != "gpt-oss",
             },
             Some(o) => return Err(Error::Unsupported(format!("rope scaling type {o}"))),
         };
+        let n_layer = gusize(g, arch, "block_count")?;
+        let moe = match gusize(g, arch, "expert_count") {
+            Ok(n_expert) if n_expert > 0 => {
+                let gating = match gusize(g, arch, "expert_gating_func") {
+                    Ok(2) => Gating::Sigmoid,
+                    Ok(1) => Gating::Softmax,
+                    Ok(o) => return Err(Error::Unsupported(format!("expert gating function {o}"))),
+                    Err(_) if arch == "minimax-m2" => Gating::Sigmoid,
+                    Err(_) => Gating::Softmax,
+                };
+                // llama.cpp fixes renormalisation per architecture where the file has no key
+                let norm_default = matches!(arch, "qwen3moe" | "llama" | "minimax-m2" | "gpt-oss");
+                let norm = gget(g, arch, "expert_weights_norm")
+                    .and_then(|v| match v {
+                        Value::Bool(b) => Some(*b),
+                        _ => None,
+                    })
+                    .unwrap_or(norm_default);
+                let n_group = gusize(g, arch, "expert_group_count").unwrap_or(1).max(1);
+                Some(MoeConfig {
+                    n_expert,
+                    n_used: gusize(g, arch, "expert_used_count")?,
+                    gating,
+                    norm,
+                    scale: f("expert_weights_scale")
+                        .filter(|&s| s != 0.0)
+                        .unwrap_or(1.0),
+                    n_group,
+                    topk_group: gusize(g, arch, "expert_group_used_count").unwrap_or(n_group),
+                    group_score: if gating == Gating::Sigmoid {
+                        GroupScore::Top2Sum
+                    } else {
+                        GroupScore::Max
+                    },
+                    act: if arch == "gpt-oss" {
+                        ExpertAct::ClampedSwiglu {
+                            alpha: 1.702,
+                            limit: 7.0,
+                        }
+                    } else {
+                        ExpertAct::Silu
+                    },
+                })
+            }
+            _ => None,
+        };
+        if let Some(m) = &moe {
+            m.validate()?;
+        }
+        let mla = match gusize(g, arch, "attention.kv_lora_rank") {
+            Ok(kv_lora_rank) => {
+                let k = gusize(g, arch, "attention.key_length_mla")
+                    .or_else(|_| gusize(g, arch, "attention.key_length"))?;
+                let v_dim = gusize(g, arch, "attention.value_length_mla")
+                    .or_else(|_| gusize(g, arch, "attention.value_length"))?;
+                if k <= rope_dim {
+                    return Err(Error::Format(format!(
+                        "MLA key length {k} is not above the rope dimension {rope_dim}"
+                    )));
+                }
+                Some(MlaConfig {
+                    q_lora_rank: gusize(g, arch, "attention.q_lora_rank").ok(),
+                    kv_lora_rank,
+                    nope: k - rope_dim,
+                    rope: rope_dim,
+                    v_dim,
+                })
+            }
+            Err(_) => None,
+        };
+        let mut scaling = scaling;
+        if let (
+            RopeScaling::Yarn {
+                mscale,
+                mscale_all_dim,
+                ..
+            },
+            Some(m),
+        ) = (
+            &mut scaling,
+            f("rope.scaling.yarn_log_multiplier").filter(|_| mla.is_some()),
+        ) {
+            // DeepSeek files store 0.1 * mscale_all_dim (llama.cpp's converter), and their
+            // mscale equals it.
+            *mscale = Some(10.0 * m);
+            *mscale_all_dim = Some(10.0 * m);
+        }
+        let sliding_window = gusize(g, arch, "attention.sliding_window")
+            .ok()
+            .filter(|&w| w > 0);
+        // gpt-oss alternates: even layers slide, odd layers see everything (llama.cpp's pattern)
+        let swa_layers = (arch == "gpt-oss" && sliding_window.is_some())
+            .then(|| (0..n_layer).map(|i| i % 2 == 0).collect());
         Ok(ModelConfig {
             arch: arch.to_string(),
             n_embd,
-            n_layer: gusize(g, arch, "block_count")?,
+            n_layer,
             n_head,
             n_kv_head,
             head_dim,
@@ -261,14 +518,16 @@ impl ModelConfig {
                 scaling,
                 freq_factors: None,
             },
-            sliding_window: gusize(g, arch, "attention.sliding_window")
-                .ok()
-                .filter(|&w| w > 0),
+            sliding_window,
+            swa_layers,
+            moe,
+            mla,
         })
     }
 
-    /// From an HF config.json. HF checkpoints always use NeoX-style (rotate-half) RoPE.
-    pub fn from_hf(c: &Json, arch: &str) -> Result<ModelConfig> {
+    /// From an HF config.json; `rope_style` comes from the architecture registry (rotate-half
+    /// except for DeepSeek's interleaved pairs).
+    pub fn from_hf(c: &Json, arch: &str, rope_style: RopeStyle) -> Result<ModelConfig> {
         let u = |k: &str| -> Result<usize> {
             c.get(k)
                 .and_then(Json::as_u64)
@@ -347,10 +606,47 @@ impl ModelConfig {
         } else {
             None
         };
+        let n_layer = u("num_hidden_layers")?;
+        let swa_layers = c.get("layer_types").and_then(Json::as_array).map(|a| {
+            a.iter()
+                .map(|t| t.as_str() == Some("sliding_attention"))
+                .collect::<Vec<_>>()
+        });
+        let sliding_window = match &swa_layers {
+            Some(l) if l.iter().any(|&b| b) => c
+                .get("sliding_window")
+                .and_then(Json::as_u64)
+                .map(|v| v as usize),
+            Some(_) => None,
+            None => sliding_window,
+        };
+        let moe = hf_moe(c, arch)?;
+        let mla = if arch.starts_with("deepseek") {
+            Some(MlaConfig {
+                q_lora_rank: c
+                    .get("q_lora_rank")
+                    .and_then(Json::as_u64)
+                    .map(|v| v as usize),
+                kv_lora_rank: u("kv_lora_rank")?,
+                nope: u("qk_nope_head_dim")?,
+                rope: u("qk_rope_head_dim")?,
+                v_dim: u("v_head_dim")?,
+            })
+        } else {
+            None
+        };
+        let rope_style = match c.get("rope_interleave").and_then(Json::as_bool) {
+            Some(false) => RopeStyle::Neox,
+            _ => rope_style,
+        };
+        let rope_dim = match &mla {
+            Some(m) => m.rope,
+            None => (head_dim as f32 * partial) as usize,
+        };
         Ok(ModelConfig {
             arch: arch.to_string(),
             n_embd,
-            n_layer: u("num_hidden_layers")?,
+            n_layer,
             n_head,
             n_kv_head: u("num_key_value_heads").unwrap_or(n_head),
             head_dim,
@@ -360,17 +656,91 @@ impl ModelConfig {
             rms_eps: f(c, "rms_norm_eps").unwrap_or(1e-6),
             rope: Rope {
                 theta,
-                dim: (head_dim as f32 * partial) as usize,
-                style: RopeStyle::Neox,
+                dim: rope_dim,
+                style: rope_style,
                 scaling,
                 freq_factors: None,
             },
             sliding_window,
+            swa_layers,
+            moe,
+            mla,
         })
     }
 
-    /// KV-cache bytes per token of context at `bytes_per_value` (4 for f32, 2 for f16).
+    /// Whether layer `i` uses the sliding window.
+    pub fn window(&self, i: usize) -> Option<usize> {
+        match &self.swa_layers {
+            Some(l) if !l.get(i).copied().unwrap_or(false) => None,
+            _ => self.sliding_window,
+        }
+    }
+
+    /// The attention score scale: `1/sqrt(qk width)`, times DeepSeek's YaRN `mscale_all_dim`
+    /// correction squared for MLA models.
+    pub fn attn_scale(&self) -> f32 {
+        match &self.mla {
+            None => 1.0 / (self.head_dim as f32).sqrt(),
+            Some(m) => {
+                let mut s = 1.0 / ((m.nope + m.rope) as f32).sqrt();
+                if let RopeScaling::Yarn {
+                    factor,
+                    mscale_all_dim: Some(ma),
+                    ..
+                } = self.rope.scaling
+                {
+                    if ma != 0.0 && factor > 1.0 {
+                        let ms = 0.1 * ma * factor.ln() + 1.0;
+                        s *= ms * ms;
+                    }
+                }
+                s
+            }
+        }
+    }
+
+    /// KV-cache bytes per token of context at `bytes_per_value` (4 for f32, 2 for f16). MLA
+    /// caches hold the compressed latent and the shared rope key, not per-head K and V.
     pub fn kv_bytes_per_token(&self, bytes_per_value: usize) -> usize {
-        2 * self.n_layer * self.n_kv_head * self.head_dim * bytes_per_value
+        match &self.mla {
+            Some(m) => self.n_layer * (m.kv_lora_rank + m.rope) * bytes_per_value,
+            None => 2 * self.n_layer * self.n_kv_head * self.head_dim * bytes_per_value,
+        }
+    }
+}
+
+#[cfg(test)]
+mod mla_tests {
+    use super::*;
+
+    #[test]
+    fn deepseek_v3_kv_cache_is_about_70_kb_per_token_in_16_bit() {
+        // The shapes of DeepSeek-V3's published config.json (the routing keys as well).
+        let c: Json = serde_json::from_str(
+            r#"{"model_type": "deepseek_v3", "hidden_size": 7168, "num_hidden_layers": 61,
+            "num_attention_heads": 128, "num_key_value_heads": 128, "intermediate_size": 18432,
+            "moe_intermediate_size": 2048, "vocab_size": 129280, "kv_lora_rank": 512,
+            "q_lora_rank": 1536, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+            "v_head_dim": 128, "n_routed_experts": 256, "n_shared_experts": 1,
+            "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4, "norm_topk_prob": true,
+            "routed_scaling_factor": 2.5, "first_k_dense_replace": 3,
+            "max_position_embeddings": 163840, "rms_norm_eps": 1e-6,
+            "rope_scaling": {"type": "yarn", "factor": 40, "beta_fast": 32, "beta_slow": 1,
+              "mscale": 1.0, "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096},
+            "rope_theta": 10000}"#,
+        )
+        .unwrap();
+        let cfg = ModelConfig::from_hf(&c, "deepseek_v3", RopeStyle::Normal).unwrap();
+        // 61 layers x (512 latent + 64 rope key) x 2 bytes
+        assert_eq!(cfg.kv_bytes_per_token(2), 70_272);
+        let moe = cfg.moe.clone().unwrap();
+        assert_eq!(
+            (moe.n_expert, moe.n_used, moe.n_group, moe.topk_group),
+            (256, 8, 8, 4)
+        );
+        assert_eq!(moe.gating, Gating::Sigmoid);
+        // softmax scale: 1/sqrt(192) * (0.1 * ln 40 + 1)^2
+        let ms = 0.1 * 40f32.ln() + 1.0;
+        assert!((cfg.attn_scale() - ms * ms / 192f32.sqrt()).abs() < 1e-6);
     }
 }

@@ -1,59 +1,85 @@
 //! hearth-models: the architecture registry, shared transformer blocks and the forward pass.
 //!
 //! An architecture is a row in [`ARCHS`]: which HF `model_type`s and GGUF architecture names
-//! it answers to, and how GGUF files of it lay out RoPE. The blocks (attention with optional
-//! bias / q-k norm / sliding window, SwiGLU MLP, RMSNorm) are shared; which optional parts a
-//! model has is derived from the tensors its file contains.
+//! it answers to, and how its files lay out RoPE. The blocks (grouped-query attention with
+//! optional bias / q-k norm / sliding window / sinks, multi-head latent attention, SwiGLU MLP,
+//! mixture of experts, RMSNorm) are shared; which optional parts a model has is derived from
+//! its config and the tensors its file contains.
 #![deny(missing_docs)]
 
 pub mod config;
-mod dense;
+mod mla;
+mod model;
+mod moe;
 
-pub use config::{ModelConfig, Rope, RopeScaling};
-pub use dense::{Model, State};
+pub use config::{
+    ExpertAct, Gating, GroupScore, MlaConfig, ModelConfig, MoeConfig, Rope, RopeScaling,
+};
+pub use model::{Model, State};
 
 use hearth_core::RopeStyle;
 
 /// One architecture in the registry.
 #[derive(Debug)]
 pub struct ArchSpec {
-    /// Canonical name.
+    /// Canonical name (the HF `model_type` of its main checkpoints).
     pub name: &'static str,
     /// HF `model_type` values.
     pub hf_model_types: &'static [&'static str],
-    /// GGUF `general.architecture` values.
+    /// GGUF `general.architecture` values. Some architectures share one: llama.cpp writes
+    /// Mixtral as `llama` (with expert tensors) and DeepSeek V3 as `deepseek2`.
     pub gguf_archs: &'static [&'static str],
     /// RoPE pairing used by GGUF files of this architecture (llama.cpp's converter permutes
     /// Q/K rows of llama-family models, so they use adjacent pairs).
     pub gguf_rope: RopeStyle,
+    /// RoPE pairing of HF checkpoints: rotate-half, except DeepSeek's interleaved pairs.
+    pub hf_rope: RopeStyle,
 }
+
+const fn arch(
+    name: &'static str,
+    hf_model_types: &'static [&'static str],
+    gguf_archs: &'static [&'static str],
+    gguf_rope: RopeStyle,
+    hf_rope: RopeStyle,
+) -> ArchSpec {
+    ArchSpec {
+        name,
+        hf_model_types,
+        gguf_archs,
+        gguf_rope,
+        hf_rope,
+    }
+}
+
+use RopeStyle::{Neox, Normal};
 
 /// The architectures hearth runs. Tests iterate over this table.
 pub const ARCHS: &[ArchSpec] = &[
-    ArchSpec {
-        name: "llama",
-        hf_model_types: &["llama"],
-        gguf_archs: &["llama"],
-        gguf_rope: RopeStyle::Normal,
-    },
-    ArchSpec {
-        name: "mistral",
-        hf_model_types: &["mistral"],
-        gguf_archs: &["mistral"],
-        gguf_rope: RopeStyle::Normal,
-    },
-    ArchSpec {
-        name: "qwen2",
-        hf_model_types: &["qwen2"],
-        gguf_archs: &["qwen2"],
-        gguf_rope: RopeStyle::Neox,
-    },
-    ArchSpec {
-        name: "qwen3",
-        hf_model_types: &["qwen3"],
-        gguf_archs: &["qwen3"],
-        gguf_rope: RopeStyle::Neox,
-    },
+    arch("llama", &["llama"], &["llama"], Normal, Neox),
+    arch("mistral", &["mistral"], &["mistral"], Normal, Neox),
+    arch("qwen2", &["qwen2"], &["qwen2"], Neox, Neox),
+    arch("qwen3", &["qwen3"], &["qwen3"], Neox, Neox),
+    arch("qwen3_moe", &["qwen3_moe"], &["qwen3moe"], Neox, Neox),
+    arch("qwen2_moe", &["qwen2_moe"], &["qwen2moe"], Neox, Neox),
+    arch("mixtral", &["mixtral"], &[], Normal, Neox),
+    arch(
+        "deepseek_v2",
+        &["deepseek_v2"],
+        &["deepseek2"],
+        Normal,
+        Normal,
+    ),
+    arch(
+        "deepseek_v3",
+        &["deepseek_v3", "kimi_k2"],
+        &[],
+        Normal,
+        Normal,
+    ),
+    arch("glm4_moe", &["glm4_moe"], &["glm4moe"], Neox, Neox),
+    arch("minimax_m2", &["minimax_m2"], &["minimax-m2"], Neox, Neox),
+    arch("gpt_oss", &["gpt_oss"], &["gpt-oss"], Neox, Neox),
 ];
 
 /// Look an architecture up by HF `model_type`.

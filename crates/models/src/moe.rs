@@ -1,0 +1,297 @@
+//! Mixture-of-experts feed-forward layers: routing (softmax or sigmoid scores, correction
+//! biases, group-limited choice, renormalisation, scaling), the routed experts, and shared
+//! experts with an optional sigmoid gate.
+//!
+//! A batch is grouped by expert: every expert that any token chose runs once over the rows of
+//! the tokens that chose it, so its weights are read once per batch, and a decoded token
+//! reads only the experts it was routed to.
+use crate::config::{ExpertAct, Gating, GroupScore, MoeConfig};
+use hearth_core::{Backend, Result, Tensor};
+
+/// A SwiGLU MLP (dense layers, shared experts).
+pub(crate) struct Mlp {
+    pub gate: Tensor, // [n_ff, n_embd]
+    pub up: Tensor,   // [n_ff, n_embd]
+    pub down: Tensor, // [n_embd, n_ff]
+}
+
+impl Mlp {
+    pub fn tensors(&self) -> [&Tensor; 3] {
+        [&self.gate, &self.up, &self.down]
+    }
+
+    /// `out = down(silu(gate(x)) * up(x))` for `n` rows.
+    pub fn forward(&self, be: &dyn Backend, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
+        let ff = self.gate.shape[0];
+        let mut g = vec![0f32; n * ff];
+        let mut u = vec![0f32; n * ff];
+        be.matmul(&self.gate, x, n, &mut g)?;
+        be.matmul(&self.up, x, n, &mut u)?;
+        be.silu_mul(&mut g, &u);
+        be.matmul(&self.down, &g, n, out)
+    }
+}
+
+/// One routed expert.
+pub(crate) struct Expert {
+    pub gate: Tensor,
+    pub up: Tensor,
+    pub down: Tensor,
+    pub gate_b: Option<Vec<f32>>,
+    pub up_b: Option<Vec<f32>>,
+    pub down_b: Option<Vec<f32>>,
+}
+
+/// An MoE layer's weights.
+pub(crate) struct Moe {
+    pub router: Tensor, // [n_expert, n_embd]
+    pub router_b: Option<Vec<f32>>,
+    /// Score-correction bias: added to the scores for choosing only (DeepSeek V3 `noaux_tc`).
+    pub score_b: Option<Vec<f32>>,
+    pub experts: Vec<Expert>,
+    pub shared: Option<Mlp>,
+    /// Qwen2-MoE: the shared expert's output is scaled by sigmoid(gate · x).
+    pub shared_gate: Option<Tensor>, // [1, n_embd]
+}
+
+/// The experts a token goes to and their weights, in the order chosen.
+pub(crate) fn route(
+    cfg: &MoeConfig,
+    logits: &[f32],
+    score_b: Option<&[f32]>,
+    ids: &mut Vec<usize>,
+    w: &mut Vec<f32>,
+) {
+    let n = logits.len();
+    let scores: Vec<f32> = match cfg.gating {
+        Gating::Softmax => {
+            let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = logits.iter().map(|&l| (l - m).exp()).collect();
+            let s: f32 = e.iter().sum();
+            e.iter().map(|&v| v / s).collect()
+        }
+        Gating::Sigmoid => logits.iter().map(|&l| 1.0 / (1.0 + (-l).exp())).collect(),
+    };
+    let mut choice: Vec<f32> = match score_b {
+        Some(b) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
+        None => scores.clone(),
+    };
+    if cfg.n_group > 1 && cfg.topk_group < cfg.n_group {
+        let per = n / cfg.n_group;
+        let gscore: Vec<f32> = choice
+            .chunks(per)
+            .map(|g| match cfg.group_score {
+                GroupScore::Max => g.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                GroupScore::Top2Sum => {
+                    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+                    for &v in g {
+                        if v > a {
+                            b = a;
+                            a = v;
+                        } else if v > b {
+                            b = v;
+                        }
+                    }
+                    if per == 1 { a } else { a + b }
+                }
+            })
+            .collect();
+        let keep = top_k(&gscore, cfg.topk_group);
+        for (gi, g) in choice.chunks_mut(per).enumerate() {
+            if !keep.contains(&gi) {
+                g.fill(f32::NEG_INFINITY);
+            }
+        }
+    }
+    ids.clear();
+    ids.extend(top_k(&choice, cfg.n_used));
+    w.clear();
+    w.extend(ids.iter().map(|&i| scores[i]));
+    if cfg.norm {
+        let s: f32 = w.iter().sum();
+        let s = if cfg.gating == Gating::Sigmoid {
+            s + 1e-20
+        } else {
+            s
+        };
+        w.iter_mut().for_each(|v| *v /= s);
+    }
+    if cfg.scale != 1.0 {
+        w.iter_mut().for_each(|v| *v *= cfg.scale);
+    }
+}
+
+/// Indices of the `k` largest values, largest first (ties: lower index first).
+fn top_k(v: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        for row in x.chunks_exact_mut(b.len()) {
+            for (a, c) in row.iter_mut().zip(b) {
+                *a += c;
+            }
+        }
+    }
+}
+
+impl Moe {
+    /// `out[n, n_embd] = Σ_chosen w · expert(x) (+ shared expert)` for the `n` rows of `x`.
+    pub fn forward(
+        &self,
+        be: &dyn Backend,
+        cfg: &MoeConfig,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let e = x.len() / n;
+        let ne = cfg.n_expert;
+        let mut logits = vec![0f32; n * ne];
+        be.matmul(&self.router, x, n, &mut logits)?;
+        add_bias(&mut logits, self.router_b.as_deref());
+        // which (token, weight) pairs each expert serves
+        let mut per_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); ne];
+        let (mut ids, mut w) = (Vec::new(), Vec::new());
+        for t in 0..n {
+            route(
+                cfg,
+                &logits[t * ne..(t + 1) * ne],
+                self.score_b.as_deref(),
+                &mut ids,
+                &mut w,
+            );
+            for (&i, &wi) in ids.iter().zip(&w) {
+                per_expert[i].push((t, wi));
+            }
+        }
+        out.fill(0.0);
+        let mut xs = Vec::new();
+        let mut y = Vec::new();
+        for (ei, toks) in per_expert.iter().enumerate() {
+            if toks.is_empty() {
+                continue;
+            }
+            let ex = &self.experts[ei];
+            let m = toks.len();
+            xs.clear();
+            for &(t, _) in toks {
+                xs.extend_from_slice(&x[t * e..(t + 1) * e]);
+            }
+            let ff = ex.gate.shape[0];
+            let mut g = vec![0f32; m * ff];
+            let mut u = vec![0f32; m * ff];
+            be.matmul(&ex.gate, &xs, m, &mut g)?;
+            be.matmul(&ex.up, &xs, m, &mut u)?;
+            add_bias(&mut g, ex.gate_b.as_deref());
+            add_bias(&mut u, ex.up_b.as_deref());
+            match cfg.act {
+                ExpertAct::Silu => be.silu_mul(&mut g, &u),
+                ExpertAct::ClampedSwiglu { alpha, limit } => {
+                    for (gv, &uv) in g.iter_mut().zip(&u) {
+                        let gc = gv.min(limit);
+                        let uc = uv.clamp(-limit, limit);
+                        *gv = gc / (1.0 + (-alpha * gc).exp()) * (uc + 1.0);
+                    }
+                }
+            }
+            y.clear();
+            y.resize(m * e, 0.0);
+            be.matmul(&ex.down, &g, m, &mut y)?;
+            add_bias(&mut y, ex.down_b.as_deref());
+            for (r, &(t, wt)) in toks.iter().enumerate() {
+                for (o, &v) in out[t * e..(t + 1) * e]
+                    .iter_mut()
+                    .zip(&y[r * e..(r + 1) * e])
+                {
+                    *o += wt * v;
+                }
+            }
+        }
+        if let Some(sh) = &self.shared {
+            let mut y = vec![0f32; n * e];
+            sh.forward(be, x, n, &mut y)?;
+            let mut gate = vec![1f32; n];
+            if let Some(sg) = &self.shared_gate {
+                be.matmul(sg, x, n, &mut gate)?;
+                gate.iter_mut().for_each(|g| *g = 1.0 / (1.0 + (-*g).exp()));
+            }
+            for t in 0..n {
+                for (o, &v) in out[t * e..(t + 1) * e]
+                    .iter_mut()
+                    .zip(&y[t * e..(t + 1) * e])
+                {
+                    *o += gate[t] * v;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every matrix, for type checks.
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        let mut v = vec![&self.router];
+        for ex in &self.experts {
+            v.extend([&ex.gate, &ex.up, &ex.down]);
+        }
+        if let Some(s) = &self.shared {
+            v.extend(s.tensors());
+        }
+        v.extend(self.shared_gate.iter());
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(gating: Gating) -> MoeConfig {
+        MoeConfig {
+            n_expert: 8,
+            n_used: 2,
+            gating,
+            norm: true,
+            scale: 1.0,
+            n_group: 4,
+            topk_group: 1,
+            group_score: GroupScore::Top2Sum,
+            act: ExpertAct::Silu,
+        }
+    }
+
+    #[test]
+    fn group_limited_routing_stays_inside_the_best_group() {
+        // group 2 (experts 4, 5) has the best pair sum although expert 0 is the single best
+        let logits = [3.0, -5.0, 1.0, 1.0, 2.5, 2.5, 0.0, 0.0];
+        let (mut ids, mut w) = (vec![], vec![]);
+        route(&cfg(Gating::Sigmoid), &logits, None, &mut ids, &mut w);
+        assert_eq!(ids, vec![4, 5]);
+        assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        // with max scoring, expert 0's group wins, and only expert 0 and 1 are eligible
+        let mut c = cfg(Gating::Softmax);
+        c.group_score = GroupScore::Max;
+        route(&c, &logits, None, &mut ids, &mut w);
+        assert_eq!(ids, vec![0, 1]);
+    }
+
+    #[test]
+    fn correction_bias_changes_the_choice_not_the_weight() {
+        let logits = [0.0, 1.0, 0.5, 0.2, 0.0, 0.0, 0.0, 0.0];
+        let mut c = cfg(Gating::Sigmoid);
+        c.n_group = 1;
+        c.norm = false;
+        let bias = [2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let (mut ids, mut w) = (vec![], vec![]);
+        route(&c, &logits, Some(&bias), &mut ids, &mut w);
+        assert_eq!(ids, vec![0, 1]);
+        assert!(
+            (w[0] - 0.5).abs() < 1e-6,
+            "weight is sigmoid(0) without the bias"
+        );
+    }
+}
