@@ -161,3 +161,67 @@ for name in ["llama", "qwen2", "qwen3"]:
         print(r.stderr[-3000:])
         raise SystemExit(f"{name}: conversion failed")
     print(name, "gguf ok")
+
+
+def gpt_oss_mxfp4():
+    """gpt-oss ships its experts in MXFP4. tests/fixtures/tiny/gpt_oss-mxfp4/model.gguf is the
+    gpt_oss GGUF with its expert matrices quantized to MXFP4 by gguf-py (llama.cpp's own Python
+    package); the expected logits come from transformers running the gpt_oss model with those
+    experts replaced by their dequantized values."""
+    sys.path.insert(0, os.path.join(llama_src, "gguf-py"))
+    import gguf
+    src = os.path.join(out_root, "gpt_oss")
+    d = os.path.join(out_root, "gpt_oss-mxfp4")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    reader = gguf.GGUFReader(os.path.join(src, "model.gguf"))
+    writer = gguf.GGUFWriter(os.path.join(d, "model.gguf"), arch="gpt-oss")
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue
+        vt = field.types[0]
+        sub = field.types[-1] if vt == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), vt, sub_type=sub)
+    MX = gguf.GGMLQuantizationType.MXFP4
+    deq = {}
+    out = []
+    for t in reader.tensors:
+        data = np.array(t.data)
+        if t.name.endswith(("ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight")):
+            q = gguf.quants.quantize(data, MX)
+            deq[t.name] = gguf.quants.dequantize(q, MX)
+            out.append((t.name, q, MX))
+        else:
+            out.append((t.name, data, t.tensor_type))
+    for name, data, ty in out:
+        writer.add_tensor_info(name, data.shape, data.dtype, data.nbytes, ty)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for name, data, ty in out:
+        writer.write_tensor_data(data)
+    writer.close()
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            ex = layer.mlp.experts
+            g = torch.from_numpy(deq[f"blk.{i}.ffn_gate_exps.weight"])  # [E, ff, hidden]
+            u = torch.from_numpy(deq[f"blk.{i}.ffn_up_exps.weight"])
+            dn = torch.from_numpy(deq[f"blk.{i}.ffn_down_exps.weight"])  # [E, hidden, ff]
+            ex.gate_up_proj[:, :, 0::2] = g.transpose(1, 2)
+            ex.gate_up_proj[:, :, 1::2] = u.transpose(1, 2)
+            ex.down_proj.copy_(dn.transpose(1, 2))
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].float().numpy()
+        gen = model.generate(torch.tensor([ids[:8]]), max_new_tokens=16, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)[0, 8:].tolist()
+    logits.astype(np.float32).tofile(os.path.join(d, "logits.f32"))
+    json.dump({"tokens": ids, "vocab": VOCAB, "greedy_prompt": ids[:8], "greedy": gen,
+               "transformers": transformers.__version__}, open(os.path.join(d, "expected.json"), "w"))
+    print("gpt_oss-mxfp4 ok")
+
+
+if not only or "gpt_oss" in only or "gpt_oss-mxfp4" in only:
+    gpt_oss_mxfp4()

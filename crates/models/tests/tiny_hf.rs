@@ -185,3 +185,27 @@ fn qwen3_moe_dense_layers_follow_mlp_only_layers_and_sparse_step() {
     assert_close(name, &forward_all(&model, &ids(&exp["tokens"])), &want);
     assert!(model.n_active_params() < model.n_params());
 }
+
+#[test]
+fn gpt_oss_mxfp4_experts_match_transformers() {
+    // gpt-oss's experts in MXFP4, as its released GGUF files have them
+    let name = "gpt_oss-mxfp4";
+    let (files, model, exp, want) = load_from(name, &fixture(name).join("model.gguf"));
+    assert_eq!(
+        files.tensors["blk.0.ffn_gate_exps.weight"].dtype,
+        hearth_core::DType::MXFP4
+    );
+    assert_close(name, &forward_all(&model, &ids(&exp["tokens"])), &want);
+    let prompt = ids(&exp["greedy_prompt"]);
+    let want = ids(&exp["greedy"]);
+    let mut st = model.new_state(prompt.len() + want.len());
+    let mut logits = Vec::new();
+    model.forward(&prompt, &mut st, false, &mut logits).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..want.len() {
+        let t = hearth_engine_argmax(&logits);
+        got.push(t);
+        model.forward(&[t], &mut st, false, &mut logits).unwrap();
+    }
+    assert_eq!(got, want, "{name}: greedy continuation");
+}
