@@ -55,7 +55,7 @@ fn load_from(
 
 /// Logits agree to within float32 rounding noise: a few ulps of the largest logit, accumulated
 /// over the layers.
-fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+fn assert_close(what: &str, got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len(), "{what}");
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     let max_diff = got
@@ -67,6 +67,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) {
         max_diff <= 2e-5 * scale.max(1.0),
         "{what}: max |diff| {max_diff} (logit scale {scale})"
     );
+    max_diff
 }
 
 fn forward_all(model: &Model, tokens: &[u32]) -> Vec<f32> {
@@ -86,10 +87,13 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 
 #[test]
 fn every_architecture_matches_transformers_logits() {
+    // `cargo test -p hearth-models --test tiny_hf -- --nocapture` prints the table
     for arch in ARCHS {
         for (label, path) in sources(arch.name) {
             let (_f, model, exp, want) = load_from(arch.name, &path);
-            assert_close(&label, &forward_all(&model, &ids(&exp["tokens"])), &want);
+            let d = assert_close(&label, &forward_all(&model, &ids(&exp["tokens"])), &want);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            println!("{label:<22} max |logit diff| {d:.2e} (largest logit {scale:.2})");
         }
     }
 }
