@@ -103,64 +103,8 @@ runpy.run_path(src + "/convert_hf_to_gguf.py", run_name="__main__")
 """
 
 NO_GGUF = {"qwen3_moe-dense-layers"}
-only = sys.argv[1:]
+only = []
 ids = tk.encode(text[:400]).ids[:40]
-for name, cfg in CONFIGS.items():
-    if only and name not in only:
-        continue
-    torch.manual_seed(1)
-    d = os.path.join(out_root, name)
-    shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(d)
-    config = AutoConfig.for_model(**cfg)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
-    with torch.no_grad():  # larger-than-default init so that logits (and routing) are decisive
-        for n_, p in model.named_parameters():
-            p.normal_(0.0, 0.2 if p.dim() > 1 else 0.5)
-            if "norm" in n_:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-        for n_, b_ in model.named_buffers():
-            if "e_score_correction_bias" in n_:  # nonzero, comparable to the sigmoid scores' spread
-                b_.copy_(0.1 * torch.randn_like(b_))
-    model.eval()
-    model.save_pretrained(d, safe_serialization=True)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|im_end|>")
-    fast.chat_template = CHATML
-    fast.save_pretrained(d)
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0].float().numpy()
-        gen = model.generate(torch.tensor([ids[:8]]), max_new_tokens=16, do_sample=False, eos_token_id=None,
-                             pad_token_id=0)[0, 8:].tolist()
-    logits.astype(np.float32).tofile(os.path.join(d, "logits.f32"))
-    json.dump({"tokens": ids, "vocab": VOCAB, "greedy_prompt": ids[:8], "greedy": gen,
-               **tokenizer_expectations(fast), "transformers": transformers.__version__}, open(os.path.join(d, "expected.json"), "w"))
-    for junk in ["generation_config.json"]:
-        p = os.path.join(d, junk)
-        if os.path.exists(p):
-            os.remove(p)
-    if name in NO_GGUF:
-        print(name, "ok (HF only)")
-        continue
-    r = subprocess.run([sys.executable, "-c", CONVERT, llama_src, d, os.path.join(d, "model.gguf")],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        print(r.stderr[-3000:])
-        raise SystemExit(f"{name}: conversion failed")
-    print(name, "ok", os.path.getsize(os.path.join(d, "model.safetensors")), "bytes")
-
-# The dense fixtures of scripts/gen_tiny_models.py get their GGUF conversions here too, so every
-# architecture is tested from both formats (the llama GGUF has llama.cpp's Q/K permutation).
-# Not mistral: the converter writes it as plain llama and drops its sliding window.
-for name in ["llama", "qwen2", "qwen3"]:
-    if only and name not in only:
-        continue
-    d = os.path.join(out_root, name)
-    r = subprocess.run([sys.executable, "-c", CONVERT, llama_src, d, os.path.join(d, "model.gguf")],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        print(r.stderr[-3000:])
-        raise SystemExit(f"{name}: conversion failed")
-    print(name, "gguf ok")
 
 
 def gpt_oss_mxfp4():
@@ -223,5 +167,70 @@ def gpt_oss_mxfp4():
     print("gpt_oss-mxfp4 ok")
 
 
-if not only or "gpt_oss" in only or "gpt_oss-mxfp4" in only:
-    gpt_oss_mxfp4()
+
+def main():
+    global only, ids
+    only = sys.argv[1:]
+    ids = tk.encode(text[:400]).ids[:40]
+    for name, cfg in CONFIGS.items():
+        if only and name not in only:
+            continue
+        torch.manual_seed(1)
+        d = os.path.join(out_root, name)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        config = AutoConfig.for_model(**cfg)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
+        with torch.no_grad():  # larger-than-default init so that logits (and routing) are decisive
+            for n_, p in model.named_parameters():
+                p.normal_(0.0, 0.2 if p.dim() > 1 else 0.5)
+                if "norm" in n_:
+                    p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            for n_, b_ in model.named_buffers():
+                if "e_score_correction_bias" in n_:  # nonzero, comparable to the sigmoid scores' spread
+                    b_.copy_(0.1 * torch.randn_like(b_))
+        model.eval()
+        model.save_pretrained(d, safe_serialization=True)
+        fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|im_end|>")
+        fast.chat_template = CHATML
+        fast.save_pretrained(d)
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].float().numpy()
+            gen = model.generate(torch.tensor([ids[:8]]), max_new_tokens=16, do_sample=False, eos_token_id=None,
+                                 pad_token_id=0)[0, 8:].tolist()
+        logits.astype(np.float32).tofile(os.path.join(d, "logits.f32"))
+        json.dump({"tokens": ids, "vocab": VOCAB, "greedy_prompt": ids[:8], "greedy": gen,
+                   **tokenizer_expectations(fast), "transformers": transformers.__version__}, open(os.path.join(d, "expected.json"), "w"))
+        for junk in ["generation_config.json"]:
+            p = os.path.join(d, junk)
+            if os.path.exists(p):
+                os.remove(p)
+        if name in NO_GGUF:
+            print(name, "ok (HF only)")
+            continue
+        r = subprocess.run([sys.executable, "-c", CONVERT, llama_src, d, os.path.join(d, "model.gguf")],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            print(r.stderr[-3000:])
+            raise SystemExit(f"{name}: conversion failed")
+        print(name, "ok", os.path.getsize(os.path.join(d, "model.safetensors")), "bytes")
+
+    # The dense fixtures of scripts/gen_tiny_models.py get their GGUF conversions here too, so every
+    # architecture is tested from both formats (the llama GGUF has llama.cpp's Q/K permutation).
+    # Not mistral: the converter writes it as plain llama and drops its sliding window.
+    for name in ["llama", "qwen2", "qwen3"]:
+        if only and name not in only:
+            continue
+        d = os.path.join(out_root, name)
+        r = subprocess.run([sys.executable, "-c", CONVERT, llama_src, d, os.path.join(d, "model.gguf")],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            print(r.stderr[-3000:])
+            raise SystemExit(f"{name}: conversion failed")
+        print(name, "gguf ok")
+    if not only or "gpt_oss" in only or "gpt_oss-mxfp4" in only:
+        gpt_oss_mxfp4()
+
+
+if __name__ == "__main__":
+    main()
