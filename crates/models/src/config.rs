@@ -407,7 +407,11 @@ impl ModelConfig {
             },
             Some(o) => return Err(Error::Unsupported(format!("rope scaling type {o}"))),
         };
-        let n_layer = gusize(g, arch, "block_count")?;
+        // GLM-4.5 files append their multi-token-prediction layers to the block count; they
+        // are not part of the forward pass (as in transformers, which never builds them)
+        let n_layer = gusize(g, arch, "block_count")?
+            .checked_sub(gusize(g, arch, "nextn_predict_layers").unwrap_or(0))
+            .ok_or_else(|| Error::Format("more prediction layers than blocks".into()))?;
         let moe = match gusize(g, arch, "expert_count") {
             Ok(n_expert) if n_expert > 0 => {
                 let gating = match gusize(g, arch, "expert_gating_func") {

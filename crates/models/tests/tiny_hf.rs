@@ -213,3 +213,39 @@ fn gpt_oss_mxfp4_experts_match_transformers() {
     }
     assert_eq!(got, want, "{name}: greedy continuation");
 }
+
+/// Overwrite the UINT32 value of metadata `key` in a GGUF image.
+fn patch_u32(bytes: &mut [u8], key: &str, v: u32) {
+    let k = key.as_bytes();
+    let at = bytes
+        .windows(k.len())
+        .position(|w| w == k)
+        .unwrap_or_else(|| panic!("{key} not in file"))
+        + k.len();
+    assert_eq!(
+        &bytes[at..at + 4],
+        &4u32.to_le_bytes(),
+        "{key} is not UINT32"
+    );
+    bytes[at + 4..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+#[test]
+fn glm4_moe_gguf_prediction_layers_are_not_run() {
+    // GLM-4.5 GGUF files count their multi-token-prediction block in block_count and say so in
+    // nextn_predict_layers: a file claiming 4 blocks of which 1 predicts must run the 3 others
+    // (and not look for the 4th's tensors).
+    let mut bytes = std::fs::read(fixture("glm4_moe").join("model.gguf")).unwrap();
+    patch_u32(&mut bytes, "glm4moe.block_count", 4);
+    patch_u32(&mut bytes, "glm4moe.nextn_predict_layers", 1);
+    let p = std::env::temp_dir().join(format!("hearth-glm-nextn-{}.gguf", std::process::id()));
+    std::fs::write(&p, &bytes).unwrap();
+    let (_f, model, exp, want) = load_from("glm4_moe", &p);
+    assert_eq!(model.cfg.n_layer, 3);
+    assert_close(
+        "glm4_moe (nextn)",
+        &forward_all(&model, &ids(&exp["tokens"])),
+        &want,
+    );
+    let _ = std::fs::remove_file(&p);
+}
