@@ -89,14 +89,14 @@ CONFIGS = {
 }
 
 # Runs llama.cpp's converter. Our tiny tokenizer is unknown to its pre-tokenizer hash table, so the
-# wrapper names it plain "gpt2" (byte-level BPE with GPT-2's split regex, which it is), and has
+# wrapper names it plain "gpt-2" (byte-level BPE with GPT-2's split regex, which it is), and has
 # GLM's vocabulary writer (which looks up GLM's own special tokens) write it as plain GPT-2 BPE.
 CONVERT = r"""
 import sys, runpy
 src = sys.argv[1]
 sys.path.insert(0, src + "/gguf-py"); sys.path.insert(0, src)
 import conversion.base as b
-b.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt2"
+b.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
 b.TextModel._set_vocab_glm = lambda self: self._set_vocab_gpt2()
 sys.argv = ["convert_hf_to_gguf.py", sys.argv[2], "--outfile", sys.argv[3], "--outtype", "f32"]
 runpy.run_path(src + "/convert_hf_to_gguf.py", run_name="__main__")
