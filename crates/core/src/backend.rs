@@ -53,6 +53,18 @@ impl AttnParams<'_> {
     }
 }
 
+/// One matmul of a batch of independent ones: `out[n_tok, n_out] = x[n_tok, n_in] @ wᵀ`.
+pub struct MatJob<'a> {
+    /// Weight `[n_out, n_in]`.
+    pub w: &'a Tensor,
+    /// Activations `[n_tok, n_in]`.
+    pub x: &'a [f32],
+    /// Tokens.
+    pub n_tok: usize,
+    /// Output `[n_tok, n_out]`.
+    pub out: &'a mut [f32],
+}
+
 /// How RoPE pairs dimensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RopeStyle {
@@ -72,6 +84,15 @@ pub trait Backend: Send + Sync {
 
     /// `W [n_out, n_in] @ x [n_tok, n_in] -> out [n_tok, n_out]`.
     fn matmul(&self, w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) -> Result<()>;
+
+    /// Several independent matmuls (a MoE layer's experts), which a backend may run as one
+    /// parallel step. Each job's result is exactly what [`Backend::matmul`] gives for it.
+    fn matmul_many(&self, jobs: &mut [MatJob<'_>]) -> Result<()> {
+        for j in jobs.iter_mut() {
+            self.matmul(j.w, j.x, j.n_tok, j.out)?;
+        }
+        Ok(())
+    }
 
     /// Row `row` of `w`, decoded to f32 (embedding lookup): `out [row_len]`.
     fn get_row(&self, w: &Tensor, row: usize, out: &mut [f32]) -> Result<()>;

@@ -9,7 +9,7 @@
 
 mod pool;
 
-use hearth_core::{AttnParams, Backend, DType, Device, Error, Result, RopeStyle, Tensor};
+use hearth_core::{AttnParams, Backend, DType, Device, Error, MatJob, Result, RopeStyle, Tensor};
 use hearth_quant::acts::{QuantizedActs, supports_q16};
 use hearth_quant::{dequantize, dot_f32, dot_row, dot_row_q16};
 
@@ -51,59 +51,46 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-fn check_cpu(w: &Tensor) -> Result<()> {
-    if w.device != Device::Cpu {
-        return Err(Error::Unsupported(format!(
-            "tensor {} is on {:?}, not the CPU",
-            w.name, w.device
+fn check_job(w: &Tensor, x: &[f32], n_tok: usize, out: &[f32]) -> Result<()> {
+    check_cpu(w)?;
+    let (n_in, n_out) = (w.row_len(), w.n_rows());
+    if x.len() != n_tok * n_in || out.len() != n_tok * n_out {
+        return Err(Error::Invalid(format!(
+            "matmul {}: weight [{n_out}, {n_in}], x has {} values for {n_tok} tokens, out {}",
+            w.name,
+            x.len(),
+            out.len()
         )));
     }
     Ok(())
 }
 
-impl Backend for Cpu {
-    fn name(&self) -> String {
-        format!("cpu ({} threads)", self.threads())
-    }
+/// One matmul's operands, shared by the tasks that compute its rows.
+struct RowJob<'a> {
+    w: &'a Tensor,
+    x: &'a [f32],
+    n_tok: usize,
+    out: SendPtr,
+}
+// SAFETY: tasks write disjoint (token, row) elements of `out`.
+unsafe impl Sync for RowJob<'_> {}
 
-    fn supports(&self, _dtype: DType) -> bool {
-        true
-    }
-
-    fn matmul(&self, w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) -> Result<()> {
-        check_cpu(w)?;
-        let n_in = w.row_len();
-        let n_out = w.n_rows();
-        if x.len() != n_tok * n_in || out.len() != n_tok * n_out {
-            return Err(Error::Invalid(format!(
-                "matmul {}: weight [{n_out}, {n_in}], x has {} values for {n_tok} tokens, out {}",
-                w.name,
-                x.len(),
-                out.len()
-            )));
-        }
-        let dtype = w.dtype;
-        let rb = w.row_bytes();
-        let bytes = w.bytes();
-        // Rows per task: every row costs the same, so one even share per thread keeps
-        // scheduling overhead to one task each.
-        let chunk = n_out.div_ceil(self.threads()).max(1);
-        // Each (row, token) result is computed exactly as a one-token call computes it, so a
-        // token's logits never depend on which other tokens share its batch.
-        let optr = SendPtr(out.as_mut_ptr());
+impl RowJob<'_> {
+    /// Rows `rows` of the output for every token. Each (row, token) result is computed exactly
+    /// as a one-token call computes it, so a token's result never depends on its batch.
+    fn rows(&self, rows: std::ops::Range<usize>, acts: Option<&QuantizedActs>) {
+        let (dtype, rb, bytes) = (self.w.dtype, self.w.row_bytes(), self.w.bytes());
+        let (n_in, n_out, n_tok) = (self.w.row_len(), self.w.n_rows(), self.n_tok);
+        let optr = self.out;
         // SAFETY (callers of `put`): (t, r) pairs are disjoint across tasks and in bounds.
         let put = move |t: usize, r: usize, v: f32| {
             let p = optr; // capture the Send + Sync wrapper, not its raw pointer field
             unsafe { *p.0.add(t * n_out + r) = v }
         };
-        if supports_q16(dtype) {
-            // Integer kernels: quantize the activations once, to 16 bits.
-            let mut guard = self.acts.lock().unwrap_or_else(|e| e.into_inner());
-            guard.quantize(x, n_in);
-            let acts = &*guard;
-            self.pool.run(&|ci| {
-                for r in (ci * chunk).min(n_out)..((ci + 1) * chunk).min(n_out) {
-                    let row = &bytes[r * rb..(r + 1) * rb];
+        for r in rows {
+            let row = &bytes[r * rb..(r + 1) * rb];
+            match acts {
+                Some(acts) => {
                     let mut t = 0;
                     while t + 4 <= n_tok {
                         let v = dot_row_q16::<4>(
@@ -125,16 +112,116 @@ impl Backend for Cpu {
                         put(t, r, dot_row_q16::<1>(dtype, row, [acts.row(t)])[0]);
                     }
                 }
-            });
-            return Ok(());
-        }
-        let xrow = |t: usize| &x[t * n_in..(t + 1) * n_in];
-        self.pool.run(&|ci| {
-            for r in (ci * chunk).min(n_out)..((ci + 1) * chunk).min(n_out) {
-                let row = &bytes[r * rb..(r + 1) * rb];
-                for t in 0..n_tok {
-                    put(t, r, dot_row(dtype, row, xrow(t)));
+                None => {
+                    for t in 0..n_tok {
+                        put(t, r, dot_row(dtype, row, &self.x[t * n_in..(t + 1) * n_in]));
+                    }
                 }
+            }
+        }
+    }
+}
+
+fn check_cpu(w: &Tensor) -> Result<()> {
+    if w.device != Device::Cpu {
+        return Err(Error::Unsupported(format!(
+            "tensor {} is on {:?}, not the CPU",
+            w.name, w.device
+        )));
+    }
+    Ok(())
+}
+
+impl Backend for Cpu {
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", self.threads())
+    }
+
+    fn supports(&self, _dtype: DType) -> bool {
+        true
+    }
+
+    fn matmul(&self, w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) -> Result<()> {
+        check_job(w, x, n_tok, out)?;
+        let n_out = w.n_rows();
+        // Rows per task: every row costs the same, so one even share per thread keeps
+        // scheduling overhead to one task each.
+        let chunk = n_out.div_ceil(self.threads()).max(1);
+        let optr = SendPtr(out.as_mut_ptr());
+        let job = RowJob {
+            w,
+            x,
+            n_tok,
+            out: optr,
+        };
+        if supports_q16(w.dtype) {
+            // Integer kernels: quantize the activations once, to 16 bits.
+            let mut guard = self.acts.lock().unwrap_or_else(|e| e.into_inner());
+            guard.quantize(x, w.row_len());
+            let acts = &*guard;
+            self.pool.run(&|ci| {
+                job.rows(
+                    (ci * chunk).min(n_out)..((ci + 1) * chunk).min(n_out),
+                    Some(acts),
+                )
+            });
+        } else {
+            self.pool
+                .run(&|ci| job.rows((ci * chunk).min(n_out)..((ci + 1) * chunk).min(n_out), None));
+        }
+        Ok(())
+    }
+
+    fn matmul_many(&self, jobs: &mut [MatJob<'_>]) -> Result<()> {
+        for j in jobs.iter() {
+            check_job(j.w, j.x, j.n_tok, j.out)?;
+        }
+        // Quantize each distinct activation matrix once (gate and up share theirs).
+        let mut keys: Vec<(*const f32, usize, usize)> = Vec::new();
+        let mut acts: Vec<QuantizedActs> = Vec::new();
+        let mut which: Vec<Option<usize>> = Vec::with_capacity(jobs.len());
+        for j in jobs.iter() {
+            if !supports_q16(j.w.dtype) {
+                which.push(None);
+                continue;
+            }
+            let key = (j.x.as_ptr(), j.x.len(), j.w.row_len());
+            let i = match keys.iter().position(|k| *k == key) {
+                Some(i) => i,
+                None => {
+                    let mut a = QuantizedActs::default();
+                    a.quantize(j.x, j.w.row_len());
+                    keys.push(key);
+                    acts.push(a);
+                    acts.len() - 1
+                }
+            };
+            which.push(Some(i));
+        }
+        let rj: Vec<RowJob> = jobs
+            .iter_mut()
+            .map(|j| RowJob {
+                w: j.w,
+                x: j.x,
+                n_tok: j.n_tok,
+                out: SendPtr(j.out.as_mut_ptr()),
+            })
+            .collect();
+        // One parallel step over the rows of all the jobs, split evenly.
+        let mut start = Vec::with_capacity(rj.len() + 1);
+        start.push(0usize);
+        for j in &rj {
+            start.push(start.last().unwrap() + j.w.n_rows());
+        }
+        let total = *start.last().unwrap();
+        let chunk = total.div_ceil(self.threads()).max(1);
+        self.pool.run(&|ci| {
+            let (mut g, hi) = ((ci * chunk).min(total), ((ci + 1) * chunk).min(total));
+            while g < hi {
+                let k = start.partition_point(|&s| s <= g) - 1;
+                let (r0, r1) = (g - start[k], (hi - start[k]).min(rj[k].w.n_rows()));
+                rj[k].rows(r0..r1, which[k].map(|i| &acts[i]));
+                g = start[k] + r1;
             }
         });
         Ok(())
@@ -267,6 +354,76 @@ impl Backend for Cpu {
 mod tests {
     use super::*;
     use hearth_core::{DType, Storage};
+
+    #[test]
+    fn matmul_many_equals_one_matmul_per_job() {
+        // jobs of mixed types, sizes and token counts, two sharing their activations
+        let cpu = Cpu::new(2).unwrap();
+        let mut seed = 5u64;
+        let mut rnd = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        let mut ws = Vec::new();
+        for (dt, n_out) in [
+            (DType::Q4_K, 13),
+            (DType::Q6_K, 7),
+            (DType::F32, 5),
+            (DType::Q8_0, 9),
+        ] {
+            let n_in = 256;
+            let nbytes = dt.row_bytes(n_in).unwrap() * n_out;
+            let bytes: Vec<u8> = (0..nbytes)
+                .map(|i| {
+                    if dt != DType::F32 && i % 2 == 1 {
+                        (rnd() as u8) & 0x3B
+                    } else {
+                        rnd() as u8 & 0x3B
+                    }
+                })
+                .collect();
+            ws.push(Tensor::new("w".into(), dt, vec![n_out, n_in], Storage::owned(bytes)).unwrap());
+        }
+        let xs: Vec<Vec<f32>> = [3usize, 1, 5]
+            .iter()
+            .map(|&n| {
+                (0..n * 256)
+                    .map(|_| (rnd() % 2000) as f32 / 1000.0 - 1.0)
+                    .collect()
+            })
+            .collect();
+        let plan = [(0, 0), (1, 0), (2, 1), (3, 2)]; // (weight, activations)
+        let mut outs: Vec<Vec<f32>> = plan
+            .iter()
+            .map(|&(w, x)| vec![0f32; ws[w].n_rows() * xs[x].len() / 256])
+            .collect();
+        {
+            let mut jobs: Vec<MatJob> = plan
+                .iter()
+                .zip(outs.iter_mut())
+                .map(|(&(w, x), out)| MatJob {
+                    w: &ws[w],
+                    x: &xs[x],
+                    n_tok: xs[x].len() / 256,
+                    out,
+                })
+                .collect();
+            cpu.matmul_many(&mut jobs).unwrap();
+        }
+        for (&(w, x), got) in plan.iter().zip(&outs) {
+            let mut want = vec![0f32; got.len()];
+            cpu.matmul(&ws[w], &xs[x], xs[x].len() / 256, &mut want)
+                .unwrap();
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{}",
+                ws[w].dtype
+            );
+        }
+    }
 
     #[test]
     fn a_tokens_result_does_not_depend_on_its_batch() {

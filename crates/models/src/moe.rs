@@ -6,7 +6,7 @@
 //! the tokens that chose it, so its weights are read once per batch, and a decoded token
 //! reads only the experts it was routed to.
 use crate::config::{ExpertAct, Gating, GroupScore, MoeConfig};
-use hearth_core::{Backend, Result, Tensor};
+use hearth_core::{Backend, MatJob, Result, Tensor};
 
 /// A SwiGLU MLP (dense layers, shared experts).
 pub(crate) struct Mlp {
@@ -129,6 +129,28 @@ fn top_k(v: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
+/// Consecutive pieces of `s` with the given lengths.
+fn split_lens_ref<'a>(mut s: &'a [f32], lens: &[usize]) -> Vec<&'a [f32]> {
+    let mut v = Vec::with_capacity(lens.len());
+    for &l in lens {
+        let (a, b) = s.split_at(l);
+        v.push(a);
+        s = b;
+    }
+    v
+}
+
+/// Consecutive mutable pieces of `s` with the given lengths.
+fn split_lens<'a>(mut s: &'a mut [f32], lens: &[usize]) -> Vec<&'a mut [f32]> {
+    let mut v = Vec::with_capacity(lens.len());
+    for &l in lens {
+        let (a, b) = s.split_at_mut(l);
+        v.push(a);
+        s = b;
+    }
+    v
+}
+
 fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
     if let Some(b) = b {
         for row in x.chunks_exact_mut(b.len()) {
@@ -169,63 +191,152 @@ impl Moe {
                 per_expert[i].push((t, wi));
             }
         }
-        out.fill(0.0);
-        let mut xs = Vec::new();
-        let mut y = Vec::new();
-        for (ei, toks) in per_expert.iter().enumerate() {
-            if toks.is_empty() {
-                continue;
-            }
-            let ex = &self.experts[ei];
-            let m = toks.len();
-            xs.clear();
-            for &(t, _) in toks {
+        // Each chosen expert runs once over the rows of its tokens; all experts' gate and up
+        // projections (and the shared expert's) go to the backend as one batch, then all
+        // down projections as another, so a layer costs two parallel steps.
+        let hit: Vec<usize> = (0..ne).filter(|&i| !per_expert[i].is_empty()).collect();
+        let ms: Vec<usize> = hit.iter().map(|&i| per_expert[i].len()).collect();
+        let ff = self.experts.first().map_or(0, |x| x.gate.shape[0]);
+        let mut xs = Vec::with_capacity(ms.iter().sum::<usize>() * e);
+        for &i in &hit {
+            for &(t, _) in &per_expert[i] {
                 xs.extend_from_slice(&x[t * e..(t + 1) * e]);
             }
-            let ff = ex.gate.shape[0];
-            let mut g = vec![0f32; m * ff];
-            let mut u = vec![0f32; m * ff];
-            be.matmul(&ex.gate, &xs, m, &mut g)?;
-            be.matmul(&ex.up, &xs, m, &mut u)?;
-            add_bias(&mut g, ex.gate_b.as_deref());
-            add_bias(&mut u, ex.up_b.as_deref());
+        }
+        let sff = self.shared.as_ref().map_or(0, |s| s.gate.shape[0]);
+        let mut lens: Vec<usize> = ms.iter().map(|m| m * ff).collect();
+        if self.shared.is_some() {
+            lens.push(n * sff);
+        }
+        let total: usize = lens.iter().sum();
+        let (mut gbuf, mut ubuf) = (vec![0f32; total], vec![0f32; total]);
+        let mut sgate = vec![0f32; n];
+        {
+            let gs = split_lens(&mut gbuf, &lens);
+            let us = split_lens(&mut ubuf, &lens);
+            let mut jobs = Vec::with_capacity(2 * hit.len());
+            let xins = split_lens_ref(&xs, &ms.iter().map(|m| m * e).collect::<Vec<_>>());
+            for ((((&k, g), u), &m), xin) in hit.iter().zip(gs).zip(us).zip(&ms).zip(xins) {
+                let ex = &self.experts[k];
+                jobs.push(MatJob {
+                    w: &ex.gate,
+                    x: xin,
+                    n_tok: m,
+                    out: g,
+                });
+                jobs.push(MatJob {
+                    w: &ex.up,
+                    x: xin,
+                    n_tok: m,
+                    out: u,
+                });
+            }
+            be.matmul_many(&mut jobs)?;
+        }
+        if let Some(sh) = &self.shared {
+            let (g, u) = (&mut gbuf[total - n * sff..], &mut ubuf[total - n * sff..]);
+            let mut jobs = vec![
+                MatJob {
+                    w: &sh.gate,
+                    x,
+                    n_tok: n,
+                    out: g,
+                },
+                MatJob {
+                    w: &sh.up,
+                    x,
+                    n_tok: n,
+                    out: u,
+                },
+            ];
+            if let Some(sg) = &self.shared_gate {
+                jobs.push(MatJob {
+                    w: sg,
+                    x,
+                    n_tok: n,
+                    out: &mut sgate,
+                });
+            }
+            be.matmul_many(&mut jobs)?;
+        }
+        let mut off = 0;
+        for (&k, &m) in hit.iter().zip(&ms) {
+            let ex = &self.experts[k];
+            let (g, u) = (&mut gbuf[off..off + m * ff], &ubuf[off..off + m * ff]);
+            off += m * ff;
+            add_bias(g, ex.gate_b.as_deref());
+            let mut ub;
+            let u = if ex.up_b.is_some() {
+                ub = u.to_vec();
+                add_bias(&mut ub, ex.up_b.as_deref());
+                &ub[..]
+            } else {
+                u
+            };
             match cfg.act {
-                ExpertAct::Silu => be.silu_mul(&mut g, &u),
+                ExpertAct::Silu => be.silu_mul(g, u),
                 ExpertAct::ClampedSwiglu { alpha, limit } => {
-                    for (gv, &uv) in g.iter_mut().zip(&u) {
+                    for (gv, &uv) in g.iter_mut().zip(u) {
                         let gc = gv.min(limit);
                         let uc = uv.clamp(-limit, limit);
                         *gv = gc / (1.0 + (-alpha * gc).exp()) * (uc + 1.0);
                     }
                 }
             }
-            y.clear();
-            y.resize(m * e, 0.0);
-            be.matmul(&ex.down, &g, m, &mut y)?;
-            add_bias(&mut y, ex.down_b.as_deref());
-            for (r, &(t, wt)) in toks.iter().enumerate() {
-                for (o, &v) in out[t * e..(t + 1) * e]
-                    .iter_mut()
-                    .zip(&y[r * e..(r + 1) * e])
-                {
+        }
+        if self.shared.is_some() {
+            be.silu_mul(&mut gbuf[off..], &ubuf[off..]);
+        }
+        let mut olens: Vec<usize> = ms.iter().map(|m| m * e).collect();
+        if self.shared.is_some() {
+            olens.push(n * e);
+        }
+        let mut ybuf = vec![0f32; olens.iter().sum()];
+        {
+            let ys = split_lens(&mut ybuf, &olens);
+            let mut jobs = Vec::with_capacity(olens.len());
+            let mut off = 0;
+            let downs = hit
+                .iter()
+                .map(|&k| &self.experts[k].down)
+                .chain(self.shared.as_ref().map(|s| &s.down));
+            for ((w, y), &l) in downs.zip(ys).zip(&lens) {
+                let m = y.len() / e;
+                jobs.push(MatJob {
+                    w,
+                    x: &gbuf[off..off + l],
+                    n_tok: m,
+                    out: y,
+                });
+                off += l;
+            }
+            be.matmul_many(&mut jobs)?;
+        }
+        out.fill(0.0);
+        let mut off = 0;
+        for &k in &hit {
+            let ex = &self.experts[k];
+            for &(t, wt) in &per_expert[k] {
+                let y = &mut ybuf[off..off + e];
+                add_bias(y, ex.down_b.as_deref());
+                for (o, &v) in out[t * e..(t + 1) * e].iter_mut().zip(y.iter()) {
                     *o += wt * v;
                 }
+                off += e;
             }
         }
-        if let Some(sh) = &self.shared {
-            let mut y = vec![0f32; n * e];
-            sh.forward(be, x, n, &mut y)?;
-            let mut gate = vec![1f32; n];
-            if let Some(sg) = &self.shared_gate {
-                be.matmul(sg, x, n, &mut gate)?;
-                gate.iter_mut().for_each(|g| *g = 1.0 / (1.0 + (-*g).exp()));
+        if self.shared.is_some() {
+            if self.shared_gate.is_some() {
+                sgate
+                    .iter_mut()
+                    .for_each(|g| *g = 1.0 / (1.0 + (-*g).exp()));
+            } else {
+                sgate.fill(1.0);
             }
             for t in 0..n {
-                for (o, &v) in out[t * e..(t + 1) * e]
-                    .iter_mut()
-                    .zip(&y[t * e..(t + 1) * e])
-                {
-                    *o += gate[t] * v;
+                let y = &ybuf[off + t * e..off + (t + 1) * e];
+                for (o, &v) in out[t * e..(t + 1) * e].iter_mut().zip(y) {
+                    *o += sgate[t] * v;
                 }
             }
         }

@@ -5,6 +5,7 @@
 //! never depends on summation order, and the rounding of x to 1/32767 of its block maximum is
 //! far below what changes a model's output (8-bit activations, as llama.cpp uses, cost
 //! measurable top-1 agreement). The weights' scales and the block sums of x stay in f32.
+use crate::kquants::{BlockQ4K, BlockQ6K, scale_min_k4};
 use crate::legacy::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
 use crate::{as_blocks, f16le};
 use hearth_core::DType;
@@ -75,7 +76,10 @@ impl QuantizedActs {
 
 /// Whether `dtype` has integer kernels against [`QuantizedActs`].
 pub fn supports_q16(dtype: DType) -> bool {
-    matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0)
+    matches!(
+        dtype,
+        DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::Q4_K | DType::Q6_K
+    )
 }
 
 #[inline(always)]
@@ -113,6 +117,43 @@ pub fn dot_q16_scalar(dtype: DType, src: &[u8], x: ActsRow) -> f32 {
                         .map(|(&w, &v)| w as i8 as i32 * v as i32)
                         .sum();
                 acc += f16le(b.d) * x.d[i] * isum as f32;
+            }
+        }
+        DType::Q4_K => {
+            // 8 sub-blocks of 32 per super-block, each exactly one activation block
+            for (i, b) in as_blocks::<BlockQ4K>(src).iter().enumerate() {
+                let (d, dmin) = (f16le(b.d), f16le(b.dmin));
+                for j in 0..8 {
+                    let a = 8 * i + j;
+                    let (sc, m) = scale_min_k4(&b.scales, j);
+                    let (c, shift) = (j / 2, 4 * (j % 2));
+                    let isum: i32 = (0..32)
+                        .map(|l| ((b.qs[c * 32 + l] >> shift) & 0xF) as i32 * xq(a)[l] as i32)
+                        .sum();
+                    acc += d * sc as f32 * x.d[a] * isum as f32 - dmin * m as f32 * x.sum[a];
+                }
+            }
+        }
+        DType::Q6_K => {
+            // activation block (h, s) of a super-block holds two 16-element sub-blocks
+            for (i, b) in as_blocks::<BlockQ6K>(src).iter().enumerate() {
+                let d = f16le(b.d);
+                for h in 0..2 {
+                    for s in 0..4 {
+                        let a = 8 * i + 4 * h + s;
+                        let mut isum = [0i32; 2];
+                        for l in 0..32 {
+                            let lo = (b.ql[h * 64 + (s & 1) * 32 + l] >> (4 * (s >> 1))) & 0xF;
+                            let hi = (b.qh[h * 32 + l] >> (2 * s)) & 3;
+                            let q = (lo | (hi << 4)) as i32 - 32;
+                            isum[l / 16] += q * xq(a)[l] as i32;
+                        }
+                        let sc = (h * 128 + s * 32) / 16;
+                        let sa = b.scales[sc] as i8 as f32;
+                        let sb = b.scales[sc + 1] as i8 as f32;
+                        acc += d * x.d[a] * (sa * isum[0] as f32 + sb * isum[1] as f32);
+                    }
+                }
             }
         }
         _ => {}

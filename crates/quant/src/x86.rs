@@ -264,7 +264,82 @@ unsafe fn q8_0_q16_n<const N: usize>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
     acc.map(|a| hsum(a))
 }
 
-/// Integer-kernel dot of a Q4_0 / Q4_1 / Q8_0 row with `N` quantized activation rows (lane k
+/// Q4_K: each 32-byte chunk of nibbles holds two sub-blocks (low nibbles, then high), each
+/// of which is one activation block.
+#[inline(always)]
+unsafe fn q4_k_q16_n<const N: usize>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut macc = [0f32; N];
+    let m4 = _mm256_set1_epi8(0x0F);
+    for (i, b) in as_blocks::<BlockQ4K>(src).iter().enumerate() {
+        let (d, dmin) = (f16le(b.d), f16le(b.dmin));
+        for c in 0..4 {
+            let v = _mm256_loadu_si256(b.qs.as_ptr().add(c * 32) as *const __m256i);
+            let lo = _mm256_and_si256(v, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            for (s, nib) in [lo, hi].into_iter().enumerate() {
+                let j = 2 * c + s;
+                let (sc, m) = scale_min_k4(&b.scales, j);
+                let w = (
+                    _mm256_cvtepu8_epi16(_mm256_castsi256_si128(nib)),
+                    _mm256_cvtepu8_epi16(_mm256_extracti128_si256(nib, 1)),
+                );
+                let a = 8 * i + j;
+                for k in 0..N {
+                    let s = idot(w, x[k].q.as_ptr().add(a * QK));
+                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * sc as f32 * x[k].d[a]), s, acc[k]);
+                    macc[k] += dmin * m as f32 * x[k].sum[a];
+                }
+            }
+        }
+    }
+    std::array::from_fn(|k| hsum(acc[k]) - macc[k])
+}
+
+/// Q6_K: activation block (h, s) of a super-block is 32 six-bit weights in two sub-blocks
+/// of 16 with their own int8 scales.
+#[inline(always)]
+unsafe fn q6_k_q16_n<const N: usize>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m2 = _mm256_set1_epi8(3);
+    let off = _mm256_set1_epi8(32);
+    for (i, b) in as_blocks::<BlockQ6K>(src).iter().enumerate() {
+        let d = f16le(b.d);
+        for h in 0..2 {
+            let qh = _mm256_loadu_si256(b.qh.as_ptr().add(h * 32) as *const __m256i);
+            for s in 0..4 {
+                let ql =
+                    _mm256_loadu_si256(b.ql.as_ptr().add(h * 64 + (s & 1) * 32) as *const __m256i);
+                let lo = _mm256_and_si256(
+                    _mm256_srl_epi16(ql, _mm_cvtsi32_si128((4 * (s >> 1)) as i32)),
+                    m4,
+                );
+                let hi =
+                    _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128((2 * s) as i32)), m2);
+                let q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), off);
+                let w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
+                let w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
+                let sc = (h * 128 + s * 32) / 16;
+                let (sa, sb) = (b.scales[sc] as i8 as f32, b.scales[sc + 1] as i8 as f32);
+                let a = 8 * i + 4 * h + s;
+                for k in 0..N {
+                    let xp = x[k].q.as_ptr().add(a * QK);
+                    let x0 = _mm256_loadu_si256(xp as *const __m256i);
+                    let x1 = _mm256_loadu_si256(xp.add(16) as *const __m256i);
+                    let dx = d * x[k].d[a];
+                    let s0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(w0, x0));
+                    let s1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(w1, x1));
+                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dx * sa), s0, acc[k]);
+                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dx * sb), s1, acc[k]);
+                }
+            }
+        }
+    }
+    acc.map(|a| hsum(a))
+}
+
+/// Integer-kernel dot of a Q4_0 / Q4_1 / Q8_0 / Q4_K / Q6_K row with `N` quantized activation rows (lane k
 /// computes exactly what N = 1 computes for that row). The rows must hold the row's length.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q16<const N: usize>(
@@ -276,6 +351,8 @@ pub unsafe fn dot_q16<const N: usize>(
         hearth_core::DType::Q4_0 => q4_q16_n::<N, false>(src, x),
         hearth_core::DType::Q4_1 => q4_q16_n::<N, true>(src, x),
         hearth_core::DType::Q8_0 => q8_0_q16_n::<N>(src, x),
+        hearth_core::DType::Q4_K => q4_k_q16_n::<N>(src, x),
+        hearth_core::DType::Q6_K => q6_k_q16_n::<N>(src, x),
         _ => [0.0; N],
     }
 }
