@@ -264,22 +264,45 @@ unsafe fn q8_0_q16_n<const N: usize>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
     acc.map(|a| hsum(a))
 }
 
+/// Lane `j` of `v` in every lane.
+#[inline(always)]
+unsafe fn lane(v: __m256, j: usize) -> __m256 {
+    _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j as i32))
+}
+
+/// 8 bytes as 8 floats, unsigned or signed.
+#[inline(always)]
+unsafe fn u8x8_ps(p: *const u8) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+}
+
 /// Q4_K: each 32-byte chunk of nibbles holds two sub-blocks (low nibbles, then high), each
-/// of which is one activation block.
+/// of which is one activation block. The eight sub-blocks' scale and min factors are formed
+/// as vectors once per super-block.
 #[inline(always)]
 unsafe fn q4_k_q16_n<const N: usize>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
     let mut acc = [_mm256_setzero_ps(); N];
-    let mut macc = [0f32; N];
+    let mut macc = [_mm256_setzero_ps(); N];
     let m4 = _mm256_set1_epi8(0x0F);
     for (i, b) in as_blocks::<BlockQ4K>(src).iter().enumerate() {
         let (d, dmin) = (f16le(b.d), f16le(b.dmin));
+        let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
+        for j in 0..8 {
+            (sc[j], mn[j]) = scale_min_k4(&b.scales, j);
+        }
+        let scf = _mm256_mul_ps(_mm256_set1_ps(d), u8x8_ps(sc.as_ptr()));
+        let mnf = _mm256_mul_ps(_mm256_set1_ps(dmin), u8x8_ps(mn.as_ptr()));
+        let mut sv = [_mm256_setzero_ps(); N];
+        for k in 0..N {
+            sv[k] = _mm256_mul_ps(scf, _mm256_loadu_ps(x[k].d.as_ptr().add(8 * i)));
+            macc[k] = _mm256_fmadd_ps(mnf, _mm256_loadu_ps(x[k].sum.as_ptr().add(8 * i)), macc[k]);
+        }
         for c in 0..4 {
             let v = _mm256_loadu_si256(b.qs.as_ptr().add(c * 32) as *const __m256i);
             let lo = _mm256_and_si256(v, m4);
             let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
             for (s, nib) in [lo, hi].into_iter().enumerate() {
                 let j = 2 * c + s;
-                let (sc, m) = scale_min_k4(&b.scales, j);
                 let w = (
                     _mm256_cvtepu8_epi16(_mm256_castsi256_si128(nib)),
                     _mm256_cvtepu8_epi16(_mm256_extracti128_si256(nib, 1)),
@@ -287,13 +310,12 @@ unsafe fn q4_k_q16_n<const N: usize>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
                 let a = 8 * i + j;
                 for k in 0..N {
                     let s = idot(w, x[k].q.as_ptr().add(a * QK));
-                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * sc as f32 * x[k].d[a]), s, acc[k]);
-                    macc[k] += dmin * m as f32 * x[k].sum[a];
+                    acc[k] = _mm256_fmadd_ps(lane(sv[k], j), s, acc[k]);
                 }
             }
         }
     }
-    std::array::from_fn(|k| hsum(acc[k]) - macc[k])
+    std::array::from_fn(|k| hsum(acc[k]) - hsum(macc[k]))
 }
 
 /// Q6_K: activation block (h, s) of a super-block is 32 six-bit weights in two sub-blocks
@@ -304,8 +326,24 @@ unsafe fn q6_k_q16_n<const N: usize>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
     let m4 = _mm256_set1_epi8(0x0F);
     let m2 = _mm256_set1_epi8(3);
     let off = _mm256_set1_epi8(32);
+    // even-indexed bytes to the low 8, odd-indexed to the high 8
+    let deint = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     for (i, b) in as_blocks::<BlockQ6K>(src).iter().enumerate() {
         let d = f16le(b.d);
+        let scs = _mm_shuffle_epi8(_mm_loadu_si128(b.scales.as_ptr() as *const __m128i), deint);
+        // lane a: the scales of activation block a's first and second 16 elements
+        let sa = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(scs));
+        let sb = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(scs, 8)));
+        let mut sva = [_mm256_setzero_ps(); N];
+        let mut svb = [_mm256_setzero_ps(); N];
+        for k in 0..N {
+            let dx = _mm256_mul_ps(
+                _mm256_set1_ps(d),
+                _mm256_loadu_ps(x[k].d.as_ptr().add(8 * i)),
+            );
+            sva[k] = _mm256_mul_ps(dx, sa);
+            svb[k] = _mm256_mul_ps(dx, sb);
+        }
         for h in 0..2 {
             let qh = _mm256_loadu_si256(b.qh.as_ptr().add(h * 32) as *const __m256i);
             for s in 0..4 {
@@ -320,18 +358,16 @@ unsafe fn q6_k_q16_n<const N: usize>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
                 let q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), off);
                 let w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
                 let w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
-                let sc = (h * 128 + s * 32) / 16;
-                let (sa, sb) = (b.scales[sc] as i8 as f32, b.scales[sc + 1] as i8 as f32);
-                let a = 8 * i + 4 * h + s;
+                let j = 4 * h + s;
+                let a = 8 * i + j;
                 for k in 0..N {
                     let xp = x[k].q.as_ptr().add(a * QK);
                     let x0 = _mm256_loadu_si256(xp as *const __m256i);
                     let x1 = _mm256_loadu_si256(xp.add(16) as *const __m256i);
-                    let dx = d * x[k].d[a];
                     let s0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(w0, x0));
                     let s1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(w1, x1));
-                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dx * sa), s0, acc[k]);
-                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dx * sb), s1, acc[k]);
+                    acc[k] = _mm256_fmadd_ps(lane(sva[k], j), s0, acc[k]);
+                    acc[k] = _mm256_fmadd_ps(lane(svb[k], j), s1, acc[k]);
                 }
             }
         }
