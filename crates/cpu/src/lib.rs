@@ -11,7 +11,7 @@ mod pool;
 
 use hearth_core::{AttnParams, Backend, DType, Device, Error, MatJob, Result, RopeStyle, Tensor};
 use hearth_quant::acts::{QuantizedActs, supports_q16};
-use hearth_quant::{dequantize, dot_f32, dot_row, dot_row_q16};
+use hearth_quant::{dequantize, dot_f32, dot_row, rows_q16};
 
 /// The CPU backend.
 pub struct Cpu {
@@ -87,36 +87,13 @@ impl RowJob<'_> {
             let p = optr; // capture the Send + Sync wrapper, not its raw pointer field
             unsafe { *p.0.add(t * n_out + r) = v }
         };
+        if let Some(acts) = acts {
+            return rows_q16(dtype, bytes, rb, rows, acts, n_tok, put);
+        }
         for r in rows {
             let row = &bytes[r * rb..(r + 1) * rb];
-            match acts {
-                Some(acts) => {
-                    let mut t = 0;
-                    while t + 4 <= n_tok {
-                        let v = dot_row_q16::<4>(
-                            dtype,
-                            row,
-                            [
-                                acts.row(t),
-                                acts.row(t + 1),
-                                acts.row(t + 2),
-                                acts.row(t + 3),
-                            ],
-                        );
-                        for (k, v) in v.into_iter().enumerate() {
-                            put(t + k, r, v);
-                        }
-                        t += 4;
-                    }
-                    for t in t..n_tok {
-                        put(t, r, dot_row_q16::<1>(dtype, row, [acts.row(t)])[0]);
-                    }
-                }
-                None => {
-                    for t in 0..n_tok {
-                        put(t, r, dot_row(dtype, row, &self.x[t * n_in..(t + 1) * n_in]));
-                    }
-                }
+            for t in 0..n_tok {
+                put(t, r, dot_row(dtype, row, &self.x[t * n_in..(t + 1) * n_in]));
             }
         }
     }

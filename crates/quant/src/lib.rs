@@ -222,6 +222,42 @@ pub fn dot_row_q16<const N: usize>(dtype: DType, src: &[u8], x: [acts::ActsRow; 
     x.map(|r| acts::dot_q16_scalar(dtype, src, r))
 }
 
+/// Rows `rows` of a `dtype` matrix (`rb` bytes per row in `bytes`) dotted with each of the
+/// `n_tok` rows of `acts`; `put(token, row, value)` receives every result. Each value is
+/// bit-identical to [`dot_row_q16`]'s for that row and token, whatever `n_tok` is.
+pub fn rows_q16(
+    dtype: DType,
+    bytes: &[u8],
+    rb: usize,
+    rows: std::ops::Range<usize>,
+    acts: &acts::QuantizedActs,
+    n_tok: usize,
+    mut put: impl FnMut(usize, usize, f32),
+) {
+    let n = rb / dtype.type_size() * dtype.block_size();
+    assert!(
+        acts::supports_q16(dtype)
+            && rows.end * rb <= bytes.len()
+            && acts.n >= n
+            && acts.q.len() >= n_tok * acts.n
+            && acts.d.len() * acts::QK >= n_tok * acts.n
+            && acts.sum.len() * acts::QK >= n_tok * acts.n
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C; every row and activation row is in bounds
+        // (checked above).
+        unsafe { x86::rows_q16(dtype, bytes, rb, rows, acts, n_tok, &mut put) };
+        return;
+    }
+    for r in rows {
+        let row = &bytes[r * rb..(r + 1) * rb];
+        for t in 0..n_tok {
+            put(t, r, dot_row_q16::<1>(dtype, row, [acts.row(t)])[0]);
+        }
+    }
+}
+
 /// Scalar reference dot product of a row of `dtype` (bytes `src`) with `x` (f32): decodes one
 /// block at a time into a stack buffer (never a whole row or tensor), then an f32 dot.
 pub fn dot_row_scalar(dtype: DType, src: &[u8], x: &[f32]) -> f32 {

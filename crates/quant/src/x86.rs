@@ -392,3 +392,54 @@ pub unsafe fn dot_q16<const N: usize>(
         _ => [0.0; N],
     }
 }
+
+/// Rows `rows` of a matrix (`rb` bytes per row in `bytes`) dotted with every activation row of
+/// `acts` (`n_tok` of them), four tokens per pass over a weight row; `put(token, row, value)`
+/// receives each result, which is bit-identical to the one-row, one-token kernel's.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn rows_q16(
+    dtype: hearth_core::DType,
+    bytes: &[u8],
+    rb: usize,
+    rows: std::ops::Range<usize>,
+    acts: &crate::acts::QuantizedActs,
+    n_tok: usize,
+    put: &mut impl FnMut(usize, usize, f32),
+) {
+    use hearth_core::DType as D;
+    // the kernels are inlined here, inside this function's AVX2 context
+    macro_rules! run {
+        ($k4:expr, $k1:expr) => {
+            for r in rows {
+                let row = &bytes[r * rb..(r + 1) * rb];
+                let mut t = 0;
+                while t + 4 <= n_tok {
+                    let v = $k4(
+                        row,
+                        [
+                            acts.row(t),
+                            acts.row(t + 1),
+                            acts.row(t + 2),
+                            acts.row(t + 3),
+                        ],
+                    );
+                    for (k, v) in v.into_iter().enumerate() {
+                        put(t + k, r, v);
+                    }
+                    t += 4;
+                }
+                for t in t..n_tok {
+                    put(t, r, $k1(row, [acts.row(t)])[0]);
+                }
+            }
+        };
+    }
+    match dtype {
+        D::Q4_0 => run!(q4_q16_n::<4, false>, q4_q16_n::<1, false>),
+        D::Q4_1 => run!(q4_q16_n::<4, true>, q4_q16_n::<1, true>),
+        D::Q8_0 => run!(q8_0_q16_n::<4>, q8_0_q16_n::<1>),
+        D::Q4_K => run!(q4_k_q16_n::<4>, q4_k_q16_n::<1>),
+        D::Q6_K => run!(q6_k_q16_n::<4>, q6_k_q16_n::<1>),
+        _ => {}
+    }
+}
