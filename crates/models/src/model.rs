@@ -5,7 +5,7 @@ use crate::config::ModelConfig;
 use crate::mla::{Mla, MlaCall, MlaQ};
 use crate::moe::{Expert, Mlp, Moe};
 use crate::{arch_for_gguf, arch_for_hf, supported_names};
-use hearth_core::{AttnParams, Backend, DType, Error, Result, Tensor};
+use hearth_core::{AttnParams, Backend, DType, Error, MatJob, Result, Tensor};
 use hearth_formats::{ModelFiles, Source};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -485,13 +485,30 @@ impl Model {
                     let (hd, qd, kvd) =
                         (c.head_dim, c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
                     let q = resize(&mut s.q, n * qd);
-                    be.matmul(&a.wq, h, n, q)?;
-                    add_bias(q, a.bq.as_deref());
                     let k = resize(&mut s.k, n * kvd);
-                    be.matmul(&a.wk, h, n, k)?;
-                    add_bias(k, a.bk.as_deref());
                     let v = resize(&mut s.v, n * kvd);
-                    be.matmul(&a.wv, h, n, v)?;
+                    be.matmul_many(&mut [
+                        MatJob {
+                            w: &a.wq,
+                            x: h,
+                            n_tok: n,
+                            out: &mut *q,
+                        },
+                        MatJob {
+                            w: &a.wk,
+                            x: h,
+                            n_tok: n,
+                            out: &mut *k,
+                        },
+                        MatJob {
+                            w: &a.wv,
+                            x: h,
+                            n_tok: n,
+                            out: &mut *v,
+                        },
+                    ])?;
+                    add_bias(q, a.bq.as_deref());
+                    add_bias(k, a.bk.as_deref());
                     add_bias(v, a.bv.as_deref());
                     // per-head norms normalise each head; MiniMax's span all heads at once
                     if let Some(w) = &a.q_norm {

@@ -25,8 +25,20 @@ impl Mlp {
         let ff = self.gate.shape[0];
         let mut g = vec![0f32; n * ff];
         let mut u = vec![0f32; n * ff];
-        be.matmul(&self.gate, x, n, &mut g)?;
-        be.matmul(&self.up, x, n, &mut u)?;
+        be.matmul_many(&mut [
+            MatJob {
+                w: &self.gate,
+                x,
+                n_tok: n,
+                out: &mut g,
+            },
+            MatJob {
+                w: &self.up,
+                x,
+                n_tok: n,
+                out: &mut u,
+            },
+        ])?;
         be.silu_mul(&mut g, &u);
         be.matmul(&self.down, &g, n, out)
     }
