@@ -6,7 +6,7 @@
 //! far below what changes a model's output (8-bit activations, as llama.cpp uses, cost
 //! measurable top-1 agreement). The weights' scales and the block sums of x stay in f32.
 use crate::kquants::{BlockQ4K, BlockQ6K, scale_min_k4};
-use crate::legacy::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
+use crate::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
 use crate::{as_blocks, f16le};
 use hearth_core::DType;
 
@@ -78,7 +78,13 @@ impl QuantizedActs {
 pub fn supports_q16(dtype: DType) -> bool {
     matches!(
         dtype,
-        DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::Q4_K | DType::Q6_K
+        DType::Q4_0
+            | DType::Q4_1
+            | DType::Q5_0
+            | DType::Q5_1
+            | DType::Q8_0
+            | DType::Q4_K
+            | DType::Q6_K
     )
 }
 
@@ -107,6 +113,27 @@ pub fn dot_q16_scalar(dtype: DType, src: &[u8], x: ActsRow) -> f32 {
             for (i, b) in as_blocks::<BlockQ4_1>(src).iter().enumerate() {
                 acc +=
                     f16le(b.d) * x.d[i] * q4_isum(&b.qs, xq(i), 0) as f32 + f16le(b.m) * x.sum[i];
+            }
+        }
+        DType::Q5_0 | DType::Q5_1 => {
+            // five-bit weights: nibble j (low) / j+16 (high) plus bit j / j+16 of qh
+            let bs = dtype.type_size();
+            for (i, blk) in src.chunks_exact(bs).enumerate() {
+                let (d, m, qh, qs): (f32, f32, u32, &[u8]) = if dtype == DType::Q5_0 {
+                    let b = &as_blocks::<BlockQ5_0>(blk)[0];
+                    (f16le(b.d), 0.0, u32::from_le_bytes(b.qh), &b.qs[..])
+                } else {
+                    let b = &as_blocks::<BlockQ5_1>(blk)[0];
+                    (f16le(b.d), f16le(b.m), u32::from_le_bytes(b.qh), &b.qs[..])
+                };
+                let off = if dtype == DType::Q5_0 { 16 } else { 0 };
+                let mut isum = 0i32;
+                for j in 0..16 {
+                    let lo = (qs[j] & 0xF) as i32 | (((qh >> j) & 1) << 4) as i32;
+                    let hi = (qs[j] >> 4) as i32 | (((qh >> (j + 16)) & 1) << 4) as i32;
+                    isum += (lo - off) * xq(i)[j] as i32 + (hi - off) * xq(i)[j + 16] as i32;
+                }
+                acc += d * x.d[i] * isum as f32 + m * x.sum[i];
             }
         }
         DType::Q8_0 => {

@@ -264,6 +264,54 @@ unsafe fn q8_0_q16_n<const N: usize>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
     acc.map(|a| hsum(a))
 }
 
+/// Q5_0 / Q5_1: nibbles plus a fifth bit per element from the block's 32-bit `qh`.
+#[inline(always)]
+unsafe fn q5_q16_n<const N: usize, const Q5_1: bool>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut macc = [0f32; N];
+    let bs = if Q5_1 { 24 } else { 22 };
+    let nb = src.len() / bs;
+    let m4 = _mm_set1_epi8(0x0F);
+    // byte k of the expansion holds byte k/8 of qh; bit k%8 selects the element's bit
+    let shuf = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
+        3, 3,
+    );
+    let bits = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+    let b5 = _mm256_set1_epi8(0x10);
+    let off = _mm256_set1_epi8(if Q5_1 { 0 } else { 16 });
+    for i in 0..nb {
+        let b = src.as_ptr().add(i * bs);
+        let d = f16le([*b, *b.add(1)]);
+        let hoff = if Q5_1 { 4 } else { 2 };
+        let qh = u32::from_le_bytes([
+            *b.add(hoff),
+            *b.add(hoff + 1),
+            *b.add(hoff + 2),
+            *b.add(hoff + 3),
+        ]);
+        let v = _mm_loadu_si128(b.add(hoff + 4) as *const __m128i);
+        let lo = _mm_and_si128(v, m4);
+        let hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+        let nib = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+        let e = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), shuf);
+        let fifth = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(e, bits), bits), b5);
+        let q = _mm256_sub_epi8(_mm256_or_si256(nib, fifth), off);
+        let w = (
+            _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q)),
+            _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1)),
+        );
+        for k in 0..N {
+            let s = idot(w, x[k].q.as_ptr().add(i * QK));
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[k].d[i]), s, acc[k]);
+            if Q5_1 {
+                macc[k] += f16le([*b.add(2), *b.add(3)]) * x[k].sum[i];
+            }
+        }
+    }
+    std::array::from_fn(|k| hsum(acc[k]) + macc[k])
+}
+
 /// Lane `j` of `v` in every lane.
 #[inline(always)]
 unsafe fn lane(v: __m256, j: usize) -> __m256 {
@@ -387,6 +435,8 @@ pub unsafe fn dot_q16<const N: usize>(
         hearth_core::DType::Q4_0 => q4_q16_n::<N, false>(src, x),
         hearth_core::DType::Q4_1 => q4_q16_n::<N, true>(src, x),
         hearth_core::DType::Q8_0 => q8_0_q16_n::<N>(src, x),
+        hearth_core::DType::Q5_0 => q5_q16_n::<N, false>(src, x),
+        hearth_core::DType::Q5_1 => q5_q16_n::<N, true>(src, x),
         hearth_core::DType::Q4_K => q4_k_q16_n::<N>(src, x),
         hearth_core::DType::Q6_K => q6_k_q16_n::<N>(src, x),
         _ => [0.0; N],
@@ -438,6 +488,8 @@ pub unsafe fn rows_q16(
         D::Q4_0 => run!(q4_q16_n::<4, false>, q4_q16_n::<1, false>),
         D::Q4_1 => run!(q4_q16_n::<4, true>, q4_q16_n::<1, true>),
         D::Q8_0 => run!(q8_0_q16_n::<4>, q8_0_q16_n::<1>),
+        D::Q5_0 => run!(q5_q16_n::<4, false>, q5_q16_n::<1, false>),
+        D::Q5_1 => run!(q5_q16_n::<4, true>, q5_q16_n::<1, true>),
         D::Q4_K => run!(q4_k_q16_n::<4>, q4_k_q16_n::<1>),
         D::Q6_K => run!(q6_k_q16_n::<4>, q6_k_q16_n::<1>),
         _ => {}
