@@ -1,8 +1,9 @@
 //! hearth-cpu: the CPU backend.
 //!
 //! Matmuls run on quantized weights directly, one block at a time (never decoding a whole
-//! tensor). For Q4_0/Q4_1/Q8_0 the activations are first quantized to 16-bit integers and the
-//! dots are exact integer sums. A batch runs the one-token arithmetic for every (row, token),
+//! tensor). For Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q6_K the activations are first quantized to
+//! 16-bit integers and the dots are exact integer sums. `matmul_many` runs independent matmuls
+//! (q/k/v, gate/up, a MoE layer's experts) as one parallel step over all their rows. A batch runs the one-token arithmetic for every (row, token),
 //! four tokens per weight-block decode, so batching never changes a token's result.
 //! Work is split over a persistent thread pool (`pool.rs`).
 #![deny(missing_docs)]
