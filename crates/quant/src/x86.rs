@@ -224,44 +224,82 @@ unsafe fn idot(w: (__m256i, __m256i), xq: *const i16) -> __m256 {
     ))
 }
 
+/// The f16 at byte `off` of each of 8 consecutive `bs`-byte blocks from `b`, as 8 floats.
 #[inline(always)]
-unsafe fn q4_q16_n<const N: usize, const Q4_1: bool>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
+unsafe fn f16x8(b: *const u8, bs: usize, off: usize) -> __m256 {
+    let r = |j: usize| (b.add(j * bs + off) as *const u16).read_unaligned() as i16;
+    _mm256_cvtph_ps(_mm_setr_epi16(
+        r(0),
+        r(1),
+        r(2),
+        r(3),
+        r(4),
+        r(5),
+        r(6),
+        r(7),
+    ))
+}
+
+/// Q4_0 / Q4_1 / Q8_0: blocks of 32 with an f16 scale (and Q4_1's f16 min). Eight blocks'
+/// scale factors are formed as one vector; a row's last `nb % 8` blocks go one by one.
+#[inline(always)]
+unsafe fn legacy_q16_n<const N: usize, const KIND: u8>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
+    const Q40: u8 = 0;
+    const Q41: u8 = 1;
     let mut acc = [_mm256_setzero_ps(); N];
-    let mut macc = [0f32; N];
-    let bs = if Q4_1 { 20 } else { 18 };
+    let mut macc = [_mm256_setzero_ps(); N];
+    let mut mtail = [0f32; N];
+    let bs = match KIND {
+        Q40 => 18,
+        Q41 => 20,
+        _ => 34,
+    };
     let nb = src.len() / bs;
-    for i in 0..nb {
-        let b = src.as_ptr().add(i * bs);
-        let d = f16le([*b, *b.add(1)]);
-        let qs = if Q4_1 { b.add(4) } else { b.add(2) };
-        let w = q4_halves(qs, if Q4_1 { 0 } else { 8 });
+    let weights = |b: *const u8| match KIND {
+        Q40 => q4_halves(b.add(2), 8),
+        Q41 => q4_halves(b.add(4), 0),
+        _ => (
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(2) as *const __m128i)),
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(18) as *const __m128i)),
+        ),
+    };
+    let groups = nb / 8;
+    for g in 0..groups {
+        let b0 = src.as_ptr().add(g * 8 * bs);
+        let dv = f16x8(b0, bs, 0);
+        let mut sv = [_mm256_setzero_ps(); N];
         for k in 0..N {
-            let s = idot(w, x[k].q.as_ptr().add(i * QK));
-            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[k].d[i]), s, acc[k]);
-            if Q4_1 {
-                macc[k] += f16le([*b.add(2), *b.add(3)]) * x[k].sum[i];
+            sv[k] = _mm256_mul_ps(dv, _mm256_loadu_ps(x[k].d.as_ptr().add(g * 8)));
+        }
+        if KIND == Q41 {
+            let mv = f16x8(b0, bs, 2);
+            for k in 0..N {
+                macc[k] =
+                    _mm256_fmadd_ps(mv, _mm256_loadu_ps(x[k].sum.as_ptr().add(g * 8)), macc[k]);
+            }
+        }
+        for j in 0..8 {
+            let w = weights(b0.add(j * bs));
+            let i = g * 8 + j;
+            for k in 0..N {
+                let s = idot(w, x[k].q.as_ptr().add(i * QK));
+                acc[k] = _mm256_fmadd_ps(lane(sv[k], j), s, acc[k]);
             }
         }
     }
-    std::array::from_fn(|k| hsum(acc[k]) + macc[k])
-}
-
-#[inline(always)]
-unsafe fn q8_0_q16_n<const N: usize>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (i, b) in as_blocks::<BlockQ8_0>(src).iter().enumerate() {
-        let p = b.qs.as_ptr();
-        let w = (
-            _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i)),
-            _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16) as *const __m128i)),
-        );
-        let d = f16le(b.d);
+    for i in groups * 8..nb {
+        let b = src.as_ptr().add(i * bs);
+        let d = f16le([*b, *b.add(1)]);
+        let w = weights(b);
         for k in 0..N {
             let s = idot(w, x[k].q.as_ptr().add(i * QK));
             acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[k].d[i]), s, acc[k]);
+            if KIND == Q41 {
+                mtail[k] += f16le([*b.add(2), *b.add(3)]) * x[k].sum[i];
+            }
         }
     }
-    acc.map(|a| hsum(a))
+    std::array::from_fn(|k| hsum(acc[k]) + hsum(macc[k]) + mtail[k])
 }
 
 /// Q5_0 / Q5_1: nibbles plus a fifth bit per element from the block's 32-bit `qh`.
@@ -432,9 +470,9 @@ pub unsafe fn dot_q16<const N: usize>(
     x: [ActsRow; N],
 ) -> [f32; N] {
     match dtype {
-        hearth_core::DType::Q4_0 => q4_q16_n::<N, false>(src, x),
-        hearth_core::DType::Q4_1 => q4_q16_n::<N, true>(src, x),
-        hearth_core::DType::Q8_0 => q8_0_q16_n::<N>(src, x),
+        hearth_core::DType::Q4_0 => legacy_q16_n::<N, 0>(src, x),
+        hearth_core::DType::Q4_1 => legacy_q16_n::<N, 1>(src, x),
+        hearth_core::DType::Q8_0 => legacy_q16_n::<N, 2>(src, x),
         hearth_core::DType::Q5_0 => q5_q16_n::<N, false>(src, x),
         hearth_core::DType::Q5_1 => q5_q16_n::<N, true>(src, x),
         hearth_core::DType::Q4_K => q4_k_q16_n::<N>(src, x),
@@ -485,9 +523,9 @@ pub unsafe fn rows_q16(
         };
     }
     match dtype {
-        D::Q4_0 => run!(q4_q16_n::<4, false>, q4_q16_n::<1, false>),
-        D::Q4_1 => run!(q4_q16_n::<4, true>, q4_q16_n::<1, true>),
-        D::Q8_0 => run!(q8_0_q16_n::<4>, q8_0_q16_n::<1>),
+        D::Q4_0 => run!(legacy_q16_n::<4, 0>, legacy_q16_n::<1, 0>),
+        D::Q4_1 => run!(legacy_q16_n::<4, 1>, legacy_q16_n::<1, 1>),
+        D::Q8_0 => run!(legacy_q16_n::<4, 2>, legacy_q16_n::<1, 2>),
         D::Q5_0 => run!(q5_q16_n::<4, false>, q5_q16_n::<1, false>),
         D::Q5_1 => run!(q5_q16_n::<4, true>, q5_q16_n::<1, true>),
         D::Q4_K => run!(q4_k_q16_n::<4>, q4_k_q16_n::<1>),
