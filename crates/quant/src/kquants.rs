@@ -99,6 +99,22 @@ pub fn scale_min_k4(scales: &[u8; 12], j: usize) -> (u8, u8) {
     }
 }
 
+/// All eight (scale, min) pairs of [`scale_min_k4`] at once, with word-wide bit operations:
+/// bytes 0..4 hold the low six bits of scales 0..3 (their top bits are the high bits of scales
+/// 4..7), bytes 4..8 the same for mins, and bytes 8..12 the low nibbles of scales / mins 4..7.
+#[inline(always)]
+pub fn scales_mins_k4(scales: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let w = |i: usize| u32::from_le_bytes([scales[i], scales[i + 1], scales[i + 2], scales[i + 3]]);
+    let (w0, w1, w2) = (w(0), w(4), w(8));
+    const M6: u32 = 0x3F3F_3F3F;
+    const M4: u32 = 0x0F0F_0F0F;
+    const M2: u32 = 0x0303_0303;
+    let sc_hi = (w2 & M4) | (((w0 >> 6) & M2) << 4);
+    let m_hi = ((w2 >> 4) & M4) | (((w1 >> 6) & M2) << 4);
+    let cat = |a: u32, b: u32| (a as u64 | ((b as u64) << 32)).to_le_bytes();
+    (cat(w0 & M6, sc_hi), cat(w1 & M6, m_hi))
+}
+
 /// Q4_K: 8 sub-blocks of 32; x = d*sc*q - dmin*m, q 4 bits.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -224,6 +240,29 @@ impl Block for BlockQ8K {
         let d = f32::from_le_bytes(self.d);
         for j in 0..256 {
             out[j] = d * self.qs[j] as i8 as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_wide_scale_unpack_equals_the_bytewise_one() {
+        let mut seed = 3u64;
+        for _ in 0..1000 {
+            let mut s = [0u8; 12];
+            for b in s.iter_mut() {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                *b = (seed >> 56) as u8;
+            }
+            let (sc, m) = scales_mins_k4(&s);
+            for j in 0..8 {
+                assert_eq!((sc[j], m[j]), scale_min_k4(&s, j), "{s:?} {j}");
+            }
         }
     }
 }

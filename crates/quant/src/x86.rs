@@ -6,7 +6,7 @@
 
 use crate::acts::{ActsRow, QK};
 use crate::as_blocks;
-use crate::kquants::{BlockQ4K, BlockQ6K, scale_min_k4};
+use crate::kquants::{BlockQ4K, BlockQ6K, scale_min_k4, scales_mins_k4};
 use crate::legacy::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
 use std::arch::x86_64::*;
 
@@ -372,10 +372,7 @@ unsafe fn q4_k_q16_n<const N: usize>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
     let m4 = _mm256_set1_epi8(0x0F);
     for (i, b) in as_blocks::<BlockQ4K>(src).iter().enumerate() {
         let (d, dmin) = (f16le(b.d), f16le(b.dmin));
-        let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
-        for j in 0..8 {
-            (sc[j], mn[j]) = scale_min_k4(&b.scales, j);
-        }
+        let (sc, mn) = scales_mins_k4(&b.scales);
         let scf = _mm256_mul_ps(_mm256_set1_ps(d), u8x8_ps(sc.as_ptr()));
         let mnf = _mm256_mul_ps(_mm256_set1_ps(dmin), u8x8_ps(mn.as_ptr()));
         let mut sv = [_mm256_setzero_ps(); N];
