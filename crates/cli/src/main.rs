@@ -503,6 +503,13 @@ fn inspect(model: &str) -> Result<()> {
         );
     }
     println!("context:       {} tokens (training)", c.n_ctx_train);
+    if let Some(w) = c.sliding_window {
+        let n = (0..c.n_layer).filter(|&i| c.window(i).is_some()).count();
+        println!(
+            "attention:     sliding window of {w} on {n} of {} layers",
+            c.n_layer
+        );
+    }
     println!(
         "rope:          theta {}, dim {}, {:?}, {:?}",
         c.rope.theta, c.rope.dim, c.rope.style, c.rope.scaling
