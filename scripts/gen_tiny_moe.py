@@ -107,6 +107,15 @@ only = []
 ids = tk.encode(text[:400]).ids[:40]
 
 
+def convert(name, d):
+    """d/model.gguf from the HF directory d, by llama.cpp's converter in f32."""
+    r = subprocess.run([sys.executable, "-c", CONVERT, llama_src, d, os.path.join(d, "model.gguf")],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        print(r.stderr[-3000:])
+        raise SystemExit(f"{name}: conversion failed")
+
+
 def gpt_oss_mxfp4():
     """gpt-oss ships its experts in MXFP4. tests/fixtures/tiny/gpt_oss-mxfp4/model.gguf is the
     gpt_oss GGUF with its expert matrices quantized to MXFP4 by gguf-py (llama.cpp's own Python
@@ -208,11 +217,7 @@ def main():
         if name in NO_GGUF:
             print(name, "ok (HF only)")
             continue
-        r = subprocess.run([sys.executable, "-c", CONVERT, llama_src, d, os.path.join(d, "model.gguf")],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            print(r.stderr[-3000:])
-            raise SystemExit(f"{name}: conversion failed")
+        convert(name, d)
         print(name, "ok", os.path.getsize(os.path.join(d, "model.safetensors")), "bytes")
 
     # The dense fixtures of scripts/gen_tiny_models.py get their GGUF conversions here too, so every
@@ -222,11 +227,7 @@ def main():
         if only and name not in only:
             continue
         d = os.path.join(out_root, name)
-        r = subprocess.run([sys.executable, "-c", CONVERT, llama_src, d, os.path.join(d, "model.gguf")],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            print(r.stderr[-3000:])
-            raise SystemExit(f"{name}: conversion failed")
+        convert(name, d)
         print(name, "gguf ok")
     if not only or "gpt_oss" in only or "gpt_oss-mxfp4" in only:
         gpt_oss_mxfp4()

@@ -127,22 +127,27 @@ fn every_architecture_greedy_continuation_matches() {
     for (label, path) in ARCHS.iter().flat_map(|a| sources(a.name)) {
         let name = label.split(' ').next().unwrap();
         let (_f, model, exp, _) = load_from(name, &path);
-        let prompt = ids(&exp["greedy_prompt"]);
         let want = ids(&exp["greedy"]);
-        let mut st = model.new_state(prompt.len() + want.len());
-        let mut logits = Vec::new();
-        model.forward(&prompt, &mut st, false, &mut logits).unwrap();
-        let mut got = Vec::new();
-        for _ in 0..want.len() {
-            let t = hearth_engine_argmax(&logits);
-            got.push(t);
-            model.forward(&[t], &mut st, false, &mut logits).unwrap();
-        }
+        let got = greedy(&model, &ids(&exp["greedy_prompt"]), want.len());
         assert_eq!(
             got, want,
             "{label}: greedy continuation differs from transformers"
         );
     }
+}
+
+/// `n` tokens of greedy decoding after `prompt`, through the KV cache.
+fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut st = model.new_state(prompt.len() + n);
+    let mut logits = Vec::new();
+    model.forward(prompt, &mut st, false, &mut logits).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let t = hearth_engine_argmax(&logits);
+        got.push(t);
+        model.forward(&[t], &mut st, false, &mut logits).unwrap();
+    }
+    got
 }
 
 fn hearth_engine_argmax(l: &[f32]) -> u32 {
@@ -200,17 +205,8 @@ fn gpt_oss_mxfp4_experts_match_transformers() {
         hearth_core::DType::MXFP4
     );
     assert_close(name, &forward_all(&model, &ids(&exp["tokens"])), &want);
-    let prompt = ids(&exp["greedy_prompt"]);
     let want = ids(&exp["greedy"]);
-    let mut st = model.new_state(prompt.len() + want.len());
-    let mut logits = Vec::new();
-    model.forward(&prompt, &mut st, false, &mut logits).unwrap();
-    let mut got = Vec::new();
-    for _ in 0..want.len() {
-        let t = hearth_engine_argmax(&logits);
-        got.push(t);
-        model.forward(&[t], &mut st, false, &mut logits).unwrap();
-    }
+    let got = greedy(&model, &ids(&exp["greedy_prompt"]), want.len());
     assert_eq!(got, want, "{name}: greedy continuation");
 }
 
