@@ -274,21 +274,14 @@ impl Moe {
         let mut off = 0;
         for (&k, &m) in hit.iter().zip(&ms) {
             let ex = &self.experts[k];
-            let (g, u) = (&mut gbuf[off..off + m * ff], &ubuf[off..off + m * ff]);
+            let (g, u) = (&mut gbuf[off..off + m * ff], &mut ubuf[off..off + m * ff]);
             off += m * ff;
             add_bias(g, ex.gate_b.as_deref());
-            let mut ub;
-            let u = if ex.up_b.is_some() {
-                ub = u.to_vec();
-                add_bias(&mut ub, ex.up_b.as_deref());
-                &ub[..]
-            } else {
-                u
-            };
+            add_bias(u, ex.up_b.as_deref());
             match cfg.act {
                 ExpertAct::Silu => be.silu_mul(g, u),
                 ExpertAct::ClampedSwiglu { alpha, limit } => {
-                    for (gv, &uv) in g.iter_mut().zip(u) {
+                    for (gv, &uv) in g.iter_mut().zip(u.iter()) {
                         let gc = gv.min(limit);
                         let uc = uv.clamp(-limit, limit);
                         *gv = gc / (1.0 + (-alpha * gc).exp()) * (uc + 1.0);
