@@ -6,7 +6,8 @@ model.safetensors in float32, tokenizer.json, tokenizer_config.json) plus:
   - logits.f32: float32 logits [n_tokens, vocab] for those ids (teacher-forced).
 The configs exercise the options: GQA, attention bias, q/k norm, head_dim != hidden/heads,
 tied and untied embeddings, sliding windows and each rope scaling (llama3, yarn, linear).
-Run: python3 scripts/gen_tiny_models.py
+Run: python3 scripts/gen_tiny_models.py, then scripts/gen_tiny_moe.py (which also writes the
+GGUF conversions of these dense models; regenerating a directory here removes its model.gguf).
 """
 import json, os, shutil
 import numpy as np
@@ -45,6 +46,18 @@ CONFIGS = {
 }
 
 
+def save_expectations(model, ids, d, **extra):
+    """logits.f32 (all positions of `ids`) and expected.json (ids, a 16-token greedy
+    continuation of the first 8, and `extra`) from transformers, into directory d."""
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].float().numpy()
+        gen = model.generate(torch.tensor([ids[:8]]), max_new_tokens=16, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)[0, 8:].tolist()
+    logits.astype(np.float32).tofile(os.path.join(d, "logits.f32"))
+    json.dump({"tokens": ids, "vocab": VOCAB, "greedy_prompt": ids[:8], "greedy": gen, **extra,
+               "transformers": transformers.__version__}, open(os.path.join(d, "expected.json"), "w"))
+
+
 def tokenizer_expectations(fast):
     """Token ids of awkward strings, and a rendered chat, from the HF tokenizer."""
     hard = ["Hello world", "  multiple   spaces\tand\nnewlines\n\n", "café naïve Ångström", "你好，世界 🙂👍🏽",
@@ -78,13 +91,7 @@ def main():
         fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|im_end|>")
         fast.chat_template = CHATML
         fast.save_pretrained(d)
-        with torch.no_grad():
-            logits = model(torch.tensor([ids])).logits[0].float().numpy()
-            gen = model.generate(torch.tensor([ids[:8]]), max_new_tokens=16, do_sample=False, eos_token_id=None,
-                                 pad_token_id=0)[0, 8:].tolist()
-        logits.astype(np.float32).tofile(os.path.join(d, "logits.f32"))
-        json.dump({"tokens": ids, "vocab": VOCAB, "greedy_prompt": ids[:8], "greedy": gen, **tokenizer_expectations(fast),
-                   "transformers": transformers.__version__}, open(os.path.join(d, "expected.json"), "w"))
+        save_expectations(model, ids, d, **tokenizer_expectations(fast))
         for junk in ["generation_config.json"]:
             p = os.path.join(d, junk)
             if os.path.exists(p):

@@ -23,7 +23,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, os.path.dirname(__file__))
-from gen_tiny_models import tk, VOCAB, CHATML, text, tokenizer_expectations  # noqa: E402  (shared tokenizer)
+from gen_tiny_models import tk, VOCAB, CHATML, text, tokenizer_expectations, save_expectations  # noqa: E402
 
 root = os.path.join(os.path.dirname(__file__), "..")
 out_root = os.path.join(root, "tests", "fixtures", "tiny")
@@ -166,13 +166,7 @@ def gpt_oss_mxfp4():
             ex.gate_up_proj[:, :, 1::2] = u.transpose(1, 2)
             ex.down_proj.copy_(dn.transpose(1, 2))
     model.eval()
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0].float().numpy()
-        gen = model.generate(torch.tensor([ids[:8]]), max_new_tokens=16, do_sample=False, eos_token_id=None,
-                             pad_token_id=0)[0, 8:].tolist()
-    logits.astype(np.float32).tofile(os.path.join(d, "logits.f32"))
-    json.dump({"tokens": ids, "vocab": VOCAB, "greedy_prompt": ids[:8], "greedy": gen,
-               "transformers": transformers.__version__}, open(os.path.join(d, "expected.json"), "w"))
+    save_expectations(model, ids, d)
     print("gpt_oss-mxfp4 ok")
 
 
@@ -203,13 +197,7 @@ def main():
         fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|im_end|>")
         fast.chat_template = CHATML
         fast.save_pretrained(d)
-        with torch.no_grad():
-            logits = model(torch.tensor([ids])).logits[0].float().numpy()
-            gen = model.generate(torch.tensor([ids[:8]]), max_new_tokens=16, do_sample=False, eos_token_id=None,
-                                 pad_token_id=0)[0, 8:].tolist()
-        logits.astype(np.float32).tofile(os.path.join(d, "logits.f32"))
-        json.dump({"tokens": ids, "vocab": VOCAB, "greedy_prompt": ids[:8], "greedy": gen,
-                   **tokenizer_expectations(fast), "transformers": transformers.__version__}, open(os.path.join(d, "expected.json"), "w"))
+        save_expectations(model, ids, d, **tokenizer_expectations(fast))
         for junk in ["generation_config.json"]:
             p = os.path.join(d, junk)
             if os.path.exists(p):
