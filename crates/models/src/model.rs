@@ -76,6 +76,8 @@ struct Scratch {
     v: Vec<f32>,
     att: Vec<f32>,
     o: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
     pos: Vec<usize>,
 }
 
@@ -564,7 +566,7 @@ impl Model {
             be.rms_norm(h, &l.ffn_norm, c.rms_eps);
             let o = resize(&mut s.o, n * e);
             match &l.ffn {
-                Ffn::Dense(m) => m.forward(be, h, n, o)?,
+                Ffn::Dense(m) => m.forward(be, h, n, o, &mut s.g, &mut s.u)?,
                 Ffn::Moe(m) => {
                     let mc = c.moe.as_ref().expect("MoE layers have a MoE config");
                     m.forward(be, mc, h, n, o)?

@@ -20,27 +20,36 @@ impl Mlp {
         [&self.gate, &self.up, &self.down]
     }
 
-    /// `out = down(silu(gate(x)) * up(x))` for `n` rows.
-    pub fn forward(&self, be: &dyn Backend, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
+    /// `out = down(silu(gate(x)) * up(x))` for `n` rows; `g` and `u` are reused scratch.
+    pub fn forward(
+        &self,
+        be: &dyn Backend,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        g: &mut Vec<f32>,
+        u: &mut Vec<f32>,
+    ) -> Result<()> {
         let ff = self.gate.shape[0];
-        let mut g = vec![0f32; n * ff];
-        let mut u = vec![0f32; n * ff];
+        g.resize(n * ff, 0.0);
+        u.resize(n * ff, 0.0);
+        let (g, u) = (&mut g[..n * ff], &mut u[..n * ff]);
         be.matmul_many(&mut [
             MatJob {
                 w: &self.gate,
                 x,
                 n_tok: n,
-                out: &mut g,
+                out: &mut *g,
             },
             MatJob {
                 w: &self.up,
                 x,
                 n_tok: n,
-                out: &mut u,
+                out: &mut *u,
             },
         ])?;
-        be.silu_mul(&mut g, &u);
-        be.matmul(&self.down, &g, n, out)
+        be.silu_mul(g, u);
+        be.matmul(&self.down, g, n, out)
     }
 }
 
