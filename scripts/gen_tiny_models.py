@@ -46,6 +46,20 @@ CONFIGS = {
 }
 
 
+def save_fixture(model, ids, d):
+    """The model (eval mode), the tiny tokenizer with the ChatML template, and transformers'
+    expectations, as an HF directory d."""
+    model.eval()
+    model.save_pretrained(d, safe_serialization=True)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|im_end|>")
+    fast.chat_template = CHATML
+    fast.save_pretrained(d)
+    save_expectations(model, ids, d, **tokenizer_expectations(fast))
+    p = os.path.join(d, "generation_config.json")
+    if os.path.exists(p):
+        os.remove(p)
+
+
 def save_expectations(model, ids, d, **extra):
     """logits.f32 (all positions of `ids`) and expected.json (ids, a 16-token greedy
     continuation of the first 8, and `extra`) from transformers, into directory d."""
@@ -86,16 +100,7 @@ def main():
             for n_, p in model.named_parameters():
                 if "norm" in n_:
                     p.copy_(1.0 + 0.2 * torch.randn_like(p))
-        model.eval()
-        model.save_pretrained(d, safe_serialization=True)
-        fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|im_end|>")
-        fast.chat_template = CHATML
-        fast.save_pretrained(d)
-        save_expectations(model, ids, d, **tokenizer_expectations(fast))
-        for junk in ["generation_config.json"]:
-            p = os.path.join(d, junk)
-            if os.path.exists(p):
-                os.remove(p)
+        save_fixture(model, ids, d)
         print(name, "ok", os.path.getsize(os.path.join(d, "model.safetensors")), "bytes")
 
     # Half-precision, sharded checkpoints: the weights are rounded to bf16 / f16 and saved in that

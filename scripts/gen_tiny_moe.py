@@ -20,10 +20,10 @@ import json, os, shutil, subprocess, sys
 import numpy as np
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM
 
 sys.path.insert(0, os.path.dirname(__file__))
-from gen_tiny_models import tk, VOCAB, CHATML, text, tokenizer_expectations, save_expectations  # noqa: E402
+from gen_tiny_models import tk, VOCAB, text, save_expectations, save_fixture  # noqa: E402
 
 root = os.path.join(os.path.dirname(__file__), "..")
 out_root = os.path.join(root, "tests", "fixtures", "tiny")
@@ -192,16 +192,7 @@ def main():
             for n_, b_ in model.named_buffers():
                 if "e_score_correction_bias" in n_:  # nonzero, comparable to the sigmoid scores' spread
                     b_.copy_(0.1 * torch.randn_like(b_))
-        model.eval()
-        model.save_pretrained(d, safe_serialization=True)
-        fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|im_end|>")
-        fast.chat_template = CHATML
-        fast.save_pretrained(d)
-        save_expectations(model, ids, d, **tokenizer_expectations(fast))
-        for junk in ["generation_config.json"]:
-            p = os.path.join(d, junk)
-            if os.path.exists(p):
-                os.remove(p)
+        save_fixture(model, ids, d)
         if name in NO_GGUF:
             print(name, "ok (HF only)")
             continue
