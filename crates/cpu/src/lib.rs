@@ -333,17 +333,21 @@ mod tests {
     use super::*;
     use hearth_core::{DType, Storage};
 
-    #[test]
-    fn matmul_many_equals_one_matmul_per_job() {
-        // jobs of mixed types, sizes and token counts, two sharing their activations
-        let cpu = Cpu::new(2).unwrap();
-        let mut seed = 5u64;
-        let mut rnd = || {
+    /// A small deterministic random source for test data.
+    fn lcg(mut seed: u64) -> impl FnMut() -> u32 {
+        move || {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             (seed >> 33) as u32
-        };
+        }
+    }
+
+    #[test]
+    fn matmul_many_equals_one_matmul_per_job() {
+        // jobs of mixed types, sizes and token counts, two sharing their activations
+        let cpu = Cpu::new(2).unwrap();
+        let mut rnd = lcg(5);
         let mut ws = Vec::new();
         for (dt, n_out) in [
             (DType::Q4_K, 13),
@@ -408,13 +412,7 @@ mod tests {
         // Random Q4_1 / Q8_0 / Q4_K weights; 7 tokens at once must equal 7 single-token calls,
         // bit for bit.
         let cpu = Cpu::new(2).unwrap();
-        let mut seed = 1u64;
-        let mut rnd = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) as u32
-        };
+        let mut rnd = lcg(1);
         for dt in [
             DType::Q4_0,
             DType::Q4_1,
