@@ -34,6 +34,26 @@ pub struct AttnParams<'a> {
     /// Attention sinks (gpt-oss): one extra logit per head that joins the softmax's
     /// denominator and contributes no value.
     pub sinks: Option<&'a [f32]>,
+    /// Paged cache: position `j` lives in row `pages[j / page_size] * page_size + j % page_size`
+    /// of `k`/`v`. `None`: position `j` is row `j`.
+    pub pages: Option<Pages<'a>>,
+}
+
+/// A sequence's page table in a paged KV cache.
+#[derive(Clone, Copy, Debug)]
+pub struct Pages<'a> {
+    /// Page index for each `page_size` positions.
+    pub table: &'a [u32],
+    /// Positions per page.
+    pub page_size: usize,
+}
+
+impl Pages<'_> {
+    /// The cache row that holds position `pos`.
+    #[inline]
+    pub fn row(&self, pos: usize) -> usize {
+        self.table[pos / self.page_size] as usize * self.page_size + pos % self.page_size
+    }
 }
 
 impl AttnParams<'_> {
@@ -49,6 +69,7 @@ impl AttnParams<'_> {
             scale,
             window: None,
             sinks: None,
+            pages: None,
         }
     }
 }

@@ -294,9 +294,10 @@ impl Backend for Cpu {
                     None => (f32::NEG_INFINITY, 0f32),
                 };
                 for j in start..=pos {
-                    let kr = j * p.k_stride + kh * hd;
+                    let r = p.pages.map_or(j, |pg| pg.row(j));
+                    let kr = r * p.k_stride + kh * hd;
                     let s = dot_f32(qv, &k[kr..kr + hd]) * p.scale;
-                    let vr = j * p.v_stride + kh * vd;
+                    let vr = r * p.v_stride + kh * vd;
                     let vv = &v[vr..vr + vd];
                     if s > m {
                         let corr = (m - s).exp();

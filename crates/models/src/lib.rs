@@ -15,7 +15,7 @@ mod moe;
 pub use config::{
     ExpertAct, Gating, GroupScore, MlaConfig, ModelConfig, MoeConfig, Rope, RopeScaling,
 };
-pub use model::{Model, State};
+pub use model::{BatchSeq, KvPool, Model, Scratch, State, Want};
 
 use hearth_core::RopeStyle;
 

@@ -6,6 +6,7 @@
 //! W_kbᵀ q_nope`), attention runs as one kv head of width kv_lora_rank + rope over the cache,
 //! and each head's latent output is mapped to its value through `W_vb`.
 use crate::config::{MlaConfig, ModelConfig};
+use crate::model::Seg;
 use hearth_core::{AttnParams, Backend, Result, Tensor};
 
 pub(crate) enum MlaQ {
@@ -56,6 +57,7 @@ impl Mla {
         c: &MlaCall,
         h: &[f32],
         n: usize,
+        segs: &[Seg],
         cache: &mut [f32],
         out: &mut [f32],
     ) -> Result<()> {
@@ -63,7 +65,6 @@ impl Mla {
         let (kvl, rope, nope, vd) = (m.kv_lora_rank, m.rope, m.nope, m.v_dim);
         let qk = nope + rope;
         let row = kvl + rope;
-        let pos0 = c.pos[0];
         // queries
         let mut q = vec![0f32; n * nh * qk];
         match &self.q {
@@ -93,10 +94,13 @@ impl Mla {
             c.cfg.rope.style,
             c.rope_mscale,
         );
-        for t in 0..n {
-            let dst = &mut cache[(pos0 + t) * row..(pos0 + t + 1) * row];
-            dst[..kvl].copy_from_slice(&kva[t * row..t * row + kvl]);
-            dst[kvl..].copy_from_slice(&kpe[t * rope..(t + 1) * rope]);
+        for sg in segs {
+            for i in sg.row0..sg.row0 + sg.n {
+                let r = sg.pages.row(sg.pos0 + i - sg.row0);
+                let dst = &mut cache[r * row..(r + 1) * row];
+                dst[..kvl].copy_from_slice(&kva[i * row..i * row + kvl]);
+                dst[kvl..].copy_from_slice(&kpe[i * rope..(i + 1) * rope]);
+            }
         }
         // absorbed queries: [n, nh, kvl + rope]
         let mut qpe = vec![0f32; n * nh * rope];
@@ -131,8 +135,7 @@ impl Mla {
                     .copy_from_slice(&qpe[(t * nh + hh) * rope..(t * nh + hh + 1) * rope]);
             }
         }
-        let end = (pos0 + n) * row;
-        let p = AttnParams {
+        let mut p = AttnParams {
             n_head: nh,
             n_kv_head: 1,
             head_dim: row,
@@ -142,9 +145,21 @@ impl Mla {
             scale: c.cfg.attn_scale(),
             window: None,
             sinks: None,
+            pages: None,
         };
         let mut lat = vec![0f32; n * nh * kvl];
-        be.attention(&qa, &cache[..end], &cache[..end], n, pos0, &p, &mut lat);
+        for sg in segs {
+            p.pages = Some(sg.pages);
+            be.attention(
+                &qa[sg.row0 * nh * row..(sg.row0 + sg.n) * nh * row],
+                cache,
+                cache,
+                sg.n,
+                sg.pos0,
+                &p,
+                &mut lat[sg.row0 * nh * kvl..(sg.row0 + sg.n) * nh * kvl],
+            );
+        }
         // per-head values, then the output projection
         let mut att = vec![0f32; n * nh * vd];
         let mut vh = vec![0f32; n * vd];

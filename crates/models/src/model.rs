@@ -5,7 +5,7 @@ use crate::config::ModelConfig;
 use crate::mla::{Mla, MlaCall, MlaQ};
 use crate::moe::{Expert, Mlp, Moe};
 use crate::{arch_for_gguf, arch_for_hf, supported_names};
-use hearth_core::{AttnParams, Backend, DType, Error, MatJob, Result, Tensor};
+use hearth_core::{AttnParams, Backend, DType, Error, MatJob, Pages, Result, Tensor};
 use hearth_formats::{ModelFiles, Source};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,18 +57,29 @@ pub struct Model {
     backend: Arc<dyn Backend>,
 }
 
-/// Per-sequence state: the KV cache and reusable scratch buffers.
-pub struct State {
-    k: Vec<Vec<f32>>, // per layer [n_ctx, n_kv_head*head_dim] (MLA: [n_ctx, kv_lora + rope])
-    v: Vec<Vec<f32>>, // per layer [n_ctx, n_kv_head*head_dim] (MLA: empty)
-    n_ctx: usize,
-    /// Tokens in the cache.
-    pub len: usize,
-    scratch: Scratch,
+/// A paged KV cache: per layer, `n_pages` pages of `page_size` positions each. Sequences own
+/// pages through their page tables; a single [`State`] is one page as long as its context.
+pub struct KvPool {
+    k: Vec<Vec<f32>>, // per layer [n_pages*page_size, kw]
+    v: Vec<Vec<f32>>, // per layer [n_pages*page_size, vw] (MLA: empty)
+    page_size: usize,
+    n_pages: usize,
 }
 
+impl KvPool {
+    /// Positions per page.
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+    /// Pages in the pool.
+    pub fn n_pages(&self) -> usize {
+        self.n_pages
+    }
+}
+
+/// Scratch buffers reused across forward passes.
 #[derive(Default)]
-struct Scratch {
+pub struct Scratch {
     x: Vec<f32>,
     h: Vec<f32>,
     q: Vec<f32>,
@@ -81,6 +92,47 @@ struct Scratch {
     pos: Vec<usize>,
 }
 
+/// Which logits a sequence of a batch wants back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// None (a prompt chunk before the last).
+    None,
+    /// The last token's.
+    Last,
+    /// Every token's.
+    All,
+}
+
+/// One sequence's part of a batched forward pass.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchSeq<'a> {
+    /// New tokens, appended at positions `pos0..`.
+    pub tokens: &'a [u32],
+    /// Position of the first new token (the sequence's cached length).
+    pub pos0: usize,
+    /// The sequence's page table; it must cover `pos0 + tokens.len()` positions.
+    pub pages: &'a [u32],
+    /// Logits to return.
+    pub want: Want,
+}
+
+/// Per-sequence state: a contiguous KV cache and reusable scratch buffers.
+pub struct State {
+    pool: KvPool,
+    table: [u32; 1],
+    /// Tokens in the cache.
+    pub len: usize,
+    scratch: Scratch,
+}
+
+/// One sequence's rows of a batch, for the attention steps.
+pub(crate) struct Seg<'a> {
+    pub row0: usize,
+    pub n: usize,
+    pub pos0: usize,
+    pub pages: Pages<'a>,
+}
+
 fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     if v.len() < n {
         v.resize(n, 0.0);
@@ -91,7 +143,7 @@ fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 impl State {
     /// Context length this state can hold.
     pub fn n_ctx(&self) -> usize {
-        self.n_ctx
+        self.pool.page_size
     }
     /// Forget everything after the first `len` tokens (to reuse a common prefix).
     pub fn truncate(&mut self, len: usize) {
@@ -288,24 +340,46 @@ impl Model {
 
     /// A fresh state with room for `n_ctx` tokens (KV cache in f32).
     pub fn new_state(&self, n_ctx: usize) -> State {
-        let (kw, vw) = match &self.cfg.mla {
+        State {
+            pool: self.new_pool(1, n_ctx.max(1)),
+            table: [0],
+            len: 0,
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// Floats per position per layer in the key and value caches.
+    fn kv_widths(&self) -> (usize, usize) {
+        match &self.cfg.mla {
             Some(m) => (m.kv_lora_rank + m.rope, 0),
             None => {
                 let w = self.cfg.n_kv_head * self.cfg.head_dim;
                 (w, w)
             }
-        };
-        State {
+        }
+    }
+
+    /// A paged KV pool of `n_pages` pages of `page_size` positions (f32; the memory is
+    /// zero-filled on demand by the OS, so an unused pool costs little).
+    pub fn new_pool(&self, n_pages: usize, page_size: usize) -> KvPool {
+        let (kw, vw) = self.kv_widths();
+        let rows = n_pages * page_size;
+        KvPool {
             k: (0..self.cfg.n_layer)
-                .map(|_| vec![0f32; n_ctx * kw])
+                .map(|_| vec![0f32; rows * kw])
                 .collect(),
             v: (0..self.cfg.n_layer)
-                .map(|_| vec![0f32; n_ctx * vw])
+                .map(|_| vec![0f32; rows * vw])
                 .collect(),
-            n_ctx,
-            len: 0,
-            scratch: Scratch::default(),
+            page_size,
+            n_pages,
         }
+    }
+
+    /// Bytes of KV cache per position (all layers, f32).
+    pub fn kv_pool_bytes_per_token(&self) -> usize {
+        let (kw, vw) = self.kv_widths();
+        self.cfg.n_layer * (kw + vw) * 4
     }
 
     /// How many layers are mixtures of experts.
@@ -425,54 +499,136 @@ impl Model {
         if tokens.is_empty() {
             return Err(Error::Invalid("no tokens to process".into()));
         }
-        if state.len + tokens.len() > state.n_ctx {
+        let n_ctx = state.n_ctx();
+        if state.len + tokens.len() > n_ctx {
             return Err(Error::Invalid(format!(
                 "context is full: {} tokens in the cache + {} new exceed the context size of {}",
                 state.len,
                 tokens.len(),
-                state.n_ctx
-            )));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.n_vocab) {
-            return Err(Error::Invalid(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.cfg.n_vocab
+                n_ctx
             )));
         }
         let nv = self.cfg.n_vocab;
         logits.clear();
-        logits.resize(if all_logits { tokens.len() * nv } else { nv }, 0.0);
+        let mut part = Vec::new();
         let n_chunks = tokens.len().div_ceil(MAX_BATCH);
         for (ci, chunk) in tokens.chunks(MAX_BATCH).enumerate() {
-            let last = ci + 1 == n_chunks;
-            let out = if all_logits {
-                let s = ci * MAX_BATCH * nv;
-                Some(&mut logits[s..s + chunk.len() * nv])
-            } else if last {
-                Some(&mut logits[..])
+            let want = if all_logits {
+                Want::All
+            } else if ci + 1 == n_chunks {
+                Want::Last
             } else {
-                None
+                Want::None
             };
-            self.forward_chunk(chunk, state, out, all_logits)?;
+            let seq = BatchSeq {
+                tokens: chunk,
+                pos0: state.len,
+                pages: &state.table,
+                want,
+            };
+            self.forward_batch(&mut state.pool, &mut state.scratch, &[seq], &mut part)?;
+            state.len += chunk.len();
+            logits.extend_from_slice(&part);
+        }
+        debug_assert_eq!(logits.len() % nv, 0);
+        Ok(())
+    }
+
+    /// Run several sequences' new tokens as one batch: the weights are read once for all of
+    /// them, attention runs per sequence over its own pages of `pool`. Each row's result is
+    /// the same whichever other rows share the batch. `logits` receives the wanted rows'
+    /// `[n_vocab]` logits in order (a sequence's last token, or all its tokens).
+    pub fn forward_batch(
+        &self,
+        pool: &mut KvPool,
+        scratch: &mut Scratch,
+        seqs: &[BatchSeq],
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        let ps = pool.page_size;
+        let mut segs = Vec::with_capacity(seqs.len());
+        let mut row0 = 0;
+        for sq in seqs {
+            let n = sq.tokens.len();
+            if n == 0 {
+                return Err(Error::Invalid("no tokens to process".into()));
+            }
+            if let Some(&bad) = sq.tokens.iter().find(|&&t| t as usize >= self.cfg.n_vocab) {
+                return Err(Error::Invalid(format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    self.cfg.n_vocab
+                )));
+            }
+            let end = sq.pos0 + n;
+            if end.div_ceil(ps) > sq.pages.len() {
+                return Err(Error::Invalid(format!(
+                    "{} pages of {ps} positions cannot hold {end} positions",
+                    sq.pages.len()
+                )));
+            }
+            if let Some(&bad) = sq.pages.iter().find(|&&p| p as usize >= pool.n_pages) {
+                return Err(Error::Invalid(format!(
+                    "page {bad} is outside the pool of {} pages",
+                    pool.n_pages
+                )));
+            }
+            segs.push(Seg {
+                row0,
+                n,
+                pos0: sq.pos0,
+                pages: Pages {
+                    table: sq.pages,
+                    page_size: ps,
+                },
+            });
+            row0 += n;
+        }
+        if row0 == 0 {
+            return Err(Error::Invalid("no tokens to process".into()));
+        }
+        let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        self.forward_rows(&tokens, pool, scratch, &segs)?;
+        // the wanted rows, normalised and projected to the vocabulary
+        let e = self.cfg.n_embd;
+        let s = scratch;
+        let mut m = 0;
+        for (sq, sg) in seqs.iter().zip(&segs) {
+            let rows = match sq.want {
+                Want::None => continue,
+                Want::Last => sg.row0 + sg.n - 1..sg.row0 + sg.n,
+                Want::All => sg.row0..sg.row0 + sg.n,
+            };
+            let h = resize(&mut s.h, (m + rows.len()) * e);
+            h[m * e..].copy_from_slice(&s.x[rows.start * e..rows.end * e]);
+            m += rows.len();
+        }
+        logits.clear();
+        if m > 0 {
+            let be = &*self.backend;
+            let h = &mut s.h[..m * e];
+            be.rms_norm(h, &self.output_norm, self.cfg.rms_eps);
+            logits.resize(m * self.cfg.n_vocab, 0.0);
+            be.matmul(&self.output, h, m, logits)?;
         }
         Ok(())
     }
 
-    fn forward_chunk(
+    /// The transformer body over a batch's rows; leaves the last hidden states in `s.x`.
+    fn forward_rows(
         &self,
         tokens: &[u32],
-        st: &mut State,
-        out: Option<&mut [f32]>,
-        all: bool,
+        pool: &mut KvPool,
+        s: &mut Scratch,
+        segs: &[Seg],
     ) -> Result<()> {
         let c = &self.cfg;
         let be = &*self.backend;
         let n = tokens.len();
         let e = c.n_embd;
-        let pos0 = st.len;
-        let s = &mut st.scratch;
         s.pos.clear();
-        s.pos.extend(pos0..pos0 + n);
+        for sg in segs {
+            s.pos.extend(sg.pos0..sg.pos0 + sg.n);
+        }
         let x = resize(&mut s.x, n * e);
         for (t, &tok) in tokens.iter().enumerate() {
             be.get_row(&self.tok_embd, tok as usize, &mut x[t * e..(t + 1) * e])?;
@@ -538,14 +694,23 @@ impl Model {
                         style,
                         self.rope_mscale,
                     );
-                    st.k[li][pos0 * kvd..(pos0 + n) * kvd].copy_from_slice(k);
-                    st.v[li][pos0 * kvd..(pos0 + n) * kvd].copy_from_slice(v);
+                    let (kc, vc) = (&mut pool.k[li], &mut pool.v[li]);
+                    for sg in segs {
+                        for t in 0..sg.n {
+                            let (r, i) = (sg.pages.row(sg.pos0 + t), sg.row0 + t);
+                            kc[r * kvd..(r + 1) * kvd].copy_from_slice(&k[i * kvd..(i + 1) * kvd]);
+                            vc[r * kvd..(r + 1) * kvd].copy_from_slice(&v[i * kvd..(i + 1) * kvd]);
+                        }
+                    }
                     let att = resize(&mut s.att, n * qd);
-                    let end = (pos0 + n) * kvd;
                     let mut p = AttnParams::gqa(c.n_head, c.n_kv_head, hd, c.attn_scale());
                     p.window = c.window(li);
                     p.sinks = a.sinks.as_deref();
-                    be.attention(q, &st.k[li][..end], &st.v[li][..end], n, pos0, &p, att);
+                    for sg in segs {
+                        p.pages = Some(sg.pages);
+                        let rows = sg.row0 * qd..(sg.row0 + sg.n) * qd;
+                        be.attention(&q[rows.clone()], kc, vc, sg.n, sg.pos0, &p, &mut att[rows]);
+                    }
                     be.matmul(&a.wo, att, n, o)?;
                     add_bias(o, a.bo.as_deref());
                 }
@@ -557,7 +722,7 @@ impl Model {
                         inv_freq: &self.inv_freq,
                         rope_mscale: self.rope_mscale,
                     };
-                    m.forward(be, &call, h, n, &mut st.k[li], o)?;
+                    m.forward(be, &call, h, n, segs, &mut pool.k[li], o)?;
                 }
             }
             add(x, o);
@@ -573,17 +738,6 @@ impl Model {
                 }
             }
             add(x, o);
-        }
-        st.len += n;
-        if let Some(out) = out {
-            let rows = if all {
-                &mut x[..]
-            } else {
-                &mut x[(n - 1) * e..]
-            };
-            be.rms_norm(rows, &self.output_norm, c.rms_eps);
-            let m = rows.len() / e;
-            be.matmul(&self.output, rows, m, out)?;
         }
         Ok(())
     }
