@@ -42,6 +42,41 @@ enum Cmd {
         /// alias
         model: String,
     },
+    /// Serve an OpenAI-compatible HTTP API (chat/completions, completions, models, ...).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Address to bind (localhost by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to bind.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Context size per sequence (0: the model's, at most 4096).
+    #[arg(short = 'c', long, default_value_t = 0)]
+    ctx: usize,
+    /// Most requests generating at once.
+    #[arg(short = 'p', long, default_value_t = 16)]
+    parallel: usize,
+    /// Tokens per batched forward pass (decode steps plus prompt chunks).
+    #[arg(short = 'b', long, default_value_t = 256)]
+    batch: usize,
+    /// KV-cache memory budget in MiB.
+    #[arg(long, default_value_t = 2048)]
+    kv_mib: usize,
+    /// Requests that may wait for a slot before the server answers 429.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// Require `Authorization: Bearer KEY` (or set HEARTH_API_KEY).
+    #[arg(long, env = "HEARTH_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The model's name in the API (default: the name given on the command line).
+    #[arg(long)]
+    alias: Option<String>,
 }
 
 #[derive(Args)]
@@ -155,6 +190,7 @@ fn main() {
         Cmd::Tokenize(a) => tokenize(a),
         Cmd::Inspect { model } => inspect(&model),
         Cmd::Bench(a) => bench(a),
+        Cmd::Serve(a) => serve(a),
         Cmd::Pull { model } => pull::resolve(&model).map(|p| println!("{}", p.display())),
     };
     if let Err(e) = r {
@@ -523,5 +559,45 @@ fn inspect(model: &str) -> Result<()> {
         "read/token:    {:.1} MiB of weights per decoded token",
         m.bytes_per_token() as f64 / 1048576.0
     );
+    Ok(())
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    let path = pull::resolve(&a.common.model)?;
+    let eng = Engine::load(&path, backend(a.common.threads)?)
+        .with_context(|| format!("cannot load {}", path.display()))?;
+    let train_ctx = eng.model.cfg.n_ctx_train;
+    let n_ctx = match a.ctx {
+        0 if train_ctx > 0 => train_ctx.min(4096),
+        0 => 4096,
+        c => c,
+    };
+    if a.parallel == 0 || a.batch == 0 {
+        bail!("--parallel and --batch must be at least 1");
+    }
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let model_id = a.alias.clone().unwrap_or_else(|| a.common.model.clone());
+    let opts = hearth_server::Options {
+        host: a.host,
+        port: a.port,
+        n_ctx,
+        parallel: a.parallel,
+        batch_tokens: a.batch,
+        kv_bytes: a.kv_mib << 20,
+        page_size: 16,
+        max_queue: a.queue,
+        api_key: a.api_key.filter(|k| !k.is_empty()),
+        model_id,
+        aliases: vec![a.common.model, file, stem],
+        body_limit: 4 << 20,
+    };
+    hearth_server::serve(eng, opts)?;
     Ok(())
 }

@@ -162,6 +162,12 @@ impl Sampler {
     /// Choose the next token from `logits` (modified in place by the penalties).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         self.apply_penalties(logits, history);
+        self.pick(logits)
+    }
+
+    /// Choose the next token from `logits` as they are (no penalties). Tokens whose logit is
+    /// not finite (masked to -inf) are never chosen unless nothing else is left.
+    pub fn pick(&mut self, logits: &[f32]) -> u32 {
         let p = self.params.clone();
         if p.temperature <= 0.0 {
             return argmax(logits);

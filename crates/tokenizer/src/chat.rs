@@ -69,6 +69,25 @@ impl ChatTemplate {
 
     /// Render `messages`, ending with the assistant's turn opener when `add_generation_prompt`.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, None::<&()>, add_generation_prompt)
+    }
+
+    /// The template's source mentions `word` (e.g. whether it renders `tools` or `tool_calls`).
+    pub fn mentions(&self, word: &str) -> bool {
+        self.env
+            .get_template("chat")
+            .map(|t| t.source().contains(word))
+            .unwrap_or(false)
+    }
+
+    /// Render any serializable message list (OpenAI-style JSON messages with tool calls), with
+    /// `tools` passed to the template when given.
+    pub fn render_with<M: Serialize + ?Sized, T: Serialize + ?Sized>(
+        &self,
+        messages: &M,
+        tools: Option<&T>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let t = self
             .env
             .get_template("chat")
@@ -76,6 +95,7 @@ impl ChatTemplate {
         t.render(minijinja::context! {
             messages => minijinja::Value::from(minijinja::value::Serde(messages)),
             add_generation_prompt => add_generation_prompt,
+            tools => tools.map(|t| minijinja::Value::from(minijinja::value::Serde(t))),
             bos_token => self.bos.as_str(),
             eos_token => self.eos.as_str(),
         })

@@ -1,0 +1,1098 @@
+//! The HTTP side: OpenAI-shaped requests in, scheduler jobs out, responses (or SSE streams)
+//! back. Everything a client can send is validated here; errors are OpenAI-shaped JSON.
+use crate::grammar::Grammar;
+use crate::sched::{Event, Finish, Job, Metrics, TokenLogprob};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use hearth_engine::{Engine, SamplingParams};
+use hearth_tokenizer::{ChatTemplate, StreamDecoder};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// What the handlers share.
+pub struct App {
+    /// The model and tokenizer.
+    pub eng: Arc<Engine>,
+    /// The chat template.
+    pub template: ChatTemplate,
+    /// The name clients use for the model.
+    pub model_id: String,
+    /// Other names accepted for it (the file name).
+    pub aliases: Vec<String>,
+    /// Context size per sequence.
+    pub n_ctx: usize,
+    /// Most requests waiting for admission before 429.
+    pub max_queue: usize,
+    /// Required bearer token.
+    pub api_key: Option<String>,
+    /// The scheduler's inbox.
+    pub tx: Mutex<std::sync::mpsc::Sender<Job>>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Server start (unix seconds).
+    pub created: u64,
+}
+
+/// An OpenAI-shaped error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    param: Option<&'static str>,
+    code: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            param: None,
+            code: None,
+        }
+    }
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    fn param(mut self, p: &'static str) -> ApiError {
+        self.param = Some(p);
+        self
+    }
+    fn code(mut self, c: &'static str) -> ApiError {
+        self.code = Some(c);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = match self.status.as_u16() {
+            401 => "authentication_error",
+            404 => "invalid_request_error",
+            413 => "invalid_request_error",
+            429 => "rate_limit_error",
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        };
+        let body = json!({"error": {
+            "message": self.message,
+            "type": kind,
+            "param": self.param,
+            "code": self.code,
+        }});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn new_id(prefix: &str) -> String {
+    use std::sync::atomic::AtomicU64;
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Relaxed);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("{prefix}-{:x}{n:x}", t & 0xffff_ffff_ffff)
+}
+
+/// Parse a JSON body, mapping every failure to a 400 (or 413 for an oversized body).
+fn parse<T: for<'de> Deserialize<'de>>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("invalid request body: {e}")))
+}
+
+/// Require the API key, when one is set.
+pub async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &app.api_key {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|k| k.trim() == key);
+        if !ok && req.uri().path() != "/health" {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "invalid or missing API key")
+                .code("invalid_api_key")
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Unknown paths get an OpenAI-shaped 404.
+pub async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no endpoint {} {}", req.method(), req.uri().path()),
+    )
+}
+
+fn model_json(app: &App) -> Value {
+    json!({
+        "id": app.model_id,
+        "object": "model",
+        "created": app.created,
+        "owned_by": "hearth",
+        "meta": {
+            "n_ctx": app.n_ctx,
+            "n_vocab": app.eng.model.cfg.n_vocab,
+            "n_params": app.eng.model.n_params(),
+        }
+    })
+}
+
+/// GET /v1/models
+pub async fn models(State(app): State<Arc<App>>) -> axum::Json<Value> {
+    axum::Json(json!({"object": "list", "data": [model_json(&app)]}))
+}
+
+/// GET /v1/models/{id}
+pub async fn model(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<axum::Json<Value>> {
+    check_model(&app, Some(&id))?;
+    Ok(axum::Json(model_json(&app)))
+}
+
+/// GET /health
+pub async fn health() -> axum::Json<Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// GET /metrics (Prometheus text format)
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let m = &app.metrics;
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
+    let ttft_n = g(&m.ttft_count);
+    let mut s = String::new();
+    let mut put = |name: &str, kind: &str, help: &str, v: String| {
+        s.push_str(&format!("# HELP hearth_{name} {help}\n# TYPE hearth_{name} {kind}\nhearth_{name} {v}\n"));
+    };
+    put("requests_total", "counter", "Requests finished (including cancelled).", g(&m.requests).to_string());
+    put("requests_rejected_total", "counter", "Requests refused because the queue was full.", g(&m.rejected).to_string());
+    put("prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", g(&m.prompt_tokens).to_string());
+    put("prompt_tokens_cached_total", "counter", "Prompt tokens reused from the prefix cache.", g(&m.cached_tokens).to_string());
+    put("generated_tokens_total", "counter", "Tokens generated.", g(&m.generated_tokens).to_string());
+    put("time_to_first_token_seconds_sum", "counter", "Sum of times to first token.", format!("{:.6}", g(&m.ttft_us) as f64 / 1e6));
+    put("time_to_first_token_seconds_count", "counter", "Requests that produced a first token.", ttft_n.to_string());
+    put("generation_tokens_per_second", "gauge", "Tokens generated per second in the last step.", format!("{:.3}", g(&m.tps_milli) as f64 / 1000.0));
+    put("busy_seconds_total", "counter", "Time spent in forward passes.", format!("{:.6}", g(&m.busy_us) as f64 / 1e6));
+    put("queue_length", "gauge", "Requests waiting for admission.", app.metrics.waiting.load(Relaxed).to_string());
+    put("running_sequences", "gauge", "Sequences being processed.", g(&m.running).to_string());
+    let (used, total) = (g(&m.pages_used), g(&m.pages_total).max(1));
+    put("kv_cache_usage_ratio", "gauge", "Share of KV pages held by running sequences.", format!("{:.4}", used as f64 / total as f64));
+    put("kv_cache_pages_total", "gauge", "Pages in the KV pool.", total.to_string());
+    put("preemptions_total", "counter", "Sequences preempted for lack of KV pages.", g(&m.preempted).to_string());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenizeReq {
+    content: String,
+    #[serde(default)]
+    add_special: bool,
+    #[serde(default)]
+    with_pieces: bool,
+}
+
+/// POST /tokenize
+pub async fn tokenize(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult<axum::Json<Value>> {
+    let r: TokenizeReq = parse(body)?;
+    let tk = &app.eng.tokenizer;
+    let ids = tk.encode(&r.content, r.add_special).map_err(|e| ApiError::bad(e.to_string()))?;
+    if r.with_pieces {
+        let t: Vec<Value> = ids
+            .iter()
+            .map(|&i| json!({"id": i, "piece": String::from_utf8_lossy(tk.token_bytes(i))}))
+            .collect();
+        return Ok(axum::Json(json!({"tokens": t})));
+    }
+    Ok(axum::Json(json!({"tokens": ids})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetokenizeReq {
+    tokens: Vec<u32>,
+}
+
+/// POST /detokenize
+pub async fn detokenize(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult<axum::Json<Value>> {
+    let r: DetokenizeReq = parse(body)?;
+    let nv = app.eng.model.cfg.n_vocab;
+    if let Some(bad) = r.tokens.iter().find(|&&t| t as usize >= nv) {
+        return Err(ApiError::bad(format!("token id {bad} is outside the vocabulary of {nv}")).param("tokens"));
+    }
+    Ok(axum::Json(json!({"content": app.eng.tokenizer.decode(&r.tokens)})))
+}
+
+fn check_model(app: &App, m: Option<&str>) -> ApiResult<()> {
+    match m {
+        None | Some("") => Ok(()),
+        Some(m) if m == app.model_id || app.aliases.iter().any(|a| a == m) => Ok(()),
+        Some(m) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("The model '{m}' does not exist; this server serves '{}'", app.model_id),
+        )
+        .param("model")
+        .code("model_not_found")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Default)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// Settings both endpoints share.
+#[derive(Deserialize)]
+struct Common {
+    model: Option<String>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    max_tokens: Option<u64>,
+    stop: Option<Stop>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    min_p: Option<f32>,
+    repeat_penalty: Option<f32>,
+    seed: Option<u64>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    n: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct ChatReq {
+    #[serde(flatten)]
+    common: Common,
+    messages: Vec<Value>,
+    max_completion_tokens: Option<u64>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<u32>,
+    tools: Option<Vec<Tool>>,
+    tool_choice: Option<Value>,
+    response_format: Option<Value>,
+}
+
+#[derive(Deserialize, Clone)]
+struct Tool {
+    #[serde(rename = "type")]
+    kind: String,
+    function: Function,
+}
+
+#[derive(Deserialize, Clone, serde::Serialize)]
+struct Function {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    parameters: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Prompt {
+    Text(String),
+    Ids(Vec<u32>),
+    Texts(Vec<String>),
+    IdLists(Vec<Vec<u32>>),
+}
+
+#[derive(Deserialize)]
+struct CompletionReq {
+    #[serde(flatten)]
+    common: Common,
+    prompt: Prompt,
+    #[serde(default)]
+    echo: bool,
+    logprobs: Option<u32>,
+    suffix: Option<String>,
+}
+
+/// What a validated request asks of the generator.
+struct Gen {
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    sampling: SamplingParams,
+    stops: Vec<String>,
+    top_logprobs: Option<usize>,
+    prompt_logprobs: bool,
+    grammar: Option<Arc<Grammar>>,
+}
+
+fn sampling(c: &Common) -> ApiResult<SamplingParams> {
+    let mut p = SamplingParams::default();
+    if let Some(t) = c.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(ApiError::bad(format!("temperature must be in [0, 2], got {t}")).param("temperature"));
+        }
+        p.temperature = t;
+    }
+    if let Some(v) = c.top_p {
+        p.top_p = v;
+    }
+    if let Some(v) = c.top_k {
+        p.top_k = v as usize;
+    }
+    if let Some(v) = c.min_p {
+        p.min_p = v;
+    }
+    if let Some(v) = c.repeat_penalty {
+        p.repeat_penalty = v;
+    }
+    p.presence_penalty = c.presence_penalty.unwrap_or(0.0);
+    p.frequency_penalty = c.frequency_penalty.unwrap_or(0.0);
+    p.seed = c.seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    p.validate().map_err(ApiError::bad)?;
+    Ok(p)
+}
+
+fn stops(c: &Common) -> ApiResult<Vec<String>> {
+    let v = match &c.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) => v.clone(),
+    };
+    if v.len() > 4 {
+        return Err(ApiError::bad("at most 4 stop sequences are allowed").param("stop"));
+    }
+    Ok(v.into_iter().filter(|s| !s.is_empty()).collect())
+}
+
+/// Check the prompt's length against the context and settle `max_tokens`.
+fn budget(app: &App, n_prompt: usize, requested: Option<u64>, default: Option<usize>) -> ApiResult<usize> {
+    if n_prompt == 0 {
+        return Err(ApiError::bad("the prompt is empty").param("prompt"));
+    }
+    if n_prompt >= app.n_ctx {
+        return Err(ApiError::bad(format!(
+            "This model's maximum context length is {} tokens. However, your prompt has {} tokens, leaving no room for output.",
+            app.n_ctx, n_prompt
+        ))
+        .code("context_length_exceeded"));
+    }
+    let room = app.n_ctx - n_prompt;
+    match requested {
+        Some(0) => Err(ApiError::bad("max_tokens must be at least 1").param("max_tokens")),
+        Some(m) => Ok((m.min(room as u64)) as usize),
+        None => Ok(default.unwrap_or(room).min(room)),
+    }
+}
+
+/// Text of a message's `content`: a string, null, or a list of text parts.
+fn content_text(v: Option<&Value>) -> ApiResult<String> {
+    match v {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut s = String::new();
+            for p in parts {
+                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                    (Some("text"), Some(t)) => s.push_str(t),
+                    _ => return Err(ApiError::bad("only text content parts are supported").param("messages")),
+                }
+            }
+            Ok(s)
+        }
+        Some(_) => Err(ApiError::bad("message content must be a string or a list of parts").param("messages")),
+    }
+}
+
+/// The messages as the template will see them.
+fn chat_messages(app: &App, req: &ChatReq, tools: &[Tool]) -> ApiResult<Vec<Value>> {
+    if req.messages.is_empty() {
+        return Err(ApiError::bad("messages must not be empty").param("messages"));
+    }
+    let tmpl_tools = app.template.mentions("tool_calls");
+    let mut out = Vec::new();
+    for m in &req.messages {
+        let role = m
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::bad("each message needs a string role").param("messages"))?;
+        let mut content = content_text(m.get("content"))?;
+        let role = match role {
+            "system" | "developer" => "system",
+            "user" => "user",
+            "assistant" => "assistant",
+            "tool" => "tool",
+            r => return Err(ApiError::bad(format!("unknown message role '{r}'")).param("messages")),
+        };
+        let mut msg = json!({"role": role});
+        if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+            if tmpl_tools {
+                msg["tool_calls"] = Value::Array(calls.clone());
+            } else {
+                for c in calls {
+                    let f = c.get("function").cloned().unwrap_or(Value::Null);
+                    let args = match f.get("arguments") {
+                        Some(Value::String(s)) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+                        Some(v) => v.clone(),
+                        None => json!({}),
+                    };
+                    let call = json!({"name": f.get("name").cloned().unwrap_or(Value::Null), "arguments": args});
+                    if !content.is_empty() {
+                        content.push('\n');
+                    }
+                    content.push_str(&format!("<tool_call>\n{call}\n</tool_call>"));
+                }
+            }
+        }
+        if role == "tool" && !tmpl_tools {
+            content = format!("<tool_response>\n{content}\n</tool_response>");
+        }
+        if let Some(id) = m.get("tool_call_id") {
+            msg["tool_call_id"] = id.clone();
+        }
+        msg["content"] = Value::String(content);
+        out.push(msg);
+    }
+    if !tools.is_empty() && !app.template.mentions("tools") {
+        // describe the tools in a system message, Hermes style
+        let sigs: Vec<String> = tools
+            .iter()
+            .map(|t| json!({"type": "function", "function": t.function}).to_string())
+            .collect();
+        let text = format!(
+            "You can call functions. Their signatures are inside <tools></tools>:\n<tools>\n{}\n</tools>\nTo call one, answer with a JSON object naming the function and its arguments inside <tool_call></tool_call> tags:\n<tool_call>\n{{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n</tool_call>",
+            sigs.join("\n")
+        );
+        if out[0]["role"] == "system" {
+            let old = out[0]["content"].as_str().unwrap_or("").to_string();
+            out[0]["content"] = Value::String(format!("{old}\n\n{text}"));
+        } else {
+            out.insert(0, json!({"role": "system", "content": text}));
+        }
+    }
+    Ok(out)
+}
+
+fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, bool)> {
+    let c = &req.common;
+    if c.n.unwrap_or(1) != 1 {
+        return Err(ApiError::bad("only n = 1 is supported").param("n"));
+    }
+    let mut tools = req.tools.clone().unwrap_or_default();
+    for t in &tools {
+        if t.kind != "function" {
+            return Err(ApiError::bad(format!("unsupported tool type '{}'", t.kind)).param("tools"));
+        }
+    }
+    // tool_choice: none / auto / required / a named function
+    let mut forced: Option<Vec<Tool>> = None;
+    match &req.tool_choice {
+        None => {}
+        Some(Value::String(s)) if s == "auto" => {}
+        Some(Value::String(s)) if s == "none" => tools.clear(),
+        Some(Value::String(s)) if s == "required" => {
+            if tools.is_empty() {
+                return Err(ApiError::bad("tool_choice 'required' needs tools").param("tool_choice"));
+            }
+            forced = Some(tools.clone());
+        }
+        Some(v) => {
+            let name = v
+                .pointer("/function/name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::bad("tool_choice must be none, auto, required or a function").param("tool_choice"))?;
+            let t = tools
+                .iter()
+                .find(|t| t.function.name == name)
+                .ok_or_else(|| ApiError::bad(format!("tool_choice names '{name}', which is not in tools")).param("tool_choice"))?;
+            forced = Some(vec![t.clone()]);
+        }
+    }
+    let mut grammar = match &forced {
+        Some(ts) => {
+            let list: Vec<(String, Value)> = ts
+                .iter()
+                .map(|t| (t.function.name.clone(), t.function.parameters.clone().unwrap_or(json!({"type": "object"}))))
+                .collect();
+            Some(Grammar::tool_call(&list).map_err(|e| ApiError::bad(format!("tool parameters: {e}")).param("tools"))?)
+        }
+        None => None,
+    };
+    if let Some(rf) = &req.response_format {
+        let g = match rf.get("type").and_then(Value::as_str) {
+            Some("text") => None,
+            Some("json_object") => Some(Grammar::json_object()),
+            Some("json_schema") => {
+                let schema = rf
+                    .pointer("/json_schema/schema")
+                    .ok_or_else(|| ApiError::bad("response_format json_schema needs json_schema.schema").param("response_format"))?;
+                Some(Grammar::json_schema(schema).map_err(|e| ApiError::bad(format!("json_schema: {e}")).param("response_format"))?)
+            }
+            _ => return Err(ApiError::bad("response_format.type must be text, json_object or json_schema").param("response_format")),
+        };
+        if g.is_some() {
+            if grammar.is_some() {
+                return Err(ApiError::bad("a forced tool call and a response_format cannot both apply").param("response_format"));
+            }
+            grammar = g;
+        }
+    }
+    let messages = chat_messages(app, req, &tools)?;
+    let text = app
+        .template
+        .render_with(&messages, (!tools.is_empty()).then(|| {
+            tools.iter().map(|t| json!({"type": "function", "function": t.function})).collect::<Vec<_>>()
+        }).as_ref(), true)
+        .map_err(|e| ApiError::bad(e.to_string()).param("messages"))?;
+    let prompt = app.eng.tokenizer.encode(&text, true).map_err(|e| ApiError::bad(e.to_string()))?;
+    let top_logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (_, Some(k)) if k > 20 => return Err(ApiError::bad("top_logprobs must be in [0, 20]").param("top_logprobs")),
+        (true, k) => Some(k.unwrap_or(0) as usize),
+        (false, Some(_)) => return Err(ApiError::bad("top_logprobs needs logprobs: true").param("top_logprobs")),
+        (false, None) => None,
+    };
+    let max = budget(app, prompt.len(), req.max_completion_tokens.or(c.max_tokens), None)?;
+    let parse_tools = !tools.is_empty();
+    Ok((
+        Gen {
+            prompt,
+            max_tokens: max,
+            sampling: sampling(c)?,
+            stops: stops(c)?,
+            top_logprobs,
+            prompt_logprobs: false,
+            grammar: grammar.map(Arc::new),
+        },
+        parse_tools,
+    ))
+}
+
+/// A running request: the scheduler's events turned into text.
+struct Run {
+    rx: mpsc::UnboundedReceiver<Event>,
+    dec: StreamDecoder,
+    stops: Vec<String>,
+    text: String,
+    /// Bytes of `text` already handed out.
+    sent: usize,
+    tokens: Vec<(u32, Option<TokenLogprob>)>,
+    /// Tokens whose text was handed out.
+    tokens_sent: usize,
+    prompt_lps: Vec<TokenLogprob>,
+    n_prompt: usize,
+    finish: Option<&'static str>,
+    cached: usize,
+}
+
+/// A piece of output ready to send.
+struct Piece {
+    text: String,
+    tokens: Vec<(u32, Option<TokenLogprob>)>,
+}
+
+fn submit(app: &App, g: Gen) -> ApiResult<Run> {
+    if app.metrics.waiting.load(Relaxed) as usize >= app.max_queue {
+        app.metrics.rejected.fetch_add(1, Relaxed);
+        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "the server is busy: the request queue is full; retry later").code("rate_limit_exceeded"));
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let n_prompt = g.prompt.len();
+    let job = Job {
+        prompt: g.prompt,
+        max_tokens: g.max_tokens,
+        sampling: g.sampling,
+        top_logprobs: g.top_logprobs,
+        prompt_logprobs: g.prompt_logprobs,
+        grammar: g.grammar,
+        events: tx,
+        received: Instant::now(),
+    };
+    app.metrics.waiting.fetch_add(1, Relaxed);
+    if app.tx.lock().map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "scheduler lock poisoned"))?.send(job).is_err() {
+        app.metrics.waiting.fetch_sub(1, Relaxed);
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the scheduler has stopped"));
+    }
+    Ok(Run {
+        rx,
+        dec: StreamDecoder::default(),
+        stops: g.stops,
+        text: String::new(),
+        sent: 0,
+        tokens: Vec::new(),
+        tokens_sent: 0,
+        prompt_lps: Vec::new(),
+        n_prompt,
+        finish: None,
+        cached: 0,
+    })
+}
+
+impl Run {
+    /// The next piece of output, or None when the generation is over.
+    async fn next(&mut self, eng: &Engine) -> ApiResult<Option<Piece>> {
+        loop {
+            if self.finish.is_some() {
+                return Ok(None);
+            }
+            let ev = self.rx.recv().await;
+            match ev {
+                Some(Event::Prompt(lps)) => self.prompt_lps.extend(lps),
+                Some(Event::Token(t, lp)) => {
+                    self.tokens.push((t, lp));
+                    let s = self.dec.push(eng.tokenizer.token_bytes(t));
+                    self.text.push_str(&s);
+                    if let Some(p) = self.cut() {
+                        return Ok(Some(p));
+                    }
+                }
+                Some(Event::Done { finish, cached_tokens }) => {
+                    self.cached = cached_tokens;
+                    let rest = self.dec.flush();
+                    self.text.push_str(&rest);
+                    self.finish = Some(match finish {
+                        Finish::Stop => "stop",
+                        Finish::Length => "length",
+                    });
+                    // a stop string may complete in the flushed text
+                    if let Some((i, _)) = self.find_stop() {
+                        self.text.truncate(i);
+                        self.finish = Some("stop");
+                    }
+                    return Ok(Some(self.take(self.text.len())));
+                }
+                Some(Event::Error(e)) => {
+                    return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e));
+                }
+                None => {
+                    return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the scheduler dropped the request"));
+                }
+            }
+        }
+    }
+
+    fn find_stop(&self) -> Option<(usize, usize)> {
+        let from = self.sent;
+        self.stops
+            .iter()
+            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| (from + i, s.len())))
+            .min()
+    }
+
+    /// After new text: stop at a stop string, or hand out what cannot be part of one.
+    fn cut(&mut self) -> Option<Piece> {
+        if let Some((i, _)) = self.find_stop() {
+            self.text.truncate(i);
+            self.finish = Some("stop");
+            self.rx.close(); // cancels the sequence in the scheduler
+            return Some(self.take(i));
+        }
+        // hold back a tail that may be the start of a stop string
+        let mut safe = self.text.len();
+        for s in &self.stops {
+            for k in (1..s.len()).rev() {
+                if self.text.len() >= k && s.is_char_boundary(k) && self.text.ends_with(&s[..k]) {
+                    safe = safe.min(self.text.len() - k);
+                    break;
+                }
+            }
+        }
+        if safe > self.sent || self.tokens.len() > self.tokens_sent {
+            Some(self.take(safe.max(self.sent)))
+        } else {
+            None
+        }
+    }
+
+    fn take(&mut self, upto: usize) -> Piece {
+        let text = self.text[self.sent..upto].to_string();
+        self.sent = upto;
+        let tokens = self.tokens[self.tokens_sent..].to_vec();
+        self.tokens_sent = self.tokens.len();
+        Piece { text, tokens }
+    }
+
+    fn usage(&self) -> Value {
+        let n = self.tokens.len();
+        json!({
+            "prompt_tokens": self.n_prompt,
+            "completion_tokens": n,
+            "total_tokens": self.n_prompt + n,
+            "prompt_tokens_details": {"cached_tokens": self.cached},
+        })
+    }
+}
+
+fn token_str(eng: &Engine, t: u32) -> String {
+    String::from_utf8_lossy(eng.tokenizer.token_bytes(t)).into_owned()
+}
+
+fn chat_logprobs(eng: &Engine, toks: &[(u32, Option<TokenLogprob>)]) -> Value {
+    let content: Vec<Value> = toks
+        .iter()
+        .filter_map(|(_, lp)| lp.as_ref())
+        .map(|lp| {
+            let top: Vec<Value> = lp
+                .top
+                .iter()
+                .map(|&(t, l)| json!({"token": token_str(eng, t), "logprob": l, "bytes": eng.tokenizer.token_bytes(t)}))
+                .collect();
+            json!({
+                "token": token_str(eng, lp.token),
+                "logprob": lp.logprob,
+                "bytes": eng.tokenizer.token_bytes(lp.token),
+                "top_logprobs": top,
+            })
+        })
+        .collect();
+    json!({"content": content})
+}
+
+/// Tool calls in the output (`<tool_call>{json}</tool_call>` blocks), and the text around them.
+fn parse_tool_calls(text: &str) -> (String, Vec<Value>) {
+    let mut calls = Vec::new();
+    let mut rest = String::new();
+    let mut s = text;
+    while let Some(i) = s.find("<tool_call>") {
+        rest.push_str(&s[..i]);
+        let after = &s[i + "<tool_call>".len()..];
+        let (body, next) = match after.find("</tool_call>") {
+            Some(j) => (&after[..j], &after[j + "</tool_call>".len()..]),
+            None => (after, ""),
+        };
+        match serde_json::from_str::<Value>(body.trim()) {
+            Ok(v) if v.get("name").and_then(Value::as_str).is_some() => {
+                let args = v.get("arguments").cloned().unwrap_or(json!({}));
+                let args = match args {
+                    Value::String(s) => s,
+                    a => a.to_string(),
+                };
+                calls.push(json!({
+                    "id": new_id("call"),
+                    "type": "function",
+                    "function": {"name": v["name"], "arguments": args},
+                }));
+            }
+            _ => {
+                // not a well-formed call: leave it as text
+                rest.push_str(&s[i..i + "<tool_call>".len()]);
+                rest.push_str(body);
+            }
+        }
+        s = next;
+    }
+    rest.push_str(s);
+    (rest.trim().to_string(), calls)
+}
+
+/// POST /v1/chat/completions
+pub async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+    let req: ChatReq = parse(body)?;
+    check_model(&app, req.common.model.as_deref())?;
+    let (g, parse_tools) = chat_gen(&app, &req)?;
+    let include_usage = req.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let want_lp = g.top_logprobs.is_some();
+    let mut run = submit(&app, g)?;
+    let id = new_id("chatcmpl");
+    let created = now();
+    let model = app.model_id.clone();
+    if !req.common.stream {
+        let mut toks = Vec::new();
+        while let Some(p) = run.next(&app.eng).await? {
+            toks.extend(p.tokens);
+        }
+        let text = run.text.clone();
+        let mut finish = run.finish.unwrap_or("stop");
+        let mut message = json!({"role": "assistant", "content": text});
+        if parse_tools {
+            let (rest, calls) = parse_tool_calls(&text);
+            if !calls.is_empty() {
+                message = json!({"role": "assistant", "content": if rest.is_empty() { Value::Null } else { Value::String(rest) }, "tool_calls": calls});
+                finish = "tool_calls";
+            }
+        }
+        let lp = if want_lp { chat_logprobs(&app.eng, &toks) } else { Value::Null };
+        return Ok(axum::Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "hearth",
+            "choices": [{"index": 0, "message": message, "logprobs": lp, "finish_reason": finish}],
+            "usage": run.usage(),
+        }))
+        .into_response());
+    }
+    let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    let app2 = app.clone();
+    tokio::spawn(async move {
+        let chunk = |delta: Value, lp: Value, finish: Value| {
+            json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": "hearth",
+                "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}],
+            })
+        };
+        let send = |v: Value| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(SseEvent::default().data(v.to_string()))).await.is_ok() }
+        };
+        if !send(chunk(json!({"role": "assistant", "content": ""}), Value::Null, Value::Null)).await {
+            return;
+        }
+        // with tools, output that opens with <tool_call> is held and sent as tool_calls
+        let mut held = String::new();
+        let mut holding = parse_tools;
+        loop {
+            let p = match run.next(&app2.eng).await {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = send(json!({"error": {"message": e.message, "type": "server_error"}})).await;
+                    return;
+                }
+            };
+            let lp = if want_lp { chat_logprobs(&app2.eng, &p.tokens) } else { Value::Null };
+            let mut text = p.text;
+            if holding {
+                held.push_str(&text);
+                let t = held.trim_start();
+                if t.starts_with("<tool_call>") || "<tool_call>".starts_with(t) {
+                    continue;
+                }
+                holding = false;
+                text = std::mem::take(&mut held);
+            }
+            if text.is_empty() && lp.is_null() {
+                continue;
+            }
+            if !send(chunk(json!({"content": text}), lp, Value::Null)).await {
+                return; // the client left; dropping `run` cancels the sequence
+            }
+        }
+        let mut finish = run.finish.unwrap_or("stop");
+        if holding && !held.is_empty() {
+            let (rest, calls) = parse_tool_calls(&held);
+            let delta = if calls.is_empty() {
+                json!({"content": held})
+            } else {
+                finish = "tool_calls";
+                let calls: Vec<Value> = calls
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, mut c)| {
+                        c["index"] = json!(i);
+                        c
+                    })
+                    .collect();
+                json!({"content": if rest.is_empty() { Value::Null } else { Value::String(rest) }, "tool_calls": calls})
+            };
+            if !send(chunk(delta, Value::Null, Value::Null)).await {
+                return;
+            }
+        }
+        if !send(chunk(json!({}), Value::Null, json!(finish))).await {
+            return;
+        }
+        if include_usage {
+            let u = json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": "hearth", "choices": [], "usage": run.usage(),
+            });
+            if !send(u).await {
+                return;
+            }
+        }
+        let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
+    });
+    Ok(Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn completion_gen(app: &App, req: &CompletionReq) -> ApiResult<Gen> {
+    let c = &req.common;
+    if c.n.unwrap_or(1) != 1 {
+        return Err(ApiError::bad("only n = 1 is supported").param("n"));
+    }
+    if req.suffix.is_some() {
+        return Err(ApiError::bad("suffix is not supported").param("suffix"));
+    }
+    let tk = &app.eng.tokenizer;
+    let enc = |s: &str| tk.encode(s, true).map_err(|e| ApiError::bad(e.to_string()));
+    let prompt = match &req.prompt {
+        Prompt::Text(s) => enc(s)?,
+        Prompt::Ids(v) => v.clone(),
+        Prompt::Texts(v) if v.len() == 1 => enc(&v[0])?,
+        Prompt::IdLists(v) if v.len() == 1 => v[0].clone(),
+        _ => return Err(ApiError::bad("one prompt per request is supported").param("prompt")),
+    };
+    let nv = app.eng.model.cfg.n_vocab;
+    if let Some(bad) = prompt.iter().find(|&&t| t as usize >= nv) {
+        return Err(ApiError::bad(format!("token id {bad} is outside the vocabulary of {nv}")).param("prompt"));
+    }
+    let top = match req.logprobs {
+        Some(k) if k > 5 => return Err(ApiError::bad("logprobs must be in [0, 5]").param("logprobs")),
+        k => k.map(|k| k as usize),
+    };
+    let max = budget(app, prompt.len(), c.max_tokens, Some(16))?;
+    Ok(Gen {
+        prompt,
+        max_tokens: max,
+        sampling: sampling(c)?,
+        stops: stops(c)?,
+        top_logprobs: top,
+        prompt_logprobs: req.echo && top.is_some(),
+        grammar: None,
+    })
+}
+
+/// Legacy completions logprobs for `toks` whose text starts at `offset`.
+fn completion_logprobs(eng: &Engine, toks: &[(u32, Option<TokenLogprob>)], mut offset: usize) -> Value {
+    let mut tokens = Vec::new();
+    let mut lps = Vec::new();
+    let mut tops = Vec::new();
+    let mut offs = Vec::new();
+    for (t, lp) in toks {
+        let s = token_str(eng, *t);
+        offs.push(offset);
+        offset += s.len();
+        tokens.push(s);
+        match lp {
+            Some(lp) => {
+                lps.push(json!(lp.logprob));
+                let m: serde_json::Map<String, Value> = lp.top.iter().map(|&(t, l)| (token_str(eng, t), json!(l))).collect();
+                tops.push(Value::Object(m));
+            }
+            None => {
+                lps.push(Value::Null);
+                tops.push(Value::Null);
+            }
+        }
+    }
+    json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offs})
+}
+
+/// POST /v1/completions
+pub async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+    let req: CompletionReq = parse(body)?;
+    check_model(&app, req.common.model.as_deref())?;
+    let g = completion_gen(&app, &req)?;
+    let prompt = g.prompt.clone();
+    let want_lp = g.top_logprobs.is_some();
+    let include_usage = req.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let echo = req.echo;
+    let mut run = submit(&app, g)?;
+    let id = new_id("cmpl");
+    let created = now();
+    let model = app.model_id.clone();
+    let prompt_text = if echo { app.eng.tokenizer.decode(&prompt) } else { String::new() };
+    if !req.common.stream {
+        let mut toks = Vec::new();
+        while let Some(p) = run.next(&app.eng).await? {
+            toks.extend(p.tokens);
+        }
+        let lp = if want_lp {
+            let mut all: Vec<(u32, Option<TokenLogprob>)> = Vec::new();
+            if echo {
+                all.push((prompt[0], None));
+                for (i, lp) in run.prompt_lps.iter().enumerate() {
+                    all.push((prompt[i + 1], Some(lp.clone())));
+                }
+            }
+            let off = all.iter().map(|(t, _)| token_str(&app.eng, *t).len()).sum::<usize>();
+            let mut v = completion_logprobs(&app.eng, &all, 0);
+            let gen_v = completion_logprobs(&app.eng, &toks, off);
+            for k in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+                let extra = gen_v[k].as_array().cloned().unwrap_or_default();
+                v[k].as_array_mut().map(|a| a.extend(extra));
+            }
+            v
+        } else {
+            Value::Null
+        };
+        return Ok(axum::Json(json!({
+            "id": id, "object": "text_completion", "created": created, "model": model,
+            "system_fingerprint": "hearth",
+            "choices": [{"index": 0, "text": format!("{prompt_text}{}", run.text), "logprobs": lp, "finish_reason": run.finish.unwrap_or("stop")}],
+            "usage": run.usage(),
+        }))
+        .into_response());
+    }
+    let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    let app2 = app.clone();
+    tokio::spawn(async move {
+        let chunk = |text: String, lp: Value, finish: Value| {
+            json!({
+                "id": id, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}],
+            })
+        };
+        let send = |v: Value| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(SseEvent::default().data(v.to_string()))).await.is_ok() }
+        };
+        if echo && !send(chunk(prompt_text, Value::Null, Value::Null)).await {
+            return;
+        }
+        loop {
+            let p = match run.next(&app2.eng).await {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = send(json!({"error": {"message": e.message, "type": "server_error"}})).await;
+                    return;
+                }
+            };
+            let lp = if want_lp { completion_logprobs(&app2.eng, &p.tokens, 0) } else { Value::Null };
+            if p.text.is_empty() && lp.is_null() {
+                continue;
+            }
+            if !send(chunk(p.text, lp, Value::Null)).await {
+                return;
+            }
+        }
+        let finish = run.finish.unwrap_or("stop");
+        if !send(chunk(String::new(), Value::Null, json!(finish))).await {
+            return;
+        }
+        if include_usage {
+            let u = json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": [], "usage": run.usage()});
+            if !send(u).await {
+                return;
+            }
+        }
+        let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
+    });
+    Ok(Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}

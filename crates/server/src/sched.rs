@@ -1,0 +1,559 @@
+//! The scheduler: one thread owns the model and the KV pool and runs continuous batching.
+//!
+//! Between decode steps it takes new requests from its channel, admits waiting ones while the
+//! pool has pages for them (a cached prefix costs nothing), and then runs one batched forward
+//! pass: one token for every decoding sequence plus chunks of prompts being prefilled, up to
+//! a token budget, so a long prompt never stalls the others for long. When the pool runs dry
+//! mid-generation the most recently admitted sequence is preempted: its pages go back (the
+//! full ones stay in the prefix cache) and it waits at the head of the queue to be resumed by
+//! recomputation. A request whose client went away is dropped at the next step.
+use crate::grammar::{Grammar, Matcher};
+use crate::pages::Pages;
+use hearth_engine::{Engine, Sampler, SamplingParams};
+use hearth_models::{BatchSeq, KvPool, Scratch, Want};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// A generation request.
+pub struct Job {
+    /// Prompt tokens (at least one).
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Sampling settings.
+    pub sampling: SamplingParams,
+    /// Report each chosen token's log-probability and this many alternatives.
+    pub top_logprobs: Option<usize>,
+    /// Report the prompt tokens' log-probabilities too (turns off prefix reuse).
+    pub prompt_logprobs: bool,
+    /// Constrain the output to this grammar.
+    pub grammar: Option<Arc<Grammar>>,
+    /// Where results go; dropping the receiver cancels the request.
+    pub events: UnboundedSender<Event>,
+    /// When the server received it.
+    pub received: Instant,
+}
+
+/// A token's log-probability and the most likely alternatives.
+#[derive(Clone, Debug)]
+pub struct TokenLogprob {
+    /// The token.
+    pub token: u32,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// The most likely tokens, best first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// End of generation token, or the grammar's document is complete.
+    Stop,
+    /// `max_tokens` or the context size.
+    Length,
+}
+
+/// What the scheduler reports about a request.
+#[derive(Debug)]
+pub enum Event {
+    /// Log-probabilities of prompt tokens 1.. (in order, possibly over several events).
+    Prompt(Vec<TokenLogprob>),
+    /// A generated token.
+    Token(u32, Option<TokenLogprob>),
+    /// Generation ended.
+    Done {
+        /// Why.
+        finish: Finish,
+        /// Prompt tokens taken from the prefix cache.
+        cached_tokens: usize,
+    },
+    /// The request failed.
+    Error(String),
+}
+
+/// Counters the `/metrics` endpoint reports.
+#[derive(Default)]
+pub struct Metrics {
+    /// Requests finished.
+    pub requests: AtomicU64,
+    /// Requests refused with 429.
+    pub rejected: AtomicU64,
+    /// Prompt tokens of admitted requests.
+    pub prompt_tokens: AtomicU64,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: AtomicU64,
+    /// Tokens generated.
+    pub generated_tokens: AtomicU64,
+    /// Sum of times to first token (µs) and their count.
+    pub ttft_us: AtomicU64,
+    /// Requests that produced a first token.
+    pub ttft_count: AtomicU64,
+    /// Time spent in forward passes (µs).
+    pub busy_us: AtomicU64,
+    /// Decode tokens per second over the last step, times 1000.
+    pub tps_milli: AtomicU64,
+    /// Requests handed to the scheduler and never admitted yet (the HTTP side adds them).
+    pub waiting: AtomicU64,
+    /// Sequences running.
+    pub running: AtomicU64,
+    /// KV pages in use and in total.
+    pub pages_used: AtomicU64,
+    /// Pages in the pool.
+    pub pages_total: AtomicU64,
+    /// Sequences preempted for lack of pages.
+    pub preempted: AtomicU64,
+}
+
+/// Scheduler settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Longest sequence (prompt + output).
+    pub n_ctx: usize,
+    /// Most sequences running at once.
+    pub parallel: usize,
+    /// Tokens per forward pass (decode tokens + prompt chunks).
+    pub batch_tokens: usize,
+    /// Pages in the KV pool.
+    pub n_pages: usize,
+    /// Positions per page.
+    pub page_size: usize,
+}
+
+struct Seq {
+    job: Job,
+    sampler: Sampler,
+    matcher: Option<Matcher>,
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    generated: usize,
+    cached: usize,
+    pages: Vec<u32>,
+    registered: usize,
+    reported_cache: Option<usize>,
+    first_token: bool,
+}
+
+impl Seq {
+    fn new(job: Job) -> Seq {
+        Seq {
+            sampler: Sampler::new(job.sampling.clone()),
+            matcher: job.grammar.clone().map(Matcher::new),
+            tokens: job.prompt.clone(),
+            prompt_len: job.prompt.len(),
+            generated: 0,
+            cached: 0,
+            pages: Vec::new(),
+            registered: 0,
+            reported_cache: None,
+            first_token: false,
+            job,
+        }
+    }
+
+    fn gone(&self) -> bool {
+        self.job.events.is_closed()
+    }
+}
+
+/// The scheduler's state.
+pub struct Scheduler {
+    eng: Arc<Engine>,
+    cfg: Config,
+    pool: KvPool,
+    pages: Pages,
+    scratch: Scratch,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+    metrics: Arc<Metrics>,
+}
+
+/// log-softmax of `row` at `tok`, and the `k` most likely tokens.
+fn logprobs(row: &[f32], tok: u32, k: usize) -> TokenLogprob {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max as f64
+        + row
+            .iter()
+            .map(|&l| ((l - max) as f64).exp())
+            .sum::<f64>()
+            .ln();
+    let lp = |t: u32| (row[t as usize] as f64 - lse) as f32;
+    let mut top = Vec::new();
+    if k > 0 {
+        let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+        let by = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+        let k = k.min(idx.len());
+        idx.select_nth_unstable_by(k - 1, by);
+        idx.truncate(k);
+        idx.sort_by(by);
+        top = idx.into_iter().map(|t| (t, lp(t))).collect();
+    }
+    TokenLogprob {
+        token: tok,
+        logprob: lp(tok),
+        top,
+    }
+}
+
+impl Scheduler {
+    /// A scheduler for `eng` with an empty pool.
+    pub fn new(eng: Arc<Engine>, cfg: Config, metrics: Arc<Metrics>) -> Scheduler {
+        let pool = eng.model.new_pool(cfg.n_pages, cfg.page_size);
+        metrics.pages_total.store(cfg.n_pages as u64, Relaxed);
+        Scheduler {
+            pages: Pages::new(cfg.n_pages, cfg.page_size),
+            pool,
+            eng,
+            cfg,
+            scratch: Scratch::default(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            metrics,
+        }
+    }
+
+    /// Serve requests from `rx` until every sender is gone.
+    pub fn run(mut self, rx: std::sync::mpsc::Receiver<Job>) {
+        loop {
+            if self.waiting.is_empty() && self.running.is_empty() {
+                match rx.recv() {
+                    Ok(j) => self.waiting.push_back(Seq::new(j)),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(j) = rx.try_recv() {
+                self.waiting.push_back(Seq::new(j));
+            }
+            self.step();
+        }
+    }
+
+    fn release(&mut self, s: &mut Seq) {
+        for p in s.pages.drain(..) {
+            self.pages.release(p);
+        }
+        s.cached = 0;
+        s.registered = 0;
+    }
+
+    fn finish(&mut self, mut s: Seq, ev: Event) {
+        self.release(&mut s);
+        let _ = s.job.events.send(ev);
+        self.metrics.requests.fetch_add(1, Relaxed);
+    }
+
+    /// Drop requests whose clients left.
+    fn drop_gone(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].gone() {
+                let mut s = self.running.remove(i);
+                self.release(&mut s);
+                self.metrics.requests.fetch_add(1, Relaxed);
+            } else {
+                i += 1;
+            }
+        }
+        // those never admitted still count as queued
+        let m = &self.metrics;
+        self.waiting.retain(|s| {
+            let gone = s.gone();
+            if gone && s.reported_cache.is_none() {
+                m.waiting.fetch_sub(1, Relaxed);
+            }
+            !gone
+        });
+    }
+
+    /// Admit waiting requests while there is room.
+    fn admit(&mut self) {
+        let ps = self.cfg.page_size;
+        while self.running.len() < self.cfg.parallel {
+            let Some(s) = self.waiting.front_mut() else {
+                break;
+            };
+            // reuse whole cached pages, always leaving at least one token to compute
+            let max_hit = if s.job.prompt_logprobs {
+                0
+            } else {
+                (s.tokens.len() - 1) / ps
+            };
+            let hit = self.pages.lookup(&s.tokens, max_hit);
+            let need = (s.tokens.len() + 1).div_ceil(ps).saturating_sub(hit.len());
+            if need > self.pages.available() {
+                for p in hit {
+                    self.pages.release(p);
+                }
+                break;
+            }
+            let mut s = self.waiting.pop_front().expect("front exists");
+            s.cached = hit.len() * ps;
+            s.registered = hit.len();
+            s.pages = hit;
+            if s.reported_cache.is_none() {
+                s.reported_cache = Some(s.cached);
+                self.metrics.waiting.fetch_sub(1, Relaxed);
+                self.metrics
+                    .prompt_tokens
+                    .fetch_add(s.prompt_len as u64, Relaxed);
+                self.metrics.cached_tokens.fetch_add(s.cached as u64, Relaxed);
+            }
+            self.running.push(s);
+        }
+    }
+
+    /// Make sure running sequence `i` has pages for `upto` positions, preempting the most
+    /// recently admitted others if needed. False if `i` itself had to be preempted.
+    fn reserve(&mut self, i: usize, upto: usize) -> bool {
+        let ps = self.cfg.page_size;
+        while self.running[i].pages.len() * ps < upto {
+            if let Some(p) = self.pages.alloc() {
+                self.running[i].pages.push(p);
+                continue;
+            }
+            let victim = self.running.len() - 1;
+            let mut v = self.running.remove(victim);
+            self.release(&mut v);
+            self.metrics.preempted.fetch_add(1, Relaxed);
+            self.waiting.push_front(v);
+            if victim == i {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// One batched forward pass and its sampling.
+    fn step(&mut self) {
+        self.drop_gone();
+        self.admit();
+        // what each running sequence feeds this step: decoders first, one token each
+        let mut plan: Vec<(usize, usize)> = Vec::new(); // (running index, tokens)
+        let mut budget = self.cfg.batch_tokens.max(1);
+        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        order.sort_by_key(|&i| {
+            let s = &self.running[i];
+            s.tokens.len() - s.cached > 1
+        });
+        for i in order {
+            let s = &self.running[i];
+            let left = s.tokens.len() - s.cached;
+            let n = left.min(budget);
+            if n == 0 {
+                continue;
+            }
+            budget -= n;
+            plan.push((i, n));
+        }
+        // pages for the plan (preemption removes sequences from the end of `running`)
+        plan.sort_by_key(|&(i, _)| i);
+        let mut kept = Vec::new();
+        for &(i, n) in &plan {
+            if i >= self.running.len() {
+                continue;
+            }
+            let upto = self.running[i].cached + n;
+            if self.reserve(i, upto) {
+                kept.push((i, n));
+            }
+        }
+        kept.retain(|&(i, _)| i < self.running.len());
+        if kept.is_empty() {
+            return;
+        }
+        let wants: Vec<Want> = kept
+            .iter()
+            .map(|&(i, n)| {
+                let s = &self.running[i];
+                if s.job.prompt_logprobs && s.cached + n <= s.prompt_len {
+                    Want::All
+                } else if s.cached + n == s.tokens.len() {
+                    Want::Last
+                } else if s.job.prompt_logprobs && s.cached < s.prompt_len {
+                    Want::All
+                } else {
+                    Want::None
+                }
+            })
+            .collect();
+        let batch: Vec<BatchSeq> = kept
+            .iter()
+            .zip(&wants)
+            .map(|(&(i, n), &want)| {
+                let s = &self.running[i];
+                BatchSeq {
+                    tokens: &s.tokens[s.cached..s.cached + n],
+                    pos0: s.cached,
+                    pages: &s.pages,
+                    want,
+                }
+            })
+            .collect();
+        let mut logits = Vec::new();
+        let t0 = Instant::now();
+        let r = self
+            .eng
+            .model
+            .forward_batch(&mut self.pool, &mut self.scratch, &batch, &mut logits);
+        drop(batch);
+        let dt = t0.elapsed();
+        self.metrics
+            .busy_us
+            .fetch_add(dt.as_micros() as u64, Relaxed);
+        if let Err(e) = r {
+            // fail every sequence of the batch; the others carry on
+            let mut idx: Vec<usize> = kept.iter().map(|&(i, _)| i).collect();
+            idx.sort_unstable_by(|a, b| b.cmp(a));
+            for i in idx {
+                let s = self.running.remove(i);
+                self.finish(s, Event::Error(e.to_string()));
+            }
+            return;
+        }
+        let nv = self.eng.model.cfg.n_vocab;
+        let mut off = 0;
+        let mut done: Vec<(usize, Event)> = Vec::new();
+        let mut n_decoded = 0u64;
+        for (&(i, n), &want) in kept.iter().zip(&wants) {
+            let ps = self.cfg.page_size;
+            let s = &mut self.running[i];
+            let pos0 = s.cached;
+            s.cached += n;
+            while s.registered < s.cached / ps {
+                self.pages
+                    .register(s.pages[s.registered], s.registered, &s.tokens);
+                s.registered += 1;
+            }
+            let rows = match want {
+                Want::None => 0,
+                Want::Last => 1,
+                Want::All => n,
+            };
+            let block = &mut logits[off * nv..(off + rows) * nv];
+            off += rows;
+            if want == Want::All {
+                // row r predicts the token at position pos0 + r + 1
+                let k = s.job.top_logprobs.unwrap_or(0);
+                let lps: Vec<TokenLogprob> = (0..rows)
+                    .filter(|r| pos0 + r + 1 < s.prompt_len)
+                    .map(|r| logprobs(&block[r * nv..(r + 1) * nv], s.tokens[pos0 + r + 1], k))
+                    .collect();
+                if !lps.is_empty() {
+                    let _ = s.job.events.send(Event::Prompt(lps));
+                }
+            }
+            if s.cached < s.tokens.len() || rows == 0 {
+                continue;
+            }
+            let row = &mut block[(rows - 1) * nv..rows * nv];
+            match sample(&self.eng, s, row) {
+                Some(tok) => {
+                    n_decoded += 1;
+                    if !s.first_token {
+                        s.first_token = true;
+                        let us = s.job.received.elapsed().as_micros() as u64;
+                        self.metrics.ttft_us.fetch_add(us, Relaxed);
+                        self.metrics.ttft_count.fetch_add(1, Relaxed);
+                    }
+                    s.tokens.push(tok);
+                    s.generated += 1;
+                    self.metrics.generated_tokens.fetch_add(1, Relaxed);
+                    if s.generated >= s.job.max_tokens || s.tokens.len() >= self.cfg.n_ctx {
+                        done.push((i, Event::Done {
+                            finish: Finish::Length,
+                            cached_tokens: s.reported_cache.unwrap_or(0),
+                        }));
+                    } else if s.matcher.as_ref().is_some_and(|m| m.is_finished()) {
+                        done.push((i, Event::Done {
+                            finish: Finish::Stop,
+                            cached_tokens: s.reported_cache.unwrap_or(0),
+                        }));
+                    }
+                }
+                None => done.push((i, Event::Done {
+                    finish: Finish::Stop,
+                    cached_tokens: s.reported_cache.unwrap_or(0),
+                })),
+            }
+        }
+        if n_decoded > 0 && dt.as_micros() > 0 {
+            let tps = n_decoded as f64 / dt.as_secs_f64();
+            self.metrics.tps_milli.store((tps * 1000.0) as u64, Relaxed);
+        }
+        done.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        for (i, ev) in done {
+            let s = self.running.remove(i);
+            self.finish(s, ev);
+        }
+        self.metrics
+            .running
+            .store(self.running.len() as u64, Relaxed);
+        self.metrics
+            .pages_used
+            .store(self.pages.in_use() as u64, Relaxed);
+    }
+}
+
+/// Choose `s`'s next token from its logits `row` and report it; None ends the generation
+/// (an end-of-generation token, or nothing the grammar allows).
+fn sample(eng: &Engine, s: &mut Seq, row: &mut [f32]) -> Option<u32> {
+    let tk = &eng.tokenizer;
+    let raw = s.job.top_logprobs.map(|_| row.to_vec());
+    let generated = &s.tokens[s.prompt_len..];
+    s.sampler.apply_penalties(row, generated);
+    let tok = match &mut s.matcher {
+        None => s.sampler.pick(row),
+        Some(m) => {
+            if m.is_finished() {
+                return None;
+            }
+            let ok = |m: &Matcher, t: u32| {
+                if tk.is_eog(t) {
+                    m.is_complete()
+                } else {
+                    m.allows(tk.token_bytes(t))
+                }
+            };
+            let mut chosen = None;
+            // a few draws by rejection, then the exact mask over the whole vocabulary
+            for _ in 0..16 {
+                let t = s.sampler.pick(row);
+                if ok(m, t) {
+                    chosen = Some(t);
+                    break;
+                }
+                row[t as usize] = f32::NEG_INFINITY;
+            }
+            let t = match chosen {
+                Some(t) => t,
+                None => {
+                    let mut any = false;
+                    for (t, l) in row.iter_mut().enumerate() {
+                        if l.is_finite() && ok(m, t as u32) {
+                            any = true;
+                        } else {
+                            *l = f32::NEG_INFINITY;
+                        }
+                    }
+                    if !any {
+                        return None;
+                    }
+                    s.sampler.pick(row)
+                }
+            };
+            if !tk.is_eog(t) {
+                m.accept(tk.token_bytes(t));
+            }
+            t
+        }
+    };
+    if tk.is_eog(tok) {
+        return None;
+    }
+    let lp = raw.map(|r| logprobs(&r, tok, s.job.top_logprobs.unwrap_or(0)));
+    let _ = s.job.events.send(Event::Token(tok, lp));
+    Some(tok)
+}
