@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 root="$PWD/.llama.cpp"
 bin="$root/build/bin"
 src_only=0; [ "${1:-}" = "--src-only" ] && src_only=1
-if [ $src_only = 0 ] && [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-quantize" ]; then echo "$bin"; exit 0; fi
+if [ $src_only = 0 ] && [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-quantize" ] && [ -x "$bin/llama-server" ]; then echo "$bin"; exit 0; fi
 mkdir -p "$root"
 if [ ! -d "$root/src" ]; then
   pip download --no-binary :all: --no-deps llama-cpp-python -d "$root/dl" >&2

