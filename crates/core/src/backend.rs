@@ -86,6 +86,20 @@ pub struct MatJob<'a> {
     pub out: &'a mut [f32],
 }
 
+/// One sequence's part of [`Backend::attention_many`].
+pub struct AttnJob<'a> {
+    /// Queries `[n_tok, n_head, head_dim]`.
+    pub q: &'a [f32],
+    /// Tokens.
+    pub n_tok: usize,
+    /// Position of the first token.
+    pub pos0: usize,
+    /// The sequence's pages (None: positions are rows).
+    pub pages: Option<Pages<'a>>,
+    /// Output `[n_tok, n_head, v_dim]`.
+    pub out: &'a mut [f32],
+}
+
 /// How RoPE pairs dimensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RopeStyle {
@@ -135,6 +149,18 @@ pub trait Backend: Send + Sync {
         style: RopeStyle,
         mscale: f32,
     );
+
+    /// Attention for several sequences of a batch over one layer's cache, each with its own
+    /// queries, positions and pages (`p.pages` is ignored; each job brings its own). A backend
+    /// may run them as one parallel step; each job's result is exactly what
+    /// [`Backend::attention`] gives for it.
+    fn attention_many(&self, k: &[f32], v: &[f32], p: &AttnParams<'_>, jobs: &mut [AttnJob<'_>]) {
+        for j in jobs.iter_mut() {
+            let mut pj = *p;
+            pj.pages = j.pages;
+            self.attention(j.q, k, v, j.n_tok, j.pos0, &pj, j.out);
+        }
+    }
 
     /// Causal attention of `q [n_tok, n_head, head_dim]` (token `t` at position `pos0 + t`)
     /// over cached `k`, `v` `[pos0 + n_tok, n_kv_head, head_dim]`: `out [n_tok, n_head, head_dim]`.

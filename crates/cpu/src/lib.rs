@@ -10,7 +10,9 @@
 
 mod pool;
 
-use hearth_core::{AttnParams, Backend, DType, Device, Error, MatJob, Result, RopeStyle, Tensor};
+use hearth_core::{
+    AttnJob, AttnParams, Backend, DType, Device, Error, MatJob, Pages, Result, RopeStyle, Tensor,
+};
 use hearth_quant::acts::{QuantizedActs, supports_q16};
 use hearth_quant::{dequantize, dot_f32, dot_row, rows_q16};
 
@@ -270,54 +272,48 @@ impl Backend for Cpu {
         p: &AttnParams<'_>,
         out: &mut [f32],
     ) {
-        let (hd, vd, nh, nkv) = (p.head_dim, p.v_dim, p.n_head, p.n_kv_head);
-        let group = nh / nkv;
-        let optr = SendPtr(out.as_mut_ptr());
-        let n_jobs = n_tok * nh;
-        let per = n_jobs.div_ceil(self.pool.threads());
+        let mut jobs = [AttnJob {
+            q,
+            n_tok,
+            pos0,
+            pages: p.pages,
+            out,
+        }];
+        self.attention_many(k, v, p, &mut jobs);
+    }
+
+    fn attention_many(&self, k: &[f32], v: &[f32], p: &AttnParams<'_>, jobs: &mut [AttnJob<'_>]) {
+        let nh = p.n_head;
+        // every (job, token, head) is one task; threads take them interleaved, which evens
+        // out the longer contexts of later positions
+        let mut starts = Vec::with_capacity(jobs.len() + 1);
+        starts.push(0);
+        for j in jobs.iter() {
+            starts.push(starts.last().copied().unwrap_or(0) + j.n_tok * nh);
+        }
+        let total = *starts.last().unwrap_or(&0);
+        let outs: Vec<SendPtr> = jobs
+            .iter_mut()
+            .map(|j| SendPtr(j.out.as_mut_ptr()))
+            .collect();
+        let jobs = &*jobs;
+        let threads = self.pool.threads();
         self.pool.run(&|i| {
-            for job in (i * per).min(n_jobs)..((i + 1) * per).min(n_jobs) {
-                let optr = optr;
-                let (t, h) = (job / nh, job % nh);
-                let kh = h / group;
-                let pos = pos0 + t;
-                let start = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                let qv = &q[(t * nh + h) * hd..(t * nh + h + 1) * hd];
-                // SAFETY: each (t, h) writes its own disjoint v_dim slice of `out`.
-                let o =
-                    unsafe { std::slice::from_raw_parts_mut(optr.0.add((t * nh + h) * vd), vd) };
-                o.fill(0.0);
-                // Online softmax over the cached positions; a sink starts the running
-                // maximum and denominator off with its own logit and no value.
-                let (mut m, mut l) = match p.sinks {
-                    Some(s) => (s[h], 1f32),
-                    None => (f32::NEG_INFINITY, 0f32),
+            let mut ji = 0;
+            let mut task = i;
+            while task < total {
+                while starts[ji + 1] <= task {
+                    ji += 1;
+                }
+                let j = &jobs[ji];
+                let local = task - starts[ji];
+                let (t, h) = (local / nh, local % nh);
+                // SAFETY: each (job, t, h) writes its own disjoint v_dim slice of its output.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(outs[ji].0.add((t * nh + h) * p.v_dim), p.v_dim)
                 };
-                for j in start..=pos {
-                    let r = p.pages.map_or(j, |pg| pg.row(j));
-                    let kr = r * p.k_stride + kh * hd;
-                    let s = dot_f32(qv, &k[kr..kr + hd]) * p.scale;
-                    let vr = r * p.v_stride + kh * vd;
-                    let vv = &v[vr..vr + vd];
-                    if s > m {
-                        let corr = (m - s).exp();
-                        l = l * corr + 1.0;
-                        for (oi, &vi) in o.iter_mut().zip(vv) {
-                            *oi = *oi * corr + vi;
-                        }
-                        m = s;
-                    } else {
-                        let e = (s - m).exp();
-                        l += e;
-                        for (oi, &vi) in o.iter_mut().zip(vv) {
-                            *oi += e * vi;
-                        }
-                    }
-                }
-                let inv = 1.0 / l;
-                for oi in o.iter_mut() {
-                    *oi *= inv;
-                }
+                attend(j.q, k, v, p, j.pages, j.pos0 + t, t, h, o);
+                task += threads;
             }
         });
     }
@@ -326,6 +322,57 @@ impl Backend for Cpu {
         for (g, u) in gate.iter_mut().zip(up) {
             *g = *g / (1.0 + (-*g).exp()) * u;
         }
+    }
+}
+
+/// One query head's attention at position `pos` (query row `t`, head `h`) with an online
+/// softmax over the cached positions; a sink starts the running maximum and denominator off
+/// with its own logit and no value.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    p: &AttnParams<'_>,
+    pages: Option<Pages<'_>>,
+    pos: usize,
+    t: usize,
+    h: usize,
+    o: &mut [f32],
+) {
+    let (hd, vd, nh) = (p.head_dim, p.v_dim, p.n_head);
+    let kh = h / (nh / p.n_kv_head);
+    let start = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let qv = &q[(t * nh + h) * hd..(t * nh + h + 1) * hd];
+    o.fill(0.0);
+    let (mut m, mut l) = match p.sinks {
+        Some(s) => (s[h], 1f32),
+        None => (f32::NEG_INFINITY, 0f32),
+    };
+    for j in start..=pos {
+        let r = pages.map_or(j, |pg| pg.row(j));
+        let kr = r * p.k_stride + kh * hd;
+        let s = dot_f32(qv, &k[kr..kr + hd]) * p.scale;
+        let vr = r * p.v_stride + kh * vd;
+        let vv = &v[vr..vr + vd];
+        if s > m {
+            let corr = (m - s).exp();
+            l = l * corr + 1.0;
+            for (oi, &vi) in o.iter_mut().zip(vv) {
+                *oi = *oi * corr + vi;
+            }
+            m = s;
+        } else {
+            let e = (s - m).exp();
+            l += e;
+            for (oi, &vi) in o.iter_mut().zip(vv) {
+                *oi += e * vi;
+            }
+        }
+    }
+    let inv = 1.0 / l;
+    for oi in o.iter_mut() {
+        *oi *= inv;
     }
 }
 

@@ -7,7 +7,7 @@
 //! and each head's latent output is mapped to its value through `W_vb`.
 use crate::config::{MlaConfig, ModelConfig};
 use crate::model::Seg;
-use hearth_core::{AttnParams, Backend, Result, Tensor};
+use hearth_core::{AttnJob, AttnParams, Backend, Result, Tensor};
 
 pub(crate) enum MlaQ {
     Full(Tensor), // [n_head*(nope+rope), n_embd]
@@ -135,7 +135,7 @@ impl Mla {
                     .copy_from_slice(&qpe[(t * nh + hh) * rope..(t * nh + hh + 1) * rope]);
             }
         }
-        let mut p = AttnParams {
+        let p = AttnParams {
             n_head: nh,
             n_kv_head: 1,
             head_dim: row,
@@ -148,18 +148,20 @@ impl Mla {
             pages: None,
         };
         let mut lat = vec![0f32; n * nh * kvl];
+        let mut jobs = Vec::with_capacity(segs.len());
+        let mut rest = &mut lat[..];
         for sg in segs {
-            p.pages = Some(sg.pages);
-            be.attention(
-                &qa[sg.row0 * nh * row..(sg.row0 + sg.n) * nh * row],
-                cache,
-                cache,
-                sg.n,
-                sg.pos0,
-                &p,
-                &mut lat[sg.row0 * nh * kvl..(sg.row0 + sg.n) * nh * kvl],
-            );
+            let (mine, tail) = rest.split_at_mut(sg.n * nh * kvl);
+            rest = tail;
+            jobs.push(AttnJob {
+                q: &qa[sg.row0 * nh * row..(sg.row0 + sg.n) * nh * row],
+                n_tok: sg.n,
+                pos0: sg.pos0,
+                pages: Some(sg.pages),
+                out: mine,
+            });
         }
+        be.attention_many(cache, cache, &p, &mut jobs);
         // per-head values, then the output projection
         let mut att = vec![0f32; n * nh * vd];
         let mut vh = vec![0f32; n * vd];

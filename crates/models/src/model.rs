@@ -5,7 +5,7 @@ use crate::config::ModelConfig;
 use crate::mla::{Mla, MlaCall, MlaQ};
 use crate::moe::{Expert, Mlp, Moe};
 use crate::{arch_for_gguf, arch_for_hf, supported_names};
-use hearth_core::{AttnParams, Backend, DType, Error, MatJob, Pages, Result, Tensor};
+use hearth_core::{AttnJob, AttnParams, Backend, DType, Error, MatJob, Pages, Result, Tensor};
 use hearth_formats::{ModelFiles, Source};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -706,11 +706,20 @@ impl Model {
                     let mut p = AttnParams::gqa(c.n_head, c.n_kv_head, hd, c.attn_scale());
                     p.window = c.window(li);
                     p.sinks = a.sinks.as_deref();
+                    let mut jobs = Vec::with_capacity(segs.len());
+                    let mut rest = &mut att[..];
                     for sg in segs {
-                        p.pages = Some(sg.pages);
-                        let rows = sg.row0 * qd..(sg.row0 + sg.n) * qd;
-                        be.attention(&q[rows.clone()], kc, vc, sg.n, sg.pos0, &p, &mut att[rows]);
+                        let (mine, tail) = rest.split_at_mut(sg.n * qd);
+                        rest = tail;
+                        jobs.push(AttnJob {
+                            q: &q[sg.row0 * qd..(sg.row0 + sg.n) * qd],
+                            n_tok: sg.n,
+                            pos0: sg.pos0,
+                            pages: Some(sg.pages),
+                            out: mine,
+                        });
                     }
+                    be.attention_many(kc, vc, &p, &mut jobs);
                     be.matmul(&a.wo, att, n, o)?;
                     add_bias(o, a.bo.as_deref());
                 }

@@ -166,7 +166,10 @@ pub async fn models(State(app): State<Arc<App>>) -> axum::Json<Value> {
 }
 
 /// GET /v1/models/{id}
-pub async fn model(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<axum::Json<Value>> {
+pub async fn model(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Value>> {
     check_model(&app, Some(&id))?;
     Ok(axum::Json(model_json(&app)))
 }
@@ -183,23 +186,95 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     let ttft_n = g(&m.ttft_count);
     let mut s = String::new();
     let mut put = |name: &str, kind: &str, help: &str, v: String| {
-        s.push_str(&format!("# HELP hearth_{name} {help}\n# TYPE hearth_{name} {kind}\nhearth_{name} {v}\n"));
+        s.push_str(&format!(
+            "# HELP hearth_{name} {help}\n# TYPE hearth_{name} {kind}\nhearth_{name} {v}\n"
+        ));
     };
-    put("requests_total", "counter", "Requests finished (including cancelled).", g(&m.requests).to_string());
-    put("requests_rejected_total", "counter", "Requests refused because the queue was full.", g(&m.rejected).to_string());
-    put("prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", g(&m.prompt_tokens).to_string());
-    put("prompt_tokens_cached_total", "counter", "Prompt tokens reused from the prefix cache.", g(&m.cached_tokens).to_string());
-    put("generated_tokens_total", "counter", "Tokens generated.", g(&m.generated_tokens).to_string());
-    put("time_to_first_token_seconds_sum", "counter", "Sum of times to first token.", format!("{:.6}", g(&m.ttft_us) as f64 / 1e6));
-    put("time_to_first_token_seconds_count", "counter", "Requests that produced a first token.", ttft_n.to_string());
-    put("generation_tokens_per_second", "gauge", "Tokens generated per second in the last step.", format!("{:.3}", g(&m.tps_milli) as f64 / 1000.0));
-    put("busy_seconds_total", "counter", "Time spent in forward passes.", format!("{:.6}", g(&m.busy_us) as f64 / 1e6));
-    put("queue_length", "gauge", "Requests waiting for admission.", app.metrics.waiting.load(Relaxed).to_string());
-    put("running_sequences", "gauge", "Sequences being processed.", g(&m.running).to_string());
+    put(
+        "requests_total",
+        "counter",
+        "Requests finished (including cancelled).",
+        g(&m.requests).to_string(),
+    );
+    put(
+        "requests_rejected_total",
+        "counter",
+        "Requests refused because the queue was full.",
+        g(&m.rejected).to_string(),
+    );
+    put(
+        "prompt_tokens_total",
+        "counter",
+        "Prompt tokens of admitted requests.",
+        g(&m.prompt_tokens).to_string(),
+    );
+    put(
+        "prompt_tokens_cached_total",
+        "counter",
+        "Prompt tokens reused from the prefix cache.",
+        g(&m.cached_tokens).to_string(),
+    );
+    put(
+        "generated_tokens_total",
+        "counter",
+        "Tokens generated.",
+        g(&m.generated_tokens).to_string(),
+    );
+    put(
+        "time_to_first_token_seconds_sum",
+        "counter",
+        "Sum of times to first token.",
+        format!("{:.6}", g(&m.ttft_us) as f64 / 1e6),
+    );
+    put(
+        "time_to_first_token_seconds_count",
+        "counter",
+        "Requests that produced a first token.",
+        ttft_n.to_string(),
+    );
+    put(
+        "generation_tokens_per_second",
+        "gauge",
+        "Tokens generated per second in the last step.",
+        format!("{:.3}", g(&m.tps_milli) as f64 / 1000.0),
+    );
+    put(
+        "busy_seconds_total",
+        "counter",
+        "Time spent in forward passes.",
+        format!("{:.6}", g(&m.busy_us) as f64 / 1e6),
+    );
+    put(
+        "queue_length",
+        "gauge",
+        "Requests waiting for admission.",
+        app.metrics.waiting.load(Relaxed).to_string(),
+    );
+    put(
+        "running_sequences",
+        "gauge",
+        "Sequences being processed.",
+        g(&m.running).to_string(),
+    );
     let (used, total) = (g(&m.pages_used), g(&m.pages_total).max(1));
-    put("kv_cache_usage_ratio", "gauge", "Share of KV pages held by running sequences.", format!("{:.4}", used as f64 / total as f64));
-    put("kv_cache_pages_total", "gauge", "Pages in the KV pool.", total.to_string());
-    put("preemptions_total", "counter", "Sequences preempted for lack of KV pages.", g(&m.preempted).to_string());
+    put(
+        "kv_cache_usage_ratio",
+        "gauge",
+        "Share of KV pages held by running sequences.",
+        format!("{:.4}", used as f64 / total as f64),
+    );
+    put(
+        "kv_cache_pages_total",
+        "gauge",
+        "Pages in the KV pool.",
+        total.to_string(),
+    );
+    put(
+        "preemptions_total",
+        "counter",
+        "Sequences preempted for lack of KV pages.",
+        g(&m.preempted).to_string(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s).into_response()
 }
 
@@ -214,10 +289,15 @@ struct TokenizeReq {
 }
 
 /// POST /tokenize
-pub async fn tokenize(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult<axum::Json<Value>> {
+pub async fn tokenize(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<axum::Json<Value>> {
     let r: TokenizeReq = parse(body)?;
     let tk = &app.eng.tokenizer;
-    let ids = tk.encode(&r.content, r.add_special).map_err(|e| ApiError::bad(e.to_string()))?;
+    let ids = tk
+        .encode(&r.content, r.add_special)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     if r.with_pieces {
         let t: Vec<Value> = ids
             .iter()
@@ -235,13 +315,21 @@ struct DetokenizeReq {
 }
 
 /// POST /detokenize
-pub async fn detokenize(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult<axum::Json<Value>> {
+pub async fn detokenize(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<axum::Json<Value>> {
     let r: DetokenizeReq = parse(body)?;
     let nv = app.eng.model.cfg.n_vocab;
     if let Some(bad) = r.tokens.iter().find(|&&t| t as usize >= nv) {
-        return Err(ApiError::bad(format!("token id {bad} is outside the vocabulary of {nv}")).param("tokens"));
+        return Err(
+            ApiError::bad(format!("token id {bad} is outside the vocabulary of {nv}"))
+                .param("tokens"),
+        );
     }
-    Ok(axum::Json(json!({"content": app.eng.tokenizer.decode(&r.tokens)})))
+    Ok(axum::Json(
+        json!({"content": app.eng.tokenizer.decode(&r.tokens)}),
+    ))
 }
 
 fn check_model(app: &App, m: Option<&str>) -> ApiResult<()> {
@@ -250,7 +338,10 @@ fn check_model(app: &App, m: Option<&str>) -> ApiResult<()> {
         Some(m) if m == app.model_id || app.aliases.iter().any(|a| a == m) => Ok(()),
         Some(m) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("The model '{m}' does not exist; this server serves '{}'", app.model_id),
+            format!(
+                "The model '{m}' does not exist; this server serves '{}'",
+                app.model_id
+            ),
         )
         .param("model")
         .code("model_not_found")),
@@ -354,7 +445,10 @@ fn sampling(c: &Common) -> ApiResult<SamplingParams> {
     let mut p = SamplingParams::default();
     if let Some(t) = c.temperature {
         if !(0.0..=2.0).contains(&t) {
-            return Err(ApiError::bad(format!("temperature must be in [0, 2], got {t}")).param("temperature"));
+            return Err(
+                ApiError::bad(format!("temperature must be in [0, 2], got {t}"))
+                    .param("temperature"),
+            );
         }
         p.temperature = t;
     }
@@ -395,7 +489,12 @@ fn stops(c: &Common) -> ApiResult<Vec<String>> {
 }
 
 /// Check the prompt's length against the context and settle `max_tokens`.
-fn budget(app: &App, n_prompt: usize, requested: Option<u64>, default: Option<usize>) -> ApiResult<usize> {
+fn budget(
+    app: &App,
+    n_prompt: usize,
+    requested: Option<u64>,
+    default: Option<usize>,
+) -> ApiResult<usize> {
     if n_prompt == 0 {
         return Err(ApiError::bad("the prompt is empty").param("prompt"));
     }
@@ -422,14 +521,22 @@ fn content_text(v: Option<&Value>) -> ApiResult<String> {
         Some(Value::Array(parts)) => {
             let mut s = String::new();
             for p in parts {
-                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").and_then(Value::as_str),
+                ) {
                     (Some("text"), Some(t)) => s.push_str(t),
-                    _ => return Err(ApiError::bad("only text content parts are supported").param("messages")),
+                    _ => {
+                        return Err(ApiError::bad("only text content parts are supported")
+                            .param("messages"));
+                    }
                 }
             }
             Ok(s)
         }
-        Some(_) => Err(ApiError::bad("message content must be a string or a list of parts").param("messages")),
+        Some(_) => Err(
+            ApiError::bad("message content must be a string or a list of parts").param("messages"),
+        ),
     }
 }
 
@@ -461,7 +568,9 @@ fn chat_messages(app: &App, req: &ChatReq, tools: &[Tool]) -> ApiResult<Vec<Valu
                 for c in calls {
                     let f = c.get("function").cloned().unwrap_or(Value::Null);
                     let args = match f.get("arguments") {
-                        Some(Value::String(s)) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+                        Some(Value::String(s)) => {
+                            serde_json::from_str(s).unwrap_or(Value::String(s.clone()))
+                        }
                         Some(v) => v.clone(),
                         None => json!({}),
                     };
@@ -521,7 +630,9 @@ fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, bool)> {
         Some(Value::String(s)) if s == "none" => tools.clear(),
         Some(Value::String(s)) if s == "required" => {
             if tools.is_empty() {
-                return Err(ApiError::bad("tool_choice 'required' needs tools").param("tool_choice"));
+                return Err(
+                    ApiError::bad("tool_choice 'required' needs tools").param("tool_choice")
+                );
             }
             forced = Some(tools.clone());
         }
@@ -529,11 +640,17 @@ fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, bool)> {
             let name = v
                 .pointer("/function/name")
                 .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::bad("tool_choice must be none, auto, required or a function").param("tool_choice"))?;
+                .ok_or_else(|| {
+                    ApiError::bad("tool_choice must be none, auto, required or a function")
+                        .param("tool_choice")
+                })?;
             let t = tools
                 .iter()
                 .find(|t| t.function.name == name)
-                .ok_or_else(|| ApiError::bad(format!("tool_choice names '{name}', which is not in tools")).param("tool_choice"))?;
+                .ok_or_else(|| {
+                    ApiError::bad(format!("tool_choice names '{name}', which is not in tools"))
+                        .param("tool_choice")
+                })?;
             forced = Some(vec![t.clone()]);
         }
     }
@@ -541,9 +658,20 @@ fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, bool)> {
         Some(ts) => {
             let list: Vec<(String, Value)> = ts
                 .iter()
-                .map(|t| (t.function.name.clone(), t.function.parameters.clone().unwrap_or(json!({"type": "object"}))))
+                .map(|t| {
+                    (
+                        t.function.name.clone(),
+                        t.function
+                            .parameters
+                            .clone()
+                            .unwrap_or(json!({"type": "object"})),
+                    )
+                })
                 .collect();
-            Some(Grammar::tool_call(&list).map_err(|e| ApiError::bad(format!("tool parameters: {e}")).param("tools"))?)
+            Some(
+                Grammar::tool_call(&list)
+                    .map_err(|e| ApiError::bad(format!("tool parameters: {e}")).param("tools"))?,
+            )
         }
         None => None,
     };
@@ -552,16 +680,27 @@ fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, bool)> {
             Some("text") => None,
             Some("json_object") => Some(Grammar::json_object()),
             Some("json_schema") => {
-                let schema = rf
-                    .pointer("/json_schema/schema")
-                    .ok_or_else(|| ApiError::bad("response_format json_schema needs json_schema.schema").param("response_format"))?;
-                Some(Grammar::json_schema(schema).map_err(|e| ApiError::bad(format!("json_schema: {e}")).param("response_format"))?)
+                let schema = rf.pointer("/json_schema/schema").ok_or_else(|| {
+                    ApiError::bad("response_format json_schema needs json_schema.schema")
+                        .param("response_format")
+                })?;
+                Some(Grammar::json_schema(schema).map_err(|e| {
+                    ApiError::bad(format!("json_schema: {e}")).param("response_format")
+                })?)
             }
-            _ => return Err(ApiError::bad("response_format.type must be text, json_object or json_schema").param("response_format")),
+            _ => {
+                return Err(ApiError::bad(
+                    "response_format.type must be text, json_object or json_schema",
+                )
+                .param("response_format"));
+            }
         };
         if g.is_some() {
             if grammar.is_some() {
-                return Err(ApiError::bad("a forced tool call and a response_format cannot both apply").param("response_format"));
+                return Err(ApiError::bad(
+                    "a forced tool call and a response_format cannot both apply",
+                )
+                .param("response_format"));
             }
             grammar = g;
         }
@@ -569,18 +708,40 @@ fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, bool)> {
     let messages = chat_messages(app, req, &tools)?;
     let text = app
         .template
-        .render_with(&messages, (!tools.is_empty()).then(|| {
-            tools.iter().map(|t| json!({"type": "function", "function": t.function})).collect::<Vec<_>>()
-        }).as_ref(), true)
+        .render_with(
+            &messages,
+            (!tools.is_empty())
+                .then(|| {
+                    tools
+                        .iter()
+                        .map(|t| json!({"type": "function", "function": t.function}))
+                        .collect::<Vec<_>>()
+                })
+                .as_ref(),
+            true,
+        )
         .map_err(|e| ApiError::bad(e.to_string()).param("messages"))?;
-    let prompt = app.eng.tokenizer.encode(&text, true).map_err(|e| ApiError::bad(e.to_string()))?;
+    let prompt = app
+        .eng
+        .tokenizer
+        .encode(&text, true)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     let top_logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
-        (_, Some(k)) if k > 20 => return Err(ApiError::bad("top_logprobs must be in [0, 20]").param("top_logprobs")),
+        (_, Some(k)) if k > 20 => {
+            return Err(ApiError::bad("top_logprobs must be in [0, 20]").param("top_logprobs"));
+        }
         (true, k) => Some(k.unwrap_or(0) as usize),
-        (false, Some(_)) => return Err(ApiError::bad("top_logprobs needs logprobs: true").param("top_logprobs")),
+        (false, Some(_)) => {
+            return Err(ApiError::bad("top_logprobs needs logprobs: true").param("top_logprobs"));
+        }
         (false, None) => None,
     };
-    let max = budget(app, prompt.len(), req.max_completion_tokens.or(c.max_tokens), None)?;
+    let max = budget(
+        app,
+        prompt.len(),
+        req.max_completion_tokens.or(c.max_tokens),
+        None,
+    )?;
     let parse_tools = !tools.is_empty();
     Ok((
         Gen {
@@ -622,7 +783,11 @@ struct Piece {
 fn submit(app: &App, g: Gen) -> ApiResult<Run> {
     if app.metrics.waiting.load(Relaxed) as usize >= app.max_queue {
         app.metrics.rejected.fetch_add(1, Relaxed);
-        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "the server is busy: the request queue is full; retry later").code("rate_limit_exceeded"));
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "the server is busy: the request queue is full; retry later",
+        )
+        .code("rate_limit_exceeded"));
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let n_prompt = g.prompt.len();
@@ -637,9 +802,18 @@ fn submit(app: &App, g: Gen) -> ApiResult<Run> {
         received: Instant::now(),
     };
     app.metrics.waiting.fetch_add(1, Relaxed);
-    if app.tx.lock().map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "scheduler lock poisoned"))?.send(job).is_err() {
+    if app
+        .tx
+        .lock()
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "scheduler lock poisoned"))?
+        .send(job)
+        .is_err()
+    {
         app.metrics.waiting.fetch_sub(1, Relaxed);
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the scheduler has stopped"));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the scheduler has stopped",
+        ));
     }
     Ok(Run {
         rx,
@@ -674,7 +848,10 @@ impl Run {
                         return Ok(Some(p));
                     }
                 }
-                Some(Event::Done { finish, cached_tokens }) => {
+                Some(Event::Done {
+                    finish,
+                    cached_tokens,
+                }) => {
                     self.cached = cached_tokens;
                     let rest = self.dec.flush();
                     self.text.push_str(&rest);
@@ -693,7 +870,10 @@ impl Run {
                     return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e));
                 }
                 None => {
-                    return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the scheduler dropped the request"));
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the scheduler dropped the request",
+                    ));
                 }
             }
         }
@@ -703,7 +883,11 @@ impl Run {
         let from = self.sent;
         self.stops
             .iter()
-            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| (from + i, s.len())))
+            .filter_map(|s| {
+                self.text[from..]
+                    .find(s.as_str())
+                    .map(|i| (from + i, s.len()))
+            })
             .min()
     }
 
@@ -814,11 +998,18 @@ fn parse_tool_calls(text: &str) -> (String, Vec<Value>) {
 }
 
 /// POST /v1/chat/completions
-pub async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+pub async fn chat(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
     let req: ChatReq = parse(body)?;
     check_model(&app, req.common.model.as_deref())?;
     let (g, parse_tools) = chat_gen(&app, &req)?;
-    let include_usage = req.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let include_usage = req
+        .common
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
     let want_lp = g.top_logprobs.is_some();
     let mut run = submit(&app, g)?;
     let id = new_id("chatcmpl");
@@ -839,7 +1030,11 @@ pub async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejectio
                 finish = "tool_calls";
             }
         }
-        let lp = if want_lp { chat_logprobs(&app.eng, &toks) } else { Value::Null };
+        let lp = if want_lp {
+            chat_logprobs(&app.eng, &toks)
+        } else {
+            Value::Null
+        };
         return Ok(axum::Json(json!({
             "id": id,
             "object": "chat.completion",
@@ -863,9 +1058,19 @@ pub async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejectio
         };
         let send = |v: Value| {
             let tx = tx.clone();
-            async move { tx.send(Ok(SseEvent::default().data(v.to_string()))).await.is_ok() }
+            async move {
+                tx.send(Ok(SseEvent::default().data(v.to_string())))
+                    .await
+                    .is_ok()
+            }
         };
-        if !send(chunk(json!({"role": "assistant", "content": ""}), Value::Null, Value::Null)).await {
+        if !send(chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+            Value::Null,
+        ))
+        .await
+        {
             return;
         }
         // with tools, output that opens with <tool_call> is held and sent as tool_calls
@@ -881,11 +1086,16 @@ pub async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejectio
                 Ok(Some(p)) => p,
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = send(json!({"error": {"message": e.message, "type": "server_error"}})).await;
+                    let _ = send(json!({"error": {"message": e.message, "type": "server_error"}}))
+                        .await;
                     return;
                 }
             };
-            let lp = if want_lp { chat_logprobs(&app2.eng, &p.tokens) } else { Value::Null };
+            let lp = if want_lp {
+                chat_logprobs(&app2.eng, &p.tokens)
+            } else {
+                Value::Null
+            };
             let mut text = p.text;
             if holding {
                 held.push_str(&text);
@@ -962,10 +1172,15 @@ fn completion_gen(app: &App, req: &CompletionReq) -> ApiResult<Gen> {
     };
     let nv = app.eng.model.cfg.n_vocab;
     if let Some(bad) = prompt.iter().find(|&&t| t as usize >= nv) {
-        return Err(ApiError::bad(format!("token id {bad} is outside the vocabulary of {nv}")).param("prompt"));
+        return Err(
+            ApiError::bad(format!("token id {bad} is outside the vocabulary of {nv}"))
+                .param("prompt"),
+        );
     }
     let top = match req.logprobs {
-        Some(k) if k > 5 => return Err(ApiError::bad("logprobs must be in [0, 5]").param("logprobs")),
+        Some(k) if k > 5 => {
+            return Err(ApiError::bad("logprobs must be in [0, 5]").param("logprobs"));
+        }
         k => k.map(|k| k as usize),
     };
     let max = budget(app, prompt.len(), c.max_tokens, Some(16))?;
@@ -981,7 +1196,11 @@ fn completion_gen(app: &App, req: &CompletionReq) -> ApiResult<Gen> {
 }
 
 /// Legacy completions logprobs for `toks` whose text starts at `offset`.
-fn completion_logprobs(eng: &Engine, toks: &[(u32, Option<TokenLogprob>)], mut offset: usize) -> Value {
+fn completion_logprobs(
+    eng: &Engine,
+    toks: &[(u32, Option<TokenLogprob>)],
+    mut offset: usize,
+) -> Value {
     let mut tokens = Vec::new();
     let mut lps = Vec::new();
     let mut tops = Vec::new();
@@ -994,7 +1213,11 @@ fn completion_logprobs(eng: &Engine, toks: &[(u32, Option<TokenLogprob>)], mut o
         match lp {
             Some(lp) => {
                 lps.push(json!(lp.logprob));
-                let m: serde_json::Map<String, Value> = lp.top.iter().map(|&(t, l)| (token_str(eng, t), json!(l))).collect();
+                let m: serde_json::Map<String, Value> = lp
+                    .top
+                    .iter()
+                    .map(|&(t, l)| (token_str(eng, t), json!(l)))
+                    .collect();
                 tops.push(Value::Object(m));
             }
             None => {
@@ -1009,19 +1232,30 @@ fn completion_logprobs(eng: &Engine, toks: &[(u32, Option<TokenLogprob>)], mut o
 }
 
 /// POST /v1/completions
-pub async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+pub async fn completions(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
     let req: CompletionReq = parse(body)?;
     check_model(&app, req.common.model.as_deref())?;
     let g = completion_gen(&app, &req)?;
     let prompt = g.prompt.clone();
     let want_lp = g.top_logprobs.is_some();
-    let include_usage = req.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let include_usage = req
+        .common
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
     let echo = req.echo;
     let mut run = submit(&app, g)?;
     let id = new_id("cmpl");
     let created = now();
     let model = app.model_id.clone();
-    let prompt_text = if echo { app.eng.tokenizer.decode(&prompt) } else { String::new() };
+    let prompt_text = if echo {
+        app.eng.tokenizer.decode(&prompt)
+    } else {
+        String::new()
+    };
     if !req.common.stream {
         let mut toks = Vec::new();
         while let Some(p) = run.next(&app.eng).await? {
@@ -1035,10 +1269,19 @@ pub async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesR
                     all.push((prompt[i + 1], Some(lp.clone())));
                 }
             }
-            let off = all.iter().map(|(t, _)| token_str(&app.eng, *t).len()).sum::<usize>();
+            let off = all
+                .iter()
+                .map(|(t, _)| token_str(&app.eng, *t).len())
+                .sum::<usize>();
             let mut v = completion_logprobs(&app.eng, &all, 0);
             let gen_v = completion_logprobs(&app.eng, &toks, off);
-            for k in ["tokens", "token_logprobs", "top_logprobs", "text_offset", "token_ids"] {
+            for k in [
+                "tokens",
+                "token_logprobs",
+                "top_logprobs",
+                "text_offset",
+                "token_ids",
+            ] {
                 let extra = gen_v[k].as_array().cloned().unwrap_or_default();
                 v[k].as_array_mut().map(|a| a.extend(extra));
             }
@@ -1065,7 +1308,11 @@ pub async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesR
         };
         let send = |v: Value| {
             let tx = tx.clone();
-            async move { tx.send(Ok(SseEvent::default().data(v.to_string()))).await.is_ok() }
+            async move {
+                tx.send(Ok(SseEvent::default().data(v.to_string())))
+                    .await
+                    .is_ok()
+            }
         };
         if echo && !send(chunk(prompt_text, Value::Null, Value::Null)).await {
             return;
@@ -1080,11 +1327,16 @@ pub async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesR
                 Ok(Some(p)) => p,
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = send(json!({"error": {"message": e.message, "type": "server_error"}})).await;
+                    let _ = send(json!({"error": {"message": e.message, "type": "server_error"}}))
+                        .await;
                     return;
                 }
             };
-            let lp = if want_lp { completion_logprobs(&app2.eng, &p.tokens, 0) } else { Value::Null };
+            let lp = if want_lp {
+                completion_logprobs(&app2.eng, &p.tokens, 0)
+            } else {
+                Value::Null
+            };
             if p.text.is_empty() && p.tokens.is_empty() {
                 continue;
             }

@@ -177,11 +177,16 @@ impl Compiler<'_> {
         }
         for key in ["anyOf", "oneOf"] {
             if let Some(a) = o.get(key) {
-                let a = a.as_array().ok_or_else(|| format!("{key} must be an array"))?;
+                let a = a
+                    .as_array()
+                    .ok_or_else(|| format!("{key} must be an array"))?;
                 if a.is_empty() {
                     return Err(format!("{key} must not be empty"));
                 }
-                let alts = a.iter().map(|v| self.compile(v)).collect::<Result<_, _>>()?;
+                let alts = a
+                    .iter()
+                    .map(|v| self.compile(v))
+                    .collect::<Result<_, _>>()?;
                 return Ok(self.push(Node::AnyOf(alts)));
             }
         }
@@ -219,7 +224,9 @@ impl Compiler<'_> {
                         Some(i) => self.compile(i)?,
                         None => self.any_value(),
                     };
-                    let num = |k: &str, d: usize| o.get(k).and_then(Value::as_u64).map_or(d, |v| v as usize);
+                    let num = |k: &str, d: usize| {
+                        o.get(k).and_then(Value::as_u64).map_or(d, |v| v as usize)
+                    };
                     let (min, max) = (num("minItems", 0), num("maxItems", usize::MAX));
                     if min > max {
                         return Err("minItems is larger than maxItems".into());
@@ -607,7 +614,11 @@ impl Grammar {
                     _ => {}
                 }
             }
-            Frame::Arr { node, st: os, count } => {
+            Frame::Arr {
+                node,
+                st: os,
+                count,
+            } => {
                 let Node::Array { items, min, max } = self.nodes[node] else {
                     return;
                 };
@@ -739,11 +750,11 @@ mod tests {
             assert!(full(m(s.clone()), g), "{g}");
         }
         let bad = [
-            r#"{"age": 3, "name": "a"}"#,          // out of order
-            r#"{"name": "a"}"#,                    // age missing
-            r#"{"name": "a", "age": 1.5}"#,        // not an integer
-            r#"{"name": "a", "age": 01}"#,         // leading zero
-            r#"{"name": "a", "age": 1, "x": 1}"#,  // unknown key
+            r#"{"age": 3, "name": "a"}"#,         // out of order
+            r#"{"name": "a"}"#,                   // age missing
+            r#"{"name": "a", "age": 1.5}"#,       // not an integer
+            r#"{"name": "a", "age": 01}"#,        // leading zero
+            r#"{"name": "a", "age": 1, "x": 1}"#, // unknown key
             r#"{"name": "a", "age": 1, "tags": ["c"]}"#,
             r#"{"name": "a", "age": 1, "tags": ["a","a","a"]}"#,
             r#"{"name": "a", "age": 1} x"#,
@@ -763,7 +774,10 @@ mod tests {
     #[test]
     fn any_json_refs_and_tool_calls() {
         let obj = Matcher::new(Arc::new(Grammar::json_object()));
-        assert!(full(obj.clone(), r#"{"a": [1, {"b": null}, "x", 2.5e-3], "c": {}}"#));
+        assert!(full(
+            obj.clone(),
+            r#"{"a": [1, {"b": null}, "x", 2.5e-3], "c": {}}"#
+        ));
         assert!(!full(obj.clone(), r#"[1]"#));
         assert!(!full(obj, r#"{"a": tru}"#));
         let rec = json!({
@@ -773,11 +787,20 @@ mod tests {
             }, "required": ["v"]}},
             "$ref": "#/$defs/node"
         });
-        assert!(full(m(rec.clone()), r#"{"v": 1, "kids": [{"v": 2, "kids": []}]}"#));
+        assert!(full(
+            m(rec.clone()),
+            r#"{"v": 1, "kids": [{"v": 2, "kids": []}]}"#
+        ));
         assert!(!full(m(rec), r#"{"v": 1, "kids": [{"kids": []}]}"#));
         let tools = vec![
-            ("get_weather".to_string(), json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})),
-            ("get_time".to_string(), json!({"type": "object", "properties": {}})),
+            (
+                "get_weather".to_string(),
+                json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+            ),
+            (
+                "get_time".to_string(),
+                json!({"type": "object", "properties": {}}),
+            ),
         ];
         let g = Arc::new(Grammar::tool_call(&tools).unwrap());
         assert!(full(
@@ -788,7 +811,10 @@ mod tests {
             Matcher::new(g.clone()),
             "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n</tool_call>"
         ));
-        assert!(!full(Matcher::new(g), "{\"name\": \"get_time\", \"arguments\": {}}"));
+        assert!(!full(
+            Matcher::new(g),
+            "{\"name\": \"get_time\", \"arguments\": {}}"
+        ));
         // whitespace runs are capped
         let mut mt = m(json!({"type": "object"}));
         assert!(mt.accept(b"{"));

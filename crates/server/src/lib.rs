@@ -48,7 +48,9 @@ pub fn pool_pages(eng: &Engine, opts: &Options) -> usize {
     let per_page = eng.model.kv_pool_bytes_per_token() * opts.page_size;
     let budget = opts.kv_bytes / per_page.max(1);
     let want = (opts.n_ctx * opts.parallel).div_ceil(opts.page_size);
-    budget.min(want).max(opts.n_ctx.div_ceil(opts.page_size) + 1)
+    budget
+        .min(want)
+        .max(opts.n_ctx.div_ceil(opts.page_size) + 1)
 }
 
 /// The HTTP routes over `app`.

@@ -299,7 +299,9 @@ impl Scheduler {
                 self.metrics
                     .prompt_tokens
                     .fetch_add(s.prompt_len as u64, Relaxed);
-                self.metrics.cached_tokens.fetch_add(s.cached as u64, Relaxed);
+                self.metrics
+                    .cached_tokens
+                    .fetch_add(s.cached as u64, Relaxed);
             }
             self.running.push(s);
         }
@@ -404,10 +406,10 @@ impl Scheduler {
             .collect();
         let mut logits = Vec::new();
         let t0 = Instant::now();
-        let r = self
-            .eng
-            .model
-            .forward_batch(&mut self.pool, &mut self.scratch, &batch, &mut logits);
+        let r =
+            self.eng
+                .model
+                .forward_batch(&mut self.pool, &mut self.scratch, &batch, &mut logits);
         drop(batch);
         let dt = t0.elapsed();
         self.metrics
@@ -472,21 +474,30 @@ impl Scheduler {
                     s.generated += 1;
                     self.metrics.generated_tokens.fetch_add(1, Relaxed);
                     if s.generated >= s.job.max_tokens || s.tokens.len() >= self.cfg.n_ctx {
-                        done.push((i, Event::Done {
-                            finish: Finish::Length,
-                            cached_tokens: s.reported_cache.unwrap_or(0),
-                        }));
+                        done.push((
+                            i,
+                            Event::Done {
+                                finish: Finish::Length,
+                                cached_tokens: s.reported_cache.unwrap_or(0),
+                            },
+                        ));
                     } else if s.matcher.as_ref().is_some_and(|m| m.is_finished()) {
-                        done.push((i, Event::Done {
-                            finish: Finish::Stop,
-                            cached_tokens: s.reported_cache.unwrap_or(0),
-                        }));
+                        done.push((
+                            i,
+                            Event::Done {
+                                finish: Finish::Stop,
+                                cached_tokens: s.reported_cache.unwrap_or(0),
+                            },
+                        ));
                     }
                 }
-                None => done.push((i, Event::Done {
-                    finish: Finish::Stop,
-                    cached_tokens: s.reported_cache.unwrap_or(0),
-                })),
+                None => done.push((
+                    i,
+                    Event::Done {
+                        finish: Finish::Stop,
+                        cached_tokens: s.reported_cache.unwrap_or(0),
+                    },
+                )),
             }
         }
         if n_decoded > 0 && dt.as_micros() > 0 {
