@@ -237,7 +237,8 @@ def test_error_classes():
                 {"presence_penalty": 3}, {"n": 2}, {"top_logprobs": 3},
                 {"messages": []}, {"messages": [{"role": "wizard", "content": "x"}]},
                 {"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "frob"}}}},
-                {"tool_choice": "required"}):
+                {"tool_choice": "required"}, {"frobnicate": 1}, {"logit_bias": {"x": 1}},
+                {"logit_bias": {"5": 500}}, {"stop": ["a", "b", "c", "d", "e"]}):
         body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **bad}
         s, b = post("/v1/chat/completions", body)
         assert s == 400 and "message" in b["error"], (bad, s, b)
@@ -327,6 +328,10 @@ def test_completions_and_tokenize_endpoints():
     assert s == 200 and s2 == 200 and d["content"] == "Hello world"
     s, _ = post("/detokenize", {"tokens": [10 ** 8]})
     assert s == 400
+    # logit_bias: a +100 bias makes a token the greedy choice
+    _, t = post("/tokenize", {"content": " banana"})
+    r = ask("Hi", max_tokens=1, temperature=0, logit_bias={str(t["tokens"][0]): 100})
+    assert r.choices[0].message.content == " banana", r.choices[0].message.content
     # stop strings end the text before them
     r = ask("Count from 1 to 10, separated by commas.", max_tokens=40, temperature=0, stop=["5"])
     assert "5" not in r.choices[0].message.content and r.choices[0].finish_reason == "stop"

@@ -120,6 +120,55 @@ fn parse<T: for<'de> Deserialize<'de>>(body: Result<Bytes, BytesRejection>) -> A
     serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("invalid request body: {e}")))
 }
 
+/// Fields both generation endpoints take: OpenAI's (some accepted and ignored, such as
+/// `user`) and the sampling extensions llama.cpp's server also takes.
+const COMMON_FIELDS: &[&str] = &[
+    "model", "stream", "stream_options", "max_tokens", "stop", "temperature", "top_p", "top_k",
+    "min_p", "repeat_penalty", "seed", "presence_penalty", "frequency_penalty", "n",
+    "logit_bias", "user", "metadata", "store", "service_tier", "prompt_cache_key",
+    "safety_identifier",
+];
+const CHAT_FIELDS: &[&str] = &[
+    "messages", "max_completion_tokens", "logprobs", "top_logprobs", "tools", "tool_choice",
+    "response_format", "parallel_tool_calls", "modalities", "reasoning_effort", "verbosity",
+];
+const COMPLETION_FIELDS: &[&str] = &["prompt", "echo", "logprobs", "suffix", "best_of"];
+
+/// Parse a generation request: like OpenAI, a field the endpoint does not know is a 400.
+fn parse_checked<T: for<'de> Deserialize<'de>>(
+    body: Result<Bytes, BytesRejection>,
+    own: &[&str],
+) -> ApiResult<T> {
+    let v: Value = parse(body)?;
+    let Value::Object(o) = &v else {
+        return Err(ApiError::bad("the request body must be a JSON object"));
+    };
+    if let Some(k) = o
+        .keys()
+        .find(|k| !COMMON_FIELDS.contains(&k.as_str()) && !own.contains(&k.as_str()))
+    {
+        return Err(ApiError::bad(format!("Unrecognized request argument supplied: {k}")));
+    }
+    serde_json::from_value(v).map_err(|e| ApiError::bad(format!("invalid request body: {e}")))
+}
+
+/// `logit_bias`: token id (as a string key) -> bias in [-100, 100].
+fn logit_bias(v: &Option<std::collections::HashMap<String, f32>>, n_vocab: usize) -> ApiResult<Vec<(u32, f32)>> {
+    let mut out = Vec::new();
+    for (k, &b) in v.iter().flatten() {
+        let t: u32 = k
+            .parse()
+            .ok()
+            .filter(|&t: &u32| (t as usize) < n_vocab)
+            .ok_or_else(|| ApiError::bad(format!("logit_bias key '{k}' is not a token id below {n_vocab}")).param("logit_bias"))?;
+        if !(-100.0..=100.0).contains(&b) {
+            return Err(ApiError::bad(format!("logit_bias values must be in [-100, 100], got {b}")).param("logit_bias"));
+        }
+        out.push((t, b));
+    }
+    Ok(out)
+}
+
 /// Require the API key, when one is set.
 pub async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     if let Some(key) = &app.api_key {
@@ -379,6 +428,8 @@ struct Common {
     presence_penalty: Option<f32>,
     frequency_penalty: Option<f32>,
     n: Option<u32>,
+    logit_bias: Option<std::collections::HashMap<String, f32>>,
+    best_of: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -439,6 +490,7 @@ struct Gen {
     top_logprobs: Option<usize>,
     prompt_logprobs: bool,
     grammar: Option<Arc<Grammar>>,
+    logit_bias: Vec<(u32, f32)>,
 }
 
 fn sampling(c: &Common) -> ApiResult<SamplingParams> {
@@ -752,6 +804,7 @@ fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, bool)> {
             top_logprobs,
             prompt_logprobs: false,
             grammar: grammar.map(Arc::new),
+            logit_bias: logit_bias(&c.logit_bias, app.eng.model.cfg.n_vocab)?,
         },
         parse_tools,
     ))
@@ -798,6 +851,7 @@ fn submit(app: &App, g: Gen) -> ApiResult<Run> {
         top_logprobs: g.top_logprobs,
         prompt_logprobs: g.prompt_logprobs,
         grammar: g.grammar,
+        logit_bias: g.logit_bias,
         events: tx,
         received: Instant::now(),
     };
@@ -1002,7 +1056,7 @@ pub async fn chat(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let req: ChatReq = parse(body)?;
+    let req: ChatReq = parse_checked(body, CHAT_FIELDS)?;
     check_model(&app, req.common.model.as_deref())?;
     let (g, parse_tools) = chat_gen(&app, &req)?;
     let include_usage = req
@@ -1158,6 +1212,9 @@ fn completion_gen(app: &App, req: &CompletionReq) -> ApiResult<Gen> {
     if c.n.unwrap_or(1) != 1 {
         return Err(ApiError::bad("only n = 1 is supported").param("n"));
     }
+    if c.best_of.unwrap_or(1) != 1 {
+        return Err(ApiError::bad("only best_of = 1 is supported").param("best_of"));
+    }
     if req.suffix.is_some() {
         return Err(ApiError::bad("suffix is not supported").param("suffix"));
     }
@@ -1192,6 +1249,7 @@ fn completion_gen(app: &App, req: &CompletionReq) -> ApiResult<Gen> {
         top_logprobs: top,
         prompt_logprobs: req.echo && top.is_some(),
         grammar: None,
+        logit_bias: logit_bias(&c.logit_bias, nv)?,
     })
 }
 
@@ -1236,7 +1294,7 @@ pub async fn completions(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let req: CompletionReq = parse(body)?;
+    let req: CompletionReq = parse_checked(body, COMPLETION_FIELDS)?;
     check_model(&app, req.common.model.as_deref())?;
     let g = completion_gen(&app, &req)?;
     let prompt = g.prompt.clone();

@@ -31,6 +31,8 @@ pub struct Job {
     pub prompt_logprobs: bool,
     /// Constrain the output to this grammar.
     pub grammar: Option<Arc<Grammar>>,
+    /// Added to the logits of these tokens before sampling.
+    pub logit_bias: Vec<(u32, f32)>,
     /// Where results go; dropping the receiver cancels the request.
     pub events: UnboundedSender<Event>,
     /// When the server received it.
@@ -519,6 +521,9 @@ fn sample(eng: &Engine, s: &mut Seq, row: &mut [f32]) -> Option<u32> {
     let raw = s.job.top_logprobs.map(|_| row.to_vec());
     let generated = &s.tokens[s.prompt_len..];
     s.sampler.apply_penalties(row, generated);
+    for &(t, b) in &s.job.logit_bias {
+        row[t as usize] += b;
+    }
     let tok = match &mut s.matcher {
         None => s.sampler.pick(row),
         Some(m) => {
