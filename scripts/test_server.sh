@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Integration tests of `hearth serve smollm2` with the official `openai` Python client
 # (tests/server/test_openai.py). Installs openai + jsonschema into .venv-tests (git-ignored)
-# on first use, starts two servers on free ports (a plain one, and one with an API key, one
-# slot and a queue of one), runs the tests and stops the servers. Expects a release build.
+# on first use, starts three servers on free ports (a plain one; one with an API key, one
+# slot and a queue of one; one whose KV pool is too small for its four slots), runs the tests
+# and stops the servers. Expects a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv-tests
@@ -13,13 +14,15 @@ fi
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "openai>=1.40" jsonschema
 bin="$PWD/target/release/hearth"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-p1=$(free_port); p2=$(free_port)
+p1=$(free_port); p2=$(free_port); p3=$(free_port)
 key="test-key-$RANDOM"
-log1=$(mktemp); log2=$(mktemp)
+log1=$(mktemp); log2=$(mktemp); log3=$(mktemp)
 "$bin" serve smollm2 --port "$p1" >"$log1" 2>&1 & s1=$!
 "$bin" serve smollm2 --port "$p2" --parallel 1 --queue 1 --api-key "$key" >"$log2" 2>&1 & s2=$!
-trap 'kill $s1 $s2 2>/dev/null; wait $s1 $s2 2>/dev/null; rm -f "$log1" "$log2"' EXIT
-for p in $p1 $p2; do
+# a KV pool of one context (17 pages of 16) for 4 sequences: generation must preempt
+"$bin" serve smollm2 --port "$p3" --parallel 4 --ctx 256 --kv-mib 1 >"$log3" 2>&1 & s3=$!
+trap 'kill $s1 $s2 $s3 2>/dev/null; wait $s1 $s2 $s3 2>/dev/null; rm -f "$log1" "$log2" "$log3"' EXIT
+for p in $p1 $p2 $p3; do
   for _ in $(seq 1 300); do
     curl -sf "http://127.0.0.1:$p/health" >/dev/null 2>&1 && break
     python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$p/health')" 2>/dev/null && break
@@ -28,6 +31,7 @@ for p in $p1 $p2; do
 done
 status=0
 HEARTH_URL="http://127.0.0.1:$p1" HEARTH_URL_LIMITED="http://127.0.0.1:$p2" HEARTH_KEY="$key" \
+  HEARTH_URL_SMALL_POOL="http://127.0.0.1:$p3" \
   HEARTH_BIN="$bin" "$venv/bin/python" tests/server/test_openai.py "$@" || status=$?
 if [ $status != 0 ]; then echo "--- server log"; tail -n 30 "$log1"; fi
 exit $status

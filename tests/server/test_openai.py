@@ -20,6 +20,7 @@ import openai
 
 URL = os.environ["HEARTH_URL"]
 URL_LIMITED = os.environ["HEARTH_URL_LIMITED"]
+URL_SMALL_POOL = os.environ["HEARTH_URL_SMALL_POOL"]
 KEY = os.environ["HEARTH_KEY"]
 HEARTH = os.environ["HEARTH_BIN"]
 MODEL = "smollm2"
@@ -301,6 +302,26 @@ def test_api_key_and_queue_limit():
     for t in threads:
         t.join()
     assert "429" in results and "ok" in results, results
+
+
+def test_preemption_when_the_pool_runs_out():
+    # 4 slots share a pool of 17 pages of 16 positions; 4 answers of ~150 tokens each need
+    # ~40 pages, so sequences are preempted and resumed, and must still answer as alone
+    c = openai.OpenAI(base_url=URL_SMALL_POOL + "/v1", api_key="unused", max_retries=0, timeout=600)
+
+    def one(i):
+        r = c.chat.completions.create(model=MODEL, max_tokens=110, temperature=0, messages=[
+            {"role": "user", "content": f"Write a long story about a dragon named {i}."}])
+        return r.choices[0].message.content, r.usage.completion_tokens
+
+    alone = [one(i) for i in range(4)]
+    with cf.ThreadPoolExecutor(4) as ex:
+        together = list(ex.map(one, range(4)))
+    assert together == alone, (together, alone)
+    text = get("/metrics", url=URL_SMALL_POOL)
+    pre = [float(l.split()[1]) for l in text.splitlines() if l.startswith("hearth_preemptions_total ")]
+    assert pre and pre[0] > 0, "the pool never ran out; the test does not test preemption"
+    assert json.loads(get("/health", url=URL_SMALL_POOL))["status"] == "ok"
 
 
 def test_prefix_reuse_and_metrics():
