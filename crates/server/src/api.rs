@@ -123,14 +123,40 @@ fn parse<T: for<'de> Deserialize<'de>>(body: Result<Bytes, BytesRejection>) -> A
 /// Fields both generation endpoints take: OpenAI's (some accepted and ignored, such as
 /// `user`) and the sampling extensions llama.cpp's server also takes.
 const COMMON_FIELDS: &[&str] = &[
-    "model", "stream", "stream_options", "max_tokens", "stop", "temperature", "top_p", "top_k",
-    "min_p", "repeat_penalty", "seed", "presence_penalty", "frequency_penalty", "n",
-    "logit_bias", "user", "metadata", "store", "service_tier", "prompt_cache_key",
+    "model",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "stop",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "n",
+    "logit_bias",
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "prompt_cache_key",
     "safety_identifier",
 ];
 const CHAT_FIELDS: &[&str] = &[
-    "messages", "max_completion_tokens", "logprobs", "top_logprobs", "tools", "tool_choice",
-    "response_format", "parallel_tool_calls", "modalities", "reasoning_effort", "verbosity",
+    "messages",
+    "max_completion_tokens",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "parallel_tool_calls",
+    "modalities",
+    "reasoning_effort",
+    "verbosity",
 ];
 const COMPLETION_FIELDS: &[&str] = &["prompt", "echo", "logprobs", "suffix", "best_of"];
 
@@ -147,22 +173,35 @@ fn parse_checked<T: for<'de> Deserialize<'de>>(
         .keys()
         .find(|k| !COMMON_FIELDS.contains(&k.as_str()) && !own.contains(&k.as_str()))
     {
-        return Err(ApiError::bad(format!("Unrecognized request argument supplied: {k}")));
+        return Err(ApiError::bad(format!(
+            "Unrecognized request argument supplied: {k}"
+        )));
     }
     serde_json::from_value(v).map_err(|e| ApiError::bad(format!("invalid request body: {e}")))
 }
 
 /// `logit_bias`: token id (as a string key) -> bias in [-100, 100].
-fn logit_bias(v: &Option<std::collections::HashMap<String, f32>>, n_vocab: usize) -> ApiResult<Vec<(u32, f32)>> {
+fn logit_bias(
+    v: &Option<std::collections::HashMap<String, f32>>,
+    n_vocab: usize,
+) -> ApiResult<Vec<(u32, f32)>> {
     let mut out = Vec::new();
     for (k, &b) in v.iter().flatten() {
         let t: u32 = k
             .parse()
             .ok()
             .filter(|&t: &u32| (t as usize) < n_vocab)
-            .ok_or_else(|| ApiError::bad(format!("logit_bias key '{k}' is not a token id below {n_vocab}")).param("logit_bias"))?;
+            .ok_or_else(|| {
+                ApiError::bad(format!(
+                    "logit_bias key '{k}' is not a token id below {n_vocab}"
+                ))
+                .param("logit_bias")
+            })?;
         if !(-100.0..=100.0).contains(&b) {
-            return Err(ApiError::bad(format!("logit_bias values must be in [-100, 100], got {b}")).param("logit_bias"));
+            return Err(ApiError::bad(format!(
+                "logit_bias values must be in [-100, 100], got {b}"
+            ))
+            .param("logit_bias"));
         }
         out.push((t, b));
     }
