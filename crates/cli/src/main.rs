@@ -371,22 +371,8 @@ fn logits(a: LogitsArgs) -> Result<()> {
     let nv = eng.model.cfg.n_vocab;
     let mut out = std::io::stdout().lock();
     for (pos, (&tok, row)) in tokens.iter().zip(logits.chunks_exact(nv)).enumerate() {
-        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let lse = max as f64
-            + row
-                .iter()
-                .map(|&l| ((l - max) as f64).exp())
-                .sum::<f64>()
-                .ln();
-        let mut idx: Vec<u32> = (0..nv as u32).collect();
-        let k = a.top.min(nv);
-        if k > 0 && k < nv {
-            idx.select_nth_unstable_by(k - 1, |&x, &y| {
-                row[y as usize].total_cmp(&row[x as usize]).then(x.cmp(&y))
-            });
-        }
-        idx.truncate(k);
-        idx.sort_by(|&x, &y| row[y as usize].total_cmp(&row[x as usize]).then(x.cmp(&y)));
+        let lse = hearth_engine::logsumexp(row);
+        let idx = hearth_engine::top_k(row, a.top);
         let top: Vec<(u32, f32)> = idx.iter().map(|&i| (i, row[i as usize])).collect();
         let line = serde_json::json!({"pos": pos, "token": tok, "top": top, "logsumexp": lse});
         writeln!(out, "{line}")?;

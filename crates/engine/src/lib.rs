@@ -3,7 +3,7 @@
 
 pub mod sampling;
 
-pub use sampling::{Rng, Sampler, SamplingParams, argmax};
+pub use sampling::{Rng, Sampler, SamplingParams, argmax, logsumexp, top_k};
 
 use hearth_core::{Backend, Error, Result};
 use hearth_formats::ModelFiles;

@@ -227,6 +227,33 @@ impl Sampler {
     }
 }
 
+/// log(sum(exp(row))), computed stably in f64.
+pub fn logsumexp(row: &[f32]) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max as f64
+        + row
+            .iter()
+            .map(|&l| ((l - max) as f64).exp())
+            .sum::<f64>()
+            .ln()
+}
+
+/// Indices of the `k` largest logits, largest first (the lower index first on ties).
+pub fn top_k(row: &[f32], k: usize) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+    let by = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+    let k = k.min(idx.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, by);
+        idx.truncate(k);
+    }
+    idx.sort_by(by);
+    idx
+}
+
 /// Index of the largest logit (the lowest index on ties).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;

@@ -1028,6 +1028,58 @@ impl Run {
     }
 }
 
+/// The sending side of an SSE response.
+struct Sink(mpsc::Sender<Result<SseEvent, Infallible>>);
+
+impl Sink {
+    fn new() -> (Sink, Response) {
+        let (tx, rx) = mpsc::channel(64);
+        let resp = Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .keep_alive(KeepAlive::default())
+            .into_response();
+        (Sink(tx), resp)
+    }
+
+    /// Send one event; false once the client has gone.
+    async fn send(&self, v: Value) -> bool {
+        self.0
+            .send(Ok(SseEvent::default().data(v.to_string())))
+            .await
+            .is_ok()
+    }
+
+    /// The run's next piece; None when it is over (`run.finish` is set), failed (the error
+    /// was sent) or the client left while nothing was being sent.
+    async fn next(&self, run: &mut Run, eng: &Engine) -> Option<Piece> {
+        let r = tokio::select! {
+            r = run.next(eng) => r,
+            _ = self.0.closed() => return None,
+        };
+        match r {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self
+                    .send(json!({"error": {"message": e.message, "type": "server_error"}}))
+                    .await;
+                None
+            }
+        }
+    }
+
+    /// The usage chunk (when `usage_head` is given: the chunk fields to put it in), then
+    /// `[DONE]`.
+    async fn close(&self, usage_head: Option<Value>, run: &Run) {
+        if let Some(mut u) = usage_head {
+            u["choices"] = json!([]);
+            u["usage"] = run.usage();
+            if !self.send(u).await {
+                return;
+            }
+        }
+        let _ = self.0.send(Ok(SseEvent::default().data("[DONE]"))).await;
+    }
+}
+
 fn token_str(eng: &Engine, t: u32) -> String {
     String::from_utf8_lossy(eng.tokenizer.token_bytes(t)).into_owned()
 }
@@ -1139,51 +1191,31 @@ pub async fn chat(
         }))
         .into_response());
     }
-    let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    let (sink, resp) = Sink::new();
     let app2 = app.clone();
     tokio::spawn(async move {
+        let head = json!({"id": id, "object": "chat.completion.chunk", "created": created,
+                          "model": model, "system_fingerprint": "hearth"});
         let chunk = |delta: Value, lp: Value, finish: Value| {
-            json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "system_fingerprint": "hearth",
-                "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}],
-            })
+            let mut c = head.clone();
+            c["choices"] =
+                json!([{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}]);
+            c
         };
-        let send = |v: Value| {
-            let tx = tx.clone();
-            async move {
-                tx.send(Ok(SseEvent::default().data(v.to_string())))
-                    .await
-                    .is_ok()
-            }
-        };
-        if !send(chunk(
-            json!({"role": "assistant", "content": ""}),
-            Value::Null,
-            Value::Null,
-        ))
-        .await
+        if !sink
+            .send(chunk(
+                json!({"role": "assistant", "content": ""}),
+                Value::Null,
+                Value::Null,
+            ))
+            .await
         {
             return;
         }
         // with tools, output that opens with <tool_call> is held and sent as tool_calls
         let mut held = String::new();
         let mut holding = parse_tools;
-        loop {
-            let next = tokio::select! {
-                r = run.next(&app2.eng) => r,
-                // the client left while nothing was being sent: dropping `run` cancels
-                _ = tx.closed() => return,
-            };
-            let p = match next {
-                Ok(Some(p)) => p,
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = send(json!({"error": {"message": e.message, "type": "server_error"}}))
-                        .await;
-                    return;
-                }
-            };
+        while let Some(p) = sink.next(&mut run, &app2.eng).await {
             let lp = if want_lp {
                 chat_logprobs(&app2.eng, &p.tokens)
             } else {
@@ -1202,9 +1234,15 @@ pub async fn chat(
             if text.is_empty() && p.tokens.is_empty() {
                 continue;
             }
-            if !send(chunk(json!({"content": text}), lp, Value::Null)).await {
+            if !sink
+                .send(chunk(json!({"content": text}), lp, Value::Null))
+                .await
+            {
                 return; // the client left; dropping `run` cancels the sequence
             }
+        }
+        if run.finish.is_none() {
+            return; // failed or abandoned
         }
         let mut finish = run.finish.unwrap_or("stop");
         if holding && !held.is_empty() {
@@ -1223,27 +1261,18 @@ pub async fn chat(
                     .collect();
                 json!({"content": if rest.is_empty() { Value::Null } else { Value::String(rest) }, "tool_calls": calls})
             };
-            if !send(chunk(delta, Value::Null, Value::Null)).await {
+            if !sink.send(chunk(delta, Value::Null, Value::Null)).await {
                 return;
             }
         }
-        if !send(chunk(json!({}), Value::Null, json!(finish))).await {
-            return;
+        if sink
+            .send(chunk(json!({}), Value::Null, json!(finish)))
+            .await
+        {
+            sink.close(include_usage.then(|| head.clone()), &run).await;
         }
-        if include_usage {
-            let u = json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "system_fingerprint": "hearth", "choices": [], "usage": run.usage(),
-            });
-            if !send(u).await {
-                return;
-            }
-        }
-        let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
     });
-    Ok(Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    Ok(resp)
 }
 
 fn completion_gen(app: &App, req: &CompletionReq) -> ApiResult<Gen> {
@@ -1394,41 +1423,25 @@ pub async fn completions(
         }))
         .into_response());
     }
-    let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    let (sink, resp) = Sink::new();
     let app2 = app.clone();
     tokio::spawn(async move {
+        let head =
+            json!({"id": id, "object": "text_completion", "created": created, "model": model});
         let chunk = |text: String, lp: Value, finish: Value| {
-            json!({
-                "id": id, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}],
-            })
+            let mut c = head.clone();
+            c["choices"] =
+                json!([{"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}]);
+            c
         };
-        let send = |v: Value| {
-            let tx = tx.clone();
-            async move {
-                tx.send(Ok(SseEvent::default().data(v.to_string())))
-                    .await
-                    .is_ok()
-            }
-        };
-        if echo && !send(chunk(prompt_text, Value::Null, Value::Null)).await {
+        if echo
+            && !sink
+                .send(chunk(prompt_text, Value::Null, Value::Null))
+                .await
+        {
             return;
         }
-        loop {
-            let next = tokio::select! {
-                r = run.next(&app2.eng) => r,
-                // the client left while nothing was being sent: dropping `run` cancels
-                _ = tx.closed() => return,
-            };
-            let p = match next {
-                Ok(Some(p)) => p,
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = send(json!({"error": {"message": e.message, "type": "server_error"}}))
-                        .await;
-                    return;
-                }
-            };
+        while let Some(p) = sink.next(&mut run, &app2.eng).await {
             let lp = if want_lp {
                 completion_logprobs(&app2.eng, &p.tokens, 0)
             } else {
@@ -1437,23 +1450,19 @@ pub async fn completions(
             if p.text.is_empty() && p.tokens.is_empty() {
                 continue;
             }
-            if !send(chunk(p.text, lp, Value::Null)).await {
+            if !sink.send(chunk(p.text, lp, Value::Null)).await {
                 return;
             }
         }
-        let finish = run.finish.unwrap_or("stop");
-        if !send(chunk(String::new(), Value::Null, json!(finish))).await {
-            return;
+        let Some(finish) = run.finish else {
+            return; // failed or abandoned
+        };
+        if sink
+            .send(chunk(String::new(), Value::Null, json!(finish)))
+            .await
+        {
+            sink.close(include_usage.then(|| head.clone()), &run).await;
         }
-        if include_usage {
-            let u = json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": [], "usage": run.usage()});
-            if !send(u).await {
-                return;
-            }
-        }
-        let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
     });
-    Ok(Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    Ok(resp)
 }

@@ -9,7 +9,7 @@
 //! recomputation. A request whose client went away is dropped at the next step.
 use crate::grammar::{Grammar, Matcher};
 use crate::pages::Pages;
-use hearth_engine::{Engine, Sampler, SamplingParams};
+use hearth_engine::{Engine, Sampler, SamplingParams, logsumexp, top_k};
 use hearth_models::{BatchSeq, KvPool, Scratch, Want};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -175,28 +175,12 @@ pub struct Scheduler {
 
 /// log-softmax of `row` at `tok`, and the `k` most likely tokens.
 fn logprobs(row: &[f32], tok: u32, k: usize) -> TokenLogprob {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max as f64
-        + row
-            .iter()
-            .map(|&l| ((l - max) as f64).exp())
-            .sum::<f64>()
-            .ln();
+    let lse = logsumexp(row);
     let lp = |t: u32| (row[t as usize] as f64 - lse) as f32;
-    let mut top = Vec::new();
-    if k > 0 {
-        let mut idx: Vec<u32> = (0..row.len() as u32).collect();
-        let by = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-        let k = k.min(idx.len());
-        idx.select_nth_unstable_by(k - 1, by);
-        idx.truncate(k);
-        idx.sort_by(by);
-        top = idx.into_iter().map(|t| (t, lp(t))).collect();
-    }
     TokenLogprob {
         token: tok,
         logprob: lp(tok),
-        top,
+        top: top_k(row, k).into_iter().map(|t| (t, lp(t))).collect(),
     }
 }
 
