@@ -21,7 +21,8 @@ log1=$(mktemp); log2=$(mktemp); log3=$(mktemp)
 "$bin" serve smollm2 --port "$p2" --parallel 1 --queue 1 --api-key "$key" >"$log2" 2>&1 & s2=$!
 # a KV pool of one context (17 pages of 16) for 4 sequences: generation must preempt
 "$bin" serve smollm2 --port "$p3" --parallel 4 --ctx 256 --kv-mib 1 >"$log3" 2>&1 & s3=$!
-trap 'kill $s1 $s2 $s3 2>/dev/null; wait $s1 $s2 $s3 2>/dev/null; rm -f "$log1" "$log2" "$log3"' EXIT
+cleanup() { kill $s1 $s2 $s3 2>/dev/null; wait $s1 $s2 $s3 2>/dev/null; rm -f "$log1" "$log2" "$log3"; }
+trap cleanup EXIT
 for p in $p1 $p2 $p3; do
   for _ in $(seq 1 300); do
     curl -sf "http://127.0.0.1:$p/health" >/dev/null 2>&1 && break
@@ -34,4 +35,6 @@ HEARTH_URL="http://127.0.0.1:$p1" HEARTH_URL_LIMITED="http://127.0.0.1:$p2" HEAR
   HEARTH_URL_SMALL_POOL="http://127.0.0.1:$p3" \
   HEARTH_BIN="$bin" "$venv/bin/python" tests/server/test_openai.py "$@" || status=$?
 if [ $status != 0 ]; then echo "--- server log"; tail -n 30 "$log1"; fi
+trap - EXIT
+cleanup || true
 exit $status
