@@ -510,7 +510,6 @@ impl Model {
         }
         let nv = self.cfg.n_vocab;
         logits.clear();
-        let mut part = Vec::new();
         let n_chunks = tokens.len().div_ceil(MAX_BATCH);
         for (ci, chunk) in tokens.chunks(MAX_BATCH).enumerate() {
             let want = if all_logits {
@@ -526,9 +525,8 @@ impl Model {
                 pages: &state.table,
                 want,
             };
-            self.forward_batch(&mut state.pool, &mut state.scratch, &[seq], &mut part)?;
+            self.forward_batch(&mut state.pool, &mut state.scratch, &[seq], logits)?;
             state.len += chunk.len();
-            logits.extend_from_slice(&part);
         }
         debug_assert_eq!(logits.len() % nv, 0);
         Ok(())
@@ -536,8 +534,8 @@ impl Model {
 
     /// Run several sequences' new tokens as one batch: the weights are read once for all of
     /// them, attention runs per sequence over its own pages of `pool`. Each row's result is
-    /// the same whichever other rows share the batch. `logits` receives the wanted rows'
-    /// `[n_vocab]` logits in order (a sequence's last token, or all its tokens).
+    /// the same whichever other rows share the batch. The wanted rows' `[n_vocab]` logits (a
+    /// sequence's last token, or all its tokens) are appended to `logits` in order.
     pub fn forward_batch(
         &self,
         pool: &mut KvPool,
@@ -602,13 +600,13 @@ impl Model {
             h[m * e..].copy_from_slice(&s.x[rows.start * e..rows.end * e]);
             m += rows.len();
         }
-        logits.clear();
         if m > 0 {
             let be = &*self.backend;
             let h = &mut s.h[..m * e];
             be.rms_norm(h, &self.output_norm, self.cfg.rms_eps);
-            logits.resize(m * self.cfg.n_vocab, 0.0);
-            be.matmul(&self.output, h, m, logits)?;
+            let start = logits.len();
+            logits.resize(start + m * self.cfg.n_vocab, 0.0);
+            be.matmul(&self.output, h, m, &mut logits[start..])?;
         }
         Ok(())
     }

@@ -171,6 +171,7 @@ pub struct Scheduler {
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
     metrics: Arc<Metrics>,
+    logits: Vec<f32>,
 }
 
 /// log-softmax of `row` at `tok`, and the `k` most likely tokens.
@@ -198,6 +199,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             metrics,
+            logits: Vec::new(),
         }
     }
 
@@ -390,7 +392,8 @@ impl Scheduler {
                 }
             })
             .collect();
-        let mut logits = Vec::new();
+        let mut logits = std::mem::take(&mut self.logits);
+        logits.clear();
         let t0 = Instant::now();
         let r =
             self.eng
@@ -490,6 +493,7 @@ impl Scheduler {
             let tps = n_decoded as f64 / dt.as_secs_f64();
             self.metrics.tps_milli.store((tps * 1000.0) as u64, Relaxed);
         }
+        self.logits = logits;
         done.sort_unstable_by(|a, b| b.0.cmp(&a.0));
         for (i, ev) in done {
             let s = self.running.remove(i);
