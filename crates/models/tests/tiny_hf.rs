@@ -298,6 +298,7 @@ fn batched_paged_sequences_equal_each_alone() {
                     ids.push((s, end - done[s]));
                 }
             }
+            logits.clear();
             model
                 .forward_batch(&mut pool, &mut scratch, &batch, &mut logits)
                 .unwrap();
