@@ -654,7 +654,21 @@ fn chat_messages(app: &App, req: &ChatReq, tools: &[Tool]) -> ApiResult<Vec<Valu
         let mut msg = json!({"role": role});
         if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
             if tmpl_tools {
-                msg["tool_calls"] = Value::Array(calls.clone());
+                // templates (HF convention) expect the arguments as an object, OpenAI sends a
+                // JSON string
+                let calls = calls
+                    .iter()
+                    .map(|c| {
+                        let mut c = c.clone();
+                        if let Some(Value::String(a)) = c.pointer("/function/arguments") {
+                            if let Ok(v) = serde_json::from_str::<Value>(a) {
+                                c["function"]["arguments"] = v;
+                            }
+                        }
+                        c
+                    })
+                    .collect();
+                msg["tool_calls"] = Value::Array(calls);
             } else {
                 for c in calls {
                     let f = c.get("function").cloned().unwrap_or(Value::Null);

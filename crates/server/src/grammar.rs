@@ -4,8 +4,8 @@
 //! accepts (several at once where `anyOf` or an untyped value leaves a choice). A token is
 //! allowed when its bytes keep at least one of them alive; the end of generation is allowed
 //! once the document is complete. Object properties come in the schema's order, required
-//! ones are never skipped, and runs of whitespace are capped, so generation cannot wander off
-//! or stall. Supported: `type` (one or a list), `properties`/`required`,
+//! ones are never skipped, and whitespace between tokens is at most one line break plus
+//! indentation, so generation cannot wander off or stall. Supported: `type` (one or a list), `properties`/`required`,
 //! `additionalProperties` (for objects without properties), `items`/`minItems`/`maxItems`,
 //! `enum`, `const`, `anyOf`/`oneOf`, a one-element `allOf`, and `$ref` into `$defs` /
 //! `definitions` (recursion included). String formats, patterns and numeric bounds are not
@@ -14,7 +14,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Longest run of whitespace allowed between JSON tokens.
+/// Longest run of whitespace allowed between JSON tokens (with at most one line break).
 const MAX_WS: u8 = 24;
 /// Most alternative parses followed at once.
 const MAX_STACKS: usize = 64;
@@ -105,6 +105,8 @@ enum Frame {
 struct Stack {
     frames: Vec<Frame>,
     ws: u8,
+    /// The current whitespace run has its one newline.
+    nl: bool,
 }
 
 fn is_ws(b: u8) -> bool {
@@ -424,8 +426,11 @@ impl Grammar {
                 _ => false,
             };
             if between_tokens {
-                if st.ws < MAX_WS {
+                // a run of whitespace: at most one line break, then indentation
+                let second_nl = matches!(b, b'\n' | b'\r') && st.nl;
+                if st.ws < MAX_WS && !second_nl {
                     st.ws += 1;
+                    st.nl |= b == b'\n';
                     st.frames.push(top);
                     out.push(st);
                 }
@@ -433,6 +438,7 @@ impl Grammar {
             }
         } else {
             st.ws = 0;
+            st.nl = false;
         }
         match top {
             Frame::Value(n) => match &self.nodes[n] {
@@ -664,6 +670,7 @@ impl Matcher {
             stacks: vec![Stack {
                 frames: vec![Frame::Value(root)],
                 ws: 0,
+                nl: false,
             }],
         }
     }
@@ -819,5 +826,7 @@ mod tests {
         let mut mt = m(json!({"type": "object"}));
         assert!(mt.accept(b"{"));
         assert!(!mt.allows(&[b' '; 40]));
+        // one line break per gap, then indentation
+        assert!(mt.allows(b"\n    ") && !mt.allows(b"\n\n") && !mt.allows(b" \n \n"));
     }
 }
