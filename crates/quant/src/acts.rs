@@ -5,13 +5,15 @@
 //! never depends on summation order, and the rounding of x to 1/32767 of its block maximum is
 //! far below what changes a model's output (8-bit activations, as llama.cpp uses, cost
 //! measurable top-1 agreement). The weights' scales and the block sums of x stay in f32.
-use crate::kquants::{BlockQ4K, BlockQ6K, scale_min_k4};
+use crate::kquants::{BlockQ4K, BlockQ6K, scales_mins_k4};
 use crate::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
 use crate::{as_blocks, f16le};
 use hearth_core::DType;
 
 /// Elements per activation block.
 pub const QK: usize = 32;
+/// Elements per block of the 8-bit form (K-quant super-blocks).
+pub const QK8: usize = 256;
 
 /// `n_rows` activation rows of `n` values each, quantized per block of 32.
 #[derive(Default, Debug, Clone)]
@@ -24,6 +26,13 @@ pub struct QuantizedActs {
     pub sum: Vec<f32>,
     /// Values per row.
     pub n: usize,
+    /// The same rows in 8 bits per block of 256 (for K-quant weights; empty unless `n` is a
+    /// multiple of 256), `[n_rows, n]`.
+    pub q8: Vec<i8>,
+    /// Scale per block of 256, `[n_rows, n / 256]`.
+    pub d8: Vec<f32>,
+    /// Sum of `q8` per 16 values, `[n_rows, n / 16]`.
+    pub bs8: Vec<i16>,
 }
 
 /// One quantized activation row.
@@ -35,6 +44,12 @@ pub struct ActsRow<'a> {
     pub d: &'a [f32],
     /// per-block sums of the f32 values
     pub sum: &'a [f32],
+    /// 8-bit values per block of 256 (empty when the row length is not a multiple of 256)
+    pub q8: &'a [i8],
+    /// per-256-block scales
+    pub d8: &'a [f32],
+    /// sums of `q8` per 16 values
+    pub bs8: &'a [i16],
 }
 
 impl QuantizedActs {
@@ -61,6 +76,36 @@ impl QuantizedActs {
             self.d[b] = d;
             self.sum[b] = s;
         }
+        self.quantize_k8(x, n);
+    }
+
+    /// The 8-bit form: per block of 256, `q = round(x / d)` with `d = max|x| / 127`.
+    fn quantize_k8(&mut self, x: &[f32], n: usize) {
+        if n % QK8 != 0 {
+            self.q8.clear();
+            self.d8.clear();
+            self.bs8.clear();
+            return;
+        }
+        self.q8.resize(x.len(), 0);
+        self.d8.resize(x.len() / QK8, 0.0);
+        self.bs8.resize(x.len() / 16, 0);
+        for (b, (xs, qs)) in x
+            .chunks_exact(QK8)
+            .zip(self.q8.chunks_exact_mut(QK8))
+            .enumerate()
+        {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for (q, &v) in qs.iter_mut().zip(xs) {
+                *q = (v * id).round().clamp(-127.0, 127.0) as i8;
+            }
+            self.d8[b] = d;
+            for (g, sum) in qs.chunks_exact(16).zip(&mut self.bs8[b * 16..(b + 1) * 16]) {
+                *sum = g.iter().map(|&q| q as i16).sum();
+            }
+        }
     }
 
     /// Row `t`.
@@ -70,6 +115,21 @@ impl QuantizedActs {
             q: &self.q[t * self.n..(t + 1) * self.n],
             d: &self.d[t * nb..(t + 1) * nb],
             sum: &self.sum[t * nb..(t + 1) * nb],
+            q8: if self.q8.is_empty() {
+                &[]
+            } else {
+                &self.q8[t * self.n..(t + 1) * self.n]
+            },
+            d8: if self.d8.is_empty() {
+                &[]
+            } else {
+                &self.d8[t * self.n / QK8..(t + 1) * self.n / QK8]
+            },
+            bs8: if self.bs8.is_empty() {
+                &[]
+            } else {
+                &self.bs8[t * self.n / 16..(t + 1) * self.n / 16]
+            },
         }
     }
 }
@@ -147,18 +207,25 @@ pub fn dot_q16_scalar(dtype: DType, src: &[u8], x: ActsRow) -> f32 {
             }
         }
         DType::Q4_K => {
-            // 8 sub-blocks of 32 per super-block, each exactly one activation block
+            // 8-bit activations per super-block: the 8 sub-block dots, weighted by their 6-bit
+            // scales, and the mins against the sums of x per 16, accumulate exactly in i32
             for (i, b) in as_blocks::<BlockQ4K>(src).iter().enumerate() {
-                let (d, dmin) = (f16le(b.d), f16le(b.dmin));
+                let (sc, mn) = scales_mins_k4(&b.scales);
+                let xq = &x.q8[i * QK8..(i + 1) * QK8];
+                let mut sumi = 0i32;
                 for j in 0..8 {
-                    let a = 8 * i + j;
-                    let (sc, m) = scale_min_k4(&b.scales, j);
                     let (c, shift) = (j / 2, 4 * (j % 2));
-                    let isum: i32 = (0..32)
-                        .map(|l| ((b.qs[c * 32 + l] >> shift) & 0xF) as i32 * xq(a)[l] as i32)
+                    let dot: i32 = (0..32)
+                        .map(|l| ((b.qs[c * 32 + l] >> shift) & 0xF) as i32 * xq[j * 32 + l] as i32)
                         .sum();
-                    acc += d * sc as f32 * x.d[a] * isum as f32 - dmin * m as f32 * x.sum[a];
+                    sumi += sc[j] as i32 * dot;
                 }
+                let bs = &x.bs8[i * 16..(i + 1) * 16];
+                let summ: i32 = (0..8)
+                    .map(|j| mn[j] as i32 * (bs[2 * j] as i32 + bs[2 * j + 1] as i32))
+                    .sum();
+                let dx = x.d8[i];
+                acc += f16le(b.d) * dx * sumi as f32 - f16le(b.dmin) * dx * summ as f32;
             }
         }
         DType::Q6_K => {

@@ -356,49 +356,55 @@ unsafe fn lane(v: __m256, j: usize) -> __m256 {
     _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j as i32))
 }
 
-/// 8 bytes as 8 floats, unsigned or signed.
+/// Q4_K against 8-bit activations per super-block: `maddubs` multiplies the unsigned nibbles
+/// by the signed activations, `madd` weighs each sub-block's pairs by its 6-bit scale, and the
+/// super-block's sum stays an exact i32, as do the mins against the activation sums per 16.
 #[inline(always)]
-unsafe fn u8x8_ps(p: *const u8) -> __m256 {
-    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
-}
-
-/// Q4_K: each 32-byte chunk of nibbles holds two sub-blocks (low nibbles, then high), each
-/// of which is one activation block. The eight sub-blocks' scale and min factors are formed
-/// as vectors once per super-block.
-#[inline(always)]
-unsafe fn q4_k_q16_n<const N: usize>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut macc = [_mm256_setzero_ps(); N];
+unsafe fn q4_k_q8k_n<const N: usize>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
+    let mut acc = [0f32; N];
     let m4 = _mm256_set1_epi8(0x0F);
     for (i, b) in as_blocks::<BlockQ4K>(src).iter().enumerate() {
-        let (d, dmin) = (f16le(b.d), f16le(b.dmin));
         let (sc, mn) = scales_mins_k4(&b.scales);
-        let scf = _mm256_mul_ps(_mm256_set1_ps(d), u8x8_ps(sc.as_ptr()));
-        let mnf = _mm256_mul_ps(_mm256_set1_ps(dmin), u8x8_ps(mn.as_ptr()));
-        let mut sv = [_mm256_setzero_ps(); N];
-        for k in 0..N {
-            sv[k] = _mm256_mul_ps(scf, _mm256_loadu_ps(x[k].d.as_ptr().add(8 * i)));
-            macc[k] = _mm256_fmadd_ps(mnf, _mm256_loadu_ps(x[k].sum.as_ptr().add(8 * i)), macc[k]);
-        }
+        let mut sumi = [_mm256_setzero_si256(); N];
         for c in 0..4 {
             let v = _mm256_loadu_si256(b.qs.as_ptr().add(c * 32) as *const __m256i);
             let lo = _mm256_and_si256(v, m4);
             let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-            for (s, nib) in [lo, hi].into_iter().enumerate() {
-                let j = 2 * c + s;
-                let w = (
-                    _mm256_cvtepu8_epi16(_mm256_castsi256_si128(nib)),
-                    _mm256_cvtepu8_epi16(_mm256_extracti128_si256(nib, 1)),
+            let s_lo = _mm256_set1_epi16(sc[2 * c] as i16);
+            let s_hi = _mm256_set1_epi16(sc[2 * c + 1] as i16);
+            for k in 0..N {
+                let xp = x[k].q8.as_ptr().add(i * 256 + c * 64);
+                let p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(xp as *const __m256i));
+                let p_hi =
+                    _mm256_maddubs_epi16(hi, _mm256_loadu_si256(xp.add(32) as *const __m256i));
+                let s = _mm256_add_epi32(
+                    _mm256_madd_epi16(p_lo, s_lo),
+                    _mm256_madd_epi16(p_hi, s_hi),
                 );
-                let a = 8 * i + j;
-                for k in 0..N {
-                    let s = idot(w, x[k].q.as_ptr().add(a * QK));
-                    acc[k] = _mm256_fmadd_ps(lane(sv[k], j), s, acc[k]);
-                }
+                sumi[k] = _mm256_add_epi32(sumi[k], s);
             }
         }
+        // each min twice, against the two sums of 16 of its sub-block
+        let mn16: [i16; 16] = std::array::from_fn(|l| mn[l / 2] as i16);
+        let mnv = _mm256_loadu_si256(mn16.as_ptr() as *const __m256i);
+        let (d, dmin) = (f16le(b.d), f16le(b.dmin));
+        for k in 0..N {
+            let bs = _mm256_loadu_si256(x[k].bs8.as_ptr().add(i * 16) as *const __m256i);
+            let summ = hsum_i32(_mm256_madd_epi16(bs, mnv));
+            let dx = x[k].d8[i];
+            acc[k] += d * dx * hsum_i32(sumi[k]) as f32 - dmin * dx * summ as f32;
+        }
     }
-    std::array::from_fn(|k| hsum(acc[k]) - hsum(macc[k]))
+    acc
+}
+
+/// Sum of the eight i32 lanes (exact).
+#[inline(always)]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
 }
 
 /// Q6_K: activation block (h, s) of a super-block is 32 six-bit weights in two sub-blocks
@@ -472,7 +478,7 @@ pub unsafe fn dot_q16<const N: usize>(
         hearth_core::DType::Q8_0 => legacy_q16_n::<N, 2>(src, x),
         hearth_core::DType::Q5_0 => q5_q16_n::<N, false>(src, x),
         hearth_core::DType::Q5_1 => q5_q16_n::<N, true>(src, x),
-        hearth_core::DType::Q4_K => q4_k_q16_n::<N>(src, x),
+        hearth_core::DType::Q4_K => q4_k_q8k_n::<N>(src, x),
         hearth_core::DType::Q6_K => q6_k_q16_n::<N>(src, x),
         _ => [0.0; N],
     }
@@ -493,28 +499,22 @@ pub unsafe fn rows_q16(
 ) {
     use hearth_core::DType as D;
     // the kernels are inlined here, inside this function's AVX2 context
+    // the activation rows, sliced once rather than once per weight row
+    let xs: Vec<ActsRow> = (0..n_tok).map(|t| acts.row(t)).collect();
     macro_rules! run {
         ($k4:expr, $k1:expr) => {
             for r in rows {
                 let row = &bytes[r * rb..(r + 1) * rb];
                 let mut t = 0;
                 while t + 4 <= n_tok {
-                    let v = $k4(
-                        row,
-                        [
-                            acts.row(t),
-                            acts.row(t + 1),
-                            acts.row(t + 2),
-                            acts.row(t + 3),
-                        ],
-                    );
+                    let v = $k4(row, [xs[t], xs[t + 1], xs[t + 2], xs[t + 3]]);
                     for (k, v) in v.into_iter().enumerate() {
                         put(t + k, r, v);
                     }
                     t += 4;
                 }
                 for t in t..n_tok {
-                    put(t, r, $k1(row, [acts.row(t)])[0]);
+                    put(t, r, $k1(row, [xs[t]])[0]);
                 }
             }
         };
@@ -525,7 +525,7 @@ pub unsafe fn rows_q16(
         D::Q8_0 => run!(legacy_q16_n::<4, 2>, legacy_q16_n::<1, 2>),
         D::Q5_0 => run!(q5_q16_n::<4, false>, q5_q16_n::<1, false>),
         D::Q5_1 => run!(q5_q16_n::<4, true>, q5_q16_n::<1, true>),
-        D::Q4_K => run!(q4_k_q16_n::<4>, q4_k_q16_n::<1>),
+        D::Q4_K => run!(q4_k_q8k_n::<4>, q4_k_q8k_n::<1>),
         D::Q6_K => run!(q6_k_q16_n::<4>, q6_k_q16_n::<1>),
         _ => {}
     }
