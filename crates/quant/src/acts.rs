@@ -1,10 +1,15 @@
-//! Activations quantized to 16-bit integers in blocks of 32, for integer dot products with
-//! 4- and 8-bit weights.
+//! Activations quantized for integer dot products with 4- to 8-bit weights: 16-bit integers
+//! per block of 32 for most types, and 8-bit integers per block of 256 for Q4_K.
 //!
 //! Why 16 bits: the products and their sums are exact in i32, so the integer part of a dot
 //! never depends on summation order, and the rounding of x to 1/32767 of its block maximum is
-//! far below what changes a model's output (8-bit activations, as llama.cpp uses, cost
-//! measurable top-1 agreement). The weights' scales and the block sums of x stay in f32.
+//! far below what changes a model's output. Why 8 bits for Q4_K: `maddubs` then multiplies 32
+//! weight/activation pairs per instruction and a whole super-block's scaled sub-block sums and
+//! mins stay exact in i32, one float step per 256 weights; on SmolLM2 Q4_K_M this kept the
+//! argmax of 482 of 486 positions of real text (99.2%) against the 16-bit path, and sped up
+//! the Qwen3-MoE model's prompt processing by about 11%. Q6_K on 8 bits as well cost another
+//! 8 positions (97.5%) for 7% more, so Q6_K stays on 16 bits. Every row uses the same
+//! precision whatever its batch, so batching never changes a result.
 use crate::kquants::{BlockQ4K, BlockQ6K, scales_mins_k4};
 use crate::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
 use crate::{as_blocks, f16le};
