@@ -110,8 +110,10 @@ pub fn serve(eng: Engine, opts: Options) -> std::io::Result<()> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
     });
+    // one thread for HTTP: the cores belong to the model's compute pool, and a second I/O
+    // thread waking per streamed token measurably slowed single-stream generation
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()?;
     rt.block_on(async move {
