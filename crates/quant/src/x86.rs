@@ -377,10 +377,8 @@ unsafe fn q4_k_q8k_n<const N: usize>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
                 let p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(xp as *const __m256i));
                 let p_hi =
                     _mm256_maddubs_epi16(hi, _mm256_loadu_si256(xp.add(32) as *const __m256i));
-                let s = _mm256_add_epi32(
-                    _mm256_madd_epi16(p_lo, s_lo),
-                    _mm256_madd_epi16(p_hi, s_hi),
-                );
+                let s =
+                    _mm256_add_epi32(_mm256_madd_epi16(p_lo, s_lo), _mm256_madd_epi16(p_hi, s_hi));
                 sumi[k] = _mm256_add_epi32(sumi[k], s);
             }
         }

@@ -281,6 +281,8 @@ impl Scheduler {
             s.cached = hit.len() * ps;
             s.registered = hit.len();
             s.pages = hit;
+            // take the pages now, so that the next admission in this loop sees them gone
+            s.pages.extend((0..need).filter_map(|_| self.pages.alloc()));
             if s.reported_cache.is_none() {
                 s.reported_cache = Some(s.cached);
                 self.metrics.waiting.fetch_sub(1, Relaxed);
