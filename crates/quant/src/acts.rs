@@ -70,9 +70,7 @@ impl QuantizedActs {
             .zip(self.q.chunks_exact_mut(QK))
             .enumerate()
         {
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 32767.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let (d, id) = block_scale(xs, 32767.0);
             let mut s = 0f32;
             for (q, &v) in qs.iter_mut().zip(xs) {
                 *q = round_even(v * id) as i16;
@@ -100,9 +98,7 @@ impl QuantizedActs {
             .zip(self.q8.chunks_exact_mut(QK8))
             .enumerate()
         {
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let (d, id) = block_scale(xs, 127.0);
             for (q, &v) in qs.iter_mut().zip(xs) {
                 *q = round_even(v * id).clamp(-127.0, 127.0) as i8;
             }
@@ -137,6 +133,14 @@ impl QuantizedActs {
             },
         }
     }
+}
+
+/// The scale `d = max|x| / qmax` of a block, and its inverse (0 for an all-zero block).
+#[inline(always)]
+fn block_scale(xs: &[f32], qmax: f32) -> (f32, f32) {
+    let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / qmax;
+    (d, if d > 0.0 { 1.0 / d } else { 0.0 })
 }
 
 /// `v` rounded to the nearest integer, ties to even, for |v| < 2^22 (activations are scaled
