@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use hearth_core::Backend;
 use hearth_engine::{Engine, Sampler, SamplingParams};
 use hearth_formats::{ModelFiles, Source};
-use hearth_tokenizer::{CHATML, ChatMessage, ChatTemplate, Tokenizer};
+use hearth_tokenizer::{ChatMessage, Tokenizer};
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
@@ -209,12 +209,6 @@ fn load(c: &Common) -> Result<Engine> {
         .with_context(|| format!("cannot load {}", path.display()))
 }
 
-fn template(tok: &Tokenizer) -> Result<ChatTemplate> {
-    let s = |id: Option<u32>| id.map(|i| tok.token_str(i)).unwrap_or_default();
-    let src = tok.chat_template.as_deref().unwrap_or(CHATML);
-    Ok(ChatTemplate::new(src, &s(tok.bos), &s(tok.eos))?)
-}
-
 fn run(a: RunArgs) -> Result<()> {
     let eng = load(&a.common)?;
     let params = SamplingParams {
@@ -238,7 +232,7 @@ fn run(a: RunArgs) -> Result<()> {
         bail!("--ctx must be at least 1");
     }
     let mut sampler = Sampler::new(params);
-    let tmpl = template(&eng.tokenizer)?;
+    let tmpl = eng.tokenizer.template()?;
     let mut state = eng.model.new_state(a.ctx);
     let mut messages: Vec<ChatMessage> = a
         .system

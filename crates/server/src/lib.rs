@@ -10,7 +10,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use hearth_engine::Engine;
-use hearth_tokenizer::ChatTemplate;
 use std::sync::{Arc, Mutex};
 
 /// Server settings.
@@ -74,13 +73,9 @@ pub fn router(app: Arc<App>, body_limit: usize) -> Router {
 pub fn serve(eng: Engine, opts: Options) -> std::io::Result<()> {
     let eng = Arc::new(eng);
     let tk = &eng.tokenizer;
-    let s = |id: Option<u32>| id.map(|i| tk.token_str(i)).unwrap_or_default();
-    let src = tk
-        .chat_template
-        .as_deref()
-        .unwrap_or(hearth_tokenizer::CHATML);
-    let template = ChatTemplate::new(src, &s(tk.bos), &s(tk.eos))
-        .or_else(|_| ChatTemplate::new(hearth_tokenizer::CHATML, &s(tk.bos), &s(tk.eos)))
+    let template = tk
+        .template()
+        .or_else(|_| tk.template_with(hearth_tokenizer::CHATML))
         .map_err(std::io::Error::other)?;
     let metrics = Arc::new(sched::Metrics::default());
     let cfg = sched::Config {

@@ -330,6 +330,17 @@ impl Tokenizer {
     pub fn is_eog(&self, id: u32) -> bool {
         self.eog.contains(&id)
     }
+
+    /// The model's chat template (ChatML when it has none), compiled.
+    pub fn template(&self) -> Result<ChatTemplate> {
+        self.template_with(self.chat_template.as_deref().unwrap_or(CHATML))
+    }
+
+    /// `source` compiled as a chat template with this vocabulary's BOS/EOS strings.
+    pub fn template_with(&self, source: &str) -> Result<ChatTemplate> {
+        let s = |id: Option<u32>| id.map(|i| self.token_str(i)).unwrap_or_default();
+        ChatTemplate::new(source, &s(self.bos), &s(self.eos))
+    }
 }
 
 /// Turns a stream of token bytes into text without ever splitting a UTF-8 character:
