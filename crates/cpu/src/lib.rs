@@ -8,10 +8,11 @@
 //! Work is split over a persistent thread pool (`pool.rs`).
 #![deny(missing_docs)]
 
+mod attn;
 mod pool;
 
 use hearth_core::{
-    AttnJob, AttnParams, Backend, DType, Device, Error, MatJob, Pages, Result, RopeStyle, Tensor,
+    AttnJob, AttnParams, Backend, DType, Device, Error, MatJob, Result, RopeStyle, Tensor,
 };
 use hearth_quant::acts::{QuantizedActs, supports_q16};
 use hearth_quant::{dequantize, dot_f32, dot_row, rows_q16};
@@ -283,13 +284,29 @@ impl Backend for Cpu {
     }
 
     fn attention_many(&self, k: &[f32], v: &[f32], p: &AttnParams<'_>, jobs: &mut [AttnJob<'_>]) {
-        let nh = p.n_head;
-        // every (job, token, head) is one task; threads take them interleaved, which evens
-        // out the longer contexts of later positions
+        let (nh, vd) = (p.n_head, p.v_dim);
+        let g = nh / p.n_kv_head.max(1);
+        let threads = self.pool.threads();
+        // A task is (job, up to TILE tokens, one KV head) with all its query heads, so each
+        // chunk of keys and values is read once for the tile's queries; when that leaves too
+        // few tasks to keep the threads busy (decoding one sequence), (job, token, head).
+        // Either way a query's arithmetic is the same (see attn.rs). Threads take tasks
+        // interleaved, which evens out the longer contexts of later positions.
+        const TILE: usize = 4;
+        let grouped: usize = jobs
+            .iter()
+            .map(|j| j.n_tok.div_ceil(TILE) * p.n_kv_head)
+            .sum();
+        let (tile, heads) = if grouped >= 4 * threads {
+            (TILE, g)
+        } else {
+            (1, 1)
+        };
+        let per_job = |n_tok: usize| n_tok.div_ceil(tile) * (nh / heads);
         let mut starts = Vec::with_capacity(jobs.len() + 1);
         starts.push(0);
         for j in jobs.iter() {
-            starts.push(starts.last().copied().unwrap_or(0) + j.n_tok * nh);
+            starts.push(starts.last().copied().unwrap_or(0) + per_job(j.n_tok));
         }
         let total = *starts.last().unwrap_or(&0);
         let outs: Vec<SendPtr> = jobs
@@ -297,22 +314,45 @@ impl Backend for Cpu {
             .map(|j| SendPtr(j.out.as_mut_ptr()))
             .collect();
         let jobs = &*jobs;
-        let threads = self.pool.threads();
         self.pool.run(&|i| {
             let mut ji = 0;
             let mut task = i;
+            let mut qs = Vec::with_capacity(tile * heads);
             while task < total {
                 while starts[ji + 1] <= task {
                     ji += 1;
                 }
                 let j = &jobs[ji];
                 let local = task - starts[ji];
-                let (t, h) = (local / nh, local % nh);
-                // SAFETY: each (job, t, h) writes its own disjoint v_dim slice of its output.
-                let o = unsafe {
-                    std::slice::from_raw_parts_mut(outs[ji].0.add((t * nh + h) * p.v_dim), p.v_dim)
-                };
-                attend(j.q, k, v, p, j.pages, j.pos0 + t, t, h, o);
+                let hgroups = nh / heads;
+                let (tt, hg) = (local / hgroups, local % hgroups);
+                let h0 = hg * heads;
+                let kh = h0 / g;
+                qs.clear();
+                for t in tt * tile..((tt + 1) * tile).min(j.n_tok) {
+                    let pos = j.pos0 + t;
+                    for h in h0..h0 + heads {
+                        // SAFETY: each (job, t, h) writes its own disjoint v_dim slice of its
+                        // output, and belongs to exactly one task.
+                        let o = unsafe {
+                            std::slice::from_raw_parts_mut(outs[ji].0.add((t * nh + h) * vd), vd)
+                        };
+                        o.fill(0.0);
+                        let (m, l) = match p.sinks {
+                            Some(s) => (s[h], 1f32),
+                            None => (f32::NEG_INFINITY, 0f32),
+                        };
+                        qs.push(attn::Query {
+                            q: &j.q[(t * nh + h) * p.head_dim..(t * nh + h + 1) * p.head_dim],
+                            lo: p.window.map_or(0, |w| (pos + 1).saturating_sub(w)),
+                            hi: pos,
+                            m,
+                            l,
+                            o,
+                        });
+                    }
+                }
+                attn::attend_group(k, v, p, j.pages, kh, &mut qs);
                 task += threads;
             }
         });
@@ -322,57 +362,6 @@ impl Backend for Cpu {
         for (g, u) in gate.iter_mut().zip(up) {
             *g = *g / (1.0 + (-*g).exp()) * u;
         }
-    }
-}
-
-/// One query head's attention at position `pos` (query row `t`, head `h`) with an online
-/// softmax over the cached positions; a sink starts the running maximum and denominator off
-/// with its own logit and no value.
-#[allow(clippy::too_many_arguments)]
-fn attend(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    p: &AttnParams<'_>,
-    pages: Option<Pages<'_>>,
-    pos: usize,
-    t: usize,
-    h: usize,
-    o: &mut [f32],
-) {
-    let (hd, vd, nh) = (p.head_dim, p.v_dim, p.n_head);
-    let kh = h / (nh / p.n_kv_head);
-    let start = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-    let qv = &q[(t * nh + h) * hd..(t * nh + h + 1) * hd];
-    o.fill(0.0);
-    let (mut m, mut l) = match p.sinks {
-        Some(s) => (s[h], 1f32),
-        None => (f32::NEG_INFINITY, 0f32),
-    };
-    for j in start..=pos {
-        let r = pages.map_or(j, |pg| pg.row(j));
-        let kr = r * p.k_stride + kh * hd;
-        let s = dot_f32(qv, &k[kr..kr + hd]) * p.scale;
-        let vr = r * p.v_stride + kh * vd;
-        let vv = &v[vr..vr + vd];
-        if s > m {
-            let corr = (m - s).exp();
-            l = l * corr + 1.0;
-            for (oi, &vi) in o.iter_mut().zip(vv) {
-                *oi = *oi * corr + vi;
-            }
-            m = s;
-        } else {
-            let e = (s - m).exp();
-            l += e;
-            for (oi, &vi) in o.iter_mut().zip(vv) {
-                *oi += e * vi;
-            }
-        }
-    }
-    let inv = 1.0 / l;
-    for oi in o.iter_mut() {
-        *oi *= inv;
     }
 }
 

@@ -53,7 +53,7 @@ pub fn as_blocks<B: Block>(bytes: &[u8]) -> &[B] {
 /// (the tests set it to check the portable path too). Decided once.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn has_avx2() -> bool {
+pub fn has_avx2() -> bool {
     static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *USE.get_or_init(|| {
         std::env::var_os("HEARTH_CPU_BASELINE").is_none()

@@ -499,23 +499,39 @@ pub unsafe fn rows_q16(
     // the kernels are inlined here, inside this function's AVX2 context
     // the activation rows, sliced once rather than once per weight row
     let xs: Vec<ActsRow> = (0..n_tok).map(|t| acts.row(t)).collect();
+    // Cache blocking: a block of ROWS weight rows against a block of TOKS activation rows,
+    // so that the activations stay in L2 while every row of the block passes over them (and
+    // the rows stay in L1 across token blocks) instead of streaming every activation row in
+    // from memory once per weight row.
+    const ROWS: usize = 16;
+    const TOKS: usize = 32;
     macro_rules! run {
-        ($k4:expr, $k1:expr) => {
-            for r in rows {
-                let row = &bytes[r * rb..(r + 1) * rb];
-                let mut t = 0;
-                while t + 4 <= n_tok {
-                    let v = $k4(row, [xs[t], xs[t + 1], xs[t + 2], xs[t + 3]]);
-                    for (k, v) in v.into_iter().enumerate() {
-                        put(t + k, r, v);
+        ($k4:expr, $k1:expr) => {{
+            let mut r0 = rows.start;
+            while r0 < rows.end {
+                let r1 = (r0 + ROWS).min(rows.end);
+                let mut t0 = 0;
+                while t0 < n_tok {
+                    let t1 = (t0 + TOKS).min(n_tok);
+                    for r in r0..r1 {
+                        let row = &bytes[r * rb..(r + 1) * rb];
+                        let mut t = t0;
+                        while t + 4 <= t1 {
+                            let v = $k4(row, [xs[t], xs[t + 1], xs[t + 2], xs[t + 3]]);
+                            for (k, v) in v.into_iter().enumerate() {
+                                put(t + k, r, v);
+                            }
+                            t += 4;
+                        }
+                        for t in t..t1 {
+                            put(t, r, $k1(row, [xs[t]])[0]);
+                        }
                     }
-                    t += 4;
+                    t0 = t1;
                 }
-                for t in t..n_tok {
-                    put(t, r, $k1(row, [xs[t]])[0]);
-                }
+                r0 = r1;
             }
-        };
+        }};
     }
     match dtype {
         D::Q4_0 => run!(legacy_q16_n::<4, 0>, legacy_q16_n::<1, 0>),
