@@ -1,7 +1,8 @@
-//! AVX2+FMA dot products of quantized weight rows with f32 activations, for the types real
-//! models ship in. Each has the generic scalar path in `lib.rs` as its reference (the tests
-//! run both). Activations stay in f32: decoding is memory-bound, so the extra precision costs
-//! nothing there.
+//! AVX2+FMA kernels: dot products of quantized weight rows with f32 activations (the generic
+//! scalar path in `lib.rs` is their reference), and the integer kernels against quantized
+//! activations (`acts.rs`, whose scalar `dot_q16_scalar` is their reference): one row at a
+//! time for a few tokens, and for batches one weight row against eight tokens in the SIMD
+//! lanes (`legacy_t8`), in cache blocks of weight rows x tokens.
 #![allow(unsafe_op_in_unsafe_fn)]
 
 use crate::acts::{ActsRow, QK};
@@ -213,17 +214,6 @@ unsafe fn q4_halves(p: *const u8, off: i16) -> (__m256i, __m256i) {
     (_mm256_sub_epi16(lo, o), _mm256_sub_epi16(hi, o))
 }
 
-/// Exact i32 dot of 32 weights (as two halves of 16 i16) with 32 activation i16, as f32 lanes.
-#[inline(always)]
-unsafe fn idot(w: (__m256i, __m256i), xq: *const i16) -> __m256 {
-    let x0 = _mm256_loadu_si256(xq as *const __m256i);
-    let x1 = _mm256_loadu_si256(xq.add(16) as *const __m256i);
-    _mm256_cvtepi32_ps(_mm256_add_epi32(
-        _mm256_madd_epi16(w.0, x0),
-        _mm256_madd_epi16(w.1, x1),
-    ))
-}
-
 /// The f16 at byte `off` of each of 8 consecutive `bs`-byte blocks from `b`, as 8 floats.
 #[inline(always)]
 unsafe fn f16x8(b: *const u8, bs: usize, off: usize) -> __m256 {
@@ -240,114 +230,292 @@ unsafe fn f16x8(b: *const u8, bs: usize, off: usize) -> __m256 {
     ))
 }
 
-/// Q4_0 / Q4_1 / Q8_0: blocks of 32 with an f16 scale (and Q4_1's f16 min). Eight blocks'
-/// scale factors are formed as one vector; a row's last `nb % 8` blocks go one by one.
-#[inline(always)]
-unsafe fn legacy_q16_n<const N: usize, const KIND: u8>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
-    const Q40: u8 = 0;
-    const Q41: u8 = 1;
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut macc = [_mm256_setzero_ps(); N];
-    let mut mtail = [0f32; N];
-    let bs = match KIND {
+// The blocks of 32 with an f16 scale (and Q4_1's and Q5_1's f16 min): every kernel below
+// forms each block's dot with the activations as an exact i32, and accumulates, for each
+// (row, token), block i into partial sum i % 4: `acc = fma(isum, d * dx, acc)` (then
+// `acc = fma(m, sum_x, acc)`), and finally adds the four partial sums as
+// (a0 + a2) + (a1 + a3). That is what every kernel computes (one
+// row with blocks in lanes, 8 tokens in lanes) and what the scalar reference computes, so a
+// result never depends on which kernel, or which batch, produced it.
+
+/// Kinds of 32-element blocks.
+const Q40: u8 = 0;
+const Q41: u8 = 1;
+const Q80: u8 = 2;
+const Q50: u8 = 3;
+const Q51: u8 = 4;
+
+/// Bytes per block.
+const fn legacy_bs(kind: u8) -> usize {
+    match kind {
         Q40 => 18,
         Q41 => 20,
-        _ => 34,
-    };
-    let nb = src.len() / bs;
-    let weights = |b: *const u8| match KIND {
+        Q80 => 34,
+        Q50 => 22,
+        _ => 24,
+    }
+}
+
+/// Whether the block has a min (at byte 2).
+const fn has_min(kind: u8) -> bool {
+    kind == Q41 || kind == Q51
+}
+
+/// A block's 32 weights as i16: elements 0..16 and 16..32 (offsets applied).
+#[inline(always)]
+unsafe fn legacy_w<const KIND: u8>(b: *const u8) -> (__m256i, __m256i) {
+    match KIND {
         Q40 => q4_halves(b.add(2), 8),
         Q41 => q4_halves(b.add(4), 0),
-        _ => (
+        Q80 => (
             _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(2) as *const __m128i)),
             _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(18) as *const __m128i)),
         ),
-    };
-    let groups = nb / 8;
-    for g in 0..groups {
-        let b0 = src.as_ptr().add(g * 8 * bs);
-        let dv = f16x8(b0, bs, 0);
-        let mut sv = [_mm256_setzero_ps(); N];
-        for k in 0..N {
-            sv[k] = _mm256_mul_ps(dv, _mm256_loadu_ps(x[k].d.as_ptr().add(g * 8)));
-        }
-        if KIND == Q41 {
-            let mv = f16x8(b0, bs, 2);
-            for k in 0..N {
-                macc[k] =
-                    _mm256_fmadd_ps(mv, _mm256_loadu_ps(x[k].sum.as_ptr().add(g * 8)), macc[k]);
-            }
-        }
-        for j in 0..8 {
-            let w = weights(b0.add(j * bs));
-            let i = g * 8 + j;
-            for k in 0..N {
-                let s = idot(w, x[k].q.as_ptr().add(i * QK));
-                acc[k] = _mm256_fmadd_ps(lane(sv[k], j), s, acc[k]);
-            }
-        }
-    }
-    for i in groups * 8..nb {
-        let b = src.as_ptr().add(i * bs);
-        let d = f16le([*b, *b.add(1)]);
-        let w = weights(b);
-        for k in 0..N {
-            let s = idot(w, x[k].q.as_ptr().add(i * QK));
-            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[k].d[i]), s, acc[k]);
-            if KIND == Q41 {
-                mtail[k] += f16le([*b.add(2), *b.add(3)]) * x[k].sum[i];
-            }
+        _ => {
+            // five bits: nibbles plus bit k of the 32-bit qh for element k
+            let hoff = if KIND == Q51 { 4 } else { 2 };
+            let qh = (b.add(hoff) as *const u32).read_unaligned();
+            let v = _mm_loadu_si128(b.add(hoff + 4) as *const __m128i);
+            let m4 = _mm_set1_epi8(0x0F);
+            let lo = _mm_and_si128(v, m4);
+            let hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+            let nib = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+            // byte k of the expansion holds byte k/8 of qh; bit k%8 selects the element's bit
+            let shuf = _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
+                3, 3, 3, 3,
+            );
+            let bits = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+            let e = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), shuf);
+            let fifth = _mm256_and_si256(
+                _mm256_cmpeq_epi8(_mm256_and_si256(e, bits), bits),
+                _mm256_set1_epi8(0x10),
+            );
+            let off = _mm256_set1_epi8(if KIND == Q51 { 0 } else { 16 });
+            let q = _mm256_sub_epi8(_mm256_or_si256(nib, fifth), off);
+            (
+                _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q)),
+                _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1)),
+            )
         }
     }
-    std::array::from_fn(|k| hsum(acc[k]) + hsum(macc[k]) + mtail[k])
 }
 
-/// Q5_0 / Q5_1: nibbles plus a fifth bit per element from the block's 32-bit `qh`.
 #[inline(always)]
-unsafe fn q5_q16_n<const N: usize, const Q5_1: bool>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut macc = [0f32; N];
-    let bs = if Q5_1 { 24 } else { 22 };
+unsafe fn f16_at(b: *const u8) -> f32 {
+    f16le([*b, *b.add(1)])
+}
+
+/// One row against `N` activation rows: the exact sums of eight blocks at a time in lanes,
+/// then the four partial sums in the lanes of a 128-bit register.
+#[inline(always)]
+unsafe fn legacy_row<const N: usize, const KIND: u8>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
+    let bs = legacy_bs(KIND);
     let nb = src.len() / bs;
-    let m4 = _mm_set1_epi8(0x0F);
-    // byte k of the expansion holds byte k/8 of qh; bit k%8 selects the element's bit
-    let shuf = _mm256_setr_epi8(
-        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
-        3, 3,
-    );
-    let bits = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
-    let b5 = _mm256_set1_epi8(0x10);
-    let off = _mm256_set1_epi8(if Q5_1 { 0 } else { 16 });
-    for i in 0..nb {
-        let b = src.as_ptr().add(i * bs);
-        let d = f16le([*b, *b.add(1)]);
-        let hoff = if Q5_1 { 4 } else { 2 };
-        let qh = u32::from_le_bytes([
-            *b.add(hoff),
-            *b.add(hoff + 1),
-            *b.add(hoff + 2),
-            *b.add(hoff + 3),
-        ]);
-        let v = _mm_loadu_si128(b.add(hoff + 4) as *const __m128i);
-        let lo = _mm_and_si128(v, m4);
-        let hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
-        let nib = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
-        let e = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), shuf);
-        let fifth = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(e, bits), bits), b5);
-        let q = _mm256_sub_epi8(_mm256_or_si256(nib, fifth), off);
-        let w = (
-            _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q)),
-            _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1)),
-        );
+    let mut acc = [_mm_setzero_ps(); N];
+    let mut i0 = 0;
+    while i0 < nb {
+        let n = (nb - i0).min(8);
+        let b0 = src.as_ptr().add(i0 * bs);
+        let mut iv = [[_mm256_setzero_si256(); 8]; N];
+        for j in 0..8 {
+            if j < n {
+                let w = legacy_w::<KIND>(b0.add(j * bs));
+                for k in 0..N {
+                    let xp = x[k].q.as_ptr().add((i0 + j) * QK);
+                    iv[k][j] = _mm256_add_epi32(
+                        _mm256_madd_epi16(w.0, _mm256_loadu_si256(xp as *const __m256i)),
+                        _mm256_madd_epi16(w.1, _mm256_loadu_si256(xp.add(16) as *const __m256i)),
+                    );
+                }
+            }
+        }
+        // scales (and mins) of the n blocks, zero in the lanes past the row's end
+        let (dv, mv) = if n == 8 {
+            (f16x8(b0, bs, 0), f16x8(b0, bs, 2))
+        } else {
+            let mut d = [0f32; 8];
+            let mut m = [0f32; 8];
+            for j in 0..n {
+                d[j] = f16_at(b0.add(j * bs));
+                m[j] = f16_at(b0.add(j * bs + 2));
+            }
+            (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(m.as_ptr()))
+        };
         for k in 0..N {
-            let s = idot(w, x[k].q.as_ptr().add(i * QK));
-            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[k].d[i]), s, acc[k]);
-            if Q5_1 {
-                macc[k] += f16le([*b.add(2), *b.add(3)]) * x[k].sum[i];
+            let (xd, xs) = if n == 8 {
+                (
+                    _mm256_loadu_ps(x[k].d.as_ptr().add(i0)),
+                    _mm256_loadu_ps(x[k].sum.as_ptr().add(i0)),
+                )
+            } else {
+                let mut d = [0f32; 8];
+                let mut s = [0f32; 8];
+                d[..n].copy_from_slice(&x[k].d[i0..i0 + n]);
+                s[..n].copy_from_slice(&x[k].sum[i0..i0 + n]);
+                (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(s.as_ptr()))
+            };
+            let isum = _mm256_cvtepi32_ps(reduce8(&iv[k]));
+            let sc = _mm256_mul_ps(dv, xd);
+            // blocks i0..i0+4 into partials 0..4, then blocks i0+4..i0+8
+            for h in 0..2 {
+                let (is, s, m, xsum) = if h == 0 {
+                    (
+                        _mm256_castps256_ps128(isum),
+                        _mm256_castps256_ps128(sc),
+                        _mm256_castps256_ps128(mv),
+                        _mm256_castps256_ps128(xs),
+                    )
+                } else {
+                    (
+                        _mm256_extractf128_ps(isum, 1),
+                        _mm256_extractf128_ps(sc, 1),
+                        _mm256_extractf128_ps(mv, 1),
+                        _mm256_extractf128_ps(xs, 1),
+                    )
+                };
+                acc[k] = _mm_fmadd_ps(is, s, acc[k]);
+                if has_min(KIND) {
+                    acc[k] = _mm_fmadd_ps(m, xsum, acc[k]);
+                }
+            }
+        }
+        i0 += n;
+    }
+    acc.map(|a| {
+        let s = _mm_add_ps(a, _mm_movehl_ps(a, a));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    })
+}
+
+/// Lane k: the sum of the eight lanes of `v[k]` (exact).
+#[inline(always)]
+unsafe fn reduce8(v: &[__m256i; 8]) -> __m256i {
+    let a = _mm256_hadd_epi32(v[0], v[1]);
+    let b = _mm256_hadd_epi32(v[2], v[3]);
+    let c = _mm256_hadd_epi32(v[4], v[5]);
+    let d = _mm256_hadd_epi32(v[6], v[7]);
+    let ab = _mm256_hadd_epi32(a, b);
+    let cd = _mm256_hadd_epi32(c, d);
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256(ab, cd, 0x20),
+        _mm256_permute2x128_si256(ab, cd, 0x31),
+    )
+}
+
+/// One row against `NG` groups of 8 activation rows from group `g0` of the regrouped form
+/// (`QuantizedActs::qt`); lane l of result g is token `8 (g0 + g) + l`. Each weight pair is
+/// broadcast once for all the groups.
+#[inline(always)]
+unsafe fn legacy_t8<const KIND: u8, const NG: usize>(
+    src: &[u8],
+    a: &crate::acts::QuantizedActs,
+    g0: usize,
+) -> [__m256; NG] {
+    let bs = legacy_bs(KIND);
+    // blocks in this row; the regrouped activations are laid out by theirs
+    let (nb, na) = (src.len() / bs, a.n / QK);
+    // partial sums per (group, block % 4)
+    let mut acc = [[_mm256_setzero_ps(); 4]; NG];
+    let mut wbuf = [0i32; 16];
+    let (qt, dt, st) = (a.qt.as_ptr(), a.dt.as_ptr(), a.st.as_ptr());
+    for i0 in (0..nb).step_by(4) {
+        for p in 0..4 {
+            let i = i0 + p;
+            if i >= nb {
+                break;
+            }
+            let b = src.as_ptr().add(i * bs);
+            let w = legacy_w::<KIND>(b);
+            _mm256_storeu_si256(wbuf.as_mut_ptr() as *mut __m256i, w.0);
+            _mm256_storeu_si256(wbuf.as_mut_ptr().add(8) as *mut __m256i, w.1);
+            let mut is = [_mm256_setzero_si256(); NG];
+            for (j, &wp) in wbuf.iter().enumerate() {
+                let wv = _mm256_set1_epi32(wp);
+                for (g, v) in is.iter_mut().enumerate() {
+                    let ap = qt.add(((g0 + g) * na + i) * 128 + j * 8);
+                    *v = _mm256_add_epi32(
+                        *v,
+                        _mm256_madd_epi16(wv, _mm256_loadu_si256(ap as *const __m256i)),
+                    );
+                }
+            }
+            let d = _mm256_set1_ps(f16_at(b));
+            for g in 0..NG {
+                let o = ((g0 + g) * na + i) * 8;
+                let s = _mm256_mul_ps(d, _mm256_loadu_ps(dt.add(o)));
+                acc[g][p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[g]), s, acc[g][p]);
+                if has_min(KIND) {
+                    acc[g][p] = _mm256_fmadd_ps(
+                        _mm256_set1_ps(f16_at(b.add(2))),
+                        _mm256_loadu_ps(st.add(o)),
+                        acc[g][p],
+                    );
+                }
             }
         }
     }
-    std::array::from_fn(|k| hsum(acc[k]) + macc[k])
+    acc.map(|p| _mm256_add_ps(_mm256_add_ps(p[0], p[2]), _mm256_add_ps(p[1], p[3])))
+}
+
+/// Rows `rows` against all `n_tok` activation rows for a 32-element block type: 8 tokens in
+/// lanes when the regrouped activations exist, else 8 rows in lanes per token (and the last
+/// `len % 8` rows one by one).
+#[inline(always)]
+unsafe fn legacy_rows<const KIND: u8>(
+    bytes: &[u8],
+    rb: usize,
+    rows: std::ops::Range<usize>,
+    acts: &crate::acts::QuantizedActs,
+    xs: &[ActsRow],
+    n_tok: usize,
+    put: &mut impl FnMut(usize, usize, f32),
+) {
+    const ROWS: usize = 16;
+    const GROUPS: usize = 2;
+    if !acts.qt.is_empty() {
+        let groups = n_tok.div_ceil(8);
+        let mut emit = |r: usize, g: usize, v: __m256| {
+            let mut o = [0f32; 8];
+            _mm256_storeu_ps(o.as_mut_ptr(), v);
+            for (l, &v) in o.iter().enumerate() {
+                let t = 8 * g + l;
+                if t < n_tok {
+                    put(t, r, v);
+                }
+            }
+        };
+        // blocks of ROWS weight rows x 8 * GROUPS tokens, for cache reuse
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            let r1 = (r0 + ROWS).min(rows.end);
+            let mut g0 = 0;
+            while g0 < groups {
+                let ng = (groups - g0).min(GROUPS);
+                for r in r0..r1 {
+                    let row = &bytes[r * rb..(r + 1) * rb];
+                    match ng {
+                        2 => {
+                            let v = legacy_t8::<KIND, 2>(row, acts, g0);
+                            for (g, v) in v.into_iter().enumerate() {
+                                emit(r, g0 + g, v);
+                            }
+                        }
+                        _ => emit(r, g0, legacy_t8::<KIND, 1>(row, acts, g0)[0]),
+                    }
+                }
+                g0 += ng;
+            }
+            r0 = r1;
+        }
+        return;
+    }
+    for r in rows {
+        let row = &bytes[r * rb..(r + 1) * rb];
+        for (t, &x) in xs.iter().enumerate().take(n_tok) {
+            put(t, r, legacy_row::<1, KIND>(row, [x])[0]);
+        }
+    }
 }
 
 /// Lane `j` of `v` in every lane.
@@ -471,11 +639,11 @@ pub unsafe fn dot_q16<const N: usize>(
     x: [ActsRow; N],
 ) -> [f32; N] {
     match dtype {
-        hearth_core::DType::Q4_0 => legacy_q16_n::<N, 0>(src, x),
-        hearth_core::DType::Q4_1 => legacy_q16_n::<N, 1>(src, x),
-        hearth_core::DType::Q8_0 => legacy_q16_n::<N, 2>(src, x),
-        hearth_core::DType::Q5_0 => q5_q16_n::<N, false>(src, x),
-        hearth_core::DType::Q5_1 => q5_q16_n::<N, true>(src, x),
+        hearth_core::DType::Q4_0 => legacy_row::<N, Q40>(src, x),
+        hearth_core::DType::Q4_1 => legacy_row::<N, Q41>(src, x),
+        hearth_core::DType::Q8_0 => legacy_row::<N, Q80>(src, x),
+        hearth_core::DType::Q5_0 => legacy_row::<N, Q50>(src, x),
+        hearth_core::DType::Q5_1 => legacy_row::<N, Q51>(src, x),
         hearth_core::DType::Q4_K => q4_k_q8k_n::<N>(src, x),
         hearth_core::DType::Q6_K => q6_k_q16_n::<N>(src, x),
         _ => [0.0; N],
@@ -534,11 +702,11 @@ pub unsafe fn rows_q16(
         }};
     }
     match dtype {
-        D::Q4_0 => run!(legacy_q16_n::<4, 0>, legacy_q16_n::<1, 0>),
-        D::Q4_1 => run!(legacy_q16_n::<4, 1>, legacy_q16_n::<1, 1>),
-        D::Q8_0 => run!(legacy_q16_n::<4, 2>, legacy_q16_n::<1, 2>),
-        D::Q5_0 => run!(q5_q16_n::<4, false>, q5_q16_n::<1, false>),
-        D::Q5_1 => run!(q5_q16_n::<4, true>, q5_q16_n::<1, true>),
+        D::Q4_0 => legacy_rows::<Q40>(bytes, rb, rows, acts, &xs, n_tok, put),
+        D::Q4_1 => legacy_rows::<Q41>(bytes, rb, rows, acts, &xs, n_tok, put),
+        D::Q8_0 => legacy_rows::<Q80>(bytes, rb, rows, acts, &xs, n_tok, put),
+        D::Q5_0 => legacy_rows::<Q50>(bytes, rb, rows, acts, &xs, n_tok, put),
+        D::Q5_1 => legacy_rows::<Q51>(bytes, rb, rows, acts, &xs, n_tok, put),
         D::Q4_K => run!(q4_k_q8k_n::<4>, q4_k_q8k_n::<1>),
         D::Q6_K => run!(q6_k_q16_n::<4>, q6_k_q16_n::<1>),
         _ => {}

@@ -1,0 +1,56 @@
+//! Single-thread throughput of the integer matmul kernels (`rows_q16`) on random weights:
+//! `cargo run --release -p hearth-quant --example gemm -- [TYPE] [N_OUT] [N_IN] [TOKENS]`.
+use hearth_core::DType;
+use hearth_quant::acts::QuantizedActs;
+use std::time::Instant;
+
+fn main() {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    let dtype = match a.first().map(|s| s.as_str()).unwrap_or("q4_1") {
+        "q4_0" => DType::Q4_0,
+        "q8_0" => DType::Q8_0,
+        "q4_k" => DType::Q4_K,
+        "q6_k" => DType::Q6_K,
+        "q5_0" => DType::Q5_0,
+        _ => DType::Q4_1,
+    };
+    let arg = |i: usize, d: usize| a.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+    let (n_out, n_in, n_tok) = (arg(1, 1536), arg(2, 576), arg(3, 512));
+    let rb = dtype.row_bytes(n_in).unwrap();
+    let mut seed = 1u64;
+    let mut rnd = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as u32
+    };
+    // random bytes with small f16 scales (exponent bits kept low)
+    let bs = dtype.type_size();
+    let mut w: Vec<u8> = (0..rb * n_out).map(|_| rnd() as u8).collect();
+    for blk in w.chunks_exact_mut(bs) {
+        for b in blk.iter_mut().take(4) {
+            *b &= 0x1F;
+        }
+    }
+    let x: Vec<f32> = (0..n_in * n_tok)
+        .map(|_| (rnd() % 2000) as f32 / 1000.0 - 1.0)
+        .collect();
+    let mut acts = QuantizedActs::default();
+    acts.quantize(&x, n_in);
+    let mut out = vec![0f32; n_out * n_tok];
+    let mut best = f64::MAX;
+    for _ in 0..(5 + 2000 / n_tok) {
+        let t = Instant::now();
+        hearth_quant::rows_q16(dtype, &w, rb, 0..n_out, &acts, n_tok, |t, r, v| {
+            out[t * n_out + r] = v
+        });
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let macs = (n_out * n_in * n_tok) as f64;
+    println!(
+        "{dtype:?} {n_out}x{n_in} x {n_tok} tokens: {:.2} ms, {:.2} GMAC/s (checksum {:.3})",
+        best * 1e3,
+        macs / best / 1e9,
+        out.iter().map(|v| *v as f64).sum::<f64>()
+    );
+}

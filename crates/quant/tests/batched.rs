@@ -1,0 +1,95 @@
+//! The batched integer kernels (`rows_q16`: several tokens per weight row, tokens in SIMD
+//! lanes from `T8_MIN` tokens on) give every (row, token) exactly the bits of the one-row,
+//! one-token kernel, and the legacy 32-block types equal the scalar reference bit for bit.
+use hearth_core::DType;
+use hearth_quant::acts::{QuantizedActs, dot_q16_scalar};
+
+fn lcg(mut seed: u64) -> impl FnMut() -> u32 {
+    move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as u32
+    }
+}
+
+/// Random blocks of `dtype` whose f16 fields (the first 4 bytes of a 32-block, the scales of
+/// a K-block) are small finite numbers.
+fn weights(dtype: DType, rows: usize, n: usize, rnd: &mut impl FnMut() -> u32) -> Vec<u8> {
+    let rb = dtype.row_bytes(n).unwrap();
+    let mut w: Vec<u8> = (0..rb * rows).map(|_| rnd() as u8).collect();
+    let bs = dtype.type_size();
+    for blk in w.chunks_exact_mut(bs) {
+        match dtype {
+            DType::Q4_K => {
+                blk[1] &= 0x1B;
+                blk[3] &= 0x1B;
+            }
+            DType::Q6_K => blk[bs - 1] &= 0x1B,
+            _ => {
+                blk[1] &= 0x1B;
+                blk[3] &= 0x1B;
+            }
+        }
+    }
+    w
+}
+
+#[test]
+fn batched_rows_equal_single_rows_bit_for_bit() {
+    let mut rnd = lcg(3);
+    for dtype in [
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q8_0,
+        DType::Q4_K,
+        DType::Q6_K,
+    ] {
+        // row lengths with 4- and 8-block tails (SmolLM2's 576 is 18 blocks of 32)
+        let lens: &[usize] = if dtype.block_size() == 32 {
+            &[576, 288, 96, 1536]
+        } else {
+            &[256, 1024, 1536]
+        };
+        for &n in lens {
+            let rows = 11;
+            let w = weights(dtype, rows, n, &mut rnd);
+            let rb = dtype.row_bytes(n).unwrap();
+            for n_tok in [1usize, 3, 4, 9, 16, 21, 40] {
+                let x: Vec<f32> = (0..n * n_tok)
+                    .map(|_| (rnd() % 20001) as f32 / 10000.0 - 1.0)
+                    .collect();
+                let mut acts = QuantizedActs::default();
+                acts.quantize(&x, n);
+                let mut got = vec![f32::NAN; rows * n_tok];
+                hearth_quant::rows_q16(dtype, &w, rb, 1..rows, &acts, n_tok, |t, r, v| {
+                    got[t * rows + r] = v
+                });
+                for r in 1..rows {
+                    let row = &w[r * rb..(r + 1) * rb];
+                    for t in 0..n_tok {
+                        let one = hearth_quant::dot_row_q16::<1>(dtype, row, [acts.row(t)])[0];
+                        assert_eq!(
+                            got[t * rows + r].to_bits(),
+                            one.to_bits(),
+                            "{dtype:?} n={n} n_tok={n_tok} row {r} token {t}: {} vs {one}",
+                            got[t * rows + r]
+                        );
+                        if dtype.block_size() == 32 {
+                            let s = dot_q16_scalar(dtype, row, acts.row(t));
+                            assert_eq!(
+                                s.to_bits(),
+                                one.to_bits(),
+                                "{dtype:?} n={n} row {r} token {t}: scalar {s} vs simd {one}"
+                            );
+                        }
+                    }
+                }
+                // row 0 was not asked for
+                assert!((0..n_tok).all(|t| got[t * rows].is_nan()));
+            }
+        }
+    }
+}
