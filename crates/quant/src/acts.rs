@@ -56,6 +56,15 @@ pub struct QuantizedActs {
     pub dt: Vec<f32>,
     /// `sum` regrouped the same way, `[n_rows / 8, n / 32, 8]`.
     pub st: Vec<f32>,
+    /// `q8` regrouped (when it exists and from [`T8_MIN`] rows on): per group of 8 rows,
+    /// block of 256 and group `k` of 4 values, the 8 rows' values `4k..4k + 4` as one 32-bit
+    /// word each, `[n_rows / 8, n / 256, 64, 8]`.
+    pub q8t: Vec<i32>,
+    /// `d8` regrouped, `[n_rows / 8, n / 256, 8]`.
+    pub d8t: Vec<f32>,
+    /// `bs8` regrouped: per block of 256 and sub-block `j` of 32, the 8 rows' two sums of 16
+    /// as one 32-bit word each, `[n_rows / 8, n / 256, 8, 8]`.
+    pub b8t: Vec<i32>,
 }
 
 /// Fewest activation rows for which [`QuantizedActs::quantize`] builds the regrouped form.
@@ -103,6 +112,38 @@ impl QuantizedActs {
         self.quantize_k8(x, n);
         self.rows = x.len() / n;
         self.regroup();
+        self.regroup_k8();
+    }
+
+    /// Build `q8t`, `d8t` and `b8t` from `q8`, `d8` and `bs8`.
+    fn regroup_k8(&mut self) {
+        let (n, rows) = (self.n, self.rows);
+        self.q8t.clear();
+        self.d8t.clear();
+        self.b8t.clear();
+        if rows < T8_MIN || self.q8.is_empty() {
+            return;
+        }
+        let (nb, groups) = (n / QK8, rows.div_ceil(8));
+        self.q8t.resize(groups * nb * 512, 0);
+        self.d8t.resize(groups * nb * 8, 0.0);
+        self.b8t.resize(groups * nb * 64, 0);
+        for t in 0..rows {
+            let (g, l) = (t / 8, t % 8);
+            for b in 0..nb {
+                let q = &self.q8[t * n + b * QK8..t * n + (b + 1) * QK8];
+                let base = (g * nb + b) * 512 + l;
+                for (k, w) in q.chunks_exact(4).enumerate() {
+                    self.q8t[base + 8 * k] = i32::from_le_bytes([w[0] as u8, w[1] as u8, w[2] as u8, w[3] as u8]);
+                }
+                self.d8t[(g * nb + b) * 8 + l] = self.d8[t * nb + b];
+                let bs = &self.bs8[(t * nb + b) * 16..(t * nb + b + 1) * 16];
+                for j in 0..8 {
+                    self.b8t[(g * nb + b) * 64 + j * 8 + l] =
+                        (bs[2 * j] as u16 as u32 | (bs[2 * j + 1] as u16 as u32) << 16) as i32;
+                }
+            }
+        }
     }
 
     /// Build `qt`, `dt` and `st` from `q`, `d` and `sum`.

@@ -458,22 +458,15 @@ unsafe fn legacy_t8<const KIND: u8, const NG: usize>(
     acc.map(|p| _mm256_add_ps(_mm256_add_ps(p[0], p[2]), _mm256_add_ps(p[1], p[3])))
 }
 
-/// Rows `rows` against all `n_tok` activation rows for a 32-element block type: 8 tokens in
-/// lanes when the regrouped activations exist, else 8 rows in lanes per token (and the last
-/// `len % 8` rows one by one).
-#[inline(always)]
-unsafe fn legacy_rows<const KIND: u8>(
-    bytes: &[u8],
-    rb: usize,
-    rows: std::ops::Range<usize>,
-    acts: &crate::acts::QuantizedActs,
-    xs: &[ActsRow],
-    n_tok: usize,
-    put: &mut impl FnMut(usize, usize, f32),
-) {
-    const ROWS: usize = 16;
-    const GROUPS: usize = 2;
-    if !acts.qt.is_empty() {
+/// Rows `rows` against `n_tok` tokens with a kernel taking 8 tokens in lanes:
+/// `$k2(row, g0)` does token groups g0 and g0 + 1, `$k1(row, g0)` group g0. Cache blocks of
+/// 16 weight rows x 16 tokens: the block's activations stay in L1 while its rows pass over
+/// them.
+macro_rules! t8_rows {
+    ($bytes:expr, $rb:expr, $rows:expr, $n_tok:expr, $put:expr, $k2:expr, $k1:expr) => {{
+        const ROWS: usize = 16;
+        let (bytes, rb, n_tok) = ($bytes, $rb, $n_tok);
+        let put = $put;
         let groups = n_tok.div_ceil(8);
         let mut emit = |r: usize, g: usize, v: __m256| {
             let mut o = [0f32; 8];
@@ -485,29 +478,52 @@ unsafe fn legacy_rows<const KIND: u8>(
                 }
             }
         };
-        // blocks of ROWS weight rows x 8 * GROUPS tokens, for cache reuse
+        let rows: std::ops::Range<usize> = $rows;
         let mut r0 = rows.start;
         while r0 < rows.end {
             let r1 = (r0 + ROWS).min(rows.end);
             let mut g0 = 0;
             while g0 < groups {
-                let ng = (groups - g0).min(GROUPS);
+                let ng = (groups - g0).min(2);
                 for r in r0..r1 {
                     let row = &bytes[r * rb..(r + 1) * rb];
-                    match ng {
-                        2 => {
-                            let v = legacy_t8::<KIND, 2>(row, acts, g0);
-                            for (g, v) in v.into_iter().enumerate() {
-                                emit(r, g0 + g, v);
-                            }
-                        }
-                        _ => emit(r, g0, legacy_t8::<KIND, 1>(row, acts, g0)[0]),
+                    if ng == 2 {
+                        let [v0, v1] = $k2(row, g0);
+                        emit(r, g0, v0);
+                        emit(r, g0 + 1, v1);
+                    } else {
+                        emit(r, g0, $k1(row, g0));
                     }
                 }
                 g0 += ng;
             }
             r0 = r1;
         }
+    }};
+}
+
+/// Rows `rows` against all `n_tok` activation rows for a 32-element block type: 8 tokens in
+/// lanes when the regrouped activations exist, else one row and token at a time.
+#[inline(always)]
+unsafe fn legacy_rows<const KIND: u8>(
+    bytes: &[u8],
+    rb: usize,
+    rows: std::ops::Range<usize>,
+    acts: &crate::acts::QuantizedActs,
+    xs: &[ActsRow],
+    n_tok: usize,
+    put: &mut impl FnMut(usize, usize, f32),
+) {
+    if !acts.qt.is_empty() {
+        t8_rows!(
+            bytes,
+            rb,
+            rows,
+            n_tok,
+            put,
+            |row, g0| legacy_t8::<KIND, 2>(row, acts, g0),
+            |row, g0| legacy_t8::<KIND, 1>(row, acts, g0)[0]
+        );
         return;
     }
     for r in rows {
@@ -516,6 +532,71 @@ unsafe fn legacy_rows<const KIND: u8>(
             put(t, r, legacy_row::<1, KIND>(row, [x])[0]);
         }
     }
+}
+
+/// Q4_K, one row against `NG` groups of 8 tokens in lanes (`QuantizedActs::q8t`): each
+/// 32-bit word of 4 nibbles is broadcast and `maddubs`-multiplied by 8 tokens' 4 activations;
+/// a sub-block's 8 such products add up in i16 (at most 8 * 2 * 15 * 127 = 30480), are
+/// weighed by its scale with `madd`, and the super-block's sums and mins stay exact in i32.
+/// The float step per super-block is the one-row kernel's, lane by lane.
+#[inline(always)]
+unsafe fn q4_k_t8<const NG: usize>(
+    src: &[u8],
+    a: &crate::acts::QuantizedActs,
+    g0: usize,
+) -> [__m256; NG] {
+    let na = a.n / 256;
+    let mut acc = [_mm256_setzero_ps(); NG];
+    let mut wbuf = [_mm256_setzero_si256(); 8];
+    let m4 = _mm256_set1_epi8(0x0F);
+    let (q8t, d8t, b8t) = (a.q8t.as_ptr(), a.d8t.as_ptr(), a.b8t.as_ptr());
+    for (i, b) in as_blocks::<BlockQ4K>(src).iter().enumerate() {
+        let (sc, mn) = scales_mins_k4(&b.scales);
+        // the 256 nibbles as bytes in element order: sub-block 2c low, 2c+1 high nibbles
+        for c in 0..4 {
+            let v = _mm256_loadu_si256(b.qs.as_ptr().add(c * 32) as *const __m256i);
+            wbuf[2 * c] = _mm256_and_si256(v, m4);
+            wbuf[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        }
+        let wp = wbuf.as_ptr() as *const i32;
+        let mut sumi = [_mm256_setzero_si256(); NG];
+        for j in 0..8 {
+            let mut s16 = [_mm256_setzero_si256(); NG];
+            for k in 0..8 {
+                let wv = _mm256_set1_epi32(*wp.add(j * 8 + k));
+                for (g, v) in s16.iter_mut().enumerate() {
+                    let ap = q8t.add(((g0 + g) * na + i) * 512 + (j * 8 + k) * 8);
+                    *v = _mm256_add_epi16(
+                        *v,
+                        _mm256_maddubs_epi16(wv, _mm256_loadu_si256(ap as *const __m256i)),
+                    );
+                }
+            }
+            let scv = _mm256_set1_epi16(sc[j] as i16);
+            for g in 0..NG {
+                sumi[g] = _mm256_add_epi32(sumi[g], _mm256_madd_epi16(s16[g], scv));
+            }
+        }
+        let mut summ = [_mm256_setzero_si256(); NG];
+        for (j, &m) in mn.iter().enumerate() {
+            let mv = _mm256_set1_epi16(m as i16);
+            for (g, v) in summ.iter_mut().enumerate() {
+                let bp = b8t.add(((g0 + g) * na + i) * 64 + j * 8);
+                *v = _mm256_add_epi32(
+                    *v,
+                    _mm256_madd_epi16(_mm256_loadu_si256(bp as *const __m256i), mv),
+                );
+            }
+        }
+        let (d, dmin) = (_mm256_set1_ps(f16le(b.d)), _mm256_set1_ps(f16le(b.dmin)));
+        for g in 0..NG {
+            let dx = _mm256_loadu_ps(d8t.add(((g0 + g) * na + i) * 8));
+            let t1 = _mm256_mul_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(sumi[g]));
+            let t2 = _mm256_mul_ps(_mm256_mul_ps(dmin, dx), _mm256_cvtepi32_ps(summ[g]));
+            acc[g] = _mm256_add_ps(acc[g], _mm256_sub_ps(t1, t2));
+        }
+    }
+    acc
 }
 
 /// Lane `j` of `v` in every lane.
@@ -707,6 +788,15 @@ pub unsafe fn rows_q16(
         D::Q8_0 => legacy_rows::<Q80>(bytes, rb, rows, acts, &xs, n_tok, put),
         D::Q5_0 => legacy_rows::<Q50>(bytes, rb, rows, acts, &xs, n_tok, put),
         D::Q5_1 => legacy_rows::<Q51>(bytes, rb, rows, acts, &xs, n_tok, put),
+        D::Q4_K if !acts.q8t.is_empty() => t8_rows!(
+            bytes,
+            rb,
+            rows,
+            n_tok,
+            put,
+            |row, g0| q4_k_t8::<2>(row, acts, g0),
+            |row, g0| q4_k_t8::<1>(row, acts, g0)[0]
+        ),
         D::Q4_K => run!(q4_k_q8k_n::<4>, q4_k_q8k_n::<1>),
         D::Q6_K => run!(q6_k_q16_n::<4>, q6_k_q16_n::<1>),
         _ => {}
