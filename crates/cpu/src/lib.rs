@@ -136,9 +136,10 @@ impl Backend for Cpu {
             out: optr,
         };
         if supports_q16(w.dtype) {
-            // Integer kernels: quantize the activations once, to 16 bits.
+            // Integer kernels: quantize the activations once, to the form the type reads.
             let mut guard = self.acts.lock().unwrap_or_else(|e| e.into_inner());
-            guard.quantize(x, w.row_len());
+            let (q16, k8) = QuantizedActs::forms(w.dtype);
+            guard.quantize_forms(x, w.row_len(), q16, k8);
             let acts = &*guard;
             self.pool.run(&|ci| {
                 job.rows(
@@ -157,9 +158,11 @@ impl Backend for Cpu {
         for j in jobs.iter() {
             check_job(j.w, j.x, j.n_tok, j.out)?;
         }
-        // Quantize each distinct activation matrix once (gate and up share theirs).
+        // Quantize each distinct activation matrix once (gate and up share theirs), to the
+        // forms its jobs' types read; the distinct matrices (a MoE layer's experts) in
+        // parallel.
         let mut keys: Vec<(*const f32, usize, usize)> = Vec::new();
-        let mut acts: Vec<QuantizedActs> = Vec::new();
+        let mut forms: Vec<(bool, bool)> = Vec::new();
         let mut which: Vec<Option<usize>> = Vec::with_capacity(jobs.len());
         for j in jobs.iter() {
             if !supports_q16(j.w.dtype) {
@@ -167,18 +170,40 @@ impl Backend for Cpu {
                 continue;
             }
             let key = (j.x.as_ptr(), j.x.len(), j.w.row_len());
+            let (q16, k8) = QuantizedActs::forms(j.w.dtype);
             let i = match keys.iter().position(|k| *k == key) {
                 Some(i) => i,
                 None => {
-                    let mut a = QuantizedActs::default();
-                    a.quantize(j.x, j.w.row_len());
                     keys.push(key);
-                    acts.push(a);
-                    acts.len() - 1
+                    forms.push((false, false));
+                    keys.len() - 1
                 }
             };
+            forms[i].0 |= q16;
+            forms[i].1 |= k8;
             which.push(Some(i));
         }
+        let mut acts: Vec<std::sync::Mutex<QuantizedActs>> =
+            (0..keys.len()).map(|_| Default::default()).collect();
+        {
+            let first: Vec<usize> = (0..keys.len())
+                .map(|i| which.iter().position(|w| *w == Some(i)).unwrap_or(0))
+                .collect();
+            let threads = self.threads();
+            let jobs = &*jobs;
+            let acts = &acts;
+            self.pool.run(&|ci| {
+                for i in (ci..first.len()).step_by(threads) {
+                    let j = &jobs[first[i]];
+                    let mut a = acts[i].lock().unwrap_or_else(|e| e.into_inner());
+                    a.quantize_forms(j.x, j.w.row_len(), forms[i].0, forms[i].1);
+                }
+            });
+        }
+        let acts: Vec<QuantizedActs> = acts
+            .iter_mut()
+            .map(|m| std::mem::take(m.get_mut().unwrap_or_else(|e| e.into_inner())))
+            .collect();
         let rj: Vec<RowJob> = jobs
             .iter_mut()
             .map(|j| RowJob {

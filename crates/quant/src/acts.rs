@@ -88,10 +88,41 @@ pub struct ActsRow<'a> {
 }
 
 impl QuantizedActs {
-    /// Quantize `x` (`[rows, n]`, `n` a multiple of 32), reusing the buffers.
+    /// Quantize `x` (`[rows, n]`, `n` a multiple of 32) to every form, reusing the buffers.
     pub fn quantize(&mut self, x: &[f32], n: usize) {
+        self.quantize_forms(x, n, true, true);
+    }
+
+    /// The forms the integer kernels of `dtype` read: (16-bit per 32, 8-bit per 256).
+    pub fn forms(dtype: DType) -> (bool, bool) {
+        if dtype == DType::Q4_K {
+            (false, true)
+        } else {
+            (true, false)
+        }
+    }
+
+    /// Quantize `x` to the 16-bit form (`q16`) and/or the 8-bit form (`k8`, when `n` is a
+    /// multiple of 256); a form not asked for is left empty.
+    pub fn quantize_forms(&mut self, x: &[f32], n: usize, q16: bool, k8: bool) {
         assert!(n % QK == 0 && x.len() % n == 0);
         self.n = n;
+        self.rows = x.len() / n;
+        if k8 {
+            self.quantize_k8(x, n);
+        } else {
+            self.q8.clear();
+            self.d8.clear();
+            self.bs8.clear();
+        }
+        self.regroup_k8();
+        if !q16 {
+            self.q.clear();
+            self.d.clear();
+            self.sum.clear();
+            self.regroup();
+            return;
+        }
         self.q.resize(x.len(), 0);
         self.d.resize(x.len() / QK, 0.0);
         self.sum.resize(x.len() / QK, 0.0);
@@ -109,10 +140,7 @@ impl QuantizedActs {
             self.d[b] = d;
             self.sum[b] = s;
         }
-        self.quantize_k8(x, n);
-        self.rows = x.len() / n;
         self.regroup();
-        self.regroup_k8();
     }
 
     /// Build `q8t`, `d8t` and `b8t` from `q8`, `d8` and `bs8`.
@@ -134,7 +162,8 @@ impl QuantizedActs {
                 let q = &self.q8[t * n + b * QK8..t * n + (b + 1) * QK8];
                 let base = (g * nb + b) * 512 + l;
                 for (k, w) in q.chunks_exact(4).enumerate() {
-                    self.q8t[base + 8 * k] = i32::from_le_bytes([w[0] as u8, w[1] as u8, w[2] as u8, w[3] as u8]);
+                    self.q8t[base + 8 * k] =
+                        i32::from_le_bytes([w[0] as u8, w[1] as u8, w[2] as u8, w[3] as u8]);
                 }
                 self.d8t[(g * nb + b) * 8 + l] = self.d8[t * nb + b];
                 let bs = &self.bs8[(t * nb + b) * 16..(t * nb + b + 1) * 16];
@@ -149,7 +178,7 @@ impl QuantizedActs {
     /// Build `qt`, `dt` and `st` from `q`, `d` and `sum`.
     fn regroup(&mut self) {
         let (n, rows) = (self.n, self.rows);
-        if rows < T8_MIN {
+        if rows < T8_MIN || self.q.is_empty() {
             self.qt.clear();
             self.dt.clear();
             self.st.clear();
@@ -207,10 +236,17 @@ impl QuantizedActs {
     /// Row `t`.
     pub fn row(&self, t: usize) -> ActsRow<'_> {
         let nb = self.n / QK;
+        fn part(v: &[f32], a: usize, b: usize) -> &[f32] {
+            if v.is_empty() { &[] } else { &v[a..b] }
+        }
         ActsRow {
-            q: &self.q[t * self.n..(t + 1) * self.n],
-            d: &self.d[t * nb..(t + 1) * nb],
-            sum: &self.sum[t * nb..(t + 1) * nb],
+            q: if self.q.is_empty() {
+                &[]
+            } else {
+                &self.q[t * self.n..(t + 1) * self.n]
+            },
+            d: part(&self.d, t * nb, (t + 1) * nb),
+            sum: part(&self.sum, t * nb, (t + 1) * nb),
             q8: if self.q8.is_empty() {
                 &[]
             } else {

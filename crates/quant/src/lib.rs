@@ -210,12 +210,10 @@ pub fn dequantize(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 #[inline]
 pub fn dot_row_q16<const N: usize>(dtype: DType, src: &[u8], x: [acts::ActsRow; N]) -> [f32; N] {
     let n = src.len() / dtype.type_size() * dtype.block_size();
-    assert!(x.iter().all(|r| {
-        r.q.len() >= n
-            && r.d.len() * acts::QK >= n
-            && r.sum.len() * acts::QK >= n
-            && (dtype != DType::Q4_K
-                || (r.q8.len() >= n && r.d8.len() * acts::QK8 >= n && r.bs8.len() * 16 >= n))
+    assert!(x.iter().all(|r| if dtype == DType::Q4_K {
+        r.q8.len() >= n && r.d8.len() * acts::QK8 >= n && r.bs8.len() * 16 >= n
+    } else {
+        r.q.len() >= n && r.d.len() * acts::QK >= n && r.sum.len() * acts::QK >= n
     }));
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
@@ -242,13 +240,16 @@ pub fn rows_q16(
         acts::supports_q16(dtype)
             && rows.end * rb <= bytes.len()
             && acts.n >= n
-            && acts.q.len() >= n_tok * acts.n
-            && acts.d.len() * acts::QK >= n_tok * acts.n
-            && acts.sum.len() * acts::QK >= n_tok * acts.n
-            && (dtype != DType::Q4_K
-                || (acts.q8.len() >= n_tok * acts.n
+            && acts.rows >= n_tok
+            && if dtype == DType::Q4_K {
+                acts.q8.len() >= n_tok * acts.n
                     && acts.d8.len() * acts::QK8 >= n_tok * acts.n
-                    && acts.bs8.len() * 16 >= n_tok * acts.n))
+                    && acts.bs8.len() * 16 >= n_tok * acts.n
+            } else {
+                acts.q.len() >= n_tok * acts.n
+                    && acts.d.len() * acts::QK >= n_tok * acts.n
+                    && acts.sum.len() * acts::QK >= n_tok * acts.n
+            }
     );
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
