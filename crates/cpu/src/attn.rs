@@ -27,8 +27,8 @@ pub(crate) struct Query<'a> {
 
 /// The vector primitives the chunk loop needs.
 trait Ops {
-    /// `q · k`
-    unsafe fn dot(q: &[f32], k: &[f32]) -> f32;
+    /// `out[i] = q · keys[koff(i)..][..q.len()]` for each `i`
+    unsafe fn scores<F: Fn(usize) -> usize>(q: &[f32], keys: &[f32], koff: F, out: &mut [f32]);
     /// `s[i] = exp(s[i] - m)` for all `C` entries
     unsafe fn exp_shift(s: &mut [f32; C], m: f32);
     /// `o *= c`
@@ -100,10 +100,10 @@ unsafe fn body<O: Ops>(
             }
             let n = b - a + 1;
             let rs = &rows[a - c0..=b - c0];
+            O::scores(q.q, k, |i| rs[i] * p.k_stride + kh * hd, &mut s[..n]);
             let mut cmax = f32::NEG_INFINITY;
-            for (si, &r) in s.iter_mut().zip(rs) {
-                let ko = r * p.k_stride + kh * hd;
-                *si = O::dot(q.q, &k[ko..ko + hd]) * p.scale;
+            for si in &mut s[..n] {
+                *si *= p.scale;
                 cmax = cmax.max(*si);
             }
             if cmax > q.m {
@@ -129,8 +129,15 @@ unsafe fn body<O: Ops>(
 struct Scalar;
 
 impl Ops for Scalar {
-    unsafe fn dot(q: &[f32], k: &[f32]) -> f32 {
-        q.iter().zip(k).map(|(a, b)| a * b).sum()
+    unsafe fn scores<F: Fn(usize) -> usize>(q: &[f32], keys: &[f32], koff: F, out: &mut [f32]) {
+        for (i, o) in out.iter_mut().enumerate() {
+            let ko = koff(i);
+            *o = q
+                .iter()
+                .zip(&keys[ko..ko + q.len()])
+                .map(|(a, b)| a * b)
+                .sum();
+        }
     }
     unsafe fn exp_shift(s: &mut [f32; C], m: f32) {
         for x in s.iter_mut() {
@@ -162,14 +169,6 @@ mod x86 {
     use std::arch::x86_64::*;
 
     pub(super) struct Avx2;
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
 
     /// `exp(x)` for 8 lanes: `x = n ln2 + r` with |r| <= ln2/2, `e^r` by its Taylor series to
     /// degree 7 (relative error below 1e-8 before rounding), times `2^n` through the exponent
@@ -207,24 +206,50 @@ mod x86 {
     }
 
     impl Ops for Avx2 {
+        /// Every score is one FMA chain over the head (8 lanes), then the lanes added as
+        /// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), whether it is formed alone or
+        /// four at a time.
         #[inline(always)]
-        unsafe fn dot(q: &[f32], k: &[f32]) -> f32 {
-            let n = q.len();
-            if n % 16 != 0 || k.len() != n {
-                return Scalar::dot(q, k);
+        unsafe fn scores<F: Fn(usize) -> usize>(q: &[f32], keys: &[f32], koff: F, out: &mut [f32]) {
+            let hd = q.len();
+            if hd % 8 != 0 {
+                return Scalar::scores(q, keys, koff, out);
             }
-            let (qp, kp) = (q.as_ptr(), k.as_ptr());
-            let mut a0 = _mm256_setzero_ps();
-            let mut a1 = _mm256_setzero_ps();
-            for i in (0..n).step_by(16) {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(kp.add(i)), a0);
-                a1 = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(qp.add(i + 8)),
-                    _mm256_loadu_ps(kp.add(i + 8)),
-                    a1,
-                );
+            let qp = q.as_ptr();
+            let n = out.len();
+            let mut i = 0;
+            while i + 4 <= n {
+                let ko: [usize; 4] = std::array::from_fn(|k| koff(i + k));
+                assert!(ko.iter().all(|&o| o + hd <= keys.len()));
+                let kp = ko.map(|o| keys.as_ptr().add(o));
+                let mut a = [_mm256_setzero_ps(); 4];
+                for c in (0..hd).step_by(8) {
+                    let qv = _mm256_loadu_ps(qp.add(c));
+                    for k in 0..4 {
+                        a[k] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[k].add(c)), a[k]);
+                    }
+                }
+                let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+                let r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+                _mm_storeu_ps(out.as_mut_ptr().add(i), r);
+                i += 4;
             }
-            hsum(_mm256_add_ps(a0, a1))
+            for i in i..n {
+                let ko = koff(i);
+                let kr = &keys[ko..ko + hd];
+                let mut a = _mm256_setzero_ps();
+                for c in (0..hd).step_by(8) {
+                    a = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(qp.add(c)),
+                        _mm256_loadu_ps(kr.as_ptr().add(c)),
+                        a,
+                    );
+                }
+                let h = _mm256_hadd_ps(a, a);
+                let h = _mm256_hadd_ps(h, h);
+                let r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+                out[i] = _mm_cvtss_f32(r);
+            }
         }
 
         #[inline(always)]
@@ -254,42 +279,53 @@ mod x86 {
             _mm256_cvtss_f32(exp8(_mm256_set1_ps(x)))
         }
 
+        /// Slabs of 64 output values stay in registers while every position adds to them.
         #[inline(always)]
         unsafe fn axpy<F: Fn(usize) -> usize>(o: &mut [f32], e: &[f32], voff: F, vals: &[f32]) {
             let vd = o.len();
             if vd % 8 != 0 {
                 return Scalar::axpy(o, e, voff, vals);
             }
+            for i in 0..e.len() {
+                assert!(voff(i) + vd <= vals.len());
+            }
             let op = o.as_mut_ptr();
-            let mut i = 0;
-            // four positions per pass over the output
-            while i + 4 <= e.len() {
-                let vo: [usize; 4] = std::array::from_fn(|k| voff(i + k));
-                assert!(vo.iter().all(|&x| x + vd <= vals.len()));
-                let vp = vo.map(|x| vals.as_ptr().add(x));
-                let ev = [0, 1, 2, 3].map(|k| _mm256_set1_ps(e[i + k]));
-                for d in (0..vd).step_by(8) {
-                    let mut acc = _mm256_loadu_ps(op.add(d));
-                    for k in 0..4 {
-                        acc = _mm256_fmadd_ps(ev[k], _mm256_loadu_ps(vp[k].add(d)), acc);
-                    }
-                    _mm256_storeu_ps(op.add(d), acc);
+            let mut d0 = 0;
+            while d0 < vd {
+                let w = (vd - d0).min(64) / 8;
+                match w {
+                    8 => slab::<8, F>(op.add(d0), e, &voff, vals.as_ptr().add(d0)),
+                    7 => slab::<7, F>(op.add(d0), e, &voff, vals.as_ptr().add(d0)),
+                    6 => slab::<6, F>(op.add(d0), e, &voff, vals.as_ptr().add(d0)),
+                    5 => slab::<5, F>(op.add(d0), e, &voff, vals.as_ptr().add(d0)),
+                    4 => slab::<4, F>(op.add(d0), e, &voff, vals.as_ptr().add(d0)),
+                    3 => slab::<3, F>(op.add(d0), e, &voff, vals.as_ptr().add(d0)),
+                    2 => slab::<2, F>(op.add(d0), e, &voff, vals.as_ptr().add(d0)),
+                    _ => slab::<1, F>(op.add(d0), e, &voff, vals.as_ptr().add(d0)),
                 }
-                i += 4;
+                d0 += 8 * w;
             }
-            for i in i..e.len() {
-                let vo = voff(i);
-                let vr = &vals[vo..vo + vd];
-                let ev = _mm256_set1_ps(e[i]);
-                for d in (0..vd).step_by(8) {
-                    let acc = _mm256_fmadd_ps(
-                        ev,
-                        _mm256_loadu_ps(vr.as_ptr().add(d)),
-                        _mm256_loadu_ps(op.add(d)),
-                    );
-                    _mm256_storeu_ps(op.add(d), acc);
-                }
+        }
+    }
+
+    /// `W` registers of output (from `op`) plus `e[i]` times the values at `vp + voff(i)`.
+    #[inline(always)]
+    unsafe fn slab<const W: usize, F: Fn(usize) -> usize>(
+        op: *mut f32,
+        e: &[f32],
+        voff: &F,
+        vp: *const f32,
+    ) {
+        let mut acc: [__m256; W] = std::array::from_fn(|k| _mm256_loadu_ps(op.add(8 * k)));
+        for (i, &ei) in e.iter().enumerate() {
+            let p = vp.add(voff(i));
+            let ev = _mm256_set1_ps(ei);
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(ev, _mm256_loadu_ps(p.add(8 * k)), *a);
             }
+        }
+        for (k, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(op.add(8 * k), *a);
         }
     }
 }
