@@ -325,9 +325,8 @@ pub fn dot_q16_scalar(dtype: DType, src: &[u8], x: ActsRow) -> f32 {
         }
         DType::Q4_1 => {
             for (i, b) in as_blocks::<BlockQ4_1>(src).iter().enumerate() {
-                let a = &mut part[i % 4];
-                *a = (q4_isum(&b.qs, xq(i), 0) as f32).mul_add(f16le(b.d) * x.d[i], *a);
-                *a = f16le(b.m).mul_add(x.sum[i], *a);
+                let t = q4_isum(&b.qs, xq(i), 0) as f32 * (f16le(b.d) * x.d[i]);
+                part[i % 4] += f16le(b.m).mul_add(x.sum[i], t);
             }
             acc = lanes(part);
         }
@@ -350,9 +349,10 @@ pub fn dot_q16_scalar(dtype: DType, src: &[u8], x: ActsRow) -> f32 {
                     isum += (lo - off) * xq(i)[j] as i32 + (hi - off) * xq(i)[j + 16] as i32;
                 }
                 let a = &mut part[i % 4];
-                *a = (isum as f32).mul_add(d * x.d[i], *a);
                 if dtype == DType::Q5_1 {
-                    *a = m.mul_add(x.sum[i], *a);
+                    *a += m.mul_add(x.sum[i], isum as f32 * (d * x.d[i]));
+                } else {
+                    *a = (isum as f32).mul_add(d * x.d[i], *a);
                 }
             }
             acc = lanes(part);

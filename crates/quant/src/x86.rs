@@ -232,8 +232,8 @@ unsafe fn f16x8(b: *const u8, bs: usize, off: usize) -> __m256 {
 
 // The blocks of 32 with an f16 scale (and Q4_1's and Q5_1's f16 min): every kernel below
 // forms each block's dot with the activations as an exact i32, and accumulates, for each
-// (row, token), block i into partial sum i % 4: `acc = fma(isum, d * dx, acc)` (then
-// `acc = fma(m, sum_x, acc)`), and finally adds the four partial sums as
+// (row, token), block i into partial sum i % 4: `acc = fma(isum, d * dx, acc)`, or with a
+// min `acc += fma(m, sum_x, isum * (d * dx))` (one add in the dependency chain), and finally adds the four partial sums as
 // (a0 + a2) + (a1 + a3). That is what every kernel computes (one
 // row with blocks in lanes, 8 tokens in lanes) and what the scalar reference computes, so a
 // result never depends on which kernel, or which batch, produced it.
@@ -306,85 +306,106 @@ unsafe fn f16_at(b: *const u8) -> f32 {
     f16le([*b, *b.add(1)])
 }
 
-/// One row against `N` activation rows: the exact sums of eight blocks at a time in lanes,
-/// then the four partial sums in the lanes of a 128-bit register.
+/// One row against `N` activation rows.
 #[inline(always)]
 unsafe fn legacy_row<const N: usize, const KIND: u8>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
+    legacy_rn::<1, N, KIND>([src], x)[0]
+}
+
+/// `R` rows (of one length) against `N` activation rows: the exact sums of four blocks at a
+/// time in the lanes of a 128-bit register, which are the four partial sums. Rows side by side
+/// overlap their accumulation chains.
+#[inline(always)]
+unsafe fn legacy_rn<const R: usize, const N: usize, const KIND: u8>(
+    srcs: [&[u8]; R],
+    x: [ActsRow; N],
+) -> [[f32; N]; R] {
     let bs = legacy_bs(KIND);
-    let nb = src.len() / bs;
-    let mut acc = [_mm_setzero_ps(); N];
+    let nb = srcs[0].len() / bs;
+    let mut acc = [[_mm_setzero_ps(); N]; R];
     let mut i0 = 0;
     while i0 < nb {
-        let n = (nb - i0).min(8);
-        let b0 = src.as_ptr().add(i0 * bs);
-        let mut iv = [[_mm256_setzero_si256(); 8]; N];
-        for j in 0..8 {
-            if j < n {
-                let w = legacy_w::<KIND>(b0.add(j * bs));
-                for k in 0..N {
-                    let xp = x[k].q.as_ptr().add((i0 + j) * QK);
-                    iv[k][j] = _mm256_add_epi32(
-                        _mm256_madd_epi16(w.0, _mm256_loadu_si256(xp as *const __m256i)),
-                        _mm256_madd_epi16(w.1, _mm256_loadu_si256(xp.add(16) as *const __m256i)),
-                    );
+        let n = (nb - i0).min(4);
+        for r in 0..R {
+            let b0 = srcs[r].as_ptr().add(i0 * bs);
+            let mut iv = [[_mm256_setzero_si256(); 4]; N];
+            for j in 0..4 {
+                if j < n {
+                    let w = legacy_w::<KIND>(b0.add(j * bs));
+                    for k in 0..N {
+                        let xp = x[k].q.as_ptr().add((i0 + j) * QK);
+                        iv[k][j] = _mm256_add_epi32(
+                            _mm256_madd_epi16(w.0, _mm256_loadu_si256(xp as *const __m256i)),
+                            _mm256_madd_epi16(
+                                w.1,
+                                _mm256_loadu_si256(xp.add(16) as *const __m256i),
+                            ),
+                        );
+                    }
                 }
             }
-        }
-        // scales (and mins) of the n blocks, zero in the lanes past the row's end
-        let (dv, mv) = if n == 8 {
-            (f16x8(b0, bs, 0), f16x8(b0, bs, 2))
-        } else {
-            let mut d = [0f32; 8];
-            let mut m = [0f32; 8];
-            for j in 0..n {
-                d[j] = f16_at(b0.add(j * bs));
-                m[j] = f16_at(b0.add(j * bs + 2));
-            }
-            (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(m.as_ptr()))
-        };
-        for k in 0..N {
-            let (xd, xs) = if n == 8 {
-                (
-                    _mm256_loadu_ps(x[k].d.as_ptr().add(i0)),
-                    _mm256_loadu_ps(x[k].sum.as_ptr().add(i0)),
-                )
-            } else {
-                let mut d = [0f32; 8];
-                let mut s = [0f32; 8];
-                d[..n].copy_from_slice(&x[k].d[i0..i0 + n]);
-                s[..n].copy_from_slice(&x[k].sum[i0..i0 + n]);
-                (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(s.as_ptr()))
+            // scales (and mins) of the n blocks, zero in the lanes past the row's end
+            // (assembled in a general register: small stores then a wide load would stall)
+            let f16s = |off: usize| {
+                let r = |j: usize| {
+                    if j < n {
+                        (b0.add(j * bs + off) as *const u16).read_unaligned() as u64
+                    } else {
+                        0
+                    }
+                };
+                let bits = r(0) | r(1) << 16 | r(2) << 32 | r(3) << 48;
+                _mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64))
             };
-            let isum = _mm256_cvtepi32_ps(reduce8(&iv[k]));
-            let sc = _mm256_mul_ps(dv, xd);
-            // blocks i0..i0+4 into partials 0..4, then blocks i0+4..i0+8
-            for h in 0..2 {
-                let (is, s, m, xsum) = if h == 0 {
+            let dv = f16s(0);
+            let mv = if has_min(KIND) {
+                f16s(2)
+            } else {
+                _mm_setzero_ps()
+            };
+            for k in 0..N {
+                let (xd, xs) = if n == 4 {
                     (
-                        _mm256_castps256_ps128(isum),
-                        _mm256_castps256_ps128(sc),
-                        _mm256_castps256_ps128(mv),
-                        _mm256_castps256_ps128(xs),
+                        _mm_loadu_ps(x[k].d.as_ptr().add(i0)),
+                        if has_min(KIND) {
+                            _mm_loadu_ps(x[k].sum.as_ptr().add(i0))
+                        } else {
+                            _mm_setzero_ps()
+                        },
                     )
                 } else {
-                    (
-                        _mm256_extractf128_ps(isum, 1),
-                        _mm256_extractf128_ps(sc, 1),
-                        _mm256_extractf128_ps(mv, 1),
-                        _mm256_extractf128_ps(xs, 1),
-                    )
+                    let mut d = [0f32; 4];
+                    let mut s = [0f32; 4];
+                    d[..n].copy_from_slice(&x[k].d[i0..i0 + n]);
+                    if has_min(KIND) {
+                        s[..n].copy_from_slice(&x[k].sum[i0..i0 + n]);
+                    }
+                    (_mm_loadu_ps(d.as_ptr()), _mm_loadu_ps(s.as_ptr()))
                 };
-                acc[k] = _mm_fmadd_ps(is, s, acc[k]);
+                // lane j: block i0 + j's exact sum
+                let h = _mm256_hadd_epi32(
+                    _mm256_hadd_epi32(iv[k][0], iv[k][1]),
+                    _mm256_hadd_epi32(iv[k][2], iv[k][3]),
+                );
+                let isum = _mm_cvtepi32_ps(_mm_add_epi32(
+                    _mm256_castsi256_si128(h),
+                    _mm256_extracti128_si256(h, 1),
+                ));
                 if has_min(KIND) {
-                    acc[k] = _mm_fmadd_ps(m, xsum, acc[k]);
+                    let t = _mm_fmadd_ps(mv, xs, _mm_mul_ps(isum, _mm_mul_ps(dv, xd)));
+                    acc[r][k] = _mm_add_ps(acc[r][k], t);
+                } else {
+                    acc[r][k] = _mm_fmadd_ps(isum, _mm_mul_ps(dv, xd), acc[r][k]);
                 }
             }
         }
         i0 += n;
     }
-    acc.map(|a| {
-        let s = _mm_add_ps(a, _mm_movehl_ps(a, a));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    acc.map(|ar| {
+        ar.map(|a| {
+            let s = _mm_add_ps(a, _mm_movehl_ps(a, a));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+        })
     })
 }
 
@@ -444,13 +465,15 @@ unsafe fn legacy_t8<const KIND: u8, const NG: usize>(
             for g in 0..NG {
                 let o = ((g0 + g) * na + i) * 8;
                 let s = _mm256_mul_ps(d, _mm256_loadu_ps(dt.add(o)));
-                acc[g][p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[g]), s, acc[g][p]);
                 if has_min(KIND) {
-                    acc[g][p] = _mm256_fmadd_ps(
+                    let t = _mm256_fmadd_ps(
                         _mm256_set1_ps(f16_at(b.add(2))),
                         _mm256_loadu_ps(st.add(o)),
-                        acc[g][p],
+                        _mm256_mul_ps(_mm256_cvtepi32_ps(is[g]), s),
                     );
+                    acc[g][p] = _mm256_add_ps(acc[g][p], t);
+                } else {
+                    acc[g][p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[g]), s, acc[g][p]);
                 }
             }
         }
@@ -526,7 +549,21 @@ unsafe fn legacy_rows<const KIND: u8>(
         );
         return;
     }
-    for r in rows {
+    // two rows side by side
+    let mut r = rows.start;
+    while r + 2 <= rows.end {
+        let (a, b) = (
+            &bytes[r * rb..(r + 1) * rb],
+            &bytes[(r + 1) * rb..(r + 2) * rb],
+        );
+        for (t, &x) in xs.iter().enumerate().take(n_tok) {
+            let [[va], [vb]] = legacy_rn::<2, 1, KIND>([a, b], [x]);
+            put(t, r, va);
+            put(t, r + 1, vb);
+        }
+        r += 2;
+    }
+    if r < rows.end {
         let row = &bytes[r * rb..(r + 1) * rb];
         for (t, &x) in xs.iter().enumerate().take(n_tok) {
             put(t, r, legacy_row::<1, KIND>(row, [x])[0]);
