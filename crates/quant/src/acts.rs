@@ -392,7 +392,9 @@ pub fn dot_q16_scalar(dtype: DType, src: &[u8], x: ActsRow) -> f32 {
             }
         }
         DType::Q6_K => {
-            // activation block (h, s) of a super-block holds two 16-element sub-blocks
+            // activation block (h, s) of a super-block holds two 16-element sub-blocks; each
+            // sub-block's scaled sum is exact in i32, the two add as floats, and the block's
+            // value goes into partial sum (its index) % 4 (see x86.rs)
             for (i, b) in as_blocks::<BlockQ6K>(src).iter().enumerate() {
                 let d = f16le(b.d);
                 for h in 0..2 {
@@ -406,12 +408,14 @@ pub fn dot_q16_scalar(dtype: DType, src: &[u8], x: ActsRow) -> f32 {
                             isum[l / 16] += q * xq(a)[l] as i32;
                         }
                         let sc = (h * 128 + s * 32) / 16;
-                        let sa = b.scales[sc] as i8 as f32;
-                        let sb = b.scales[sc + 1] as i8 as f32;
-                        acc += d * x.d[a] * (sa * isum[0] as f32 + sb * isum[1] as f32);
+                        let sa = b.scales[sc] as i8 as i32;
+                        let sb = b.scales[sc + 1] as i8 as i32;
+                        let f = (sa * isum[0]) as f32 + (sb * isum[1]) as f32;
+                        part[a % 4] = f.mul_add(d * x.d[a], part[a % 4]);
                     }
                 }
             }
+            acc = lanes(part);
         }
         _ => {}
     }

@@ -214,22 +214,6 @@ unsafe fn q4_halves(p: *const u8, off: i16) -> (__m256i, __m256i) {
     (_mm256_sub_epi16(lo, o), _mm256_sub_epi16(hi, o))
 }
 
-/// The f16 at byte `off` of each of 8 consecutive `bs`-byte blocks from `b`, as 8 floats.
-#[inline(always)]
-unsafe fn f16x8(b: *const u8, bs: usize, off: usize) -> __m256 {
-    let r = |j: usize| (b.add(j * bs + off) as *const u16).read_unaligned() as i16;
-    _mm256_cvtph_ps(_mm_setr_epi16(
-        r(0),
-        r(1),
-        r(2),
-        r(3),
-        r(4),
-        r(5),
-        r(6),
-        r(7),
-    ))
-}
-
 // The blocks of 32 with an f16 scale (and Q4_1's and Q5_1's f16 min): every kernel below
 // forms each block's dot with the activations as an exact i32, and accumulates, for each
 // (row, token), block i into partial sum i % 4: `acc = fma(isum, d * dx, acc)`, or with a
@@ -636,12 +620,6 @@ unsafe fn q4_k_t8<const NG: usize>(
     acc
 }
 
-/// Lane `j` of `v` in every lane.
-#[inline(always)]
-unsafe fn lane(v: __m256, j: usize) -> __m256 {
-    _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j as i32))
-}
-
 /// Q4_K against 8-bit activations per super-block: `maddubs` multiplies the unsigned nibbles
 /// by the signed activations, `madd` weighs each sub-block's pairs by its 6-bit scale, and the
 /// super-block's sum stays an exact i32, as do the mins against the activation sums per 16.
@@ -691,61 +669,118 @@ unsafe fn hsum_i32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
-/// Q6_K: activation block (h, s) of a super-block is 32 six-bit weights in two sub-blocks
-/// of 16 with their own int8 scales.
+/// Q6_K's 32 weights of activation block `j` (0..8) of a super-block, `q - 32` times their
+/// sub-block's scale (|q - 32| <= 32, |scale| <= 128: fits i16), as elements 0..16 and 16..32.
+/// A 16-element sub-block's dot with 16-bit activations, so scaled, fits i32:
+/// 16 * 32 * 128 * 32767 < 2^31.
 #[inline(always)]
-unsafe fn q6_k_q16_n<const N: usize>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
-    let mut acc = [_mm256_setzero_ps(); N];
-    let m4 = _mm256_set1_epi8(0x0F);
-    let m2 = _mm256_set1_epi8(3);
-    let off = _mm256_set1_epi8(32);
-    // even-indexed bytes to the low 8, odd-indexed to the high 8
-    let deint = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-    for (i, b) in as_blocks::<BlockQ6K>(src).iter().enumerate() {
-        let d = f16le(b.d);
-        let scs = _mm_shuffle_epi8(_mm_loadu_si128(b.scales.as_ptr() as *const __m128i), deint);
-        // lane a: the scales of activation block a's first and second 16 elements
-        let sa = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(scs));
-        let sb = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(scs, 8)));
-        let mut sva = [_mm256_setzero_ps(); N];
-        let mut svb = [_mm256_setzero_ps(); N];
-        for k in 0..N {
-            let dx = _mm256_mul_ps(
-                _mm256_set1_ps(d),
-                _mm256_loadu_ps(x[k].d.as_ptr().add(8 * i)),
-            );
-            sva[k] = _mm256_mul_ps(dx, sa);
-            svb[k] = _mm256_mul_ps(dx, sb);
-        }
-        for h in 0..2 {
-            let qh = _mm256_loadu_si256(b.qh.as_ptr().add(h * 32) as *const __m256i);
-            for s in 0..4 {
-                let ql =
-                    _mm256_loadu_si256(b.ql.as_ptr().add(h * 64 + (s & 1) * 32) as *const __m256i);
-                let lo = _mm256_and_si256(
-                    _mm256_srl_epi16(ql, _mm_cvtsi32_si128((4 * (s >> 1)) as i32)),
-                    m4,
-                );
-                let hi =
-                    _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128((2 * s) as i32)), m2);
-                let q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), off);
-                let w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
-                let w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
-                let j = 4 * h + s;
-                let a = 8 * i + j;
-                for k in 0..N {
-                    let xp = x[k].q.as_ptr().add(a * QK);
-                    let x0 = _mm256_loadu_si256(xp as *const __m256i);
-                    let x1 = _mm256_loadu_si256(xp.add(16) as *const __m256i);
-                    let s0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(w0, x0));
-                    let s1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(w1, x1));
-                    acc[k] = _mm256_fmadd_ps(lane(sva[k], j), s0, acc[k]);
-                    acc[k] = _mm256_fmadd_ps(lane(svb[k], j), s1, acc[k]);
+unsafe fn q6_k_w(b: &BlockQ6K, j: usize) -> (__m256i, __m256i) {
+    let (h, s) = (j / 4, j % 4);
+    let ql = _mm256_loadu_si256(b.ql.as_ptr().add(h * 64 + (s & 1) * 32) as *const __m256i);
+    let qh = _mm256_loadu_si256(b.qh.as_ptr().add(h * 32) as *const __m256i);
+    let lo = _mm256_and_si256(
+        _mm256_srl_epi16(ql, _mm_cvtsi32_si128((4 * (s >> 1)) as i32)),
+        _mm256_set1_epi8(0x0F),
+    );
+    let hi = _mm256_and_si256(
+        _mm256_srl_epi16(qh, _mm_cvtsi32_si128((2 * s) as i32)),
+        _mm256_set1_epi8(3),
+    );
+    let q = _mm256_sub_epi8(
+        _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)),
+        _mm256_set1_epi8(32),
+    );
+    let sc0 = _mm256_set1_epi16(b.scales[2 * j] as i8 as i16);
+    let sc1 = _mm256_set1_epi16(b.scales[2 * j + 1] as i8 as i16);
+    (
+        _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(q)), sc0),
+        _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1)), sc1),
+    )
+}
+
+// Q6_K, per (row, token): activation block a (32 elements, two scaled sub-blocks of 16) gives
+// f = float(sub-block 0's exact sum) + float(sub-block 1's), and partial sum a % 4 takes
+// `fma(f, d * dx, acc)`; the four partials are added as (a0 + a2) + (a1 + a3). The one-row
+// kernel, the batched kernel and the scalar reference all compute exactly that.
+
+/// Q6_K, `R` rows against one activation row, four activation blocks at a time.
+#[inline(always)]
+unsafe fn q6_k_rn<const R: usize>(srcs: [&[u8]; R], x: ActsRow) -> [f32; R] {
+    let mut acc = [_mm_setzero_ps(); R];
+    for r in 0..R {
+        for (i, b) in as_blocks::<BlockQ6K>(srcs[r]).iter().enumerate() {
+            let d = _mm_set1_ps(f16le(b.d));
+            for h in 0..2 {
+                let mut iv = [_mm256_setzero_si256(); 8];
+                for s in 0..4 {
+                    let j = 4 * h + s;
+                    let w = q6_k_w(b, j);
+                    let xp = x.q.as_ptr().add((8 * i + j) * QK);
+                    iv[2 * s] = _mm256_madd_epi16(w.0, _mm256_loadu_si256(xp as *const __m256i));
+                    iv[2 * s + 1] =
+                        _mm256_madd_epi16(w.1, _mm256_loadu_si256(xp.add(16) as *const __m256i));
                 }
+                // lanes 2s, 2s+1: activation block 4h+s's two sub-block sums
+                let f = _mm256_cvtepi32_ps(reduce8(&iv));
+                let p = _mm256_hadd_ps(f, f);
+                // [f0, f1, f0, f1 | f2, f3, f2, f3] -> [f0, f1, f2, f3]
+                let f4 = _mm_castpd_ps(_mm_unpacklo_pd(
+                    _mm_castps_pd(_mm256_castps256_ps128(p)),
+                    _mm_castps_pd(_mm256_extractf128_ps(p, 1)),
+                ));
+                let dx = _mm_loadu_ps(x.d.as_ptr().add(8 * i + 4 * h));
+                acc[r] = _mm_fmadd_ps(f4, _mm_mul_ps(d, dx), acc[r]);
             }
         }
     }
-    acc.map(|a| hsum(a))
+    acc.map(|a| {
+        let s = _mm_add_ps(a, _mm_movehl_ps(a, a));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    })
+}
+
+#[inline(always)]
+unsafe fn q6_k_q16_n<const N: usize>(src: &[u8], x: [ActsRow; N]) -> [f32; N] {
+    x.map(|xr| q6_k_rn::<1>([src], xr)[0])
+}
+
+/// Q6_K, one row against `NG` groups of 8 tokens in lanes (`QuantizedActs::qt`).
+#[inline(always)]
+unsafe fn q6_k_t8<const NG: usize>(
+    src: &[u8],
+    a: &crate::acts::QuantizedActs,
+    g0: usize,
+) -> [__m256; NG] {
+    let na = a.n / QK;
+    let mut acc = [[_mm256_setzero_ps(); 4]; NG];
+    let mut wbuf = [0i32; 16];
+    let (qt, dt) = (a.qt.as_ptr(), a.dt.as_ptr());
+    for (i, b) in as_blocks::<BlockQ6K>(src).iter().enumerate() {
+        let d = _mm256_set1_ps(f16le(b.d));
+        for j in 0..8 {
+            let w = q6_k_w(b, j);
+            _mm256_storeu_si256(wbuf.as_mut_ptr() as *mut __m256i, w.0);
+            _mm256_storeu_si256(wbuf.as_mut_ptr().add(8) as *mut __m256i, w.1);
+            let ab = 8 * i + j;
+            let mut is = [[_mm256_setzero_si256(); 2]; NG];
+            for (k, &wp) in wbuf.iter().enumerate() {
+                let wv = _mm256_set1_epi32(wp);
+                for (g, v) in is.iter_mut().enumerate() {
+                    let ap = qt.add(((g0 + g) * na + ab) * 128 + k * 8);
+                    v[k / 8] = _mm256_add_epi32(
+                        v[k / 8],
+                        _mm256_madd_epi16(wv, _mm256_loadu_si256(ap as *const __m256i)),
+                    );
+                }
+            }
+            for g in 0..NG {
+                let f = _mm256_add_ps(_mm256_cvtepi32_ps(is[g][0]), _mm256_cvtepi32_ps(is[g][1]));
+                let s = _mm256_mul_ps(d, _mm256_loadu_ps(dt.add(((g0 + g) * na + ab) * 8)));
+                acc[g][j % 4] = _mm256_fmadd_ps(f, s, acc[g][j % 4]);
+            }
+        }
+    }
+    acc.map(|p| _mm256_add_ps(_mm256_add_ps(p[0], p[2]), _mm256_add_ps(p[1], p[3])))
 }
 
 /// Integer-kernel dot of a Q4_0 / Q4_1 / Q8_0 / Q4_K / Q6_K row with `N` quantized activation rows (lane k
@@ -835,7 +870,36 @@ pub unsafe fn rows_q16(
             |row, g0| q4_k_t8::<1>(row, acts, g0)[0]
         ),
         D::Q4_K => run!(q4_k_q8k_n::<4>, q4_k_q8k_n::<1>),
-        D::Q6_K => run!(q6_k_q16_n::<4>, q6_k_q16_n::<1>),
+        D::Q6_K if !acts.qt.is_empty() => t8_rows!(
+            bytes,
+            rb,
+            rows,
+            n_tok,
+            put,
+            |row, g0| q6_k_t8::<2>(row, acts, g0),
+            |row, g0| q6_k_t8::<1>(row, acts, g0)[0]
+        ),
+        D::Q6_K => {
+            let mut r = rows.start;
+            while r + 2 <= rows.end {
+                let (a, b) = (
+                    &bytes[r * rb..(r + 1) * rb],
+                    &bytes[(r + 1) * rb..(r + 2) * rb],
+                );
+                for (t, &x) in xs.iter().enumerate().take(n_tok) {
+                    let [va, vb] = q6_k_rn::<2>([a, b], x);
+                    put(t, r, va);
+                    put(t, r + 1, vb);
+                }
+                r += 2;
+            }
+            if r < rows.end {
+                let row = &bytes[r * rb..(r + 1) * rb];
+                for (t, &x) in xs.iter().enumerate().take(n_tok) {
+                    put(t, r, q6_k_rn::<1>([row], x)[0]);
+                }
+            }
+        }
         _ => {}
     }
 }

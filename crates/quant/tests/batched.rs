@@ -1,6 +1,7 @@
 //! The batched integer kernels (`rows_q16`: several tokens per weight row, tokens in SIMD
 //! lanes from `T8_MIN` tokens on) give every (row, token) exactly the bits of the one-row,
-//! one-token kernel, and the legacy 32-block types equal the scalar reference bit for bit.
+//! one-token kernel, and the legacy 32-block types and Q6_K equal the scalar reference bit for
+//! bit.
 use hearth_core::DType;
 use hearth_quant::acts::{QuantizedActs, dot_q16_scalar};
 
@@ -77,7 +78,7 @@ fn batched_rows_equal_single_rows_bit_for_bit() {
                             "{dtype:?} n={n} n_tok={n_tok} row {r} token {t}: {} vs {one}",
                             got[t * rows + r]
                         );
-                        if dtype.block_size() == 32 {
+                        if dtype.block_size() == 32 || dtype == DType::Q6_K {
                             let s = dot_q16_scalar(dtype, row, acts.row(t));
                             assert_eq!(
                                 s.to_bits(),
