@@ -328,24 +328,31 @@ unsafe fn legacy_rn<const R: usize, const N: usize, const KIND: u8>(
                     }
                 }
             }
-            // scales (and mins) of the n blocks, zero in the lanes past the row's end
-            // (assembled in a general register: small stores then a wide load would stall)
-            let f16s = |off: usize| {
+            // scales (and mins) of the n blocks, zero in the lanes past the row's end: the
+            // first 4 bytes of each block (d, and the min where there is one) inserted as
+            // 32-bit lanes, converted together, then split into scales and mins
+            let (dv, mv) = {
                 let r = |j: usize| {
                     if j < n {
-                        (b0.add(j * bs + off) as *const u16).read_unaligned() as u64
+                        (b0.add(j * bs) as *const i32).read_unaligned()
                     } else {
                         0
                     }
                 };
-                let bits = r(0) | r(1) << 16 | r(2) << 32 | r(3) << 48;
-                _mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64))
-            };
-            let dv = f16s(0);
-            let mv = if has_min(KIND) {
-                f16s(2)
-            } else {
-                _mm_setzero_ps()
+                let v = _mm_insert_epi32(_mm_cvtsi32_si128(r(0)), r(1), 1);
+                let v = _mm_insert_epi32(_mm_insert_epi32(v, r(2), 2), r(3), 3);
+                let f = _mm256_permutevar8x32_ps(
+                    _mm256_cvtph_ps(v),
+                    _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7),
+                );
+                (
+                    _mm256_castps256_ps128(f),
+                    if has_min(KIND) {
+                        _mm256_extractf128_ps(f, 1)
+                    } else {
+                        _mm_setzero_ps()
+                    },
+                )
             };
             for k in 0..N {
                 let (xd, xs) = if n == 4 {
