@@ -189,16 +189,25 @@ impl Backend for Cpu {
             let first: Vec<usize> = (0..keys.len())
                 .map(|i| which.iter().position(|w| *w == Some(i)).unwrap_or(0))
                 .collect();
-            let threads = self.threads();
             let jobs = &*jobs;
             let acts = &acts;
-            self.pool.run(&|ci| {
-                for i in (ci..first.len()).step_by(threads) {
-                    let j = &jobs[first[i]];
-                    let mut a = acts[i].lock().unwrap_or_else(|e| e.into_inner());
-                    a.quantize_forms(j.x, j.w.row_len(), forms[i].0, forms[i].1);
-                }
-            });
+            let quantize = |i: usize| {
+                let j = &jobs[first[i]];
+                let mut a = acts[i].lock().unwrap_or_else(|e| e.into_inner());
+                a.quantize_forms(j.x, j.w.row_len(), forms[i].0, forms[i].1);
+            };
+            // a parallel step costs a synchronisation: only for several large matrices
+            let values: usize = first.iter().map(|&i| jobs[i].x.len()).sum();
+            if first.len() > 1 && values >= 1 << 16 {
+                let threads = self.threads();
+                self.pool.run(&|ci| {
+                    for i in (ci..first.len()).step_by(threads) {
+                        quantize(i);
+                    }
+                });
+            } else {
+                (0..first.len()).for_each(quantize);
+            }
         }
         let acts: Vec<QuantizedActs> = acts
             .iter_mut()
