@@ -516,6 +516,40 @@ macro_rules! t8_rows {
     }};
 }
 
+/// Rows `rows` against the tokens of `xs` one token at a time, two rows side by side:
+/// `$k2([row_a, row_b], x)` gives both rows' values, `$k1(row, x)` the last odd row's.
+macro_rules! pair_rows {
+    ($bytes:expr, $rb:expr, $rows:expr, $xs:expr, $n_tok:expr, $put:expr, $k2:expr, $k1:expr) => {{
+        let (bytes, rb, rows, xs, n_tok): (
+            &[u8],
+            usize,
+            std::ops::Range<usize>,
+            &[ActsRow],
+            usize,
+        ) = ($bytes, $rb, $rows, $xs, $n_tok);
+        let put = $put;
+        let mut r = rows.start;
+        while r + 2 <= rows.end {
+            let pair = [
+                &bytes[r * rb..(r + 1) * rb],
+                &bytes[(r + 1) * rb..(r + 2) * rb],
+            ];
+            for (t, &x) in xs.iter().enumerate().take(n_tok) {
+                let [va, vb] = $k2(pair, x);
+                put(t, r, va);
+                put(t, r + 1, vb);
+            }
+            r += 2;
+        }
+        if r < rows.end {
+            let row = &bytes[r * rb..(r + 1) * rb];
+            for (t, &x) in xs.iter().enumerate().take(n_tok) {
+                put(t, r, $k1(row, x));
+            }
+        }
+    }};
+}
+
 /// Rows `rows` against all `n_tok` activation rows for a 32-element block type: 8 tokens in
 /// lanes when the regrouped activations exist, else one row and token at a time.
 #[inline(always)]
@@ -540,26 +574,19 @@ unsafe fn legacy_rows<const KIND: u8>(
         );
         return;
     }
-    // two rows side by side
-    let mut r = rows.start;
-    while r + 2 <= rows.end {
-        let (a, b) = (
-            &bytes[r * rb..(r + 1) * rb],
-            &bytes[(r + 1) * rb..(r + 2) * rb],
-        );
-        for (t, &x) in xs.iter().enumerate().take(n_tok) {
-            let [[va], [vb]] = legacy_rn::<2, 1, KIND>([a, b], [x]);
-            put(t, r, va);
-            put(t, r + 1, vb);
-        }
-        r += 2;
-    }
-    if r < rows.end {
-        let row = &bytes[r * rb..(r + 1) * rb];
-        for (t, &x) in xs.iter().enumerate().take(n_tok) {
-            put(t, r, legacy_row::<1, KIND>(row, [x])[0]);
-        }
-    }
+    pair_rows!(
+        bytes,
+        rb,
+        rows,
+        xs,
+        n_tok,
+        put,
+        |pair: [&[u8]; 2], x: ActsRow| {
+            let [[va], [vb]] = legacy_rn::<2, 1, KIND>(pair, [x]);
+            [va, vb]
+        },
+        |row, x| legacy_row::<1, KIND>(row, [x])[0]
+    );
 }
 
 /// Q4_K, one row against `NG` groups of 8 tokens in lanes (`QuantizedActs::q8t`): each
@@ -886,27 +913,16 @@ pub unsafe fn rows_q16(
             |row, g0| q6_k_t8::<2>(row, acts, g0),
             |row, g0| q6_k_t8::<1>(row, acts, g0)[0]
         ),
-        D::Q6_K => {
-            let mut r = rows.start;
-            while r + 2 <= rows.end {
-                let (a, b) = (
-                    &bytes[r * rb..(r + 1) * rb],
-                    &bytes[(r + 1) * rb..(r + 2) * rb],
-                );
-                for (t, &x) in xs.iter().enumerate().take(n_tok) {
-                    let [va, vb] = q6_k_rn::<2>([a, b], x);
-                    put(t, r, va);
-                    put(t, r + 1, vb);
-                }
-                r += 2;
-            }
-            if r < rows.end {
-                let row = &bytes[r * rb..(r + 1) * rb];
-                for (t, &x) in xs.iter().enumerate().take(n_tok) {
-                    put(t, r, q6_k_rn::<1>([row], x)[0]);
-                }
-            }
-        }
+        D::Q6_K => pair_rows!(
+            bytes,
+            rb,
+            rows,
+            &xs,
+            n_tok,
+            put,
+            |rs, x| q6_k_rn::<2>(rs, x),
+            |row, x| q6_k_rn::<1>([row], x)[0]
+        ),
         _ => {}
     }
 }
