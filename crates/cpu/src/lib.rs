@@ -1,10 +1,12 @@
 //! hearth-cpu: the CPU backend.
 //!
 //! Matmuls run on quantized weights directly, one block at a time (never decoding a whole
-//! tensor). For Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q6_K the activations are first quantized to
-//! 16-bit integers and the dots are exact integer sums. `matmul_many` runs independent matmuls
-//! (q/k/v, gate/up, a MoE layer's experts) as one parallel step over all their rows. A batch runs the one-token arithmetic for every (row, token),
-//! four tokens per weight-block decode, so batching never changes a token's result.
+//! tensor). For Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q6_K the activations are first quantized to 16-bit
+//! integers (Q4_K: 8-bit per 256) and each block's dot is an exact integer sum. `matmul_many`
+//! runs independent matmuls (q/k/v, gate/up, a MoE layer's experts) as one parallel step over
+//! all their rows. A batch puts 8 tokens in the SIMD lanes but runs the one-token float steps
+//! for every (row, token), so batching never changes a token's result. Attention is in
+//! `attn.rs`.
 //! Work is split over a persistent thread pool (`pool.rs`).
 #![deny(missing_docs)]
 

@@ -838,8 +838,9 @@ pub unsafe fn dot_q16<const N: usize>(
 }
 
 /// Rows `rows` of a matrix (`rb` bytes per row in `bytes`) dotted with every activation row of
-/// `acts` (`n_tok` of them), four tokens per pass over a weight row; `put(token, row, value)`
-/// receives each result, which is bit-identical to the one-row, one-token kernel's.
+/// `acts` (`n_tok` of them): 8 tokens in lanes from `T8_MIN` tokens on, else one row (or a
+/// pair) at a time; `put(token, row, value)` receives each result, which is bit-identical to
+/// the one-row, one-token kernel's.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn rows_q16(
     dtype: hearth_core::DType,
