@@ -117,6 +117,10 @@ pub trait Backend: Send + Sync {
     /// Whether this backend can multiply by weights of `dtype`.
     fn supports(&self, dtype: DType) -> bool;
 
+    /// Called once per matmul weight at load time: the backend may attach a copy in a layout
+    /// of its own ([`Tensor::packed`]). Results must not change.
+    fn prepare(&self, _w: &mut Tensor) {}
+
     /// `W [n_out, n_in] @ x [n_tok, n_in] -> out [n_tok, n_out]`.
     fn matmul(&self, w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) -> Result<()>;
 

@@ -14,6 +14,10 @@ pub use dtype::DType;
 pub use error::{Error, Result};
 pub use tensor::{Device, Storage, Tensor};
 
+/// Rows per group of a packed weight layout ([`Tensor::packed`]): views of a packed tensor
+/// keep it only when they cut no group.
+pub const PACK_ROWS: usize = 8;
+
 /// Ensure a condition holds, or return a `Error::Format` with the formatted message.
 #[macro_export]
 macro_rules! ensure {

@@ -75,6 +75,10 @@ pub struct Tensor {
     pub device: Device,
     /// The bytes.
     pub storage: Storage,
+    /// The same weights in a layout a backend chose at load time for its kernels
+    /// ([`crate::Backend::prepare`]; the CPU's row-interleaved groups of 8 rows), the same
+    /// size as `storage`. `storage` keeps the original layout for everything else.
+    pub packed: Option<Storage>,
 }
 
 impl Tensor {
@@ -104,6 +108,7 @@ impl Tensor {
             shape,
             device: Device::Cpu,
             storage,
+            packed: None,
         })
     }
 
@@ -160,17 +165,21 @@ impl Tensor {
             )));
         }
         let per = self.storage.len / outer;
-        let storage = Storage {
-            buf: self.storage.buf.clone(),
-            offset: self.storage.offset + i * per,
+        let part = |s: &Storage| Storage {
+            buf: s.buf.clone(),
+            offset: s.offset + i * per,
             len: per,
         };
+        let storage = part(&self.storage);
+        // packed layouts group rows within each outer slice
+        let packed = self.packed.as_ref().map(part);
         Ok(Tensor {
             name: format!("{}[{i}]", self.name),
             dtype: self.dtype,
             shape: self.shape[1..].to_vec(),
             device: self.device,
             storage,
+            packed,
         })
     }
 
@@ -185,6 +194,18 @@ impl Tensor {
             )));
         }
         let rb = self.row_bytes();
+        // a packed layout's groups of 8 rows stay whole when the view starts on a group and
+        // ends on one or at the end (where the rows past the last group are unpacked)
+        let g = crate::PACK_ROWS;
+        let packed = self
+            .packed
+            .as_ref()
+            .filter(|_| start % g == 0 && (n % g == 0 || start + n == self.shape[0]))
+            .map(|p| Storage {
+                buf: p.buf.clone(),
+                offset: p.offset + start * rb,
+                len: n * rb,
+            });
         Ok(Tensor {
             name: format!("{}[{start}..{}]", self.name, start + n),
             dtype: self.dtype,
@@ -195,6 +216,7 @@ impl Tensor {
                 offset: self.storage.offset + start * rb,
                 len: n * rb,
             },
+            packed,
         })
     }
 }

@@ -16,14 +16,30 @@ mod pool;
 use hearth_core::{
     AttnJob, AttnParams, Backend, DType, Device, Error, MatJob, Result, RopeStyle, Tensor,
 };
-use hearth_quant::acts::{QuantizedActs, supports_q16};
-use hearth_quant::{dequantize, dot_f32, dot_row, rows_q16};
+use hearth_quant::acts::{QuantizedActs, T8_MIN, supports_q16};
+use hearth_quant::{dequantize, dot_f32, dot_row, pack, rows_q16, rows_q16_packed};
 
 /// The CPU backend.
 pub struct Cpu {
     pool: pool::Pool,
     /// Reused buffer for activations quantized to 16 bits (integer kernels).
     acts: std::sync::Mutex<QuantizedActs>,
+    /// Bytes of packed weight copies still allowed ([`Backend::prepare`]).
+    pack_budget: std::sync::atomic::AtomicUsize,
+}
+
+/// Bytes the packed weight copies may take: half the memory available at startup, so that
+/// a model near the size of RAM keeps only its memory-mapped original (0: packing is off,
+/// `HEARTH_REPACK=0`; no limit where the memory cannot be read).
+fn pack_budget() -> usize {
+    if std::env::var("HEARTH_REPACK").is_ok_and(|v| v == "0") {
+        return 0;
+    }
+    let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let l = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        l.split_whitespace().nth(1)?.parse::<usize>().ok()
+    });
+    avail.map_or(usize::MAX, |kb| kb.saturating_mul(1024) / 2)
 }
 
 impl Cpu {
@@ -39,6 +55,7 @@ impl Cpu {
         Ok(Cpu {
             pool,
             acts: Default::default(),
+            pack_budget: pack_budget().into(),
         })
     }
 
@@ -94,6 +111,11 @@ impl RowJob<'_> {
             unsafe { *p.0.add(t * n_out + r) = v }
         };
         if let Some(acts) = acts {
+            // the packed layout serves the one-row kernels (a few tokens); batches read the
+            // original rows with tokens in lanes. Both give the same bits.
+            if let Some(p) = self.w.packed.as_ref().filter(|_| n_tok < T8_MIN) {
+                return rows_q16_packed(dtype, p.bytes(), rb, n_out, rows, acts, n_tok, put);
+            }
             return rows_q16(dtype, bytes, rb, rows, acts, n_tok, put);
         }
         for r in rows {
@@ -124,12 +146,47 @@ impl Backend for Cpu {
         true
     }
 
+    /// Packs the 32-element block types into groups of 8 interleaved rows (`pack.rs` in
+    /// hearth-quant) while the budget lasts, with the AVX2 kernels only; each slice of a
+    /// stacked tensor (an expert) is packed on its own.
+    fn prepare(&self, w: &mut Tensor) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if w.packed.is_some()
+            || w.device != Device::Cpu
+            || w.shape.len() < 2
+            || !pack::packable(w.dtype)
+            || !hearth_quant::has_avx2()
+        {
+            return;
+        }
+        let len = w.bytes().len();
+        if self
+            .pack_budget
+            .fetch_update(Relaxed, Relaxed, |b| b.checked_sub(len))
+            .is_err()
+        {
+            return;
+        }
+        let rb = w.row_bytes();
+        let slice = w.shape[w.shape.len() - 2] * rb;
+        let mut out = Vec::with_capacity(len);
+        for part in w.bytes().chunks(slice.max(1)) {
+            match pack::pack(w.dtype, part, rb) {
+                Some(p) => out.extend_from_slice(&p),
+                None => return,
+            }
+        }
+        w.packed = Some(hearth_core::Storage::owned(out));
+    }
+
     fn matmul(&self, w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) -> Result<()> {
         check_job(w, x, n_tok, out)?;
         let n_out = w.n_rows();
         // Rows per task: every row costs the same, so one even share per thread keeps
-        // scheduling overhead to one task each.
-        let chunk = n_out.div_ceil(self.threads()).max(1);
+        // scheduling overhead to one task each (whole groups of packed rows).
+        let chunk = n_out
+            .div_ceil(self.threads())
+            .next_multiple_of(hearth_core::PACK_ROWS);
         let optr = SendPtr(out.as_mut_ptr());
         let job = RowJob {
             w,
@@ -231,7 +288,9 @@ impl Backend for Cpu {
             start.push(start.last().unwrap() + j.w.n_rows());
         }
         let total = *start.last().unwrap();
-        let chunk = total.div_ceil(self.threads()).max(1);
+        let chunk = total
+            .div_ceil(self.threads())
+            .next_multiple_of(hearth_core::PACK_ROWS);
         self.pool.run(&|ci| {
             let (mut g, hi) = ((ci * chunk).min(total), ((ci + 1) * chunk).min(total));
             while g < hi {

@@ -160,10 +160,19 @@ fn to_f32(t: &Tensor) -> Vec<f32> {
 
 struct Loader<'a> {
     t: &'a HashMap<String, Tensor>,
+    /// Prepares each weight for its kernels (`Backend::prepare`).
+    be: &'a dyn Backend,
 }
 
 impl Loader<'_> {
+    /// A weight, checked for shape and prepared by the backend.
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let mut t = self.raw(name, shape)?;
+        self.be.prepare(&mut t);
+        Ok(t)
+    }
+    /// A tensor as stored, checked for shape.
+    fn raw(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self
             .t
             .get(name)
@@ -302,8 +311,12 @@ impl Model {
                 cfg.rope.dim
             )));
         }
-        let l = Loader { t: tensors };
-        let tok_embd = l.get("token_embd.weight", &[cfg.n_vocab, e])?;
+        let l = Loader {
+            t: tensors,
+            be: &*backend,
+        };
+        // the embedding is only read row by row, unless the output head shares it
+        let tok_embd = l.raw("token_embd.weight", &[cfg.n_vocab, e])?;
         if cfg.n_ff == 0 {
             cfg.n_ff = l.shape("blk.0.ffn_gate.weight").map_or(0, |s| s[0]);
         }
@@ -311,9 +324,14 @@ impl Model {
         for i in 0..cfg.n_layer {
             layers.push(load_layer(&l, &cfg, i)?);
         }
-        let output = l
-            .opt("output.weight", &[cfg.n_vocab, e])?
-            .unwrap_or_else(|| tok_embd.clone());
+        let output = match l.opt("output.weight", &[cfg.n_vocab, e])? {
+            Some(o) => o,
+            None => {
+                let mut o = tok_embd.clone();
+                backend.prepare(&mut o);
+                o
+            }
+        };
         let output_norm = l.vec("output_norm.weight", e)?;
         for t in std::iter::once(&output).chain(layers.iter().flat_map(|l| l.tensors())) {
             if !backend.supports(t.dtype) {

@@ -1,5 +1,6 @@
 //! Single-thread throughput of the integer matmul kernels (`rows_q16`) on random weights:
-//! `cargo run --release -p hearth-quant --example gemm -- [TYPE] [N_OUT] [N_IN] [TOKENS]`.
+//! `cargo run --release -p hearth-quant --example gemm -- [TYPE] [N_OUT] [N_IN] [TOKENS]`;
+//! with `HEARTH_PACKED=1`, the row-interleaved layout (`rows_q16_packed`).
 use hearth_core::DType;
 use hearth_quant::acts::QuantizedActs;
 use std::time::Instant;
@@ -12,6 +13,7 @@ fn main() {
         "q4_k" => DType::Q4_K,
         "q6_k" => DType::Q6_K,
         "q5_0" => DType::Q5_0,
+        "q5_1" => DType::Q5_1,
         _ => DType::Q4_1,
     };
     let arg = |i: usize, d: usize| a.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
@@ -38,17 +40,24 @@ fn main() {
     let mut acts = QuantizedActs::default();
     acts.quantize(&x, n_in);
     let mut out = vec![0f32; n_out * n_tok];
+    let packed = std::env::var("HEARTH_PACKED").is_ok_and(|v| v == "1");
+    let pw = hearth_quant::pack::pack(dtype, &w, rb).filter(|_| packed);
     let mut best = f64::MAX;
     for _ in 0..(5 + 2000 / n_tok) {
         let t = Instant::now();
-        hearth_quant::rows_q16(dtype, &w, rb, 0..n_out, &acts, n_tok, |t, r, v| {
-            out[t * n_out + r] = v
-        });
+        let put = |t: usize, r: usize, v: f32| out[t * n_out + r] = v;
+        match &pw {
+            Some(p) => {
+                hearth_quant::rows_q16_packed(dtype, p, rb, n_out, 0..n_out, &acts, n_tok, put)
+            }
+            None => hearth_quant::rows_q16(dtype, &w, rb, 0..n_out, &acts, n_tok, put),
+        }
         best = best.min(t.elapsed().as_secs_f64());
     }
     let macs = (n_out * n_in * n_tok) as f64;
     println!(
-        "{dtype:?} {n_out}x{n_in} x {n_tok} tokens: {:.2} ms, {:.2} GMAC/s (checksum {:.3})",
+        "{dtype:?}{} {n_out}x{n_in} x {n_tok} tokens: {:.2} ms, {:.2} GMAC/s (checksum {:.3})",
+        if pw.is_some() { " packed" } else { "" },
         best * 1e3,
         macs / best / 1e9,
         out.iter().map(|v| *v as f64).sum::<f64>()

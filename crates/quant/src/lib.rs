@@ -14,6 +14,7 @@ pub mod float;
 pub mod iquants;
 pub mod kquants;
 pub mod legacy;
+pub mod pack;
 pub mod tables;
 pub mod ternary;
 #[cfg(target_arch = "x86_64")]
@@ -262,6 +263,47 @@ pub fn rows_q16(
         let row = &bytes[r * rb..(r + 1) * rb];
         for t in 0..n_tok {
             put(t, r, dot_row_q16::<1>(dtype, row, [acts.row(t)])[0]);
+        }
+    }
+}
+
+/// [`rows_q16`] on a matrix in the packed layout ([`pack::pack`] of `n_rows` rows of `rb`
+/// bytes). Every value is bit-identical to [`rows_q16`]'s on the original layout. Without
+/// AVX2 (where callers keep the original layout, see [`has_avx2`]) each row is unpacked and
+/// run through the scalar reference.
+#[allow(clippy::too_many_arguments)]
+pub fn rows_q16_packed(
+    dtype: DType,
+    bytes: &[u8],
+    rb: usize,
+    n_rows: usize,
+    rows: std::ops::Range<usize>,
+    acts: &acts::QuantizedActs,
+    n_tok: usize,
+    mut put: impl FnMut(usize, usize, f32),
+) {
+    let n = rb / dtype.type_size() * dtype.block_size();
+    assert!(
+        pack::packable(dtype)
+            && rows.end <= n_rows
+            && n_rows * rb <= bytes.len()
+            && acts.n >= n
+            && acts.rows >= n_tok
+            && acts.q.len() >= n_tok * acts.n
+            && acts.d.len() * acts::QK >= n_tok * acts.n
+            && acts.sum.len() * acts::QK >= n_tok * acts.n
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C; every group, row and activation row is in
+        // bounds (checked above).
+        unsafe { x86::rows_q16_packed(dtype, bytes, rb, n_rows, rows, acts, n_tok, &mut put) };
+        return;
+    }
+    for r in rows {
+        let row = pack::unpack_row(dtype, bytes, rb, n_rows, r);
+        for t in 0..n_tok {
+            put(t, r, acts::dot_q16_scalar(dtype, &row, acts.row(t)));
         }
     }
 }

@@ -927,3 +927,169 @@ pub unsafe fn rows_q16(
         _ => {}
     }
 }
+
+// ---- the row-interleaved layout of the 32-element block types (see pack.rs) ----
+
+/// Offsets in a packed group-block: (mins, fifth bits, weights).
+const fn packed_offs(kind: u8) -> (usize, usize, usize) {
+    match kind {
+        Q40 | Q80 => (0, 0, 16),
+        Q41 => (16, 0, 32),
+        Q50 => (0, 16, 48),
+        _ => (16, 32, 64),
+    }
+}
+
+/// The eight rows of a packed group (`grp`, `nb` group-blocks) against `N` activation rows:
+/// lane r of result k is row r against token k. Each block's exact sum for the eight rows
+/// forms in the lanes, then the float steps of `legacy_rn` run lane by lane, so every value
+/// is bit-identical to the one-row kernel's.
+#[inline(always)]
+unsafe fn legacy_p8<const KIND: u8, const N: usize>(
+    grp: *const u8,
+    nb: usize,
+    x: [ActsRow; N],
+) -> [__m256; N] {
+    let gbs = 8 * legacy_bs(KIND);
+    let (mo, ho, qo) = packed_offs(KIND);
+    let five = KIND == Q50 || KIND == Q51;
+    let m4 = _mm256_set1_epi32(0x000F_000F);
+    let b5 = _mm256_set1_epi32(0x0010_0010);
+    let off = _mm256_set1_epi16(match KIND {
+        Q40 => 8,
+        Q50 => 16,
+        _ => 0,
+    });
+    let mut acc = [[_mm256_setzero_ps(); 4]; N];
+    for i0 in (0..nb).step_by(4) {
+        for j in 0..4 {
+            let i = i0 + j;
+            if i >= nb {
+                break;
+            }
+            let b = grp.add(i * gbs);
+            let mut is = [_mm256_setzero_si256(); N];
+            // pair p of the eight rows times pair p of each token's block
+            macro_rules! madd_pair {
+                ($w:expr, $p:expr) => {{
+                    let (w, p) = ($w, $p);
+                    for k in 0..N {
+                        let xp = x[k].q.as_ptr().add(i * QK + 2 * p) as *const i32;
+                        let xv = _mm256_set1_epi32(xp.read_unaligned());
+                        is[k] = _mm256_add_epi32(is[k], _mm256_madd_epi16(w, xv));
+                    }
+                }};
+            }
+            if KIND == Q80 {
+                for c in 0..8 {
+                    let v = _mm256_loadu_si256(b.add(qo + 32 * c) as *const __m256i);
+                    madd_pair!(_mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(v)), 2 * c);
+                    madd_pair!(_mm256_srai_epi16::<8>(v), 2 * c + 1);
+                }
+            } else {
+                let h = if five {
+                    _mm256_loadu_si256(b.add(ho) as *const __m256i)
+                } else {
+                    _mm256_setzero_si256()
+                };
+                for c in 0..4 {
+                    let v = _mm256_loadu_si256(b.add(qo + 32 * c) as *const __m256i);
+                    for s in 0..4 {
+                        let p = 4 * c + s;
+                        let mut w = _mm256_and_si256(
+                            _mm256_srl_epi32(v, _mm_cvtsi32_si128(4 * s as i32)),
+                            m4,
+                        );
+                        if five {
+                            // bits p and 16 + p to bits 4 and 20
+                            let hb = if p <= 4 {
+                                _mm256_sll_epi32(h, _mm_cvtsi32_si128((4 - p) as i32))
+                            } else {
+                                _mm256_srl_epi32(h, _mm_cvtsi32_si128((p - 4) as i32))
+                            };
+                            w = _mm256_or_si256(w, _mm256_and_si256(hb, b5));
+                        }
+                        if KIND == Q40 || KIND == Q50 {
+                            w = _mm256_sub_epi16(w, off);
+                        }
+                        madd_pair!(w, p);
+                    }
+                }
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));
+            for k in 0..N {
+                let s = _mm256_mul_ps(d, _mm256_set1_ps(*x[k].d.get_unchecked(i)));
+                let f = _mm256_cvtepi32_ps(is[k]);
+                if has_min(KIND) {
+                    let m = _mm256_cvtph_ps(_mm_loadu_si128(b.add(mo) as *const __m128i));
+                    let xs = _mm256_set1_ps(*x[k].sum.get_unchecked(i));
+                    let t = _mm256_fmadd_ps(m, xs, _mm256_mul_ps(f, s));
+                    acc[k][j] = _mm256_add_ps(acc[k][j], t);
+                } else {
+                    acc[k][j] = _mm256_fmadd_ps(f, s, acc[k][j]);
+                }
+            }
+        }
+    }
+    acc.map(|p| _mm256_add_ps(_mm256_add_ps(p[0], p[2]), _mm256_add_ps(p[1], p[3])))
+}
+
+/// [`rows_q16`] on a packed matrix (`pack.rs`; `n_rows` rows of `rb` bytes): whole groups
+/// of 8 rows with `legacy_p8`, the rows past the last whole group with the one-row kernel.
+/// Groups that `rows` cuts are computed whole and only their rows in `rows` are put.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn rows_q16_packed(
+    dtype: hearth_core::DType,
+    bytes: &[u8],
+    rb: usize,
+    n_rows: usize,
+    rows: std::ops::Range<usize>,
+    acts: &crate::acts::QuantizedActs,
+    n_tok: usize,
+    put: &mut impl FnMut(usize, usize, f32),
+) {
+    use hearth_core::DType as D;
+    #[inline(always)]
+    unsafe fn run<const KIND: u8>(
+        bytes: &[u8],
+        rb: usize,
+        n_rows: usize,
+        rows: std::ops::Range<usize>,
+        acts: &crate::acts::QuantizedActs,
+        n_tok: usize,
+        put: &mut impl FnMut(usize, usize, f32),
+    ) {
+        let full = n_rows / 8 * 8;
+        let nb = rb / legacy_bs(KIND);
+        let mut g = rows.start / 8 * 8;
+        while g < rows.end.min(full) {
+            let grp = bytes.as_ptr().add(g * rb);
+            for t in 0..n_tok {
+                let [v] = legacy_p8::<KIND, 1>(grp, nb, [acts.row(t)]);
+                let mut o = [0f32; 8];
+                _mm256_storeu_ps(o.as_mut_ptr(), v);
+                for (l, &v) in o.iter().enumerate() {
+                    if rows.contains(&(g + l)) {
+                        put(t, g + l, v);
+                    }
+                }
+            }
+            g += 8;
+        }
+        for r in rows.start.max(full)..rows.end {
+            let row = &bytes[r * rb..(r + 1) * rb];
+            for t in 0..n_tok {
+                put(t, r, legacy_row::<1, KIND>(row, [acts.row(t)])[0]);
+            }
+        }
+    }
+    match dtype {
+        D::Q4_0 => run::<Q40>(bytes, rb, n_rows, rows, acts, n_tok, put),
+        D::Q4_1 => run::<Q41>(bytes, rb, n_rows, rows, acts, n_tok, put),
+        D::Q8_0 => run::<Q80>(bytes, rb, n_rows, rows, acts, n_tok, put),
+        D::Q5_0 => run::<Q50>(bytes, rb, n_rows, rows, acts, n_tok, put),
+        D::Q5_1 => run::<Q51>(bytes, rb, n_rows, rows, acts, n_tok, put),
+        _ => {}
+    }
+}

@@ -94,3 +94,70 @@ fn batched_rows_equal_single_rows_bit_for_bit() {
         }
     }
 }
+
+/// The row-interleaved layout (`pack.rs`) unpacks to the original bytes, and its kernel gives
+/// every (row, token) the one-row kernel's bits, for row ranges that cut groups and rows past
+/// the last whole group.
+#[test]
+fn packed_rows_equal_single_rows_bit_for_bit() {
+    use hearth_quant::pack;
+    let mut rnd = lcg(5);
+    for dtype in [
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q8_0,
+    ] {
+        for &n in &[576usize, 96, 1536] {
+            let rows = 27; // three whole groups of 8 and three rows after them
+            let w = weights(dtype, rows, n, &mut rnd);
+            let rb = dtype.row_bytes(n).unwrap();
+            let p = pack::pack(dtype, &w, rb).unwrap();
+            assert_eq!(p.len(), w.len());
+            for r in 0..rows {
+                assert_eq!(
+                    pack::unpack_row(dtype, &p, rb, rows, r),
+                    &w[r * rb..(r + 1) * rb],
+                    "{dtype:?} n={n} row {r} round trip"
+                );
+            }
+            for n_tok in [1usize, 2, 5] {
+                let x: Vec<f32> = (0..n * n_tok)
+                    .map(|_| (rnd() % 20001) as f32 / 10000.0 - 1.0)
+                    .collect();
+                let mut acts = QuantizedActs::default();
+                acts.quantize(&x, n);
+                for range in [0..rows, 3..21, 17..26] {
+                    let mut got = vec![f32::NAN; rows * n_tok];
+                    hearth_quant::rows_q16_packed(
+                        dtype,
+                        &p,
+                        rb,
+                        rows,
+                        range.clone(),
+                        &acts,
+                        n_tok,
+                        |t, r, v| got[t * rows + r] = v,
+                    );
+                    for r in 0..rows {
+                        let row = &w[r * rb..(r + 1) * rb];
+                        for t in 0..n_tok {
+                            let g = got[t * rows + r];
+                            if !range.contains(&r) {
+                                assert!(g.is_nan(), "{dtype:?} row {r} outside {range:?} was put");
+                                continue;
+                            }
+                            let one = hearth_quant::dot_row_q16::<1>(dtype, row, [acts.row(t)])[0];
+                            assert_eq!(
+                                g.to_bits(),
+                                one.to_bits(),
+                                "{dtype:?} n={n} n_tok={n_tok} row {r} token {t}: {g} vs {one}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
