@@ -164,14 +164,16 @@ impl Tensor {
                 self.name
             )));
         }
-        let per = self.storage.len / outer;
-        let part = |s: &Storage| Storage {
-            buf: s.buf.clone(),
-            offset: s.offset + i * per,
-            len: per,
+        let part = |s: &Storage| {
+            let per = s.len / outer;
+            Storage {
+                buf: s.buf.clone(),
+                offset: s.offset + i * per,
+                len: per,
+            }
         };
         let storage = part(&self.storage);
-        // packed layouts group rows within each outer slice
+        // packed layouts group rows within each outer slice (their size may differ)
         let packed = self.packed.as_ref().map(part);
         Ok(Tensor {
             name: format!("{}[{i}]", self.name),
@@ -194,13 +196,18 @@ impl Tensor {
             )));
         }
         let rb = self.row_bytes();
-        // a packed layout's groups of 8 rows stay whole when the view starts on a group and
-        // ends on one or at the end (where the rows past the last group are unpacked)
+        // a packed layout of the original size keeps its groups of 8 rows whole when the view
+        // starts on a group and ends on one or at the end (the rows past the last group are
+        // unpacked)
         let g = crate::PACK_ROWS;
         let packed = self
             .packed
             .as_ref()
-            .filter(|_| start % g == 0 && (n % g == 0 || start + n == self.shape[0]))
+            .filter(|p| {
+                p.len == self.storage.len
+                    && start % g == 0
+                    && (n % g == 0 || start + n == self.shape[0])
+            })
             .map(|p| Storage {
                 buf: p.buf.clone(),
                 offset: p.offset + start * rb,

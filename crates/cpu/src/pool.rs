@@ -15,6 +15,10 @@ struct Inner {
     job: Mutex<Option<SendJob>>,
     wake: Condvar,
     park: Mutex<()>,
+    /// Workers parked on `wake` (notifying costs a system call; skipped when none are).
+    parked: AtomicUsize,
+    /// The first panic of the current job's workers, re-raised by `run`.
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 #[derive(Clone, Copy)]
@@ -44,6 +48,8 @@ impl Pool {
             job: Mutex::new(None),
             wake: Condvar::new(),
             park: Mutex::new(()),
+            parked: AtomicUsize::new(0),
+            panic: Mutex::new(None),
         });
         let mut handles = Vec::new();
         for i in 1..n {
@@ -68,7 +74,7 @@ impl Pool {
     }
 
     /// Run `f(i)` for every thread index `i`, the caller taking index 0; returns when all are
-    /// done. `f` must not panic (a panic is caught and the job still completes).
+    /// done. A panic in any `f(i)` is re-raised here once every thread is done with `f`.
     pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
         if self.n == 1 {
             f(0);
@@ -83,15 +89,28 @@ impl Pool {
         };
         *self.inner.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(SendJob(job));
         self.inner.pending.store(self.n - 1, Ordering::Release);
-        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
-        {
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        // a worker about to park counts itself first, then re-checks the epoch under `park`
+        if self.inner.parked.load(Ordering::SeqCst) > 0 {
             let _g = self.inner.park.lock().unwrap_or_else(|e| e.into_inner());
             self.inner.wake.notify_all();
         }
-        let _ = catch_unwind(AssertUnwindSafe(|| f(0)));
+        let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
         let mut spins = 0u32;
         while self.inner.pending.load(Ordering::Acquire) != 0 {
             spin_or_yield(&mut spins);
+        }
+        let theirs = self
+            .inner
+            .panic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Err(p) = mine {
+            std::panic::resume_unwind(p);
+        }
+        if let Some(p) = theirs {
+            std::panic::resume_unwind(p);
         }
     }
 }
@@ -125,19 +144,23 @@ fn worker(inner: &Inner, i: usize) {
             if spins < SPIN {
                 spin_or_yield(&mut spins);
             } else {
+                inner.parked.fetch_add(1, Ordering::SeqCst);
                 let g = inner.park.lock().unwrap_or_else(|e| e.into_inner());
-                if inner.epoch.load(Ordering::Acquire) == seen
-                    && !inner.stop.load(Ordering::Acquire)
+                if inner.epoch.load(Ordering::SeqCst) == seen && !inner.stop.load(Ordering::Acquire)
                 {
                     let _g = inner.wake.wait(g).unwrap_or_else(|e| e.into_inner());
                 }
+                inner.parked.fetch_sub(1, Ordering::SeqCst);
             }
         }
         let job = *inner.job.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(SendJob(j)) = job {
             // SAFETY: `run` keeps the job alive until `pending` reaches zero.
             let f = unsafe { &*j };
-            let _ = catch_unwind(AssertUnwindSafe(|| f(i)));
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(i))) {
+                let mut slot = inner.panic.lock().unwrap_or_else(|e| e.into_inner());
+                slot.get_or_insert(p);
+            }
         }
         inner.pending.fetch_sub(1, Ordering::AcqRel);
     }
@@ -176,5 +199,24 @@ mod tests {
             n.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(n.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_worker_panic_reaches_the_caller() {
+        let p = Pool::new(2).unwrap();
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            p.run(&|i| {
+                if i == 1 {
+                    panic!("worker fails");
+                }
+            })
+        }));
+        assert!(r.is_err());
+        // the pool still works
+        let n = AtomicUsize::new(0);
+        p.run(&|_| {
+            n.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(n.load(Ordering::Relaxed), 2);
     }
 }

@@ -286,12 +286,18 @@ pub fn rows_q16_packed(
     assert!(
         pack::packable(dtype)
             && rows.end <= n_rows
-            && n_rows * rb <= bytes.len()
+            && pack::packed_len(dtype, rb, n_rows) <= bytes.len()
             && acts.n >= n
             && acts.rows >= n_tok
-            && acts.q.len() >= n_tok * acts.n
-            && acts.d.len() * acts::QK >= n_tok * acts.n
-            && acts.sum.len() * acts::QK >= n_tok * acts.n
+            && if dtype == DType::Q4_K {
+                acts.q8.len() >= n_tok * acts.n
+                    && acts.d8.len() * acts::QK8 >= n_tok * acts.n
+                    && acts.bs8.len() * 16 >= n_tok * acts.n
+            } else {
+                acts.q.len() >= n_tok * acts.n
+                    && acts.d.len() * acts::QK >= n_tok * acts.n
+                    && acts.sum.len() * acts::QK >= n_tok * acts.n
+            }
     );
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {

@@ -26,7 +26,22 @@
 //! - Q8_0: 32-bit word `r` of chunk `p / 2`; pair `2c` in bytes 0 and 2, pair `2c + 1` in
 //!   bytes 1 and 3, so that 16-bit arithmetic shifts give either pair.
 //!
-//! Rows past the last full group of 8 keep their original layout.
+//! The K-quants (super-blocks of 256) are packed per super-block of the eight rows:
+//!
+//! | type | layout | bytes (original) |
+//! |---|---|---|
+//! | Q4_K | 8 f16 `d`, 8 f16 `dmin`, 6-bit scales then mins as bytes `[sub-block][row]`, then per sub-block of 32 four chunks of 32 bytes | 1184 (1152) |
+//! | Q6_K | 8 f16 `d`, i8 scales `[sub-block of 16][row]`, then per block of 32 the 4-bit layout above (128 bytes) and two chunks of 32 bytes of high bits | 1680 (1680) |
+//!
+//! Q4_K's chunk `l` of sub-block `j` holds, in word `r`, byte `b`, element `32j + 8l + b` of
+//! row `r` in the low nibble and element `32j + 8l + 4 + b` in the high one, so that the low
+//! (or high) nibbles of a word are four consecutive weights for `vpmaddubsw`. Its scales are
+//! stored decoded so that the kernel reads them with one widening load. Q6_K's high-bit chunk
+//! `h` holds, in word `r`, bits `2q..2q+2` for element `2p` and `16 + 2q..` for `2p + 1`,
+//! where `p = 8h + q`.
+//!
+//! Rows past the last full group of 8 keep their original layout, after the groups.
+use crate::kquants::{BlockQ4K, BlockQ6K, scales_mins_k4};
 use hearth_core::DType;
 
 /// Rows per packed group.
@@ -36,8 +51,126 @@ pub const ROWS: usize = hearth_core::PACK_ROWS;
 pub fn packable(dtype: DType) -> bool {
     matches!(
         dtype,
-        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0
+        DType::Q4_0
+            | DType::Q4_1
+            | DType::Q5_0
+            | DType::Q5_1
+            | DType::Q8_0
+            | DType::Q4_K
+            | DType::Q6_K
     )
+}
+
+/// Bytes of a packed group-block (8 rows, one block or super-block).
+pub fn group_block_bytes(dtype: DType) -> usize {
+    match dtype {
+        DType::Q4_K => 1184,
+        _ => ROWS * dtype.type_size(),
+    }
+}
+
+/// Bytes of a packed group of 8 rows of `rb` bytes.
+pub fn group_bytes(dtype: DType, rb: usize) -> usize {
+    rb / dtype.type_size() * group_block_bytes(dtype)
+}
+
+/// Bytes of `n_rows` packed rows of `rb` bytes.
+pub fn packed_len(dtype: DType, rb: usize, n_rows: usize) -> usize {
+    n_rows / ROWS * group_bytes(dtype, rb) + n_rows % ROWS * rb
+}
+
+/// Q4_K's 256 weight codes (0..16) in element order.
+fn q4_k_codes(b: &BlockQ4K) -> [u8; 256] {
+    std::array::from_fn(|e| {
+        let (c, w) = (e / 64, e % 64);
+        if w < 32 {
+            b.qs[c * 32 + w] & 0xF
+        } else {
+            b.qs[c * 32 + w - 32] >> 4
+        }
+    })
+}
+
+/// Q6_K's 256 weight codes (0..64, value `q - 32`) in element order.
+fn q6_k_codes(b: &BlockQ6K) -> [u8; 256] {
+    std::array::from_fn(|e| {
+        let (h, w) = (e / 128, e % 128);
+        let (s, l) = (w / 32, w % 32);
+        let lo = (b.ql[h * 64 + (s & 1) * 32 + l] >> (4 * (s >> 1))) & 0xF;
+        let hi = (b.qh[h * 32 + l] >> (2 * s)) & 3;
+        lo | (hi << 4)
+    })
+}
+
+/// The 4-bit chunks of one block of 32 of eight rows (`q[r]` holds each row's 32 codes; the
+/// low 4 bits are stored): 128 bytes into `dst`.
+fn nibble_chunks(q: &[&[u8]; ROWS], dst: &mut [u8]) {
+    for c in 0..4 {
+        for (r, q) in q.iter().enumerate() {
+            let mut w = 0u32;
+            for s in 0..4 {
+                let p = 4 * c + s;
+                w |= ((q[2 * p] & 0xF) as u32) << (4 * s);
+                w |= ((q[2 * p + 1] & 0xF) as u32) << (16 + 4 * s);
+            }
+            dst[32 * c + 4 * r..32 * c + 4 * r + 4].copy_from_slice(&w.to_le_bytes());
+        }
+    }
+}
+
+/// One group-block of a K-quant: the eight rows' super-block `i`.
+fn pack_k(dtype: DType, blk: impl Fn(usize) -> usize, src: &[u8], dst: &mut [u8]) {
+    if dtype == DType::Q4_K {
+        let bs: Vec<&BlockQ4K> = (0..ROWS)
+            .map(|r| &crate::as_blocks::<BlockQ4K>(&src[blk(r)..blk(r) + 144])[0])
+            .collect();
+        for (r, b) in bs.iter().enumerate() {
+            dst[2 * r..2 * r + 2].copy_from_slice(&b.d);
+            dst[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&b.dmin);
+            let (sc, mn) = scales_mins_k4(&b.scales);
+            for j in 0..8 {
+                dst[32 + 8 * j + r] = sc[j];
+                dst[96 + 8 * j + r] = mn[j];
+            }
+            let q = q4_k_codes(b);
+            for j in 0..8 {
+                for l in 0..4 {
+                    for k in 0..4 {
+                        let e = 32 * j + 8 * l + k;
+                        dst[160 + 128 * j + 32 * l + 4 * r + k] = q[e] | (q[e + 4] << 4);
+                    }
+                }
+            }
+        }
+        return;
+    }
+    let bs: Vec<&BlockQ6K> = (0..ROWS)
+        .map(|r| &crate::as_blocks::<BlockQ6K>(&src[blk(r)..blk(r) + 210])[0])
+        .collect();
+    let q: Vec<[u8; 256]> = bs.iter().map(|b| q6_k_codes(b)).collect();
+    for (r, b) in bs.iter().enumerate() {
+        dst[2 * r..2 * r + 2].copy_from_slice(&b.d);
+        for k in 0..16 {
+            dst[16 + 8 * k + r] = b.scales[k];
+        }
+    }
+    for a in 0..8 {
+        let base = 144 + 192 * a;
+        let rows: [&[u8]; ROWS] = std::array::from_fn(|r| &q[r][32 * a..32 * a + 32]);
+        nibble_chunks(&rows, &mut dst[base..base + 128]);
+        for h in 0..2 {
+            for (r, q) in rows.iter().enumerate() {
+                let mut w = 0u32;
+                for k in 0..8 {
+                    let p = 8 * h + k;
+                    w |= ((q[2 * p] >> 4) as u32) << (2 * k);
+                    w |= ((q[2 * p + 1] >> 4) as u32) << (16 + 2 * k);
+                }
+                let o = base + 128 + 32 * h + 4 * r;
+                dst[o..o + 4].copy_from_slice(&w.to_le_bytes());
+            }
+        }
+    }
 }
 
 /// The 32 weight codes of a legacy block, as stored (unsigned nibbles or five-bit values, or
@@ -77,6 +210,24 @@ pub fn pack(dtype: DType, src: &[u8], rb: usize) -> Option<Vec<u8>> {
         return None;
     }
     let (nb, n_rows) = (rb / bs, src.len() / rb);
+    if matches!(dtype, DType::Q4_K | DType::Q6_K) {
+        let (gbb, gb) = (group_block_bytes(dtype), group_bytes(dtype, rb));
+        let groups = n_rows / ROWS;
+        let mut out = vec![0u8; packed_len(dtype, rb, n_rows)];
+        for g in 0..groups {
+            for i in 0..nb {
+                let blk = |r: usize| (g * ROWS + r) * rb + i * bs;
+                pack_k(
+                    dtype,
+                    blk,
+                    src,
+                    &mut out[g * gb + i * gbb..g * gb + (i + 1) * gbb],
+                );
+            }
+        }
+        out[groups * gb..].copy_from_slice(&src[groups * ROWS * rb..]);
+        return Some(out);
+    }
     let mut out = src.to_vec();
     let min = matches!(dtype, DType::Q4_1 | DType::Q5_1);
     let five = matches!(dtype, DType::Q5_0 | DType::Q5_1);
@@ -117,18 +268,8 @@ pub fn pack(dtype: DType, src: &[u8], rb: usize) -> Option<Vec<u8>> {
                     }
                 }
             } else {
-                for c in 0..4 {
-                    for (r, q) in q.iter().enumerate() {
-                        let mut w = 0u32;
-                        for s in 0..4 {
-                            let p = 4 * c + s;
-                            w |= ((q[2 * p] & 0xF) as u32) << (4 * s);
-                            w |= ((q[2 * p + 1] & 0xF) as u32) << (16 + 4 * s);
-                        }
-                        dst[o + 32 * c + 4 * r..o + 32 * c + 4 * r + 4]
-                            .copy_from_slice(&w.to_le_bytes());
-                    }
-                }
+                let rows: [&[u8]; ROWS] = std::array::from_fn(|r| &q[r][..]);
+                nibble_chunks(&rows, &mut dst[o..o + 128]);
             }
         }
     }
@@ -140,10 +281,21 @@ pub fn pack(dtype: DType, src: &[u8], rb: usize) -> Option<Vec<u8>> {
 pub fn unpack_row(dtype: DType, packed: &[u8], rb: usize, n_rows: usize, r: usize) -> Vec<u8> {
     let bs = dtype.type_size();
     let nb = rb / bs;
-    if r >= n_rows / ROWS * ROWS {
-        return packed[r * rb..(r + 1) * rb].to_vec();
+    let full = n_rows / ROWS * ROWS;
+    if r >= full {
+        let o = full / ROWS * group_bytes(dtype, rb) + (r - full) * rb;
+        return packed[o..o + rb].to_vec();
     }
     let (g, l) = (r / ROWS, r % ROWS);
+    if matches!(dtype, DType::Q4_K | DType::Q6_K) {
+        let (gbb, gb) = (group_block_bytes(dtype), group_bytes(dtype, rb));
+        let mut out = vec![0u8; rb];
+        for i in 0..nb {
+            let src = &packed[g * gb + i * gbb..g * gb + (i + 1) * gbb];
+            unpack_k(dtype, src, l, &mut out[i * bs..(i + 1) * bs]);
+        }
+        return out;
+    }
     let min = matches!(dtype, DType::Q4_1 | DType::Q5_1);
     let five = matches!(dtype, DType::Q5_0 | DType::Q5_1);
     let mut out = vec![0u8; rb];
@@ -202,4 +354,63 @@ pub fn unpack_row(dtype: DType, packed: &[u8], rb: usize, n_rows: usize, r: usiz
         }
     }
     out
+}
+
+/// Row `l`'s super-block from a K-quant group-block: the inverse of `pack_k`.
+fn unpack_k(dtype: DType, src: &[u8], l: usize, dst: &mut [u8]) {
+    if dtype == DType::Q4_K {
+        dst[0..2].copy_from_slice(&src[2 * l..2 * l + 2]);
+        dst[2..4].copy_from_slice(&src[16 + 2 * l..16 + 2 * l + 2]);
+        let sc: [u8; 8] = std::array::from_fn(|j| src[32 + 8 * j + l]);
+        let mn: [u8; 8] = std::array::from_fn(|j| src[96 + 8 * j + l]);
+        for j in 0..4 {
+            dst[4 + j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+            dst[4 + j + 4] = mn[j] | ((mn[j + 4] >> 4) << 6);
+            dst[4 + j + 8] = (sc[j + 4] & 0xF) | ((mn[j + 4] & 0xF) << 4);
+        }
+        let mut q = [0u8; 256];
+        for j in 0..8 {
+            for c in 0..4 {
+                for k in 0..4 {
+                    let v = src[160 + 128 * j + 32 * c + 4 * l + k];
+                    let e = 32 * j + 8 * c + k;
+                    (q[e], q[e + 4]) = (v & 0xF, v >> 4);
+                }
+            }
+        }
+        for e in 0..256 {
+            let (c, w) = (e / 64, e % 64);
+            if w < 32 {
+                dst[16 + c * 32 + w] |= q[e];
+            } else {
+                dst[16 + c * 32 + w - 32] |= q[e] << 4;
+            }
+        }
+        return;
+    }
+    // Q6_K: ql [0..128], qh [128..192], scales [192..208], d [208..210]
+    dst[208..210].copy_from_slice(&src[2 * l..2 * l + 2]);
+    for k in 0..16 {
+        dst[192 + k] = src[16 + 8 * k + l];
+    }
+    let mut q = [0u8; 256];
+    for a in 0..8 {
+        let base = 144 + 192 * a;
+        let word = |o: usize| u32::from_le_bytes(src[o + 4 * l..o + 4 * l + 4].try_into().unwrap());
+        for p in 0..16 {
+            let (c, s) = (p / 4, p % 4);
+            let w = word(base + 32 * c);
+            let h = word(base + 128 + 32 * (p / 8));
+            let k = p % 8;
+            q[32 * a + 2 * p] = ((w >> (4 * s)) & 0xF) as u8 | ((((h >> (2 * k)) & 3) as u8) << 4);
+            q[32 * a + 2 * p + 1] =
+                ((w >> (16 + 4 * s)) & 0xF) as u8 | ((((h >> (16 + 2 * k)) & 3) as u8) << 4);
+        }
+    }
+    for (e, &v) in q.iter().enumerate() {
+        let (h, w) = (e / 128, e % 128);
+        let (s, i) = (w / 32, w % 32);
+        dst[h * 64 + (s & 1) * 32 + i] |= (v & 0xF) << (4 * (s >> 1));
+        dst[128 + h * 32 + i] |= (v >> 4) << (2 * s);
+    }
 }

@@ -1034,9 +1034,121 @@ unsafe fn legacy_p8<const KIND: u8, const N: usize>(
     acc.map(|p| _mm256_add_ps(_mm256_add_ps(p[0], p[2]), _mm256_add_ps(p[1], p[3])))
 }
 
+/// Q4_K, the eight rows of a packed group against `N` activation rows (8-bit per 256):
+/// each word of a chunk holds four consecutive weights of its row in its low nibbles and the
+/// next four in its high ones, multiplied by the token's four activations (broadcast) with
+/// `maddubs`; a sub-block's products add up in i16 (at most 30480), are weighed by each row's
+/// scale with `madd`, and the mins by the activation sums per 16. Every sum is the exact i32
+/// of the one-row kernel, and the float step is its, lane by lane.
+#[inline(always)]
+unsafe fn q4_k_p8<const N: usize>(grp: *const u8, nb: usize, x: [ActsRow; N]) -> [__m256; N] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); N];
+    // a row's 6-bit value per lane as the 16-bit pair (v, v)
+    macro_rules! pair {
+        ($p:expr) => {{
+            let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64($p as *const __m128i));
+            _mm256_or_si256(v, _mm256_slli_epi32::<16>(v))
+        }};
+    }
+    for i in 0..nb {
+        let b = grp.add(i * 1184);
+        let mut sumi = [_mm256_setzero_si256(); N];
+        let mut summ = [_mm256_setzero_si256(); N];
+        for j in 0..8 {
+            let mut s16 = [_mm256_setzero_si256(); N];
+            for l in 0..4 {
+                let v = _mm256_loadu_si256(b.add(160 + 128 * j + 32 * l) as *const __m256i);
+                let lo = _mm256_and_si256(v, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                for k in 0..N {
+                    let xp = x[k].q8.as_ptr().add(i * 256 + 32 * j + 8 * l) as *const i32;
+                    let x0 = _mm256_set1_epi32(xp.read_unaligned());
+                    let x1 = _mm256_set1_epi32(xp.add(1).read_unaligned());
+                    s16[k] = _mm256_add_epi16(s16[k], _mm256_maddubs_epi16(lo, x0));
+                    s16[k] = _mm256_add_epi16(s16[k], _mm256_maddubs_epi16(hi, x1));
+                }
+            }
+            let sc = pair!(b.add(32 + 8 * j));
+            let mn = pair!(b.add(96 + 8 * j));
+            for k in 0..N {
+                sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(s16[k], sc));
+                let bp = x[k].bs8.as_ptr().add(i * 16 + 2 * j) as *const i32;
+                let bv = _mm256_set1_epi32(bp.read_unaligned());
+                summ[k] = _mm256_add_epi32(summ[k], _mm256_madd_epi16(mn, bv));
+            }
+        }
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));
+        let dmin = _mm256_cvtph_ps(_mm_loadu_si128(b.add(16) as *const __m128i));
+        for k in 0..N {
+            let dx = _mm256_set1_ps(*x[k].d8.get_unchecked(i));
+            let t1 = _mm256_mul_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(sumi[k]));
+            let t2 = _mm256_mul_ps(_mm256_mul_ps(dmin, dx), _mm256_cvtepi32_ps(summ[k]));
+            acc[k] = _mm256_add_ps(acc[k], _mm256_sub_ps(t1, t2));
+        }
+    }
+    acc
+}
+
+/// Q6_K, the eight rows of a packed group against `N` activation rows (16-bit): each block
+/// of 32's two sub-block sums form exactly per row, are weighed by the rows' scales in i32,
+/// and the float step of `q6_k_rn` runs lane by lane.
+#[inline(always)]
+unsafe fn q6_k_p8<const N: usize>(grp: *const u8, nb: usize, x: [ActsRow; N]) -> [__m256; N] {
+    let m4 = _mm256_set1_epi32(0x000F_000F);
+    let m2 = _mm256_set1_epi32(0x0030_0030);
+    let o32 = _mm256_set1_epi16(32);
+    let mut acc = [[_mm256_setzero_ps(); 4]; N];
+    for i in 0..nb {
+        let b = grp.add(i * 1680);
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));
+        for a in 0..8 {
+            let base = b.add(144 + 192 * a);
+            let hv = [
+                _mm256_loadu_si256(base.add(128) as *const __m256i),
+                _mm256_loadu_si256(base.add(160) as *const __m256i),
+            ];
+            let mut is = [[_mm256_setzero_si256(); 2]; N];
+            for c in 0..4 {
+                let v = _mm256_loadu_si256(base.add(32 * c) as *const __m256i);
+                for s in 0..4 {
+                    let p = 4 * c + s;
+                    let lo =
+                        _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(4 * s as i32)), m4);
+                    // bits 2q.. and 16 + 2q.. to bits 4.. and 20..
+                    let (h, q) = (hv[p / 8], p % 8);
+                    let hb = if 2 * q <= 4 {
+                        _mm256_sll_epi32(h, _mm_cvtsi32_si128((4 - 2 * q) as i32))
+                    } else {
+                        _mm256_srl_epi32(h, _mm_cvtsi32_si128((2 * q - 4) as i32))
+                    };
+                    let w = _mm256_sub_epi16(_mm256_or_si256(lo, _mm256_and_si256(hb, m2)), o32);
+                    for k in 0..N {
+                        let xp = x[k].q.as_ptr().add((8 * i + a) * QK + 2 * p) as *const i32;
+                        let xv = _mm256_set1_epi32(xp.read_unaligned());
+                        is[k][p / 8] = _mm256_add_epi32(is[k][p / 8], _mm256_madd_epi16(w, xv));
+                    }
+                }
+            }
+            let sa = _mm256_cvtepi8_epi32(_mm_loadl_epi64(b.add(16 + 16 * a) as *const __m128i));
+            let sb = _mm256_cvtepi8_epi32(_mm_loadl_epi64(b.add(24 + 16 * a) as *const __m128i));
+            for k in 0..N {
+                let f = _mm256_add_ps(
+                    _mm256_cvtepi32_ps(_mm256_mullo_epi32(is[k][0], sa)),
+                    _mm256_cvtepi32_ps(_mm256_mullo_epi32(is[k][1], sb)),
+                );
+                let dx = _mm256_set1_ps(*x[k].d.get_unchecked(8 * i + a));
+                acc[k][a % 4] = _mm256_fmadd_ps(f, _mm256_mul_ps(d, dx), acc[k][a % 4]);
+            }
+        }
+    }
+    acc.map(|p| _mm256_add_ps(_mm256_add_ps(p[0], p[2]), _mm256_add_ps(p[1], p[3])))
+}
+
 /// [`rows_q16`] on a packed matrix (`pack.rs`; `n_rows` rows of `rb` bytes): whole groups
-/// of 8 rows with `legacy_p8`, the rows past the last whole group with the one-row kernel.
-/// Groups that `rows` cuts are computed whole and only their rows in `rows` are put.
+/// of 8 rows with the group kernels, the rows past the last whole group (stored after the
+/// groups, unpacked) with the one-row kernels. Groups that `rows` cuts are computed whole and
+/// only their rows in `rows` are put.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn rows_q16_packed(
@@ -1050,46 +1162,44 @@ pub unsafe fn rows_q16_packed(
     put: &mut impl FnMut(usize, usize, f32),
 ) {
     use hearth_core::DType as D;
-    #[inline(always)]
-    unsafe fn run<const KIND: u8>(
-        bytes: &[u8],
-        rb: usize,
-        n_rows: usize,
-        rows: std::ops::Range<usize>,
-        acts: &crate::acts::QuantizedActs,
-        n_tok: usize,
-        put: &mut impl FnMut(usize, usize, f32),
-    ) {
-        let full = n_rows / 8 * 8;
-        let nb = rb / legacy_bs(KIND);
-        let mut g = rows.start / 8 * 8;
-        while g < rows.end.min(full) {
-            let grp = bytes.as_ptr().add(g * rb);
-            for t in 0..n_tok {
-                let [v] = legacy_p8::<KIND, 1>(grp, nb, [acts.row(t)]);
-                let mut o = [0f32; 8];
-                _mm256_storeu_ps(o.as_mut_ptr(), v);
-                for (l, &v) in o.iter().enumerate() {
-                    if rows.contains(&(g + l)) {
-                        put(t, g + l, v);
+    let full = n_rows / 8 * 8;
+    let gb = crate::pack::group_bytes(dtype, rb);
+    let nb = rb / dtype.type_size();
+    let tail = full / 8 * gb;
+    macro_rules! run {
+        ($p8:expr, $one:expr) => {{
+            let mut g = rows.start / 8 * 8;
+            while g < rows.end.min(full) {
+                let grp = bytes.as_ptr().add(g / 8 * gb);
+                for t in 0..n_tok {
+                    let [v] = $p8(grp, nb, [acts.row(t)]);
+                    let mut o = [0f32; 8];
+                    _mm256_storeu_ps(o.as_mut_ptr(), v);
+                    for (l, &v) in o.iter().enumerate() {
+                        if rows.contains(&(g + l)) {
+                            put(t, g + l, v);
+                        }
                     }
                 }
+                g += 8;
             }
-            g += 8;
-        }
-        for r in rows.start.max(full)..rows.end {
-            let row = &bytes[r * rb..(r + 1) * rb];
-            for t in 0..n_tok {
-                put(t, r, legacy_row::<1, KIND>(row, [acts.row(t)])[0]);
+            for r in rows.start.max(full)..rows.end {
+                let o = tail + (r - full) * rb;
+                let row = &bytes[o..o + rb];
+                for t in 0..n_tok {
+                    put(t, r, $one(row, [acts.row(t)])[0]);
+                }
             }
-        }
+        }};
     }
     match dtype {
-        D::Q4_0 => run::<Q40>(bytes, rb, n_rows, rows, acts, n_tok, put),
-        D::Q4_1 => run::<Q41>(bytes, rb, n_rows, rows, acts, n_tok, put),
-        D::Q8_0 => run::<Q80>(bytes, rb, n_rows, rows, acts, n_tok, put),
-        D::Q5_0 => run::<Q50>(bytes, rb, n_rows, rows, acts, n_tok, put),
-        D::Q5_1 => run::<Q51>(bytes, rb, n_rows, rows, acts, n_tok, put),
+        D::Q4_0 => run!(legacy_p8::<Q40, 1>, legacy_row::<1, Q40>),
+        D::Q4_1 => run!(legacy_p8::<Q41, 1>, legacy_row::<1, Q41>),
+        D::Q8_0 => run!(legacy_p8::<Q80, 1>, legacy_row::<1, Q80>),
+        D::Q5_0 => run!(legacy_p8::<Q50, 1>, legacy_row::<1, Q50>),
+        D::Q5_1 => run!(legacy_p8::<Q51, 1>, legacy_row::<1, Q51>),
+        D::Q4_K => run!(q4_k_p8::<1>, q4_k_q8k_n::<1>),
+        D::Q6_K => run!(q6_k_p8::<1>, q6_k_q16_n::<1>),
         _ => {}
     }
 }

@@ -108,16 +108,23 @@ fn packed_rows_equal_single_rows_bit_for_bit() {
         DType::Q5_0,
         DType::Q5_1,
         DType::Q8_0,
+        DType::Q4_K,
+        DType::Q6_K,
     ] {
-        for &n in &[576usize, 96, 1536] {
+        let lens: &[usize] = if dtype.block_size() == 32 {
+            &[576, 96, 1536]
+        } else {
+            &[256, 1536]
+        };
+        for &n in lens {
             let rows = 27; // three whole groups of 8 and three rows after them
             let w = weights(dtype, rows, n, &mut rnd);
             let rb = dtype.row_bytes(n).unwrap();
             let p = pack::pack(dtype, &w, rb).unwrap();
-            assert_eq!(p.len(), w.len());
+            assert_eq!(p.len(), pack::packed_len(dtype, rb, rows));
             for r in 0..rows {
                 assert_eq!(
-                    pack::unpack_row(dtype, &p, rb, rows, r),
+                    &pack::unpack_row(dtype, &p, rb, rows, r)[..],
                     &w[r * rb..(r + 1) * rb],
                     "{dtype:?} n={n} row {r} round trip"
                 );
@@ -127,7 +134,9 @@ fn packed_rows_equal_single_rows_bit_for_bit() {
                     .map(|_| (rnd() % 20001) as f32 / 10000.0 - 1.0)
                     .collect();
                 let mut acts = QuantizedActs::default();
-                acts.quantize(&x, n);
+                // only the forms the type reads, as the CPU backend quantizes
+                let (q16, k8) = QuantizedActs::forms(dtype);
+                acts.quantize_forms(&x, n, q16, k8);
                 for range in [0..rows, 3..21, 17..26] {
                     let mut got = vec![f32::NAN; rows * n_tok];
                     hearth_quant::rows_q16_packed(
