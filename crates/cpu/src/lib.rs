@@ -28,6 +28,15 @@ pub struct Cpu {
     pack_budget: std::sync::atomic::AtomicUsize,
 }
 
+/// Zeroed anonymous memory for a packed copy, in transparent huge pages where the system
+/// offers them on request: a page fault per 2 MiB rather than per 4 KiB when packing.
+fn anon(len: usize) -> Option<memmap2::MmapMut> {
+    let m = memmap2::MmapMut::map_anon(len.max(1)).ok()?;
+    #[cfg(target_os = "linux")]
+    let _ = m.advise(memmap2::Advice::HugePage);
+    Some(m)
+}
+
 /// Bytes the packed weight copies may take: half the memory available at startup, so that
 /// a model near the size of RAM keeps only its memory-mapped original (0: packing is off,
 /// `HEARTH_REPACK=0`; no limit where the memory cannot be read).
@@ -167,16 +176,58 @@ impl Backend for Cpu {
         {
             return;
         }
-        let rb = w.row_bytes();
-        let slice = w.shape[w.shape.len() - 2] * rb;
-        let mut out = Vec::with_capacity(len);
-        for part in w.bytes().chunks(slice.max(1)) {
-            match pack::pack(w.dtype, part, rb) {
-                Some(p) => out.extend_from_slice(&p),
-                None => return,
+        // each slice of a stacked tensor packs on its own; a slice's whole groups are split
+        // between the threads, the rows after the last group going with the last part
+        let (dtype, rb) = (w.dtype, w.row_bytes());
+        let rows = w.shape[w.shape.len() - 2];
+        let slices = w.n_rows() / rows.max(1);
+        let (plen, gb) = (
+            pack::packed_len(dtype, rb, rows),
+            pack::group_bytes(dtype, rb),
+        );
+        let Some(mut out) = anon(plen * slices) else {
+            return;
+        };
+        let threads = self.threads();
+        let groups = rows / hearth_core::PACK_ROWS;
+        let per = groups.div_ceil(threads);
+        let src = w.bytes();
+        let dst = SendPtr(out.as_mut_ptr() as *mut f32);
+        self.pool.run(&|ci| {
+            let base = {
+                let d = dst; // the Send + Sync wrapper, not its raw pointer field
+                d.0 as *mut u8
+            };
+            let (g0, g1) = ((ci * per).min(groups), ((ci + 1) * per).min(groups));
+            let last = ci + 1 == threads;
+            if g0 == g1 && !last {
+                return;
             }
+            let r1 = if last {
+                rows
+            } else {
+                g1 * hearth_core::PACK_ROWS
+            };
+            let r0 = g0 * hearth_core::PACK_ROWS;
+            for s in 0..slices {
+                let part = &src[(s * rows + r0) * rb..(s * rows + r1) * rb];
+                let (o0, o1) = (
+                    s * plen + g0 * gb,
+                    s * plen + g0 * gb + pack::packed_len(dtype, rb, r1 - r0),
+                );
+                // SAFETY: the threads' (slice, group range) parts of `out` are disjoint, and
+                // `out` outlives the parallel step.
+                let d = unsafe { std::slice::from_raw_parts_mut(base.add(o0), o1 - o0) };
+                pack::pack_into(dtype, part, rb, d);
+            }
+        });
+        let Ok(out) = out.make_read_only() else {
+            return;
+        };
+        let len = out.len();
+        if let Ok(st) = hearth_core::Storage::new(std::sync::Arc::new(out), 0, len) {
+            w.packed = Some(st);
         }
-        w.packed = Some(hearth_core::Storage::owned(out));
     }
 
     fn matmul(&self, w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) -> Result<()> {

@@ -81,25 +81,30 @@ pub fn packed_len(dtype: DType, rb: usize, n_rows: usize) -> usize {
 
 /// Q4_K's 256 weight codes (0..16) in element order.
 fn q4_k_codes(b: &BlockQ4K) -> [u8; 256] {
-    std::array::from_fn(|e| {
-        let (c, w) = (e / 64, e % 64);
-        if w < 32 {
-            b.qs[c * 32 + w] & 0xF
-        } else {
-            b.qs[c * 32 + w - 32] >> 4
+    let mut q = [0u8; 256];
+    for c in 0..4 {
+        let (lo, hi) = q[c * 64..c * 64 + 64].split_at_mut(32);
+        for ((l, h), &v) in lo.iter_mut().zip(hi).zip(&b.qs[c * 32..c * 32 + 32]) {
+            (*l, *h) = (v & 0xF, v >> 4);
         }
-    })
+    }
+    q
 }
 
 /// Q6_K's 256 weight codes (0..64, value `q - 32`) in element order.
 fn q6_k_codes(b: &BlockQ6K) -> [u8; 256] {
-    std::array::from_fn(|e| {
-        let (h, w) = (e / 128, e % 128);
-        let (s, l) = (w / 32, w % 32);
-        let lo = (b.ql[h * 64 + (s & 1) * 32 + l] >> (4 * (s >> 1))) & 0xF;
-        let hi = (b.qh[h * 32 + l] >> (2 * s)) & 3;
-        lo | (hi << 4)
-    })
+    let mut q = [0u8; 256];
+    for h in 0..2 {
+        for s in 0..4 {
+            let ql = &b.ql[h * 64 + (s & 1) * 32..h * 64 + (s & 1) * 32 + 32];
+            let qh = &b.qh[h * 32..h * 32 + 32];
+            let out = &mut q[h * 128 + s * 32..h * 128 + s * 32 + 32];
+            for ((o, &l), &hb) in out.iter_mut().zip(ql).zip(qh) {
+                *o = ((l >> (4 * (s >> 1))) & 0xF) | (((hb >> (2 * s)) & 3) << 4);
+            }
+        }
+    }
+    q
 }
 
 /// The 4-bit chunks of one block of 32 of eight rows (`q[r]` holds each row's 32 codes; the
@@ -121,9 +126,8 @@ fn nibble_chunks(q: &[&[u8]; ROWS], dst: &mut [u8]) {
 /// One group-block of a K-quant: the eight rows' super-block `i`.
 fn pack_k(dtype: DType, blk: impl Fn(usize) -> usize, src: &[u8], dst: &mut [u8]) {
     if dtype == DType::Q4_K {
-        let bs: Vec<&BlockQ4K> = (0..ROWS)
-            .map(|r| &crate::as_blocks::<BlockQ4K>(&src[blk(r)..blk(r) + 144])[0])
-            .collect();
+        let bs: [&BlockQ4K; ROWS] =
+            std::array::from_fn(|r| &crate::as_blocks::<BlockQ4K>(&src[blk(r)..blk(r) + 144])[0]);
         for (r, b) in bs.iter().enumerate() {
             dst[2 * r..2 * r + 2].copy_from_slice(&b.d);
             dst[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&b.dmin);
@@ -144,10 +148,9 @@ fn pack_k(dtype: DType, blk: impl Fn(usize) -> usize, src: &[u8], dst: &mut [u8]
         }
         return;
     }
-    let bs: Vec<&BlockQ6K> = (0..ROWS)
-        .map(|r| &crate::as_blocks::<BlockQ6K>(&src[blk(r)..blk(r) + 210])[0])
-        .collect();
-    let q: Vec<[u8; 256]> = bs.iter().map(|b| q6_k_codes(b)).collect();
+    let bs: [&BlockQ6K; ROWS] =
+        std::array::from_fn(|r| &crate::as_blocks::<BlockQ6K>(&src[blk(r)..blk(r) + 210])[0]);
+    let q: [[u8; 256]; ROWS] = std::array::from_fn(|r| q6_k_codes(bs[r]));
     for (r, b) in bs.iter().enumerate() {
         dst[2 * r..2 * r + 2].copy_from_slice(&b.d);
         for k in 0..16 {
@@ -209,11 +212,28 @@ pub fn pack(dtype: DType, src: &[u8], rb: usize) -> Option<Vec<u8>> {
     if !packable(dtype) || rb == 0 || rb % bs != 0 || src.len() % rb != 0 {
         return None;
     }
+    let mut out = vec![0u8; packed_len(dtype, rb, src.len() / rb)];
+    pack_into(dtype, src, rb, &mut out);
+    Some(out)
+}
+
+/// [`pack`] into `dst` (exactly [`packed_len`] bytes). Packing rows `8a..8b` of a matrix
+/// gives bytes `a * group_bytes..b * group_bytes` of the whole matrix's packed form, so
+/// whole groups may be packed separately (in parallel); the rows after the last whole group
+/// go with the last part.
+///
+/// # Panics
+/// If `dtype` is not [`packable`], `src` is not whole rows of `rb` bytes, or `dst` has the
+/// wrong length.
+pub fn pack_into(dtype: DType, src: &[u8], rb: usize, dst: &mut [u8]) {
+    let bs = dtype.type_size();
+    assert!(packable(dtype) && rb > 0 && rb % bs == 0 && src.len() % rb == 0);
     let (nb, n_rows) = (rb / bs, src.len() / rb);
+    assert_eq!(dst.len(), packed_len(dtype, rb, n_rows));
+    let out = dst;
+    let groups = n_rows / ROWS;
     if matches!(dtype, DType::Q4_K | DType::Q6_K) {
         let (gbb, gb) = (group_block_bytes(dtype), group_bytes(dtype, rb));
-        let groups = n_rows / ROWS;
-        let mut out = vec![0u8; packed_len(dtype, rb, n_rows)];
         for g in 0..groups {
             for i in 0..nb {
                 let blk = |r: usize| (g * ROWS + r) * rb + i * bs;
@@ -226,9 +246,9 @@ pub fn pack(dtype: DType, src: &[u8], rb: usize) -> Option<Vec<u8>> {
             }
         }
         out[groups * gb..].copy_from_slice(&src[groups * ROWS * rb..]);
-        return Some(out);
+        return;
     }
-    let mut out = src.to_vec();
+    out[groups * ROWS * rb..].copy_from_slice(&src[groups * ROWS * rb..]);
     let min = matches!(dtype, DType::Q4_1 | DType::Q5_1);
     let five = matches!(dtype, DType::Q5_0 | DType::Q5_1);
     for g in 0..n_rows / ROWS {
@@ -247,7 +267,7 @@ pub fn pack(dtype: DType, src: &[u8], rb: usize) -> Option<Vec<u8>> {
                 }
                 o += 16;
             }
-            let q: Vec<[u8; 32]> = (0..ROWS).map(|r| codes(dtype, blk(r))).collect();
+            let q: [[u8; 32]; ROWS] = std::array::from_fn(|r| codes(dtype, blk(r)));
             if five {
                 for (r, q) in q.iter().enumerate() {
                     let mut h = 0u32;
@@ -273,7 +293,6 @@ pub fn pack(dtype: DType, src: &[u8], rb: usize) -> Option<Vec<u8>> {
             }
         }
     }
-    Some(out)
 }
 
 /// Row `r` of a packed matrix (`n_rows` rows of `rb` bytes) in the original layout: the
