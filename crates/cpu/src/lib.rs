@@ -72,6 +72,28 @@ impl Cpu {
     pub fn threads(&self) -> usize {
         self.pool.threads()
     }
+
+    /// `f(rows)` over `0..total` rows in one parallel step: tasks of whole packed groups,
+    /// about four per thread, taken in turn from a shared counter, so that a thread slowed
+    /// down (by another process, a page fault) takes fewer of them.
+    fn row_tasks(&self, total: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        let g = hearth_core::PACK_ROWS;
+        let chunk = total
+            .div_ceil(self.threads() * 4)
+            .next_multiple_of(g)
+            .max(g);
+        let next = AtomicUsize::new(0);
+        self.pool.run(&|_| {
+            loop {
+                let lo = next.fetch_add(1, Relaxed).saturating_mul(chunk);
+                if lo >= total {
+                    break;
+                }
+                f(lo..(lo + chunk).min(total));
+            }
+        });
+    }
 }
 
 /// Most rotated pairs per head the rope kernel handles (head_dim 1024).
@@ -233,11 +255,6 @@ impl Backend for Cpu {
     fn matmul(&self, w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) -> Result<()> {
         check_job(w, x, n_tok, out)?;
         let n_out = w.n_rows();
-        // Rows per task: every row costs the same, so one even share per thread keeps
-        // scheduling overhead to one task each (whole groups of packed rows).
-        let chunk = n_out
-            .div_ceil(self.threads())
-            .next_multiple_of(hearth_core::PACK_ROWS);
         let optr = SendPtr(out.as_mut_ptr());
         let job = RowJob {
             w,
@@ -251,15 +268,9 @@ impl Backend for Cpu {
             let (q16, k8) = QuantizedActs::forms(w.dtype);
             guard.quantize_forms(x, w.row_len(), q16, k8);
             let acts = &*guard;
-            self.pool.run(&|ci| {
-                job.rows(
-                    (ci * chunk).min(n_out)..((ci + 1) * chunk).min(n_out),
-                    Some(acts),
-                )
-            });
+            self.row_tasks(n_out, &|rows| job.rows(rows, Some(acts)));
         } else {
-            self.pool
-                .run(&|ci| job.rows((ci * chunk).min(n_out)..((ci + 1) * chunk).min(n_out), None));
+            self.row_tasks(n_out, &|rows| job.rows(rows, None));
         }
         Ok(())
     }
@@ -339,11 +350,8 @@ impl Backend for Cpu {
             start.push(start.last().unwrap() + j.w.n_rows());
         }
         let total = *start.last().unwrap();
-        let chunk = total
-            .div_ceil(self.threads())
-            .next_multiple_of(hearth_core::PACK_ROWS);
-        self.pool.run(&|ci| {
-            let (mut g, hi) = ((ci * chunk).min(total), ((ci + 1) * chunk).min(total));
+        self.row_tasks(total, &|range| {
+            let (mut g, hi) = (range.start, range.end);
             while g < hi {
                 let k = start.partition_point(|&s| s <= g) - 1;
                 let (r0, r1) = (g - start[k], (hi - start[k]).min(rj[k].w.n_rows()));

@@ -1162,17 +1162,22 @@ pub unsafe fn rows_q16_packed(
     put: &mut impl FnMut(usize, usize, f32),
 ) {
     use hearth_core::DType as D;
+    if n_tok == 0 {
+        return;
+    }
     let full = n_rows / 8 * 8;
     let gb = crate::pack::group_bytes(dtype, rb);
     let nb = rb / dtype.type_size();
     let tail = full / 8 * gb;
     macro_rules! run {
         ($p8:expr, $one:expr) => {{
+            let xs: [ActsRow; 3] = std::array::from_fn(|t| acts.row(t.min(n_tok - 1)));
             let mut g = rows.start / 8 * 8;
             while g < rows.end.min(full) {
                 let grp = bytes.as_ptr().add(g / 8 * gb);
                 for t in 0..n_tok {
-                    let [v] = $p8(grp, nb, [acts.row(t)]);
+                    let x = if t < 3 { xs[t] } else { acts.row(t) };
+                    let [v] = $p8(grp, nb, [x]);
                     let mut o = [0f32; 8];
                     _mm256_storeu_ps(o.as_mut_ptr(), v);
                     for (l, &v) in o.iter().enumerate() {
