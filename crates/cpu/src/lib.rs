@@ -73,6 +73,20 @@ impl Cpu {
         self.pool.threads()
     }
 
+    /// `f(range)` over `0..n` items of `cost` values each: in one even share per thread when
+    /// there are enough values to pay for a parallel step (a batch), else on this thread
+    /// (decoding). Element-wise work gives the same result either way.
+    fn split(&self, n: usize, cost: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        let threads = self.threads();
+        if threads == 1 || n.saturating_mul(cost) < 1 << 15 {
+            f(0..n);
+            return;
+        }
+        let per = n.div_ceil(threads);
+        self.pool
+            .run(&|ci| f((ci * per).min(n)..((ci + 1) * per).min(n)));
+    }
+
     /// `f(rows)` over `0..total` rows in one parallel step: tasks of whole packed groups,
     /// about four per thread, taken in turn from a shared counter, so that a thread slowed
     /// down (by another process, a page fault) takes fewer of them.
@@ -375,13 +389,21 @@ impl Backend for Cpu {
     }
 
     fn rms_norm(&self, x: &mut [f32], w: &[f32], eps: f32) {
-        for row in x.chunks_exact_mut(w.len()) {
-            let ss: f32 = dot_f32(row, row) / w.len() as f32;
-            let r = 1.0 / (ss + eps).sqrt();
-            for (v, g) in row.iter_mut().zip(w) {
-                *v = *v * r * g;
+        let n = w.len().max(1);
+        let xp = SendPtr(x.as_mut_ptr());
+        self.split(x.len() / n, n, &|rows| {
+            let p = xp;
+            // SAFETY: the row ranges are disjoint and within `x`.
+            let x =
+                unsafe { std::slice::from_raw_parts_mut(p.0.add(rows.start * n), rows.len() * n) };
+            for row in x.chunks_exact_mut(n) {
+                let ss: f32 = dot_f32(row, row) / n as f32;
+                let r = 1.0 / (ss + eps).sqrt();
+                for (v, g) in row.iter_mut().zip(w) {
+                    *v = *v * r * g;
+                }
             }
-        }
+        });
     }
 
     fn rope(
@@ -395,26 +417,25 @@ impl Backend for Cpu {
         mscale: f32,
     ) {
         let half = inv_freq.len().min(MAX_ROPE_PAIRS);
-        let mut cs = [(0f32, 0f32); MAX_ROPE_PAIRS];
-        let cs = &mut cs[..half];
-        for (t, &pos) in positions.iter().enumerate() {
-            for (c, &f) in cs.iter_mut().zip(inv_freq) {
-                let a = pos as f32 * f;
-                *c = (a.cos() * mscale, a.sin() * mscale);
-            }
-            let tok = &mut x[t * n_heads * head_dim..(t + 1) * n_heads * head_dim];
-            for h in tok.chunks_exact_mut(head_dim) {
-                for (i, &(c, s)) in cs.iter().enumerate() {
-                    let (a, b) = match style {
-                        RopeStyle::Normal => (2 * i, 2 * i + 1),
-                        RopeStyle::Neox => (i, i + half),
-                    };
-                    let (x0, x1) = (h[a], h[b]);
-                    h[a] = x0 * c - x1 * s;
-                    h[b] = x0 * s + x1 * c;
+        let width = n_heads * head_dim;
+        let n_tok = positions.len().min(x.len() / width.max(1));
+        let xp = SendPtr(x.as_mut_ptr());
+        // tokens in parallel for a batch (each token's rotation is its own)
+        self.split(n_tok, width, &|toks| {
+            let p = xp;
+            let mut cs = [(0f32, 0f32); MAX_ROPE_PAIRS];
+            let cs = &mut cs[..half];
+            for t in toks {
+                let pos = positions[t];
+                for (c, &f) in cs.iter_mut().zip(inv_freq) {
+                    let a = pos as f32 * f;
+                    *c = (a.cos() * mscale, a.sin() * mscale);
                 }
+                // SAFETY: tokens are disjoint across tasks and within `x`.
+                let tok = unsafe { std::slice::from_raw_parts_mut(p.0.add(t * width), width) };
+                rotate(tok, head_dim, cs, style, half);
             }
-        }
+        });
     }
 
     fn attention(
@@ -513,8 +534,30 @@ impl Backend for Cpu {
     }
 
     fn silu_mul(&self, gate: &mut [f32], up: &[f32]) {
-        for (g, u) in gate.iter_mut().zip(up) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
+        let n = gate.len().min(up.len());
+        let gp = SendPtr(gate.as_mut_ptr());
+        self.split(n, 1, &|r| {
+            let p = gp;
+            // SAFETY: the ranges are disjoint and within `gate`.
+            let g = unsafe { std::slice::from_raw_parts_mut(p.0.add(r.start), r.len()) };
+            for (g, u) in g.iter_mut().zip(&up[r]) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        });
+    }
+}
+
+/// Rotate each head of one token by the (cos, sin) pairs `cs`.
+fn rotate(tok: &mut [f32], head_dim: usize, cs: &[(f32, f32)], style: RopeStyle, half: usize) {
+    for h in tok.chunks_exact_mut(head_dim) {
+        for (i, &(c, s)) in cs.iter().enumerate() {
+            let (a, b) = match style {
+                RopeStyle::Normal => (2 * i, 2 * i + 1),
+                RopeStyle::Neox => (i, i + half),
+            };
+            let (x0, x1) = (h[a], h[b]);
+            h[a] = x0 * c - x1 * s;
+            h[b] = x0 * s + x1 * c;
         }
     }
 }

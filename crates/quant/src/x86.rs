@@ -482,16 +482,20 @@ macro_rules! t8_rows {
         let (bytes, rb, n_tok) = ($bytes, $rb, $n_tok);
         let put = $put;
         let groups = n_tok.div_ceil(8);
-        let mut emit = |r: usize, g: usize, v: __m256| {
-            let mut o = [0f32; 8];
-            _mm256_storeu_ps(o.as_mut_ptr(), v);
-            for (l, &v) in o.iter().enumerate() {
-                let t = 8 * g + l;
-                if t < n_tok {
-                    put(t, r, v);
+        // a macro, not a closure: a closure would not inherit the caller's AVX2 context
+        macro_rules! emit {
+            ($r:expr, $g:expr, $v:expr) => {{
+                let (r, g) = ($r, $g);
+                let mut o = [0f32; 8];
+                _mm256_storeu_ps(o.as_mut_ptr(), $v);
+                for (l, &v) in o.iter().enumerate() {
+                    let t = 8 * g + l;
+                    if t < n_tok {
+                        put(t, r, v);
+                    }
                 }
-            }
-        };
+            }};
+        }
         let rows: std::ops::Range<usize> = $rows;
         let mut r0 = rows.start;
         while r0 < rows.end {
@@ -503,10 +507,10 @@ macro_rules! t8_rows {
                     let row = &bytes[r * rb..(r + 1) * rb];
                     if ng == 2 {
                         let [v0, v1] = $k2(row, g0);
-                        emit(r, g0, v0);
-                        emit(r, g0 + 1, v1);
+                        emit!(r, g0, v0);
+                        emit!(r, g0 + 1, v1);
                     } else {
-                        emit(r, g0, $k1(row, g0));
+                        emit!(r, g0, $k1(row, g0));
                     }
                 }
                 g0 += ng;
