@@ -221,3 +221,30 @@ fn logits_cli_prints_one_json_line_per_position() {
         assert!(l["logsumexp"].as_f64().unwrap() >= l["top"][0][1].as_f64().unwrap());
     }
 }
+
+/// The packed weight layout (built at load time for the decoding kernels) changes no bit of
+/// the logits: the same three tokens (below the batched kernels' four, so the packed
+/// kernels run) with packing on and off
+/// (`HEARTH_REPACK=0`), on one thread and on two.
+#[test]
+fn packed_weights_give_identical_logits() {
+    let run = |repack: &str, threads: &str| {
+        let out = hearth()
+            .args(["logits", "smollm2", "--tokens", "1,504,28", "--top", "8"])
+            .args(["-t", threads])
+            .env("HEARTH_REPACK", repack)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let base = run("0", "1");
+    assert_eq!(base.lines().count(), 3);
+    for (r, t) in [("1", "1"), ("1", "2"), ("0", "2")] {
+        assert_eq!(run(r, t), base, "HEARTH_REPACK={r}, {t} threads");
+    }
+}
