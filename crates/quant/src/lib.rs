@@ -224,6 +224,20 @@ pub fn dot_row_q16<const N: usize>(dtype: DType, src: &[u8], x: [acts::ActsRow; 
     x.map(|r| acts::dot_q16_scalar(dtype, src, r))
 }
 
+/// Whether `acts` holds `n_tok` rows of at least `n` values in the form `dtype` reads.
+fn acts_hold(dtype: DType, acts: &acts::QuantizedActs, n: usize, n_tok: usize) -> bool {
+    let all = n_tok * acts.n;
+    acts.n >= n
+        && acts.rows >= n_tok
+        && if dtype == DType::Q4_K {
+            acts.q8.len() >= all && acts.d8.len() * acts::QK8 >= all && acts.bs8.len() * 16 >= all
+        } else {
+            acts.q.len() >= all
+                && acts.d.len() * acts::QK >= all
+                && acts.sum.len() * acts::QK >= all
+        }
+}
+
 /// Rows `rows` of a `dtype` matrix (`rb` bytes per row in `bytes`) dotted with each of the
 /// `n_tok` rows of `acts`; `put(token, row, value)` receives every result. Each value is
 /// bit-identical to [`dot_row_q16`]'s for that row and token, whatever `n_tok` is.
@@ -240,17 +254,7 @@ pub fn rows_q16(
     assert!(
         acts::supports_q16(dtype)
             && rows.end * rb <= bytes.len()
-            && acts.n >= n
-            && acts.rows >= n_tok
-            && if dtype == DType::Q4_K {
-                acts.q8.len() >= n_tok * acts.n
-                    && acts.d8.len() * acts::QK8 >= n_tok * acts.n
-                    && acts.bs8.len() * 16 >= n_tok * acts.n
-            } else {
-                acts.q.len() >= n_tok * acts.n
-                    && acts.d.len() * acts::QK >= n_tok * acts.n
-                    && acts.sum.len() * acts::QK >= n_tok * acts.n
-            }
+            && acts_hold(dtype, acts, n, n_tok)
     );
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
@@ -287,17 +291,7 @@ pub fn rows_q16_packed(
         pack::packable(dtype)
             && rows.end <= n_rows
             && pack::packed_len(dtype, rb, n_rows) <= bytes.len()
-            && acts.n >= n
-            && acts.rows >= n_tok
-            && if dtype == DType::Q4_K {
-                acts.q8.len() >= n_tok * acts.n
-                    && acts.d8.len() * acts::QK8 >= n_tok * acts.n
-                    && acts.bs8.len() * 16 >= n_tok * acts.n
-            } else {
-                acts.q.len() >= n_tok * acts.n
-                    && acts.d.len() * acts::QK >= n_tok * acts.n
-                    && acts.sum.len() * acts::QK >= n_tok * acts.n
-            }
+            && acts_hold(dtype, acts, n, n_tok)
     );
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {

@@ -36,25 +36,31 @@ fn weights(dtype: DType, rows: usize, n: usize, rnd: &mut impl FnMut() -> u32) -
     w
 }
 
+/// The types with integer kernels.
+const TYPES: [DType; 7] = [
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q4_K,
+    DType::Q6_K,
+];
+
+/// Row lengths with 4- and 8-block tails (SmolLM2's 576 is 18 blocks of 32).
+fn lens(dtype: DType) -> &'static [usize] {
+    if dtype.block_size() == 32 {
+        &[576, 288, 96, 1536]
+    } else {
+        &[256, 1024, 1536]
+    }
+}
+
 #[test]
 fn batched_rows_equal_single_rows_bit_for_bit() {
     let mut rnd = lcg(3);
-    for dtype in [
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q5_0,
-        DType::Q5_1,
-        DType::Q8_0,
-        DType::Q4_K,
-        DType::Q6_K,
-    ] {
-        // row lengths with 4- and 8-block tails (SmolLM2's 576 is 18 blocks of 32)
-        let lens: &[usize] = if dtype.block_size() == 32 {
-            &[576, 288, 96, 1536]
-        } else {
-            &[256, 1024, 1536]
-        };
-        for &n in lens {
+    for dtype in TYPES {
+        for &n in lens(dtype) {
             let rows = 11;
             let w = weights(dtype, rows, n, &mut rnd);
             let rb = dtype.row_bytes(n).unwrap();
@@ -102,21 +108,8 @@ fn batched_rows_equal_single_rows_bit_for_bit() {
 fn packed_rows_equal_single_rows_bit_for_bit() {
     use hearth_quant::pack;
     let mut rnd = lcg(5);
-    for dtype in [
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q5_0,
-        DType::Q5_1,
-        DType::Q8_0,
-        DType::Q4_K,
-        DType::Q6_K,
-    ] {
-        let lens: &[usize] = if dtype.block_size() == 32 {
-            &[576, 96, 1536]
-        } else {
-            &[256, 1536]
-        };
-        for &n in lens {
+    for dtype in TYPES {
+        for &n in lens(dtype) {
             let rows = 27; // three whole groups of 8 and three rows after them
             let w = weights(dtype, rows, n, &mut rnd);
             let rb = dtype.row_bytes(n).unwrap();
