@@ -397,10 +397,23 @@ impl Scheduler {
         let mut logits = std::mem::take(&mut self.logits);
         logits.clear();
         let t0 = Instant::now();
-        let r =
+        // a panic in the forward pass (a bug) fails this batch's requests with an error
+        // instead of ending the scheduler and every request after it
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.eng
                 .model
-                .forward_batch(&mut self.pool, &mut self.scratch, &batch, &mut logits);
+                .forward_batch(&mut self.pool, &mut self.scratch, &batch, &mut logits)
+        }))
+        .unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(hearth_core::Error::Invalid(format!(
+                "internal error in the forward pass: {msg}"
+            )))
+        });
         drop(batch);
         let dt = t0.elapsed();
         self.metrics
