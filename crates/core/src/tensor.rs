@@ -76,8 +76,9 @@ pub struct Tensor {
     /// The bytes.
     pub storage: Storage,
     /// The same weights in a layout a backend chose at load time for its kernels
-    /// ([`crate::Backend::prepare`]; the CPU's row-interleaved groups of 8 rows), the same
-    /// size as `storage`. `storage` keeps the original layout for everything else.
+    /// ([`crate::Backend::prepare`]; the CPU's row-interleaved groups of 8 rows), sliced
+    /// with the tensor (its size may differ from `storage`'s). `storage` keeps the original
+    /// layout for everything else.
     pub packed: Option<Storage>,
 }
 

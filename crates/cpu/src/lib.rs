@@ -114,10 +114,10 @@ impl Cpu {
 pub const MAX_ROPE_PAIRS: usize = 512;
 
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+struct SendPtr<T = f32>(*mut T);
 // SAFETY: used only to write disjoint elements from parallel tasks.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
 
 fn check_job(w: &Tensor, x: &[f32], n_tok: usize, out: &[f32]) -> Result<()> {
     check_cpu(w)?;
@@ -191,7 +191,7 @@ impl Backend for Cpu {
         true
     }
 
-    /// Packs the 32-element block types into groups of 8 interleaved rows (`pack.rs` in
+    /// Packs the types with integer kernels into groups of 8 interleaved rows (`pack.rs` in
     /// hearth-quant) while the budget lasts, with the AVX2 kernels only; each slice of a
     /// stacked tensor (an expert) is packed on its own.
     fn prepare(&self, w: &mut Tensor) {
@@ -204,14 +204,6 @@ impl Backend for Cpu {
         {
             return;
         }
-        let len = w.bytes().len();
-        if self
-            .pack_budget
-            .fetch_update(Relaxed, Relaxed, |b| b.checked_sub(len))
-            .is_err()
-        {
-            return;
-        }
         // each slice of a stacked tensor packs on its own; a slice's whole groups are split
         // between the threads, the rows after the last group going with the last part
         let (dtype, rb) = (w.dtype, w.row_bytes());
@@ -221,18 +213,26 @@ impl Backend for Cpu {
             pack::packed_len(dtype, rb, rows),
             pack::group_bytes(dtype, rb),
         );
-        let Some(mut out) = anon(plen * slices) else {
+        let len = plen * slices;
+        if self
+            .pack_budget
+            .fetch_update(Relaxed, Relaxed, |b| b.checked_sub(len))
+            .is_err()
+        {
+            return;
+        }
+        let Some(mut out) = anon(len) else {
             return;
         };
         let threads = self.threads();
         let groups = rows / hearth_core::PACK_ROWS;
         let per = groups.div_ceil(threads);
         let src = w.bytes();
-        let dst = SendPtr(out.as_mut_ptr() as *mut f32);
+        let dst = SendPtr(out.as_mut_ptr());
         self.pool.run(&|ci| {
             let base = {
                 let d = dst; // the Send + Sync wrapper, not its raw pointer field
-                d.0 as *mut u8
+                d.0
             };
             let (g0, g1) = ((ci * per).min(groups), ((ci + 1) * per).min(groups));
             let last = ci + 1 == threads;

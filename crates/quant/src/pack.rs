@@ -47,18 +47,10 @@ use hearth_core::DType;
 /// Rows per packed group.
 pub const ROWS: usize = hearth_core::PACK_ROWS;
 
-/// Whether `dtype` has a packed layout and kernels.
+/// Whether `dtype` has a packed layout and kernels: every type with integer kernels
+/// ([`crate::acts::supports_q16`]).
 pub fn packable(dtype: DType) -> bool {
-    matches!(
-        dtype,
-        DType::Q4_0
-            | DType::Q4_1
-            | DType::Q5_0
-            | DType::Q5_1
-            | DType::Q8_0
-            | DType::Q4_K
-            | DType::Q6_K
-    )
+    crate::acts::supports_q16(dtype)
 }
 
 /// Bytes of a packed group-block (8 rows, one block or super-block).
