@@ -14,6 +14,10 @@ fn main() {
         "q6_k" => DType::Q6_K,
         "q5_0" => DType::Q5_0,
         "q5_1" => DType::Q5_1,
+        "q2_k" => DType::Q2_K,
+        "q3_k" => DType::Q3_K,
+        "q5_k" => DType::Q5_K,
+        "iq4_xs" => DType::IQ4_XS,
         _ => DType::Q4_1,
     };
     let arg = |i: usize, d: usize| a.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);

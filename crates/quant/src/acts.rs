@@ -18,8 +18,10 @@
 //! From [`T8_MIN`] rows on, the 16-bit values are also regrouped eight rows at a time
 //! (`qt`), so that a batched kernel multiplies one weight pair by eight tokens' pairs with
 //! one `vpmaddwd`.
-use crate::kquants::{BlockQ4K, BlockQ6K, scales_mins_k4};
+use crate::iquants::BlockIQ4XS;
+use crate::kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, scales_mins_k4};
 use crate::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
+use crate::tables::KVALUES_IQ4NL;
 use crate::{as_blocks, f16le};
 use hearth_core::DType;
 
@@ -37,6 +39,8 @@ pub struct QuantizedActs {
     pub d: Vec<f32>,
     /// Sum of the original f32 values per block, `[n_rows, n / 32]`.
     pub sum: Vec<f32>,
+    /// Sum of `q` per 16 values (exact), `[n_rows, n / 16]`.
+    pub s16: Vec<i32>,
     /// Values per row.
     pub n: usize,
     /// The same rows in 8 bits per block of 256 (for K-quant weights; empty unless `n` is a
@@ -56,6 +60,8 @@ pub struct QuantizedActs {
     pub dt: Vec<f32>,
     /// `sum` regrouped the same way, `[n_rows / 8, n / 32, 8]`.
     pub st: Vec<f32>,
+    /// `s16` regrouped the same way, `[n_rows / 8, n / 32, 2, 8]`.
+    pub s16t: Vec<i32>,
     /// `q8` regrouped (when it exists and from [`T8_MIN`] rows on): per group of 8 rows,
     /// block of 256 and group `k` of 4 values, the 8 rows' values `4k..4k + 4` as one 32-bit
     /// word each, `[n_rows / 8, n / 256, 64, 8]`.
@@ -79,6 +85,8 @@ pub struct ActsRow<'a> {
     pub d: &'a [f32],
     /// per-block sums of the f32 values
     pub sum: &'a [f32],
+    /// per-16 sums of the values
+    pub s16: &'a [i32],
     /// 8-bit values per block of 256 (empty when the row length is not a multiple of 256)
     pub q8: &'a [i8],
     /// per-256-block scales
@@ -120,12 +128,14 @@ impl QuantizedActs {
             self.q.clear();
             self.d.clear();
             self.sum.clear();
+            self.s16.clear();
             self.regroup();
             return;
         }
         self.q.resize(x.len(), 0);
         self.d.resize(x.len() / QK, 0.0);
         self.sum.resize(x.len() / QK, 0.0);
+        self.s16.resize(x.len() / 16, 0);
         for (b, (xs, qs)) in x
             .chunks_exact(QK)
             .zip(self.q.chunks_exact_mut(QK))
@@ -139,6 +149,9 @@ impl QuantizedActs {
             }
             self.d[b] = d;
             self.sum[b] = s;
+            for (h, q) in qs.chunks_exact(16).enumerate() {
+                self.s16[2 * b + h] = q.iter().map(|&v| v as i32).sum();
+            }
         }
         self.regroup();
     }
@@ -182,6 +195,7 @@ impl QuantizedActs {
             self.qt.clear();
             self.dt.clear();
             self.st.clear();
+            self.s16t.clear();
             return;
         }
         let (nb, groups) = (n / QK, rows.div_ceil(8));
@@ -191,6 +205,8 @@ impl QuantizedActs {
         self.dt.resize(groups * nb * 8, 0.0);
         self.st.clear();
         self.st.resize(groups * nb * 8, 0.0);
+        self.s16t.clear();
+        self.s16t.resize(groups * nb * 16, 0);
         for t in 0..rows {
             let (g, l) = (t / 8, t % 8);
             let q = &self.q[t * n..(t + 1) * n];
@@ -202,6 +218,9 @@ impl QuantizedActs {
                 }
                 self.dt[(g * nb + b) * 8 + l] = self.d[t * nb + b];
                 self.st[(g * nb + b) * 8 + l] = self.sum[t * nb + b];
+                for h in 0..2 {
+                    self.s16t[(g * nb + b) * 16 + 8 * h + l] = self.s16[t * 2 * nb + 2 * b + h];
+                }
             }
         }
     }
@@ -247,6 +266,11 @@ impl QuantizedActs {
             },
             d: part(&self.d, t * nb, (t + 1) * nb),
             sum: part(&self.sum, t * nb, (t + 1) * nb),
+            s16: if self.s16.is_empty() {
+                &[]
+            } else {
+                &self.s16[2 * t * nb..2 * (t + 1) * nb]
+            },
             q8: if self.q8.is_empty() {
                 &[]
             } else {
@@ -294,7 +318,142 @@ pub fn supports_q16(dtype: DType) -> bool {
             | DType::Q8_0
             | DType::Q4_K
             | DType::Q6_K
+    ) || is_k16(dtype)
+}
+
+/// The super-block types read by the generic 16-bit K kernels ([`K16Scales`]): Q2_K, Q3_K,
+/// Q5_K and IQ4_XS.
+pub fn is_k16(dtype: DType) -> bool {
+    matches!(
+        dtype,
+        DType::Q2_K | DType::Q3_K | DType::Q5_K | DType::IQ4_XS
     )
+}
+
+/// How the generic 16-bit K kernels take a type's mins: none (Q3_K, IQ4_XS), one per block of
+/// 32 against the activations' float sums (Q5_K), or one per 16 against the quantized
+/// activations, exactly in i32 (Q2_K, whose mins change every 16 values).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum K16Min {
+    /// no min term
+    None,
+    /// `-(dmin * m) * sum(x)` per block of 32
+    PerBlock,
+    /// `-(dmin * dx) * (m0 * s0 + m1 * s1)` per block of 32, with `m` and the sums `s` of
+    /// the quantized activations per 16
+    PerHalf,
+}
+
+/// A super-block of a generic 16-bit K type: each weight is `d * sc * q - dmin * mn`, with
+/// `q` a small signed integer (element `32 j + l` from [`k16_q`]) and `sc`, `mn` per 16
+/// elements. `sc * q` fits i16 (at most 63 * 31, Q5_K), and a 16-element sum of
+/// `sc * q * x` with 16-bit activations fits i32 (IQ4_XS: 16 * 32 * 127 * 32767 < 2^31).
+#[derive(Clone, Copy, Debug)]
+pub struct K16Scales {
+    /// super-block scale
+    pub d: f32,
+    /// super-block min scale (0 without mins)
+    pub dmin: f32,
+    /// scale per 16 elements
+    pub sc: [i16; 16],
+    /// min per 16 elements
+    pub mn: [i16; 16],
+}
+
+/// The mins kind of a generic 16-bit K type.
+#[inline(always)]
+pub fn k16_min(dtype: DType) -> K16Min {
+    match dtype {
+        DType::Q5_K => K16Min::PerBlock,
+        DType::Q2_K => K16Min::PerHalf,
+        _ => K16Min::None,
+    }
+}
+
+/// The scales of a super-block (`blk`, one block of `dtype`, an [`is_k16`] type).
+#[inline(always)]
+pub fn k16_scales(dtype: DType, blk: &[u8]) -> K16Scales {
+    let mut k = K16Scales {
+        d: 0.0,
+        dmin: 0.0,
+        sc: [0; 16],
+        mn: [0; 16],
+    };
+    match dtype {
+        DType::Q2_K => {
+            let b = &as_blocks::<BlockQ2K>(blk)[0];
+            (k.d, k.dmin) = (f16le(b.d), f16le(b.dmin));
+            for (i, &v) in b.scales.iter().enumerate() {
+                k.sc[i] = (v & 0xF) as i16;
+                k.mn[i] = (v >> 4) as i16;
+            }
+        }
+        DType::Q3_K => {
+            let b = &as_blocks::<BlockQ3K>(blk)[0];
+            k.d = f16le(b.d);
+            for (o, v) in k.sc.iter_mut().zip(b.scales()) {
+                *o = v as i16;
+            }
+        }
+        DType::Q5_K => {
+            let b = &as_blocks::<BlockQ5K>(blk)[0];
+            (k.d, k.dmin) = (f16le(b.d), f16le(b.dmin));
+            let (sc, mn) = scales_mins_k4(&b.scales);
+            for j in 0..16 {
+                k.sc[j] = sc[j / 2] as i16;
+                k.mn[j] = mn[j / 2] as i16;
+            }
+        }
+        DType::IQ4_XS => {
+            let b = &as_blocks::<BlockIQ4XS>(blk)[0];
+            k.d = f16le(b.d);
+            for j in 0..16 {
+                k.sc[j] = b.scale(j / 2) as i16;
+            }
+        }
+        _ => {}
+    }
+    k
+}
+
+/// The integer weights `q` of activation block `j` (0..8, elements `32 j..32 j + 32`) of a
+/// super-block of an [`is_k16`] type (the SIMD kernels decode the same values 32 at a time).
+pub fn k16_q(dtype: DType, blk: &[u8], j: usize) -> [i8; 32] {
+    let mut q = [0i8; 32];
+    let (h, s) = (j / 4, j % 4);
+    match dtype {
+        DType::Q2_K => {
+            let b = &as_blocks::<BlockQ2K>(blk)[0];
+            for (l, o) in q.iter_mut().enumerate() {
+                *o = ((b.qs[h * 32 + l] >> (2 * s)) & 3) as i8;
+            }
+        }
+        DType::Q3_K => {
+            let b = &as_blocks::<BlockQ3K>(blk)[0];
+            for (l, o) in q.iter_mut().enumerate() {
+                let lo = ((b.qs[h * 32 + l] >> (2 * s)) & 3) as i8;
+                let hb = ((b.hmask[l] >> j) & 1) as i8;
+                *o = lo - 4 * (1 - hb);
+            }
+        }
+        DType::Q5_K => {
+            let b = &as_blocks::<BlockQ5K>(blk)[0];
+            for (l, o) in q.iter_mut().enumerate() {
+                let lo = (b.qs[(j / 2) * 32 + l] >> (4 * (j % 2))) & 0xF;
+                *o = (lo | (((b.qh[l] >> j) & 1) << 4)) as i8;
+            }
+        }
+        DType::IQ4_XS => {
+            let b = &as_blocks::<BlockIQ4XS>(blk)[0];
+            for l in 0..16 {
+                let v = b.qs[16 * j + l];
+                q[l] = KVALUES_IQ4NL[(v & 0xF) as usize];
+                q[l + 16] = KVALUES_IQ4NL[(v >> 4) as usize];
+            }
+        }
+        _ => {}
+    }
+    q
 }
 
 #[inline(always)]
@@ -390,6 +549,37 @@ pub fn dot_q16_scalar(dtype: DType, src: &[u8], x: ActsRow) -> f32 {
                 let dx = x.d8[i];
                 acc += f16le(b.d) * dx * sumi as f32 - f16le(b.dmin) * dx * summ as f32;
             }
+        }
+        dt if is_k16(dt) => {
+            // per activation block a of 32: the two 16-element sums of sc * q * x, exact in
+            // i32, add as floats and take d * dx; then the block's min term; partial sum a % 4
+            let min = k16_min(dt);
+            for (i, blk) in src.chunks_exact(dt.type_size()).enumerate() {
+                let k = k16_scales(dt, blk);
+                for j in 0..8 {
+                    let a = 8 * i + j;
+                    let q = k16_q(dt, blk, j);
+                    let mut h = [0i32; 2];
+                    for l in 0..32 {
+                        let x = xq(a)[l] as i32;
+                        h[l / 16] += (q[l] as i32 * k.sc[2 * j + l / 16] as i32) * x;
+                    }
+                    // |m * s| <= 15 * 16 * 32767 < 2^24: exact as floats
+                    let g = |e: usize| (k.mn[2 * j + e] as i32 * x.s16[2 * a + e]) as f32;
+                    let p = &mut part[a % 4];
+                    *p = (h[0] as f32 + h[1] as f32).mul_add(k.d * x.d[a], *p);
+                    match min {
+                        K16Min::None => {}
+                        K16Min::PerBlock => {
+                            *p = (-(k.dmin * k.mn[2 * j] as f32)).mul_add(x.sum[a], *p);
+                        }
+                        K16Min::PerHalf => {
+                            *p = (g(0) + g(1)).mul_add(-(k.dmin * x.d[a]), *p);
+                        }
+                    }
+                }
+            }
+            acc = lanes(part);
         }
         DType::Q6_K => {
             // activation block (h, s) of a super-block holds two 16-element sub-blocks; each

@@ -214,7 +214,10 @@ pub fn dot_row_q16<const N: usize>(dtype: DType, src: &[u8], x: [acts::ActsRow; 
     assert!(x.iter().all(|r| if dtype == DType::Q4_K {
         r.q8.len() >= n && r.d8.len() * acts::QK8 >= n && r.bs8.len() * 16 >= n
     } else {
-        r.q.len() >= n && r.d.len() * acts::QK >= n && r.sum.len() * acts::QK >= n
+        r.q.len() >= n
+            && r.d.len() * acts::QK >= n
+            && r.sum.len() * acts::QK >= n
+            && r.s16.len() * 16 >= n
     }));
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
@@ -235,6 +238,7 @@ fn acts_hold(dtype: DType, acts: &acts::QuantizedActs, n: usize, n_tok: usize) -
             acts.q.len() >= all
                 && acts.d.len() * acts::QK >= all
                 && acts.sum.len() * acts::QK >= all
+                && acts.s16.len() * 16 >= all
         }
 }
 

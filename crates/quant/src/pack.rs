@@ -47,10 +47,10 @@ use hearth_core::DType;
 /// Rows per packed group.
 pub const ROWS: usize = hearth_core::PACK_ROWS;
 
-/// Whether `dtype` has a packed layout and kernels: every type with integer kernels
-/// ([`crate::acts::supports_q16`]).
+/// Whether `dtype` has a packed layout and kernels: the types with integer kernels
+/// ([`crate::acts::supports_q16`]) but the generic 16-bit K types ([`crate::acts::is_k16`]).
 pub fn packable(dtype: DType) -> bool {
-    crate::acts::supports_q16(dtype)
+    crate::acts::supports_q16(dtype) && !crate::acts::is_k16(dtype)
 }
 
 /// Bytes of a packed group-block (8 rows, one block or super-block).

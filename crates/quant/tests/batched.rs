@@ -1,7 +1,6 @@
 //! The batched integer kernels (`rows_q16`: several tokens per weight row, tokens in SIMD
 //! lanes from `T8_MIN` tokens on) give every (row, token) exactly the bits of the one-row,
-//! one-token kernel, and the legacy 32-block types and Q6_K equal the scalar reference bit for
-//! bit.
+//! one-token kernel, and every type but Q4_K equals the scalar reference bit for bit.
 use hearth_core::DType;
 use hearth_quant::acts::{QuantizedActs, dot_q16_scalar};
 
@@ -27,6 +26,11 @@ fn weights(dtype: DType, rows: usize, n: usize, rnd: &mut impl FnMut() -> u32) -
                 blk[3] &= 0x1B;
             }
             DType::Q6_K => blk[bs - 1] &= 0x1B,
+            DType::Q2_K => {
+                blk[81] &= 0x1B;
+                blk[83] &= 0x1B;
+            }
+            DType::Q3_K => blk[109] &= 0x1B,
             _ => {
                 blk[1] &= 0x1B;
                 blk[3] &= 0x1B;
@@ -37,7 +41,7 @@ fn weights(dtype: DType, rows: usize, n: usize, rnd: &mut impl FnMut() -> u32) -
 }
 
 /// The types with integer kernels.
-const TYPES: [DType; 7] = [
+const TYPES: [DType; 11] = [
     DType::Q4_0,
     DType::Q4_1,
     DType::Q5_0,
@@ -45,6 +49,10 @@ const TYPES: [DType; 7] = [
     DType::Q8_0,
     DType::Q4_K,
     DType::Q6_K,
+    DType::Q2_K,
+    DType::Q3_K,
+    DType::Q5_K,
+    DType::IQ4_XS,
 ];
 
 /// Row lengths with 4- and 8-block tails (SmolLM2's 576 is 18 blocks of 32).
@@ -84,7 +92,7 @@ fn batched_rows_equal_single_rows_bit_for_bit() {
                             "{dtype:?} n={n} n_tok={n_tok} row {r} token {t}: {} vs {one}",
                             got[t * rows + r]
                         );
-                        if dtype.block_size() == 32 || dtype == DType::Q6_K {
+                        if dtype != DType::Q4_K {
                             let s = dot_q16_scalar(dtype, row, acts.row(t));
                             assert_eq!(
                                 s.to_bits(),
@@ -108,7 +116,7 @@ fn batched_rows_equal_single_rows_bit_for_bit() {
 fn packed_rows_equal_single_rows_bit_for_bit() {
     use hearth_quant::pack;
     let mut rnd = lcg(5);
-    for dtype in TYPES {
+    for dtype in TYPES.into_iter().filter(|&t| pack::packable(t)) {
         for &n in lens(dtype) {
             let rows = 27; // three whole groups of 8 and three rows after them
             let w = weights(dtype, rows, n, &mut rnd);
