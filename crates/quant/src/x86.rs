@@ -1343,7 +1343,6 @@ unsafe fn q4_k_p8<const N: usize>(grp: *const u8, nb: usize, x: [ActsRow; N]) ->
 unsafe fn q6_k_p8<const N: usize>(grp: *const u8, nb: usize, x: [ActsRow; N]) -> [__m256; N] {
     let m4 = _mm256_set1_epi32(0x000F_000F);
     let m2 = _mm256_set1_epi32(0x0030_0030);
-    let o32 = _mm256_set1_epi16(32);
     let mut acc = [[_mm256_setzero_ps(); 4]; N];
     for i in 0..nb {
         let b = grp.add(i * 1680);
@@ -1368,7 +1367,8 @@ unsafe fn q6_k_p8<const N: usize>(grp: *const u8, nb: usize, x: [ActsRow; N]) ->
                     } else {
                         _mm256_srl_epi32(h, _mm_cvtsi32_si128((2 * q - 4) as i32))
                     };
-                    let w = _mm256_sub_epi16(_mm256_or_si256(lo, _mm256_and_si256(hb, m2)), o32);
+                    // the codes q (0..64); the offset 32 comes off per sub-block below
+                    let w = _mm256_or_si256(lo, _mm256_and_si256(hb, m2));
                     for k in 0..N {
                         let xp = x[k].q.as_ptr().add((8 * i + a) * QK + 2 * p) as *const i32;
                         let xv = _mm256_set1_epi32(xp.read_unaligned());
@@ -1379,6 +1379,11 @@ unsafe fn q6_k_p8<const N: usize>(grp: *const u8, nb: usize, x: [ActsRow; N]) ->
             let sa = _mm256_cvtepi8_epi32(_mm_loadl_epi64(b.add(16 + 16 * a) as *const __m128i));
             let sb = _mm256_cvtepi8_epi32(_mm_loadl_epi64(b.add(24 + 16 * a) as *const __m128i));
             for k in 0..N {
+                // sum((q - 32) x) = sum(q x) - 32 sum(x), exactly, per sub-block of 16
+                let s16 = x[k].s16.as_ptr().add(2 * (8 * i + a));
+                for (e, v) in is[k].iter_mut().enumerate() {
+                    *v = _mm256_sub_epi32(*v, _mm256_set1_epi32(32 * *s16.add(e)));
+                }
                 let f = _mm256_add_ps(
                     _mm256_cvtepi32_ps(_mm256_mullo_epi32(is[k][0], sa)),
                     _mm256_cvtepi32_ps(_mm256_mullo_epi32(is[k][1], sb)),
