@@ -41,23 +41,66 @@
 //! where `p = 8h + q`.
 //!
 //! Rows past the last full group of 8 keep their original layout, after the groups.
-use crate::kquants::{BlockQ4K, BlockQ6K, scales_mins_k4};
+use crate::iquants::BlockIQ4XS;
+use crate::kquants::{BlockQ3K, BlockQ4K, BlockQ6K, scales_mins_k4};
 use hearth_core::DType;
 
 /// Rows per packed group.
 pub const ROWS: usize = hearth_core::PACK_ROWS;
 
-/// Whether `dtype` has a packed layout and kernels: the types with integer kernels
-/// ([`crate::acts::supports_q16`]) but the generic 16-bit K types ([`crate::acts::is_k16`]).
+/// Whether `dtype` has a packed layout and kernels: every type with integer kernels
+/// ([`crate::acts::supports_q16`]).
 pub fn packable(dtype: DType) -> bool {
-    crate::acts::supports_q16(dtype) && !crate::acts::is_k16(dtype)
+    crate::acts::supports_q16(dtype)
 }
 
 /// Bytes of a packed group-block (8 rows, one block or super-block).
 pub fn group_block_bytes(dtype: DType) -> usize {
     match dtype {
         DType::Q4_K => 1184,
+        dt if crate::acts::is_k16(dt) => {
+            let l = k16_layout(dt);
+            l.codes + 8 * l.block
+        }
         _ => ROWS * dtype.type_size(),
+    }
+}
+
+/// Where things are in a group-super-block of a generic 16-bit K type
+/// ([`crate::acts::is_k16`]).
+#[derive(Clone, Copy, Debug)]
+pub struct K16Layout {
+    /// offset of the 8 f16 `dmin` (after the 8 f16 `d` at 0), when the type has mins
+    pub dmin: Option<usize>,
+    /// offset of the scales
+    pub scales: usize,
+    /// offset of the codes
+    pub codes: usize,
+    /// code bits in the low plane (2 or 4)
+    pub lo_bits: usize,
+    /// whether a plane of one high bit per code follows the low plane
+    pub hi: bool,
+    /// code bytes per block of 32 of the eight rows
+    pub block: usize,
+}
+
+/// The packed layout of a generic 16-bit K type.
+pub const fn k16_layout(dtype: DType) -> K16Layout {
+    // (mins, scale bytes, low bits, high bit)
+    let (dmin, sc, lo_bits, hi) = match dtype {
+        DType::Q2_K => (true, 128, 2, false),
+        DType::Q3_K => (false, 128, 2, true),
+        DType::Q5_K => (true, 128, 4, true),
+        _ => (false, 64, 4, false),
+    };
+    let scales = if dmin { 32 } else { 16 };
+    K16Layout {
+        dmin: if dmin { Some(16) } else { None },
+        scales,
+        codes: scales + sc,
+        lo_bits,
+        hi,
+        block: 32 * lo_bits + if hi { 32 } else { 0 },
     }
 }
 
@@ -224,17 +267,17 @@ pub fn pack_into(dtype: DType, src: &[u8], rb: usize, dst: &mut [u8]) {
     assert_eq!(dst.len(), packed_len(dtype, rb, n_rows));
     let out = dst;
     let groups = n_rows / ROWS;
-    if matches!(dtype, DType::Q4_K | DType::Q6_K) {
+    if dtype.block_size() == 256 {
         let (gbb, gb) = (group_block_bytes(dtype), group_bytes(dtype, rb));
         for g in 0..groups {
             for i in 0..nb {
                 let blk = |r: usize| (g * ROWS + r) * rb + i * bs;
-                pack_k(
-                    dtype,
-                    blk,
-                    src,
-                    &mut out[g * gb + i * gbb..g * gb + (i + 1) * gbb],
-                );
+                let dst = &mut out[g * gb + i * gbb..g * gb + (i + 1) * gbb];
+                if crate::acts::is_k16(dtype) {
+                    pack_k16(dtype, blk, src, dst);
+                } else {
+                    pack_k(dtype, blk, src, dst);
+                }
             }
         }
         out[groups * gb..].copy_from_slice(&src[groups * ROWS * rb..]);
@@ -298,12 +341,17 @@ pub fn unpack_row(dtype: DType, packed: &[u8], rb: usize, n_rows: usize, r: usiz
         return packed[o..o + rb].to_vec();
     }
     let (g, l) = (r / ROWS, r % ROWS);
-    if matches!(dtype, DType::Q4_K | DType::Q6_K) {
+    if dtype.block_size() == 256 {
         let (gbb, gb) = (group_block_bytes(dtype), group_bytes(dtype, rb));
         let mut out = vec![0u8; rb];
         for i in 0..nb {
             let src = &packed[g * gb + i * gbb..g * gb + (i + 1) * gbb];
-            unpack_k(dtype, src, l, &mut out[i * bs..(i + 1) * bs]);
+            let dst = &mut out[i * bs..(i + 1) * bs];
+            if crate::acts::is_k16(dtype) {
+                unpack_k16(dtype, src, l, dst);
+            } else {
+                unpack_k(dtype, src, l, dst);
+            }
         }
         return out;
     }
@@ -374,11 +422,7 @@ fn unpack_k(dtype: DType, src: &[u8], l: usize, dst: &mut [u8]) {
         dst[2..4].copy_from_slice(&src[16 + 2 * l..16 + 2 * l + 2]);
         let sc: [u8; 8] = std::array::from_fn(|j| src[32 + 8 * j + l]);
         let mn: [u8; 8] = std::array::from_fn(|j| src[96 + 8 * j + l]);
-        for j in 0..4 {
-            dst[4 + j] = sc[j] | ((sc[j + 4] >> 4) << 6);
-            dst[4 + j + 4] = mn[j] | ((mn[j + 4] >> 4) << 6);
-            dst[4 + j + 8] = (sc[j + 4] & 0xF) | ((mn[j + 4] & 0xF) << 4);
-        }
+        dst[4..16].copy_from_slice(&encode_scales_mins_k4(&sc, &mn));
         let mut q = [0u8; 256];
         for j in 0..8 {
             for c in 0..4 {
@@ -424,4 +468,196 @@ fn unpack_k(dtype: DType, src: &[u8], l: usize, dst: &mut [u8]) {
         dst[h * 64 + (s & 1) * 32 + i] |= (v & 0xF) << (4 * (s >> 1));
         dst[128 + h * 32 + i] |= (v >> 4) << (2 * s);
     }
+}
+
+/// The 12 bytes of eight 6-bit (scale, min) pairs of Q4_K / Q5_K: the inverse of
+/// [`scales_mins_k4`].
+fn encode_scales_mins_k4(sc: &[u8; 8], mn: &[u8; 8]) -> [u8; 12] {
+    let mut o = [0u8; 12];
+    for j in 0..4 {
+        o[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+        o[j + 4] = mn[j] | ((mn[j + 4] >> 4) << 6);
+        o[j + 8] = (sc[j + 4] & 0xF) | ((mn[j + 4] & 0xF) << 4);
+    }
+    o
+}
+
+/// Byte offsets of (d, dmin) in a block of a generic 16-bit K type.
+fn k16_d_offsets(dtype: DType) -> (usize, Option<usize>) {
+    match dtype {
+        DType::Q2_K => (80, Some(82)),
+        DType::Q3_K => (108, None),
+        DType::Q5_K => (0, Some(2)),
+        _ => (0, None),
+    }
+}
+
+/// The 256 unsigned codes of a super-block of a generic 16-bit K type, in element order:
+/// Q2_K `q`, Q3_K `q + 4`, Q5_K `q`, IQ4_XS the grid index.
+fn k16_codes(dtype: DType, blk: &[u8]) -> [u8; 256] {
+    let mut q = [0u8; 256];
+    for j in 0..8 {
+        let out = &mut q[32 * j..32 * j + 32];
+        if dtype == DType::IQ4_XS {
+            let b = &crate::as_blocks::<BlockIQ4XS>(blk)[0];
+            for l in 0..16 {
+                out[l] = b.qs[16 * j + l] & 0xF;
+                out[l + 16] = b.qs[16 * j + l] >> 4;
+            }
+            continue;
+        }
+        let off = if dtype == DType::Q3_K { 4 } else { 0 };
+        for (o, v) in out.iter_mut().zip(crate::acts::k16_q(dtype, blk, j)) {
+            *o = (v + off) as u8;
+        }
+    }
+    q
+}
+
+/// Write the 256 codes of [`k16_codes`] into a super-block whose code bytes are zero.
+fn k16_set_codes(dtype: DType, blk: &mut [u8], q: &[u8; 256]) {
+    for (e, &v) in q.iter().enumerate() {
+        let (j, l) = (e / 32, e % 32);
+        let (h, s) = (j / 4, j % 4);
+        match dtype {
+            DType::Q2_K => blk[16 + h * 32 + l] |= (v & 3) << (2 * s),
+            DType::Q3_K => {
+                blk[32 + h * 32 + l] |= (v & 3) << (2 * s);
+                blk[l] |= (v >> 2) << j;
+            }
+            DType::Q5_K => {
+                blk[48 + (j / 2) * 32 + l] |= (v & 0xF) << (4 * (j % 2));
+                blk[16 + l] |= (v >> 4) << j;
+            }
+            _ => blk[8 + 16 * j + l % 16] |= (v & 0xF) << (4 * (l / 16)),
+        }
+    }
+}
+
+/// One group-super-block of a generic 16-bit K type (see [`k16_layout`]): the eight rows'
+/// super-block at `blk(r)` in `src`.
+fn pack_k16(dtype: DType, blk: impl Fn(usize) -> usize, src: &[u8], dst: &mut [u8]) {
+    let lay = k16_layout(dtype);
+    let bs = dtype.type_size();
+    let (od, odm) = k16_d_offsets(dtype);
+    let mut q = [[0u8; 256]; ROWS];
+    for (r, q) in q.iter_mut().enumerate() {
+        let b = &src[blk(r)..blk(r) + bs];
+        dst[2 * r..2 * r + 2].copy_from_slice(&b[od..od + 2]);
+        if let (Some(o), Some(om)) = (lay.dmin, odm) {
+            dst[o + 2 * r..o + 2 * r + 2].copy_from_slice(&b[om..om + 2]);
+        }
+        let sc = &mut dst[lay.scales..lay.codes];
+        match dtype {
+            // the raw bytes: scale in the low nibble, min in the high one
+            DType::Q2_K => (0..16).for_each(|k| sc[8 * k + r] = b[k]),
+            DType::Q3_K => {
+                let v = crate::as_blocks::<BlockQ3K>(b)[0].scales();
+                (0..16).for_each(|k| sc[8 * k + r] = v[k] as u8);
+            }
+            DType::Q5_K => {
+                let (s, m) = scales_mins_k4(b[4..16].try_into().unwrap());
+                for j in 0..8 {
+                    sc[8 * j + r] = s[j];
+                    sc[64 + 8 * j + r] = m[j];
+                }
+            }
+            _ => {
+                let x = &crate::as_blocks::<BlockIQ4XS>(b)[0];
+                (0..8).for_each(|j| sc[8 * j + r] = x.scale(j) as i8 as u8);
+            }
+        }
+        *q = k16_codes(dtype, b);
+    }
+    for a in 0..8 {
+        let base = lay.codes + lay.block * a;
+        let rows: [&[u8]; ROWS] = std::array::from_fn(|r| &q[r][32 * a..32 * a + 32]);
+        if lay.lo_bits == 4 {
+            nibble_chunks(&rows, &mut dst[base..base + 128]);
+        } else {
+            for c in 0..2 {
+                for (r, q) in rows.iter().enumerate() {
+                    let mut w = 0u32;
+                    for k in 0..8 {
+                        let p = 8 * c + k;
+                        w |= ((q[2 * p] & 3) as u32) << (2 * k);
+                        w |= ((q[2 * p + 1] & 3) as u32) << (16 + 2 * k);
+                    }
+                    dst[base + 32 * c + 4 * r..base + 32 * c + 4 * r + 4]
+                        .copy_from_slice(&w.to_le_bytes());
+                }
+            }
+        }
+        if lay.hi {
+            let o = base + 32 * lay.lo_bits;
+            for (r, q) in rows.iter().enumerate() {
+                let mut h = 0u32;
+                for p in 0..16 {
+                    h |= (((q[2 * p] >> lay.lo_bits) & 1) as u32) << p;
+                    h |= (((q[2 * p + 1] >> lay.lo_bits) & 1) as u32) << (16 + p);
+                }
+                dst[o + 4 * r..o + 4 * r + 4].copy_from_slice(&h.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// Row `l`'s super-block from a group-super-block of a generic 16-bit K type: the inverse of
+/// [`pack_k16`].
+fn unpack_k16(dtype: DType, src: &[u8], l: usize, dst: &mut [u8]) {
+    let lay = k16_layout(dtype);
+    let (od, odm) = k16_d_offsets(dtype);
+    dst.fill(0);
+    dst[od..od + 2].copy_from_slice(&src[2 * l..2 * l + 2]);
+    if let (Some(o), Some(om)) = (lay.dmin, odm) {
+        dst[om..om + 2].copy_from_slice(&src[o + 2 * l..o + 2 * l + 2]);
+    }
+    let sc = &src[lay.scales..lay.codes];
+    match dtype {
+        DType::Q2_K => (0..16).for_each(|k| dst[k] = sc[8 * k + l]),
+        DType::Q3_K => {
+            for j in 0..16 {
+                let v = (sc[8 * j + l] as i8 as i32 + 32) as u8;
+                dst[96 + j % 8] |= (v & 0xF) << (4 * (j / 8));
+                dst[96 + 8 + j % 4] |= (v >> 4) << (2 * (j / 4));
+            }
+        }
+        DType::Q5_K => {
+            let s: [u8; 8] = std::array::from_fn(|j| sc[8 * j + l]);
+            let m: [u8; 8] = std::array::from_fn(|j| sc[64 + 8 * j + l]);
+            dst[4..16].copy_from_slice(&encode_scales_mins_k4(&s, &m));
+        }
+        _ => {
+            let mut h = 0u16;
+            for j in 0..8 {
+                let v = (sc[8 * j + l] as i8 as i32 + 32) as u8;
+                dst[4 + j / 2] |= (v & 0xF) << (4 * (j % 2));
+                h |= (((v >> 4) & 3) as u16) << (2 * j);
+            }
+            dst[2..4].copy_from_slice(&h.to_le_bytes());
+        }
+    }
+    let mut q = [0u8; 256];
+    let word = |o: usize| u32::from_le_bytes(src[o + 4 * l..o + 4 * l + 4].try_into().unwrap());
+    for a in 0..8 {
+        let base = lay.codes + lay.block * a;
+        let h = if lay.hi {
+            word(base + 32 * lay.lo_bits)
+        } else {
+            0
+        };
+        for p in 0..16 {
+            let (lo, hi) = if lay.lo_bits == 4 {
+                let (w, s) = (word(base + 32 * (p / 4)), p % 4);
+                ((w >> (4 * s)) & 0xF, (w >> (16 + 4 * s)) & 0xF)
+            } else {
+                let (w, k) = (word(base + 32 * (p / 8)), p % 8);
+                ((w >> (2 * k)) & 3, (w >> (16 + 2 * k)) & 3)
+            };
+            let hb = |b: usize| (((h >> b) & 1) << lay.lo_bits) as u8;
+            q[32 * a + 2 * p] = lo as u8 | hb(p);
+            q[32 * a + 2 * p + 1] = hi as u8 | hb(16 + p);
+        }
+    }
+    k16_set_codes(dtype, dst, &q);
 }

@@ -1396,6 +1396,159 @@ unsafe fn q6_k_p8<const N: usize>(grp: *const u8, nb: usize, x: [ActsRow; N]) ->
     acc.map(|p| _mm256_add_ps(_mm256_add_ps(p[0], p[2]), _mm256_add_ps(p[1], p[3])))
 }
 
+/// A generic 16-bit K type's packed group (`pack::k16_layout`), 8 rows in lanes, against `N`
+/// activation rows: each weight pair's codes come out of the low (and high) planes as two
+/// i16 per lane; the integer sums run over the unsigned codes, and the offset (Q3_K 4,
+/// IQ4_XS's grid shifted by 128) comes off per 16 with the activations' sums, exactly. Then
+/// the float steps of `k16_row`, lane by lane.
+#[inline(always)]
+unsafe fn k16_p8<const T: u8, const N: usize>(
+    grp: *const u8,
+    nb: usize,
+    x: [ActsRow; N],
+) -> [__m256; N] {
+    use crate::acts::K16Min;
+    let dt = k16_dtype(T);
+    let lay = crate::pack::k16_layout(dt);
+    let gbb = crate::pack::group_block_bytes(dt);
+    let min = crate::acts::k16_min(dt);
+    let off: i32 = match T {
+        K3 => 4,
+        XS => 128,
+        _ => 0,
+    };
+    let lo_mask = _mm256_set1_epi32(if lay.lo_bits == 4 {
+        0x000F_000F
+    } else {
+        0x0003_0003
+    });
+    let hi_mask = _mm256_set1_epi32(0x0001_0001 << lay.lo_bits);
+    // IQ4_XS: the grid plus 128 as bytes; index bytes with bit 7 set (the high byte of each
+    // 16-bit lane) give 0
+    let mut grid = [0u8; 16];
+    for (g, &v) in grid.iter_mut().zip(&crate::tables::KVALUES_IQ4NL) {
+        *g = (v as i32 + 128) as u8;
+    }
+    let tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128(grid.as_ptr() as *const __m128i));
+    let hb80 = _mm256_set1_epi32(0x8000_8000u32 as i32);
+    let mut acc = [[_mm256_setzero_ps(); 4]; N];
+    for i in 0..nb {
+        let b = grp.add(i * gbb);
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));
+        let dmin = match lay.dmin {
+            Some(o) => _mm256_cvtph_ps(_mm_loadu_si128(b.add(o) as *const __m128i)),
+            None => _mm256_setzero_ps(),
+        };
+        let sc = b.add(lay.scales);
+        for a in 0..8 {
+            let base = b.add(lay.codes + lay.block * a);
+            let h = if lay.hi {
+                _mm256_loadu_si256(base.add(32 * lay.lo_bits) as *const __m256i)
+            } else {
+                _mm256_setzero_si256()
+            };
+            let mut is = [[_mm256_setzero_si256(); 2]; N];
+            let per = 16 / lay.lo_bits; // pairs per 32-bit word
+            for c in 0..lay.lo_bits {
+                let v = _mm256_loadu_si256(base.add(32 * c) as *const __m256i);
+                for s in 0..per {
+                    let p = per * c + s;
+                    let mut w = _mm256_and_si256(srl32(v, lay.lo_bits * s), lo_mask);
+                    if lay.hi {
+                        // bit p (and 16 + p) to bit lo_bits (and 16 + lo_bits)
+                        let hb = if p <= lay.lo_bits {
+                            _mm256_sll_epi32(h, _mm_cvtsi32_si128((lay.lo_bits - p) as i32))
+                        } else {
+                            srl32(h, p - lay.lo_bits)
+                        };
+                        w = _mm256_or_si256(w, _mm256_and_si256(hb, hi_mask));
+                    }
+                    if T == XS {
+                        w = _mm256_shuffle_epi8(tbl, _mm256_or_si256(w, hb80));
+                    }
+                    for k in 0..N {
+                        let xp = x[k].q.as_ptr().add((8 * i + a) * QK + 2 * p) as *const i32;
+                        let xv = _mm256_set1_epi32(xp.read_unaligned());
+                        is[k][p / 8] = _mm256_add_epi32(is[k][p / 8], _mm256_madd_epi16(w, xv));
+                    }
+                }
+            }
+            // per 16: scales (and mins) of the eight rows
+            let lanes8 = |o: usize| _mm_loadl_epi64(sc.add(o) as *const __m128i);
+            let (scs, mns) = match T {
+                K2 => {
+                    let r = [
+                        _mm256_cvtepu8_epi32(lanes8(8 * (2 * a))),
+                        _mm256_cvtepu8_epi32(lanes8(8 * (2 * a + 1))),
+                    ];
+                    let m4 = _mm256_set1_epi32(0xF);
+                    (
+                        r.map(|v| _mm256_and_si256(v, m4)),
+                        r.map(|v| _mm256_srli_epi32(v, 4)),
+                    )
+                }
+                K3 => (
+                    [
+                        _mm256_cvtepi8_epi32(lanes8(8 * (2 * a))),
+                        _mm256_cvtepi8_epi32(lanes8(8 * (2 * a + 1))),
+                    ],
+                    [_mm256_setzero_si256(); 2],
+                ),
+                K5 => {
+                    let s = _mm256_cvtepu8_epi32(lanes8(8 * a));
+                    let m = _mm256_cvtepu8_epi32(lanes8(64 + 8 * a));
+                    ([s, s], [m, m])
+                }
+                _ => {
+                    let s = _mm256_cvtepi8_epi32(lanes8(8 * a));
+                    ([s, s], [_mm256_setzero_si256(); 2])
+                }
+            };
+            for k in 0..N {
+                let ab = 8 * i + a;
+                let s16 = x[k].s16.as_ptr().add(2 * ab);
+                let mut f = [_mm256_setzero_ps(); 2];
+                for e in 0..2 {
+                    let mut v = is[k][e];
+                    if off != 0 {
+                        v = _mm256_sub_epi32(v, _mm256_set1_epi32(off * *s16.add(e)));
+                    }
+                    f[e] = _mm256_cvtepi32_ps(_mm256_mullo_epi32(v, scs[e]));
+                }
+                let dx = _mm256_set1_ps(*x[k].d.get_unchecked(ab));
+                let p = &mut acc[k][a % 4];
+                *p = _mm256_fmadd_ps(_mm256_add_ps(f[0], f[1]), _mm256_mul_ps(d, dx), *p);
+                match min {
+                    K16Min::None => {}
+                    K16Min::PerBlock => {
+                        // negated by the sign bit, as the scalar `-` (zeros included)
+                        let m = _mm256_xor_ps(
+                            _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(mns[0])),
+                            _mm256_set1_ps(-0.0),
+                        );
+                        *p = _mm256_fmadd_ps(m, _mm256_set1_ps(*x[k].sum.get_unchecked(ab)), *p);
+                    }
+                    K16Min::PerHalf => {
+                        let g = |e: usize| {
+                            let sv = _mm256_set1_epi32(*s16.add(e));
+                            _mm256_cvtepi32_ps(_mm256_mullo_epi32(mns[e], sv))
+                        };
+                        let nd = _mm256_mul_ps(_mm256_xor_ps(dmin, _mm256_set1_ps(-0.0)), dx);
+                        *p = _mm256_fmadd_ps(_mm256_add_ps(g(0), g(1)), nd, *p);
+                    }
+                }
+            }
+        }
+    }
+    acc.map(|p| _mm256_add_ps(_mm256_add_ps(p[0], p[2]), _mm256_add_ps(p[1], p[3])))
+}
+
+/// 32-bit lanes of `v` shifted right by `n` bits.
+#[inline(always)]
+unsafe fn srl32(v: __m256i, n: usize) -> __m256i {
+    _mm256_srl_epi32(v, _mm_cvtsi32_si128(n as i32))
+}
+
 /// [`rows_q16`] on a packed matrix (`pack.rs`; `n_rows` rows of `rb` bytes): whole groups
 /// of 8 rows with the group kernels, the rows past the last whole group (stored after the
 /// groups, unpacked) with the one-row kernels. Groups that `rows` cuts are computed whole and
@@ -1456,6 +1609,18 @@ pub unsafe fn rows_q16_packed(
         D::Q5_1 => run!(legacy_p8::<Q51, 1>, legacy_row::<1, Q51>),
         D::Q4_K => run!(q4_k_p8::<1>, q4_k_q8k_n::<1>),
         D::Q6_K => run!(q6_k_p8::<1>, q6_k_q16_n::<1>),
+        D::Q2_K => run!(k16_p8::<K2, 1>, |r, [x]: [ActsRow; 1]| [k16_row::<K2>(
+            r, x
+        )]),
+        D::Q3_K => run!(k16_p8::<K3, 1>, |r, [x]: [ActsRow; 1]| [k16_row::<K3>(
+            r, x
+        )]),
+        D::Q5_K => run!(k16_p8::<K5, 1>, |r, [x]: [ActsRow; 1]| [k16_row::<K5>(
+            r, x
+        )]),
+        D::IQ4_XS => run!(k16_p8::<XS, 1>, |r, [x]: [ActsRow; 1]| [k16_row::<XS>(
+            r, x
+        )]),
         _ => {}
     }
 }
