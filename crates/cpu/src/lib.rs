@@ -90,6 +90,16 @@ impl Cpu {
     /// `f(rows)` over `0..total` rows in one parallel step: tasks of whole packed groups,
     /// about four per thread, taken in turn from a shared counter, so that a thread slowed
     /// down (by another process, a page fault) takes fewer of them.
+    /// Quantize `x` (rows of `n`) for the integer kernels; a batch of at least
+    /// [`PAR_QUANTIZE`] values in parts on every thread.
+    fn quantize(&self, a: &mut QuantizedActs, x: &[f32], n: usize, q16: bool, k8: bool) {
+        if x.len() >= PAR_QUANTIZE && self.threads() > 1 {
+            a.quantize_forms_with(x, n, q16, k8, self.threads(), &|f| self.pool.run(f));
+        } else {
+            a.quantize_forms(x, n, q16, k8);
+        }
+    }
+
     fn row_tasks(&self, total: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
         use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
         let g = hearth_core::PACK_ROWS;
@@ -109,6 +119,9 @@ impl Cpu {
         });
     }
 }
+
+/// Fewest activation values quantized in parallel.
+const PAR_QUANTIZE: usize = 1 << 15;
 
 /// Most rotated pairs per head the rope kernel handles (head_dim 1024).
 pub const MAX_ROPE_PAIRS: usize = 512;
@@ -280,7 +293,7 @@ impl Backend for Cpu {
             // Integer kernels: quantize the activations once, to the form the type reads.
             let mut guard = self.acts.lock().unwrap_or_else(|e| e.into_inner());
             let (q16, k8) = QuantizedActs::forms(w.dtype);
-            guard.quantize_forms(x, w.row_len(), q16, k8);
+            self.quantize(&mut guard, x, w.row_len(), q16, k8);
             let acts = &*guard;
             self.row_tasks(n_out, &|rows| job.rows(rows, Some(acts)));
         } else {
@@ -326,10 +339,16 @@ impl Backend for Cpu {
                 .collect();
             let jobs = &*jobs;
             let acts = &acts;
-            let quantize = |i: usize| {
+            // `nested`: called from a pool job, so no parallel step of its own
+            let quantize = |i: usize, nested: bool| {
                 let j = &jobs[first[i]];
                 let mut a = acts[i].lock().unwrap_or_else(|e| e.into_inner());
-                a.quantize_forms(j.x, j.w.row_len(), forms[i].0, forms[i].1);
+                let (n, (q16, k8)) = (j.w.row_len(), forms[i]);
+                if nested {
+                    a.quantize_forms(j.x, n, q16, k8);
+                } else {
+                    self.quantize(&mut a, j.x, n, q16, k8);
+                }
             };
             // a parallel step costs a synchronisation: only for several large matrices
             let values: usize = first.iter().map(|&i| jobs[i].x.len()).sum();
@@ -337,11 +356,11 @@ impl Backend for Cpu {
                 let threads = self.threads();
                 self.pool.run(&|ci| {
                     for i in (ci..first.len()).step_by(threads) {
-                        quantize(i);
+                        quantize(i, true);
                     }
                 });
             } else {
-                (0..first.len()).for_each(quantize);
+                (0..first.len()).for_each(|i| quantize(i, false));
             }
         }
         let acts: Vec<QuantizedActs> = acts

@@ -113,143 +113,86 @@ impl QuantizedActs {
     /// Quantize `x` to the 16-bit form (`q16`) and/or the 8-bit form (`k8`, when `n` is a
     /// multiple of 256); a form not asked for is left empty.
     pub fn quantize_forms(&mut self, x: &[f32], n: usize, q16: bool, k8: bool) {
-        assert!(n % QK == 0 && x.len() % n == 0);
-        self.n = n;
-        self.rows = x.len() / n;
-        if k8 {
-            self.quantize_k8(x, n);
-        } else {
-            self.q8.clear();
-            self.d8.clear();
-            self.bs8.clear();
-        }
-        self.regroup_k8();
-        if !q16 {
-            self.q.clear();
-            self.d.clear();
-            self.sum.clear();
-            self.s16.clear();
-            self.regroup();
-            return;
-        }
-        self.q.resize(x.len(), 0);
-        self.d.resize(x.len() / QK, 0.0);
-        self.sum.resize(x.len() / QK, 0.0);
-        self.s16.resize(x.len() / 16, 0);
-        for (b, (xs, qs)) in x
-            .chunks_exact(QK)
-            .zip(self.q.chunks_exact_mut(QK))
-            .enumerate()
-        {
-            let (d, id) = block_scale(xs, 32767.0);
-            let mut s = 0f32;
-            for (q, &v) in qs.iter_mut().zip(xs) {
-                *q = round_even(v * id) as i16;
-                s += v;
-            }
-            self.d[b] = d;
-            self.sum[b] = s;
-            for (h, q) in qs.chunks_exact(16).enumerate() {
-                self.s16[2 * b + h] = q.iter().map(|&v| v as i32).sum();
-            }
-        }
-        self.regroup();
+        self.quantize_forms_with(x, n, q16, k8, 1, &|f| f(0));
     }
 
-    /// Build `q8t`, `d8t` and `b8t` from `q8`, `d8` and `bs8`.
-    fn regroup_k8(&mut self) {
-        let (n, rows) = (self.n, self.rows);
-        self.q8t.clear();
-        self.d8t.clear();
-        self.b8t.clear();
-        if rows < T8_MIN || self.q8.is_empty() {
-            return;
-        }
-        let (nb, groups) = (n / QK8, rows.div_ceil(8));
-        self.q8t.resize(groups * nb * 512, 0);
-        self.d8t.resize(groups * nb * 8, 0.0);
-        self.b8t.resize(groups * nb * 64, 0);
-        for t in 0..rows {
-            let (g, l) = (t / 8, t % 8);
-            for b in 0..nb {
-                let q = &self.q8[t * n + b * QK8..t * n + (b + 1) * QK8];
-                let base = (g * nb + b) * 512 + l;
-                for (k, w) in q.chunks_exact(4).enumerate() {
-                    self.q8t[base + 8 * k] =
-                        i32::from_le_bytes([w[0] as u8, w[1] as u8, w[2] as u8, w[3] as u8]);
-                }
-                self.d8t[(g * nb + b) * 8 + l] = self.d8[t * nb + b];
-                let bs = &self.bs8[(t * nb + b) * 16..(t * nb + b + 1) * 16];
-                for j in 0..8 {
-                    self.b8t[(g * nb + b) * 64 + j * 8 + l] =
-                        (bs[2 * j] as u16 as u32 | (bs[2 * j + 1] as u16 as u32) << 16) as i32;
-                }
+    /// [`QuantizedActs::quantize_forms`] in `parts` parts of whole groups of 8 rows: `run(f)`
+    /// must call `f(i)` once for every `i` in `0..parts` (in parallel, say). The values do
+    /// not depend on `parts`: every row is quantized on its own.
+    pub fn quantize_forms_with(
+        &mut self,
+        x: &[f32],
+        n: usize,
+        q16: bool,
+        k8: bool,
+        parts: usize,
+        run: &dyn Fn(&(dyn Fn(usize) + Sync)),
+    ) {
+        assert!(n % QK == 0 && x.len() % n == 0 && parts > 0);
+        let rows = x.len() / n;
+        (self.n, self.rows) = (n, rows);
+        let k8 = k8 && n % QK8 == 0;
+        let grouped = rows >= T8_MIN;
+        let groups = if grouped { rows.div_ceil(8) } else { 0 };
+        // size every buffer (a form not asked for is emptied)
+        fn size<T: Copy + Default>(v: &mut Vec<T>, on: bool, len: usize) {
+            v.clear();
+            if on {
+                v.resize(len, T::default());
             }
         }
-    }
-
-    /// Build `qt`, `dt` and `st` from `q`, `d` and `sum`.
-    fn regroup(&mut self) {
-        let (n, rows) = (self.n, self.rows);
-        if rows < T8_MIN || self.q.is_empty() {
-            self.qt.clear();
-            self.dt.clear();
-            self.st.clear();
-            self.s16t.clear();
-            return;
+        let (nb, nb8) = (n / QK, n / QK8);
+        size(&mut self.q, q16, x.len());
+        size(&mut self.d, q16, rows * nb);
+        size(&mut self.sum, q16, rows * nb);
+        size(&mut self.s16, q16, rows * 2 * nb);
+        size(&mut self.qt, q16 && grouped, groups * nb * 128);
+        size(&mut self.dt, q16 && grouped, groups * nb * 8);
+        size(&mut self.st, q16 && grouped, groups * nb * 8);
+        size(&mut self.s16t, q16 && grouped, groups * nb * 16);
+        size(&mut self.q8, k8, x.len());
+        size(&mut self.d8, k8, rows * nb8);
+        size(&mut self.bs8, k8, rows * 16 * nb8);
+        size(&mut self.q8t, k8 && grouped, groups * nb8 * 512);
+        size(&mut self.d8t, k8 && grouped, groups * nb8 * 8);
+        size(&mut self.b8t, k8 && grouped, groups * nb8 * 64);
+        // whole groups of 8 rows per part
+        let per = rows.div_ceil(parts).next_multiple_of(8);
+        let mut slices: Vec<std::sync::Mutex<Part<'_>>> = Vec::with_capacity(parts);
+        let mut rest = Part {
+            r0: 0,
+            rows: 0,
+            q: &mut self.q,
+            d: &mut self.d,
+            sum: &mut self.sum,
+            s16: &mut self.s16,
+            qt: &mut self.qt,
+            dt: &mut self.dt,
+            st: &mut self.st,
+            s16t: &mut self.s16t,
+            q8: &mut self.q8,
+            d8: &mut self.d8,
+            bs8: &mut self.bs8,
+            q8t: &mut self.q8t,
+            d8t: &mut self.d8t,
+            b8t: &mut self.b8t,
+        };
+        let mut r0 = 0;
+        while r0 < rows {
+            let r = per.min(rows - r0);
+            let (head, tail) = rest.split(r, n, r0 + r == rows);
+            slices.push(std::sync::Mutex::new(head));
+            rest = tail;
+            r0 += r;
         }
-        let (nb, groups) = (n / QK, rows.div_ceil(8));
-        self.qt.clear();
-        self.qt.resize(groups * nb * 128, 0);
-        self.dt.clear();
-        self.dt.resize(groups * nb * 8, 0.0);
-        self.st.clear();
-        self.st.resize(groups * nb * 8, 0.0);
-        self.s16t.clear();
-        self.s16t.resize(groups * nb * 16, 0);
-        for t in 0..rows {
-            let (g, l) = (t / 8, t % 8);
-            let q = &self.q[t * n..(t + 1) * n];
-            for b in 0..nb {
-                let base = (g * nb + b) * 128 + l;
-                for j in 0..16 {
-                    let (lo, hi) = (q[b * QK + 2 * j], q[b * QK + 2 * j + 1]);
-                    self.qt[base + 8 * j] = (lo as u16 as u32 | (hi as u16 as u32) << 16) as i32;
-                }
-                self.dt[(g * nb + b) * 8 + l] = self.d[t * nb + b];
-                self.st[(g * nb + b) * 8 + l] = self.sum[t * nb + b];
-                for h in 0..2 {
-                    self.s16t[(g * nb + b) * 16 + 8 * h + l] = self.s16[t * 2 * nb + 2 * b + h];
-                }
+        let slices = &slices;
+        run(&|i| {
+            if let Some(p) = slices.get(i) {
+                let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+                let (a, b) = (p.r0 * n, (p.r0 + p.rows) * n);
+                p.fill(&x[a..b], n);
             }
-        }
-    }
-
-    /// The 8-bit form: per block of 256, `q = round(x / d)` with `d = max|x| / 127`.
-    fn quantize_k8(&mut self, x: &[f32], n: usize) {
-        if n % QK8 != 0 {
-            self.q8.clear();
-            self.d8.clear();
-            self.bs8.clear();
-            return;
-        }
-        self.q8.resize(x.len(), 0);
-        self.d8.resize(x.len() / QK8, 0.0);
-        self.bs8.resize(x.len() / 16, 0);
-        for (b, (xs, qs)) in x
-            .chunks_exact(QK8)
-            .zip(self.q8.chunks_exact_mut(QK8))
-            .enumerate()
-        {
-            let (d, id) = block_scale(xs, 127.0);
-            for (q, &v) in qs.iter_mut().zip(xs) {
-                *q = round_even(v * id).clamp(-127.0, 127.0) as i8;
-            }
-            self.d8[b] = d;
-            for (g, sum) in qs.chunks_exact(16).zip(&mut self.bs8[b * 16..(b + 1) * 16]) {
-                *sum = g.iter().map(|&q| q as i16).sum();
-            }
-        }
+        });
     }
 
     /// Row `t`.
@@ -610,4 +553,174 @@ pub fn dot_q16_scalar(dtype: DType, src: &[u8], x: ActsRow) -> f32 {
         _ => {}
     }
     acc
+}
+
+/// The buffers of a run of rows (starting at `r0`, a multiple of 8) of [`QuantizedActs`]:
+/// each form's slice, empty when the form is not built.
+struct Part<'a> {
+    r0: usize,
+    rows: usize,
+    q: &'a mut [i16],
+    d: &'a mut [f32],
+    sum: &'a mut [f32],
+    s16: &'a mut [i32],
+    qt: &'a mut [i32],
+    dt: &'a mut [f32],
+    st: &'a mut [f32],
+    s16t: &'a mut [i32],
+    q8: &'a mut [i8],
+    d8: &'a mut [f32],
+    bs8: &'a mut [i16],
+    q8t: &'a mut [i32],
+    d8t: &'a mut [f32],
+    b8t: &'a mut [i32],
+}
+
+impl<'a> Part<'a> {
+    /// The first `rows` rows (a multiple of 8 unless `last`), and what follows them.
+    fn split(self, rows: usize, n: usize, last: bool) -> (Part<'a>, Part<'a>) {
+        let (nb, nb8) = (n / QK, n / QK8);
+        let groups = rows.div_ceil(8);
+        debug_assert!(last || rows % 8 == 0);
+        fn cut<T>(v: &mut [T], at: usize) -> (&mut [T], &mut [T]) {
+            v.split_at_mut(at.min(v.len()))
+        }
+        let (q, q_) = cut(self.q, rows * n);
+        let (d, d_) = cut(self.d, rows * nb);
+        let (sum, sum_) = cut(self.sum, rows * nb);
+        let (s16, s16_) = cut(self.s16, rows * 2 * nb);
+        let (qt, qt_) = cut(self.qt, groups * nb * 128);
+        let (dt, dt_) = cut(self.dt, groups * nb * 8);
+        let (st, st_) = cut(self.st, groups * nb * 8);
+        let (s16t, s16t_) = cut(self.s16t, groups * nb * 16);
+        let (q8, q8_) = cut(self.q8, rows * n);
+        let (d8, d8_) = cut(self.d8, rows * nb8);
+        let (bs8, bs8_) = cut(self.bs8, rows * 16 * nb8);
+        let (q8t, q8t_) = cut(self.q8t, groups * nb8 * 512);
+        let (d8t, d8t_) = cut(self.d8t, groups * nb8 * 8);
+        let (b8t, b8t_) = cut(self.b8t, groups * nb8 * 64);
+        let r0 = self.r0;
+        (
+            Part {
+                r0,
+                rows,
+                q,
+                d,
+                sum,
+                s16,
+                qt,
+                dt,
+                st,
+                s16t,
+                q8,
+                d8,
+                bs8,
+                q8t,
+                d8t,
+                b8t,
+            },
+            Part {
+                r0: r0 + rows,
+                rows: 0,
+                q: q_,
+                d: d_,
+                sum: sum_,
+                s16: s16_,
+                qt: qt_,
+                dt: dt_,
+                st: st_,
+                s16t: s16t_,
+                q8: q8_,
+                d8: d8_,
+                bs8: bs8_,
+                q8t: q8t_,
+                d8t: d8t_,
+                b8t: b8t_,
+            },
+        )
+    }
+
+    /// Quantize this part's rows `x` (`rows` rows of `n`) to every form that has buffers,
+    /// and regroup them where the regrouped buffers exist.
+    fn fill(&mut self, x: &[f32], n: usize) {
+        let (nb, nb8) = (n / QK, n / QK8);
+        if !self.q.is_empty() {
+            // the 16-bit form: per block of 32, `q = round(x / d)` with `d = max|x| / 32767`
+            for (b, (xs, qs)) in x
+                .chunks_exact(QK)
+                .zip(self.q.chunks_exact_mut(QK))
+                .enumerate()
+            {
+                let (d, id) = block_scale(xs, 32767.0);
+                let mut s = 0f32;
+                for (q, &v) in qs.iter_mut().zip(xs) {
+                    *q = round_even(v * id) as i16;
+                    s += v;
+                }
+                self.d[b] = d;
+                self.sum[b] = s;
+                for (h, q) in qs.chunks_exact(16).enumerate() {
+                    self.s16[2 * b + h] = q.iter().map(|&v| v as i32).sum();
+                }
+            }
+            if !self.qt.is_empty() {
+                for t in 0..self.rows {
+                    let (g, l) = (t / 8, t % 8);
+                    let q = &self.q[t * n..(t + 1) * n];
+                    for b in 0..nb {
+                        let base = (g * nb + b) * 128 + l;
+                        for j in 0..16 {
+                            let (lo, hi) = (q[b * QK + 2 * j], q[b * QK + 2 * j + 1]);
+                            self.qt[base + 8 * j] =
+                                (lo as u16 as u32 | (hi as u16 as u32) << 16) as i32;
+                        }
+                        self.dt[(g * nb + b) * 8 + l] = self.d[t * nb + b];
+                        self.st[(g * nb + b) * 8 + l] = self.sum[t * nb + b];
+                        for h in 0..2 {
+                            self.s16t[(g * nb + b) * 16 + 8 * h + l] =
+                                self.s16[t * 2 * nb + 2 * b + h];
+                        }
+                    }
+                }
+            }
+        }
+        if !self.q8.is_empty() {
+            // the 8-bit form: per block of 256, `q = round(x / d)` with `d = max|x| / 127`
+            for (b, (xs, qs)) in x
+                .chunks_exact(QK8)
+                .zip(self.q8.chunks_exact_mut(QK8))
+                .enumerate()
+            {
+                let (d, id) = block_scale(xs, 127.0);
+                for (q, &v) in qs.iter_mut().zip(xs) {
+                    *q = round_even(v * id).clamp(-127.0, 127.0) as i8;
+                }
+                self.d8[b] = d;
+                for (g, sum) in qs.chunks_exact(16).zip(&mut self.bs8[b * 16..(b + 1) * 16]) {
+                    *sum = g.iter().map(|&q| q as i16).sum();
+                }
+            }
+            if !self.q8t.is_empty() {
+                for t in 0..self.rows {
+                    let (g, l) = (t / 8, t % 8);
+                    for b in 0..nb8 {
+                        let q = &self.q8[t * n + b * QK8..t * n + (b + 1) * QK8];
+                        let base = (g * nb8 + b) * 512 + l;
+                        for (k, w) in q.chunks_exact(4).enumerate() {
+                            self.q8t[base + 8 * k] = i32::from_le_bytes([
+                                w[0] as u8, w[1] as u8, w[2] as u8, w[3] as u8,
+                            ]);
+                        }
+                        self.d8t[(g * nb8 + b) * 8 + l] = self.d8[t * nb8 + b];
+                        let bs = &self.bs8[(t * nb8 + b) * 16..(t * nb8 + b + 1) * 16];
+                        for j in 0..8 {
+                            self.b8t[(g * nb8 + b) * 64 + j * 8 + l] = (bs[2 * j] as u16 as u32
+                                | (bs[2 * j + 1] as u16 as u32) << 16)
+                                as i32;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
