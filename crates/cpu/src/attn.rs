@@ -37,6 +37,30 @@ trait Ops {
     unsafe fn exp1(x: f32) -> f32;
     /// `o += e[i] * vals[voff(i)..]` for each `i` in order
     unsafe fn axpy<F: Fn(usize) -> usize>(o: &mut [f32], e: &[f32], voff: F, vals: &[f32]);
+    /// [`Ops::scores`] for two queries over the same keys, each score with exactly the
+    /// arithmetic of `scores` (the keys are read once for both)
+    unsafe fn scores2<F: Fn(usize) -> usize>(
+        q: [&[f32]; 2],
+        keys: &[f32],
+        koff: F,
+        out: [&mut [f32]; 2],
+    ) {
+        let [o0, o1] = out;
+        Self::scores(q[0], keys, &koff, o0);
+        Self::scores(q[1], keys, &koff, o1);
+    }
+    /// [`Ops::axpy`] for two outputs over the same values, each with exactly the arithmetic
+    /// of `axpy`
+    unsafe fn axpy2<F: Fn(usize) -> usize>(
+        o: [&mut [f32]; 2],
+        e: [&[f32]; 2],
+        voff: F,
+        vals: &[f32],
+    ) {
+        let [o0, o1] = o;
+        Self::axpy(o0, e[0], &voff, vals);
+        Self::axpy(o1, e[1], &voff, vals);
+    }
 }
 
 /// Attend every query of `qs` to key/value head `kh`, then normalize their outputs.
@@ -88,41 +112,68 @@ unsafe fn body<O: Ops>(
     };
     let mut rows = [0usize; C];
     let mut s = [0f32; C];
+    let mut s1 = [0f32; C];
     for c in lo_all / C..=hi_all / C {
         let c0 = c * C;
         for j in lo_all.max(c0)..=hi_all.min(c0 + C - 1) {
             rows[j - c0] = pages.map_or(j, |pg| pg.row(j));
         }
-        for q in qs.iter_mut() {
-            let (a, b) = (q.lo.max(c0), q.hi.min(c0 + C - 1));
+        let range = |q: &Query<'_>| (q.lo.max(c0), q.hi.min(c0 + C - 1));
+        let mut qi = 0;
+        while qi < qs.len() {
+            let (a, b) = range(&qs[qi]);
             if a > b {
+                qi += 1;
                 continue;
             }
             let n = b - a + 1;
             let rs = &rows[a - c0..=b - c0];
-            O::scores(q.q, k, |i| rs[i] * p.k_stride + kh * hd, &mut s[..n]);
-            let mut cmax = f32::NEG_INFINITY;
-            for si in &mut s[..n] {
-                *si *= p.scale;
-                cmax = cmax.max(*si);
-            }
-            if cmax > q.m {
-                let corr = O::exp1(q.m - cmax);
-                q.l *= corr;
-                O::scale(q.o, corr);
-                q.m = cmax;
-            }
-            s[n..].fill(f32::NEG_INFINITY);
-            O::exp_shift(&mut s, q.m);
-            q.l += s[..n].iter().sum::<f32>();
+            let koff = |i: usize| rs[i] * p.k_stride + kh * hd;
             let voff = |i: usize| rs[i] * p.v_stride + kh * vd;
+            // two queries that see the same positions of this chunk share its reads (each
+            // query's arithmetic is the same either way)
+            if qi + 1 < qs.len() && range(&qs[qi + 1]) == (a, b) {
+                let (x, y) = qs.split_at_mut(qi + 1);
+                let (q0, q1) = (&mut x[qi], &mut y[0]);
+                O::scores2([q0.q, q1.q], k, koff, [&mut s[..n], &mut s1[..n]]);
+                update::<O>(q0, &mut s, n, p.scale);
+                update::<O>(q1, &mut s1, n, p.scale);
+                O::axpy2([&mut *q0.o, &mut *q1.o], [&s[..n], &s1[..n]], voff, v);
+                qi += 2;
+                continue;
+            }
+            let q = &mut qs[qi];
+            O::scores(q.q, k, koff, &mut s[..n]);
+            update::<O>(q, &mut s, n, p.scale);
             O::axpy(q.o, &s[..n], voff, v);
+            qi += 1;
         }
     }
     for q in qs.iter_mut() {
         let inv = 1.0 / q.l;
         O::scale(q.o, inv);
     }
+}
+
+/// A query's running maximum and denominator after a chunk's `n` raw scores `s`, which
+/// become the chunk's weights. A function, not a closure: inlined into the caller's
+/// target-feature context.
+#[inline(always)]
+unsafe fn update<O: Ops>(q: &mut Query<'_>, s: &mut [f32; C], n: usize, scale: f32) {
+    let mut cmax = f32::NEG_INFINITY;
+    for si in &mut s[..n] {
+        *si *= scale;
+        cmax = cmax.max(*si);
+    }
+    if cmax > q.m {
+        let corr = O::exp1(q.m - cmax);
+        q.l *= corr;
+        O::scale(q.o, corr);
+        q.m = cmax;
+    }
+    s[n..].fill(f32::NEG_INFINITY);
+    O::exp_shift(s, q.m);
+    q.l += s[..n].iter().sum::<f32>();
 }
 
 /// Portable arithmetic (and the reference for the AVX2 one).
@@ -279,6 +330,91 @@ mod x86 {
             _mm256_cvtss_f32(exp8(_mm256_set1_ps(x)))
         }
 
+        /// Two queries, four keys at a time: each score's FMA chain and lane sums are those
+        /// of [`Ops::scores`].
+        #[inline(always)]
+        unsafe fn scores2<F: Fn(usize) -> usize>(
+            q: [&[f32]; 2],
+            keys: &[f32],
+            koff: F,
+            out: [&mut [f32]; 2],
+        ) {
+            let hd = q[0].len();
+            let n = out[0].len();
+            if hd % 8 != 0 || q[1].len() != hd || out[1].len() != n {
+                let [o0, o1] = out;
+                Self::scores(q[0], keys, &koff, o0);
+                Self::scores(q[1], keys, &koff, o1);
+                return;
+            }
+            let [o0, o1] = out;
+            let (q0, q1) = (q[0].as_ptr(), q[1].as_ptr());
+            let mut i = 0;
+            while i + 4 <= n {
+                let ko: [usize; 4] = std::array::from_fn(|k| koff(i + k));
+                assert!(ko.iter().all(|&o| o + hd <= keys.len()));
+                let kp = ko.map(|o| keys.as_ptr().add(o));
+                let mut a = [_mm256_setzero_ps(); 4];
+                let mut b = [_mm256_setzero_ps(); 4];
+                for c in (0..hd).step_by(8) {
+                    let (x0, x1) = (_mm256_loadu_ps(q0.add(c)), _mm256_loadu_ps(q1.add(c)));
+                    for k in 0..4 {
+                        let kv = _mm256_loadu_ps(kp[k].add(c));
+                        a[k] = _mm256_fmadd_ps(x0, kv, a[k]);
+                        b[k] = _mm256_fmadd_ps(x1, kv, b[k]);
+                    }
+                }
+                for (acc, o) in [(a, &mut *o0), (b, &mut *o1)] {
+                    let h = _mm256_hadd_ps(
+                        _mm256_hadd_ps(acc[0], acc[1]),
+                        _mm256_hadd_ps(acc[2], acc[3]),
+                    );
+                    let r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+                    _mm_storeu_ps(o.as_mut_ptr().add(i), r);
+                }
+                i += 4;
+            }
+            if i < n {
+                let k2 = |j: usize| koff(i + j);
+                Self::scores(q[0], keys, k2, &mut o0[i..]);
+                Self::scores(q[1], keys, k2, &mut o1[i..]);
+            }
+        }
+
+        /// Two outputs over slabs of 32 values.
+        #[inline(always)]
+        unsafe fn axpy2<F: Fn(usize) -> usize>(
+            o: [&mut [f32]; 2],
+            e: [&[f32]; 2],
+            voff: F,
+            vals: &[f32],
+        ) {
+            let vd = o[0].len();
+            if vd % 8 != 0 || o[1].len() != vd || e[0].len() != e[1].len() {
+                let [o0, o1] = o;
+                Self::axpy(o0, e[0], &voff, vals);
+                Self::axpy(o1, e[1], &voff, vals);
+                return;
+            }
+            for i in 0..e[0].len() {
+                assert!(voff(i) + vd <= vals.len());
+            }
+            let op = [o[0].as_mut_ptr(), o[1].as_mut_ptr()];
+            let mut d0 = 0;
+            while d0 < vd {
+                let w = (vd - d0).min(32) / 8;
+                let ops = op.map(|p| p.add(d0));
+                let vp = vals.as_ptr().add(d0);
+                match w {
+                    4 => slab2::<4, F>(ops, e, &voff, vp),
+                    3 => slab2::<3, F>(ops, e, &voff, vp),
+                    2 => slab2::<2, F>(ops, e, &voff, vp),
+                    _ => slab2::<1, F>(ops, e, &voff, vp),
+                }
+                d0 += 8 * w;
+            }
+        }
+
         /// Slabs of 64 output values stay in registers while every position adds to them.
         #[inline(always)]
         unsafe fn axpy<F: Fn(usize) -> usize>(o: &mut [f32], e: &[f32], voff: F, vals: &[f32]) {
@@ -305,6 +441,32 @@ mod x86 {
                 }
                 d0 += 8 * w;
             }
+        }
+    }
+
+    /// Two outputs' slabs of `W` registers, each plus its `e[i]` times the values at
+    /// `vp + voff(i)` (each value register read once for both).
+    #[inline(always)]
+    unsafe fn slab2<const W: usize, F: Fn(usize) -> usize>(
+        op: [*mut f32; 2],
+        e: [&[f32]; 2],
+        voff: &F,
+        vp: *const f32,
+    ) {
+        let mut a0: [__m256; W] = std::array::from_fn(|k| _mm256_loadu_ps(op[0].add(8 * k)));
+        let mut a1: [__m256; W] = std::array::from_fn(|k| _mm256_loadu_ps(op[1].add(8 * k)));
+        for i in 0..e[0].len() {
+            let p = vp.add(voff(i));
+            let (e0, e1) = (_mm256_set1_ps(e[0][i]), _mm256_set1_ps(e[1][i]));
+            for k in 0..W {
+                let x = _mm256_loadu_ps(p.add(8 * k));
+                a0[k] = _mm256_fmadd_ps(e0, x, a0[k]);
+                a1[k] = _mm256_fmadd_ps(e1, x, a1[k]);
+            }
+        }
+        for k in 0..W {
+            _mm256_storeu_ps(op[0].add(8 * k), a0[k]);
+            _mm256_storeu_ps(op[1].add(8 * k), a1[k]);
         }
     }
 
