@@ -215,7 +215,7 @@ impl Ops for Scalar {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use super::{C, Ops, Scalar};
     use std::arch::x86_64::*;
 
@@ -225,7 +225,7 @@ mod x86 {
     /// degree 7 (relative error below 1e-8 before rounding), times `2^n` through the exponent
     /// bits. Lanes below -87.3 (including -inf) give 0; the input never exceeds 0 here.
     #[inline(always)]
-    pub(super) unsafe fn exp8(x: __m256) -> __m256 {
+    pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
         let lo = _mm256_set1_ps(-87.3);
         let tiny = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
         let x = _mm256_max_ps(x, lo);
