@@ -245,7 +245,7 @@ fn block_scale(xs: &[f32], qmax: f32) -> (f32, f32) {
 /// to at most 32767): adding and removing 1.5 * 2^23 leaves no fraction bits. No libm call, so
 /// the quantizing loops vectorize.
 #[inline(always)]
-fn round_even(v: f32) -> f32 {
+pub(crate) fn round_even(v: f32) -> f32 {
     const M: f32 = 12_582_912.0;
     (v + M) - M
 }
@@ -555,6 +555,46 @@ pub fn dot_q16_scalar(dtype: DType, src: &[u8], x: ActsRow) -> f32 {
     acc
 }
 
+/// The 16-bit form of `x`: per block of 32, `q = round(x / d)` with `d = max|x| / 32767`,
+/// the block's sum of `x`, and the sums of `q` per 16 (with AVX2 where the CPU has it; the
+/// same values either way).
+fn q16_blocks(x: &[f32], q: &mut [i16], d: &mut [f32], sum: &mut [f32], s16: &mut [i32]) {
+    let nb = x.len() / QK;
+    assert!(q.len() >= nb * QK && d.len() >= nb && sum.len() >= nb && s16.len() >= 2 * nb);
+    #[cfg(target_arch = "x86_64")]
+    if crate::has_avx2() {
+        // SAFETY: the CPU has AVX2; the buffers hold `nb` blocks (checked above).
+        return unsafe { crate::x86::q16_blocks(x, q, d, sum, s16) };
+    }
+    q16_blocks_impl(x, q, d, sum, s16)
+}
+
+/// [`q16_blocks`] in eight lanes, as the AVX2 version computes it: the maximum is exact in
+/// any order, and the sum is taken as lanes `k` (`x[k] + x[8 + k] + x[16 + k] + x[24 + k]`,
+/// in that order) added as `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))`.
+fn q16_blocks_impl(x: &[f32], q: &mut [i16], d: &mut [f32], sum: &mut [f32], s16: &mut [i32]) {
+    for (b, (xs, qs)) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).enumerate() {
+        let (mut m, mut l) = ([0f32; 8], [0f32; 8]);
+        for c in xs.chunks_exact(8) {
+            for k in 0..8 {
+                m[k] = m[k].max(c[k].abs());
+                l[k] += c[k];
+            }
+        }
+        let amax = m.iter().fold(0f32, |a, &v| a.max(v));
+        let db = amax / 32767.0;
+        let id = if db > 0.0 { 1.0 / db } else { 0.0 };
+        for (q, &v) in qs.iter_mut().zip(xs) {
+            *q = round_even(v * id) as i16;
+        }
+        d[b] = db;
+        sum[b] = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+        for (h, q) in qs.chunks_exact(16).enumerate() {
+            s16[2 * b + h] = q.iter().map(|&v| v as i32).sum();
+        }
+    }
+}
+
 /// The buffers of a run of rows (starting at `r0`, a multiple of 8) of [`QuantizedActs`]:
 /// each form's slice, empty when the form is not built.
 struct Part<'a> {
@@ -645,24 +685,7 @@ impl<'a> Part<'a> {
     fn fill(&mut self, x: &[f32], n: usize) {
         let (nb, nb8) = (n / QK, n / QK8);
         if !self.q.is_empty() {
-            // the 16-bit form: per block of 32, `q = round(x / d)` with `d = max|x| / 32767`
-            for (b, (xs, qs)) in x
-                .chunks_exact(QK)
-                .zip(self.q.chunks_exact_mut(QK))
-                .enumerate()
-            {
-                let (d, id) = block_scale(xs, 32767.0);
-                let mut s = 0f32;
-                for (q, &v) in qs.iter_mut().zip(xs) {
-                    *q = round_even(v * id) as i16;
-                    s += v;
-                }
-                self.d[b] = d;
-                self.sum[b] = s;
-                for (h, q) in qs.chunks_exact(16).enumerate() {
-                    self.s16[2 * b + h] = q.iter().map(|&v| v as i32).sum();
-                }
-            }
+            q16_blocks(x, self.q, self.d, self.sum, self.s16);
             if !self.qt.is_empty() {
                 for t in 0..self.rows {
                     let (g, l) = (t / 8, t % 8);
@@ -722,5 +745,43 @@ impl<'a> Part<'a> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The dispatched quantizer (AVX2 where the CPU has it) gives the portable one's bits.
+    #[test]
+    fn q16_blocks_simd_equals_portable() {
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        // blocks of several magnitudes, one all zero, one with an outlier
+        let mut x: Vec<f32> = (0..32 * 40)
+            .map(|i| rnd() * 10f32.powi((i / 32) as i32 % 7 - 3))
+            .collect();
+        x[64..96].fill(0.0);
+        x[100] = 3000.0;
+        let nb = x.len() / 32;
+        let run = |f: &dyn Fn(&[f32], &mut [i16], &mut [f32], &mut [f32], &mut [i32])| {
+            let (mut q, mut d, mut s, mut h) = (
+                vec![0i16; x.len()],
+                vec![0f32; nb],
+                vec![0f32; nb],
+                vec![0i32; 2 * nb],
+            );
+            f(&x, &mut q, &mut d, &mut s, &mut h);
+            (
+                q,
+                d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                h,
+            )
+        };
+        assert_eq!(run(&super::q16_blocks), run(&super::q16_blocks_impl));
     }
 }

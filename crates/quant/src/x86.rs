@@ -1624,3 +1624,55 @@ pub unsafe fn rows_q16_packed(
         _ => {}
     }
 }
+
+/// `acts::q16_blocks` (see `q16_blocks_impl` there for the order of the sum): per block of
+/// 32, rounding to nearest-even by `vroundps` (what `round_even` computes for these values).
+/// The buffers must hold `x.len() / 32` blocks.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn q16_blocks(
+    x: &[f32],
+    q: &mut [i16],
+    d: &mut [f32],
+    sum: &mut [f32],
+    s16: &mut [i32],
+) {
+    let sign = _mm256_set1_ps(-0.0);
+    for b in 0..x.len() / QK {
+        let xp = x.as_ptr().add(b * QK);
+        let v: [__m256; 4] = std::array::from_fn(|c| _mm256_loadu_ps(xp.add(8 * c)));
+        let m = v.map(|v| _mm256_andnot_ps(sign, v));
+        let m = _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3]));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+        let l = _mm256_add_ps(
+            _mm256_add_ps(
+                _mm256_add_ps(_mm256_add_ps(_mm256_setzero_ps(), v[0]), v[1]),
+                v[2],
+            ),
+            v[3],
+        );
+        let h = _mm256_hadd_ps(l, l);
+        let h = _mm256_hadd_ps(h, h);
+        sum[b] = _mm_cvtss_f32(_mm_add_ss(
+            _mm256_castps256_ps128(h),
+            _mm256_extractf128_ps(h, 1),
+        ));
+        let db = amax / 32767.0;
+        let id = _mm256_set1_ps(if db > 0.0 { 1.0 / db } else { 0.0 });
+        d[b] = db;
+        let r = v.map(|v| {
+            _mm256_cvtps_epi32(_mm256_round_ps(
+                _mm256_mul_ps(v, id),
+                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+            ))
+        });
+        for hh in 0..2 {
+            let (a, c) = (r[2 * hh], r[2 * hh + 1]);
+            // packs works per 128-bit half: [a0-3, c0-3, a4-7, c4-7] -> element order
+            let p = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, c), 0b11_01_10_00);
+            _mm256_storeu_si256(q.as_mut_ptr().add(b * QK + 16 * hh) as *mut __m256i, p);
+            s16[2 * b + hh] = hsum_i32(_mm256_add_epi32(a, c));
+        }
+    }
+}
