@@ -87,9 +87,6 @@ impl Cpu {
             .run(&|ci| f((ci * per).min(n)..((ci + 1) * per).min(n)));
     }
 
-    /// `f(rows)` over `0..total` rows in one parallel step: tasks of whole packed groups,
-    /// about four per thread, taken in turn from a shared counter, so that a thread slowed
-    /// down (by another process, a page fault) takes fewer of them.
     /// Quantize `x` (rows of `n`) for the integer kernels; a batch of at least
     /// [`PAR_QUANTIZE`] values in parts on every thread.
     fn quantize(&self, a: &mut QuantizedActs, x: &[f32], n: usize, q16: bool, k8: bool) {
@@ -100,6 +97,9 @@ impl Cpu {
         }
     }
 
+    /// `f(rows)` over `0..total` rows in one parallel step: tasks of whole packed groups,
+    /// about four per thread, taken in turn from a shared counter, so that a thread slowed
+    /// down (by another process, a page fault) takes fewer of them.
     fn row_tasks(&self, total: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
         use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
         let g = hearth_core::PACK_ROWS;
