@@ -32,6 +32,15 @@
 //! |---|---|---|
 //! | Q4_K | 8 f16 `d`, 8 f16 `dmin`, 6-bit scales then mins as bytes `[sub-block][row]`, then per sub-block of 32 four chunks of 32 bytes | 1184 (1152) |
 //! | Q6_K | 8 f16 `d`, i8 scales `[sub-block of 16][row]`, then per block of 32 the 4-bit layout above (128 bytes) and two chunks of 32 bytes of high bits | 1680 (1680) |
+//! | Q2_K | 8 f16 `d`, 8 f16 `dmin`, the raw scale/min bytes `[sub-block of 16][row]`, then per block of 32 two chunks of 2-bit codes | 672 (672) |
+//! | Q3_K | 8 f16 `d`, i8 scales `[sub-block of 16][row]`, then per block of 32 two chunks of 2-bit codes and one of high bits | 912 (880) |
+//! | Q5_K | 8 f16 `d`, 8 f16 `dmin`, 6-bit scales then mins as bytes `[block of 32][row]`, then per block of 32 the 4-bit layout above and one chunk of high bits | 1440 (1408) |
+//! | IQ4_XS | 8 f16 `d`, i8 scales `[block of 32][row]`, then per block of 32 the 4-bit layout of grid indices | 1104 (1088) |
+//!
+//! Q2_K, Q3_K, Q5_K and IQ4_XS ([`k16_layout`]) store unsigned codes (Q3_K `q + 4`, IQ4_XS
+//! the grid index) in bit planes: 2-bit chunk `c` holds, in word `r`, pair `p = 8c + k` at bits
+//! `2k` (element `2p`) and `16 + 2k` (element `2p + 1`); a high-bit chunk holds bit `p` and
+//! `16 + p`, as Q5's fifth bits.
 //!
 //! Q4_K's chunk `l` of sub-block `j` holds, in word `r`, byte `b`, element `32j + 8l + b` of
 //! row `r` in the low nibble and element `32j + 8l + 4 + b` in the high one, so that the low
