@@ -12,6 +12,11 @@ cargo build --release --locked
 cargo test --release --locked --workspace 2>&1 | tee -a "$log"
 # the portable (non-AVX2) kernels against the same references
 HEARTH_CPU_BASELINE=1 cargo test --release --locked -p hearth-quant -p hearth-models -p hearth-cpu 2>&1 | tee -a "$log"
+# on CPUs with AVX-512 VNNI, the AVX2 build of the integer kernels too (the tests compare
+# both with the same scalar references, bit for bit)
+if grep -q avx512_vnni /proc/cpuinfo 2>/dev/null; then
+  HEARTH_NO_AVX512=1 cargo test --release --locked -p hearth-quant 2>&1 | tee -a "$log"
+fi
 # `hearth serve smollm2` against the official openai client
 bash scripts/test_server.sh 2>&1 | tee -a "$log"
 # one closing line for the whole run

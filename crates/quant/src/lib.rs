@@ -18,7 +18,64 @@ pub mod pack;
 pub mod tables;
 pub mod ternary;
 #[cfg(target_arch = "x86_64")]
-pub mod x86;
+pub mod x86 {
+    //! AVX2+FMA kernels: dot products of quantized weight rows with f32 activations (the generic
+    //! scalar path in `lib.rs` is their reference), and the integer kernels against quantized
+    //! activations (`acts.rs`, whose scalar `dot_q16_scalar` is their reference): one row at a
+    //! time for a few tokens, and for batches one weight row against eight tokens in the SIMD
+    //! lanes (`legacy_t8`), in cache blocks of weight rows x tokens.
+    //!
+    //! The kernels are compiled twice from `x86_kernels.rs`: `avx2` for AVX2+FMA+F16C, and
+    //! `avx512` with AVX-512 VNNI as well, which fuses each multiply-add of i16 pairs with its
+    //! accumulation (`vpdpwssd`). Integer sums are exact either way, so both give the same bits;
+    //! [`vnni`] picks one at run time.
+    #![allow(unsafe_op_in_unsafe_fn)]
+
+    /// The AVX2+FMA+F16C build.
+    pub mod avx2 {
+        #![allow(unsafe_op_in_unsafe_fn)]
+        macro_rules! fast {
+            ($(#[$m:meta])* $v:vis unsafe fn $($rest:tt)*) => {
+                $(#[$m])* #[target_feature(enable = "avx2,fma,f16c")] $v unsafe fn $($rest)*
+            };
+        }
+        const VNNI: bool = false;
+        include!("x86_kernels.rs");
+    }
+
+    /// The same kernels with AVX-512 VNNI (on 256-bit registers, `avx512vl`).
+    #[allow(dead_code)]
+    pub mod avx512 {
+        #![allow(unsafe_op_in_unsafe_fn)]
+        macro_rules! fast {
+            ($(#[$m:meta])* $v:vis unsafe fn $($rest:tt)*) => {
+                $(#[$m])*
+                #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+                $v unsafe fn $($rest)*
+            };
+        }
+        const VNNI: bool = true;
+        include!("x86_kernels.rs");
+    }
+
+    pub use avx2::*;
+
+    /// Whether to use the AVX-512 VNNI build: the AVX2 build is in use (`has_avx2`), the CPU
+    /// has AVX-512 F/BW/VL/VNNI, and `HEARTH_NO_AVX512` is not set (the tests set it to check
+    /// the AVX2 build on such CPUs too). Decided once.
+    #[inline(always)]
+    pub fn vnni() -> bool {
+        static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *USE.get_or_init(|| {
+            super::has_avx2()
+                && std::env::var_os("HEARTH_NO_AVX512").is_none()
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vl")
+                && std::is_x86_feature_detected!("avx512vnni")
+        })
+    }
+}
 
 use hearth_core::{DType, Error, Result};
 
@@ -222,7 +279,13 @@ pub fn dot_row_q16<const N: usize>(dtype: DType, src: &[u8], x: [acts::ActsRow; 
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU has AVX2, FMA and F16C; the rows hold the row's length (checked).
-        return unsafe { x86::dot_q16::<N>(dtype, src, x) };
+        return unsafe {
+            if x86::vnni() {
+                x86::avx512::dot_q16::<N>(dtype, src, x)
+            } else {
+                x86::avx2::dot_q16::<N>(dtype, src, x)
+            }
+        };
     }
     x.map(|r| acts::dot_q16_scalar(dtype, src, r))
 }
@@ -264,7 +327,13 @@ pub fn rows_q16(
     if has_avx2() {
         // SAFETY: the CPU has AVX2, FMA and F16C; every row and activation row is in bounds
         // (checked above).
-        unsafe { x86::rows_q16(dtype, bytes, rb, rows, acts, n_tok, &mut put) };
+        unsafe {
+            if x86::vnni() {
+                x86::avx512::rows_q16(dtype, bytes, rb, rows, acts, n_tok, &mut put)
+            } else {
+                x86::avx2::rows_q16(dtype, bytes, rb, rows, acts, n_tok, &mut put)
+            }
+        };
         return;
     }
     for r in rows {
@@ -301,7 +370,13 @@ pub fn rows_q16_packed(
     if has_avx2() {
         // SAFETY: the CPU has AVX2, FMA and F16C; every group, row and activation row is in
         // bounds (checked above).
-        unsafe { x86::rows_q16_packed(dtype, bytes, rb, n_rows, rows, acts, n_tok, &mut put) };
+        unsafe {
+            if x86::vnni() {
+                x86::avx512::rows_q16_packed(dtype, bytes, rb, n_rows, rows, acts, n_tok, &mut put)
+            } else {
+                x86::avx2::rows_q16_packed(dtype, bytes, rb, n_rows, rows, acts, n_tok, &mut put)
+            }
+        };
         return;
     }
     for r in rows {
