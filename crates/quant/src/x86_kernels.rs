@@ -640,72 +640,109 @@ unsafe fn legacy_rows<const KIND: u8>(
 /// weighed by its scale with `madd`, and the super-block's sums and mins stay exact in i32.
 /// The float step per super-block is the one-row kernel's, lane by lane.
 #[inline(always)]
-unsafe fn q4_k_t8<const NG: usize>(
-    src: &[u8],
+unsafe fn q4_k_t8<const R: usize, const NG: usize>(
+    src: [&[u8]; R],
     a: &crate::acts::QuantizedActs,
     g0: usize,
-) -> [__m256; NG] {
+) -> [[__m256; NG]; R] {
     let na = a.n / 256;
-    let mut acc = [_mm256_setzero_ps(); NG];
-    let mut wbuf = [_mm256_setzero_si256(); 8];
+    let mut acc = [[_mm256_setzero_ps(); NG]; R];
+    let mut wbuf = [[_mm256_setzero_si256(); 8]; R];
     let m4 = _mm256_set1_epi8(0x0F);
     let (q8t, d8t, b8t) = (a.q8t.as_ptr(), a.d8t.as_ptr(), a.b8t.as_ptr());
-    for (i, b) in as_blocks::<BlockQ4K>(src).iter().enumerate() {
-        let (sc, mn) = scales_mins_k4(&b.scales);
+    let nb = src[0].len() / std::mem::size_of::<BlockQ4K>();
+    for i in 0..nb {
+        let blk: [&BlockQ4K; R] = lanes_of(|r| &as_blocks::<BlockQ4K>(src[r])[i]);
+        let scm: [([u8; 8], [u8; 8]); R] = lanes_of(|r| scales_mins_k4(&blk[r].scales));
         // the 256 nibbles as bytes in element order: sub-block 2c low, 2c+1 high nibbles
-        for c in 0..4 {
-            let v = _mm256_loadu_si256(b.qs.as_ptr().add(c * 32) as *const __m256i);
-            wbuf[2 * c] = _mm256_and_si256(v, m4);
-            wbuf[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        for (r, wb) in wbuf.iter_mut().enumerate() {
+            for c in 0..4 {
+                let v = _mm256_loadu_si256(blk[r].qs.as_ptr().add(c * 32) as *const __m256i);
+                wb[2 * c] = _mm256_and_si256(v, m4);
+                wb[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            }
         }
-        let wp = wbuf.as_ptr() as *const i32;
-        let mut sumi = [_mm256_setzero_si256(); NG];
+        // broadcast from memory through an opaque pointer (see legacy_t8)
+        let wp = std::hint::black_box(wbuf.as_ptr()) as *const i32;
+        let mut sumi = [[_mm256_setzero_si256(); NG]; R];
         for j in 0..8 {
-            let mut s16 = [_mm256_setzero_si256(); NG];
-            for k in 0..8 {
-                let wv = _mm256_set1_epi32(*wp.add(j * 8 + k));
-                for (g, v) in s16.iter_mut().enumerate() {
-                    let ap = q8t.add(((g0 + g) * na + i) * 512 + (j * 8 + k) * 8);
-                    *v = _mm256_add_epi16(
-                        *v,
-                        _mm256_maddubs_epi16(wv, _mm256_loadu_si256(ap as *const __m256i)),
-                    );
+            if VNNI {
+                // exact 4-sums into i32 (vpdpbusd), then the sub-block's scale in i32
+                let mut s32 = [[_mm256_setzero_si256(); NG]; R];
+                for k in 0..8 {
+                    let av: [__m256i; NG] = lanes_of(|g| {
+                        let ap = q8t.add(((g0 + g) * na + i) * 512 + (j * 8 + k) * 8);
+                        _mm256_loadu_si256(ap as *const __m256i)
+                    });
+                    for r in 0..R {
+                        let wv = _mm256_set1_epi32(*wp.add(r * 64 + j * 8 + k));
+                        for g in 0..NG {
+                            s32[r][g] = vpdpbusd(s32[r][g], wv, av[g]);
+                        }
+                    }
+                }
+                for r in 0..R {
+                    let scv = _mm256_set1_epi32(scm[r].0[j] as i32);
+                    for g in 0..NG {
+                        sumi[r][g] = _mm256_add_epi32(sumi[r][g], _mm256_mullo_epi32(s32[r][g], scv));
+                    }
+                }
+            } else {
+                // 8 products of a sub-block add up in i16 (at most 30480), then its scale
+                let mut s16 = [[_mm256_setzero_si256(); NG]; R];
+                for k in 0..8 {
+                    let av: [__m256i; NG] = lanes_of(|g| {
+                        let ap = q8t.add(((g0 + g) * na + i) * 512 + (j * 8 + k) * 8);
+                        _mm256_loadu_si256(ap as *const __m256i)
+                    });
+                    for r in 0..R {
+                        let wv = _mm256_set1_epi32(*wp.add(r * 64 + j * 8 + k));
+                        for g in 0..NG {
+                            s16[r][g] =
+                                _mm256_add_epi16(s16[r][g], _mm256_maddubs_epi16(wv, av[g]));
+                        }
+                    }
+                }
+                for r in 0..R {
+                    let scv = _mm256_set1_epi16(scm[r].0[j] as i16);
+                    for g in 0..NG {
+                        sumi[r][g] = dpwd(sumi[r][g], s16[r][g], scv);
+                    }
                 }
             }
-            let scv = _mm256_set1_epi16(sc[j] as i16);
+        }
+        for r in 0..R {
+            let mut summ = [_mm256_setzero_si256(); NG];
+            for (j, &m) in scm[r].1.iter().enumerate() {
+                let mv = _mm256_set1_epi16(m as i16);
+                for (g, v) in summ.iter_mut().enumerate() {
+                    let bp = b8t.add(((g0 + g) * na + i) * 64 + j * 8);
+                    *v = dpwd(*v, _mm256_loadu_si256(bp as *const __m256i), mv);
+                }
+            }
+            let b = blk[r];
+            let (d, dmin) = (_mm256_set1_ps(f16le(b.d)), _mm256_set1_ps(f16le(b.dmin)));
             for g in 0..NG {
-                sumi[g] = dpwd(sumi[g], s16[g], scv);
+                let dx = _mm256_loadu_ps(d8t.add(((g0 + g) * na + i) * 8));
+                let t1 = _mm256_mul_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(sumi[r][g]));
+                let t2 = _mm256_mul_ps(_mm256_mul_ps(dmin, dx), _mm256_cvtepi32_ps(summ[g]));
+                acc[r][g] = _mm256_add_ps(acc[r][g], _mm256_sub_ps(t1, t2));
             }
-        }
-        let mut summ = [_mm256_setzero_si256(); NG];
-        for (j, &m) in mn.iter().enumerate() {
-            let mv = _mm256_set1_epi16(m as i16);
-            for (g, v) in summ.iter_mut().enumerate() {
-                let bp = b8t.add(((g0 + g) * na + i) * 64 + j * 8);
-                *v = dpwd(*v, _mm256_loadu_si256(bp as *const __m256i), mv);
-            }
-        }
-        let (d, dmin) = (_mm256_set1_ps(f16le(b.d)), _mm256_set1_ps(f16le(b.dmin)));
-        for g in 0..NG {
-            let dx = _mm256_loadu_ps(d8t.add(((g0 + g) * na + i) * 8));
-            let t1 = _mm256_mul_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(sumi[g]));
-            let t2 = _mm256_mul_ps(_mm256_mul_ps(dmin, dx), _mm256_cvtepi32_ps(summ[g]));
-            acc[g] = _mm256_add_ps(acc[g], _mm256_sub_ps(t1, t2));
         }
     }
     acc
 }
 
-/// [`q4_k_t8`] for `R` rows, one after the other.
+/// [`q4_k_t8`] one row at a time.
 #[inline(always)]
-unsafe fn q4_k_t8r<const R: usize, const NG: usize>(
+unsafe fn q4_k_t8_each<const R: usize, const NG: usize>(
     src: [&[u8]; R],
     a: &crate::acts::QuantizedActs,
     g0: usize,
 ) -> [[__m256; NG]; R] {
     let mut out = [[_mm256_setzero_ps(); NG]; R];
     for r in 0..R {
-        out[r] = q4_k_t8::<NG>(src[r], a, g0);
+        out[r] = q4_k_t8::<1, NG>([src[r]], a, g0)[0];
     }
     out
 }
@@ -1246,10 +1283,19 @@ unsafe fn rows_q16_impl(
             rows,
             n_tok,
             put,
-            |rs, g0| q4_k_t8r::<4, 2>(rs, acts, g0),
-            |rs, g0| q4_k_t8r::<4, 1>(rs, acts, g0),
-            |row, g0| q4_k_t8::<2>(row, acts, g0),
-            |row, g0| q4_k_t8::<1>(row, acts, g0)[0]
+            // four rows per pass with VNNI; AVX2 has too few registers for that
+            |rs: [&[u8]; 4], g0| if VNNI {
+                q4_k_t8::<4, 2>(rs, acts, g0)
+            } else {
+                q4_k_t8_each::<4, 2>(rs, acts, g0)
+            },
+            |rs: [&[u8]; 4], g0| if VNNI {
+                q4_k_t8::<4, 1>(rs, acts, g0)
+            } else {
+                q4_k_t8_each::<4, 1>(rs, acts, g0)
+            },
+            |row, g0| q4_k_t8::<1, 2>([row], acts, g0)[0],
+            |row, g0| q4_k_t8::<1, 1>([row], acts, g0)[0][0]
         ),
         D::Q4_K => run!(q4_k_q8k_n::<4>, q4_k_q8k_n::<1>),
         D::Q6_K if !acts.qt.is_empty() => t8_rows!(
@@ -1867,4 +1913,19 @@ fn lanes_of<U: Copy, const N: usize>(mut f: impl FnMut(usize) -> U) -> [U; N] {
 #[inline(always)]
 fn amap<T: Copy, U: Copy, const N: usize>(a: [T; N], mut f: impl FnMut(T) -> U) -> [U; N] {
     lanes_of(|i| f(a[i]))
+}
+
+/// `vpdpbusd` as inline assembly (see [`vpdpwssd`]): `acc` plus, per i32 lane, the four
+/// products of `a`'s unsigned bytes with `b`'s signed bytes, exactly.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+unsafe fn vpdpbusd(mut acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    std::arch::asm!(
+        "vpdpbusd {acc}, {a}, {b}",
+        acc = inout(ymm_reg) acc,
+        a = in(ymm_reg) a,
+        b = in(ymm_reg) b,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    acc
 }
