@@ -98,13 +98,15 @@ impl Cpu {
     }
 
     /// `f(rows)` over `0..total` rows in one parallel step: tasks of whole packed groups,
-    /// about four per thread, taken in turn from a shared counter, so that a thread slowed
-    /// down (by another process, a page fault) takes fewer of them.
-    fn row_tasks(&self, total: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+    /// about four per thread (eight for batches of `n_tok` of 16 or more, where a task is long
+    /// enough that the threads' wait for the last one shows), taken in turn from a shared
+    /// counter, so that a thread slowed down (by another process, a page fault) takes fewer
+    /// of them.
+    fn row_tasks(&self, total: usize, n_tok: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
         use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
         let g = hearth_core::PACK_ROWS;
         let chunk = total
-            .div_ceil(self.threads() * 4)
+            .div_ceil(self.threads() * if n_tok >= 16 { 8 } else { 4 })
             .next_multiple_of(g)
             .max(g);
         let next = AtomicUsize::new(0);
@@ -295,9 +297,9 @@ impl Backend for Cpu {
             let (q16, k8) = QuantizedActs::forms(w.dtype);
             self.quantize(&mut guard, x, w.row_len(), q16, k8);
             let acts = &*guard;
-            self.row_tasks(n_out, &|rows| job.rows(rows, Some(acts)));
+            self.row_tasks(n_out, n_tok, &|rows| job.rows(rows, Some(acts)));
         } else {
-            self.row_tasks(n_out, &|rows| job.rows(rows, None));
+            self.row_tasks(n_out, n_tok, &|rows| job.rows(rows, None));
         }
         Ok(())
     }
@@ -383,7 +385,8 @@ impl Backend for Cpu {
             start.push(start.last().unwrap() + j.w.n_rows());
         }
         let total = *start.last().unwrap();
-        self.row_tasks(total, &|range| {
+        let n_tok = rj.iter().map(|j| j.n_tok).max().unwrap_or(0);
+        self.row_tasks(total, n_tok, &|range| {
             let (mut g, hi) = (range.start, range.end);
             while g < hi {
                 let k = start.partition_point(|&s| s <= g) - 1;
