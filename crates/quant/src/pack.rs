@@ -31,7 +31,7 @@
 //! | type | layout | bytes (original) |
 //! |---|---|---|
 //! | Q4_K | 8 f16 `d`, 8 f16 `dmin`, 6-bit scales then mins as bytes `[sub-block][row]`, then per sub-block of 32 four chunks of 32 bytes | 1184 (1152) |
-//! | Q6_K | 8 f16 `d`, i8 scales `[sub-block of 16][row]`, then per block of 32 the 4-bit layout above (128 bytes) and two chunks of 32 bytes of high bits | 1680 (1680) |
+//! | Q6_K | 8 f16 `d`, i8 scales `[sub-block of 16][row]`, then per block of 32 the codes (0..64) as bytes: pair `p`'s 16 bytes hold row `r`'s two codes at `2r`, `2r + 1` | 2192 (1680) |
 //! | Q2_K | 8 f16 `d`, 8 f16 `dmin`, the raw scale/min bytes `[sub-block of 16][row]`, then per block of 32 two chunks of 2-bit codes | 672 (672) |
 //! | Q3_K | 8 f16 `d`, i8 scales `[sub-block of 16][row]`, then per block of 32 two chunks of 2-bit codes and one of high bits | 912 (880) |
 //! | Q5_K | 8 f16 `d`, 8 f16 `dmin`, 6-bit scales then mins as bytes `[block of 32][row]`, then per block of 32 the 4-bit layout above and one chunk of high bits | 1440 (1408) |
@@ -45,9 +45,11 @@
 //! Q4_K's chunk `l` of sub-block `j` holds, in word `r`, byte `b`, element `32j + 8l + b` of
 //! row `r` in the low nibble and element `32j + 8l + 4 + b` in the high one, so that the low
 //! (or high) nibbles of a word are four consecutive weights for `vpmaddubsw`. Its scales are
-//! stored decoded so that the kernel reads them with one widening load. Q6_K's high-bit chunk
-//! `h` holds, in word `r`, bits `2q..2q+2` for element `2p` and `16 + 2q..` for `2p + 1`,
-//! where `p = 8h + q`.
+//! stored decoded so that the kernel reads them with one widening load. Q6_K's codes are
+//! stored whole, a byte each, so that one widening load gives a pair of eight rows as 16-bit
+//! integers: its 6-bit codes in nibble and bit planes cost five vector operations per pair,
+//! which made the one-token kernel compute-bound (17 GMAC/s per thread, against 64-68 for Q4_K),
+//! for 30% more memory than the original.
 //!
 //! Rows past the last full group of 8 keep their original layout, after the groups.
 use crate::iquants::BlockIQ4XS;
@@ -67,6 +69,7 @@ pub fn packable(dtype: DType) -> bool {
 pub fn group_block_bytes(dtype: DType) -> usize {
     match dtype {
         DType::Q4_K => 1184,
+        DType::Q6_K => 2192,
         dt if crate::acts::is_k16(dt) => {
             let l = k16_layout(dt);
             l.codes + 8 * l.block
@@ -202,19 +205,11 @@ fn pack_k(dtype: DType, blk: impl Fn(usize) -> usize, src: &[u8], dst: &mut [u8]
         }
     }
     for a in 0..8 {
-        let base = 144 + 192 * a;
-        let rows: [&[u8]; ROWS] = std::array::from_fn(|r| &q[r][32 * a..32 * a + 32]);
-        nibble_chunks(&rows, &mut dst[base..base + 128]);
-        for h in 0..2 {
-            for (r, q) in rows.iter().enumerate() {
-                let mut w = 0u32;
-                for k in 0..8 {
-                    let p = 8 * h + k;
-                    w |= ((q[2 * p] >> 4) as u32) << (2 * k);
-                    w |= ((q[2 * p + 1] >> 4) as u32) << (16 + 2 * k);
-                }
-                let o = base + 128 + 32 * h + 4 * r;
-                dst[o..o + 4].copy_from_slice(&w.to_le_bytes());
+        for p in 0..16 {
+            for (r, q) in q.iter().enumerate() {
+                let o = 144 + 256 * a + 16 * p + 2 * r;
+                dst[o] = q[32 * a + 2 * p];
+                dst[o + 1] = q[32 * a + 2 * p + 1];
             }
         }
     }
@@ -459,16 +454,10 @@ fn unpack_k(dtype: DType, src: &[u8], l: usize, dst: &mut [u8]) {
     }
     let mut q = [0u8; 256];
     for a in 0..8 {
-        let base = 144 + 192 * a;
-        let word = |o: usize| u32::from_le_bytes(src[o + 4 * l..o + 4 * l + 4].try_into().unwrap());
         for p in 0..16 {
-            let (c, s) = (p / 4, p % 4);
-            let w = word(base + 32 * c);
-            let h = word(base + 128 + 32 * (p / 8));
-            let k = p % 8;
-            q[32 * a + 2 * p] = ((w >> (4 * s)) & 0xF) as u8 | ((((h >> (2 * k)) & 3) as u8) << 4);
-            q[32 * a + 2 * p + 1] =
-                ((w >> (16 + 4 * s)) & 0xF) as u8 | ((((h >> (16 + 2 * k)) & 3) as u8) << 4);
+            let o = 144 + 256 * a + 16 * p + 2 * l;
+            q[32 * a + 2 * p] = src[o];
+            q[32 * a + 2 * p + 1] = src[o + 1];
         }
     }
     for (e, &v) in q.iter().enumerate() {

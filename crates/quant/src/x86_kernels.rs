@@ -1490,39 +1490,21 @@ unsafe fn q4_k_p8<const N: usize>(grp: *const u8, nb: usize, x: [ActsRow; N]) ->
 /// and the float step of `q6_k_rn` runs lane by lane.
 #[inline(always)]
 unsafe fn q6_k_p8<const N: usize>(grp: *const u8, nb: usize, x: [ActsRow; N]) -> [__m256; N] {
-    let m4 = _mm256_set1_epi32(0x000F_000F);
-    let m2 = _mm256_set1_epi32(0x0030_0030);
     let mut acc = [[_mm256_setzero_ps(); 4]; N];
     for i in 0..nb {
-        let b = grp.add(i * 1680);
+        let b = grp.add(i * 2192);
         let d = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));
         for a in 0..8 {
-            let base = b.add(144 + 192 * a);
-            let hv = [
-                _mm256_loadu_si256(base.add(128) as *const __m256i),
-                _mm256_loadu_si256(base.add(160) as *const __m256i),
-            ];
+            let base = b.add(144 + 256 * a);
             let mut is = [[_mm256_setzero_si256(); 2]; N];
-            for c in 0..4 {
-                let v = _mm256_loadu_si256(base.add(32 * c) as *const __m256i);
-                for s in 0..4 {
-                    let p = 4 * c + s;
-                    let lo =
-                        _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(4 * s as i32)), m4);
-                    // bits 2q.. and 16 + 2q.. to bits 4.. and 20..
-                    let (h, q) = (hv[p / 8], p % 8);
-                    let hb = if 2 * q <= 4 {
-                        _mm256_sll_epi32(h, _mm_cvtsi32_si128((4 - 2 * q) as i32))
-                    } else {
-                        _mm256_srl_epi32(h, _mm_cvtsi32_si128((2 * q - 4) as i32))
-                    };
-                    // the codes q (0..64); the offset 32 comes off per sub-block below
-                    let w = _mm256_or_si256(lo, _mm256_and_si256(hb, m2));
-                    for k in 0..N {
-                        let xp = x[k].q.as_ptr().add((8 * i + a) * QK + 2 * p) as *const i32;
-                        let xv = _mm256_set1_epi32(xp.read_unaligned());
-                        is[k][p / 8] = dpwd(is[k][p / 8], w, xv);
-                    }
+            for p in 0..16 {
+                // pair p of the eight rows: the codes q (0..64) as 16-bit integers; the
+                // offset 32 comes off per sub-block below
+                let w = _mm256_cvtepu8_epi16(_mm_loadu_si128(base.add(16 * p) as *const __m128i));
+                for k in 0..N {
+                    let xp = x[k].q.as_ptr().add((8 * i + a) * QK + 2 * p) as *const i32;
+                    let xv = _mm256_set1_epi32(xp.read_unaligned());
+                    is[k][p / 8] = dpwd(is[k][p / 8], w, xv);
                 }
             }
             let sa = _mm256_cvtepi8_epi32(_mm_loadl_epi64(b.add(16 + 16 * a) as *const __m128i));
