@@ -164,11 +164,10 @@ impl RowJob<'_> {
     fn rows(&self, rows: std::ops::Range<usize>, acts: Option<&QuantizedActs>) {
         let (dtype, rb, bytes) = (self.w.dtype, self.w.row_bytes(), self.w.bytes());
         let (n_in, n_out, n_tok) = (self.w.row_len(), self.w.n_rows(), self.n_tok);
-        let optr = self.out;
-        // SAFETY (callers of `put`): (t, r) pairs are disjoint across tasks and in bounds.
-        let put = move |t: usize, r: usize, v: f32| {
-            let p = optr; // capture the Send + Sync wrapper, not its raw pointer field
-            unsafe { *p.0.add(t * n_out + r) = v }
+        let put = OutRows {
+            out: self.out,
+            n_out,
+            n_tok,
         };
         if let Some(acts) = acts {
             // the packed layout serves the one-row kernels (a few tokens); batches read the
@@ -178,10 +177,43 @@ impl RowJob<'_> {
             }
             return rows_q16(dtype, bytes, rb, rows, acts, n_tok, put);
         }
+        let mut put = put;
         for r in rows {
             let row = &bytes[r * rb..(r + 1) * rb];
             for t in 0..n_tok {
-                put(t, r, dot_row(dtype, row, &self.x[t * n_in..(t + 1) * n_in]));
+                hearth_quant::Sink::put(&mut put, t, r, dot_row(dtype, row, &self.x[t * n_in..(t + 1) * n_in]));
+            }
+        }
+    }
+}
+
+/// A matmul's output `[n_tok, n_out]` as a [`hearth_quant::Sink`] for one task's rows.
+struct OutRows {
+    out: SendPtr,
+    n_out: usize,
+    n_tok: usize,
+}
+
+impl hearth_quant::Sink for OutRows {
+    #[inline(always)]
+    fn put(&mut self, t: usize, r: usize, v: f32) {
+        debug_assert!(t < self.n_tok && r < self.n_out);
+        // SAFETY: the kernels put only tokens below n_tok and rows of this task's range
+        // (below n_out), which no other task writes.
+        unsafe { *self.out.0.add(t * self.n_out + r) = v }
+    }
+
+    #[inline(always)]
+    fn put_rows(&mut self, t: usize, r0: usize, v: &[f32; 16], n: usize) {
+        debug_assert!(t < self.n_tok && r0 + n <= self.n_out && n <= 16);
+        // SAFETY: as in `put`, for the rows r0..r0 + n of the task's range.
+        unsafe {
+            let p = self.out.0.add(t * self.n_out + r0);
+            if n == 16 {
+                // a fixed size: one 64-byte copy
+                std::ptr::copy_nonoverlapping(v.as_ptr(), p, 16);
+            } else {
+                std::ptr::copy_nonoverlapping(v.as_ptr(), p, n.min(16));
             }
         }
     }

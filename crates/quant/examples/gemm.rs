@@ -46,10 +46,24 @@ fn main() {
     let mut out = vec![0f32; n_out * n_tok];
     let packed = std::env::var("HEARTH_PACKED").is_ok_and(|v| v == "1");
     let pw = hearth_quant::pack::pack(dtype, &w, rb).filter(|_| packed);
+    /// The output `[token, n_out]`, with runs of rows stored at once (as the CPU backend does).
+    struct Out<'a> {
+        o: &'a mut [f32],
+        n_out: usize,
+    }
+    impl hearth_quant::Sink for Out<'_> {
+        fn put(&mut self, t: usize, r: usize, v: f32) {
+            self.o[t * self.n_out + r] = v;
+        }
+        fn put_rows(&mut self, t: usize, r0: usize, v: &[f32; 16], n: usize) {
+            let at = t * self.n_out + r0;
+            self.o[at..at + n].copy_from_slice(&v[..n]);
+        }
+    }
     let mut best = f64::MAX;
     for _ in 0..(5 + 2000 / n_tok) {
         let t = Instant::now();
-        let put = |t: usize, r: usize, v: f32| out[t * n_out + r] = v;
+        let put = Out { o: &mut out, n_out };
         match &pw {
             Some(p) => {
                 hearth_quant::rows_q16_packed(dtype, p, rb, n_out, 0..n_out, &acts, n_tok, put)

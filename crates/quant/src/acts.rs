@@ -17,7 +17,8 @@
 //!
 //! From [`T8_MIN`] rows on, the 16-bit values are also regrouped eight rows at a time
 //! (`qt`), so that a batched kernel multiplies one weight pair by eight tokens' pairs with
-//! one `vpmaddwd`.
+//! one `vpmaddwd`; sixteen rows at a time where the AVX-512 kernels run ([`group_width`]),
+//! one `vpdpwssd` on a 512-bit register.
 use crate::iquants::BlockIQ4XS;
 use crate::kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, scales_mins_k4};
 use crate::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
@@ -52,25 +53,38 @@ pub struct QuantizedActs {
     pub bs8: Vec<i16>,
     /// Rows quantized.
     pub rows: usize,
+    /// Rows per group of the regrouped forms below (`G`): 8, or 16 where the AVX-512 kernels
+    /// run ([`group_width`]).
+    pub gw: usize,
     /// `q` regrouped for the batched kernels (empty below [`T8_MIN`] rows): for each group of
-    /// 8 rows (the last padded with zeros), block of 32 and pair `j` of the block, the 8 rows'
-    /// values `2j` and `2j + 1` as one 32-bit word each, `[n_rows / 8, n / 32, 16, 8]`.
+    /// `G` rows (the last padded with zeros), block of 32 and pair `j` of the block, the `G`
+    /// rows' values `2j` and `2j + 1` as one 32-bit word each, `[n_rows / G, n / 32, 16, G]`.
     pub qt: Vec<i32>,
-    /// `d` regrouped the same way, `[n_rows / 8, n / 32, 8]`.
+    /// `d` regrouped the same way, `[n_rows / G, n / 32, G]`.
     pub dt: Vec<f32>,
-    /// `sum` regrouped the same way, `[n_rows / 8, n / 32, 8]`.
+    /// `sum` regrouped the same way, `[n_rows / G, n / 32, G]`.
     pub st: Vec<f32>,
-    /// `s16` regrouped the same way, `[n_rows / 8, n / 32, 2, 8]`.
+    /// `s16` regrouped the same way, `[n_rows / G, n / 32, 2, G]`.
     pub s16t: Vec<i32>,
-    /// `q8` regrouped (when it exists and from [`T8_MIN`] rows on): per group of 8 rows,
-    /// block of 256 and group `k` of 4 values, the 8 rows' values `4k..4k + 4` as one 32-bit
-    /// word each, `[n_rows / 8, n / 256, 64, 8]`.
+    /// `q8` regrouped (when it exists and from [`T8_MIN`] rows on): per group of `G` rows,
+    /// block of 256 and group `k` of 4 values, the `G` rows' values `4k..4k + 4` as one
+    /// 32-bit word each, `[n_rows / G, n / 256, 64, G]`.
     pub q8t: Vec<i32>,
-    /// `d8` regrouped, `[n_rows / 8, n / 256, 8]`.
+    /// `d8` regrouped, `[n_rows / G, n / 256, G]`.
     pub d8t: Vec<f32>,
-    /// `bs8` regrouped: per block of 256 and sub-block `j` of 32, the 8 rows' two sums of 16
-    /// as one 32-bit word each, `[n_rows / 8, n / 256, 8, 8]`.
+    /// `bs8` regrouped: per block of 256 and sub-block `j` of 32, the `G` rows' two sums of
+    /// 16 as one 32-bit word each, `[n_rows / G, n / 256, 8, G]`.
     pub b8t: Vec<i32>,
+}
+
+/// Rows per group of the regrouped activations: 16 where the AVX-512 VNNI kernels run (one
+/// 512-bit register holds 16 tokens' i32 sums), else 8 (a 256-bit register).
+pub fn group_width() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if crate::has_avx2() && crate::x86::vnni() {
+        return 16;
+    }
+    8
 }
 
 /// Fewest activation rows for which [`QuantizedActs::quantize`] builds the regrouped form.
@@ -133,7 +147,9 @@ impl QuantizedActs {
         (self.n, self.rows) = (n, rows);
         let k8 = k8 && n % QK8 == 0;
         let grouped = rows >= T8_MIN;
-        let groups = if grouped { rows.div_ceil(8) } else { 0 };
+        let gw = group_width();
+        self.gw = gw;
+        let groups = if grouped { rows.div_ceil(gw) } else { 0 };
         // size every buffer (a form not asked for is emptied)
         fn size<T: Copy + Default>(v: &mut Vec<T>, on: bool, len: usize) {
             v.clear();
@@ -146,22 +162,23 @@ impl QuantizedActs {
         size(&mut self.d, q16, rows * nb);
         size(&mut self.sum, q16, rows * nb);
         size(&mut self.s16, q16, rows * 2 * nb);
-        size(&mut self.qt, q16 && grouped, groups * nb * 128);
-        size(&mut self.dt, q16 && grouped, groups * nb * 8);
-        size(&mut self.st, q16 && grouped, groups * nb * 8);
-        size(&mut self.s16t, q16 && grouped, groups * nb * 16);
+        size(&mut self.qt, q16 && grouped, groups * nb * 16 * gw);
+        size(&mut self.dt, q16 && grouped, groups * nb * gw);
+        size(&mut self.st, q16 && grouped, groups * nb * gw);
+        size(&mut self.s16t, q16 && grouped, groups * nb * 2 * gw);
         size(&mut self.q8, k8, x.len());
         size(&mut self.d8, k8, rows * nb8);
         size(&mut self.bs8, k8, rows * 16 * nb8);
-        size(&mut self.q8t, k8 && grouped, groups * nb8 * 512);
-        size(&mut self.d8t, k8 && grouped, groups * nb8 * 8);
-        size(&mut self.b8t, k8 && grouped, groups * nb8 * 64);
-        // whole groups of 8 rows per part
-        let per = rows.div_ceil(parts).next_multiple_of(8);
+        size(&mut self.q8t, k8 && grouped, groups * nb8 * 64 * gw);
+        size(&mut self.d8t, k8 && grouped, groups * nb8 * gw);
+        size(&mut self.b8t, k8 && grouped, groups * nb8 * 8 * gw);
+        // whole groups of rows per part
+        let per = rows.div_ceil(parts).next_multiple_of(gw);
         let mut slices: Vec<std::sync::Mutex<Part<'_>>> = Vec::with_capacity(parts);
         let mut rest = Part {
             r0: 0,
             rows: 0,
+            gw,
             q: &mut self.q,
             d: &mut self.d,
             sum: &mut self.sum,
@@ -595,11 +612,12 @@ fn q16_blocks_impl(x: &[f32], q: &mut [i16], d: &mut [f32], sum: &mut [f32], s16
     }
 }
 
-/// The buffers of a run of rows (starting at `r0`, a multiple of 8) of [`QuantizedActs`]:
+/// The buffers of a run of rows (starting at `r0`, a multiple of `gw`) of [`QuantizedActs`]:
 /// each form's slice, empty when the form is not built.
 struct Part<'a> {
     r0: usize,
     rows: usize,
+    gw: usize,
     q: &'a mut [i16],
     d: &'a mut [f32],
     sum: &'a mut [f32],
@@ -617,11 +635,11 @@ struct Part<'a> {
 }
 
 impl<'a> Part<'a> {
-    /// The first `rows` rows (a multiple of 8 unless `last`), and what follows them.
+    /// The first `rows` rows (a multiple of `gw` unless `last`), and what follows them.
     fn split(self, rows: usize, n: usize, last: bool) -> (Part<'a>, Part<'a>) {
-        let (nb, nb8) = (n / QK, n / QK8);
-        let groups = rows.div_ceil(8);
-        debug_assert!(last || rows % 8 == 0);
+        let (nb, nb8, gw) = (n / QK, n / QK8, self.gw);
+        let groups = rows.div_ceil(gw);
+        debug_assert!(last || rows % gw == 0);
         fn cut<T>(v: &mut [T], at: usize) -> (&mut [T], &mut [T]) {
             v.split_at_mut(at.min(v.len()))
         }
@@ -629,21 +647,22 @@ impl<'a> Part<'a> {
         let (d, d_) = cut(self.d, rows * nb);
         let (sum, sum_) = cut(self.sum, rows * nb);
         let (s16, s16_) = cut(self.s16, rows * 2 * nb);
-        let (qt, qt_) = cut(self.qt, groups * nb * 128);
-        let (dt, dt_) = cut(self.dt, groups * nb * 8);
-        let (st, st_) = cut(self.st, groups * nb * 8);
-        let (s16t, s16t_) = cut(self.s16t, groups * nb * 16);
+        let (qt, qt_) = cut(self.qt, groups * nb * 16 * gw);
+        let (dt, dt_) = cut(self.dt, groups * nb * gw);
+        let (st, st_) = cut(self.st, groups * nb * gw);
+        let (s16t, s16t_) = cut(self.s16t, groups * nb * 2 * gw);
         let (q8, q8_) = cut(self.q8, rows * n);
         let (d8, d8_) = cut(self.d8, rows * nb8);
         let (bs8, bs8_) = cut(self.bs8, rows * 16 * nb8);
-        let (q8t, q8t_) = cut(self.q8t, groups * nb8 * 512);
-        let (d8t, d8t_) = cut(self.d8t, groups * nb8 * 8);
-        let (b8t, b8t_) = cut(self.b8t, groups * nb8 * 64);
+        let (q8t, q8t_) = cut(self.q8t, groups * nb8 * 64 * gw);
+        let (d8t, d8t_) = cut(self.d8t, groups * nb8 * gw);
+        let (b8t, b8t_) = cut(self.b8t, groups * nb8 * 8 * gw);
         let r0 = self.r0;
         (
             Part {
                 r0,
                 rows,
+                gw,
                 q,
                 d,
                 sum,
@@ -662,6 +681,7 @@ impl<'a> Part<'a> {
             Part {
                 r0: r0 + rows,
                 rows: 0,
+                gw,
                 q: q_,
                 d: d_,
                 sum: sum_,
@@ -683,24 +703,24 @@ impl<'a> Part<'a> {
     /// Quantize this part's rows `x` (`rows` rows of `n`) to every form that has buffers,
     /// and regroup them where the regrouped buffers exist.
     fn fill(&mut self, x: &[f32], n: usize) {
-        let (nb, nb8) = (n / QK, n / QK8);
+        let (nb, nb8, gw) = (n / QK, n / QK8, self.gw);
         if !self.q.is_empty() {
             q16_blocks(x, self.q, self.d, self.sum, self.s16);
             if !self.qt.is_empty() {
                 for t in 0..self.rows {
-                    let (g, l) = (t / 8, t % 8);
+                    let (g, l) = (t / gw, t % gw);
                     let q = &self.q[t * n..(t + 1) * n];
                     for b in 0..nb {
-                        let base = (g * nb + b) * 128 + l;
+                        let base = (g * nb + b) * 16 * gw + l;
                         for j in 0..16 {
                             let (lo, hi) = (q[b * QK + 2 * j], q[b * QK + 2 * j + 1]);
-                            self.qt[base + 8 * j] =
+                            self.qt[base + gw * j] =
                                 (lo as u16 as u32 | (hi as u16 as u32) << 16) as i32;
                         }
-                        self.dt[(g * nb + b) * 8 + l] = self.d[t * nb + b];
-                        self.st[(g * nb + b) * 8 + l] = self.sum[t * nb + b];
+                        self.dt[(g * nb + b) * gw + l] = self.d[t * nb + b];
+                        self.st[(g * nb + b) * gw + l] = self.sum[t * nb + b];
                         for h in 0..2 {
-                            self.s16t[(g * nb + b) * 16 + 8 * h + l] =
+                            self.s16t[(g * nb + b) * 2 * gw + gw * h + l] =
                                 self.s16[t * 2 * nb + 2 * b + h];
                         }
                     }
@@ -725,19 +745,19 @@ impl<'a> Part<'a> {
             }
             if !self.q8t.is_empty() {
                 for t in 0..self.rows {
-                    let (g, l) = (t / 8, t % 8);
+                    let (g, l) = (t / gw, t % gw);
                     for b in 0..nb8 {
                         let q = &self.q8[t * n + b * QK8..t * n + (b + 1) * QK8];
-                        let base = (g * nb8 + b) * 512 + l;
+                        let base = (g * nb8 + b) * 64 * gw + l;
                         for (k, w) in q.chunks_exact(4).enumerate() {
-                            self.q8t[base + 8 * k] = i32::from_le_bytes([
+                            self.q8t[base + gw * k] = i32::from_le_bytes([
                                 w[0] as u8, w[1] as u8, w[2] as u8, w[3] as u8,
                             ]);
                         }
-                        self.d8t[(g * nb8 + b) * 8 + l] = self.d8[t * nb8 + b];
+                        self.d8t[(g * nb8 + b) * gw + l] = self.d8[t * nb8 + b];
                         let bs = &self.bs8[(t * nb8 + b) * 16..(t * nb8 + b + 1) * 16];
                         for j in 0..8 {
-                            self.b8t[(g * nb8 + b) * 64 + j * 8 + l] = (bs[2 * j] as u16 as u32
+                            self.b8t[(g * nb8 + b) * 8 * gw + j * gw + l] = (bs[2 * j] as u16 as u32
                                 | (bs[2 * j + 1] as u16 as u32) << 16)
                                 as i32;
                         }

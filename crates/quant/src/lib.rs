@@ -41,9 +41,24 @@ pub mod x86 {
         }
         const VNNI: bool = false;
         include!("x86_kernels.rs");
+
+        /// The 16-token kernels exist in the AVX-512 build only (`x86_wide.rs`).
+        #[inline(always)]
+        unsafe fn rows_wide(
+            _: hearth_core::DType,
+            _: &[u8],
+            _: usize,
+            _: std::ops::Range<usize>,
+            _: &crate::acts::QuantizedActs,
+            _: usize,
+            _: &mut impl crate::Sink,
+        ) -> bool {
+            false
+        }
     }
 
-    /// The same kernels with AVX-512 VNNI (on 256-bit registers, `avx512vl`).
+    /// The same kernels with AVX-512 VNNI (on 256-bit registers, `avx512vl`), and the batched
+    /// kernels with 16 tokens in 512-bit registers (`x86_wide.rs`).
     #[allow(dead_code)]
     pub mod avx512 {
         #![allow(unsafe_op_in_unsafe_fn)]
@@ -56,6 +71,7 @@ pub mod x86 {
         }
         const VNNI: bool = true;
         include!("x86_kernels.rs");
+        include!("x86_wide.rs");
     }
 
     pub use avx2::*;
@@ -290,6 +306,29 @@ pub fn dot_row_q16<const N: usize>(dtype: DType, src: &[u8], x: [acts::ActsRow; 
     x.map(|r| acts::dot_q16_scalar(dtype, src, r))
 }
 
+/// Where the integer matmul kernels put their results: [`Sink::put`] for one (token, row)
+/// value, or [`Sink::put_rows`] for a run of up to 16 consecutive rows of one token, which an
+/// output laid out `[token, row]` stores at once. Every closure `FnMut(token, row, value)` is
+/// a sink.
+pub trait Sink {
+    /// The value of row `row` for token `token`.
+    fn put(&mut self, token: usize, row: usize, v: f32);
+    /// Rows `row0..row0 + n` of token `token`: `v[..n]` (`n <= 16`).
+    #[inline(always)]
+    fn put_rows(&mut self, token: usize, row0: usize, v: &[f32; 16], n: usize) {
+        for (k, &x) in v.iter().enumerate().take(n) {
+            self.put(token, row0 + k, x);
+        }
+    }
+}
+
+impl<F: FnMut(usize, usize, f32)> Sink for F {
+    #[inline(always)]
+    fn put(&mut self, token: usize, row: usize, v: f32) {
+        self(token, row, v)
+    }
+}
+
 /// Whether `acts` holds `n_tok` rows of at least `n` values in the form `dtype` reads.
 fn acts_hold(dtype: DType, acts: &acts::QuantizedActs, n: usize, n_tok: usize) -> bool {
     let all = n_tok * acts.n;
@@ -315,7 +354,7 @@ pub fn rows_q16(
     rows: std::ops::Range<usize>,
     acts: &acts::QuantizedActs,
     n_tok: usize,
-    mut put: impl FnMut(usize, usize, f32),
+    mut put: impl Sink,
 ) {
     let n = rb / dtype.type_size() * dtype.block_size();
     assert!(
@@ -339,7 +378,7 @@ pub fn rows_q16(
     for r in rows {
         let row = &bytes[r * rb..(r + 1) * rb];
         for t in 0..n_tok {
-            put(t, r, dot_row_q16::<1>(dtype, row, [acts.row(t)])[0]);
+            put.put(t, r, dot_row_q16::<1>(dtype, row, [acts.row(t)])[0]);
         }
     }
 }
@@ -357,7 +396,7 @@ pub fn rows_q16_packed(
     rows: std::ops::Range<usize>,
     acts: &acts::QuantizedActs,
     n_tok: usize,
-    mut put: impl FnMut(usize, usize, f32),
+    mut put: impl Sink,
 ) {
     let n = rb / dtype.type_size() * dtype.block_size();
     assert!(
@@ -382,7 +421,7 @@ pub fn rows_q16_packed(
     for r in rows {
         let row = pack::unpack_row(dtype, bytes, rb, n_rows, r);
         for t in 0..n_tok {
-            put(t, r, acts::dot_q16_scalar(dtype, &row, acts.row(t)));
+            put.put(t, r, acts::dot_q16_scalar(dtype, &row, acts.row(t)));
         }
     }
 }

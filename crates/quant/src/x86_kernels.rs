@@ -512,7 +512,7 @@ macro_rules! t8_rows {
                 for (l, &v) in o.iter().enumerate() {
                     let t = 8 * g + l;
                     if t < n_tok {
-                        put(t, r, v);
+                        put.put(t, r, v);
                     }
                 }
             }};
@@ -579,15 +579,15 @@ macro_rules! pair_rows {
             ];
             for (t, &x) in xs.iter().enumerate().take(n_tok) {
                 let [va, vb] = $k2(pair, x);
-                put(t, r, va);
-                put(t, r + 1, vb);
+                put.put(t, r, va);
+                put.put(t, r + 1, vb);
             }
             r += 2;
         }
         if r < rows.end {
             let row = &bytes[r * rb..(r + 1) * rb];
             for (t, &x) in xs.iter().enumerate().take(n_tok) {
-                put(t, r, $k1(row, x));
+                put.put(t, r, $k1(row, x));
             }
         }
     }};
@@ -603,9 +603,9 @@ unsafe fn legacy_rows<const KIND: u8>(
     acts: &crate::acts::QuantizedActs,
     xs: &[ActsRow],
     n_tok: usize,
-    put: &mut impl FnMut(usize, usize, f32),
+    put: &mut impl crate::Sink,
 ) {
-    if !acts.qt.is_empty() {
+    if !acts.qt.is_empty() && acts.gw == 8 {
         t8_rows!(
             bytes,
             rb,
@@ -1169,9 +1169,9 @@ unsafe fn k16_rows<const T: u8>(
     acts: &crate::acts::QuantizedActs,
     xs: &[ActsRow],
     n_tok: usize,
-    put: &mut impl FnMut(usize, usize, f32),
+    put: &mut impl crate::Sink,
 ) {
-    if !acts.qt.is_empty() {
+    if !acts.qt.is_empty() && acts.gw == 8 {
         t8_rows!(
             bytes,
             rb,
@@ -1188,7 +1188,7 @@ unsafe fn k16_rows<const T: u8>(
     for r in rows {
         let row = &bytes[r * rb..(r + 1) * rb];
         for (t, &x) in xs.iter().enumerate().take(n_tok) {
-            put(t, r, k16_row::<T>(row, x));
+            put.put(t, r, k16_row::<T>(row, x));
         }
     }
 }
@@ -1229,9 +1229,13 @@ unsafe fn rows_q16_impl(
     rows: std::ops::Range<usize>,
     acts: &crate::acts::QuantizedActs,
     n_tok: usize,
-    put: &mut impl FnMut(usize, usize, f32),
+    put: &mut impl crate::Sink,
 ) {
     use hearth_core::DType as D;
+    // 16 tokens in lanes (the AVX-512 build, activations regrouped by 16)
+    if rows_wide(dtype, bytes, rb, rows.clone(), acts, n_tok, put) {
+        return;
+    }
     // the kernels are inlined here, inside this function's AVX2 context
     // the activation rows, sliced once rather than once per weight row
     let xs: Vec<ActsRow> = (0..n_tok).map(|t| acts.row(t)).collect();
@@ -1255,12 +1259,12 @@ unsafe fn rows_q16_impl(
                         while t + 4 <= t1 {
                             let v = $k4(row, [xs[t], xs[t + 1], xs[t + 2], xs[t + 3]]);
                             for (k, v) in v.into_iter().enumerate() {
-                                put(t + k, r, v);
+                                put.put(t + k, r, v);
                             }
                             t += 4;
                         }
                         for t in t..t1 {
-                            put(t, r, $k1(row, [xs[t]])[0]);
+                            put.put(t, r, $k1(row, [xs[t]])[0]);
                         }
                     }
                     t0 = t1;
@@ -1279,7 +1283,7 @@ unsafe fn rows_q16_impl(
         D::Q3_K => k16_rows::<K3>(bytes, rb, rows, acts, &xs, n_tok, put),
         D::Q5_K => k16_rows::<K5>(bytes, rb, rows, acts, &xs, n_tok, put),
         D::IQ4_XS => k16_rows::<XS>(bytes, rb, rows, acts, &xs, n_tok, put),
-        D::Q4_K if !acts.q8t.is_empty() => t8_rows!(
+        D::Q4_K if !acts.q8t.is_empty() && acts.gw == 8 => t8_rows!(
             bytes,
             rb,
             rows,
@@ -1300,7 +1304,7 @@ unsafe fn rows_q16_impl(
             |row, g0| q4_k_t8::<1, 1>([row], acts, g0)[0][0]
         ),
         D::Q4_K => run!(q4_k_q8k_n::<4>, q4_k_q8k_n::<1>),
-        D::Q6_K if !acts.qt.is_empty() => t8_rows!(
+        D::Q6_K if !acts.qt.is_empty() && acts.gw == 8 => t8_rows!(
             bytes,
             rb,
             rows,
@@ -1696,7 +1700,7 @@ unsafe fn rows_q16_packed_impl(
     rows: std::ops::Range<usize>,
     acts: &crate::acts::QuantizedActs,
     n_tok: usize,
-    put: &mut impl FnMut(usize, usize, f32),
+    put: &mut impl crate::Sink,
 ) {
     use hearth_core::DType as D;
     if n_tok == 0 {
@@ -1719,7 +1723,7 @@ unsafe fn rows_q16_packed_impl(
                     _mm256_storeu_ps(o.as_mut_ptr(), v);
                     for (l, &v) in o.iter().enumerate() {
                         if rows.contains(&(g + l)) {
-                            put(t, g + l, v);
+                            put.put(t, g + l, v);
                         }
                     }
                 }
@@ -1729,7 +1733,7 @@ unsafe fn rows_q16_packed_impl(
                 let o = tail + (r - full) * rb;
                 let row = &bytes[o..o + rb];
                 for t in 0..n_tok {
-                    put(t, r, $one(row, [acts.row(t)])[0]);
+                    put.put(t, r, $one(row, [acts.row(t)])[0]);
                 }
             }
         }};
@@ -1830,7 +1834,7 @@ fast! {
         rows: std::ops::Range<usize>,
         acts: &crate::acts::QuantizedActs,
         n_tok: usize,
-        put: &mut impl FnMut(usize, usize, f32),
+        put: &mut impl crate::Sink,
     ) {
         rows_q16_impl(dtype, bytes, rb, rows, acts, n_tok, put)
     }
@@ -1847,7 +1851,7 @@ fast! {
         rows: std::ops::Range<usize>,
         acts: &crate::acts::QuantizedActs,
         n_tok: usize,
-        put: &mut impl FnMut(usize, usize, f32),
+        put: &mut impl crate::Sink,
     ) {
         rows_q16_packed_impl(dtype, bytes, rb, n_rows, rows, acts, n_tok, put)
     }

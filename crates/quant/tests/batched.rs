@@ -72,7 +72,7 @@ fn batched_rows_equal_single_rows_bit_for_bit() {
             let rows = 11;
             let w = weights(dtype, rows, n, &mut rnd);
             let rb = dtype.row_bytes(n).unwrap();
-            for n_tok in [1usize, 3, 4, 9, 16, 21, 40] {
+            for n_tok in [1usize, 3, 4, 9, 16, 21, 40, 70] {
                 let x: Vec<f32> = (0..n * n_tok)
                     .map(|_| (rnd() % 20001) as f32 / 10000.0 - 1.0)
                     .collect();
