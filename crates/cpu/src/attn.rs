@@ -74,6 +74,12 @@ pub(crate) fn attend_group(
 ) {
     #[cfg(target_arch = "x86_64")]
     if hearth_quant::has_avx2() {
+        if qs.len() >= 2 && x86::wide_fits(p) && x86::avx512() {
+            // SAFETY: the CPU has AVX-512 F (and AVX2, FMA); the rows read are checked
+            // against the slices.
+            unsafe { x86::attend_avx512(k, v, p, pages, kh, qs) };
+            return;
+        }
         // SAFETY: the CPU has AVX2 and FMA; every slice is indexed with bounds checks.
         unsafe { attend_avx2(k, v, p, pages, kh, qs) };
         return;
@@ -255,6 +261,296 @@ pub(crate) mod x86 {
         );
         let y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
         _mm256_andnot_ps(tiny, y)
+    }
+
+    /// Whether the AVX-512 build of attention runs: the CPU has AVX-512 F and the integer
+    /// kernels' AVX-512 build is in use (`hearth_quant::x86::vnni`, which `HEARTH_NO_AVX512`
+    /// turns off).
+    pub(crate) fn avx512() -> bool {
+        hearth_quant::x86::vnni()
+    }
+
+    /// Whether [`attend_avx512`] takes these heads: key and value widths in whole 512-bit
+    /// registers, at most 256 wide.
+    pub(crate) fn wide_fits(p: &hearth_core::AttnParams<'_>) -> bool {
+        p.head_dim % 16 == 0 && p.v_dim % 16 == 0 && p.head_dim <= 256 && p.v_dim <= 256
+    }
+
+    /// [`exp8`] on 16 lanes: the same operations, so each lane gets the same bits.
+    #[inline(always)]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        let lo = _mm512_set1_ps(-87.3);
+        let tiny = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lo);
+        let x = _mm512_max_ps(x, lo);
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+        let mut p = _mm512_set1_ps(1.0 / 5040.0);
+        for c in [
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+            _mm512_cvtps_epi32(n),
+            _mm512_set1_epi32(127),
+        ));
+        let y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+        _mm512_maskz_mov_ps(!tiny, y)
+    }
+
+    /// The transpose of 16 rows of 16 floats: lane `c` of result `r` is lane `r` of `v[c]`.
+    #[inline(always)]
+    unsafe fn transpose16(v: &[__m512; 16]) -> [__m512; 16] {
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+        }
+        let pd = |x: __m512| _mm512_castps_pd(x);
+        let mut u = [_mm512_setzero_ps(); 16];
+        for q in 0..4 {
+            let (a, b, c, d) = (t[4 * q], t[4 * q + 1], t[4 * q + 2], t[4 * q + 3]);
+            u[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a), pd(c)));
+            u[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a), pd(c)));
+            u[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(b), pd(d)));
+            u[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(b), pd(d)));
+        }
+        let mut out = [_mm512_setzero_ps(); 16];
+        for k in 0..4 {
+            let x0 = _mm512_shuffle_f32x4::<0b10_00_10_00>(u[k], u[4 + k]);
+            let x1 = _mm512_shuffle_f32x4::<0b11_01_11_01>(u[k], u[4 + k]);
+            let y0 = _mm512_shuffle_f32x4::<0b10_00_10_00>(u[8 + k], u[12 + k]);
+            let y1 = _mm512_shuffle_f32x4::<0b11_01_11_01>(u[8 + k], u[12 + k]);
+            out[k] = _mm512_shuffle_f32x4::<0b10_00_10_00>(x0, y0);
+            out[8 + k] = _mm512_shuffle_f32x4::<0b11_01_11_01>(x0, y0);
+            out[4 + k] = _mm512_shuffle_f32x4::<0b10_00_10_00>(x1, y1);
+            out[12 + k] = _mm512_shuffle_f32x4::<0b11_01_11_01>(x1, y1);
+        }
+        out
+    }
+
+    /// `body::<Avx2>` for a tile of two or more queries, with 512-bit registers and the same
+    /// arithmetic for every query, so each result has the bits `body` gives it:
+    ///
+    /// - Each chunk's keys are transposed once for the tile (`kt[d][i]`: dimension `d` of the
+    ///   chunk's position `i`), so that 16 positions' scores form in the lanes of a register:
+    ///   the eight accumulators `S_k` (`k` < 8) are `Avx2::scores`' eight lanes (an FMA chain
+    ///   over dimensions `8c + k`), added as `((S0 + S1) + (S2 + S3)) + ((S4 + S5) + (S6 +
+    ///   S7))`, as its horizontal sums add them.
+    /// - The softmax update is `update`'s: scaled scores, the chunk maximum (exact in any
+    ///   order), `exp16` (`exp8`'s operations), the weights summed in position order.
+    /// - Values are added as `slab` adds them: per output element one FMA per position, in
+    ///   position order, 16 elements per register.
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    pub(super) unsafe fn attend_avx512(
+        k: &[f32],
+        v: &[f32],
+        p: &hearth_core::AttnParams<'_>,
+        pages: Option<hearth_core::Pages<'_>>,
+        kh: usize,
+        qs: &mut [super::Query<'_>],
+    ) {
+        let (hd, vd) = (p.head_dim, p.v_dim);
+        let (Some(lo_all), Some(hi_all)) =
+            (qs.iter().map(|q| q.lo).min(), qs.iter().map(|q| q.hi).max())
+        else {
+            return;
+        };
+        // every row this tile reads lies within the caches
+        let row_of = |j: usize| pages.map_or(j, |pg| pg.row(j));
+        for j in lo_all..=hi_all {
+            let r = row_of(j);
+            assert!(
+                r * p.k_stride + (kh + 1) * hd <= k.len()
+                    && r * p.v_stride + (kh + 1) * vd <= v.len()
+            );
+        }
+        // keys transposed: kt[d * C + i]
+        let mut kt = vec![0f32; hd * C];
+        // the chunk's weights per query
+        let mut ew = vec![[0f32; C]; qs.len()];
+        let mut seen: Vec<Option<(usize, usize)>> = vec![None; qs.len()];
+        let mut rows = [0usize; C];
+        let (kp, vp) = (k.as_ptr(), v.as_ptr());
+        for c in lo_all / C..=hi_all / C {
+            let c0 = c * C;
+            let (j0, j1) = (lo_all.max(c0), hi_all.min(c0 + C - 1));
+            for j in j0..=j1 {
+                rows[j - c0] = row_of(j);
+            }
+            // transpose the chunk's keys, 16 positions x 16 dimensions at a time (positions
+            // outside j0..=j1 as zeros: their scores are never used)
+            for h in 0..2 {
+                if c0 + 16 * h > j1 || c0 + 16 * h + 15 < j0 {
+                    continue;
+                }
+                for d0 in (0..hd).step_by(16) {
+                    let mut r = [_mm512_setzero_ps(); 16];
+                    for (i, r) in r.iter_mut().enumerate() {
+                        let j = c0 + 16 * h + i;
+                        if (j0..=j1).contains(&j) {
+                            *r = _mm512_loadu_ps(kp.add(rows[j - c0] * p.k_stride + kh * hd + d0));
+                        }
+                    }
+                    let t = transpose16(&r);
+                    for (dd, t) in t.iter().enumerate() {
+                        _mm512_storeu_ps(kt.as_mut_ptr().add((d0 + dd) * C + 16 * h), *t);
+                    }
+                }
+            }
+            // scores and the softmax update, query by query
+            for (qi, q) in qs.iter_mut().enumerate() {
+                let (a, b) = (q.lo.max(c0), q.hi.min(c0 + C - 1));
+                if a > b {
+                    seen[qi] = None;
+                    continue;
+                }
+                let (sa, sb) = (a - c0, b - c0);
+                seen[qi] = Some((sa, sb));
+                let mut sv = [_mm512_set1_ps(f32::NEG_INFINITY); 2];
+                let qp = q.q.as_ptr();
+                for (h, sv) in sv.iter_mut().enumerate() {
+                    if sa >= 16 * (h + 1) || sb < 16 * h {
+                        continue;
+                    }
+                    let mut acc = [_mm512_setzero_ps(); 8];
+                    for cc in 0..hd / 8 {
+                        for (kk, acc) in acc.iter_mut().enumerate() {
+                            let d = 8 * cc + kk;
+                            *acc = _mm512_fmadd_ps(
+                                _mm512_set1_ps(*qp.add(d)),
+                                _mm512_loadu_ps(kt.as_ptr().add(d * C + 16 * h)),
+                                *acc,
+                            );
+                        }
+                    }
+                    let s = _mm512_add_ps(
+                        _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])),
+                        _mm512_add_ps(_mm512_add_ps(acc[4], acc[5]), _mm512_add_ps(acc[6], acc[7])),
+                    );
+                    // lanes sa..=sb of this half
+                    let lo = sa.saturating_sub(16 * h).min(16);
+                    let hi = (sb + 1 - 16 * h).min(16);
+                    let m: u16 = (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16;
+                    *sv = _mm512_mask_mov_ps(*sv, m, _mm512_mul_ps(s, _mm512_set1_ps(p.scale)));
+                }
+                let cmax = _mm512_reduce_max_ps(_mm512_max_ps(sv[0], sv[1]));
+                if cmax > q.m {
+                    let corr = _mm512_cvtss_f32(exp16(_mm512_set1_ps(q.m - cmax)));
+                    q.l *= corr;
+                    let cv = _mm512_set1_ps(corr);
+                    for d in (0..vd).step_by(16) {
+                        let op = q.o.as_mut_ptr().add(d);
+                        _mm512_storeu_ps(op, _mm512_mul_ps(_mm512_loadu_ps(op), cv));
+                    }
+                    q.m = cmax;
+                }
+                let mv = _mm512_set1_ps(q.m);
+                let e = &mut ew[qi];
+                for (h, sv) in sv.iter().enumerate() {
+                    _mm512_storeu_ps(e.as_mut_ptr().add(16 * h), exp16(_mm512_sub_ps(*sv, mv)));
+                }
+                q.l += e[sa..=sb].iter().sum::<f32>();
+            }
+            // values: queries two at a time where they see the same positions
+            let mut qi = 0;
+            while qi < qs.len() {
+                let Some((sa, sb)) = seen[qi] else {
+                    qi += 1;
+                    continue;
+                };
+                let pair = qi + 1 < qs.len() && seen[qi + 1] == Some((sa, sb));
+                let voff = |i: usize| rows[i] * p.v_stride + kh * vd;
+                if pair {
+                    let (x, y) = qs.split_at_mut(qi + 1);
+                    let o = [x[qi].o.as_mut_ptr(), y[0].o.as_mut_ptr()];
+                    let e = [&ew[qi][sa..=sb], &ew[qi + 1][sa..=sb]];
+                    values_wide::<2>(o, e, |i| vp.add(voff(sa + i)), vd);
+                    qi += 2;
+                } else {
+                    let o = [qs[qi].o.as_mut_ptr()];
+                    values_wide::<1>(o, [&ew[qi][sa..=sb]], |i| vp.add(voff(sa + i)), vd);
+                    qi += 1;
+                }
+            }
+        }
+        for q in qs.iter_mut() {
+            let inv = 1.0 / q.l;
+            Avx2::scale(q.o, inv);
+        }
+    }
+
+    /// `Q` outputs (`vd` floats each at `o[q]`) plus `e[q][i]` times the value row at
+    /// `row(i)`, position by position, in slabs of up to 8 registers (one FMA per element and
+    /// position, as `slab`).
+    #[inline(always)]
+    unsafe fn values_wide<const Q: usize>(
+        o: [*mut f32; Q],
+        e: [&[f32]; Q],
+        row: impl Fn(usize) -> *const f32,
+        vd: usize,
+    ) {
+        let n = e[0].len();
+        let mut d0 = 0;
+        while d0 < vd {
+            let w = ((vd - d0) / 16).min(8);
+            macro_rules! slab {
+                ($w:literal) => {{
+                    let mut acc = [[_mm512_setzero_ps(); $w]; Q];
+                    for q in 0..Q {
+                        for k in 0..$w {
+                            acc[q][k] = _mm512_loadu_ps(o[q].add(d0 + 16 * k));
+                        }
+                    }
+                    for i in 0..n {
+                        let vr = row(i).add(d0);
+                        let mut ev = [_mm512_setzero_ps(); Q];
+                        for q in 0..Q {
+                            ev[q] = _mm512_set1_ps(e[q][i]);
+                        }
+                        for k in 0..$w {
+                            let x = _mm512_loadu_ps(vr.add(16 * k));
+                            for q in 0..Q {
+                                acc[q][k] = _mm512_fmadd_ps(ev[q], x, acc[q][k]);
+                            }
+                        }
+                    }
+                    for q in 0..Q {
+                        for k in 0..$w {
+                            _mm512_storeu_ps(o[q].add(d0 + 16 * k), acc[q][k]);
+                        }
+                    }
+                }};
+            }
+            match w {
+                8 => slab!(8),
+                4..=7 => {
+                    slab!(4);
+                    d0 += 64;
+                    continue;
+                }
+                2 | 3 => {
+                    slab!(2);
+                    d0 += 32;
+                    continue;
+                }
+                _ => {
+                    slab!(1);
+                    d0 += 16;
+                    continue;
+                }
+            }
+            d0 += 128;
+        }
     }
 
     impl Ops for Avx2 {
@@ -495,6 +791,93 @@ pub(crate) mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use super::{Query, attend_group};
+    use hearth_core::{AttnParams, Pages};
+
+    fn lcg(mut seed: u64) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+    }
+
+    /// Queries attended together (a tile: the AVX-512 path where the CPU has it) get the bits
+    /// each gets alone (the AVX2 path), over a paged cache, with causal ranges, a sliding
+    /// window and sinks, for head widths of 64, 128 and an odd 24.
+    #[test]
+    fn a_query_in_a_tile_gets_the_bits_it_gets_alone() {
+        let mut rnd = lcg(11);
+        for (hd, vd, window, sinks) in [
+            (64usize, 64usize, None, false),
+            (128, 128, Some(37usize), false),
+            (64, 128, None, true),
+            (24, 24, None, false),
+        ] {
+            let (n_kv, n_head, n_pos) = (2usize, 6usize, 150usize);
+            let ps = 16;
+            let pages_n = n_pos.div_ceil(ps);
+            // pages handed out in reverse
+            let table: Vec<u32> = (0..pages_n as u32).rev().collect();
+            let rows = pages_n * ps;
+            let k: Vec<f32> = (0..rows * n_kv * hd).map(|_| rnd()).collect();
+            let v: Vec<f32> = (0..rows * n_kv * vd).map(|_| rnd()).collect();
+            let sink: Vec<f32> = (0..n_head).map(|_| rnd()).collect();
+            let mut p = AttnParams::gqa(n_head, n_kv, hd, 1.0 / (hd as f32).sqrt());
+            p.v_dim = vd;
+            p.v_stride = n_kv * vd;
+            p.window = window;
+            if sinks {
+                p.sinks = Some(&sink);
+            }
+            let pages = Some(Pages {
+                table: &table,
+                page_size: ps,
+            });
+            // a tile: 8 tokens ending at 3 different positions, 3 heads each
+            for &last in &[7usize, 70, 149] {
+                let toks: Vec<usize> = (last.saturating_sub(7)..=last).collect();
+                let qv: Vec<Vec<f32>> = (0..toks.len() * 3)
+                    .map(|_| (0..hd).map(|_| rnd() * 2.0).collect())
+                    .collect();
+                let run = |idx: &[usize]| -> Vec<Vec<f32>> {
+                    let mut outs: Vec<Vec<f32>> = idx.iter().map(|_| vec![0f32; vd]).collect();
+                    let mut qs: Vec<Query> = idx
+                        .iter()
+                        .zip(outs.iter_mut())
+                        .map(|(&i, o)| {
+                            let pos = toks[i / 3];
+                            let (m, l) = match p.sinks {
+                                Some(s) => (s[i % 3], 1f32),
+                                None => (f32::NEG_INFINITY, 0f32),
+                            };
+                            Query {
+                                q: &qv[i],
+                                lo: p.window.map_or(0, |w| (pos + 1).saturating_sub(w)),
+                                hi: pos,
+                                m,
+                                l,
+                                o,
+                            }
+                        })
+                        .collect();
+                    attend_group(&k, &v, &p, pages, 1, &mut qs);
+                    drop(qs);
+                    outs
+                };
+                let all: Vec<usize> = (0..qv.len()).collect();
+                let tile = run(&all);
+                for i in 0..qv.len() {
+                    let alone = run(&[i]);
+                    let a: Vec<u32> = alone[0].iter().map(|x| x.to_bits()).collect();
+                    let b: Vec<u32> = tile[i].iter().map(|x| x.to_bits()).collect();
+                    assert_eq!(a, b, "hd {hd} vd {vd} window {window:?} last {last} query {i}");
+                }
+            }
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn exp8_is_close_to_libm() {
