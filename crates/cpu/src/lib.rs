@@ -177,6 +177,9 @@ impl RowJob<'_> {
             }
             return rows_q16(dtype, bytes, rb, rows, acts, n_tok, put);
         }
+        if dtype == DType::F32 && n_tok > 1 {
+            return hearth_quant::rows_f32(bytes, rb, rows, self.x, n_tok, put);
+        }
         let mut put = put;
         for r in rows {
             let row = &bytes[r * rb..(r + 1) * rb];
@@ -750,8 +753,10 @@ mod tests {
             DType::Q4_K,
             DType::Q6_K,
             DType::F16,
+            DType::F32,
         ] {
-            let (n_out, n_in, n_tok) = (37, 512, 7);
+            // F32 with a row length that leaves a piece of 256 and a tail of 4
+            let (n_out, n_in, n_tok) = (37, if dt == DType::F32 { 524 } else { 512 }, 7);
             let nbytes = dt.row_bytes(n_in).unwrap() * n_out;
             // random bytes, with every f16 scale made finite by clearing its exponent's top bit
             let bytes: Vec<u8> = (0..nbytes)

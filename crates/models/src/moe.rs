@@ -182,6 +182,26 @@ fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
     }
 }
 
+/// A MoE layer's working buffers, kept per thread between calls.
+#[derive(Default)]
+struct MoeBufs {
+    logits: Vec<f32>,
+    xs: Vec<f32>,
+    gbuf: Vec<f32>,
+    ubuf: Vec<f32>,
+    ybuf: Vec<f32>,
+}
+
+thread_local! {
+    static MOE_BUFS: std::cell::Cell<MoeBufs> = std::cell::Cell::new(MoeBufs::default());
+}
+
+/// `v` as `n` zeros, reusing its allocation.
+fn sized(v: &mut Vec<f32>, n: usize) {
+    v.clear();
+    v.resize(n, 0.0);
+}
+
 impl Moe {
     /// `out[n, n_embd] = Σ_chosen w · expert(x) (+ shared expert)` for the `n` rows of `x`.
     pub fn forward(
@@ -194,9 +214,19 @@ impl Moe {
     ) -> Result<()> {
         let e = x.len() / n;
         let ne = cfg.n_expert;
-        let mut logits = vec![0f32; n * ne];
-        be.matmul(&self.router, x, n, &mut logits)?;
-        add_bias(&mut logits, self.router_b.as_deref());
+        // buffers reused from call to call (a prompt's layers need tens of MB; fresh ones
+        // would be faulted in and zeroed by the kernel every layer)
+        let mut bufs = MOE_BUFS.with(|b| b.take());
+        let MoeBufs {
+            logits,
+            xs,
+            gbuf,
+            ubuf,
+            ybuf,
+        } = &mut bufs;
+        sized(logits, n * ne);
+        be.matmul(&self.router, x, n, logits)?;
+        add_bias(logits, self.router_b.as_deref());
         // which (token, weight) pairs each expert serves
         let mut per_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); ne];
         let (mut ids, mut w) = (Vec::new(), Vec::new());
@@ -218,7 +248,8 @@ impl Moe {
         let hit: Vec<usize> = (0..ne).filter(|&i| !per_expert[i].is_empty()).collect();
         let ms: Vec<usize> = hit.iter().map(|&i| per_expert[i].len()).collect();
         let ff = self.experts.first().map_or(0, |x| x.gate.shape[0]);
-        let mut xs = Vec::with_capacity(ms.iter().sum::<usize>() * e);
+        xs.clear();
+        xs.reserve(ms.iter().sum::<usize>() * e);
         for &i in &hit {
             for &(t, _) in &per_expert[i] {
                 xs.extend_from_slice(&x[t * e..(t + 1) * e]);
@@ -230,13 +261,14 @@ impl Moe {
             lens.push(n * sff);
         }
         let total: usize = lens.iter().sum();
-        let (mut gbuf, mut ubuf) = (vec![0f32; total], vec![0f32; total]);
+        sized(gbuf, total);
+        sized(ubuf, total);
         let mut sgate = vec![0f32; n];
         {
-            let gs = split_lens(&mut gbuf, &lens);
-            let us = split_lens(&mut ubuf, &lens);
+            let gs = split_lens(gbuf, &lens);
+            let us = split_lens(ubuf, &lens);
             let mut jobs = Vec::with_capacity(2 * hit.len());
-            let xins = split_lens_ref(&xs, &ms.iter().map(|m| m * e).collect::<Vec<_>>());
+            let xins = split_lens_ref(xs, &ms.iter().map(|m| m * e).collect::<Vec<_>>());
             for ((((&k, g), u), &m), xin) in hit.iter().zip(gs).zip(us).zip(&ms).zip(xins) {
                 let ex = &self.experts[k];
                 jobs.push(MatJob {
@@ -305,9 +337,9 @@ impl Moe {
         if self.shared.is_some() {
             olens.push(n * e);
         }
-        let mut ybuf = vec![0f32; olens.iter().sum()];
+        sized(ybuf, olens.iter().sum());
         {
-            let ys = split_lens(&mut ybuf, &olens);
+            let ys = split_lens(ybuf, &olens);
             let mut jobs = Vec::with_capacity(olens.len());
             let mut off = 0;
             let downs = hit
@@ -354,6 +386,7 @@ impl Moe {
                 }
             }
         }
+        MOE_BUFS.with(|b| b.set(bufs));
         Ok(())
     }
 

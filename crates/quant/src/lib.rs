@@ -426,6 +426,33 @@ pub fn rows_q16_packed(
     }
 }
 
+/// Rows `rows` of an F32 matrix (`rb` bytes per row in `bytes`) dotted with each of the
+/// `n_tok` rows of `x` (`[n_tok, n]`), `put` receiving every value: bit for bit what
+/// [`dot_row`] gives each (row, token), computed 3 rows x 4 tokens at a time.
+pub fn rows_f32(
+    bytes: &[u8],
+    rb: usize,
+    rows: std::ops::Range<usize>,
+    x: &[f32],
+    n_tok: usize,
+    mut put: impl Sink,
+) {
+    let n = rb / 4;
+    assert!(rows.end * rb <= bytes.len() && x.len() >= n_tok * n);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2; rows and activation rows are in bounds (checked above).
+        unsafe { x86::avx2::rows_f32(bytes, rb, rows, x, n_tok, &mut put) };
+        return;
+    }
+    for r in rows {
+        let row = &bytes[r * rb..(r + 1) * rb];
+        for t in 0..n_tok {
+            put.put(t, r, dot_row(DType::F32, row, &x[t * n..(t + 1) * n]));
+        }
+    }
+}
+
 /// Scalar reference dot product of a row of `dtype` (bytes `src`) with `x` (f32): decodes one
 /// block at a time into a stack buffer (never a whole row or tensor), then an f32 dot.
 pub fn dot_row_scalar(dtype: DType, src: &[u8], x: &[f32]) -> f32 {

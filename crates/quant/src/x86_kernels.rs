@@ -1857,6 +1857,80 @@ fast! {
     }
 }
 
+fast! {
+    /// F32 rows against f32 activation rows (`crate::rows_f32`): per (row, token) the
+    /// arithmetic of the generic path (`dot_blocks_impl` over `F32` blocks): pieces of 256,
+    /// each an 8-lane sum of products (multiply, then add) reduced as
+    /// `(((l0 + l4) + (l1 + l5)) + (l2 + l6)) + (l3 + l7)` with the tail added after, and the
+    /// pieces added in order.
+    pub unsafe fn rows_f32(
+        bytes: &[u8],
+        rb: usize,
+        rows: std::ops::Range<usize>,
+        x: &[f32],
+        n_tok: usize,
+        put: &mut impl crate::Sink,
+    ) {
+        const R: usize = 3;
+        const T: usize = 4;
+        let n = rb / 4;
+        let wrow = |r: usize| bytes.as_ptr().add(r * rb) as *const f32;
+        let xrow = |t: usize| x.as_ptr().add(t * n);
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            let nr = (rows.end - r0).min(R);
+            let mut t0 = 0;
+            while t0 < n_tok {
+                let nt = (n_tok - t0).min(T);
+                let mut tot = [[0f32; T]; R];
+                let mut p0 = 0;
+                while p0 < n {
+                    let len = (n - p0).min(crate::MAX_BLOCK);
+                    let n8 = len / 8 * 8;
+                    let mut v = [[_mm256_setzero_ps(); T]; R];
+                    let mut c = 0;
+                    while c < n8 {
+                        let mut xv = [_mm256_setzero_ps(); T];
+                        for (t, xv) in xv.iter_mut().enumerate().take(nt) {
+                            *xv = _mm256_loadu_ps(xrow(t0 + t).add(p0 + c));
+                        }
+                        for (r, vr) in v.iter_mut().enumerate().take(nr) {
+                            let wv = _mm256_loadu_ps(wrow(r0 + r).add(p0 + c));
+                            for t in 0..nt {
+                                vr[t] = _mm256_add_ps(vr[t], _mm256_mul_ps(wv, xv[t]));
+                            }
+                        }
+                        c += 8;
+                    }
+                    for r in 0..nr {
+                        for t in 0..nt {
+                            let q = _mm_add_ps(
+                                _mm256_castps256_ps128(v[r][t]),
+                                _mm256_extractf128_ps(v[r][t], 1),
+                            );
+                            let mut l = [0f32; 4];
+                            _mm_storeu_ps(l.as_mut_ptr(), q);
+                            let mut s = ((l[0] + l[1]) + l[2]) + l[3];
+                            for e in n8..len {
+                                s += *wrow(r0 + r).add(p0 + e) * *xrow(t0 + t).add(p0 + e);
+                            }
+                            tot[r][t] += s;
+                        }
+                    }
+                    p0 += len;
+                }
+                for r in 0..nr {
+                    for t in 0..nt {
+                        put.put(t0 + t, r0 + r, tot[r][t]);
+                    }
+                }
+                t0 += nt;
+            }
+            r0 += nr;
+        }
+    }
+}
+
 /// `acc + madd(a, b)`: i16 pairs multiplied and added into i32 lanes, in one instruction
 /// (`vpdpwssd`) with VNNI. Exact either way (no pair sum here reaches the i32 range).
 #[inline(always)]
