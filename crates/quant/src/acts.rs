@@ -572,6 +572,33 @@ pub fn dot_q16_scalar(dtype: DType, src: &[u8], x: ActsRow) -> f32 {
     acc
 }
 
+/// The 8-bit form of `x`: per block of 256, `q = round(x / d)` with `d = max|x| / 127`, and
+/// the sums of `q` per 16 (with AVX2 where the CPU has it; the same values either way).
+fn q8_blocks(x: &[f32], q: &mut [i8], d: &mut [f32], bs: &mut [i16]) {
+    let nb = x.len() / QK8;
+    assert!(q.len() >= nb * QK8 && d.len() >= nb && bs.len() >= 16 * nb);
+    #[cfg(target_arch = "x86_64")]
+    if crate::has_avx2() {
+        // SAFETY: the CPU has AVX2; the buffers hold `nb` blocks (checked above).
+        return unsafe { crate::x86::q8_blocks(x, q, d, bs) };
+    }
+    q8_blocks_impl(x, q, d, bs)
+}
+
+/// [`q8_blocks`], portable.
+fn q8_blocks_impl(x: &[f32], q: &mut [i8], d: &mut [f32], bs: &mut [i16]) {
+    for (b, (xs, qs)) in x.chunks_exact(QK8).zip(q.chunks_exact_mut(QK8)).enumerate() {
+        let (db, id) = block_scale(xs, 127.0);
+        for (q, &v) in qs.iter_mut().zip(xs) {
+            *q = round_even(v * id).clamp(-127.0, 127.0) as i8;
+        }
+        d[b] = db;
+        for (g, sum) in qs.chunks_exact(16).zip(&mut bs[b * 16..(b + 1) * 16]) {
+            *sum = g.iter().map(|&q| q as i16).sum();
+        }
+    }
+}
+
 /// The 16-bit form of `x`: per block of 32, `q = round(x / d)` with `d = max|x| / 32767`,
 /// the block's sum of `x`, and the sums of `q` per 16 (with AVX2 where the CPU has it; the
 /// same values either way).
@@ -707,16 +734,14 @@ impl<'a> Part<'a> {
         if !self.q.is_empty() {
             q16_blocks(x, self.q, self.d, self.sum, self.s16);
             if !self.qt.is_empty() {
+                // pair j of a block is the 32-bit word j of its 16-bit values (little-endian)
+                let q = &*self.q;
+                regroup_words(self.rows, gw, nb, 16, self.qt, |t, b| {
+                    q[t * n + b * QK..t * n + (b + 1) * QK].as_ptr() as *const i32
+                });
                 for t in 0..self.rows {
                     let (g, l) = (t / gw, t % gw);
-                    let q = &self.q[t * n..(t + 1) * n];
                     for b in 0..nb {
-                        let base = (g * nb + b) * 16 * gw + l;
-                        for j in 0..16 {
-                            let (lo, hi) = (q[b * QK + 2 * j], q[b * QK + 2 * j + 1]);
-                            self.qt[base + gw * j] =
-                                (lo as u16 as u32 | (hi as u16 as u32) << 16) as i32;
-                        }
                         self.dt[(g * nb + b) * gw + l] = self.d[t * nb + b];
                         self.st[(g * nb + b) * gw + l] = self.sum[t * nb + b];
                         for h in 0..2 {
@@ -728,32 +753,16 @@ impl<'a> Part<'a> {
             }
         }
         if !self.q8.is_empty() {
-            // the 8-bit form: per block of 256, `q = round(x / d)` with `d = max|x| / 127`
-            for (b, (xs, qs)) in x
-                .chunks_exact(QK8)
-                .zip(self.q8.chunks_exact_mut(QK8))
-                .enumerate()
-            {
-                let (d, id) = block_scale(xs, 127.0);
-                for (q, &v) in qs.iter_mut().zip(xs) {
-                    *q = round_even(v * id).clamp(-127.0, 127.0) as i8;
-                }
-                self.d8[b] = d;
-                for (g, sum) in qs.chunks_exact(16).zip(&mut self.bs8[b * 16..(b + 1) * 16]) {
-                    *sum = g.iter().map(|&q| q as i16).sum();
-                }
-            }
+            q8_blocks(x, self.q8, self.d8, self.bs8);
             if !self.q8t.is_empty() {
+                // word k of a block is its values 4k..4k + 4 (little-endian)
+                let q8 = &*self.q8;
+                regroup_words(self.rows, gw, nb8, 64, self.q8t, |t, b| {
+                    q8[t * n + b * QK8..t * n + (b + 1) * QK8].as_ptr() as *const i32
+                });
                 for t in 0..self.rows {
                     let (g, l) = (t / gw, t % gw);
                     for b in 0..nb8 {
-                        let q = &self.q8[t * n + b * QK8..t * n + (b + 1) * QK8];
-                        let base = (g * nb8 + b) * 64 * gw + l;
-                        for (k, w) in q.chunks_exact(4).enumerate() {
-                            self.q8t[base + gw * k] = i32::from_le_bytes([
-                                w[0] as u8, w[1] as u8, w[2] as u8, w[3] as u8,
-                            ]);
-                        }
                         self.d8t[(g * nb8 + b) * gw + l] = self.d8[t * nb8 + b];
                         let bs = &self.bs8[(t * nb8 + b) * 16..(t * nb8 + b + 1) * 16];
                         for j in 0..8 {
@@ -762,6 +771,68 @@ impl<'a> Part<'a> {
                                 as i32;
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Regroup `rows` rows of `nb` blocks of `nw` 32-bit words each (`word(t, b)`: row `t`'s
+/// block `b`, readable for `nw` words) into `dst`, laid out `[rows / gw, nb, nw, gw]`: word
+/// `k` of block `b` of row `g * gw + l` at `((g * nb + b) * nw + k) * gw + l`, the rows past
+/// `rows` in the last group zero. `gw` is 8 or 16, `nw` a multiple of 16.
+fn regroup_words(
+    rows: usize,
+    gw: usize,
+    nb: usize,
+    nw: usize,
+    dst: &mut [i32],
+    word: impl Fn(usize, usize) -> *const i32,
+) {
+    let groups = rows.div_ceil(gw);
+    assert!(dst.len() >= groups * nb * nw * gw && nw % 16 == 0 && (gw == 8 || gw == 16));
+    for g in 0..groups {
+        for b in 0..nb {
+            let out = &mut dst[(g * nb + b) * nw * gw..(g * nb + b + 1) * nw * gw];
+            let src = |l: usize| {
+                let t = g * gw + l;
+                if t < rows { word(t, b) } else { std::ptr::null() }
+            };
+            #[cfg(target_arch = "x86_64")]
+            if gw == 16 && crate::has_avx2() && crate::x86::vnni() {
+                for c in (0..nw).step_by(16) {
+                    let s: [*const i32; 16] = std::array::from_fn(|l| {
+                        let p = src(l);
+                        if p.is_null() { p } else { p.wrapping_add(c) }
+                    });
+                    // SAFETY: AVX-512 is there (vnni); each non-null row holds nw words from
+                    // `c`, and `out` holds the 16 x 16 words written at `16 c`.
+                    unsafe { crate::x86::avx512::transpose_words16(s, out[16 * c..].as_mut_ptr()) };
+                }
+                continue;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if gw == 8 && crate::has_avx2() {
+                for c in (0..nw).step_by(8) {
+                    let s: [*const i32; 8] = std::array::from_fn(|l| {
+                        let p = src(l);
+                        if p.is_null() { p } else { p.wrapping_add(c) }
+                    });
+                    // SAFETY: the CPU has AVX2; as above for 8 x 8 words at `8 c`.
+                    unsafe { crate::x86::transpose_words8(s, out[8 * c..].as_mut_ptr()) };
+                }
+                continue;
+            }
+            for l in 0..gw {
+                let p = src(l);
+                for k in 0..nw {
+                    // SAFETY: a non-null row holds nw words (of 16- or 8-bit values, so
+                    // read unaligned).
+                    out[k * gw + l] = if p.is_null() {
+                        0
+                    } else {
+                        unsafe { p.add(k).read_unaligned() }
+                    };
                 }
             }
         }
@@ -803,5 +874,13 @@ mod tests {
             )
         };
         assert_eq!(run(&super::q16_blocks), run(&super::q16_blocks_impl));
+        // the 8-bit form, per block of 256
+        let x8 = &x[..256 * 5];
+        let run8 = |f: &dyn Fn(&[f32], &mut [i8], &mut [f32], &mut [i16])| {
+            let (mut q, mut d, mut h) = (vec![0i8; x8.len()], vec![0f32; 5], vec![0i16; 80]);
+            f(x8, &mut q, &mut d, &mut h);
+            (q, d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), h)
+        };
+        assert_eq!(run8(&super::q8_blocks), run8(&super::q8_blocks_impl));
     }
 }

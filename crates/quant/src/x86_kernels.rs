@@ -1814,6 +1814,81 @@ pub unsafe fn q16_blocks(
     }
 }
 
+/// `acts::q8_blocks`: per block of 256, the maximum of |x| (exact in any order), `d = max / 127`,
+/// `q = round(x / d)` to nearest-even by `vroundps` (what `round_even` computes for these
+/// values) clamped to ±127, and the sums of `q` per 16. The buffers must hold `x.len() / 256`
+/// blocks.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn q8_blocks(x: &[f32], q: &mut [i8], d: &mut [f32], bs: &mut [i16]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let (lo, hi) = (_mm256_set1_epi32(-127), _mm256_set1_epi32(127));
+    for b in 0..x.len() / 256 {
+        let xp = x.as_ptr().add(b * 256);
+        let mut m = _mm256_setzero_ps();
+        for c in 0..32 {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xp.add(8 * c))));
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+        let db = amax / 127.0;
+        let id = _mm256_set1_ps(if db > 0.0 { 1.0 / db } else { 0.0 });
+        d[b] = db;
+        for g in 0..16 {
+            let r = lanes_of::<__m256i, 2>(|h| {
+                let v = _mm256_loadu_ps(xp.add(16 * g + 8 * h));
+                let r = _mm256_cvtps_epi32(_mm256_round_ps(
+                    _mm256_mul_ps(v, id),
+                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+                ));
+                _mm256_min_epi32(_mm256_max_epi32(r, lo), hi)
+            });
+            // packs works per 128-bit half: [a0-3, c0-3, a4-7, c4-7] -> element order
+            let p16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(r[0], r[1]), 0b11_01_10_00);
+            let p8 = _mm_packs_epi16(_mm256_castsi256_si128(p16), _mm256_extracti128_si256(p16, 1));
+            _mm_storeu_si128(q.as_mut_ptr().add(b * 256 + 16 * g) as *mut __m128i, p8);
+            bs[b * 16 + g] = hsum_i32(_mm256_add_epi32(r[0], r[1])) as i16;
+        }
+    }
+}
+
+/// `dst[k * G + l] = src[l][k]` for `k, l < G` (`G` = 8): 8 rows of 8 words transposed, for
+/// the regrouped activations (`acts.rs`); a null row reads as zeros.
+#[target_feature(enable = "avx2")]
+pub unsafe fn transpose_words8(src: [*const i32; 8], dst: *mut i32) {
+    let ld = |p: *const i32| {
+        if p.is_null() {
+            _mm256_setzero_si256()
+        } else {
+            _mm256_loadu_si256(p as *const __m256i)
+        }
+    };
+    let v: [__m256; 8] = lanes_of(|l| _mm256_castsi256_ps(ld(src[l])));
+    // 32-bit then 64-bit interleaves, then the 128-bit halves
+    let t: [__m256; 8] = lanes_of(|i| {
+        let (a, b) = (v[2 * (i / 2)], v[2 * (i / 2) + 1]);
+        if i % 2 == 0 { _mm256_unpacklo_ps(a, b) } else { _mm256_unpackhi_ps(a, b) }
+    });
+    let pd = |x: __m256| _mm256_castps_pd(x);
+    let u: [__m256; 8] = lanes_of(|i| {
+        let q = i / 4;
+        let (a, b, c, dd) = (t[4 * q], t[4 * q + 1], t[4 * q + 2], t[4 * q + 3]);
+        _mm256_castpd_ps(match i % 4 {
+            0 => _mm256_unpacklo_pd(pd(a), pd(c)),
+            1 => _mm256_unpackhi_pd(pd(a), pd(c)),
+            2 => _mm256_unpacklo_pd(pd(b), pd(dd)),
+            _ => _mm256_unpackhi_pd(pd(b), pd(dd)),
+        })
+    });
+    // u[k] (k < 4): rows 0-3 of words k and 4 + k; u[4 + k]: rows 4-7 of the same
+    for k in 0..4 {
+        let w0 = _mm256_permute2f128_ps(u[k], u[4 + k], 0x20);
+        let w1 = _mm256_permute2f128_ps(u[k], u[4 + k], 0x31);
+        _mm256_storeu_ps(dst.add(8 * k) as *mut f32, w0);
+        _mm256_storeu_ps(dst.add(8 * (4 + k)) as *mut f32, w1);
+    }
+}
+
 fast! {
     /// Integer-kernel dot of a row with `N` quantized activation rows (`dot_q16_impl`).
     pub unsafe fn dot_q16<const N: usize>(

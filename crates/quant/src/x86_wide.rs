@@ -612,3 +612,20 @@ unsafe fn rows_wide(
     }
     true
 }
+
+fast! {
+    /// `dst[k * 16 + l] = src[l][k]` for `k, l < 16`: 16 rows of 16 words transposed, for the
+    /// regrouped activations (`acts.rs`); a null row reads as zeros.
+    pub unsafe fn transpose_words16(src: [*const i32; 16], dst: *mut i32) {
+        let mut v = [_mm512_setzero_ps(); 16];
+        for (l, v) in v.iter_mut().enumerate() {
+            if !src[l].is_null() {
+                *v = _mm512_castsi512_ps(_mm512_loadu_si512(src[l] as *const _));
+            }
+        }
+        let t = transpose16(&v);
+        for (k, t) in t.iter().enumerate() {
+            _mm512_storeu_ps(dst.add(16 * k) as *mut f32, *t);
+        }
+    }
+}
