@@ -88,6 +88,7 @@ pub fn run(model: &Model, name: &str, o: &BenchOpts) -> Result<()> {
             speeds.push(o.n_prompt as f64 / t0.elapsed().as_secs_f64());
         }
         let (m, sd) = mean_sd(&speeds);
+        hearth_cpu::prof_dump();
         println!(
             "| {name} | {} | pp{} | {m:.2} ± {sd:.2} |",
             o.threads, o.n_prompt

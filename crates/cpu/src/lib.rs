@@ -24,6 +24,8 @@ pub struct Cpu {
     pool: pool::Pool,
     /// Reused buffer for activations quantized to 16 bits (integer kernels).
     acts: std::sync::Mutex<QuantizedActs>,
+    /// `matmul_many`'s quantized activations, one per distinct input, kept between calls.
+    acts_many: std::sync::Mutex<Vec<QuantizedActs>>,
     /// Bytes of packed weight copies still allowed ([`Backend::prepare`]).
     pack_budget: std::sync::atomic::AtomicUsize,
 }
@@ -64,6 +66,7 @@ impl Cpu {
         Ok(Cpu {
             pool,
             acts: Default::default(),
+            acts_many: Default::default(),
             pack_budget: pack_budget().into(),
         })
     }
@@ -317,6 +320,7 @@ impl Backend for Cpu {
     }
 
     fn matmul(&self, w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) -> Result<()> {
+        let _t = Prof::new(w.dtype as usize);
         check_job(w, x, n_tok, out)?;
         let n_out = w.n_rows();
         let optr = SendPtr(out.as_mut_ptr());
@@ -340,6 +344,7 @@ impl Backend for Cpu {
     }
 
     fn matmul_many(&self, jobs: &mut [MatJob<'_>]) -> Result<()> {
+        let _t = Prof::new(jobs.first().map_or(0, |j| j.w.dtype as usize) + 100);
         for j in jobs.iter() {
             check_job(j.w, j.x, j.n_tok, j.out)?;
         }
@@ -368,8 +373,17 @@ impl Backend for Cpu {
             forms[i].1 |= k8;
             which.push(Some(i));
         }
-        let mut acts: Vec<std::sync::Mutex<QuantizedActs>> =
-            (0..keys.len()).map(|_| Default::default()).collect();
+        // the quantized forms' buffers are kept between calls (a MoE layer quantizes dozens of
+        // matrices): no allocation, page faults or zeroing per call
+        let mut kept = std::mem::take(&mut *self.acts_many.lock().unwrap_or_else(|e| e.into_inner()));
+        if kept.len() < keys.len() {
+            kept.resize_with(keys.len(), Default::default);
+        }
+        let mut acts: Vec<std::sync::Mutex<QuantizedActs>> = kept
+            .iter_mut()
+            .take(keys.len())
+            .map(|a| std::sync::Mutex::new(std::mem::take(a)))
+            .collect();
         {
             let first: Vec<usize> = (0..keys.len())
                 .map(|i| which.iter().position(|w| *w == Some(i)).unwrap_or(0))
@@ -400,7 +414,7 @@ impl Backend for Cpu {
                 (0..first.len()).for_each(|i| quantize(i, false));
             }
         }
-        let acts: Vec<QuantizedActs> = acts
+        let mut acts: Vec<QuantizedActs> = acts
             .iter_mut()
             .map(|m| std::mem::take(m.get_mut().unwrap_or_else(|e| e.into_inner())))
             .collect();
@@ -430,6 +444,10 @@ impl Backend for Cpu {
                 g = start[k] + r1;
             }
         });
+        for (k, a) in kept.iter_mut().zip(acts.iter_mut()) {
+            *k = std::mem::take(a);
+        }
+        *self.acts_many.lock().unwrap_or_else(|e| e.into_inner()) = kept;
         Ok(())
     }
 
@@ -516,6 +534,7 @@ impl Backend for Cpu {
     }
 
     fn attention_many(&self, k: &[f32], v: &[f32], p: &AttnParams<'_>, jobs: &mut [AttnJob<'_>]) {
+        let _t = Prof::new(250);
         let (nh, vd) = (p.n_head, p.v_dim);
         let g = nh / p.n_kv_head.max(1);
         let threads = self.pool.threads();
@@ -794,3 +813,11 @@ mod tests {
         }
     }
 }
+
+/// prof
+pub static PROF: [std::sync::atomic::AtomicU64; 256] = [const { std::sync::atomic::AtomicU64::new(0) }; 256];
+struct Prof(usize, std::time::Instant);
+impl Prof { fn new(k: usize) -> Prof { Prof(k, std::time::Instant::now()) } }
+impl Drop for Prof { fn drop(&mut self) { PROF[self.0].fetch_add(self.1.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed); } }
+/// prof
+pub fn prof_dump() { for (i, v) in PROF.iter().enumerate() { let v = v.load(std::sync::atomic::Ordering::Relaxed); if v > 0 { eprintln!("prof {i}: {:.1} ms", v as f64 / 1e6); } } }

@@ -169,11 +169,24 @@ unsafe fn step_wide<const T: u8, const R: usize, const NG: usize>(
 ) {
     let na = a.n / QK;
     let (qt, dt, st, s16t) = (a.qt.as_ptr(), a.dt.as_ptr(), a.st.as_ptr(), a.s16t.as_ptr());
-    // two chains per (row, group), for twice the independent sums in flight: the halves of
-    // 16 where the type keeps them apart, else even and odd pairs (added exactly below)
+    // two chains per (row, group) where there are few groups, for enough independent sums
+    // in flight: the halves of 16 where the type keeps them apart, else even and odd pairs
+    // (added exactly below); one chain over the 16 pairs with 3 or 4 groups
+    let two = wide_halves(T) || NG <= 2;
     let mut is = [[[_mm512_setzero_si512(); 2]; NG]; R];
     let ap0: [*const i32; NG] = lanes_of(|g| qt.add(((g0 + g) * na + ab) * 256));
     let wp0: [*const i32; R] = lanes_of(|r| w[r].add(16 * ab));
+    if !two {
+        for j in 0..16 {
+            let av: [__m512i; NG] = lanes_of(|g| ld16i(ap0[g].add(j * 16)));
+            for r in 0..R {
+                let wv = _mm512_set1_epi32(*wp0[r].add(j));
+                for g in 0..NG {
+                    is[r][g][0] = dpwd16(is[r][g][0], wv, av[g]);
+                }
+            }
+        }
+    }
     macro_rules! pair {
         ($jj:expr) => {{
             let jj: usize = $jj;
@@ -190,15 +203,17 @@ unsafe fn step_wide<const T: u8, const R: usize, const NG: usize>(
             }
         }};
     }
-    pair!(0);
-    pair!(1);
-    pair!(2);
-    pair!(3);
-    pair!(4);
-    pair!(5);
-    pair!(6);
-    pair!(7);
-    if !wide_halves(T) {
+    if two {
+        pair!(0);
+        pair!(1);
+        pair!(2);
+        pair!(3);
+        pair!(4);
+        pair!(5);
+        pair!(6);
+        pair!(7);
+    }
+    if two && !wide_halves(T) {
         for r in 0..R {
             for g in 0..NG {
                 is[r][g][0] = _mm512_add_epi32(is[r][g][0], is[r][g][1]);
@@ -213,7 +228,7 @@ unsafe fn step_wide<const T: u8, const R: usize, const NG: usize>(
             let o = ((g0 + g) * na + ab) * 16;
             let dx = _mm512_loadu_ps(dt.add(o));
             let s = _mm512_mul_ps(d, dx);
-            let ap = acc.add((r * 2 + g) * 4 + pi);
+            let ap = acc.add((r * GMAX + g) * 4 + pi);
             let mut v = *ap;
             if T <= W51 {
                 let isf = _mm512_cvtepi32_ps(is[r][g][0]);
@@ -259,10 +274,24 @@ unsafe fn step_wide<const T: u8, const R: usize, const NG: usize>(
     }
 }
 
+/// Most groups of 16 tokens in a tile (64 tokens): the partial sums are `[16][GMAX][4]`.
+const GMAX: usize = 4;
+
+/// Groups of 16 tokens per tile for type `T`: 4 with one sum chain per (row, group), 2 where
+/// the type keeps two halves of a block apart (twice the registers).
+const fn wide_groups(t: u8) -> usize {
+    if wide_halves(t) { 2 } else { GMAX }
+}
+
 /// One tile: `nr` (up to 16) decoded rows against `NG` groups of 16 tokens from `g0`, block by
 /// block (each block's activations then stay in L1 while the rows pass over them), 4 rows per
-/// pass; partial sums in `acc` (`[16][2][4]`), zeroed here.
-#[inline(always)]
+/// pass; partial sums in `acc` (`[16][GMAX][4]`), zeroed here.
+///
+/// A function of its own for each (type, groups), not inlined: in one function with all the
+/// others, LLVM's register allocation of one type's loop changed with the code of the others
+/// (adding 3- and 4-group tiles for the 32-element types made Q5_0 tiles 20% slower).
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile_wide<const T: u8, const NG: usize>(
     w: *const i32,
     p: *const f32,
@@ -273,8 +302,10 @@ unsafe fn tile_wide<const T: u8, const NG: usize>(
     acc: *mut __m512,
 ) {
     let na = a.n / QK;
-    for k in 0..16 * 2 * 4 {
-        *acc.add(k) = _mm512_setzero_ps();
+    for r in 0..nr {
+        for k in 0..NG * 4 {
+            *acc.add(r * GMAX * 4 + k) = _mm512_setzero_ps();
+        }
     }
     let wr = |r: usize| w.add(r * na * 16);
     let pr = |r: usize| p.add(r * na * 4);
@@ -287,12 +318,12 @@ unsafe fn tile_wide<const T: u8, const NG: usize>(
                 a,
                 g0,
                 ab,
-                acc.add(r * 8),
+                acc.add(r * GMAX * 4),
             );
             r += 4;
         }
         while r < nr {
-            step_wide::<T, 1, NG>([wr(r)], [pr(r)], a, g0, ab, acc.add(r * 8));
+            step_wide::<T, 1, NG>([wr(r)], [pr(r)], a, g0, ab, acc.add(r * GMAX * 4));
             r += 1;
         }
     }
@@ -321,7 +352,7 @@ unsafe fn rows_wide16<const T: u8>(
     };
     let mut w = vec![0i32; 16 * na * 16];
     let mut p = vec![0f32; 16 * na * 4];
-    let mut acc = vec![_mm512_setzero_ps(); 16 * 2 * 4];
+    let mut acc = vec![_mm512_setzero_ps(); 16 * GMAX * 4];
     let groups = n_tok.div_ceil(16);
     let mut r0 = rows.start;
     while r0 < rows.end {
@@ -332,17 +363,19 @@ unsafe fn rows_wide16<const T: u8>(
         }
         let mut g0 = 0;
         while g0 < groups {
-            let ng = (groups - g0).min(2);
+            let ng = (groups - g0).min(wide_groups(T));
             let ap = acc.as_mut_ptr();
-            if ng == 2 {
-                tile_wide::<T, 2>(w.as_ptr(), p.as_ptr(), nr, n_blk, a, g0, ap);
-            } else {
-                tile_wide::<T, 1>(w.as_ptr(), p.as_ptr(), nr, n_blk, a, g0, ap);
+            let (wp, pp) = (w.as_ptr(), p.as_ptr());
+            match ng {
+                4 if wide_groups(T) >= 4 => tile_wide::<T, 4>(wp, pp, nr, n_blk, a, g0, ap),
+                3 if wide_groups(T) >= 3 => tile_wide::<T, 3>(wp, pp, nr, n_blk, a, g0, ap),
+                2 => tile_wide::<T, 2>(wp, pp, nr, n_blk, a, g0, ap),
+                _ => tile_wide::<T, 1>(wp, pp, nr, n_blk, a, g0, ap),
             }
             for g in 0..ng {
                 let mut v = [_mm512_setzero_ps(); 16];
                 for (r, v) in v.iter_mut().enumerate().take(nr) {
-                    let q = ap.add((r * 2 + g) * 4);
+                    let q = ap.add((r * GMAX + g) * 4);
                     *v = _mm512_add_ps(_mm512_add_ps(*q, *q.add(2)), _mm512_add_ps(*q.add(1), *q.add(3)));
                 }
                 emit_tile(&v, r0, nr, 16 * (g0 + g), n_tok, put);
