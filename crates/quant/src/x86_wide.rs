@@ -156,8 +156,8 @@ unsafe fn decode_wide<const T: u8>(src: &[u8], w: *mut i32, p: *mut f32) {
 
 /// Activation block `ab` of `R` decoded rows (`w[r]`, `p[r]`: the rows' words and parameters
 /// from [`decode_wide`]) against `NG` groups of 16 tokens from group `g0`: the block's exact
-/// sums, then the one-row kernels' float step into partial sum `ab % 4` of
-/// `acc[(r * 2 + g) * 4 ..]`.
+/// sums, then the one-row kernels' float step into `acc[r][g]` (the partial sum `ab % 4` of
+/// row r and group g).
 #[inline(always)]
 unsafe fn step_wide<const T: u8, const R: usize, const NG: usize>(
     w: [*const i32; R],
@@ -165,7 +165,7 @@ unsafe fn step_wide<const T: u8, const R: usize, const NG: usize>(
     a: &crate::acts::QuantizedActs,
     g0: usize,
     ab: usize,
-    acc: *mut __m512,
+    acc: &mut [[__m512; NG]; R],
 ) {
     let na = a.n / QK;
     let (qt, dt, st, s16t) = (a.qt.as_ptr(), a.dt.as_ptr(), a.st.as_ptr(), a.s16t.as_ptr());
@@ -220,7 +220,6 @@ unsafe fn step_wide<const T: u8, const R: usize, const NG: usize>(
             }
         }
     }
-    let pi = ab % 4;
     for r in 0..R {
         let pr = p[r].add(4 * ab);
         let d = _mm512_set1_ps(*pr);
@@ -228,8 +227,7 @@ unsafe fn step_wide<const T: u8, const R: usize, const NG: usize>(
             let o = ((g0 + g) * na + ab) * 16;
             let dx = _mm512_loadu_ps(dt.add(o));
             let s = _mm512_mul_ps(d, dx);
-            let ap = acc.add((r * GMAX + g) * 4 + pi);
-            let mut v = *ap;
+            let mut v = acc[r][g];
             if T <= W51 {
                 let isf = _mm512_cvtepi32_ps(is[r][g][0]);
                 if has_min(wide_legacy(T)) {
@@ -269,7 +267,7 @@ unsafe fn step_wide<const T: u8, const R: usize, const NG: usize>(
                     }
                 }
             }
-            *ap = v;
+            acc[r][g] = v;
         }
     }
 }
@@ -283,9 +281,8 @@ const fn wide_groups(t: u8) -> usize {
     if wide_halves(t) { 2 } else { GMAX }
 }
 
-/// One tile: `nr` (up to 16) decoded rows against `NG` groups of 16 tokens from `g0`, block by
-/// block (each block's activations then stay in L1 while the rows pass over them), 4 rows per
-/// pass; partial sums in `acc` (`[16][GMAX][4]`), zeroed here.
+/// One tile: `nr` (up to 16) decoded rows against `NG` groups of 16 tokens from `g0`, 4 rows
+/// per pass; the four partial sums of each (row, group) go to `acc` (`[16][GMAX][4]`).
 ///
 /// A function of its own for each (type, groups), not inlined: in one function with all the
 /// others, LLVM's register allocation of one type's loop changed with the code of the others
@@ -302,30 +299,39 @@ unsafe fn tile_wide<const T: u8, const NG: usize>(
     acc: *mut __m512,
 ) {
     let na = a.n / QK;
-    for r in 0..nr {
-        for k in 0..NG * 4 {
-            *acc.add(r * GMAX * 4 + k) = _mm512_setzero_ps();
-        }
-    }
     let wr = |r: usize| w.add(r * na * 16);
     let pr = |r: usize| p.add(r * na * 4);
-    for ab in 0..n_blk {
-        let mut r = 0;
-        while r + 4 <= nr {
-            step_wide::<T, 4, NG>(
-                [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)],
-                [pr(r), pr(r + 1), pr(r + 2), pr(r + 3)],
-                a,
-                g0,
-                ab,
-                acc.add(r * GMAX * 4),
-            );
-            r += 4;
-        }
-        while r < nr {
-            step_wide::<T, 1, NG>([wr(r)], [pr(r)], a, g0, ab, acc.add(r * GMAX * 4));
-            r += 1;
-        }
+    // 4 rows at a time (then one), each partial sum (blocks ab % 4 == pi) in registers over
+    // its blocks and stored once: no store in the block loop (stores there, 4K-aliasing the
+    // activation loads that follow, made the speed depend on where the heap put buffers)
+    macro_rules! rows {
+        ($r:expr, $R:literal) => {{
+            let r: usize = $r;
+            let ws: [*const i32; $R] = lanes_of(|k| wr(r + k));
+            let ps: [*const f32; $R] = lanes_of(|k| pr(r + k));
+            for pi in 0..4 {
+                let mut part = [[_mm512_setzero_ps(); NG]; $R];
+                let mut ab = pi;
+                while ab < n_blk {
+                    step_wide::<T, $R, NG>(ws, ps, a, g0, ab, &mut part);
+                    ab += 4;
+                }
+                for k in 0..$R {
+                    for g in 0..NG {
+                        *acc.add(((r + k) * GMAX + g) * 4 + pi) = part[k][g];
+                    }
+                }
+            }
+        }};
+    }
+    let mut r = 0;
+    while r + 4 <= nr {
+        rows!(r, 4);
+        r += 4;
+    }
+    while r < nr {
+        rows!(r, 1);
+        r += 1;
     }
 }
 
