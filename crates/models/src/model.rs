@@ -513,7 +513,7 @@ impl Model {
         all_logits: bool,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
-        const MAX_BATCH: usize = 256;
+        const MAX_BATCH: usize = 512;
         if tokens.is_empty() {
             return Err(Error::Invalid("no tokens to process".into()));
         }

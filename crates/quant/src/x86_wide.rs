@@ -367,6 +367,7 @@ unsafe fn rows_wide16<const T: u8>(
             let src = &bytes[(r0 + k) * rb..(r0 + k + 1) * rb];
             decode_wide::<T>(src, w.as_mut_ptr().add(k * na * 16), p.as_mut_ptr().add(k * na * 4));
         }
+        prefetch_rows(bytes, rb, r0 + nr..(r0 + nr + 16).min(rows.end));
         let mut g0 = 0;
         while g0 < groups {
             let ng = (groups - g0).min(wide_groups(T));
@@ -449,6 +450,22 @@ unsafe fn transpose16(v: &[__m512; 16]) -> [__m512; 16] {
         out[12 + k] = _mm512_shuffle_f32x4::<0b11_01_11_01>(x1, y1);
     }
     out
+}
+
+/// Ask for weight rows `rows` (the next block's, decoded after the current block's tiles) to
+/// be brought into L2 while the tiles compute: the decoding loop alone waits on memory.
+#[inline(always)]
+unsafe fn prefetch_rows(bytes: &[u8], rb: usize, rows: std::ops::Range<usize>) {
+    if rows.is_empty() {
+        return;
+    }
+    let (a, b) = (rows.start * rb, rows.end * rb);
+    let p = bytes.as_ptr();
+    let mut o = a & !63;
+    while o < b {
+        _mm_prefetch::<_MM_HINT_T1>(p.add(o) as *const i8);
+        o += 64;
+    }
 }
 
 /// Q4_K rows decoded once for the 16-token kernel: per super-block, the 256 nibbles as bytes
@@ -572,6 +589,7 @@ unsafe fn rows_wide_q4k(
         for k in 0..nr {
             decode_q4k(&bytes[(r0 + k) * rb..(r0 + k + 1) * rb], w.as_mut_ptr().add(k * nsb));
         }
+        prefetch_rows(bytes, rb, r0 + nr..(r0 + nr + 16).min(rows.end));
         let wr = |r: usize| w.as_ptr().add(r * nsb);
         let mut g0 = 0;
         while g0 < groups {
