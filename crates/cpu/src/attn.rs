@@ -402,6 +402,8 @@ pub(crate) mod x86 {
         let mut seen: Vec<Option<(usize, usize)>> = vec![None; qs.len()];
         let mut rows = [0usize; C];
         let (kp, vp) = (k.as_ptr(), v.as_ptr());
+        // each query's output, written through these until the final normalization
+        let optr: Vec<*mut f32> = qs.iter_mut().map(|q| q.o.as_mut_ptr()).collect();
         for c in lo_all / C..=hi_all / C {
             let c0 = c * C;
             let (j0, j1) = (lo_all.max(c0), hi_all.min(c0 + C - 1));
@@ -428,97 +430,126 @@ pub(crate) mod x86 {
                     }
                 }
             }
-            // scores and the softmax update, query by query
-            for (qi, q) in qs.iter_mut().enumerate() {
+            // the range of the chunk each query sees
+            for (qi, q) in qs.iter().enumerate() {
                 let (a, b) = (q.lo.max(c0), q.hi.min(c0 + C - 1));
-                if a > b {
-                    seen[qi] = None;
-                    continue;
-                }
-                let (sa, sb) = (a - c0, b - c0);
-                seen[qi] = Some((sa, sb));
-                let mut sv = [_mm512_set1_ps(f32::NEG_INFINITY); 2];
-                let qp = q.q.as_ptr();
-                for (h, sv) in sv.iter_mut().enumerate() {
-                    if sa >= 16 * (h + 1) || sb < 16 * h {
-                        continue;
-                    }
-                    let mut acc = [_mm512_setzero_ps(); 8];
-                    for cc in 0..hd / 8 {
-                        for (kk, acc) in acc.iter_mut().enumerate() {
-                            let d = 8 * cc + kk;
-                            *acc = _mm512_fmadd_ps(
-                                _mm512_set1_ps(*qp.add(d)),
-                                _mm512_loadu_ps(kt.as_ptr().add(d * C + 16 * h)),
-                                *acc,
-                            );
-                        }
-                    }
-                    let s = _mm512_add_ps(
-                        _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])),
-                        _mm512_add_ps(_mm512_add_ps(acc[4], acc[5]), _mm512_add_ps(acc[6], acc[7])),
-                    );
-                    // lanes sa..=sb of this half
-                    let lo = sa.saturating_sub(16 * h).min(16);
-                    let hi = (sb + 1 - 16 * h).min(16);
-                    let m: u16 = (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16;
-                    *sv = _mm512_mask_mov_ps(*sv, m, _mm512_mul_ps(s, _mm512_set1_ps(p.scale)));
-                }
-                let cmax = _mm512_reduce_max_ps(_mm512_max_ps(sv[0], sv[1]));
-                if cmax > q.m {
-                    let corr = _mm512_cvtss_f32(exp16(_mm512_set1_ps(q.m - cmax)));
-                    q.l *= corr;
-                    let cv = _mm512_set1_ps(corr);
-                    for d in (0..vd).step_by(16) {
-                        let op = q.o.as_mut_ptr().add(d);
-                        _mm512_storeu_ps(op, _mm512_mul_ps(_mm512_loadu_ps(op), cv));
-                    }
-                    q.m = cmax;
-                }
-                let mv = _mm512_set1_ps(q.m);
-                let e = &mut ew[qi];
-                for (h, sv) in sv.iter().enumerate() {
-                    _mm512_storeu_ps(e.as_mut_ptr().add(16 * h), exp16(_mm512_sub_ps(*sv, mv)));
-                }
-                // `chunk_sum` on registers: lanes outside sa..=sb are exp(-inf) = 0
-                let w = _mm512_add_ps(
-                    _mm512_loadu_ps(e.as_ptr()),
-                    _mm512_loadu_ps(e.as_ptr().add(16)),
-                );
-                let w8 = _mm256_add_ps(
-                    _mm512_castps512_ps256(w),
-                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(w))),
-                );
-                let w4 = _mm_add_ps(_mm256_castps256_ps128(w8), _mm256_extractf128_ps::<1>(w8));
-                let w2 = _mm_add_ps(w4, _mm_movehl_ps(w4, w4));
-                q.l += _mm_cvtss_f32(_mm_add_ss(w2, _mm_shuffle_ps::<1>(w2, w2)));
+                seen[qi] = (a <= b).then(|| (a - c0, b - c0));
             }
-            // values: queries two at a time where they see the same positions
+            // scores and the softmax update, two queries at a time where they see the same
+            // positions (the keys' loads then serve both)
             let mut qi = 0;
             while qi < qs.len() {
                 let Some((sa, sb)) = seen[qi] else {
                     qi += 1;
                     continue;
                 };
-                let pair = qi + 1 < qs.len() && seen[qi + 1] == Some((sa, sb));
-                let voff = |i: usize| rows[i] * p.v_stride + kh * vd;
-                if pair {
-                    let (x, y) = qs.split_at_mut(qi + 1);
-                    let o = [x[qi].o.as_mut_ptr(), y[0].o.as_mut_ptr()];
-                    let e = [&ew[qi][sa..=sb], &ew[qi + 1][sa..=sb]];
-                    values_wide::<2>(o, e, |i| vp.add(voff(sa + i)), vd);
-                    qi += 2;
-                } else {
-                    let o = [qs[qi].o.as_mut_ptr()];
-                    values_wide::<1>(o, [&ew[qi][sa..=sb]], |i| vp.add(voff(sa + i)), vd);
-                    qi += 1;
+                let two = qi + 1 < qs.len() && seen[qi + 1] == Some((sa, sb));
+                let mut sv = [[_mm512_set1_ps(f32::NEG_INFINITY); 2]; 2];
+                let qp = [qs[qi].q.as_ptr(), qs[if two { qi + 1 } else { qi }].q.as_ptr()];
+                for h in 0..2 {
+                    if sa >= 16 * (h + 1) || sb < 16 * h {
+                        continue;
+                    }
+                    let s = if two {
+                        scores_wide::<2>(qp, kt.as_ptr().add(16 * h), hd)
+                    } else {
+                        let [s] = scores_wide::<1>([qp[0]], kt.as_ptr().add(16 * h), hd);
+                        [s, s]
+                    };
+                    // lanes sa..=sb of this half
+                    let lo = sa.saturating_sub(16 * h).min(16);
+                    let hi = (sb + 1 - 16 * h).min(16);
+                    let m: u16 = (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16;
+                    for (x, s) in sv.iter_mut().zip(s) {
+                        x[h] = _mm512_mask_mov_ps(x[h], m, _mm512_mul_ps(s, _mm512_set1_ps(p.scale)));
+                    }
                 }
+                for (k, sv) in sv.iter().enumerate().take(if two { 2 } else { 1 }) {
+                    let q = &mut qs[qi + k];
+                    let cmax = _mm512_reduce_max_ps(_mm512_max_ps(sv[0], sv[1]));
+                    if cmax > q.m {
+                        let corr = _mm512_cvtss_f32(exp16(_mm512_set1_ps(q.m - cmax)));
+                        q.l *= corr;
+                        let cv = _mm512_set1_ps(corr);
+                        for d in (0..vd).step_by(16) {
+                            let op = optr[qi + k].add(d);
+                            _mm512_storeu_ps(op, _mm512_mul_ps(_mm512_loadu_ps(op), cv));
+                        }
+                        q.m = cmax;
+                    }
+                    let mv = _mm512_set1_ps(q.m);
+                    let e0 = exp16(_mm512_sub_ps(sv[0], mv));
+                    let e1 = exp16(_mm512_sub_ps(sv[1], mv));
+                    let e = &mut ew[qi + k];
+                    _mm512_storeu_ps(e.as_mut_ptr(), e0);
+                    _mm512_storeu_ps(e.as_mut_ptr().add(16), e1);
+                    // `chunk_sum` on registers: lanes outside sa..=sb are exp(-inf) = 0
+                    let w = _mm512_add_ps(e0, e1);
+                    let w8 = _mm256_add_ps(
+                        _mm512_castps512_ps256(w),
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(w))),
+                    );
+                    let w4 = _mm_add_ps(_mm256_castps256_ps128(w8), _mm256_extractf128_ps::<1>(w8));
+                    let w2 = _mm_add_ps(w4, _mm_movehl_ps(w4, w4));
+                    q.l += _mm_cvtss_f32(_mm_add_ss(w2, _mm_shuffle_ps::<1>(w2, w2)));
+                }
+                qi += if two { 2 } else { 1 };
+            }
+            // values: up to four queries at a time where they see the same positions
+            let mut qi = 0;
+            while qi < qs.len() {
+                let Some((sa, sb)) = seen[qi] else {
+                    qi += 1;
+                    continue;
+                };
+                let mut n = 1;
+                while n < 4 && qi + n < qs.len() && seen[qi + n] == Some((sa, sb)) {
+                    n += 1;
+                }
+                let voff = |i: usize| rows[i] * p.v_stride + kh * vd;
+                let row = |i: usize| vp.add(voff(sa + i));
+                let e = |k: usize| &ew[qi + k][sa..=sb];
+                let o = |k: usize| optr[qi + k];
+                match n {
+                    4 => values_wide::<4>([o(0), o(1), o(2), o(3)], [e(0), e(1), e(2), e(3)], row, vd),
+                    3 => values_wide::<3>([o(0), o(1), o(2)], [e(0), e(1), e(2)], row, vd),
+                    2 => values_wide::<2>([o(0), o(1)], [e(0), e(1)], row, vd),
+                    _ => values_wide::<1>([o(0)], [e(0)], row, vd),
+                }
+                qi += n;
             }
         }
         for q in qs.iter_mut() {
             let inv = 1.0 / q.l;
             Avx2::scale(q.o, inv);
         }
+    }
+
+    /// Scores of `Q` queries (`hd` floats at `q[k]`) against 16 positions of the transposed
+    /// keys at `kt` (`kt[d * C + i]`): `Avx2::scores`' eight FMA chains (dimensions `8c + k`)
+    /// per position, added as `((S0 + S1) + (S2 + S3)) + ((S4 + S5) + (S6 + S7))`; each key
+    /// load serves the `Q` queries.
+    #[inline(always)]
+    unsafe fn scores_wide<const Q: usize>(q: [*const f32; Q], kt: *const f32, hd: usize) -> [__m512; Q] {
+        let mut acc = [[_mm512_setzero_ps(); 8]; Q];
+        for cc in 0..hd / 8 {
+            for kk in 0..8 {
+                let d = 8 * cc + kk;
+                let kv = _mm512_loadu_ps(kt.add(d * C));
+                for j in 0..Q {
+                    acc[j][kk] = _mm512_fmadd_ps(_mm512_set1_ps(*q[j].add(d)), kv, acc[j][kk]);
+                }
+            }
+        }
+        let mut out = [_mm512_setzero_ps(); Q];
+        for j in 0..Q {
+            let a = &acc[j];
+            out[j] = _mm512_add_ps(
+                _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])),
+                _mm512_add_ps(_mm512_add_ps(a[4], a[5]), _mm512_add_ps(a[6], a[7])),
+            );
+        }
+        out
     }
 
     /// `Q` outputs (`vd` floats each at `o[q]`) plus `e[q][i]` times the value row at
@@ -532,9 +563,11 @@ pub(crate) mod x86 {
         vd: usize,
     ) {
         let n = e[0].len();
+        // at most 16 accumulators
+        let wmax = if Q > 2 { 4 } else { 8 };
         let mut d0 = 0;
         while d0 < vd {
-            let w = ((vd - d0) / 16).min(8);
+            let w = ((vd - d0) / 16).min(wmax);
             macro_rules! slab {
                 ($w:literal) => {{
                     let mut acc = [[_mm512_setzero_ps(); $w]; Q];
