@@ -64,6 +64,14 @@ pub fn bandwidth_probe(threads: usize) -> f64 {
     best
 }
 
+/// The backend's time per operation over the runs of `test` (with `HEARTH_PROFILE=1`), on
+/// standard error so that the table on standard output stays one table.
+fn profile(model: &Model, test: &str) {
+    if let Some(r) = model.backend().profile_report() {
+        eprintln!("\ntime per operation, {test} runs (HEARTH_PROFILE):\n{r}");
+    }
+}
+
 /// Run the benchmark and print a table.
 pub fn run(model: &Model, name: &str, o: &BenchOpts) -> Result<()> {
     let nv = model.cfg.n_vocab as u64;
@@ -78,6 +86,8 @@ pub fn run(model: &Model, name: &str, o: &BenchOpts) -> Result<()> {
     let mut st = model.new_state(n_ctx);
     let fill: Vec<u32> = (0..n_ctx).map(|_| tok()).collect();
     model.forward(&fill, &mut st, false, &mut logits)?;
+    // the profile covers the timed runs only
+    let _ = model.backend().profile_report();
     if o.n_prompt > 0 {
         let mut speeds = Vec::new();
         for _ in 0..o.reps {
@@ -88,11 +98,11 @@ pub fn run(model: &Model, name: &str, o: &BenchOpts) -> Result<()> {
             speeds.push(o.n_prompt as f64 / t0.elapsed().as_secs_f64());
         }
         let (m, sd) = mean_sd(&speeds);
-        hearth_cpu::prof_dump();
         println!(
             "| {name} | {} | pp{} | {m:.2} ± {sd:.2} |",
             o.threads, o.n_prompt
         );
+        profile(model, &format!("pp{}", o.n_prompt));
     }
     if o.n_gen > 0 {
         let mut speeds = Vec::new();
@@ -111,6 +121,7 @@ pub fn run(model: &Model, name: &str, o: &BenchOpts) -> Result<()> {
             "| {name} | {} | tg{} | {m:.2} ± {sd:.2} |",
             o.threads, o.n_gen
         );
+        profile(model, &format!("tg{}", o.n_gen));
         let gbs = model.bytes_per_token() as f64 * m / 1e9;
         let bw = bandwidth_probe(o.threads);
         println!();

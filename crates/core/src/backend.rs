@@ -121,6 +121,12 @@ pub trait Backend: Send + Sync {
     /// of its own ([`Tensor::packed`]). Results must not change.
     fn prepare(&self, _w: &mut Tensor) {}
 
+    /// Time spent per operation since the last call, as a Markdown table, when the backend
+    /// keeps such accounts (the CPU backend with `HEARTH_PROFILE=1`); the accounts restart.
+    fn profile_report(&self) -> Option<String> {
+        None
+    }
+
     /// `W [n_out, n_in] @ x [n_tok, n_in] -> out [n_tok, n_out]`.
     fn matmul(&self, w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) -> Result<()>;
 

@@ -12,6 +12,7 @@
 
 mod attn;
 mod pool;
+mod prof;
 
 use hearth_core::{
     AttnJob, AttnParams, Backend, DType, Device, Error, MatJob, Result, RopeStyle, Tensor,
@@ -244,6 +245,10 @@ impl Backend for Cpu {
         true
     }
 
+    fn profile_report(&self) -> Option<String> {
+        prof::report()
+    }
+
     /// Packs the types with integer kernels into groups of 8 interleaved rows (`pack.rs` in
     /// hearth-quant) while the budget lasts, with the AVX2 kernels only; each slice of a
     /// stacked tensor (an expert) is packed on its own.
@@ -320,7 +325,7 @@ impl Backend for Cpu {
     }
 
     fn matmul(&self, w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) -> Result<()> {
-        let _t = Prof::new(w.dtype as usize);
+        let _t = prof::Timer::matmul(w.dtype, false);
         check_job(w, x, n_tok, out)?;
         let n_out = w.n_rows();
         let optr = SendPtr(out.as_mut_ptr());
@@ -344,7 +349,7 @@ impl Backend for Cpu {
     }
 
     fn matmul_many(&self, jobs: &mut [MatJob<'_>]) -> Result<()> {
-        let _t = Prof::new(jobs.first().map_or(0, |j| j.w.dtype as usize) + 100);
+        let _t = prof::Timer::matmul(jobs.first().map_or(DType::F32, |j| j.w.dtype), true);
         for j in jobs.iter() {
             check_job(j.w, j.x, j.n_tok, j.out)?;
         }
@@ -452,6 +457,7 @@ impl Backend for Cpu {
     }
 
     fn get_row(&self, w: &Tensor, row: usize, out: &mut [f32]) -> Result<()> {
+        let _t = prof::Timer::op(prof::Op::GetRow);
         check_cpu(w)?;
         if row >= w.n_rows() {
             return Err(Error::Invalid(format!(
@@ -464,6 +470,7 @@ impl Backend for Cpu {
     }
 
     fn rms_norm(&self, x: &mut [f32], w: &[f32], eps: f32) {
+        let _t = prof::Timer::op(prof::Op::RmsNorm);
         let n = w.len().max(1);
         let xp = SendPtr(x.as_mut_ptr());
         self.split(x.len() / n, n, &|rows| {
@@ -491,6 +498,7 @@ impl Backend for Cpu {
         style: RopeStyle,
         mscale: f32,
     ) {
+        let _t = prof::Timer::op(prof::Op::Rope);
         let half = inv_freq.len().min(MAX_ROPE_PAIRS);
         let width = n_heads * head_dim;
         let n_tok = positions.len().min(x.len() / width.max(1));
@@ -534,7 +542,7 @@ impl Backend for Cpu {
     }
 
     fn attention_many(&self, k: &[f32], v: &[f32], p: &AttnParams<'_>, jobs: &mut [AttnJob<'_>]) {
-        let _t = Prof::new(250);
+        let _t = prof::Timer::op(prof::Op::Attention);
         let (nh, vd) = (p.n_head, p.v_dim);
         let g = nh / p.n_kv_head.max(1);
         let threads = self.pool.threads();
@@ -615,6 +623,7 @@ impl Backend for Cpu {
     }
 
     fn silu_mul(&self, gate: &mut [f32], up: &[f32]) {
+        let _t = prof::Timer::op(prof::Op::SiluMul);
         let n = gate.len().min(up.len());
         let gp = SendPtr(gate.as_mut_ptr());
         self.split(n, 1, &|r| {
@@ -813,11 +822,3 @@ mod tests {
         }
     }
 }
-
-/// prof
-pub static PROF: [std::sync::atomic::AtomicU64; 256] = [const { std::sync::atomic::AtomicU64::new(0) }; 256];
-struct Prof(usize, std::time::Instant);
-impl Prof { fn new(k: usize) -> Prof { Prof(k, std::time::Instant::now()) } }
-impl Drop for Prof { fn drop(&mut self) { PROF[self.0].fetch_add(self.1.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed); } }
-/// prof
-pub fn prof_dump() { for (i, v) in PROF.iter().enumerate() { let v = v.load(std::sync::atomic::Ordering::Relaxed); if v > 0 { eprintln!("prof {i}: {:.1} ms", v as f64 / 1e6); } } }

@@ -251,6 +251,11 @@ fn transposed(name: &str, data: &[f32], rows: usize, cols: usize) -> Result<Tens
 }
 
 impl Model {
+    /// The backend the model runs on.
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
     /// Build a model from opened files. Fails with a clear message on an unknown
     /// architecture, a missing or mis-shaped tensor, or a type the backend cannot run.
     pub fn load(files: &ModelFiles, backend: Arc<dyn Backend>) -> Result<Model> {
