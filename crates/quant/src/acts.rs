@@ -57,8 +57,9 @@ pub struct QuantizedActs {
     /// run ([`group_width`]).
     pub gw: usize,
     /// `q` regrouped for the batched kernels (empty below [`T8_MIN`] rows): for each group of
-    /// `G` rows (the last padded with zeros), block of 32 and pair `j` of the block, the `G`
-    /// rows' values `2j` and `2j + 1` as one 32-bit word each, `[n_rows / G, n / 32, 16, G]`.
+    /// `G` rows (the last padded with zeros), block of 32 (in the order of [`block_slot`]) and
+    /// pair `j` of the block, the `G` rows' values `2j` and `2j + 1` as one 32-bit word each,
+    /// `[n_rows / G, block_slots(n / 32, G), 16, G]`.
     pub qt: Vec<i32>,
     /// `d` regrouped the same way, `[n_rows / G, n / 32, G]`.
     pub dt: Vec<f32>,
@@ -75,6 +76,21 @@ pub struct QuantizedActs {
     /// `bs8` regrouped: per block of 256 and sub-block `j` of 32, the `G` rows' two sums of
     /// 16 as one 32-bit word each, `[n_rows / G, n / 256, 8, G]`.
     pub b8t: Vec<i32>,
+}
+
+/// Block slots per group of rows in the regrouped 16-bit form (`qt`, `dt`, `st`, `s16t`) for
+/// `nb` blocks of 32 per row: `nb`, or with groups of 16 ([`group_width`]) `4 * ceil(nb / 4)`,
+/// the blocks in the order of the partial sums the kernels keep (`b % 4`, see
+/// [`block_slot`]) so that a kernel summing one partial at a time reads forward.
+pub fn block_slots(nb: usize, gw: usize) -> usize {
+    if gw == 16 { 4 * nb.div_ceil(4) } else { nb }
+}
+
+/// The slot of block `b` of `nb` (see [`block_slots`]): `b`, or with groups of 16
+/// `(b % 4) * ceil(nb / 4) + b / 4`.
+#[inline(always)]
+pub fn block_slot(b: usize, nb: usize, gw: usize) -> usize {
+    if gw == 16 { (b % 4) * nb.div_ceil(4) + b / 4 } else { b }
 }
 
 /// Rows per group of the regrouped activations: 16 where the AVX-512 VNNI kernels run (one
@@ -162,10 +178,11 @@ impl QuantizedActs {
         size(&mut self.d, q16, rows * nb);
         size(&mut self.sum, q16, rows * nb);
         size(&mut self.s16, q16, rows * 2 * nb);
-        size(&mut self.qt, q16 && grouped, groups * nb * 16 * gw);
-        size(&mut self.dt, q16 && grouped, groups * nb * gw);
-        size(&mut self.st, q16 && grouped, groups * nb * gw);
-        size(&mut self.s16t, q16 && grouped, groups * nb * 2 * gw);
+        let nbs = block_slots(nb, gw);
+        size(&mut self.qt, q16 && grouped, groups * nbs * 16 * gw);
+        size(&mut self.dt, q16 && grouped, groups * nbs * gw);
+        size(&mut self.st, q16 && grouped, groups * nbs * gw);
+        size(&mut self.s16t, q16 && grouped, groups * nbs * 2 * gw);
         size(&mut self.q8, k8, x.len());
         size(&mut self.d8, k8, rows * nb8);
         size(&mut self.bs8, k8, rows * 16 * nb8);
@@ -674,10 +691,11 @@ impl<'a> Part<'a> {
         let (d, d_) = cut(self.d, rows * nb);
         let (sum, sum_) = cut(self.sum, rows * nb);
         let (s16, s16_) = cut(self.s16, rows * 2 * nb);
-        let (qt, qt_) = cut(self.qt, groups * nb * 16 * gw);
-        let (dt, dt_) = cut(self.dt, groups * nb * gw);
-        let (st, st_) = cut(self.st, groups * nb * gw);
-        let (s16t, s16t_) = cut(self.s16t, groups * nb * 2 * gw);
+        let nbs = block_slots(nb, gw);
+        let (qt, qt_) = cut(self.qt, groups * nbs * 16 * gw);
+        let (dt, dt_) = cut(self.dt, groups * nbs * gw);
+        let (st, st_) = cut(self.st, groups * nbs * gw);
+        let (s16t, s16t_) = cut(self.s16t, groups * nbs * 2 * gw);
         let (q8, q8_) = cut(self.q8, rows * n);
         let (d8, d8_) = cut(self.d8, rows * nb8);
         let (bs8, bs8_) = cut(self.bs8, rows * 16 * nb8);
@@ -736,17 +754,19 @@ impl<'a> Part<'a> {
             if !self.qt.is_empty() {
                 // pair j of a block is the 32-bit word j of its 16-bit values (little-endian)
                 let q = &*self.q;
-                regroup_words(self.rows, gw, nb, 16, self.qt, |t, b| {
+                let nbs = block_slots(nb, gw);
+                let slot = |b: usize| block_slot(b, nb, gw);
+                regroup_words(self.rows, gw, nb, nbs, slot, 16, self.qt, |t, b| {
                     q[t * n + b * QK..t * n + (b + 1) * QK].as_ptr() as *const i32
                 });
                 for t in 0..self.rows {
                     let (g, l) = (t / gw, t % gw);
                     for b in 0..nb {
-                        self.dt[(g * nb + b) * gw + l] = self.d[t * nb + b];
-                        self.st[(g * nb + b) * gw + l] = self.sum[t * nb + b];
+                        let sb = g * nbs + slot(b);
+                        self.dt[sb * gw + l] = self.d[t * nb + b];
+                        self.st[sb * gw + l] = self.sum[t * nb + b];
                         for h in 0..2 {
-                            self.s16t[(g * nb + b) * 2 * gw + gw * h + l] =
-                                self.s16[t * 2 * nb + 2 * b + h];
+                            self.s16t[sb * 2 * gw + gw * h + l] = self.s16[t * 2 * nb + 2 * b + h];
                         }
                     }
                 }
@@ -757,7 +777,7 @@ impl<'a> Part<'a> {
             if !self.q8t.is_empty() {
                 // word k of a block is its values 4k..4k + 4 (little-endian)
                 let q8 = &*self.q8;
-                regroup_words(self.rows, gw, nb8, 64, self.q8t, |t, b| {
+                regroup_words(self.rows, gw, nb8, nb8, |b| b, 64, self.q8t, |t, b| {
                     q8[t * n + b * QK8..t * n + (b + 1) * QK8].as_ptr() as *const i32
                 });
                 for t in 0..self.rows {
@@ -778,22 +798,27 @@ impl<'a> Part<'a> {
 }
 
 /// Regroup `rows` rows of `nb` blocks of `nw` 32-bit words each (`word(t, b)`: row `t`'s
-/// block `b`, readable for `nw` words) into `dst`, laid out `[rows / gw, nb, nw, gw]`: word
-/// `k` of block `b` of row `g * gw + l` at `((g * nb + b) * nw + k) * gw + l`, the rows past
-/// `rows` in the last group zero. `gw` is 8 or 16, `nw` a multiple of 16.
+/// block `b`, readable for `nw` words) into `dst`, laid out `[rows / gw, nbs, nw, gw]`: word
+/// `k` of block `b` of row `g * gw + l` at `((g * nbs + slot(b)) * nw + k) * gw + l`, the rows
+/// past `rows` in the last group zero. `gw` is 8 or 16, `nw` a multiple of 16.
+#[allow(clippy::too_many_arguments)]
 fn regroup_words(
     rows: usize,
     gw: usize,
     nb: usize,
+    nbs: usize,
+    slot: impl Fn(usize) -> usize,
     nw: usize,
     dst: &mut [i32],
     word: impl Fn(usize, usize) -> *const i32,
 ) {
     let groups = rows.div_ceil(gw);
-    assert!(dst.len() >= groups * nb * nw * gw && nw % 16 == 0 && (gw == 8 || gw == 16));
+    assert!(dst.len() >= groups * nbs * nw * gw && nw % 16 == 0 && (gw == 8 || gw == 16));
     for g in 0..groups {
         for b in 0..nb {
-            let out = &mut dst[(g * nb + b) * nw * gw..(g * nb + b + 1) * nw * gw];
+            let sb = g * nbs + slot(b);
+            assert!(slot(b) < nbs);
+            let out = &mut dst[sb * nw * gw..(sb + 1) * nw * gw];
             let src = |l: usize| {
                 let t = g * gw + l;
                 if t < rows { word(t, b) } else { std::ptr::null() }

@@ -93,8 +93,12 @@ const fn wide_halves(t: u8) -> bool {
 /// min, or a K type's min terms (Q5_K: `-(dmin * m)`; Q2_K: `-dmin` and the two mins of 16
 /// as i32 bits).
 #[inline(always)]
-unsafe fn decode_wide<const T: u8>(src: &[u8], w: *mut i32, p: *mut f32) {
+unsafe fn decode_wide<const T: u8>(src: &[u8], na: usize, w: *mut i32, p: *mut f32) {
+    // block a goes to slot `block_slot(a, na, 16)` (the activations' order), its parameters
+    // likewise
+    let slot = |a: usize| crate::acts::block_slot(a, na, 16);
     let store = |a: usize, v: (__m256i, __m256i)| {
+        let a = slot(a);
         _mm256_storeu_si256(w.add(16 * a) as *mut __m256i, v.0);
         _mm256_storeu_si256(w.add(16 * a + 8) as *mut __m256i, v.1);
     };
@@ -110,15 +114,15 @@ unsafe fn decode_wide<const T: u8>(src: &[u8], w: *mut i32, p: *mut f32) {
                 Q50 => legacy_w::<Q50>(b),
                 _ => legacy_w::<Q51>(b),
             });
-            *p.add(4 * a) = f16_at(b);
-            *p.add(4 * a + 1) = if has_min(kind) { f16_at(b.add(2)) } else { 0.0 };
+            *p.add(4 * slot(a)) = f16_at(b);
+            *p.add(4 * slot(a) + 1) = if has_min(kind) { f16_at(b.add(2)) } else { 0.0 };
         }
     } else if T == W6K {
         for (i, blk) in as_blocks::<BlockQ6K>(src).iter().enumerate() {
             let d = f16le(blk.d);
             for j in 0..8 {
                 store(8 * i + j, q6_k_w(blk, j));
-                *p.add(4 * (8 * i + j)) = d;
+                *p.add(4 * slot(8 * i + j)) = d;
             }
         }
     } else {
@@ -138,7 +142,7 @@ unsafe fn decode_wide<const T: u8>(src: &[u8], w: *mut i32, p: *mut f32) {
                     K5 => k16_w::<K5>(blk.as_ptr(), j, &k),
                     _ => k16_w::<XS>(blk.as_ptr(), j, &k),
                 });
-                let pa = p.add(4 * a);
+                let pa = p.add(4 * slot(a));
                 *pa = k.d;
                 match crate::acts::k16_min(dt) {
                     K16Min::None => {}
@@ -164,18 +168,18 @@ unsafe fn step_wide<const T: u8, const R: usize, const NG: usize>(
     p: [*const f32; R],
     a: &crate::acts::QuantizedActs,
     g0: usize,
-    ab: usize,
+    sl: usize,
     acc: &mut [[__m512; NG]; R],
 ) {
-    let na = a.n / QK;
+    let na = crate::acts::block_slots(a.n / QK, 16);
     let (qt, dt, st, s16t) = (a.qt.as_ptr(), a.dt.as_ptr(), a.st.as_ptr(), a.s16t.as_ptr());
     // two chains per (row, group) where there are few groups, for enough independent sums
     // in flight: the halves of 16 where the type keeps them apart, else even and odd pairs
     // (added exactly below); one chain over the 16 pairs with 3 or 4 groups
     let two = wide_halves(T) || NG <= 2;
     let mut is = [[[_mm512_setzero_si512(); 2]; NG]; R];
-    let ap0: [*const i32; NG] = lanes_of(|g| qt.add(((g0 + g) * na + ab) * 256));
-    let wp0: [*const i32; R] = lanes_of(|r| w[r].add(16 * ab));
+    let ap0: [*const i32; NG] = lanes_of(|g| qt.add(((g0 + g) * na + sl) * 256));
+    let wp0: [*const i32; R] = lanes_of(|r| w[r].add(16 * sl));
     if !two {
         for j in 0..16 {
             let av: [__m512i; NG] = lanes_of(|g| ld16i(ap0[g].add(j * 16)));
@@ -221,10 +225,10 @@ unsafe fn step_wide<const T: u8, const R: usize, const NG: usize>(
         }
     }
     for r in 0..R {
-        let pr = p[r].add(4 * ab);
+        let pr = p[r].add(4 * sl);
         let d = _mm512_set1_ps(*pr);
         for g in 0..NG {
-            let o = ((g0 + g) * na + ab) * 16;
+            let o = ((g0 + g) * na + sl) * 16;
             let dx = _mm512_loadu_ps(dt.add(o));
             let s = _mm512_mul_ps(d, dx);
             let mut v = acc[r][g];
@@ -255,7 +259,7 @@ unsafe fn step_wide<const T: u8, const R: usize, const NG: usize>(
                             v = _mm512_fmadd_ps(m, _mm512_loadu_ps(st.add(o)), v);
                         }
                         K16Min::PerHalf => {
-                            let sp = s16t.add(((g0 + g) * na + ab) * 32);
+                            let sp = s16t.add(((g0 + g) * na + sl) * 32);
                             let g = |e: usize| {
                                 let m = _mm512_set1_epi32((*pr.add(2 + e)).to_bits() as i32);
                                 _mm512_cvtepi32_ps(_mm512_mullo_epi32(m, ld16i(sp.add(16 * e))))
@@ -299,8 +303,9 @@ unsafe fn tile_wide<const T: u8, const NG: usize>(
     acc: *mut __m512,
 ) {
     let na = a.n / QK;
-    let wr = |r: usize| w.add(r * na * 16);
-    let pr = |r: usize| p.add(r * na * 4);
+    let (nbs, q4) = (crate::acts::block_slots(na, 16), na.div_ceil(4));
+    let wr = |r: usize| w.add(r * nbs * 16);
+    let pr = |r: usize| p.add(r * nbs * 4);
     // 4 rows at a time (then one), each partial sum (blocks ab % 4 == pi) in registers over
     // its blocks and stored once: no store in the block loop (stores there, 4K-aliasing the
     // activation loads that follow, made the speed depend on where the heap put buffers)
@@ -311,10 +316,12 @@ unsafe fn tile_wide<const T: u8, const NG: usize>(
             let ps: [*const f32; $R] = lanes_of(|k| pr(r + k));
             for pi in 0..4 {
                 let mut part = [[_mm512_setzero_ps(); NG]; $R];
-                let mut ab = pi;
+                // blocks pi, pi + 4, ... sit in slots pi * q4, pi * q4 + 1, ...
+                let (mut ab, mut sl) = (pi, pi * q4);
                 while ab < n_blk {
-                    step_wide::<T, $R, NG>(ws, ps, a, g0, ab, &mut part);
+                    step_wide::<T, $R, NG>(ws, ps, a, g0, sl, &mut part);
                     ab += 4;
+                    sl += 1;
                 }
                 for k in 0..$R {
                     for g in 0..NG {
@@ -356,8 +363,9 @@ unsafe fn rows_wide16<const T: u8>(
     } else {
         rb / k16_dtype(wide_k16(T)).type_size() * 8
     };
-    let mut w = vec![0i32; 16 * na * 16];
-    let mut p = vec![0f32; 16 * na * 4];
+    let nbs = crate::acts::block_slots(na, 16);
+    let mut w = vec![0i32; 16 * nbs * 16];
+    let mut p = vec![0f32; 16 * nbs * 4];
     let mut acc = vec![_mm512_setzero_ps(); 16 * GMAX * 4];
     let groups = n_tok.div_ceil(16);
     let mut r0 = rows.start;
@@ -365,7 +373,7 @@ unsafe fn rows_wide16<const T: u8>(
         let nr = (rows.end - r0).min(16);
         for k in 0..nr {
             let src = &bytes[(r0 + k) * rb..(r0 + k + 1) * rb];
-            decode_wide::<T>(src, w.as_mut_ptr().add(k * na * 16), p.as_mut_ptr().add(k * na * 4));
+            decode_wide::<T>(src, na, w.as_mut_ptr().add(k * nbs * 16), p.as_mut_ptr().add(k * nbs * 4));
         }
         prefetch_rows(bytes, rb, r0 + nr..(r0 + nr + 16).min(rows.end));
         let mut g0 = 0;
