@@ -555,21 +555,24 @@ unsafe fn step_q4k<const R: usize, const NG: usize>(
             }
         }
     }
-    for r in 0..R {
-        let mut summ = [_mm512_setzero_si512(); NG];
-        for j in 0..8 {
+    // the mins against the activations' sums per 16: all rows' chains side by side
+    let mut summ = [[_mm512_setzero_si512(); NG]; R];
+    for j in 0..8 {
+        let bv: [__m512i; NG] = lanes_of(|g| ld16i(b8t.add(((g0 + g) * na + i) * 128 + j * 16)));
+        for r in 0..R {
             // the min as the 16-bit pair (m, m)
             let mv = _mm512_set1_epi32(blk[r].mn[j] * 0x1_0001);
-            for (g, v) in summ.iter_mut().enumerate() {
-                let bp = b8t.add(((g0 + g) * na + i) * 128 + j * 16);
-                *v = dpwd16(*v, ld16i(bp), mv);
+            for g in 0..NG {
+                summ[r][g] = dpwd16(summ[r][g], bv[g], mv);
             }
         }
+    }
+    for r in 0..R {
         let (d, dmin) = (_mm512_set1_ps(blk[r].d), _mm512_set1_ps(blk[r].dmin));
         for g in 0..NG {
             let dx = _mm512_loadu_ps(d8t.add(((g0 + g) * na + i) * 16));
             let t1 = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(sumi[r][g]));
-            let t2 = _mm512_mul_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(summ[g]));
+            let t2 = _mm512_mul_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(summ[r][g]));
             let ap = acc.add(r * 2 + g);
             *ap = _mm512_add_ps(*ap, _mm512_sub_ps(t1, t2));
         }
