@@ -126,6 +126,43 @@ impl Cpu {
     }
 }
 
+/// The rows of `jobs` cut into tasks of about equal work (rows x tokens x row length; a MoE
+/// layer's experts have very different numbers of tokens): about 8 tasks per thread for
+/// batches (4 when decoding), each a list of `(job, first row, end row)` pieces that start on
+/// whole groups of rows (16 for batches, whose kernels block 16 rows; `PACK_ROWS` otherwise,
+/// as the packed layout needs).
+fn work_tasks(jobs: &[RowJob<'_>], threads: usize) -> Vec<Vec<(usize, usize, usize)>> {
+    let n_tok = jobs.iter().map(|j| j.n_tok).max().unwrap_or(0);
+    let g = if n_tok >= 16 { 16 } else { hearth_core::PACK_ROWS };
+    let per_row = |j: &RowJob<'_>| j.n_tok.max(1) * j.w.row_len().max(1);
+    let total: usize = jobs.iter().map(|j| per_row(j) * j.w.n_rows()).sum();
+    let target = total
+        .div_ceil(threads * if n_tok >= 16 { 8 } else { 4 })
+        .max(1);
+    let mut tasks = Vec::new();
+    let (mut cur, mut budget) = (Vec::new(), target);
+    for (k, j) in jobs.iter().enumerate() {
+        let (n, c) = (j.w.n_rows(), per_row(j));
+        let mut r = 0;
+        while r < n {
+            // whole groups of rows that fit the budget (at least one group)
+            let fit = (budget / c).max(1).next_multiple_of(g);
+            let r1 = (r + fit).min(n);
+            cur.push((k, r, r1));
+            budget = budget.saturating_sub((r1 - r) * c);
+            r = r1;
+            if budget == 0 {
+                tasks.push(std::mem::take(&mut cur));
+                budget = target;
+            }
+        }
+    }
+    if !cur.is_empty() {
+        tasks.push(cur);
+    }
+    tasks
+}
+
 /// Fewest activation values quantized in parallel.
 const PAR_QUANTIZE: usize = 1 << 15;
 
@@ -432,21 +469,18 @@ impl Backend for Cpu {
                 out: SendPtr(j.out.as_mut_ptr()),
             })
             .collect();
-        // One parallel step over the rows of all the jobs, split evenly.
-        let mut start = Vec::with_capacity(rj.len() + 1);
-        start.push(0usize);
-        for j in &rj {
-            start.push(start.last().unwrap() + j.w.n_rows());
-        }
-        let total = *start.last().unwrap();
-        let n_tok = rj.iter().map(|j| j.n_tok).max().unwrap_or(0);
-        self.row_tasks(total, n_tok, &|range| {
-            let (mut g, hi) = (range.start, range.end);
-            while g < hi {
-                let k = start.partition_point(|&s| s <= g) - 1;
-                let (r0, r1) = (g - start[k], (hi - start[k]).min(rj[k].w.n_rows()));
-                rj[k].rows(r0..r1, which[k].map(|i| &acts[i]));
-                g = start[k] + r1;
+        // One parallel step over the rows of all the jobs, in tasks of about equal work
+        let tasks = work_tasks(&rj, self.threads());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        self.pool.run(&|_| {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(task) = tasks.get(i) else {
+                    break;
+                };
+                for &(k, r0, r1) in task {
+                    rj[k].rows(r0..r1, which[k].map(|i| &acts[i]));
+                }
             }
         });
         for (k, a) in kept.iter_mut().zip(acts.iter_mut()) {
