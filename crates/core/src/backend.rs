@@ -109,6 +109,22 @@ pub enum RopeStyle {
     Neox,
 }
 
+/// The rotation of [`Backend::rope_qk`]: head width, each token's position, one frequency
+/// per rotated pair, pair layout, and the factor on cos and sin (YaRN).
+#[derive(Clone, Copy, Debug)]
+pub struct RopeArgs<'a> {
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Position of each token.
+    pub positions: &'a [usize],
+    /// One frequency per rotated pair (`rot_dim / 2`).
+    pub inv_freq: &'a [f32],
+    /// Which elements pair up.
+    pub style: RopeStyle,
+    /// Factor on cos and sin.
+    pub mscale: f32,
+}
+
 /// The compute backend.
 pub trait Backend: Send + Sync {
     /// A short name ("cpu", "cuda:0").
@@ -159,6 +175,14 @@ pub trait Backend: Send + Sync {
         style: RopeStyle,
         mscale: f32,
     );
+
+    /// [`Backend::rope`] on the queries `q [n_tok, n_head, head_dim]` and the keys
+    /// `k [n_tok, n_kv_head, head_dim]` of the same tokens, with exactly its results; a
+    /// backend may compute each token's rotation once for both.
+    fn rope_qk(&self, q: &mut [f32], n_head: usize, k: &mut [f32], n_kv_head: usize, r: &RopeArgs<'_>) {
+        self.rope(q, n_head, r.head_dim, r.positions, r.inv_freq, r.style, r.mscale);
+        self.rope(k, n_kv_head, r.head_dim, r.positions, r.inv_freq, r.style, r.mscale);
+    }
 
     /// Attention for several sequences of a batch over one layer's cache, each with its own
     /// queries, positions and pages (`p.pages` is ignored; each job brings its own). A backend

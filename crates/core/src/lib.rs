@@ -9,7 +9,7 @@ mod dtype;
 mod error;
 mod tensor;
 
-pub use backend::{AttnJob, AttnParams, Backend, MatJob, Pages, RopeStyle};
+pub use backend::{AttnJob, AttnParams, Backend, MatJob, Pages, RopeArgs, RopeStyle};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use tensor::{Device, Storage, Tensor};

@@ -15,7 +15,8 @@ mod pool;
 mod prof;
 
 use hearth_core::{
-    AttnJob, AttnParams, Backend, DType, Device, Error, MatJob, Result, RopeStyle, Tensor,
+    AttnJob, AttnParams, Backend, DType, Device, Error, MatJob, Result, RopeArgs, RopeStyle,
+    Tensor,
 };
 use hearth_quant::acts::{QuantizedActs, T8_MIN, supports_q16};
 use hearth_quant::{dequantize, dot_f32, dot_row, pack, rows_q16, rows_q16_packed};
@@ -555,6 +556,40 @@ impl Backend for Cpu {
         });
     }
 
+    fn rope_qk(&self, q: &mut [f32], n_head: usize, k: &mut [f32], n_kv_head: usize, r: &RopeArgs<'_>) {
+        let _t = prof::Timer::op(prof::Op::Rope);
+        let half = r.inv_freq.len().min(MAX_ROPE_PAIRS);
+        let (qw, kw) = (n_head * r.head_dim, n_kv_head * r.head_dim);
+        let n_tok = r
+            .positions
+            .len()
+            .min(q.len() / qw.max(1))
+            .min(k.len() / kw.max(1));
+        let (qp, kp) = (SendPtr(q.as_mut_ptr()), SendPtr(k.as_mut_ptr()));
+        // tokens in parallel for a batch; each token's cos and sin once for its queries and keys
+        self.split(n_tok, qw + kw, &|toks| {
+            let (qp, kp) = (qp, kp);
+            let mut cs = [(0f32, 0f32); MAX_ROPE_PAIRS];
+            let cs = &mut cs[..half];
+            for t in toks {
+                let pos = r.positions[t];
+                for (c, &f) in cs.iter_mut().zip(r.inv_freq) {
+                    let a = pos as f32 * f;
+                    *c = (a.cos() * r.mscale, a.sin() * r.mscale);
+                }
+                // SAFETY: tokens are disjoint across tasks and within `q` and `k`.
+                let (qt, kt) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(qp.0.add(t * qw), qw),
+                        std::slice::from_raw_parts_mut(kp.0.add(t * kw), kw),
+                    )
+                };
+                rotate(qt, r.head_dim, cs, r.style, half);
+                rotate(kt, r.head_dim, cs, r.style, half);
+            }
+        });
+    }
+
     fn attention(
         &self,
         q: &[f32],
@@ -740,6 +775,35 @@ mod tests {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             (seed >> 33) as u32
+        }
+    }
+
+    #[test]
+    fn rope_qk_equals_rope_on_each() {
+        let cpu = Cpu::new(2).unwrap();
+        let mut rnd = lcg(9);
+        let (hd, nh, nkv, n) = (64, 9, 3, 300);
+        let pos: Vec<usize> = (0..n).map(|i| 1000 + 3 * i).collect();
+        let inv: Vec<f32> = (0..hd / 2).map(|i| 10000f32.powf(-((2 * i) as f32) / hd as f32)).collect();
+        let mut val = || (rnd() % 2000) as f32 / 1000.0 - 1.0;
+        let q: Vec<f32> = (0..n * nh * hd).map(|_| val()).collect();
+        let k: Vec<f32> = (0..n * nkv * hd).map(|_| val()).collect();
+        for style in [RopeStyle::Normal, RopeStyle::Neox] {
+            let (mut q1, mut k1) = (q.clone(), k.clone());
+            cpu.rope(&mut q1, nh, hd, &pos, &inv, style, 1.25);
+            cpu.rope(&mut k1, nkv, hd, &pos, &inv, style, 1.25);
+            let (mut q2, mut k2) = (q.clone(), k.clone());
+            let r = RopeArgs {
+                head_dim: hd,
+                positions: &pos,
+                inv_freq: &inv,
+                style,
+                mscale: 1.25,
+            };
+            cpu.rope_qk(&mut q2, nh, &mut k2, nkv, &r);
+            assert!(q1.iter().zip(&q2).all(|(a, b)| a.to_bits() == b.to_bits()));
+            assert!(k1.iter().zip(&k2).all(|(a, b)| a.to_bits() == b.to_bits()));
+            assert!(q1 != q, "the rotation changed the queries");
         }
     }
 

@@ -696,25 +696,14 @@ impl Model {
                     if let Some(w) = &a.k_norm {
                         be.rms_norm(k, w, c.rms_eps);
                     }
-                    let style = c.rope.style;
-                    be.rope(
-                        q,
-                        c.n_head,
-                        hd,
-                        &s.pos,
-                        &self.inv_freq,
-                        style,
-                        self.rope_mscale,
-                    );
-                    be.rope(
-                        k,
-                        c.n_kv_head,
-                        hd,
-                        &s.pos,
-                        &self.inv_freq,
-                        style,
-                        self.rope_mscale,
-                    );
+                    let rope = hearth_core::RopeArgs {
+                        head_dim: hd,
+                        positions: &s.pos,
+                        inv_freq: &self.inv_freq,
+                        style: c.rope.style,
+                        mscale: self.rope_mscale,
+                    };
+                    be.rope_qk(q, c.n_head, k, c.n_kv_head, &rope);
                     let (kc, vc) = (&mut pool.k[li], &mut pool.v[li]);
                     for sg in segs {
                         for t in 0..sg.n {

@@ -1816,8 +1816,10 @@ pub unsafe fn q16_blocks(
 
 /// `acts::q8_blocks`: per block of 256, the maximum of |x| (exact in any order), `d = max / 127`,
 /// `q = round(x / d)` to nearest-even by `vroundps` (what `round_even` computes for these
-/// values) clamped to ±127, and the sums of `q` per 16. The buffers must hold `x.len() / 256`
-/// blocks.
+/// values) clamped to ±127, and the sums of `q` per 16.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `q`, `d` and `bs` hold `x.len() / 256` blocks.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn q8_blocks(x: &[f32], q: &mut [i8], d: &mut [f32], bs: &mut [i16]) {
     let sign = _mm256_set1_ps(-0.0);
@@ -1854,6 +1856,9 @@ pub unsafe fn q8_blocks(x: &[f32], q: &mut [i8], d: &mut [f32], bs: &mut [i16]) 
 
 /// `dst[k * G + l] = src[l][k]` for `k, l < G` (`G` = 8): 8 rows of 8 words transposed, for
 /// the regrouped activations (`acts.rs`); a null row reads as zeros.
+///
+/// # Safety
+/// The CPU has AVX2; each non-null `src[l]` is readable for 8 words, `dst` writable for 64.
 #[target_feature(enable = "avx2")]
 pub unsafe fn transpose_words8(src: [*const i32; 8], dst: *mut i32) {
     let ld = |p: *const i32| {
@@ -1938,6 +1943,10 @@ fast! {
     /// each an 8-lane sum of products (multiply, then add) reduced as
     /// `(((l0 + l4) + (l1 + l5)) + (l2 + l6)) + (l3 + l7)` with the tail added after, and the
     /// pieces added in order.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; rows `rows` lie within `bytes` and `x` holds `n_tok` rows of
+    /// `rb / 4` values.
     pub unsafe fn rows_f32(
         bytes: &[u8],
         rb: usize,

@@ -684,6 +684,10 @@ unsafe fn rows_wide(
 fast! {
     /// `dst[k * 16 + l] = src[l][k]` for `k, l < 16`: 16 rows of 16 words transposed, for the
     /// regrouped activations (`acts.rs`); a null row reads as zeros.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F; each non-null `src[l]` is readable for 16 words, `dst` writable
+    /// for 256.
     pub unsafe fn transpose_words16(src: [*const i32; 16], dst: *mut i32) {
         let mut v = [_mm512_setzero_ps(); 16];
         for (l, v) in v.iter_mut().enumerate() {
