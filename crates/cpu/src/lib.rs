@@ -249,6 +249,13 @@ impl hearth_quant::Sink for OutRows {
     }
 
     #[inline(always)]
+    fn rows_at(&mut self, t: usize, r0: usize, n: usize) -> Option<*mut f32> {
+        debug_assert!(t < self.n_tok && r0 + n <= self.n_out);
+        // SAFETY: as in `put`: within the output, rows of this task's range.
+        Some(unsafe { self.out.0.add(t * self.n_out + r0) })
+    }
+
+    #[inline(always)]
     fn put_rows(&mut self, t: usize, r0: usize, v: &[f32; 16], n: usize) {
         debug_assert!(t < self.n_tok && r0 + n <= self.n_out && n <= 16);
         // SAFETY: as in `put`, for the rows r0..r0 + n of the task's range.

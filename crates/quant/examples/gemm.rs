@@ -55,6 +55,10 @@ fn main() {
         fn put(&mut self, t: usize, r: usize, v: f32) {
             self.o[t * self.n_out + r] = v;
         }
+        fn rows_at(&mut self, t: usize, r0: usize, n: usize) -> Option<*mut f32> {
+            let at = t * self.n_out + r0;
+            Some(self.o[at..at + n].as_mut_ptr())
+        }
         fn put_rows(&mut self, t: usize, r0: usize, v: &[f32; 16], n: usize) {
             let at = t * self.n_out + r0;
             self.o[at..at + n].copy_from_slice(&v[..n]);

@@ -320,6 +320,13 @@ pub trait Sink {
             self.put(token, row0 + k, x);
         }
     }
+    /// Where rows `row0..row0 + n` of `token` lie one after the other in memory, for a
+    /// kernel to store them itself (`None`: use [`Sink::put_rows`]). The pointer must be
+    /// valid for writing those `n` floats, which no one else writes meanwhile.
+    #[inline(always)]
+    fn rows_at(&mut self, _token: usize, _row0: usize, _n: usize) -> Option<*mut f32> {
+        None
+    }
 }
 
 impl<F: FnMut(usize, usize, f32)> Sink for F {

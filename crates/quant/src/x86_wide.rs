@@ -414,14 +414,20 @@ unsafe fn emit_tile(
     put: &mut impl crate::Sink,
 ) {
     let out = transpose16(v);
+    let mask: u16 = if nr >= 16 { !0 } else { (1u16 << nr) - 1 };
     let mut o = [0f32; 16];
     for (l, x) in out.iter().enumerate() {
         let t = t0 + l;
         if t >= n_tok {
             break;
         }
-        _mm512_storeu_ps(o.as_mut_ptr(), *x);
-        put.put_rows(t, r0, &o, nr);
+        if let Some(p) = put.rows_at(t, r0, nr) {
+            // the first nr lanes, straight to the output
+            _mm512_mask_storeu_ps(p, mask, *x);
+        } else {
+            _mm512_storeu_ps(o.as_mut_ptr(), *x);
+            put.put_rows(t, r0, &o, nr);
+        }
     }
 }
 
