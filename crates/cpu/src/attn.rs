@@ -435,26 +435,36 @@ pub(crate) mod x86 {
                 let (a, b) = (q.lo.max(c0), q.hi.min(c0 + C - 1));
                 seen[qi] = (a <= b).then(|| (a - c0, b - c0));
             }
-            // scores and the softmax update, two queries at a time where they see the same
-            // positions (the keys' loads then serve both)
+            // scores and the softmax update, up to three queries at a time where they see the
+            // same positions (the keys' loads then serve them all)
             let mut qi = 0;
             while qi < qs.len() {
                 let Some((sa, sb)) = seen[qi] else {
                     qi += 1;
                     continue;
                 };
-                let two = qi + 1 < qs.len() && seen[qi + 1] == Some((sa, sb));
-                let mut sv = [[_mm512_set1_ps(f32::NEG_INFINITY); 2]; 2];
-                let qp = [qs[qi].q.as_ptr(), qs[if two { qi + 1 } else { qi }].q.as_ptr()];
+                // up to three queries that see the same positions
+                let mut nq = 1;
+                while nq < 3 && qi + nq < qs.len() && seen[qi + nq] == Some((sa, sb)) {
+                    nq += 1;
+                }
+                let mut sv = [[_mm512_set1_ps(f32::NEG_INFINITY); 2]; 3];
+                let qp: [*const f32; 3] = std::array::from_fn(|k| qs[qi + k.min(nq - 1)].q.as_ptr());
                 for h in 0..2 {
                     if sa >= 16 * (h + 1) || sb < 16 * h {
                         continue;
                     }
-                    let s = if two {
-                        scores_wide::<2>(qp, kt.as_ptr().add(16 * h), hd)
-                    } else {
-                        let [s] = scores_wide::<1>([qp[0]], kt.as_ptr().add(16 * h), hd);
-                        [s, s]
+                    let kh = kt.as_ptr().add(16 * h);
+                    let s: [__m512; 3] = match nq {
+                        3 => scores_wide::<3>(qp, kh, hd),
+                        2 => {
+                            let [a, b] = scores_wide::<2>([qp[0], qp[1]], kh, hd);
+                            [a, b, b]
+                        }
+                        _ => {
+                            let [a] = scores_wide::<1>([qp[0]], kh, hd);
+                            [a, a, a]
+                        }
                     };
                     // lanes sa..=sb of this half
                     let lo = sa.saturating_sub(16 * h).min(16);
@@ -464,7 +474,7 @@ pub(crate) mod x86 {
                         x[h] = _mm512_mask_mov_ps(x[h], m, _mm512_mul_ps(s, _mm512_set1_ps(p.scale)));
                     }
                 }
-                for (k, sv) in sv.iter().enumerate().take(if two { 2 } else { 1 }) {
+                for (k, sv) in sv.iter().enumerate().take(nq) {
                     let q = &mut qs[qi + k];
                     let cmax = _mm512_reduce_max_ps(_mm512_max_ps(sv[0], sv[1]));
                     if cmax > q.m {
@@ -493,7 +503,7 @@ pub(crate) mod x86 {
                     let w2 = _mm_add_ps(w4, _mm_movehl_ps(w4, w4));
                     q.l += _mm_cvtss_f32(_mm_add_ss(w2, _mm_shuffle_ps::<1>(w2, w2)));
                 }
-                qi += if two { 2 } else { 1 };
+                qi += nq;
             }
             // values: up to four queries at a time where they see the same positions
             let mut qi = 0;
