@@ -625,8 +625,7 @@ impl Backend for Cpu {
         // A task is (job, up to `tile_max` tokens, one KV head) with all its query heads, so each
         // chunk of keys and values is read once for the tile's queries; when that leaves too
         // few tasks to keep the threads busy (decoding one sequence), (job, token, head).
-        // Either way a query's arithmetic is the same (see attn.rs). Threads take tasks
-        // interleaved, which evens out the longer contexts of later positions.
+        // Either way a query's arithmetic is the same (see attn.rs).
         // the AVX-512 path transposes each chunk's keys once per tile: larger tiles pay for
         // it better (8 tokens: +3% pp512 on SmolLM2 Q8_0 against 4)
         #[cfg(target_arch = "x86_64")]
@@ -654,14 +653,18 @@ impl Backend for Cpu {
             .map(|j| SendPtr(j.out.as_mut_ptr()))
             .collect();
         let jobs = &*jobs;
-        self.pool.run(&|i| {
-            let mut ji = 0;
-            let mut task = i;
+        // tasks taken in turn from a shared counter, the last (longest context) first, so
+        // that the threads end together
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        self.pool.run(&|_| {
             let mut qs = Vec::with_capacity(tile * heads);
-            while task < total {
-                while starts[ji + 1] <= task {
-                    ji += 1;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    break;
                 }
+                let task = total - 1 - i;
+                let ji = starts.partition_point(|&s| s <= task) - 1;
                 let j = &jobs[ji];
                 let local = task - starts[ji];
                 let hgroups = nh / heads;
@@ -693,7 +696,6 @@ impl Backend for Cpu {
                     }
                 }
                 attn::attend_group(k, v, p, j.pages, kh, &mut qs);
-                task += threads;
             }
         });
     }
