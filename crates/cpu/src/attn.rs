@@ -433,7 +433,8 @@ pub(crate) mod x86 {
             // the range of the chunk each query sees
             for (qi, q) in qs.iter().enumerate() {
                 let (a, b) = (q.lo.max(c0), q.hi.min(c0 + C - 1));
-                seen[qi] = (a <= b).then(|| (a - c0, b - c0));
+                // (an `if`, not `bool::then` with a closure: that was a call per query)
+                seen[qi] = if a <= b { Some((a - c0, b - c0)) } else { None };
             }
             // scores and the softmax update, up to three queries at a time where they see the
             // same positions (the keys' loads then serve them all)

@@ -95,6 +95,7 @@ impl Cpu {
     /// Quantize `x` (rows of `n`) for the integer kernels; a batch of at least
     /// [`PAR_QUANTIZE`] values in parts on every thread.
     fn quantize(&self, a: &mut QuantizedActs, x: &[f32], n: usize, q16: bool, k8: bool) {
+        let _t = prof::Timer::op(prof::Op::Quantize);
         if x.len() >= PAR_QUANTIZE && self.threads() > 1 {
             a.quantize_forms_with(x, n, q16, k8, self.threads(), &|f| self.pool.run(f));
         } else {

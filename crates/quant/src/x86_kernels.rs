@@ -1097,7 +1097,12 @@ unsafe fn k16_t8<const T: u8, const R: usize, const NG: usize>(
     let (qt, dtp, st, s16t) = (a.qt.as_ptr(), a.dt.as_ptr(), a.st.as_ptr(), a.s16t.as_ptr());
     for i in 0..src[0].len() / ts {
         let blk: [&[u8]; R] = lanes_of(|r| &src[r][i * ts..(i + 1) * ts]);
-        let ks: [_; R] = lanes_of(|r| crate::acts::k16_scales(dt, blk[r]));
+        // a loop, not `lanes_of` with a closure: the closure (around a large function) was
+        // called out of line, once per super-block
+        let mut ks = [crate::acts::k16_scales(dt, blk[0]); R];
+        for r in 1..R {
+            ks[r] = crate::acts::k16_scales(dt, blk[r]);
+        }
         for j in 0..8 {
             for (r, wb) in wbuf.iter_mut().enumerate() {
                 let w = k16_w::<T>(blk[r].as_ptr(), j, &ks[r]);
