@@ -1769,7 +1769,9 @@ unsafe fn rows_q16_packed_impl(
 
 /// `acts::q16_blocks` (see `q16_blocks_impl` there for the order of the sum): per block of
 /// 32, rounding to nearest-even by `vroundps` (what `round_even` computes for these values).
-/// The buffers must hold `x.len() / 32` blocks.
+/// Eight blocks at a time: their maxima and lane sums are transposed so that the eight
+/// blocks' reductions (the maximum, and the sum in its tree order) and their scales (two
+/// divisions) take one vector operation each. The buffers must hold `x.len() / 32` blocks.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn q16_blocks(
     x: &[f32],
@@ -1779,36 +1781,33 @@ pub unsafe fn q16_blocks(
     s16: &mut [i32],
 ) {
     let sign = _mm256_set1_ps(-0.0);
-    for b in 0..x.len() / QK {
+    let nb = x.len() / QK;
+    // |x| maxima and lane sums (`((0 + c0) + c1) + c2) + c3` per lane) of block b
+    let lanes = |b: usize| {
         let xp = x.as_ptr().add(b * QK);
         let v: [__m256; 4] = lanes_of(|c| _mm256_loadu_ps(xp.add(8 * c)));
-        let m = amap(v, |v| _mm256_andnot_ps(sign, v));
+        let mut m = [_mm256_setzero_ps(); 4];
+        for c in 0..4 {
+            m[c] = _mm256_andnot_ps(sign, v[c]);
+        }
         let m = _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3]));
-        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
         let l = _mm256_add_ps(
-            _mm256_add_ps(
-                _mm256_add_ps(_mm256_add_ps(_mm256_setzero_ps(), v[0]), v[1]),
-                v[2],
-            ),
+            _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(_mm256_setzero_ps(), v[0]), v[1]), v[2]),
             v[3],
         );
-        let h = _mm256_hadd_ps(l, l);
-        let h = _mm256_hadd_ps(h, h);
-        sum[b] = _mm_cvtss_f32(_mm_add_ss(
-            _mm256_castps256_ps128(h),
-            _mm256_extractf128_ps(h, 1),
-        ));
-        let db = amax / 32767.0;
-        let id = _mm256_set1_ps(if db > 0.0 { 1.0 / db } else { 0.0 });
-        d[b] = db;
-        let r = amap(v, |v| {
-            _mm256_cvtps_epi32(_mm256_round_ps(
-                _mm256_mul_ps(v, id),
+        (m, l)
+    };
+    // block b quantized with the inverse scale `id`
+    let quant = |b: usize, id: f32, q: &mut [i16], s16: &mut [i32]| {
+        let xp = x.as_ptr().add(b * QK);
+        let id = _mm256_set1_ps(id);
+        let mut r = [_mm256_setzero_si256(); 4];
+        for c in 0..4 {
+            r[c] = _mm256_cvtps_epi32(_mm256_round_ps(
+                _mm256_mul_ps(_mm256_loadu_ps(xp.add(8 * c)), id),
                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-            ))
-        });
+            ));
+        }
         for hh in 0..2 {
             let (a, c) = (r[2 * hh], r[2 * hh + 1]);
             // packs works per 128-bit half: [a0-3, c0-3, a4-7, c4-7] -> element order
@@ -1816,7 +1815,77 @@ pub unsafe fn q16_blocks(
             _mm256_storeu_si256(q.as_mut_ptr().add(b * QK + 16 * hh) as *mut __m256i, p);
             s16[2 * b + hh] = hsum_i32(_mm256_add_epi32(a, c));
         }
+    };
+    let mut b0 = 0;
+    while b0 + 8 <= nb {
+        let mut mv = [_mm256_setzero_ps(); 8];
+        let mut lv = [_mm256_setzero_ps(); 8];
+        for k in 0..8 {
+            (mv[k], lv[k]) = lanes(b0 + k);
+        }
+        // lane k of mt[j] / lt[j]: lane j of block b0 + k
+        let (mt, lt) = (transpose8(&mv), transpose8(&lv));
+        let amax = _mm256_max_ps(
+            _mm256_max_ps(_mm256_max_ps(mt[0], mt[1]), _mm256_max_ps(mt[2], mt[3])),
+            _mm256_max_ps(_mm256_max_ps(mt[4], mt[5]), _mm256_max_ps(mt[6], mt[7])),
+        );
+        let sv = _mm256_add_ps(
+            _mm256_add_ps(_mm256_add_ps(lt[0], lt[1]), _mm256_add_ps(lt[2], lt[3])),
+            _mm256_add_ps(_mm256_add_ps(lt[4], lt[5]), _mm256_add_ps(lt[6], lt[7])),
+        );
+        let dv = _mm256_div_ps(amax, _mm256_set1_ps(32767.0));
+        let pos = _mm256_cmp_ps(dv, _mm256_setzero_ps(), _CMP_GT_OQ);
+        let idv = _mm256_and_ps(pos, _mm256_div_ps(_mm256_set1_ps(1.0), dv));
+        _mm256_storeu_ps(d.as_mut_ptr().add(b0), dv);
+        _mm256_storeu_ps(sum.as_mut_ptr().add(b0), sv);
+        let mut ids = [0f32; 8];
+        _mm256_storeu_ps(ids.as_mut_ptr(), idv);
+        for (k, &id) in ids.iter().enumerate() {
+            quant(b0 + k, id, q, s16);
+        }
+        b0 += 8;
     }
+    for b in b0..nb {
+        let (m, l) = lanes(b);
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+        let h = _mm256_hadd_ps(l, l);
+        let h = _mm256_hadd_ps(h, h);
+        sum[b] = _mm_cvtss_f32(_mm_add_ss(
+            _mm256_castps256_ps128(h),
+            _mm256_extractf128_ps(h, 1),
+        ));
+        let db = amax / 32767.0;
+        d[b] = db;
+        quant(b, if db > 0.0 { 1.0 / db } else { 0.0 }, q, s16);
+    }
+}
+
+/// The transpose of 8 rows of 8 floats: lane `c` of result `r` is lane `r` of `v[c]`.
+#[inline(always)]
+unsafe fn transpose8(v: &[__m256; 8]) -> [__m256; 8] {
+    let mut t = [_mm256_setzero_ps(); 8];
+    for i in 0..4 {
+        t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+    }
+    let pd = |x: __m256| _mm256_castps_pd(x);
+    let mut u = [_mm256_setzero_ps(); 8];
+    for q in 0..2 {
+        let (a, b, c, dd) = (t[4 * q], t[4 * q + 1], t[4 * q + 2], t[4 * q + 3]);
+        u[4 * q] = _mm256_castpd_ps(_mm256_unpacklo_pd(pd(a), pd(c)));
+        u[4 * q + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(pd(a), pd(c)));
+        u[4 * q + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(pd(b), pd(dd)));
+        u[4 * q + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(pd(b), pd(dd)));
+    }
+    // u[k] (k < 4): rows 0-3 of lanes k and 4 + k; u[4 + k]: rows 4-7 of the same
+    let mut out = [_mm256_setzero_ps(); 8];
+    for k in 0..4 {
+        out[k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x20);
+        out[4 + k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x31);
+    }
+    out
 }
 
 /// `acts::q8_blocks`: per block of 256, the maximum of |x| (exact in any order), `d = max / 127`,
