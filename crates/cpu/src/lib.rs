@@ -1,13 +1,14 @@
 //! hearth-cpu: the CPU backend.
 //!
 //! Matmuls run on quantized weights directly, one block at a time (never decoding a whole
-//! tensor). For Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q6_K the activations are first quantized to 16-bit
-//! integers (Q4_K: 8-bit per 256) and each block's dot is an exact integer sum. `matmul_many`
-//! runs independent matmuls (q/k/v, gate/up, a MoE layer's experts) as one parallel step over
-//! all their rows. A batch puts 8 tokens in the SIMD lanes but runs the one-token float steps
-//! for every (row, token), so batching never changes a token's result. Attention is in
-//! `attn.rs`.
-//! Work is split over a persistent thread pool (`pool.rs`).
+//! tensor). For Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q6_K and the other K types the activations are first
+//! quantized to 16-bit integers (Q4_K: 8-bit per 256) and each block's dot is an exact integer
+//! sum. `matmul_many` runs independent matmuls (q/k/v, gate/up, a MoE layer's experts) as one
+//! parallel step over all their rows, in tasks of about equal work. A batch puts 8 tokens in
+//! the SIMD lanes (16 with AVX-512) but runs the one-token float steps for every (row,
+//! token), so batching never changes a token's result. Attention is in `attn.rs`. Work is
+//! split over a persistent thread pool (`pool.rs`); `HEARTH_PROFILE=1` keeps time per
+//! operation (`prof.rs`).
 #![deny(missing_docs)]
 
 mod attn;

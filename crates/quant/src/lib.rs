@@ -28,7 +28,11 @@ pub mod x86 {
     //! The kernels are compiled twice from `x86_kernels.rs`: `avx2` for AVX2+FMA+F16C, and
     //! `avx512` with AVX-512 VNNI as well, which fuses each multiply-add of i16 pairs with its
     //! accumulation (`vpdpwssd`). Integer sums are exact either way, so both give the same bits;
-    //! [`vnni`] picks one at run time.
+    //! [`vnni`] picks one at run time. The `avx512` build also has the batched kernels of
+    //! `x86_wide.rs`, with 16 tokens in the lanes of a 512-bit register (the activations are
+    //! then regrouped 16 rows at a time, `acts::group_width`): each block of 16 weight rows
+    //! is decoded once, then tiles of 16 rows x up to 64 tokens keep their partial sums in
+    //! registers and store their results as runs of 16 rows per token.
     #![allow(unsafe_op_in_unsafe_fn)]
 
     /// The AVX2+FMA+F16C build.
