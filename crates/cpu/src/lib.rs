@@ -221,7 +221,7 @@ impl RowJob<'_> {
             }
             return rows_q16(dtype, bytes, rb, rows, acts, n_tok, put);
         }
-        if dtype == DType::F32 && n_tok > 1 {
+        if dtype == DType::F32 {
             return hearth_quant::rows_f32(bytes, rb, rows, self.x, n_tok, put);
         }
         let mut put = put;
@@ -641,7 +641,15 @@ impl Backend for Cpu {
         let (tile, heads) = if grouped >= 4 * threads {
             (tile_max, g)
         } else {
-            (1, 1)
+            // one token at a time, with as many of a group's query heads per task as leave
+            // at least two tasks per thread (decoding: 4 heads of a group of 8 share the
+            // keys they read)
+            let toks: usize = jobs.iter().map(|j| j.n_tok).sum();
+            let d = (1..=g)
+                .rev()
+                .find(|&d| g % d == 0 && (nh / d) * toks >= 2 * threads)
+                .unwrap_or(1);
+            (1, d)
         };
         let per_job = |n_tok: usize| n_tok.div_ceil(tile) * (nh / heads);
         let mut starts = Vec::with_capacity(jobs.len() + 1);

@@ -1691,6 +1691,9 @@ unsafe fn srl32(v: __m256i, n: usize) -> __m256i {
     _mm256_srl_epi32(v, _mm_cvtsi32_si128(n as i32))
 }
 
+/// Groups ahead whose lines the packed kernels request while a group is summed.
+const PF_AHEAD: usize = 2;
+
 /// [`rows_q16`] on a packed matrix (`pack.rs`; `n_rows` rows of `rb` bytes): whole groups
 /// of 8 rows with the group kernels, the rows past the last whole group (stored after the
 /// groups, unpacked) with the one-row kernels. Groups that `rows` cuts are computed whole and
@@ -1721,6 +1724,14 @@ unsafe fn rows_q16_packed_impl(
             let mut g = rows.start / 8 * 8;
             while g < rows.end.min(full) {
                 let grp = bytes.as_ptr().add(g / 8 * gb);
+                if g + PF_AHEAD * 8 < rows.end.min(full) {
+                    let a = grp.add(PF_AHEAD * gb);
+                    let mut o = 0;
+                    while o < gb {
+                        _mm_prefetch::<_MM_HINT_T0>(a.add(o) as *const i8);
+                        o += 64;
+                    }
+                }
                 for t in 0..n_tok {
                     let x = if t < 3 { xs[t] } else { acts.row(t) };
                     let [v] = $p8(grp, nb, [x]);
@@ -2037,6 +2048,17 @@ fast! {
         let mut r0 = rows.start;
         while r0 < rows.end {
             let nr = (rows.end - r0).min(R);
+            // the next rows' lines, requested while these are summed (a router's few rows
+            // come from memory each token, too few for the hardware prefetcher to ramp up)
+            let next = (r0 + nr)..(r0 + 2 * nr).min(rows.end);
+            if !next.is_empty() {
+                let (a, b) = (bytes.as_ptr().add(next.start * rb), next.len() * rb);
+                let mut o = 0;
+                while o < b {
+                    _mm_prefetch::<_MM_HINT_T0>(a.add(o) as *const i8);
+                    o += 64;
+                }
+            }
             let mut t0 = 0;
             while t0 < n_tok {
                 let nt = (n_tok - t0).min(T);
