@@ -125,6 +125,19 @@ pub struct RopeArgs<'a> {
     pub mscale: f32,
 }
 
+/// One layer's KV cache as the destination of a batch's keys and values: token `t`'s keys go
+/// to row `rows[t]` of `k` (rows of `n_kv_head * head_dim`), its values to the same row of `v`
+/// (rows as wide as the token's values).
+#[derive(Debug)]
+pub struct KvDest<'a> {
+    /// The layer's key rows.
+    pub k: &'a mut [f32],
+    /// The layer's value rows.
+    pub v: &'a mut [f32],
+    /// The cache row of each token of the batch.
+    pub rows: &'a [usize],
+}
+
 /// The compute backend.
 pub trait Backend: Send + Sync {
     /// A short name ("cpu", "cuda:0").
@@ -179,9 +192,53 @@ pub trait Backend: Send + Sync {
     /// [`Backend::rope`] on the queries `q [n_tok, n_head, head_dim]` and the keys
     /// `k [n_tok, n_kv_head, head_dim]` of the same tokens, with exactly its results; a
     /// backend may compute each token's rotation once for both.
-    fn rope_qk(&self, q: &mut [f32], n_head: usize, k: &mut [f32], n_kv_head: usize, r: &RopeArgs<'_>) {
-        self.rope(q, n_head, r.head_dim, r.positions, r.inv_freq, r.style, r.mscale);
-        self.rope(k, n_kv_head, r.head_dim, r.positions, r.inv_freq, r.style, r.mscale);
+    fn rope_qk(
+        &self,
+        q: &mut [f32],
+        n_head: usize,
+        k: &mut [f32],
+        n_kv_head: usize,
+        r: &RopeArgs<'_>,
+    ) {
+        self.rope(
+            q,
+            n_head,
+            r.head_dim,
+            r.positions,
+            r.inv_freq,
+            r.style,
+            r.mscale,
+        );
+        self.rope(
+            k,
+            n_kv_head,
+            r.head_dim,
+            r.positions,
+            r.inv_freq,
+            r.style,
+            r.mscale,
+        );
+    }
+
+    /// [`Backend::rope_qk`] on `q` and a copy of `k`, storing each token's rotated keys and
+    /// its values `v [n_tok, v_w]` in its cache row (`dest`), with exactly the bits of the
+    /// rotation then a copy; a backend may rotate the keys straight into the cache, in the
+    /// same pass as the queries. `k` itself is left as it was.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_qk_store(
+        &self,
+        q: &mut [f32],
+        n_head: usize,
+        k: &[f32],
+        n_kv_head: usize,
+        v: &[f32],
+        r: &RopeArgs<'_>,
+        dest: KvDest<'_>,
+    ) {
+        let mut kr = k.to_vec();
+        self.rope_qk(q, n_head, &mut kr, n_kv_head, r);
+        store_rows(&kr, dest.k, dest.rows);
+        store_rows(v, dest.v, dest.rows);
     }
 
     /// Attention for several sequences of a batch over one layer's cache, each with its own
@@ -211,4 +268,18 @@ pub trait Backend: Send + Sync {
 
     /// `gate[i] = silu(gate[i]) * up[i]`.
     fn silu_mul(&self, gate: &mut [f32], up: &[f32]);
+}
+
+/// Row `t` of `src` (rows of `src.len() / rows.len()`) into row `rows[t]` of `dst`; rows past
+/// either end are skipped.
+pub fn store_rows(src: &[f32], dst: &mut [f32], rows: &[usize]) {
+    let Some(w) = src.len().checked_div(rows.len()).filter(|&w| w > 0) else {
+        return;
+    };
+    for (t, &r) in rows.iter().enumerate() {
+        debug_assert!((r + 1) * w <= dst.len() && (t + 1) * w <= src.len());
+        if let (Some(d), Some(s)) = (dst.get_mut(r * w..(r + 1) * w), src.get(t * w..(t + 1) * w)) {
+            d.copy_from_slice(s);
+        }
+    }
 }

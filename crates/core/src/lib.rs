@@ -9,7 +9,9 @@ mod dtype;
 mod error;
 mod tensor;
 
-pub use backend::{AttnJob, AttnParams, Backend, MatJob, Pages, RopeArgs, RopeStyle};
+pub use backend::{
+    AttnJob, AttnParams, Backend, KvDest, MatJob, Pages, RopeArgs, RopeStyle, store_rows,
+};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use tensor::{Device, Storage, Tensor};

@@ -450,7 +450,8 @@ pub(crate) mod x86 {
                     nq += 1;
                 }
                 let mut sv = [[_mm512_set1_ps(f32::NEG_INFINITY); 2]; 3];
-                let qp: [*const f32; 3] = std::array::from_fn(|k| qs[qi + k.min(nq - 1)].q.as_ptr());
+                let qp: [*const f32; 3] =
+                    std::array::from_fn(|k| qs[qi + k.min(nq - 1)].q.as_ptr());
                 for h in 0..2 {
                     if sa >= 16 * (h + 1) || sb < 16 * h {
                         continue;
@@ -472,7 +473,8 @@ pub(crate) mod x86 {
                     let hi = (sb + 1 - 16 * h).min(16);
                     let m: u16 = (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16;
                     for (x, s) in sv.iter_mut().zip(s) {
-                        x[h] = _mm512_mask_mov_ps(x[h], m, _mm512_mul_ps(s, _mm512_set1_ps(p.scale)));
+                        x[h] =
+                            _mm512_mask_mov_ps(x[h], m, _mm512_mul_ps(s, _mm512_set1_ps(p.scale)));
                     }
                 }
                 for (k, sv) in sv.iter().enumerate().take(nq) {
@@ -522,7 +524,12 @@ pub(crate) mod x86 {
                 let e = |k: usize| &ew[qi + k][sa..=sb];
                 let o = |k: usize| optr[qi + k];
                 match n {
-                    4 => values_wide::<4>([o(0), o(1), o(2), o(3)], [e(0), e(1), e(2), e(3)], row, vd),
+                    4 => values_wide::<4>(
+                        [o(0), o(1), o(2), o(3)],
+                        [e(0), e(1), e(2), e(3)],
+                        row,
+                        vd,
+                    ),
                     3 => values_wide::<3>([o(0), o(1), o(2)], [e(0), e(1), e(2)], row, vd),
                     2 => values_wide::<2>([o(0), o(1)], [e(0), e(1)], row, vd),
                     _ => values_wide::<1>([o(0)], [e(0)], row, vd),
@@ -541,7 +548,11 @@ pub(crate) mod x86 {
     /// per position, added as `((S0 + S1) + (S2 + S3)) + ((S4 + S5) + (S6 + S7))`; each key
     /// load serves the `Q` queries.
     #[inline(always)]
-    unsafe fn scores_wide<const Q: usize>(q: [*const f32; Q], kt: *const f32, hd: usize) -> [__m512; Q] {
+    unsafe fn scores_wide<const Q: usize>(
+        q: [*const f32; Q],
+        kt: *const f32,
+        hd: usize,
+    ) -> [__m512; Q] {
         let mut acc = [[_mm512_setzero_ps(); 8]; Q];
         for cc in 0..hd / 8 {
             for kk in 0..8 {
@@ -948,7 +959,10 @@ mod tests {
                     let alone = run(&[i]);
                     let a: Vec<u32> = alone[0].iter().map(|x| x.to_bits()).collect();
                     let b: Vec<u32> = tile[i].iter().map(|x| x.to_bits()).collect();
-                    assert_eq!(a, b, "hd {hd} vd {vd} window {window:?} last {last} query {i}");
+                    assert_eq!(
+                        a, b,
+                        "hd {hd} vd {vd} window {window:?} last {last} query {i}"
+                    );
                 }
             }
         }

@@ -16,8 +16,8 @@ mod pool;
 mod prof;
 
 use hearth_core::{
-    AttnJob, AttnParams, Backend, DType, Device, Error, MatJob, Result, RopeArgs, RopeStyle,
-    Tensor,
+    AttnJob, AttnParams, Backend, DType, Device, Error, KvDest, MatJob, Result, RopeArgs,
+    RopeStyle, Tensor,
 };
 use hearth_quant::acts::{QuantizedActs, T8_MIN, supports_q16};
 use hearth_quant::{dequantize, dot_f32, dot_row, pack, rows_q16, rows_q16_packed};
@@ -136,7 +136,11 @@ impl Cpu {
 /// as the packed layout needs).
 fn work_tasks(jobs: &[RowJob<'_>], threads: usize) -> Vec<Vec<(usize, usize, usize)>> {
     let n_tok = jobs.iter().map(|j| j.n_tok).max().unwrap_or(0);
-    let g = if n_tok >= 16 { 16 } else { hearth_core::PACK_ROWS };
+    let g = if n_tok >= 16 {
+        16
+    } else {
+        hearth_core::PACK_ROWS
+    };
     let per_row = |j: &RowJob<'_>| j.n_tok.max(1) * j.w.row_len().max(1);
     let total: usize = jobs.iter().map(|j| per_row(j) * j.w.n_rows()).sum();
     let target = total
@@ -228,7 +232,12 @@ impl RowJob<'_> {
         for r in rows {
             let row = &bytes[r * rb..(r + 1) * rb];
             for t in 0..n_tok {
-                hearth_quant::Sink::put(&mut put, t, r, dot_row(dtype, row, &self.x[t * n_in..(t + 1) * n_in]));
+                hearth_quant::Sink::put(
+                    &mut put,
+                    t,
+                    r,
+                    dot_row(dtype, row, &self.x[t * n_in..(t + 1) * n_in]),
+                );
             }
         }
     }
@@ -427,7 +436,8 @@ impl Backend for Cpu {
         }
         // the quantized forms' buffers are kept between calls (a MoE layer quantizes dozens of
         // matrices): no allocation, page faults or zeroing per call
-        let mut kept = std::mem::take(&mut *self.acts_many.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut kept =
+            std::mem::take(&mut *self.acts_many.lock().unwrap_or_else(|e| e.into_inner()));
         if kept.len() < keys.len() {
             kept.resize_with(keys.len(), Default::default);
         }
@@ -565,7 +575,14 @@ impl Backend for Cpu {
         });
     }
 
-    fn rope_qk(&self, q: &mut [f32], n_head: usize, k: &mut [f32], n_kv_head: usize, r: &RopeArgs<'_>) {
+    fn rope_qk(
+        &self,
+        q: &mut [f32],
+        n_head: usize,
+        k: &mut [f32],
+        n_kv_head: usize,
+        r: &RopeArgs<'_>,
+    ) {
         let _t = prof::Timer::op(prof::Op::Rope);
         let half = r.inv_freq.len().min(MAX_ROPE_PAIRS);
         let (qw, kw) = (n_head * r.head_dim, n_kv_head * r.head_dim);
@@ -593,6 +610,82 @@ impl Backend for Cpu {
                         std::slice::from_raw_parts_mut(kp.0.add(t * kw), kw),
                     )
                 };
+                rotate(qt, r.head_dim, cs, r.style, half);
+                rotate(kt, r.head_dim, cs, r.style, half);
+            }
+        });
+    }
+
+    /// One parallel pass over the tokens: each token's queries are rotated in place, its keys
+    /// copied into its cache row and rotated there (the bits of `rope_qk`), its values copied.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_qk_store(
+        &self,
+        q: &mut [f32],
+        n_head: usize,
+        k: &[f32],
+        n_kv_head: usize,
+        v: &[f32],
+        r: &RopeArgs<'_>,
+        dest: KvDest<'_>,
+    ) {
+        let _t = prof::Timer::op(prof::Op::Rope);
+        let half = r.inv_freq.len().min(MAX_ROPE_PAIRS);
+        let (qw, kw) = (n_head * r.head_dim, n_kv_head * r.head_dim);
+        let n_tok = r
+            .positions
+            .len()
+            .min(dest.rows.len())
+            .min(q.len() / qw.max(1))
+            .min(k.len() / kw.max(1));
+        let vw = v.len() / n_tok.max(1);
+        // the parallel writes below need every token's cache row inside the cache and no two
+        // tokens sharing one (checked here, once); otherwise the rotation, then a copy
+        let rows = &dest.rows[..n_tok];
+        let fits = |len: usize, w: usize| rows.iter().all(|&row| (row + 1) * w <= len);
+        let distinct = {
+            let mut s = rows.to_vec();
+            s.sort_unstable();
+            s.windows(2).all(|p| p[0] != p[1])
+        };
+        if !(fits(dest.k.len(), kw) && fits(dest.v.len(), vw) && distinct) || n_tok == 0 {
+            let mut kr = k[..n_tok * kw].to_vec();
+            let r = RopeArgs {
+                positions: &r.positions[..n_tok],
+                ..*r
+            };
+            self.rope_qk(&mut q[..n_tok * qw], n_head, &mut kr, n_kv_head, &r);
+            hearth_core::store_rows(&kr, dest.k, rows);
+            hearth_core::store_rows(&v[..n_tok * vw], dest.v, rows);
+            return;
+        }
+        let (qp, kcp, vcp) = (
+            SendPtr(q.as_mut_ptr()),
+            SendPtr(dest.k.as_mut_ptr()),
+            SendPtr(dest.v.as_mut_ptr()),
+        );
+        self.split(n_tok, qw + 2 * kw + vw, &|toks| {
+            let (qp, kcp, vcp) = (qp, kcp, vcp);
+            let mut cs = [(0f32, 0f32); MAX_ROPE_PAIRS];
+            let cs = &mut cs[..half];
+            for t in toks {
+                let pos = r.positions[t];
+                for (c, &f) in cs.iter_mut().zip(r.inv_freq) {
+                    let a = pos as f32 * f;
+                    *c = (a.cos() * r.mscale, a.sin() * r.mscale);
+                }
+                let row = rows[t];
+                // SAFETY: tokens are disjoint across tasks, and so are their cache rows (each
+                // position has its own row); all lie within `q` and the cache (checked above).
+                let (qt, kt, vt) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(qp.0.add(t * qw), qw),
+                        std::slice::from_raw_parts_mut(kcp.0.add(row * kw), kw),
+                        std::slice::from_raw_parts_mut(vcp.0.add(row * vw), vw),
+                    )
+                };
+                kt.copy_from_slice(&k[t * kw..(t + 1) * kw]);
+                vt.copy_from_slice(&v[t * vw..(t + 1) * vw]);
                 rotate(qt, r.head_dim, cs, r.style, half);
                 rotate(kt, r.head_dim, cs, r.style, half);
             }
@@ -803,7 +896,9 @@ mod tests {
         let mut rnd = lcg(9);
         let (hd, nh, nkv, n) = (64, 9, 3, 300);
         let pos: Vec<usize> = (0..n).map(|i| 1000 + 3 * i).collect();
-        let inv: Vec<f32> = (0..hd / 2).map(|i| 10000f32.powf(-((2 * i) as f32) / hd as f32)).collect();
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|i| 10000f32.powf(-((2 * i) as f32) / hd as f32))
+            .collect();
         let mut val = || (rnd() % 2000) as f32 / 1000.0 - 1.0;
         let q: Vec<f32> = (0..n * nh * hd).map(|_| val()).collect();
         let k: Vec<f32> = (0..n * nkv * hd).map(|_| val()).collect();
@@ -823,6 +918,54 @@ mod tests {
             assert!(q1.iter().zip(&q2).all(|(a, b)| a.to_bits() == b.to_bits()));
             assert!(k1.iter().zip(&k2).all(|(a, b)| a.to_bits() == b.to_bits()));
             assert!(q1 != q, "the rotation changed the queries");
+        }
+    }
+
+    #[test]
+    fn rope_qk_store_equals_rope_qk_then_a_copy() {
+        let cpu = Cpu::new(2).unwrap();
+        let mut rnd = lcg(13);
+        let (hd, nh, nkv, n, cache_rows) = (64, 9, 3, 300, 700);
+        let (kw, vw) = (nkv * hd, nkv * 48);
+        let pos: Vec<usize> = (0..n).map(|i| 20 + i).collect();
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|i| 10000f32.powf(-((2 * i) as f32) / hd as f32))
+            .collect();
+        let mut val = || (rnd() % 2000) as f32 / 1000.0 - 1.0;
+        let q: Vec<f32> = (0..n * nh * hd).map(|_| val()).collect();
+        let k: Vec<f32> = (0..n * kw).map(|_| val()).collect();
+        let v: Vec<f32> = (0..n * vw).map(|_| val()).collect();
+        // scattered rows (pages out of order), and a batch where two tokens share a row
+        let scattered: Vec<usize> = (0..n).map(|t| (t * 7 + 3) % cache_rows).collect();
+        let mut shared = scattered.clone();
+        shared[5] = shared[9];
+        for rows in [scattered, shared] {
+            for style in [RopeStyle::Normal, RopeStyle::Neox] {
+                let r = RopeArgs {
+                    head_dim: hd,
+                    positions: &pos,
+                    inv_freq: &inv,
+                    style,
+                    mscale: 1.25,
+                };
+                let (mut q1, mut k1) = (q.clone(), k.clone());
+                cpu.rope_qk(&mut q1, nh, &mut k1, nkv, &r);
+                let (mut kc1, mut vc1) = (vec![7f32; cache_rows * kw], vec![7f32; cache_rows * vw]);
+                hearth_core::store_rows(&k1, &mut kc1, &rows);
+                hearth_core::store_rows(&v, &mut vc1, &rows);
+                let mut q2 = q.clone();
+                let (mut kc2, mut vc2) = (vec![7f32; cache_rows * kw], vec![7f32; cache_rows * vw]);
+                let dest = KvDest {
+                    k: &mut kc2,
+                    v: &mut vc2,
+                    rows: &rows,
+                };
+                cpu.rope_qk_store(&mut q2, nh, &k, nkv, &v, &r, dest);
+                let same =
+                    |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same(&q1, &q2) && same(&kc1, &kc2) && same(&vc1, &vc2));
+                assert!(kc1 != vec![7f32; cache_rows * kw], "the keys were stored");
+            }
         }
     }
 

@@ -90,6 +90,8 @@ pub struct Scratch {
     g: Vec<f32>,
     u: Vec<f32>,
     pos: Vec<usize>,
+    /// Each token's KV-cache row in the layer being run.
+    rows: Vec<usize>,
 }
 
 /// Which logits a sequence of a batch wants back.
@@ -650,6 +652,14 @@ impl Model {
         for sg in segs {
             s.pos.extend(sg.pos0..sg.pos0 + sg.n);
         }
+        // each token's KV-cache row (the same in every layer)
+        s.rows.clear();
+        s.rows.resize(n, 0);
+        for sg in segs {
+            for t in 0..sg.n {
+                s.rows[sg.row0 + t] = sg.pages.row(sg.pos0 + t);
+            }
+        }
         let x = resize(&mut s.x, n * e);
         for (t, &tok) in tokens.iter().enumerate() {
             be.get_row(&self.tok_embd, tok as usize, &mut x[t * e..(t + 1) * e])?;
@@ -703,15 +713,15 @@ impl Model {
                         style: c.rope.style,
                         mscale: self.rope_mscale,
                     };
-                    be.rope_qk(q, c.n_head, k, c.n_kv_head, &rope);
+                    // the rotation with the cache writes fused
                     let (kc, vc) = (&mut pool.k[li], &mut pool.v[li]);
-                    for sg in segs {
-                        for t in 0..sg.n {
-                            let (r, i) = (sg.pages.row(sg.pos0 + t), sg.row0 + t);
-                            kc[r * kvd..(r + 1) * kvd].copy_from_slice(&k[i * kvd..(i + 1) * kvd]);
-                            vc[r * kvd..(r + 1) * kvd].copy_from_slice(&v[i * kvd..(i + 1) * kvd]);
-                        }
-                    }
+                    let dest = hearth_core::KvDest {
+                        k: kc,
+                        v: vc,
+                        rows: &s.rows,
+                    };
+                    be.rope_qk_store(q, c.n_head, k, c.n_kv_head, v, &rope, dest);
+                    let (kc, vc) = (&pool.k[li], &pool.v[li]);
                     let att = resize(&mut s.att, n * qd);
                     let mut p = AttnParams::gqa(c.n_head, c.n_kv_head, hd, c.attn_scale());
                     p.window = c.window(li);

@@ -4,12 +4,20 @@ use hearth_quant::acts::QuantizedActs;
 use std::time::Instant;
 
 fn main() {
-    let a: Vec<usize> = std::env::args().skip(1).filter_map(|s| s.parse().ok()).collect();
-    let (n, n_tok) = (a.first().copied().unwrap_or(576), a.get(1).copied().unwrap_or(512));
+    let a: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let (n, n_tok) = (
+        a.first().copied().unwrap_or(576),
+        a.get(1).copied().unwrap_or(512),
+    );
     let mut seed = 1u64;
     let x: Vec<f32> = (0..n * n_tok)
         .map(|_| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect();

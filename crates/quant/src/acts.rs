@@ -90,7 +90,11 @@ pub fn block_slots(nb: usize, gw: usize) -> usize {
 /// `(b % 4) * ceil(nb / 4) + b / 4`.
 #[inline(always)]
 pub fn block_slot(b: usize, nb: usize, gw: usize) -> usize {
-    if gw == 16 { (b % 4) * nb.div_ceil(4) + b / 4 } else { b }
+    if gw == 16 {
+        (b % 4) * nb.div_ceil(4) + b / 4
+    } else {
+        b
+    }
 }
 
 /// Rows per group of the regrouped activations: 16 where the AVX-512 VNNI kernels run (one
@@ -777,18 +781,25 @@ impl<'a> Part<'a> {
             if !self.q8t.is_empty() {
                 // word k of a block is its values 4k..4k + 4 (little-endian)
                 let q8 = &*self.q8;
-                regroup_words(self.rows, gw, nb8, nb8, |b| b, 64, self.q8t, |t, b| {
-                    q8[t * n + b * QK8..t * n + (b + 1) * QK8].as_ptr() as *const i32
-                });
+                regroup_words(
+                    self.rows,
+                    gw,
+                    nb8,
+                    nb8,
+                    |b| b,
+                    64,
+                    self.q8t,
+                    |t, b| q8[t * n + b * QK8..t * n + (b + 1) * QK8].as_ptr() as *const i32,
+                );
                 for t in 0..self.rows {
                     let (g, l) = (t / gw, t % gw);
                     for b in 0..nb8 {
                         self.d8t[(g * nb8 + b) * gw + l] = self.d8[t * nb8 + b];
                         let bs = &self.bs8[(t * nb8 + b) * 16..(t * nb8 + b + 1) * 16];
                         for j in 0..8 {
-                            self.b8t[(g * nb8 + b) * 8 * gw + j * gw + l] = (bs[2 * j] as u16 as u32
-                                | (bs[2 * j + 1] as u16 as u32) << 16)
-                                as i32;
+                            self.b8t[(g * nb8 + b) * 8 * gw + j * gw + l] =
+                                (bs[2 * j] as u16 as u32 | (bs[2 * j + 1] as u16 as u32) << 16)
+                                    as i32;
                         }
                     }
                 }
@@ -821,7 +832,11 @@ fn regroup_words(
             let out = &mut dst[sb * nw * gw..(sb + 1) * nw * gw];
             let src = |l: usize| {
                 let t = g * gw + l;
-                if t < rows { word(t, b) } else { std::ptr::null() }
+                if t < rows {
+                    word(t, b)
+                } else {
+                    std::ptr::null()
+                }
             };
             #[cfg(target_arch = "x86_64")]
             if gw == 16 && crate::has_avx2() && crate::x86::vnni() {
