@@ -328,36 +328,8 @@ pub(crate) mod x86 {
         _mm512_maskz_mov_ps(!tiny, y)
     }
 
-    /// The transpose of 16 rows of 16 floats: lane `c` of result `r` is lane `r` of `v[c]`.
-    #[inline(always)]
-    unsafe fn transpose16(v: &[__m512; 16]) -> [__m512; 16] {
-        let mut t = [_mm512_setzero_ps(); 16];
-        for i in 0..8 {
-            t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
-            t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
-        }
-        let pd = |x: __m512| _mm512_castps_pd(x);
-        let mut u = [_mm512_setzero_ps(); 16];
-        for q in 0..4 {
-            let (a, b, c, d) = (t[4 * q], t[4 * q + 1], t[4 * q + 2], t[4 * q + 3]);
-            u[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a), pd(c)));
-            u[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a), pd(c)));
-            u[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(b), pd(d)));
-            u[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(b), pd(d)));
-        }
-        let mut out = [_mm512_setzero_ps(); 16];
-        for k in 0..4 {
-            let x0 = _mm512_shuffle_f32x4::<0b10_00_10_00>(u[k], u[4 + k]);
-            let x1 = _mm512_shuffle_f32x4::<0b11_01_11_01>(u[k], u[4 + k]);
-            let y0 = _mm512_shuffle_f32x4::<0b10_00_10_00>(u[8 + k], u[12 + k]);
-            let y1 = _mm512_shuffle_f32x4::<0b11_01_11_01>(u[8 + k], u[12 + k]);
-            out[k] = _mm512_shuffle_f32x4::<0b10_00_10_00>(x0, y0);
-            out[8 + k] = _mm512_shuffle_f32x4::<0b11_01_11_01>(x0, y0);
-            out[4 + k] = _mm512_shuffle_f32x4::<0b10_00_10_00>(x1, y1);
-            out[12 + k] = _mm512_shuffle_f32x4::<0b11_01_11_01>(x1, y1);
-        }
-        out
-    }
+    // the 16 x 16 float transpose of the AVX-512 matmul kernels
+    use hearth_quant::x86::avx512::transpose16;
 
     /// `body::<Avx2>` for a tile of two or more queries, with 512-bit registers and the same
     /// arithmetic for every query, so each result has the bits `body` gives it:

@@ -563,11 +563,7 @@ impl Backend for Cpu {
             let mut cs = [(0f32, 0f32); MAX_ROPE_PAIRS];
             let cs = &mut cs[..half];
             for t in toks {
-                let pos = positions[t];
-                for (c, &f) in cs.iter_mut().zip(inv_freq) {
-                    let a = pos as f32 * f;
-                    *c = (a.cos() * mscale, a.sin() * mscale);
-                }
+                rope_table(cs, positions[t], inv_freq, mscale);
                 // SAFETY: tokens are disjoint across tasks and within `x`.
                 let tok = unsafe { std::slice::from_raw_parts_mut(p.0.add(t * width), width) };
                 rotate(tok, head_dim, cs, style, half);
@@ -598,11 +594,7 @@ impl Backend for Cpu {
             let mut cs = [(0f32, 0f32); MAX_ROPE_PAIRS];
             let cs = &mut cs[..half];
             for t in toks {
-                let pos = r.positions[t];
-                for (c, &f) in cs.iter_mut().zip(r.inv_freq) {
-                    let a = pos as f32 * f;
-                    *c = (a.cos() * r.mscale, a.sin() * r.mscale);
-                }
+                rope_table(cs, r.positions[t], r.inv_freq, r.mscale);
                 // SAFETY: tokens are disjoint across tasks and within `q` and `k`.
                 let (qt, kt) = unsafe {
                     (
@@ -669,11 +661,7 @@ impl Backend for Cpu {
             let mut cs = [(0f32, 0f32); MAX_ROPE_PAIRS];
             let cs = &mut cs[..half];
             for t in toks {
-                let pos = r.positions[t];
-                for (c, &f) in cs.iter_mut().zip(r.inv_freq) {
-                    let a = pos as f32 * f;
-                    *c = (a.cos() * r.mscale, a.sin() * r.mscale);
-                }
+                rope_table(cs, r.positions[t], r.inv_freq, r.mscale);
                 let row = rows[t];
                 // SAFETY: tokens are disjoint across tasks, and so are their cache rows (each
                 // position has its own row); all lie within `q` and the cache (checked above).
@@ -857,6 +845,14 @@ unsafe fn silu_mul_avx2(g: &mut [f32], u: &[f32]) {
             _mm256_storeu_ps(a.as_mut_ptr(), r);
             g[n8..n].copy_from_slice(&a[..n - n8]);
         }
+    }
+}
+
+/// The (cos, sin) pairs of one token at `pos`, one per frequency, times `mscale`.
+fn rope_table(cs: &mut [(f32, f32)], pos: usize, inv_freq: &[f32], mscale: f32) {
+    for (c, &f) in cs.iter_mut().zip(inv_freq) {
+        let a = pos as f32 * f;
+        *c = (a.cos() * mscale, a.sin() * mscale);
     }
 }
 

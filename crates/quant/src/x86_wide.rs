@@ -433,9 +433,12 @@ unsafe fn emit_tile(
 
 /// The transpose of a 16 x 16 matrix of floats held as 16 rows: lane `c` of result `r` is
 /// lane `r` of `v[c]`. Pairs of rows interleaved by 32 bits, then by 64 bits, then 128-bit
-/// lanes gathered twice.
+/// lanes gathered twice. Also used by the CPU backend's attention (its key chunks).
+///
+/// # Safety
+/// The CPU has AVX-512 F (the caller is compiled with it, so that this inlines).
 #[inline(always)]
-unsafe fn transpose16(v: &[__m512; 16]) -> [__m512; 16] {
+pub unsafe fn transpose16(v: &[__m512; 16]) -> [__m512; 16] {
     let mut t = [_mm512_setzero_ps(); 16];
     for i in 0..8 {
         t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
