@@ -248,32 +248,40 @@ pub(crate) mod x86 {
 
     pub(super) struct Avx2;
 
+    // The constants of `exp8` and `exp16` (one source, so that the two give the same bits):
+    // inputs below EXP_LO give 0; ln 2 split so that n * LN2_HI is exact; the Taylor
+    // coefficients of exp from 1/7! down, in Horner order.
+    const EXP_LO: f32 = -87.3;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const EXP_P7: f32 = 1.0 / 5040.0;
+    const EXP_POLY: [f32; 7] = [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ];
+
     /// `exp(x)` for 8 lanes: `x = n ln2 + r` with |r| <= ln2/2, `e^r` by its Taylor series to
     /// degree 7 (relative error below 1e-8 before rounding), times `2^n` through the exponent
     /// bits. Lanes below -87.3 (including -inf) give 0; inputs must stay below 88.7 (attention
     /// passes at most 0, SwiGLU caps its argument at 88).
     #[inline(always)]
     pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
-        let lo = _mm256_set1_ps(-87.3);
+        let lo = _mm256_set1_ps(EXP_LO);
         let tiny = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
         let x = _mm256_max_ps(x, lo);
         let n = _mm256_round_ps(
             _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
         );
-        // ln 2 split so that n * LN2_HI is exact
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
-        let mut p = _mm256_set1_ps(1.0 / 5040.0);
-        for c in [
-            1.0 / 720.0,
-            1.0 / 120.0,
-            1.0 / 24.0,
-            1.0 / 6.0,
-            0.5,
-            1.0,
-            1.0,
-        ] {
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+        let mut p = _mm256_set1_ps(EXP_P7);
+        for c in EXP_POLY {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
         }
         let e = _mm256_slli_epi32(
@@ -300,24 +308,16 @@ pub(crate) mod x86 {
     /// [`exp8`] on 16 lanes: the same operations, so each lane gets the same bits.
     #[inline(always)]
     unsafe fn exp16(x: __m512) -> __m512 {
-        let lo = _mm512_set1_ps(-87.3);
+        let lo = _mm512_set1_ps(EXP_LO);
         let tiny = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lo);
         let x = _mm512_max_ps(x, lo);
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
         );
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
-        let mut p = _mm512_set1_ps(1.0 / 5040.0);
-        for c in [
-            1.0 / 720.0,
-            1.0 / 120.0,
-            1.0 / 24.0,
-            1.0 / 6.0,
-            0.5,
-            1.0,
-            1.0,
-        ] {
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut p = _mm512_set1_ps(EXP_P7);
+        for c in EXP_POLY {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
         }
         let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(

@@ -93,6 +93,28 @@ impl Cpu {
             .run(&|ci| f((ci * per).min(n)..((ci + 1) * per).min(n)));
     }
 
+    /// `f(t, cs)` for every token `t < n_tok`, with `cs` its (cos, sin) table
+    /// ([`rope_table`]): tokens in parallel for a batch (`cost`: values rotated per token).
+    fn rope_tokens(
+        &self,
+        n_tok: usize,
+        cost: usize,
+        positions: &[usize],
+        inv_freq: &[f32],
+        mscale: f32,
+        f: &(dyn Fn(usize, &[(f32, f32)]) + Sync),
+    ) {
+        let half = inv_freq.len().min(MAX_ROPE_PAIRS);
+        self.split(n_tok, cost, &|toks| {
+            let mut cs = [(0f32, 0f32); MAX_ROPE_PAIRS];
+            let cs = &mut cs[..half];
+            for t in toks {
+                rope_table(cs, positions[t], inv_freq, mscale);
+                f(t, cs);
+            }
+        });
+    }
+
     /// Quantize `x` (rows of `n`) for the integer kernels; a batch of at least
     /// [`PAR_QUANTIZE`] values in parts on every thread.
     fn quantize(&self, a: &mut QuantizedActs, x: &[f32], n: usize, q16: bool, k8: bool) {
@@ -557,17 +579,11 @@ impl Backend for Cpu {
         let width = n_heads * head_dim;
         let n_tok = positions.len().min(x.len() / width.max(1));
         let xp = SendPtr(x.as_mut_ptr());
-        // tokens in parallel for a batch (each token's rotation is its own)
-        self.split(n_tok, width, &|toks| {
+        self.rope_tokens(n_tok, width, positions, inv_freq, mscale, &|t, cs| {
             let p = xp;
-            let mut cs = [(0f32, 0f32); MAX_ROPE_PAIRS];
-            let cs = &mut cs[..half];
-            for t in toks {
-                rope_table(cs, positions[t], inv_freq, mscale);
-                // SAFETY: tokens are disjoint across tasks and within `x`.
-                let tok = unsafe { std::slice::from_raw_parts_mut(p.0.add(t * width), width) };
-                rotate(tok, head_dim, cs, style, half);
-            }
+            // SAFETY: each token is visited once, and its row lies within `x`.
+            let tok = unsafe { std::slice::from_raw_parts_mut(p.0.add(t * width), width) };
+            rotate(tok, head_dim, cs, style, half);
         });
     }
 
@@ -588,24 +604,20 @@ impl Backend for Cpu {
             .min(q.len() / qw.max(1))
             .min(k.len() / kw.max(1));
         let (qp, kp) = (SendPtr(q.as_mut_ptr()), SendPtr(k.as_mut_ptr()));
-        // tokens in parallel for a batch; each token's cos and sin once for its queries and keys
-        self.split(n_tok, qw + kw, &|toks| {
+        // each token's cos and sin once for its queries and keys
+        let f = |t: usize, cs: &[(f32, f32)]| {
             let (qp, kp) = (qp, kp);
-            let mut cs = [(0f32, 0f32); MAX_ROPE_PAIRS];
-            let cs = &mut cs[..half];
-            for t in toks {
-                rope_table(cs, r.positions[t], r.inv_freq, r.mscale);
-                // SAFETY: tokens are disjoint across tasks and within `q` and `k`.
-                let (qt, kt) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(qp.0.add(t * qw), qw),
-                        std::slice::from_raw_parts_mut(kp.0.add(t * kw), kw),
-                    )
-                };
-                rotate(qt, r.head_dim, cs, r.style, half);
-                rotate(kt, r.head_dim, cs, r.style, half);
-            }
-        });
+            // SAFETY: each token is visited once, and its rows lie within `q` and `k`.
+            let (qt, kt) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(qp.0.add(t * qw), qw),
+                    std::slice::from_raw_parts_mut(kp.0.add(t * kw), kw),
+                )
+            };
+            rotate(qt, r.head_dim, cs, r.style, half);
+            rotate(kt, r.head_dim, cs, r.style, half);
+        };
+        self.rope_tokens(n_tok, qw + kw, r.positions, r.inv_freq, r.mscale, &f);
     }
 
     /// One parallel pass over the tokens: each token's queries are rotated in place, its keys
@@ -656,28 +668,25 @@ impl Backend for Cpu {
             SendPtr(dest.k.as_mut_ptr()),
             SendPtr(dest.v.as_mut_ptr()),
         );
-        self.split(n_tok, qw + 2 * kw + vw, &|toks| {
+        let f = |t: usize, cs: &[(f32, f32)]| {
             let (qp, kcp, vcp) = (qp, kcp, vcp);
-            let mut cs = [(0f32, 0f32); MAX_ROPE_PAIRS];
-            let cs = &mut cs[..half];
-            for t in toks {
-                rope_table(cs, r.positions[t], r.inv_freq, r.mscale);
-                let row = rows[t];
-                // SAFETY: tokens are disjoint across tasks, and so are their cache rows (each
-                // position has its own row); all lie within `q` and the cache (checked above).
-                let (qt, kt, vt) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(qp.0.add(t * qw), qw),
-                        std::slice::from_raw_parts_mut(kcp.0.add(row * kw), kw),
-                        std::slice::from_raw_parts_mut(vcp.0.add(row * vw), vw),
-                    )
-                };
-                kt.copy_from_slice(&k[t * kw..(t + 1) * kw]);
-                vt.copy_from_slice(&v[t * vw..(t + 1) * vw]);
-                rotate(qt, r.head_dim, cs, r.style, half);
-                rotate(kt, r.head_dim, cs, r.style, half);
-            }
-        });
+            let row = rows[t];
+            // SAFETY: each token is visited once, and its cache row is its own (no two tokens
+            // share one); all lie within `q` and the cache (checked above).
+            let (qt, kt, vt) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(qp.0.add(t * qw), qw),
+                    std::slice::from_raw_parts_mut(kcp.0.add(row * kw), kw),
+                    std::slice::from_raw_parts_mut(vcp.0.add(row * vw), vw),
+                )
+            };
+            kt.copy_from_slice(&k[t * kw..(t + 1) * kw]);
+            vt.copy_from_slice(&v[t * vw..(t + 1) * vw]);
+            rotate(qt, r.head_dim, cs, r.style, half);
+            rotate(kt, r.head_dim, cs, r.style, half);
+        };
+        let cost = qw + 2 * kw + vw;
+        self.rope_tokens(n_tok, cost, r.positions, r.inv_freq, r.mscale, &f);
     }
 
     fn attention(
