@@ -22,6 +22,16 @@ impl ChatMessage {
     }
 }
 
+/// The work one render may do, in minijinja's fuel: about one unit per instruction and one
+/// per 64 bytes of data created (output, strings, lists). Real templates render a 4 MB
+/// conversation in well under a tenth of it; a hostile one (nested loops, macro fan-out, a
+/// string doubled in a loop) stops here, after about 128 MB and a fraction of a second,
+/// instead of running for hours or exhausting memory.
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+
+/// Deepest nesting of template calls (macros, includes, loops) a render may reach.
+pub const TEMPLATE_RECURSION: usize = 100;
+
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
@@ -36,6 +46,8 @@ impl ChatTemplate {
     /// Compile `source`. `bos` / `eos` are the strings templates see as `bos_token` / `eos_token`.
     pub fn new(source: &str, bos: &str, eos: &str) -> Result<ChatTemplate> {
         let mut env = minijinja::Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_recursion_limit(TEMPLATE_RECURSION);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         // HF renders templates with jinja2's trim_blocks and lstrip_blocks on.
@@ -99,7 +111,12 @@ impl ChatTemplate {
             bos_token => self.bos.as_str(),
             eos_token => self.eos.as_str(),
         })
-        .map_err(|e| Error::Invalid(format!("chat template error: {e}")))
+        .map_err(|e| match e.kind() {
+            minijinja::ErrorKind::OutOfFuel => Error::Invalid(format!(
+                "the chat template ran out of its budget ({TEMPLATE_FUEL} units of work and data) while rendering: it loops or grows without bound"
+            )),
+            _ => Error::Invalid(format!("chat template error: {e}")),
+        })
     }
 }
 
@@ -186,6 +203,59 @@ mod tests {
             "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n"
         );
     }
+    /// issue 22: each of these ran for hours or until memory ran out.
+    #[test]
+    fn hostile_templates_stop_with_a_clear_error() {
+        let hostile = [
+            (
+                "nested loops",
+                "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            ),
+            (
+                "a string doubled in a loop",
+                "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+            ),
+            (
+                "a string doubled by a filter",
+                "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s * 2 %}{% endfor %}{{ ns.s|length }}",
+            ),
+            (
+                "exponential macro fan-out",
+                "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(40) }}",
+            ),
+            (
+                "deep recursion",
+                "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+            ),
+            ("a huge list", "{{ (range(1000) | list) * 10000000 }}"),
+        ];
+        for (what, src) in hostile {
+            let t = ChatTemplate::new(src, "", "").unwrap();
+            let t0 = std::time::Instant::now();
+            let e = t
+                .render(&[ChatMessage::new("user", "hi")], true)
+                .expect_err(what);
+            assert!(
+                t0.elapsed().as_secs_f64() < 10.0,
+                "{what}: took {:?}",
+                t0.elapsed()
+            );
+            let msg = e.to_string();
+            assert!(
+                msg.contains("budget") || msg.contains("recursion") || msg.contains("too"),
+                "{what}: {msg}"
+            );
+        }
+        // a real conversation of 4 MB renders within the budget
+        let big = "word ".repeat(800_000);
+        let c = ChatTemplate::new(CHATML, "", "").unwrap();
+        let msgs: Vec<ChatMessage> = (0..1000)
+            .map(|i| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, "short turn"))
+            .chain([ChatMessage::new("user", &big)])
+            .collect();
+        assert!(c.render(&msgs, true).unwrap().len() > big.len());
+    }
+
     #[test]
     fn raise_exception_is_an_error() {
         let t = ChatTemplate::new("{{ raise_exception('nope') }}", "", "").unwrap();
