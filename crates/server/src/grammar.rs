@@ -10,7 +10,19 @@
 //! `enum`, `const`, `anyOf`/`oneOf`, a one-element `allOf`, and `$ref` into `$defs` /
 //! `definitions` (recursion included). String formats, patterns and numeric bounds are not
 //! enforced.
+//!
+//! Everything a request controls is bounded, because the matcher runs on the scheduler's
+//! thread between forward passes:
+//! - compilation refuses schemas past [`MAX_NODES`] nodes or [`MAX_TRIE_STATES`] bytes of
+//!   literal text, `$ref` cycles that consume no input (they would expand forever), and values
+//!   that can start more than [`MAX_FANOUT`] ways;
+//! - `enum`s and `const` alternatives become one byte trie, so following them costs the same
+//!   for ten values as for a hundred thousand;
+//! - the matcher never recurses: each byte is one loop over a work list, documents nest at
+//!   most [`MAX_DEPTH`] deep, and a step budget ([`Matcher::refuel`]) caps the work spent
+//!   choosing one token.
 use serde_json::Value;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -18,6 +30,14 @@ use std::sync::Arc;
 const MAX_WS: u8 = 24;
 /// Most alternative parses followed at once.
 const MAX_STACKS: usize = 64;
+/// Deepest nesting (objects, arrays, strings, literals) a generated document may reach.
+pub const MAX_DEPTH: usize = 128;
+/// Most nodes one schema may compile to.
+pub const MAX_NODES: usize = 100_000;
+/// Most trie states (about the bytes of `enum` and `const` text) one schema may compile to.
+pub const MAX_TRIE_STATES: usize = 2_000_000;
+/// Most ways one value may start (`anyOf`/`oneOf` members, type lists and `$ref`s flattened).
+pub const MAX_FANOUT: usize = 1024;
 
 #[derive(Clone, Debug)]
 enum Node {
@@ -39,16 +59,78 @@ enum Node {
     Literal(Vec<u8>),
     /// Raw text, no whitespace before it (the wrapper around a tool call).
     Raw(Vec<u8>),
+    /// One of several JSON texts (an `enum`, or `const` alternatives): a trie of `tries`.
+    Trie(usize),
     AnyOf(Vec<usize>),
     Seq(Vec<usize>),
     /// Placeholder while a `$ref` is being compiled.
     Pending,
 }
 
+/// A byte trie in first-child / next-sibling form; state 0 is the root.
+#[derive(Debug, Default)]
+struct Trie {
+    byte: Vec<u8>,
+    child: Vec<u32>,
+    sibling: Vec<u32>,
+    term: Vec<bool>,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl Trie {
+    fn new() -> Trie {
+        let mut t = Trie::default();
+        t.add(0);
+        t
+    }
+
+    fn add(&mut self, b: u8) -> u32 {
+        self.byte.push(b);
+        self.child.push(NONE);
+        self.sibling.push(NONE);
+        self.term.push(false);
+        (self.byte.len() - 1) as u32
+    }
+
+    fn len(&self) -> usize {
+        self.byte.len()
+    }
+
+    /// The state after `b` from `st`.
+    fn next(&self, st: u32, b: u8) -> Option<u32> {
+        let mut c = self.child[st as usize];
+        while c != NONE {
+            if self.byte[c as usize] == b {
+                return Some(c);
+            }
+            c = self.sibling[c as usize];
+        }
+        None
+    }
+
+    fn insert(&mut self, text: &[u8]) {
+        let mut st = 0;
+        for &b in text {
+            st = match self.next(st, b) {
+                Some(n) => n,
+                None => {
+                    let n = self.add(b);
+                    self.sibling[n as usize] = self.child[st as usize];
+                    self.child[st as usize] = n;
+                    n
+                }
+            };
+        }
+        self.term[st as usize] = true;
+    }
+}
+
 /// A compiled grammar.
 #[derive(Debug)]
 pub struct Grammar {
     nodes: Vec<Node>,
+    tries: Vec<Trie>,
     root: usize,
 }
 
@@ -79,6 +161,10 @@ enum Frame {
     Lit {
         node: usize,
         pos: usize,
+    },
+    Trie {
+        trie: u32,
+        st: u32,
     },
     Obj {
         node: usize,
@@ -116,11 +202,29 @@ fn is_ws(b: u8) -> bool {
 struct Compiler<'a> {
     root: &'a Value,
     nodes: Vec<Node>,
+    tries: Vec<Trie>,
+    trie_states: usize,
     refs: HashMap<String, usize>,
     depth: usize,
 }
 
-impl Compiler<'_> {
+/// The error for a schema past one of the limits.
+fn too_large(what: &str) -> String {
+    format!("the schema is too large: {what}")
+}
+
+impl<'a> Compiler<'a> {
+    fn new(root: &'a Value) -> Compiler<'a> {
+        Compiler {
+            root,
+            nodes: Vec::new(),
+            tries: Vec::new(),
+            trie_states: 0,
+            refs: HashMap::new(),
+            depth: 0,
+        }
+    }
+
     fn push(&mut self, n: Node) -> usize {
         self.nodes.push(n);
         self.nodes.len() - 1
@@ -130,17 +234,37 @@ impl Compiler<'_> {
         self.push(Node::Literal(v.to_string().into_bytes()))
     }
 
-    fn compile(&mut self, s: &Value) -> Result<usize, String> {
+    /// One trie node for all of `values` (JSON texts).
+    fn trie<'v>(&mut self, values: impl Iterator<Item = &'v Value>) -> Result<usize, String> {
+        let mut t = Trie::new();
+        for v in values {
+            t.insert(v.to_string().as_bytes());
+            if self.trie_states + t.len() > MAX_TRIE_STATES {
+                return Err(too_large(&format!(
+                    "its enum and const values exceed {MAX_TRIE_STATES} bytes"
+                )));
+            }
+        }
+        self.trie_states += t.len();
+        self.tries.push(t);
+        let id = self.tries.len() - 1;
+        Ok(self.push(Node::Trie(id)))
+    }
+
+    fn compile(&mut self, s: &'a Value) -> Result<usize, String> {
         self.depth += 1;
         if self.depth > 64 {
             return Err("the schema nests too deeply".into());
+        }
+        if self.nodes.len() > MAX_NODES {
+            return Err(too_large(&format!("it compiles to over {MAX_NODES} nodes")));
         }
         let r = self.compile_inner(s);
         self.depth -= 1;
         r
     }
 
-    fn compile_inner(&mut self, s: &Value) -> Result<usize, String> {
+    fn compile_inner(&mut self, s: &'a Value) -> Result<usize, String> {
         let o = match s {
             Value::Bool(true) => return Ok(self.any_value()),
             Value::Object(o) => o,
@@ -174,8 +298,7 @@ impl Compiler<'_> {
             if e.is_empty() {
                 return Err("enum must not be empty".into());
             }
-            let alts = e.iter().map(|v| self.literal(v)).collect();
-            return Ok(self.push(Node::AnyOf(alts)));
+            return self.trie(e.iter());
         }
         for key in ["anyOf", "oneOf"] {
             if let Some(a) = o.get(key) {
@@ -185,11 +308,32 @@ impl Compiler<'_> {
                 if a.is_empty() {
                     return Err(format!("{key} must not be empty"));
                 }
-                let alts = a
-                    .iter()
-                    .map(|v| self.compile(v))
-                    .collect::<Result<_, _>>()?;
-                return Ok(self.push(Node::AnyOf(alts)));
+                // members that are plain values (const, enum) share one trie
+                let fixed = |v: &'a Value| -> Option<Vec<&'a Value>> {
+                    if v.get("$ref").is_some() {
+                        return None;
+                    }
+                    if let Some(c) = v.get("const") {
+                        return Some(vec![c]);
+                    }
+                    Some(v.get("enum")?.as_array()?.iter().collect())
+                };
+                let values: Vec<&Value> = a.iter().filter_map(fixed).flatten().collect();
+                let mut alts = Vec::new();
+                if !values.is_empty() {
+                    alts.push(self.trie(values.into_iter())?);
+                }
+                for v in a.iter().filter(|v| fixed(v).is_none()) {
+                    alts.push(self.compile(v)?);
+                }
+                if alts.is_empty() {
+                    return Err(format!("no member of {key} can match anything"));
+                }
+                return Ok(if alts.len() == 1 {
+                    alts[0]
+                } else {
+                    self.push(Node::AnyOf(alts))
+                });
             }
         }
         if let Some(a) = o.get("allOf") {
@@ -247,7 +391,7 @@ impl Compiler<'_> {
         })
     }
 
-    fn object(&mut self, o: &serde_json::Map<String, Value>) -> Result<usize, String> {
+    fn object(&mut self, o: &'a serde_json::Map<String, Value>) -> Result<usize, String> {
         let props = o.get("properties").and_then(Value::as_object);
         let required: Vec<&str> = o
             .get("required")
@@ -316,20 +460,89 @@ impl Compiler<'_> {
     }
 }
 
+impl Compiler<'_> {
+    /// The grammar with `root`, after checking that no value can expand into itself without
+    /// consuming input (a `$ref` cycle such as `a -> a`, which no text could ever finish) and
+    /// that no value starts more than [`MAX_FANOUT`] ways. An explicit work list, not
+    /// recursion: the schema decides how deep the graph is.
+    fn finish(self, root: usize) -> Result<Grammar, String> {
+        let n = self.nodes.len();
+        if n > MAX_NODES {
+            return Err(too_large(&format!("it compiles to over {MAX_NODES} nodes")));
+        }
+        // the nodes a value may continue to without consuming a byte
+        let eps = |i: usize| -> &[usize] {
+            match &self.nodes[i] {
+                Node::AnyOf(alts) => alts,
+                Node::Seq(parts) => &parts[..parts.len().min(1)],
+                _ => &[],
+            }
+        };
+        let ref_name = |i: usize| self.refs.iter().find(|(_, v)| **v == i).map(|(k, _)| k);
+        let mut state = vec![0u8; n]; // 0 new, 1 on the path, 2 done
+        let mut fan = vec![0usize; n];
+        for start in 0..n {
+            if state[start] != 0 {
+                continue;
+            }
+            state[start] = 1;
+            let mut path: Vec<(usize, usize)> = vec![(start, 0)];
+            while let Some(&mut (node, ref mut next)) = path.last_mut() {
+                let kids = eps(node);
+                if *next < kids.len() {
+                    let k = kids[*next];
+                    *next += 1;
+                    match state[k] {
+                        0 => {
+                            state[k] = 1;
+                            path.push((k, 0));
+                        }
+                        1 => {
+                            let from = path.iter().position(|&(p, _)| p == k).unwrap_or(0);
+                            let name = path[from..]
+                                .iter()
+                                .find_map(|&(p, _)| ref_name(p))
+                                .map_or(String::new(), |r| format!(" at $ref {r}"));
+                            return Err(format!(
+                                "the schema refers to itself without consuming any input{name}: it can never be satisfied"
+                            ));
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                fan[node] = match &self.nodes[node] {
+                    Node::AnyOf(_) | Node::Seq(_) => {
+                        kids.iter().fold(0usize, |a, &k| a.saturating_add(fan[k]))
+                    }
+                    Node::Pending => {
+                        return Err("internal error: an unresolved $ref".into());
+                    }
+                    _ => 1,
+                };
+                if fan[node] > MAX_FANOUT {
+                    return Err(too_large(&format!(
+                        "a value can start in over {MAX_FANOUT} ways (anyOf/oneOf members and $refs)"
+                    )));
+                }
+                state[node] = 2;
+                path.pop();
+            }
+        }
+        Ok(Grammar {
+            nodes: self.nodes,
+            tries: self.tries,
+            root,
+        })
+    }
+}
+
 impl Grammar {
     /// A grammar for JSON documents that `schema` accepts.
     pub fn json_schema(schema: &Value) -> Result<Grammar, String> {
-        let mut c = Compiler {
-            root: schema,
-            nodes: Vec::new(),
-            refs: HashMap::new(),
-            depth: 0,
-        };
+        let mut c = Compiler::new(schema);
         let root = c.compile(schema)?;
-        Ok(Grammar {
-            nodes: c.nodes,
-            root,
-        })
+        c.finish(root)
     }
 
     /// Any JSON object (`response_format: json_object`).
@@ -352,20 +565,12 @@ impl Grammar {
             })
             .collect();
         let schema = serde_json::json!({"anyOf": alts});
-        let mut c = Compiler {
-            root: &schema,
-            nodes: Vec::new(),
-            refs: HashMap::new(),
-            depth: 0,
-        };
+        let mut c = Compiler::new(&schema);
         let body = c.compile(&schema)?;
         let open = c.push(Node::Raw(b"<tool_call>\n".to_vec()));
         let close = c.push(Node::Raw(b"\n</tool_call>".to_vec()));
         let root = c.push(Node::Seq(vec![open, body, close]));
-        Ok(Grammar {
-            nodes: c.nodes,
-            root,
-        })
+        c.finish(root)
     }
 
     fn lit(&self, node: usize) -> &[u8] {
@@ -410,10 +615,24 @@ impl Grammar {
         extra.is_some() || next < props.len()
     }
 
-    /// Feed `b` to `st`, adding every surviving continuation to `out`.
-    fn step(&self, mut st: Stack, b: u8, out: &mut Vec<Stack>) {
-        if out.len() >= MAX_STACKS {
-            return;
+    /// Feed `b` to `st`, adding every surviving continuation to `out`; each unit of work
+    /// takes one from `fuel`, and none is done without it.
+    fn step(&self, st: Stack, b: u8, out: &mut Vec<Stack>, fuel: &mut u64) {
+        let mut todo = vec![st];
+        while let Some(st) = todo.pop() {
+            if out.len() >= MAX_STACKS || *fuel == 0 {
+                return;
+            }
+            *fuel -= 1;
+            self.step_one(st, b, out, &mut todo);
+        }
+    }
+
+    /// One unit of [`Grammar::step`]: continuations that consumed `b` go to `out`, those that
+    /// still have to (an alternative taken, a value opened) to `todo`.
+    fn step_one(&self, mut st: Stack, b: u8, out: &mut Vec<Stack>, todo: &mut Vec<Stack>) {
+        if st.frames.len() > MAX_DEPTH {
+            return; // nested too deeply: this continuation dies
         }
         let Some(top) = st.frames.pop() else {
             return; // complete: nothing may follow
@@ -443,17 +662,18 @@ impl Grammar {
         match top {
             Frame::Value(n) => match &self.nodes[n] {
                 Node::AnyOf(alts) => {
-                    for &a in alts {
+                    // the work list is a stack: push the last first, so the first is tried first
+                    for &a in alts.iter().rev() {
                         let mut s2 = st.clone();
                         s2.frames.push(Frame::Value(a));
-                        self.step(s2, b, out);
+                        todo.push(s2);
                     }
                 }
                 Node::Seq(parts) => {
                     for &p in parts.iter().rev() {
                         st.frames.push(Frame::Value(p));
                     }
-                    self.step(st, b, out);
+                    todo.push(st);
                 }
                 Node::Object { .. } => {
                     if b == b'{' {
@@ -498,10 +718,31 @@ impl Grammar {
                 }
                 Node::Literal(_) | Node::Raw(_) => {
                     st.frames.push(Frame::Lit { node: n, pos: 0 });
-                    self.step(st, b, out);
+                    todo.push(st);
+                }
+                Node::Trie(t) => {
+                    st.frames.push(Frame::Trie {
+                        trie: *t as u32,
+                        st: 0,
+                    });
+                    todo.push(st);
                 }
                 Node::Pending => {}
             },
+            Frame::Trie { trie, st: ts } => {
+                let t = &self.tries[trie as usize];
+                if let Some(n) = t.next(ts, b) {
+                    // a value may end here and also go on (enum [1, 12])
+                    if t.child[n as usize] != NONE {
+                        let mut s2 = st.clone();
+                        s2.frames.push(Frame::Trie { trie, st: n });
+                        out.push(s2);
+                    }
+                    if t.term[n as usize] {
+                        out.push(st);
+                    }
+                }
+            }
             Frame::Lit { node, pos } => {
                 let bytes = self.lit(node);
                 if bytes.get(pos) == Some(&b) {
@@ -546,7 +787,7 @@ impl Grammar {
                         st.frames.push(Frame::Num { integer, st: n2 });
                         out.push(st);
                     }
-                    None if matches!(ns, Zero | Int | Frac | Exp) => self.step(st, b, out),
+                    None if matches!(ns, Zero | Int | Frac | Exp) => todo.push(st),
                     None => {}
                 }
             }
@@ -599,8 +840,11 @@ impl Grammar {
                         }
                     }
                     (ObjSt::Key, c) if c >= 0x20 && c != b'\\' => {
-                        key.push(c);
                         let (props, _, extra, last) = self.key_options(node, next);
+                        // free keys are not kept: only named properties are matched
+                        if !props.is_empty() {
+                            key.push(c);
+                        }
                         let ok = (props.is_empty() && extra.is_some())
                             || props
                                 .iter()
@@ -645,7 +889,7 @@ impl Grammar {
                             count: count + 1,
                         });
                         st.frames.push(Frame::Value(items));
-                        self.step(st, b, out);
+                        todo.push(st);
                     }
                     _ => {}
                 }
@@ -654,15 +898,23 @@ impl Grammar {
     }
 }
 
+/// Matcher steps one token's choice may take by default: a few times what checking the whole
+/// vocabulary of a typical model against an untyped JSON value takes.
+pub const TOKEN_FUEL: u64 = 20_000_000;
+
 /// Where a generation stands in a grammar.
 #[derive(Clone, Debug)]
 pub struct Matcher {
     g: Arc<Grammar>,
     stacks: Vec<Stack>,
+    /// Steps left before [`Matcher::refuel`] (shared by `allows` and `accept`).
+    fuel: Cell<u64>,
+    /// Steps taken in all.
+    steps: Cell<u64>,
 }
 
 impl Matcher {
-    /// At the start of a document.
+    /// At the start of a document, with [`TOKEN_FUEL`].
     pub fn new(g: Arc<Grammar>) -> Matcher {
         let root = g.root;
         Matcher {
@@ -672,22 +924,44 @@ impl Matcher {
                 ws: 0,
                 nl: false,
             }],
+            fuel: Cell::new(TOKEN_FUEL),
+            steps: Cell::new(0),
         }
     }
 
+    /// Allow `fuel` more steps (the scheduler does this before choosing each token).
+    pub fn refuel(&self, fuel: u64) {
+        self.fuel.set(fuel);
+    }
+
+    /// The step budget ran out: answers since then are "not allowed" and not to be trusted.
+    pub fn out_of_fuel(&self) -> bool {
+        self.fuel.get() == 0
+    }
+
+    /// Steps taken so far (how much work following the grammar has cost).
+    pub fn steps(&self) -> u64 {
+        self.steps.get()
+    }
+
     fn advance(&self, bytes: &[u8]) -> Vec<Stack> {
+        let mut fuel = self.fuel.get();
+        let before = fuel;
         let mut cur = self.stacks.clone();
         for &b in bytes {
             let mut next = Vec::new();
             for s in cur {
-                self.g.step(s, b, &mut next);
+                self.g.step(s, b, &mut next, &mut fuel);
             }
             next.dedup();
-            if next.is_empty() {
-                return next;
+            if next.is_empty() || fuel == 0 {
+                cur = Vec::new();
+                break;
             }
             cur = next;
         }
+        self.fuel.set(fuel);
+        self.steps.set(self.steps.get() + (before - fuel));
         cur
     }
 
@@ -828,5 +1102,97 @@ mod tests {
         assert!(!mt.allows(&[b' '; 40]));
         // one line break per gap, then indentation
         assert!(mt.allows(b"\n    ") && !mt.allows(b"\n\n") && !mt.allows(b" \n \n"));
+    }
+
+    #[test]
+    fn a_self_referencing_ref_is_an_error_not_a_stack_overflow() {
+        // issue 22: this schema overflowed the scheduler's stack and killed the server
+        let e = Grammar::json_schema(
+            &json!({"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}}),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("refers to itself") && e.contains("#/$defs/a"),
+            "{e}"
+        );
+        // through anyOf, and a two-step cycle
+        for s in [
+            json!({"$defs": {"a": {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/a"}]}}, "$ref": "#/$defs/a"}),
+            json!({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"oneOf": [{"$ref": "#/$defs/a"}]}}, "$ref": "#/$defs/a"}),
+        ] {
+            let e = Grammar::json_schema(&s).unwrap_err();
+            assert!(e.contains("refers to itself"), "{e}");
+        }
+        // recursion through a container consumes input and stays allowed
+        let ok = json!({"$defs": {"a": {"anyOf": [{"type": "integer"}, {"type": "array", "items": {"$ref": "#/$defs/a"}}]}}, "$ref": "#/$defs/a"});
+        assert!(full(m(ok), "[1, [2, [[]]]]"));
+    }
+
+    #[test]
+    fn enum_mask_work_does_not_grow_with_the_enum() {
+        // issue 22: an enum of 100,000 values kept the scheduler busy for minutes
+        let work = |n: usize| {
+            let values: Vec<Value> = (0..n).map(|i| json!(format!("value{i}"))).collect();
+            let t0 = std::time::Instant::now();
+            let mt = m(json!({"enum": values}));
+            let compile = t0.elapsed();
+            let before = mt.steps();
+            for probe in [&b"\"value9"[..], b"\"val", b"\"x", b"\"value12\""] {
+                mt.allows(probe);
+            }
+            (mt.steps() - before, compile)
+        };
+        let (small, _) = work(20);
+        let (large, t_large) = work(100_000);
+        assert_eq!(small, large, "steps for 20 values vs 100,000");
+        assert!(t_large.as_secs_f64() < 5.0, "compiling took {t_large:?}");
+        // every value stays reachable (a scan of 64 parses once cut the enum short)
+        let values: Vec<Value> = (0..1000).map(|i| json!(format!("v{i}"))).collect();
+        assert!(full(m(json!({"enum": values.clone()})), "\"v999\""));
+        let consts: Vec<Value> = values.iter().map(|v| json!({"const": v})).collect();
+        assert!(full(m(json!({"anyOf": consts.clone()})), "\"v777\""));
+        assert!(!full(m(json!({"anyOf": consts})), "\"v1000\""));
+        // a value that is a prefix of another
+        let mt = m(json!({"enum": [1, 12, "a"]}));
+        assert!(full(mt.clone(), "1") && full(mt.clone(), "12") && !full(mt, "123"));
+    }
+
+    #[test]
+    fn schemas_past_the_limits_are_refused() {
+        let refused = |s: Value| match Grammar::json_schema(&s) {
+            Ok(_) => panic!("accepted a schema past the limits"),
+            Err(e) => e,
+        };
+        let objs: Vec<Value> = (0..MAX_FANOUT + 1)
+            .map(|i| json!({"type": "object", "properties": {format!("k{i}"): {"type": "string"}}}))
+            .collect();
+        let e = refused(json!({"anyOf": objs}));
+        assert!(e.contains("too large"), "{e}");
+        let props: serde_json::Map<String, Value> = (0..MAX_NODES + 1)
+            .map(|i| (format!("p{i}"), json!({"type": "integer"})))
+            .collect();
+        let e = refused(json!({"type": "object", "properties": props}));
+        assert!(e.contains("too large"), "{e}");
+        let long: Vec<Value> = (0..MAX_TRIE_STATES / 1000 + 10)
+            .map(|i| json!(format!("{i}-{}", "x".repeat(1000))))
+            .collect();
+        let e = refused(json!({"enum": long}));
+        assert!(e.contains("too large"), "{e}");
+        // an empty enum inside anyOf leaves nothing to match
+        refused(json!({"anyOf": [{"enum": []}]}));
+    }
+
+    #[test]
+    fn nesting_depth_and_work_are_bounded() {
+        let mut mt = Matcher::new(Arc::new(Grammar::json_schema(&json!({})).unwrap()));
+        let deep = "[".repeat(MAX_DEPTH + 10);
+        assert!(!mt.allows(deep.as_bytes()));
+        assert!(mt.accept("[".repeat(MAX_DEPTH - 2).as_bytes()));
+        // a budget of a few steps runs out, and says so
+        mt.refuel(3);
+        assert!(!mt.allows(b"1, 2, 3, 4, 5"));
+        assert!(mt.out_of_fuel());
+        mt.refuel(TOKEN_FUEL);
+        assert!(mt.allows(b"1, 2, 3, 4, 5") && !mt.out_of_fuel());
     }
 }
