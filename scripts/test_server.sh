@@ -3,7 +3,8 @@
 # (tests/server/test_openai.py). Installs openai + jsonschema into .venv-tests (git-ignored)
 # on first use, starts three servers on free ports (a plain one; one with an API key, one
 # slot and a queue of one; one whose KV pool is too small for its four slots), runs the tests
-# and stops the servers. Expects a release build.
+# and stops the servers; then tests/server/test_hardening.py, which starts its own. Expects a
+# release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv-tests
@@ -37,4 +38,6 @@ HEARTH_URL="http://127.0.0.1:$p1" HEARTH_URL_LIMITED="http://127.0.0.1:$p2" HEAR
 if [ $status != 0 ]; then echo "--- server log"; tail -n 30 "$log1"; fi
 trap - EXIT
 cleanup || true
+# issue 22's regressions start servers of their own (small limits, hostile models)
+HEARTH_BIN="$bin" "$venv/bin/python" tests/server/test_hardening.py || status=$?
 exit $status

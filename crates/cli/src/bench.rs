@@ -83,6 +83,12 @@ pub fn run(model: &Model, name: &str, o: &BenchOpts) -> Result<()> {
     // warm-up: page the weights in, and fill the state's KV cache once, so that no timed
     // run pays for first touching its memory (every run then starts from an empty state)
     let n_ctx = o.n_prompt.max(o.n_gen).max(16);
+    hearth_engine::check_fits(
+        &format!("a KV cache for {n_ctx} tokens"),
+        "-p / -n",
+        n_ctx,
+        model.kv_pool_bytes_per_token(),
+    )?;
     let mut st = model.new_state(n_ctx);
     let fill: Vec<u32> = (0..n_ctx).map(|_| tok()).collect();
     model.forward(&fill, &mut st, false, &mut logits)?;

@@ -71,6 +71,15 @@ struct ServeArgs {
     /// Requests that may wait for a slot before the server answers 429.
     #[arg(long, default_value_t = 64)]
     queue: usize,
+    /// Seconds a client may take to send a request's head before its connection is closed.
+    #[arg(long, default_value_t = 10.0)]
+    timeout_head: f64,
+    /// Seconds a client may take to send a request's body (then 408).
+    #[arg(long, default_value_t = 30.0)]
+    timeout_body: f64,
+    /// Most open connections; more are closed as soon as they are accepted.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
     /// Require `Authorization: Bearer KEY` (or set HEARTH_API_KEY).
     #[arg(long, env = "HEARTH_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -228,9 +237,8 @@ fn run(a: RunArgs) -> Result<()> {
         }),
     };
     params.validate().map_err(anyhow::Error::msg)?;
-    if a.ctx == 0 {
-        bail!("--ctx must be at least 1");
-    }
+    eng.check_context(a.ctx, "--ctx")?;
+    warn_past_training(&eng, a.ctx);
     let mut sampler = Sampler::new(params);
     let tmpl = eng.tokenizer.template()?;
     let mut state = eng.model.new_state(a.ctx);
@@ -316,6 +324,16 @@ fn run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// A context longer than the model was trained for works, but its answers degrade: say so.
+fn warn_past_training(eng: &Engine, n_ctx: usize) {
+    let train = eng.model.cfg.n_ctx_train;
+    if train > 0 && n_ctx > train {
+        eprintln!(
+            "warning: a context of {n_ctx} tokens is longer than the {train} this model was trained for"
+        );
+    }
+}
+
 fn bench(a: BenchArgs) -> Result<()> {
     if a.reps == 0 {
         bail!("--reps must be at least 1");
@@ -359,6 +377,7 @@ fn logits(a: LogitsArgs) -> Result<()> {
     if tokens.is_empty() {
         bail!("no tokens to evaluate");
     }
+    eng.check_context(tokens.len(), "the number of tokens")?;
     let mut state = eng.model.new_state(tokens.len());
     let mut logits = Vec::new();
     eng.model.forward(&tokens, &mut state, true, &mut logits)?;
@@ -555,6 +574,28 @@ fn serve(a: ServeArgs) -> Result<()> {
     if a.parallel == 0 || a.batch == 0 {
         bail!("--parallel and --batch must be at least 1");
     }
+    eng.check_context(n_ctx, "--ctx")?;
+    warn_past_training(&eng, n_ctx);
+    let secs = |v: f64, flag: &str| {
+        if v.is_finite() && v > 0.0 && v <= 86400.0 {
+            Ok(std::time::Duration::from_secs_f64(v))
+        } else {
+            Err(anyhow::anyhow!(
+                "{flag} must be a number of seconds in (0, 86400], not {v}"
+            ))
+        }
+    };
+    let head_timeout = secs(a.timeout_head, "--timeout-head")?;
+    let body_timeout = secs(a.timeout_body, "--timeout-body")?;
+    if a.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    let kv_bytes = a.kv_mib.checked_mul(1 << 20).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--kv-mib {} is larger than this machine's address space",
+            a.kv_mib
+        )
+    })?;
     let file = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -570,14 +611,18 @@ fn serve(a: ServeArgs) -> Result<()> {
         n_ctx,
         parallel: a.parallel,
         batch_tokens: a.batch,
-        kv_bytes: a.kv_mib << 20,
+        kv_bytes,
         page_size: 16,
         max_queue: a.queue,
         api_key: a.api_key.filter(|k| !k.is_empty()),
         model_id,
         aliases: vec![a.common.model, file, stem],
         body_limit: 4 << 20,
+        head_timeout,
+        body_timeout,
+        max_connections: a.max_connections,
     };
+    hearth_server::check_sizes(&eng, &opts)?;
     hearth_server::serve(eng, opts)?;
     Ok(())
 }

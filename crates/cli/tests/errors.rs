@@ -292,3 +292,94 @@ fn impossible_expert_routing() {
         .write(&p);
     fails_cleanly(&["inspect", p.to_str().unwrap()], "not a valid routing");
 }
+
+/// issue 22: `hearth run smollm2 -c 99999999` aborted on a 76 GB allocation (SIGABRT).
+#[test]
+fn absurd_sizes_are_refused_with_the_largest_that_fits() {
+    fails_cleanly(
+        &["run", "smollm2", "-c", "99999999", "hi"],
+        "the largest --ctx that fits is",
+    );
+    fails_cleanly(
+        &["run", "smollm2", "-c", "0", "hi"],
+        "--ctx must be at least 1",
+    );
+    fails_cleanly(
+        &["bench", "smollm2", "-p", "999999999", "-n", "0"],
+        "the largest -p / -n that fits is",
+    );
+    fails_cleanly(
+        &["serve", "smollm2", "-c", "99999999"],
+        "the largest --ctx that fits is",
+    );
+    fails_cleanly(
+        &[
+            "serve",
+            "smollm2",
+            "-c",
+            "100000",
+            "-p",
+            "4000",
+            "--kv-mib",
+            "99999999999",
+        ],
+        "the largest --kv-mib that fits is",
+    );
+    fails_cleanly(
+        &["serve", "smollm2", "--batch", "99999999"],
+        "--batch 99999999 is more than",
+    );
+    fails_cleanly(
+        &["serve", "smollm2", "--parallel", "99999999"],
+        "--parallel 99999999 is more than",
+    );
+    fails_cleanly(
+        &["serve", "smollm2", "--timeout-head", "nan"],
+        "--timeout-head",
+    );
+    fails_cleanly(
+        &["serve", "smollm2", "--max-connections", "0"],
+        "--max-connections must be at least 1",
+    );
+}
+
+/// A copy of the tiny llama fixture whose final norm is NaN, so every logit is NaN.
+fn nan_model() -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/llama");
+    let dir = tmp("nan-llama");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut st = std::fs::read(src.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&st[8..8 + n]).unwrap();
+    let t = &header["model.norm.weight"];
+    assert_eq!(t["dtype"], "F32");
+    let (a, b) = (
+        t["data_offsets"][0].as_u64().unwrap() as usize,
+        t["data_offsets"][1].as_u64().unwrap() as usize,
+    );
+    for x in st[8 + n + a..8 + n + b].chunks_exact_mut(4) {
+        x.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    std::fs::write(dir.join("model.safetensors"), st).unwrap();
+    dir
+}
+
+/// issue 22: a model whose weights give NaN made `run` print nothing and exit 0.
+#[test]
+fn nan_logits_stop_generation_with_an_error() {
+    let dir = nan_model();
+    let d = dir.to_str().unwrap();
+    fails_cleanly(&["run", d, "--raw", "hello", "-n", "4"], "non-finite logit");
+    fails_cleanly(
+        &["run", d, "hello", "-n", "4", "--temp", "0"],
+        "non-finite logit",
+    );
+}

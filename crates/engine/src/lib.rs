@@ -51,7 +51,62 @@ pub enum StopReason {
     Cancelled,
 }
 
+/// An error unless every logit of `row` (the prediction after `pos` tokens) is finite. NaN or
+/// infinite logits mean broken weights or a broken computation; sampling from them would
+/// print nothing (or garbage) and look like success.
+pub fn check_logits(row: &[f32], pos: usize) -> Result<()> {
+    match row.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(t) => Err(Error::Invalid(format!(
+            "the model produced a non-finite logit ({} for token {t}) after {pos} tokens: its weights or the computation are broken",
+            row[t]
+        ))),
+    }
+}
+
+/// Memory the system can still hand out (`MemAvailable` of /proc/meminfo), when known.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
+/// Check that `count` items of `per_item` bytes (named `what`, set with `flag`) fit in the
+/// memory available, keeping a tenth of it free. The error names the largest count that fits.
+pub fn check_fits(what: &str, flag: &str, count: usize, per_item: usize) -> Result<()> {
+    let Some(avail) = available_memory() else {
+        return Ok(());
+    };
+    let usable = avail / 10 * 9;
+    let need = (count as u64).saturating_mul(per_item as u64);
+    if need <= usable {
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    Err(Error::Invalid(format!(
+        "{what} needs {:.1} GiB, but only {:.1} GiB of memory is available: the largest {flag} that fits is {}",
+        gib(need),
+        gib(avail),
+        usable / (per_item.max(1) as u64)
+    )))
+}
+
 impl Engine {
+    /// Check a context of `n_ctx` tokens per sequence against the memory available (its KV
+    /// cache) before anything is allocated.
+    pub fn check_context(&self, n_ctx: usize, flag: &str) -> Result<()> {
+        if n_ctx == 0 {
+            return Err(Error::Invalid(format!("{flag} must be at least 1")));
+        }
+        check_fits(
+            &format!("a KV cache for a context of {n_ctx} tokens"),
+            flag,
+            n_ctx,
+            self.model.kv_pool_bytes_per_token(),
+        )
+    }
+
     /// Load a model from a file or directory onto `backend`.
     pub fn load(path: &std::path::Path, backend: Arc<dyn Backend>) -> Result<Engine> {
         let files = ModelFiles::open(path)?;
@@ -96,6 +151,7 @@ impl Engine {
         let mut dec = StreamDecoder::default();
         stats.stop = StopReason::Length;
         for _ in 0..max_tokens {
+            check_logits(&logits, history.len())?;
             let tok = sampler.sample(&mut logits, &history);
             if self.tokenizer.is_eog(tok) {
                 stats.stop = StopReason::Eog;

@@ -137,10 +137,17 @@ pub fn safetensors_file(p: &Path) -> Result<Vec<Tensor>> {
     // SAFETY: read-only map; the file must not be truncated while in use.
     let map = unsafe { memmap2::Mmap::map(&f) }
         .map_err(|e| Error::Io(format!("cannot map {}", p.display()), e))?;
-    let map: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(map);
+    safetensors_bytes(Arc::new(map), &p.display().to_string())
+}
+
+/// The tensors of a safetensors file already in memory (`label` names it in errors).
+pub fn safetensors_bytes(
+    map: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    label: &str,
+) -> Result<Vec<Tensor>> {
     let bytes: &[u8] = (*map).as_ref();
     let st = safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::Format(format!("{}: {e}", p.display())))?;
+        .map_err(|e| Error::Format(format!("{label}: {e}")))?;
     let base = bytes.as_ptr() as usize;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
@@ -155,8 +162,7 @@ pub fn safetensors_file(p: &Path) -> Result<Vec<Tensor>> {
             safetensors::Dtype::I64 => DType::I64,
             d => {
                 return Err(Error::Unsupported(format!(
-                    "{}: tensor {name} has dtype {d:?}",
-                    p.display()
+                    "{label}: tensor {name} has dtype {d:?}"
                 )));
             }
         };

@@ -427,6 +427,24 @@ impl Model {
             + self.vector_params()
     }
 
+    /// An upper bound on the activation memory one token of a batch takes (its hidden states,
+    /// attention and FFN intermediates, and a row of logits), to check a batch size against
+    /// the memory before running it.
+    pub fn activation_bytes_per_token(&self) -> usize {
+        let c = &self.cfg;
+        let heads = c.n_head.max(c.n_kv_head);
+        let head = match &c.mla {
+            Some(m) => (m.nope + m.rope + m.v_dim).max(m.kv_lora_rank + m.rope),
+            None => c.head_dim,
+        };
+        let ffn = match &c.moe {
+            Some(e) => c.n_ff.saturating_mul(e.n_used.max(1) + 1),
+            None => c.n_ff,
+        };
+        let floats = 6 * c.n_embd + 4 * heads * head + 3 * ffn + c.n_vocab;
+        floats * 4
+    }
+
     /// Bytes of weights read for one decoded token: every matrix once (of MoE layers, only
     /// the `n_used` routed experts), plus one embedding row.
     pub fn bytes_per_token(&self) -> usize {

@@ -31,7 +31,9 @@ pub struct App {
     pub aliases: Vec<String>,
     /// Context size per sequence.
     pub n_ctx: usize,
-    /// Most requests waiting for admission before 429.
+    /// Most sequences running at once.
+    pub parallel: usize,
+    /// Most requests waiting for a slot before 429.
     pub max_queue: usize,
     /// Required bearer token.
     pub api_key: Option<String>,
@@ -41,6 +43,10 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Server start (unix seconds).
     pub created: u64,
+    /// Longest text of any one token, in bytes: a prompt text longer than the context times
+    /// four times this is refused before it is tokenized (tokenizing megabytes only to refuse
+    /// them costs seconds of CPU and memory the allocator keeps).
+    pub max_token_bytes: usize,
 }
 
 /// An OpenAI-shaped error response.
@@ -53,7 +59,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
@@ -74,16 +80,21 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let kind = match self.status.as_u16() {
+impl ApiError {
+    /// OpenAI's error type for the status.
+    fn kind(&self) -> &'static str {
+        match self.status.as_u16() {
             401 => "authentication_error",
-            404 => "invalid_request_error",
-            413 => "invalid_request_error",
             429 => "rate_limit_error",
             400..=499 => "invalid_request_error",
             _ => "server_error",
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = self.kind();
         let body = json!({"error": {
             "message": self.message,
             "type": kind,
@@ -95,6 +106,20 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// Run `f` on a blocking thread. Parsing a request, rendering its template, tokenizing its
+/// prompt and compiling its grammar can take long for a big request; on the runtime's
+/// workers they would hold up every other connection, `/health` included.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error while preparing the request: {e}"),
+        )
+    })?
+}
 
 fn now() -> u64 {
     SystemTime::now()
@@ -381,6 +406,10 @@ pub async fn tokenize(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<axum::Json<Value>> {
+    off_runtime(move || tokenize_body(&app, body)).await
+}
+
+fn tokenize_body(app: &App, body: Result<Bytes, BytesRejection>) -> ApiResult<axum::Json<Value>> {
     let r: TokenizeReq = parse(body)?;
     let tk = &app.eng.tokenizer;
     let ids = tk
@@ -579,6 +608,24 @@ fn stops(c: &Common) -> ApiResult<Vec<String>> {
     Ok(v.into_iter().filter(|s| !s.is_empty()).collect())
 }
 
+/// Refuse a prompt text that cannot fit the context whatever its tokens: one with more than
+/// four times as many bytes as the context's worth of the longest tokens.
+fn check_text_len(app: &App, text: &str) -> ApiResult<()> {
+    let most = app
+        .n_ctx
+        .saturating_mul(app.max_token_bytes.max(1))
+        .saturating_mul(4);
+    if text.len() > most {
+        return Err(ApiError::bad(format!(
+            "This model's maximum context length is {} tokens. However, your prompt of {} bytes is far longer than that.",
+            app.n_ctx,
+            text.len()
+        ))
+        .code("context_length_exceeded"));
+    }
+    Ok(())
+}
+
 /// Check the prompt's length against the context and settle `max_tokens`.
 fn budget(
     app: &App,
@@ -632,11 +679,29 @@ fn content_text(v: Option<&Value>) -> ApiResult<String> {
 }
 
 /// The messages as the template will see them.
-fn chat_messages(app: &App, req: &ChatReq, tools: &[Tool]) -> ApiResult<Vec<Value>> {
+/// What a chat template renders itself (the rest is described to the model in text).
+#[derive(Clone, Copy)]
+struct TemplateCaps {
+    /// It renders assistant messages' `tool_calls`.
+    tool_calls: bool,
+    /// It renders the `tools` list.
+    tools: bool,
+}
+
+impl TemplateCaps {
+    fn of(t: &ChatTemplate) -> TemplateCaps {
+        TemplateCaps {
+            tool_calls: t.mentions("tool_calls"),
+            tools: t.mentions("tools"),
+        }
+    }
+}
+
+fn chat_messages(caps: TemplateCaps, req: &ChatReq, tools: &[Tool]) -> ApiResult<Vec<Value>> {
     if req.messages.is_empty() {
         return Err(ApiError::bad("messages must not be empty").param("messages"));
     }
-    let tmpl_tools = app.template.mentions("tool_calls");
+    let tmpl_tools = caps.tool_calls;
     let mut out = Vec::new();
     for m in &req.messages {
         let role = m
@@ -696,7 +761,7 @@ fn chat_messages(app: &App, req: &ChatReq, tools: &[Tool]) -> ApiResult<Vec<Valu
         msg["content"] = Value::String(content);
         out.push(msg);
     }
-    if !tools.is_empty() && !app.template.mentions("tools") {
+    if !tools.is_empty() && !caps.tools {
         // describe the tools in a system message, Hermes style
         let sigs: Vec<String> = tools
             .iter()
@@ -716,7 +781,18 @@ fn chat_messages(app: &App, req: &ChatReq, tools: &[Tool]) -> ApiResult<Vec<Valu
     Ok(out)
 }
 
-fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, bool)> {
+/// A chat request checked and its grammar compiled: everything that needs no model.
+struct ChatPlan {
+    /// The tools the model may call (none under `tool_choice: none`).
+    tools: Vec<Tool>,
+    grammar: Option<Grammar>,
+    top_logprobs: Option<usize>,
+    sampling: SamplingParams,
+    stops: Vec<String>,
+    logit_bias: Vec<(u32, f32)>,
+}
+
+fn chat_plan(req: &ChatReq, n_vocab: usize) -> ApiResult<ChatPlan> {
     let c = &req.common;
     if c.n.unwrap_or(1) != 1 {
         return Err(ApiError::bad("only n = 1 is supported").param("n"));
@@ -810,7 +886,30 @@ fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, bool)> {
             grammar = g;
         }
     }
-    let messages = chat_messages(app, req, &tools)?;
+    let top_logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (_, Some(k)) if k > 20 => {
+            return Err(ApiError::bad("top_logprobs must be in [0, 20]").param("top_logprobs"));
+        }
+        (true, k) => Some(k.unwrap_or(0) as usize),
+        (false, Some(_)) => {
+            return Err(ApiError::bad("top_logprobs needs logprobs: true").param("top_logprobs"));
+        }
+        (false, None) => None,
+    };
+    Ok(ChatPlan {
+        tools,
+        grammar,
+        top_logprobs,
+        sampling: sampling(c)?,
+        stops: stops(c)?,
+        logit_bias: logit_bias(&c.logit_bias, n_vocab)?,
+    })
+}
+
+fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, bool)> {
+    let plan = chat_plan(req, app.eng.model.cfg.n_vocab)?;
+    let tools = &plan.tools;
+    let messages = chat_messages(TemplateCaps::of(&app.template), req, tools)?;
     let text = app
         .template
         .render_with(
@@ -826,25 +925,16 @@ fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, bool)> {
             true,
         )
         .map_err(|e| ApiError::bad(e.to_string()).param("messages"))?;
+    check_text_len(app, &text)?;
     let prompt = app
         .eng
         .tokenizer
         .encode(&text, true)
         .map_err(|e| ApiError::bad(e.to_string()))?;
-    let top_logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
-        (_, Some(k)) if k > 20 => {
-            return Err(ApiError::bad("top_logprobs must be in [0, 20]").param("top_logprobs"));
-        }
-        (true, k) => Some(k.unwrap_or(0) as usize),
-        (false, Some(_)) => {
-            return Err(ApiError::bad("top_logprobs needs logprobs: true").param("top_logprobs"));
-        }
-        (false, None) => None,
-    };
     let max = budget(
         app,
         prompt.len(),
-        req.max_completion_tokens.or(c.max_tokens),
+        req.max_completion_tokens.or(req.common.max_tokens),
         None,
     )?;
     let parse_tools = !tools.is_empty();
@@ -852,12 +942,12 @@ fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, bool)> {
         Gen {
             prompt,
             max_tokens: max,
-            sampling: sampling(c)?,
-            stops: stops(c)?,
-            top_logprobs,
+            sampling: plan.sampling,
+            stops: plan.stops,
+            top_logprobs: plan.top_logprobs,
             prompt_logprobs: false,
-            grammar: grammar.map(Arc::new),
-            logit_bias: logit_bias(&c.logit_bias, app.eng.model.cfg.n_vocab)?,
+            grammar: plan.grammar.map(Arc::new),
+            logit_bias: plan.logit_bias,
         },
         parse_tools,
     ))
@@ -887,11 +977,15 @@ struct Piece {
 }
 
 fn submit(app: &App, g: Gen) -> ApiResult<Run> {
-    if app.metrics.waiting.load(Relaxed) as usize >= app.max_queue {
+    // a request waits only when every slot is busy: a burst of parallel + queue requests is
+    // always accepted, however far the scheduler has got with admitting them
+    let limit = (app.parallel + app.max_queue) as u64;
+    if app.metrics.in_flight.fetch_add(1, Relaxed) >= limit {
+        app.metrics.in_flight.fetch_sub(1, Relaxed);
         app.metrics.rejected.fetch_add(1, Relaxed);
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "the server is busy: the request queue is full; retry later",
+            "the server is busy: every slot is taken and the request queue is full; retry later",
         )
         .code("rate_limit_exceeded"));
     }
@@ -909,14 +1003,14 @@ fn submit(app: &App, g: Gen) -> ApiResult<Run> {
         received: Instant::now(),
     };
     app.metrics.waiting.fetch_add(1, Relaxed);
-    if app
-        .tx
-        .lock()
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "scheduler lock poisoned"))?
-        .send(job)
-        .is_err()
-    {
+    // a poisoned lock still holds a working sender
+    let sent = match app.tx.lock() {
+        Ok(tx) => tx.send(job),
+        Err(p) => p.into_inner().send(job),
+    };
+    if sent.is_err() {
         app.metrics.waiting.fetch_sub(1, Relaxed);
+        app.metrics.in_flight.fetch_sub(1, Relaxed);
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the scheduler has stopped",
@@ -975,6 +1069,9 @@ impl Run {
                 }
                 Some(Event::Error(e)) => {
                     return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e));
+                }
+                Some(Event::Refused(e)) => {
+                    return Err(ApiError::bad(e).param("response_format"));
                 }
                 None => {
                     return Err(ApiError::new(
@@ -1073,7 +1170,9 @@ impl Sink {
             Ok(p) => p,
             Err(e) => {
                 let _ = self
-                    .send(json!({"error": {"message": e.message, "type": "server_error"}}))
+                    .send(
+                        json!({"error": {"message": e.message, "type": e.kind(), "code": e.code}}),
+                    )
                     .await;
                 None
             }
@@ -1161,9 +1260,14 @@ pub async fn chat(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let req: ChatReq = parse_checked(body, CHAT_FIELDS)?;
-    check_model(&app, req.common.model.as_deref())?;
-    let (g, parse_tools) = chat_gen(&app, &req)?;
+    let app2 = app.clone();
+    let (req, g, parse_tools) = off_runtime(move || {
+        let req: ChatReq = parse_checked(body, CHAT_FIELDS)?;
+        check_model(&app2, req.common.model.as_deref())?;
+        let (g, parse_tools) = chat_gen(&app2, &req)?;
+        Ok((req, g, parse_tools))
+    })
+    .await?;
     let include_usage = req
         .common
         .stream_options
@@ -1301,7 +1405,10 @@ fn completion_gen(app: &App, req: &CompletionReq) -> ApiResult<Gen> {
         return Err(ApiError::bad("suffix is not supported").param("suffix"));
     }
     let tk = &app.eng.tokenizer;
-    let enc = |s: &str| tk.encode(s, true).map_err(|e| ApiError::bad(e.to_string()));
+    let enc = |s: &str| {
+        check_text_len(app, s)?;
+        tk.encode(s, true).map_err(|e| ApiError::bad(e.to_string()))
+    };
     let prompt = match &req.prompt {
         Prompt::Text(s) => enc(s)?,
         Prompt::Ids(v) => v.clone(),
@@ -1376,9 +1483,14 @@ pub async fn completions(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let req: CompletionReq = parse_checked(body, COMPLETION_FIELDS)?;
-    check_model(&app, req.common.model.as_deref())?;
-    let g = completion_gen(&app, &req)?;
+    let app2 = app.clone();
+    let (req, g) = off_runtime(move || {
+        let req: CompletionReq = parse_checked(body, COMPLETION_FIELDS)?;
+        check_model(&app2, req.common.model.as_deref())?;
+        let g = completion_gen(&app2, &req)?;
+        Ok((req, g))
+    })
+    .await?;
     let prompt = g.prompt.clone();
     let want_lp = g.top_logprobs.is_some();
     let include_usage = req
@@ -1479,4 +1591,52 @@ pub async fn completions(
         }
     });
     Ok(resp)
+}
+
+/// Every check a request body of `path` gets that needs no model: JSON parsing into the API
+/// types, the sampling and tool settings, message contents and the constrained-decoding
+/// grammar (compiled, then fed `output`). For the fuzzers; errors are the normal outcome.
+#[doc(hidden)]
+pub fn fuzz_request(path: &str, body: &[u8], output: &[u8]) {
+    let body = || Ok(Bytes::copy_from_slice(body));
+    const N_VOCAB: usize = 49152;
+    match path {
+        "/v1/chat/completions" => {
+            let Ok(req) = parse_checked::<ChatReq>(body(), CHAT_FIELDS) else {
+                return;
+            };
+            let Ok(plan) = chat_plan(&req, N_VOCAB) else {
+                return;
+            };
+            for caps in [false, true] {
+                let caps = TemplateCaps {
+                    tool_calls: caps,
+                    tools: caps,
+                };
+                let _ = chat_messages(caps, &req, &plan.tools);
+            }
+            if let Some(g) = plan.grammar {
+                let mut m = crate::grammar::Matcher::new(Arc::new(g));
+                for chunk in output.chunks(3) {
+                    if m.allows(chunk) {
+                        let _ = m.accept(chunk);
+                    }
+                }
+                let _ = m.is_complete();
+            }
+        }
+        "/v1/completions" => {
+            if let Ok(req) = parse_checked::<CompletionReq>(body(), COMPLETION_FIELDS) {
+                let _ = sampling(&req.common);
+                let _ = stops(&req.common);
+                let _ = logit_bias(&req.common.logit_bias, N_VOCAB);
+            }
+        }
+        "/tokenize" => {
+            let _ = parse::<TokenizeReq>(body());
+        }
+        _ => {
+            let _ = parse::<DetokenizeReq>(body());
+        }
+    }
 }

@@ -39,6 +39,12 @@ pub struct Options {
     pub aliases: Vec<String>,
     /// Largest request body in bytes.
     pub body_limit: usize,
+    /// How long a client may take to send a request's head (the request line and headers).
+    pub head_timeout: std::time::Duration,
+    /// How long a client may take to send a request's body once its head has arrived.
+    pub body_timeout: std::time::Duration,
+    /// Most connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
 }
 
 /// How many KV pages `opts` gives: the budget's worth, but never less than one full context
@@ -46,14 +52,119 @@ pub struct Options {
 pub fn pool_pages(eng: &Engine, opts: &Options) -> usize {
     let per_page = eng.model.kv_pool_bytes_per_token() * opts.page_size;
     let budget = opts.kv_bytes / per_page.max(1);
-    let want = (opts.n_ctx * opts.parallel).div_ceil(opts.page_size);
+    let want = opts
+        .n_ctx
+        .saturating_mul(opts.parallel)
+        .div_ceil(opts.page_size);
     budget
         .min(want)
         .max(opts.n_ctx.div_ceil(opts.page_size) + 1)
 }
 
+/// Most sequences one server may run at once (each holds at least one KV page and a slot in
+/// every batch).
+pub const MAX_PARALLEL: usize = 4096;
+
+/// Check the sizes in `opts` against the model and the memory available before anything is
+/// allocated: the KV pool that `--ctx`, `--parallel` and `--kv-mib` make, the activations of
+/// a `--batch`, and `--parallel` against the pool. Each error gives the largest value that
+/// fits.
+pub fn check_sizes(eng: &Engine, opts: &Options) -> hearth_core::Result<()> {
+    use hearth_core::Error;
+    if opts.parallel > MAX_PARALLEL {
+        return Err(Error::Invalid(format!(
+            "--parallel {} is more than the {MAX_PARALLEL} sequences a server runs at once",
+            opts.parallel
+        )));
+    }
+    let pages = pool_pages(eng, opts);
+    let per_page = eng.model.kv_pool_bytes_per_token() * opts.page_size;
+    let pool_mib = (pages * per_page).div_ceil(1 << 20);
+    hearth_engine::check_fits(
+        &format!(
+            "a KV pool for {} tokens (--ctx {} x --parallel {}, at most --kv-mib {})",
+            pages * opts.page_size,
+            opts.n_ctx,
+            opts.parallel,
+            opts.kv_bytes >> 20
+        ),
+        "--kv-mib",
+        pool_mib,
+        1 << 20,
+    )?;
+    if opts.parallel > pages {
+        return Err(Error::Invalid(format!(
+            "--parallel {} is more than the KV pool's {pages} pages can hold at once (a page each): the largest that fits is {pages}",
+            opts.parallel
+        )));
+    }
+    let batch_max = opts.n_ctx.saturating_mul(opts.parallel);
+    if opts.batch_tokens > batch_max {
+        return Err(Error::Invalid(format!(
+            "--batch {} is more than the {batch_max} tokens --ctx {} x --parallel {} can ever feed at once",
+            opts.batch_tokens, opts.n_ctx, opts.parallel
+        )));
+    }
+    hearth_engine::check_fits(
+        &format!("a batch of {} tokens", opts.batch_tokens),
+        "--batch",
+        opts.batch_tokens,
+        eng.model.activation_bytes_per_token(),
+    )
+}
+
+/// Read the whole request body within `timeout` (a client that stops sending mid-body gets a
+/// 408 and its connection back, instead of holding it forever).
+async fn body_in_time(
+    axum::extract::State((timeout, limit)): axum::extract::State<(std::time::Duration, usize)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            let too_big = std::error::Error::source(&e)
+                .is_some_and(|s| s.to_string().contains("length limit"));
+            let (status, msg) = if too_big {
+                (
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is larger than {limit} bytes"),
+                )
+            } else {
+                (
+                    axum::http::StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}"),
+                )
+            };
+            return api::ApiError::new(status, msg).into_response();
+        }
+        Err(_) => {
+            return api::ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    timeout.as_secs_f64()
+                ),
+            )
+            .into_response();
+        }
+    };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
 /// The HTTP routes over `app`.
 pub fn router(app: Arc<App>, body_limit: usize) -> Router {
+    router_with(app, body_limit, std::time::Duration::from_secs(30))
+}
+
+/// The HTTP routes over `app`, with bodies read within `body_timeout`.
+pub fn router_with(app: Arc<App>, body_limit: usize, body_timeout: std::time::Duration) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(api::chat))
         .route("/v1/completions", post(api::completions))
@@ -65,8 +176,61 @@ pub fn router(app: Arc<App>, body_limit: usize) -> Router {
         .route("/detokenize", post(api::detokenize))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), api::auth))
+        .layer(axum::middleware::from_fn_with_state(
+            (body_timeout, body_limit),
+            body_in_time,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app)
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves: HTTP/1.1, at most
+/// `max_connections` at once (more are closed on accept), each given `head_timeout` to send
+/// a request head. Idle and half-sent connections are dropped, so slow clients cannot pile
+/// up; requests in progress finish before the function returns (or after 30 s of shutdown).
+pub async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    max_connections: usize,
+    head_timeout: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(_) => {
+                    // out of file descriptors and the like: let connections close first
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(stream); // over the connection cap
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), graceful.shutdown()).await;
 }
 
 /// Start the scheduler thread and serve HTTP until interrupted.
@@ -77,6 +241,10 @@ pub fn serve(eng: Engine, opts: Options) -> std::io::Result<()> {
         .template()
         .or_else(|_| tk.template_with(hearth_tokenizer::CHATML))
         .map_err(std::io::Error::other)?;
+    let max_token_bytes = (0..tk.vocab_size() as u32)
+        .map(|t| tk.token_bytes(t).len())
+        .max()
+        .unwrap_or(1);
     let metrics = Arc::new(sched::Metrics::default());
     let cfg = sched::Config {
         n_ctx: opts.n_ctx,
@@ -96,19 +264,23 @@ pub fn serve(eng: Engine, opts: Options) -> std::io::Result<()> {
         model_id: opts.model_id.clone(),
         aliases: opts.aliases.clone(),
         n_ctx: opts.n_ctx,
+        parallel: cfg.parallel,
         max_queue: opts.max_queue,
         api_key: opts.api_key.clone(),
         tx: Mutex::new(tx),
         metrics,
+        max_token_bytes,
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
     });
-    // one thread for HTTP: the cores belong to the model's compute pool, and a second I/O
-    // thread waking per streamed token measurably slowed single-stream generation
+    // two I/O threads: the cores belong to the model's compute pool, but with one a single
+    // busy connection could hold up all others. The heavy part of a request (parsing,
+    // template, tokenizing, grammar) runs on the blocking pool, at most 8 at a time.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
+        .max_blocking_threads(8)
         .enable_all()
         .build()?;
     rt.block_on(async move {
@@ -123,10 +295,16 @@ pub fn serve(eng: Engine, opts: Options) -> std::io::Result<()> {
             cfg.n_pages,
             cfg.page_size
         );
-        axum::serve(listener, router(app, opts.body_limit))
-            .with_graceful_shutdown(async {
+        serve_connections(
+            listener,
+            router_with(app, opts.body_limit, opts.body_timeout),
+            opts.max_connections,
+            opts.head_timeout,
+            async {
                 let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
+            },
+        )
+        .await;
+        Ok(())
     })
 }

@@ -7,7 +7,7 @@
 //! mid-generation the most recently admitted sequence is preempted: its pages go back (the
 //! full ones stay in the prefix cache) and it waits at the head of the queue to be resumed by
 //! recomputation. A request whose client went away is dropped at the next step.
-use crate::grammar::{Grammar, Matcher};
+use crate::grammar::{Grammar, Matcher, TOKEN_FUEL};
 use crate::pages::Pages;
 use hearth_engine::{Engine, Sampler, SamplingParams, logsumexp, top_k};
 use hearth_models::{BatchSeq, KvPool, Scratch, Want};
@@ -73,8 +73,11 @@ pub enum Event {
         /// Prompt tokens taken from the prefix cache.
         cached_tokens: usize,
     },
-    /// The request failed.
+    /// The request failed (a server-side fault: 500).
     Error(String),
+    /// The request asks for more than the server will do (a client fault: 400), found only
+    /// while generating: constraining its output took past the step budget.
+    Refused(String),
 }
 
 /// Counters the `/metrics` endpoint reports.
@@ -82,6 +85,9 @@ pub enum Event {
 pub struct Metrics {
     /// Requests finished.
     pub requests: AtomicU64,
+    /// Requests accepted and not finished: waiting, running, or on their way to the
+    /// scheduler. Admission compares it with slots plus queue places.
+    pub in_flight: AtomicU64,
     /// Requests refused with 429.
     pub rejected: AtomicU64,
     /// Prompt tokens of admitted requests.
@@ -227,10 +233,16 @@ impl Scheduler {
         s.registered = 0;
     }
 
+    /// A request leaves the scheduler, answered or not.
+    fn ended(&self) {
+        self.metrics.requests.fetch_add(1, Relaxed);
+        self.metrics.in_flight.fetch_sub(1, Relaxed);
+    }
+
     fn finish(&mut self, mut s: Seq, ev: Event) {
         self.release(&mut s);
         let _ = s.job.events.send(ev);
-        self.metrics.requests.fetch_add(1, Relaxed);
+        self.ended();
     }
 
     /// Drop requests whose clients left.
@@ -240,7 +252,7 @@ impl Scheduler {
             if self.running[i].gone() {
                 let mut s = self.running.remove(i);
                 self.release(&mut s);
-                self.metrics.requests.fetch_add(1, Relaxed);
+                self.ended();
             } else {
                 i += 1;
             }
@@ -249,8 +261,12 @@ impl Scheduler {
         let m = &self.metrics;
         self.waiting.retain(|s| {
             let gone = s.gone();
-            if gone && s.reported_cache.is_none() {
-                m.waiting.fetch_sub(1, Relaxed);
+            if gone {
+                if s.reported_cache.is_none() {
+                    m.waiting.fetch_sub(1, Relaxed);
+                }
+                m.requests.fetch_add(1, Relaxed);
+                m.in_flight.fetch_sub(1, Relaxed);
             }
             !gone
         });
@@ -466,7 +482,8 @@ impl Scheduler {
             }
             let row = &mut block[(rows - 1) * nv..rows * nv];
             match sample(&self.eng, s, row) {
-                Some(tok) => {
+                Err(ev) => done.push((i, ev)),
+                Ok(Some(tok)) => {
                     n_decoded += 1;
                     if !s.first_token {
                         s.first_token = true;
@@ -495,7 +512,7 @@ impl Scheduler {
                         ));
                     }
                 }
-                None => done.push((
+                Ok(None) => done.push((
                     i,
                     Event::Done {
                         finish: Finish::Stop,
@@ -518,8 +535,10 @@ impl Scheduler {
 }
 
 /// Choose `s`'s next token from its logits `row` and report it; None ends the generation
-/// (an end-of-generation token, or nothing the grammar allows).
-fn sample(eng: &Engine, s: &mut Seq, row: &mut [f32]) -> Option<u32> {
+/// (an end-of-generation token, or nothing the grammar allows). An error ends it too: logits
+/// that are not finite (a broken model), or a grammar that took past its step budget.
+fn sample(eng: &Engine, s: &mut Seq, row: &mut [f32]) -> Result<Option<u32>, Event> {
+    hearth_engine::check_logits(row, s.tokens.len()).map_err(|e| Event::Error(e.to_string()))?;
     let tk = &eng.tokenizer;
     let raw = s.job.top_logprobs.map(|_| row.to_vec());
     let generated = &s.tokens[s.prompt_len..];
@@ -531,52 +550,65 @@ fn sample(eng: &Engine, s: &mut Seq, row: &mut [f32]) -> Option<u32> {
         None => s.sampler.pick(row),
         Some(m) => {
             if m.is_finished() {
-                return None;
+                return Ok(None);
             }
-            let ok = |m: &Matcher, t: u32| {
-                if tk.is_eog(t) {
-                    m.is_complete()
-                } else {
-                    m.allows(tk.token_bytes(t))
-                }
-            };
-            let mut chosen = None;
-            // a few draws by rejection, then the exact mask over the whole vocabulary
-            for _ in 0..16 {
-                let t = s.sampler.pick(row);
-                if ok(m, t) {
-                    chosen = Some(t);
-                    break;
-                }
-                row[t as usize] = f32::NEG_INFINITY;
+            m.refuel(TOKEN_FUEL);
+            let t = constrained_pick(tk, &mut s.sampler, m, row);
+            if m.out_of_fuel() {
+                return Err(Event::Refused(format!(
+                    "the response format is too complex to follow: choosing one token took over {TOKEN_FUEL} grammar steps"
+                )));
             }
-            let t = match chosen {
-                Some(t) => t,
-                None => {
-                    let mut any = false;
-                    for (t, l) in row.iter_mut().enumerate() {
-                        if l.is_finite() && ok(m, t as u32) {
-                            any = true;
-                        } else {
-                            *l = f32::NEG_INFINITY;
-                        }
-                    }
-                    if !any {
-                        return None;
-                    }
-                    s.sampler.pick(row)
-                }
+            let Some(t) = t else {
+                return Ok(None);
             };
             if !tk.is_eog(t) {
+                m.refuel(TOKEN_FUEL);
                 m.accept(tk.token_bytes(t));
             }
             t
         }
     };
     if tk.is_eog(tok) {
-        return None;
+        return Ok(None);
     }
     let lp = raw.map(|r| logprobs(&r, tok, s.job.top_logprobs.unwrap_or(0)));
     let _ = s.job.events.send(Event::Token(tok, lp));
-    Some(tok)
+    Ok(Some(tok))
+}
+
+/// A token the grammar allows: a few draws by rejection, then the exact mask over the whole
+/// vocabulary. None when nothing is allowed (or the matcher ran out of fuel).
+fn constrained_pick(
+    tk: &hearth_tokenizer::Tokenizer,
+    sampler: &mut Sampler,
+    m: &Matcher,
+    row: &mut [f32],
+) -> Option<u32> {
+    let ok = |t: u32| {
+        if tk.is_eog(t) {
+            m.is_complete()
+        } else {
+            m.allows(tk.token_bytes(t))
+        }
+    };
+    for _ in 0..16 {
+        let t = sampler.pick(row);
+        if ok(t) {
+            return Some(t);
+        }
+        row[t as usize] = f32::NEG_INFINITY;
+    }
+    let mut any = false;
+    for (t, l) in row.iter_mut().enumerate() {
+        if l.is_finite() && ok(t as u32) {
+            any = true;
+        } else {
+            *l = f32::NEG_INFINITY;
+        }
+        if m.out_of_fuel() {
+            return None;
+        }
+    }
+    any.then(|| sampler.pick(row))
 }
