@@ -237,20 +237,18 @@ fn run(a: RunArgs) -> Result<()> {
         }),
     };
     params.validate().map_err(anyhow::Error::msg)?;
-    eng.check_context(a.ctx, "--ctx")?;
+    let mut session = eng.new_session(a.ctx, "--ctx")?;
     warn_past_training(&eng, a.ctx);
     let mut sampler = Sampler::new(params);
     let tmpl = eng.tokenizer.template()?;
-    let mut state = eng.model.new_state(a.ctx);
     let mut messages: Vec<ChatMessage> = a
         .system
         .iter()
         .map(|s| ChatMessage::new("system", s))
         .collect();
-    let mut cached: Vec<u32> = Vec::new(); // the tokens in the KV cache, in order
     let mut turn = |prompt: &str,
                     messages: &mut Vec<ChatMessage>,
-                    state: &mut hearth_models::State|
+                    session: &mut hearth_engine::Session|
      -> Result<()> {
         let tokens = if a.raw {
             eng.tokenizer.encode(prompt, true)?
@@ -259,25 +257,14 @@ fn run(a: RunArgs) -> Result<()> {
             let text = tmpl.render(messages, true)?;
             eng.tokenizer.encode(&text, true)?
         };
-        // Reuse the cached prefix of the conversation; only new tokens are processed.
-        let lcp = cached
-            .iter()
-            .zip(&tokens)
-            .take_while(|(a, b)| a == b)
-            .count();
-        let common = lcp.min(state.len).min(tokens.len().saturating_sub(1));
-        state.truncate(common);
-        let new = &tokens[common..];
         let mut out = std::io::stdout().lock();
-        let (generated, stats) = eng.generate(state, new, &mut sampler, a.max_tokens, |t| {
-            let _ = out.write_all(t.as_bytes());
-            let _ = out.flush();
-            true
-        })?;
+        let (generated, stats) =
+            eng.generate_in(session, &tokens, &mut sampler, a.max_tokens, |t| {
+                let _ = out.write_all(t.as_bytes());
+                let _ = out.flush();
+                true
+            })?;
         let _ = writeln!(out);
-        cached = tokens.clone();
-        cached.extend(&generated);
-        cached.truncate(state.len);
         messages.push(ChatMessage::new(
             "assistant",
             &eng.tokenizer.decode(&generated),
@@ -293,7 +280,7 @@ fn run(a: RunArgs) -> Result<()> {
         Ok(())
     };
     if let Some(p) = &a.prompt {
-        return turn(p, &mut messages, &mut state);
+        return turn(p, &mut messages, &mut session);
     }
     eprintln!("hearth chat: type a message, or /exit to quit, /reset to start over.");
     let stdin = std::io::stdin();
@@ -310,15 +297,15 @@ fn run(a: RunArgs) -> Result<()> {
             "/exit" | "/quit" => break,
             "/reset" => {
                 messages.retain(|m| m.role == "system");
-                state.truncate(0);
+                session.reset();
                 continue;
             }
             _ => {}
         }
-        if let Err(e) = turn(line, &mut messages, &mut state) {
+        if let Err(e) = turn(line, &mut messages, &mut session) {
             eprintln!("error: {e:#}");
             messages.retain(|m| m.role == "system");
-            state.truncate(0);
+            session.reset();
         }
     }
     Ok(())

@@ -1,7 +1,10 @@
 //! hearth-engine: a loaded model with its tokenizer, sessions and the generate loop.
 #![deny(missing_docs)]
 
+pub mod grammar;
+mod pages;
 pub mod sampling;
+pub mod sched;
 
 pub use sampling::{Rng, Sampler, SamplingParams, argmax, logsumexp, top_k};
 
@@ -92,7 +95,88 @@ pub fn check_fits(what: &str, flag: &str, count: usize, per_item: usize) -> Resu
     )))
 }
 
+/// A conversation over one sequence of KV cache. Each turn's tokens are compared with what
+/// the cache holds, and only what differs after their longest common prefix is computed
+/// again: a chat reprocesses only its newest messages.
+pub struct Session {
+    state: State,
+    /// The tokens in the cache, in order.
+    cached: Vec<u32>,
+}
+
+impl Session {
+    /// Forget the conversation (the cache is kept, and overwritten).
+    pub fn reset(&mut self) {
+        self.state.truncate(0);
+        self.cached.clear();
+    }
+
+    /// Tokens the cache holds.
+    pub fn len(&self) -> usize {
+        self.state.len
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.state.len == 0
+    }
+}
+
 impl Engine {
+    /// The vocabulary size (rows of logits).
+    pub fn n_vocab(&self) -> usize {
+        self.model.cfg.n_vocab
+    }
+
+    /// Parameters of the model.
+    pub fn n_params(&self) -> usize {
+        self.model.n_params()
+    }
+
+    /// A session with room for `n_ctx` tokens, after checking that its KV cache fits in
+    /// memory (`flag` names the setting in the error).
+    pub fn new_session(&self, n_ctx: usize, flag: &str) -> Result<Session> {
+        self.check_context(n_ctx, flag)?;
+        Ok(Session {
+            state: self.model.new_state(n_ctx),
+            cached: Vec::new(),
+        })
+    }
+
+    /// Generate after `tokens` (the whole conversation so far) in `session`, computing only
+    /// the tokens after the longest prefix it shares with the cache. Arguments and results as
+    /// [`Engine::generate`]; afterwards the cache holds `tokens` and the answer.
+    pub fn generate_in(
+        &self,
+        session: &mut Session,
+        tokens: &[u32],
+        sampler: &mut Sampler,
+        max_tokens: usize,
+        on_text: impl FnMut(&str) -> bool,
+    ) -> Result<(Vec<u32>, GenStats)> {
+        let st = &mut session.state;
+        let lcp = session
+            .cached
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        // at least one token is computed, to have logits to sample from
+        let common = lcp.min(st.len).min(tokens.len().saturating_sub(1));
+        st.truncate(common);
+        session.cached.truncate(common);
+        let r = self.generate(st, &tokens[common..], sampler, max_tokens, on_text);
+        match &r {
+            Ok((generated, _)) => {
+                session.cached = tokens.to_vec();
+                session.cached.extend(generated);
+                session.cached.truncate(st.len);
+            }
+            Err(_) => session.reset(),
+        }
+        r
+    }
+
     /// Check a context of `n_ctx` tokens per sequence against the memory available (its KV
     /// cache) before anything is allocated.
     pub fn check_context(&self, n_ctx: usize, flag: &str) -> Result<()> {

@@ -267,8 +267,8 @@ fn model_json(app: &App) -> Value {
         "owned_by": "hearth",
         "meta": {
             "n_ctx": app.n_ctx,
-            "n_vocab": app.eng.model.cfg.n_vocab,
-            "n_params": app.eng.model.n_params(),
+            "n_vocab": app.eng.n_vocab(),
+            "n_params": app.eng.n_params(),
         }
     })
 }
@@ -437,7 +437,7 @@ pub async fn detokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<axum::Json<Value>> {
     let r: DetokenizeReq = parse(body)?;
-    let nv = app.eng.model.cfg.n_vocab;
+    let nv = app.eng.n_vocab();
     if let Some(bad) = r.tokens.iter().find(|&&t| t as usize >= nv) {
         return Err(
             ApiError::bad(format!("token id {bad} is outside the vocabulary of {nv}"))
@@ -907,7 +907,7 @@ fn chat_plan(req: &ChatReq, n_vocab: usize) -> ApiResult<ChatPlan> {
 }
 
 fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, bool)> {
-    let plan = chat_plan(req, app.eng.model.cfg.n_vocab)?;
+    let plan = chat_plan(req, app.eng.n_vocab())?;
     let tools = &plan.tools;
     let messages = chat_messages(TemplateCaps::of(&app.template), req, tools)?;
     let text = app
@@ -1416,7 +1416,7 @@ fn completion_gen(app: &App, req: &CompletionReq) -> ApiResult<Gen> {
         Prompt::IdLists(v) if v.len() == 1 => v[0].clone(),
         _ => return Err(ApiError::bad("one prompt per request is supported").param("prompt")),
     };
-    let nv = app.eng.model.cfg.n_vocab;
+    let nv = app.eng.n_vocab();
     if let Some(bad) = prompt.iter().find(|&&t| t as usize >= nv) {
         return Err(
             ApiError::bad(format!("token id {bad} is outside the vocabulary of {nv}"))

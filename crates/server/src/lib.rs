@@ -1,9 +1,7 @@
 //! hearth-server: an OpenAI-compatible HTTP API over one loaded model, with continuous
 //! batching, a paged KV pool with prefix reuse, and constrained decoding.
 pub mod api;
-pub mod grammar;
-pub mod pages;
-pub mod sched;
+pub use hearth_engine::{grammar, sched};
 
 use api::App;
 use axum::Router;
@@ -47,70 +45,23 @@ pub struct Options {
     pub max_connections: usize,
 }
 
-/// How many KV pages `opts` gives: the budget's worth, but never less than one full context
-/// (plus a page) so that any single admitted request can finish.
-pub fn pool_pages(eng: &Engine, opts: &Options) -> usize {
-    let per_page = eng.model.kv_pool_bytes_per_token() * opts.page_size;
-    let budget = opts.kv_bytes / per_page.max(1);
-    let want = opts
-        .n_ctx
-        .saturating_mul(opts.parallel)
-        .div_ceil(opts.page_size);
-    budget
-        .min(want)
-        .max(opts.n_ctx.div_ceil(opts.page_size) + 1)
+impl Options {
+    /// The scheduler's sizes.
+    pub fn limits(&self) -> sched::Limits {
+        sched::Limits {
+            n_ctx: self.n_ctx,
+            parallel: self.parallel,
+            batch_tokens: self.batch_tokens,
+            kv_bytes: self.kv_bytes,
+            page_size: self.page_size,
+        }
+    }
 }
 
-/// Most sequences one server may run at once (each holds at least one KV page and a slot in
-/// every batch).
-pub const MAX_PARALLEL: usize = 4096;
-
 /// Check the sizes in `opts` against the model and the memory available before anything is
-/// allocated: the KV pool that `--ctx`, `--parallel` and `--kv-mib` make, the activations of
-/// a `--batch`, and `--parallel` against the pool. Each error gives the largest value that
-/// fits.
+/// allocated (see [`sched::Limits::config`]).
 pub fn check_sizes(eng: &Engine, opts: &Options) -> hearth_core::Result<()> {
-    use hearth_core::Error;
-    if opts.parallel > MAX_PARALLEL {
-        return Err(Error::Invalid(format!(
-            "--parallel {} is more than the {MAX_PARALLEL} sequences a server runs at once",
-            opts.parallel
-        )));
-    }
-    let pages = pool_pages(eng, opts);
-    let per_page = eng.model.kv_pool_bytes_per_token() * opts.page_size;
-    let pool_mib = (pages * per_page).div_ceil(1 << 20);
-    hearth_engine::check_fits(
-        &format!(
-            "a KV pool for {} tokens (--ctx {} x --parallel {}, at most --kv-mib {})",
-            pages * opts.page_size,
-            opts.n_ctx,
-            opts.parallel,
-            opts.kv_bytes >> 20
-        ),
-        "--kv-mib",
-        pool_mib,
-        1 << 20,
-    )?;
-    if opts.parallel > pages {
-        return Err(Error::Invalid(format!(
-            "--parallel {} is more than the KV pool's {pages} pages can hold at once (a page each): the largest that fits is {pages}",
-            opts.parallel
-        )));
-    }
-    let batch_max = opts.n_ctx.saturating_mul(opts.parallel);
-    if opts.batch_tokens > batch_max {
-        return Err(Error::Invalid(format!(
-            "--batch {} is more than the {batch_max} tokens --ctx {} x --parallel {} can ever feed at once",
-            opts.batch_tokens, opts.n_ctx, opts.parallel
-        )));
-    }
-    hearth_engine::check_fits(
-        &format!("a batch of {} tokens", opts.batch_tokens),
-        "--batch",
-        opts.batch_tokens,
-        eng.model.activation_bytes_per_token(),
-    )
+    opts.limits().config(eng).map(|_| ())
 }
 
 /// Read the whole request body within `timeout` (a client that stops sending mid-body gets a
@@ -246,13 +197,7 @@ pub fn serve(eng: Engine, opts: Options) -> std::io::Result<()> {
         .max()
         .unwrap_or(1);
     let metrics = Arc::new(sched::Metrics::default());
-    let cfg = sched::Config {
-        n_ctx: opts.n_ctx,
-        parallel: opts.parallel.max(1),
-        batch_tokens: opts.batch_tokens.max(1),
-        n_pages: pool_pages(&eng, &opts),
-        page_size: opts.page_size,
-    };
+    let cfg = opts.limits().config(&eng).map_err(std::io::Error::other)?;
     let (tx, rx) = std::sync::mpsc::channel();
     let sch = sched::Scheduler::new(eng.clone(), cfg.clone(), metrics.clone());
     std::thread::Builder::new()

@@ -52,11 +52,6 @@ impl Pages {
         }
     }
 
-    /// Positions per page.
-    pub fn page_size(&self) -> usize {
-        self.page_size
-    }
-
     /// Pages in the pool.
     pub fn total(&self) -> usize {
         self.refs.len()

@@ -9,7 +9,8 @@
 //! recomputation. A request whose client went away is dropped at the next step.
 use crate::grammar::{Grammar, Matcher, TOKEN_FUEL};
 use crate::pages::Pages;
-use hearth_engine::{Engine, Sampler, SamplingParams, logsumexp, top_k};
+use crate::{Engine, Sampler, SamplingParams, logsumexp, top_k};
+use hearth_core::{Error, Result};
 use hearth_models::{BatchSeq, KvPool, Scratch, Want};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -129,6 +130,100 @@ pub struct Config {
     pub n_pages: usize,
     /// Positions per page.
     pub page_size: usize,
+}
+
+/// The sizes a server asks for, before the KV pool is sized.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Longest sequence (prompt + output).
+    pub n_ctx: usize,
+    /// Most sequences running at once.
+    pub parallel: usize,
+    /// Tokens per forward pass.
+    pub batch_tokens: usize,
+    /// KV pool budget in bytes.
+    pub kv_bytes: usize,
+    /// Positions per page.
+    pub page_size: usize,
+}
+
+/// Most sequences one scheduler may run at once (each holds at least one KV page and a slot
+/// in every batch).
+pub const MAX_PARALLEL: usize = 4096;
+
+impl Limits {
+    /// How many KV pages these limits give: the budget's worth, but never less than one full
+    /// context (plus a page) so that any single admitted request can finish.
+    pub fn pool_pages(&self, eng: &Engine) -> usize {
+        let per_page = eng.model.kv_pool_bytes_per_token() * self.page_size.max(1);
+        let budget = self.kv_bytes / per_page.max(1);
+        let want = self
+            .n_ctx
+            .saturating_mul(self.parallel)
+            .div_ceil(self.page_size.max(1));
+        budget
+            .min(want)
+            .max(self.n_ctx.div_ceil(self.page_size.max(1)) + 1)
+    }
+
+    /// The scheduler's configuration, after checking the sizes against the model and the
+    /// memory available before anything is allocated: the KV pool that `--ctx`, `--parallel`
+    /// and `--kv-mib` make, the activations of a `--batch`, and `--parallel` against the pool.
+    /// Each error gives the largest value that fits.
+    pub fn config(&self, eng: &Engine) -> Result<Config> {
+        let bad = |m: String| Err(Error::Invalid(m));
+        if self.parallel == 0 || self.batch_tokens == 0 || self.page_size == 0 {
+            return bad("--parallel, --batch and the page size must be at least 1".into());
+        }
+        if self.parallel > MAX_PARALLEL {
+            return bad(format!(
+                "--parallel {} is more than the {MAX_PARALLEL} sequences a server runs at once",
+                self.parallel
+            ));
+        }
+        eng.check_context(self.n_ctx, "--ctx")?;
+        let pages = self.pool_pages(eng);
+        let per_page = eng.model.kv_pool_bytes_per_token() * self.page_size;
+        let pool_mib = pages.saturating_mul(per_page).div_ceil(1 << 20);
+        crate::check_fits(
+            &format!(
+                "a KV pool for {} tokens (--ctx {} x --parallel {}, at most --kv-mib {})",
+                pages * self.page_size,
+                self.n_ctx,
+                self.parallel,
+                self.kv_bytes >> 20
+            ),
+            "--kv-mib",
+            pool_mib,
+            1 << 20,
+        )?;
+        if self.parallel > pages {
+            return bad(format!(
+                "--parallel {} is more than the KV pool's {pages} pages can hold at once (a page each): the largest that fits is {pages}",
+                self.parallel
+            ));
+        }
+        let batch_max = self.n_ctx.saturating_mul(self.parallel);
+        if self.batch_tokens > batch_max {
+            return bad(format!(
+                "--batch {} is more than the {batch_max} tokens --ctx {} x --parallel {} can ever feed at once",
+                self.batch_tokens, self.n_ctx, self.parallel
+            ));
+        }
+        crate::check_fits(
+            &format!("a batch of {} tokens", self.batch_tokens),
+            "--batch",
+            self.batch_tokens,
+            eng.model.activation_bytes_per_token(),
+        )?;
+        Ok(Config {
+            n_ctx: self.n_ctx,
+            parallel: self.parallel,
+            batch_tokens: self.batch_tokens,
+            n_pages: pages,
+            page_size: self.page_size,
+        })
+    }
 }
 
 struct Seq {
@@ -537,8 +632,8 @@ impl Scheduler {
 /// Choose `s`'s next token from its logits `row` and report it; None ends the generation
 /// (an end-of-generation token, or nothing the grammar allows). An error ends it too: logits
 /// that are not finite (a broken model), or a grammar that took past its step budget.
-fn sample(eng: &Engine, s: &mut Seq, row: &mut [f32]) -> Result<Option<u32>, Event> {
-    hearth_engine::check_logits(row, s.tokens.len()).map_err(|e| Event::Error(e.to_string()))?;
+fn sample(eng: &Engine, s: &mut Seq, row: &mut [f32]) -> std::result::Result<Option<u32>, Event> {
+    crate::check_logits(row, s.tokens.len()).map_err(|e| Event::Error(e.to_string()))?;
     let tk = &eng.tokenizer;
     let raw = s.job.top_logprobs.map(|_| row.to_vec());
     let generated = &s.tokens[s.prompt_len..];
