@@ -19,5 +19,8 @@ if grep -q avx512_vnni /proc/cpuinfo 2>/dev/null; then
 fi
 # `hearth serve smollm2` against the official openai client
 bash scripts/test_server.sh 2>&1 | tee -a "$log"
-# one closing line for the whole run
-awk '/^test result:/ { p += $4; f += $6 } END { printf "all: %d passed, %d failed\n", p, f }' "$log"
+# every fuzz target for 30 s from its committed corpus (installs cargo-fuzz on first use;
+# the first build of the instrumented targets takes about 15 minutes on 2 cores)
+bash scripts/fuzz.sh 30 2>&1 | tee -a "$log"
+# one closing line for the whole run (each fuzz target counts as one test)
+awk '/^test result:/ { p += $4; f += $6 } /^fuzz: [0-9]+ passed/ { p += $2; f += $4 } END { printf "all: %d passed, %d failed\n", p, f }' "$log"
