@@ -17,9 +17,10 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 import urllib.error
 import urllib.request
+
+from runner import report, run_tests
 
 HEARTH = os.environ["HEARTH_BIN"]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -165,26 +166,26 @@ def test_a_hostile_template_gets_a_400_and_health_stays_up():
     assert HOSTILE.alive()
 
 
-def test_a_burst_of_parallel_plus_queue_is_all_accepted():
-    # four slots and a queue of eight: twelve requests at once on an idle server are accepted
-    for _ in range(3):
-        res = []
-        ths = [threading.Thread(target=lambda: res.append(post(S.url, chat("Tell me a story.", max_tokens=16))[0]))
-               for _ in range(12)]
-        for t in ths:
-            t.start()
-        for t in ths:
-            t.join()
-        assert res == [200] * 12, res
-    # one more than that is refused
+def burst(n, max_tokens):
+    """The statuses of `n` chat requests sent at once."""
     res = []
-    ths = [threading.Thread(target=lambda: res.append(post(S.url, chat("Tell me a story.", max_tokens=64))[0]))
-           for _ in range(14)]
+    ths = [threading.Thread(target=lambda: res.append(post(S.url, chat("Tell me a story.", max_tokens=max_tokens))[0]))
+           for _ in range(n)]
     for t in ths:
         t.start()
     for t in ths:
         t.join()
-    assert sorted(res).count(200) >= 12 and set(res) <= {200, 429}, res
+    return res
+
+
+def test_a_burst_of_parallel_plus_queue_is_all_accepted():
+    # four slots and a queue of eight: twelve requests at once on an idle server are accepted
+    for _ in range(3):
+        res = burst(12, 16)
+        assert res == [200] * 12, res
+    # more than that are refused
+    res = burst(14, 64)
+    assert res.count(200) >= 12 and set(res) <= {200, 429}, res
 
 
 def test_half_sent_requests_are_timed_out_and_connections_capped():
@@ -272,32 +273,19 @@ def main():
         servers.append(HOSTILE)
         NAN = Server(tiny_copy(os.path.join(tmp, "nan"), nan_norm=True))
         servers.append(NAN)
-        tests = [(n, f) for n, f in sorted(globals().items()) if n.startswith("test_") and callable(f)]
-        only = sys.argv[1:]
-        passed = failed = 0
-        for name, f in tests:
-            if only and name not in only:
-                continue
-            t0 = time.time()
-            try:
-                f()
-                passed += 1
-                print(f"test {name} ... ok ({time.time() - t0:.1f}s)", flush=True)
-            except Exception:
-                failed += 1
-                print(f"test {name} ... FAILED", flush=True)
-                traceback.print_exc()
-        for s in servers:
-            if not s.alive():
-                failed += 1
+
+        def dead():
+            gone = [s for s in servers if not s.alive()]
+            for s in gone:
                 print(f"server {s.url} died:\n{s.output()}")
+            return len(gone)
+
+        passed, failed = run_tests(globals(), sys.argv[1:], dead)
     finally:
         for s in servers:
             s.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    status = "ok" if failed == 0 else "FAILED"
-    print(f"\ntest result: {status}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out")
-    sys.exit(1 if failed else 0)
+    report(passed, failed)
 
 
 if __name__ == "__main__":

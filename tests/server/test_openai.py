@@ -11,12 +11,12 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import urllib.error
 import urllib.request
 
 import jsonschema
 import openai
+from runner import report, run_tests
 
 URL = os.environ["HEARTH_URL"]
 URL_LIMITED = os.environ["HEARTH_URL_LIMITED"]
@@ -359,24 +359,7 @@ def test_completions_and_tokenize_endpoints():
 
 
 def main():
-    tests = [(n, f) for n, f in sorted(globals().items()) if n.startswith("test_") and callable(f)]
-    only = sys.argv[1:]
-    passed = failed = 0
-    for name, f in tests:
-        if only and name not in only:
-            continue
-        t0 = time.time()
-        try:
-            f()
-            passed += 1
-            print(f"test {name} ... ok ({time.time() - t0:.1f}s)", flush=True)
-        except Exception:
-            failed += 1
-            print(f"test {name} ... FAILED", flush=True)
-            traceback.print_exc()
-    status = "ok" if failed == 0 else "FAILED"
-    print(f"\ntest result: {status}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out")
-    sys.exit(1 if failed else 0)
+    report(*run_tests(globals(), sys.argv[1:]))
 
 
 if __name__ == "__main__":
