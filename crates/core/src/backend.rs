@@ -138,6 +138,10 @@ pub struct KvDest<'a> {
     pub rows: &'a [usize],
 }
 
+/// Most rotated pairs per head a backend's RoPE must handle (head_dim 1024); models with
+/// more are refused at load time.
+pub const MAX_ROPE_PAIRS: usize = 512;
+
 /// The compute backend.
 pub trait Backend: Send + Sync {
     /// A short name ("cpu", "cuda:0").
@@ -167,6 +171,10 @@ pub trait Backend: Send + Sync {
         }
         Ok(())
     }
+
+    /// All of `t`, decoded to f32: `out [t.numel()]` (norm weights, biases, and weights a
+    /// loader rearranges).
+    fn dequantize(&self, t: &Tensor, out: &mut [f32]) -> Result<()>;
 
     /// Row `row` of `w`, decoded to f32 (embedding lookup): `out [row_len]`.
     fn get_row(&self, w: &Tensor, row: usize, out: &mut [f32]) -> Result<()>;

@@ -10,7 +10,8 @@ mod error;
 mod tensor;
 
 pub use backend::{
-    AttnJob, AttnParams, Backend, KvDest, MatJob, Pages, RopeArgs, RopeStyle, store_rows,
+    AttnJob, AttnParams, Backend, KvDest, MAX_ROPE_PAIRS, MatJob, Pages, RopeArgs, RopeStyle,
+    store_rows,
 };
 pub use dtype::DType;
 pub use error::{Error, Result};

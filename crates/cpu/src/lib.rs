@@ -195,8 +195,8 @@ fn work_tasks(jobs: &[RowJob<'_>], threads: usize) -> Vec<Vec<(usize, usize, usi
 /// Fewest activation values quantized in parallel.
 const PAR_QUANTIZE: usize = 1 << 15;
 
-/// Most rotated pairs per head the rope kernel handles (head_dim 1024).
-pub const MAX_ROPE_PAIRS: usize = 512;
+/// Most rotated pairs per head the rope kernel handles (head_dim 1024): the interface's.
+pub use hearth_core::MAX_ROPE_PAIRS;
 
 #[derive(Clone, Copy)]
 struct SendPtr<T = f32>(*mut T);
@@ -530,6 +530,11 @@ impl Backend for Cpu {
         }
         *self.acts_many.lock().unwrap_or_else(|e| e.into_inner()) = kept;
         Ok(())
+    }
+
+    fn dequantize(&self, t: &Tensor, out: &mut [f32]) -> Result<()> {
+        check_cpu(t)?;
+        dequantize(t.dtype, t.bytes(), out)
     }
 
     fn get_row(&self, w: &Tensor, row: usize, out: &mut [f32]) -> Result<()> {

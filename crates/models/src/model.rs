@@ -153,13 +153,6 @@ impl State {
     }
 }
 
-fn to_f32(t: &Tensor) -> Vec<f32> {
-    let mut v = vec![0f32; t.numel()];
-    // Sizes were checked when the tensor was built.
-    let _ = hearth_quant::dequantize(t.dtype, t.bytes(), &mut v);
-    v
-}
-
 struct Loader<'a> {
     t: &'a HashMap<String, Tensor>,
     /// Prepares each weight for its kernels (`Backend::prepare`).
@@ -167,6 +160,12 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
+    /// A tensor's values in f32, decoded by the backend.
+    fn f32(&self, t: &Tensor) -> Result<Vec<f32>> {
+        let mut v = vec![0f32; t.numel()];
+        self.be.dequantize(t, &mut v)?;
+        Ok(v)
+    }
     /// A weight, checked for shape and prepared by the backend.
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let mut t = self.raw(name, shape)?;
@@ -195,10 +194,10 @@ impl Loader<'_> {
         }
     }
     fn vec(&self, name: &str, n: usize) -> Result<Vec<f32>> {
-        Ok(to_f32(&self.get(name, &[n])?))
+        self.f32(&self.get(name, &[n])?)
     }
     fn opt_vec(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>> {
-        Ok(self.opt(name, &[n])?.map(|t| to_f32(&t)))
+        self.opt(name, &[n])?.map(|t| self.f32(&t)).transpose()
     }
     fn has(&self, name: &str) -> bool {
         self.t.contains_key(name)
@@ -235,9 +234,12 @@ impl Loader<'_> {
     }
     /// Per-expert bias vectors from a `[n_expert, len]` tensor.
     fn expert_bias(&self, name: &str, ne: usize, len: usize) -> Result<Option<Vec<Vec<f32>>>> {
-        Ok(self
-            .opt(name, &[ne, len])?
-            .map(|t| to_f32(&t).chunks(len).map(|c| c.to_vec()).collect()))
+        let Some(t) = self.opt(name, &[ne, len])? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.f32(&t)?.chunks(len).map(|c| c.to_vec()).collect(),
+        ))
     }
 }
 
@@ -300,7 +302,9 @@ impl Model {
             }
         };
         if let Some(ff) = tensors.get("rope_freqs.weight") {
-            cfg.rope.freq_factors = Some(to_f32(ff));
+            let mut v = vec![0f32; ff.numel()];
+            backend.dequantize(ff, &mut v)?;
+            cfg.rope.freq_factors = Some(v);
         }
         let (e, hd) = (cfg.n_embd, cfg.head_dim);
         if cfg.n_kv_head == 0 || cfg.n_head % cfg.n_kv_head != 0 {
@@ -311,7 +315,7 @@ impl Model {
         }
         if cfg.rope.dim > hd
             || cfg.rope.dim % 2 != 0
-            || cfg.rope.dim / 2 > hearth_cpu::MAX_ROPE_PAIRS
+            || cfg.rope.dim / 2 > hearth_core::MAX_ROPE_PAIRS
         {
             return Err(Error::Format(format!(
                 "rope dimension {} does not fit head_dim {hd}",
@@ -904,7 +908,7 @@ fn load_mla(l: &Loader, cfg: &ModelConfig, m: &crate::config::MlaConfig, i: usiz
             let rows = kvb.rows(h * (nope + vd), nope)?;
             kb.push(transposed(
                 &format!("{}.k_b[{h}]", kvb.name),
-                &to_f32(&rows),
+                &l.f32(&rows)?,
                 nope,
                 kvl,
             )?);
@@ -941,8 +945,8 @@ fn load_moe(l: &Loader, cfg: &ModelConfig, i: usize) -> Result<Moe> {
             return Err(Error::Format(format!("tensor {gu_hf} has shape {s:?}")));
         }
         let ff = s[2] / 2;
-        let gu = to_f32(&l.get(&gu_hf, &[ne, e, 2 * ff])?);
-        let down = to_f32(&l.get(&n("ffn_down_exps_hf.weight"), &[ne, ff, e])?);
+        let gu = l.f32(&l.get(&gu_hf, &[ne, e, 2 * ff])?)?;
+        let down = l.f32(&l.get(&n("ffn_down_exps_hf.weight"), &[ne, ff, e])?)?;
         let gub = l.expert_bias(&n("ffn_gate_up_exps_hf.bias"), ne, 2 * ff)?;
         let db = l.expert_bias(&n("ffn_down_exps.bias"), ne, e)?;
         (0..ne)
