@@ -226,6 +226,15 @@ def test_half_sent_requests_are_timed_out_and_connections_capped():
     assert health_latency(S.url) < 1.0
 
 
+def test_a_long_stop_string_is_refused():
+    # each token's text is matched against every stop string: a megabyte one would hold an
+    # HTTP thread for hours
+    s, t = post(S.url, chat("hi", max_tokens=4, stop=["x" * 1_000_000]))
+    assert s == 400 and "stop sequence" in t, (s, t[:300])
+    s, t = post(S.url, chat("hi", max_tokens=4, top_p=7))
+    assert s == 400 and json.loads(t)["error"]["param"] == "top_p", (s, t)
+
+
 def test_nan_logits_end_the_request_with_a_500():
     s, t = post(NAN.url, chat("hi", max_tokens=4))
     assert s == 500 and "non-finite logit" in t, (s, t[:300])

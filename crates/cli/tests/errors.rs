@@ -343,20 +343,46 @@ fn absurd_sizes_are_refused_with_the_largest_that_fits() {
     );
 }
 
-/// A copy of the tiny llama fixture whose final norm is NaN, so every logit is NaN.
-fn nan_model() -> PathBuf {
+/// A copy of the tiny llama fixture (HF directory) named `name`.
+fn tiny_copy(name: &str) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/llama");
-    let dir = tmp("nan-llama");
+    let dir = tmp(name);
     std::fs::create_dir_all(&dir).unwrap();
     for f in [
         "config.json",
         "tokenizer.json",
         "tokenizer_config.json",
         "chat_template.jinja",
+        "model.safetensors",
     ] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
-    let mut st = std::fs::read(src.join("model.safetensors")).unwrap();
+    dir
+}
+
+/// issue 22: a chat template with nested loops ran for hours (and one that doubles a string
+/// grew to 5.7 GB); `run` now stops with a clear message.
+#[test]
+fn a_hostile_chat_template_stops_run_with_a_clear_error() {
+    let dir = tiny_copy("loop-llama");
+    for (i, t) in [
+        "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+    ]
+    .iter()
+    .enumerate()
+    {
+        std::fs::write(dir.join("chat_template.jinja"), t).unwrap();
+        let t0 = std::time::Instant::now();
+        fails_cleanly(&["run", dir.to_str().unwrap(), "hi", "-n", "2"], "budget");
+        assert!(t0.elapsed().as_secs() < 30, "template {i} took {:?}", t0.elapsed());
+    }
+}
+
+/// A copy of the tiny llama fixture whose final norm is NaN, so every logit is NaN.
+fn nan_model() -> PathBuf {
+    let dir = tiny_copy("nan-llama");
+    let mut st = std::fs::read(dir.join("model.safetensors")).unwrap();
     let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&st[8..8 + n]).unwrap();
     let t = &header["model.norm.weight"];

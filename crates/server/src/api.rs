@@ -592,9 +592,28 @@ fn sampling(c: &Common) -> ApiResult<SamplingParams> {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
     });
-    p.validate().map_err(ApiError::bad)?;
+    p.validate().map_err(|e| {
+        // each message starts with the name of the setting it is about
+        const NAMES: [&str; 6] = [
+            "temperature",
+            "top_p",
+            "min_p",
+            "repeat_penalty",
+            "presence_penalty",
+            "frequency_penalty",
+        ];
+        let name = NAMES.iter().find(|n| e.starts_with(*n));
+        let err = ApiError::bad(e.clone());
+        match name {
+            Some(n) => err.param(n),
+            None => err,
+        }
+    })?;
     Ok(p)
 }
+
+/// Longest stop sequence accepted.
+const MAX_STOP_BYTES: usize = 1024;
 
 fn stops(c: &Common) -> ApiResult<Vec<String>> {
     let v = match &c.stop {
@@ -604,6 +623,15 @@ fn stops(c: &Common) -> ApiResult<Vec<String>> {
     };
     if v.len() > 4 {
         return Err(ApiError::bad("at most 4 stop sequences are allowed").param("stop"));
+    }
+    // each token's text is searched for every stop string and held back while it may be the
+    // start of one: that work grows with a stop string's length
+    if let Some(s) = v.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::bad(format!(
+            "a stop sequence may be at most {MAX_STOP_BYTES} bytes long, not {}",
+            s.len()
+        ))
+        .param("stop"));
     }
     Ok(v.into_iter().filter(|s| !s.is_empty()).collect())
 }
