@@ -275,6 +275,14 @@ pub struct Scheduler {
     logits: Vec<f32>,
 }
 
+/// The text a panic carried, when it carried one.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 /// log-softmax of `row` at `tok`, and the `k` most likely tokens.
 fn logprobs(row: &[f32], tok: u32, k: usize) -> TokenLogprob {
     let lse = logsumexp(row);
@@ -316,8 +324,34 @@ impl Scheduler {
             while let Ok(j) = rx.try_recv() {
                 self.waiting.push_back(Seq::new(j));
             }
-            self.step();
+            // a bug anywhere in a step (sampling, a grammar, the bookkeeping) fails the
+            // requests it held, with an error each, and the scheduler goes on: no accepted
+            // request is lost silently and later ones are served
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step())) {
+                self.recover(&panic_message(p.as_ref()));
+            }
         }
+    }
+
+    /// After a panic mid-step: every request held fails with `msg`, and the page bookkeeping
+    /// (which the step may have left half-updated) starts afresh, prefix cache included.
+    fn recover(&mut self, msg: &str) {
+        let err = format!("internal error in the scheduler: {msg}");
+        let held: Vec<Seq> = self
+            .running
+            .drain(..)
+            .chain(self.waiting.drain(..))
+            .collect();
+        for s in held {
+            if s.reported_cache.is_none() {
+                self.metrics.waiting.fetch_sub(1, Relaxed);
+            }
+            let _ = s.job.events.send(Event::Error(err.clone()));
+            self.ended();
+        }
+        self.pages = Pages::new(self.cfg.n_pages, self.cfg.page_size);
+        self.metrics.running.store(0, Relaxed);
+        self.metrics.pages_used.store(0, Relaxed);
     }
 
     fn release(&mut self, s: &mut Seq) {
@@ -516,13 +550,9 @@ impl Scheduler {
                 .forward_batch(&mut self.pool, &mut self.scratch, &batch, &mut logits)
         }))
         .unwrap_or_else(|p| {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
             Err(hearth_core::Error::Invalid(format!(
-                "internal error in the forward pass: {msg}"
+                "internal error in the forward pass: {}",
+                panic_message(p.as_ref())
             )))
         });
         drop(batch);
