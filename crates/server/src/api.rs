@@ -602,8 +602,8 @@ fn sampling(c: &Common) -> ApiResult<SamplingParams> {
             "presence_penalty",
             "frequency_penalty",
         ];
-        let name = NAMES.iter().find(|n| e.starts_with(*n));
-        let err = ApiError::bad(e.clone());
+        let name = NAMES.iter().find(|n| e.starts_with(*n)).copied();
+        let err = ApiError::bad(e);
         match name {
             Some(n) => err.param(n),
             None => err,

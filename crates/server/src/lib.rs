@@ -109,13 +109,9 @@ async fn body_in_time(
     .await
 }
 
-/// The HTTP routes over `app`.
-pub fn router(app: Arc<App>, body_limit: usize) -> Router {
-    router_with(app, body_limit, std::time::Duration::from_secs(30))
-}
-
-/// The HTTP routes over `app`, with bodies read within `body_timeout`.
-pub fn router_with(app: Arc<App>, body_limit: usize, body_timeout: std::time::Duration) -> Router {
+/// The HTTP routes over `app`, with bodies of at most `body_limit` bytes read within
+/// `body_timeout`.
+pub fn router(app: Arc<App>, body_limit: usize, body_timeout: std::time::Duration) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(api::chat))
         .route("/v1/completions", post(api::completions))
@@ -242,7 +238,7 @@ pub fn serve(eng: Engine, opts: Options) -> std::io::Result<()> {
         );
         serve_connections(
             listener,
-            router_with(app, opts.body_limit, opts.body_timeout),
+            router(app, opts.body_limit, opts.body_timeout),
             opts.max_connections,
             opts.head_timeout,
             async {
