@@ -26,3 +26,18 @@ macro_rules! note {
         }
     };
 }
+
+/// Every view of a parsed tensor: its bytes (at most `file_len`, since parsing checked every
+/// extent), its row geometry, its first and last rows and its first outer slice.
+pub fn touch_views(ts: &[hearth_core::Tensor], file_len: u64) {
+    for t in ts {
+        assert!(t.bytes().len() as u64 <= file_len);
+        let _ = (t.numel(), t.row_len(), t.row_bytes());
+        let rows = t.n_rows();
+        if rows > 0 {
+            let _ = t.row(0);
+            let _ = t.row(rows - 1);
+        }
+        let _ = t.slice_outer(0);
+    }
+}
