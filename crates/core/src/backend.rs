@@ -180,7 +180,7 @@ pub trait Backend: Send + Sync {
     fn get_row(&self, w: &Tensor, row: usize, out: &mut [f32]) -> Result<()>;
 
     /// RMS-normalize each row of `x [n, w.len()]` in place and scale by `w`.
-    fn rms_norm(&self, x: &mut [f32], w: &[f32], eps: f32);
+    fn rms_norm(&self, x: &mut [f32], w: &[f32], eps: f32) -> Result<()>;
 
     /// Rotate `x [n_tok, n_heads, head_dim]` in place. Token `t` is at `positions[t]`;
     /// `inv_freq` has one frequency per rotated pair (`rot_dim / 2`); `mscale` multiplies
@@ -195,7 +195,7 @@ pub trait Backend: Send + Sync {
         inv_freq: &[f32],
         style: RopeStyle,
         mscale: f32,
-    );
+    ) -> Result<()>;
 
     /// [`Backend::rope`] on the queries `q [n_tok, n_head, head_dim]` and the keys
     /// `k [n_tok, n_kv_head, head_dim]` of the same tokens, with exactly its results; a
@@ -207,7 +207,7 @@ pub trait Backend: Send + Sync {
         k: &mut [f32],
         n_kv_head: usize,
         r: &RopeArgs<'_>,
-    ) {
+    ) -> Result<()> {
         self.rope(
             q,
             n_head,
@@ -216,7 +216,7 @@ pub trait Backend: Send + Sync {
             r.inv_freq,
             r.style,
             r.mscale,
-        );
+        )?;
         self.rope(
             k,
             n_kv_head,
@@ -225,7 +225,7 @@ pub trait Backend: Send + Sync {
             r.inv_freq,
             r.style,
             r.mscale,
-        );
+        )
     }
 
     /// [`Backend::rope_qk`] on `q` and a copy of `k`, storing each token's rotated keys and
@@ -242,23 +242,31 @@ pub trait Backend: Send + Sync {
         v: &[f32],
         r: &RopeArgs<'_>,
         dest: KvDest<'_>,
-    ) {
+    ) -> Result<()> {
         let mut kr = k.to_vec();
-        self.rope_qk(q, n_head, &mut kr, n_kv_head, r);
+        self.rope_qk(q, n_head, &mut kr, n_kv_head, r)?;
         store_rows(&kr, dest.k, dest.rows);
         store_rows(v, dest.v, dest.rows);
+        Ok(())
     }
 
     /// Attention for several sequences of a batch over one layer's cache, each with its own
     /// queries, positions and pages (`p.pages` is ignored; each job brings its own). A backend
     /// may run them as one parallel step; each job's result is exactly what
     /// [`Backend::attention`] gives for it.
-    fn attention_many(&self, k: &[f32], v: &[f32], p: &AttnParams<'_>, jobs: &mut [AttnJob<'_>]) {
+    fn attention_many(
+        &self,
+        k: &[f32],
+        v: &[f32],
+        p: &AttnParams<'_>,
+        jobs: &mut [AttnJob<'_>],
+    ) -> Result<()> {
         for j in jobs.iter_mut() {
             let mut pj = *p;
             pj.pages = j.pages;
-            self.attention(j.q, k, v, j.n_tok, j.pos0, &pj, j.out);
+            self.attention(j.q, k, v, j.n_tok, j.pos0, &pj, j.out)?;
         }
+        Ok(())
     }
 
     /// Causal attention of `q [n_tok, n_head, head_dim]` (token `t` at position `pos0 + t`)
@@ -272,10 +280,10 @@ pub trait Backend: Send + Sync {
         pos0: usize,
         p: &AttnParams<'_>,
         out: &mut [f32],
-    );
+    ) -> Result<()>;
 
     /// `gate[i] = silu(gate[i]) * up[i]`.
-    fn silu_mul(&self, gate: &mut [f32], up: &[f32]);
+    fn silu_mul(&self, gate: &mut [f32], up: &[f32]) -> Result<()>;
 }
 
 /// Row `t` of `src` (rows of `src.len() / rows.len()`) into row `rows[t]` of `dst`; rows past

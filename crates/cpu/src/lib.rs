@@ -550,7 +550,7 @@ impl Backend for Cpu {
         dequantize(w.dtype, w.row(row), out)
     }
 
-    fn rms_norm(&self, x: &mut [f32], w: &[f32], eps: f32) {
+    fn rms_norm(&self, x: &mut [f32], w: &[f32], eps: f32) -> Result<()> {
         let _t = prof::Timer::op(prof::Op::RmsNorm);
         let n = w.len().max(1);
         let xp = SendPtr(x.as_mut_ptr());
@@ -567,6 +567,7 @@ impl Backend for Cpu {
                 }
             }
         });
+        Ok(())
     }
 
     fn rope(
@@ -578,7 +579,7 @@ impl Backend for Cpu {
         inv_freq: &[f32],
         style: RopeStyle,
         mscale: f32,
-    ) {
+    ) -> Result<()> {
         let _t = prof::Timer::op(prof::Op::Rope);
         let half = inv_freq.len().min(MAX_ROPE_PAIRS);
         let width = n_heads * head_dim;
@@ -590,6 +591,7 @@ impl Backend for Cpu {
             let tok = unsafe { std::slice::from_raw_parts_mut(p.0.add(t * width), width) };
             rotate(tok, head_dim, cs, style, half);
         });
+        Ok(())
     }
 
     fn rope_qk(
@@ -599,7 +601,7 @@ impl Backend for Cpu {
         k: &mut [f32],
         n_kv_head: usize,
         r: &RopeArgs<'_>,
-    ) {
+    ) -> Result<()> {
         let _t = prof::Timer::op(prof::Op::Rope);
         let half = r.inv_freq.len().min(MAX_ROPE_PAIRS);
         let (qw, kw) = (n_head * r.head_dim, n_kv_head * r.head_dim);
@@ -623,6 +625,7 @@ impl Backend for Cpu {
             rotate(kt, r.head_dim, cs, r.style, half);
         };
         self.rope_tokens(n_tok, qw + kw, r.positions, r.inv_freq, r.mscale, &f);
+        Ok(())
     }
 
     /// One parallel pass over the tokens: each token's queries are rotated in place, its keys
@@ -637,7 +640,7 @@ impl Backend for Cpu {
         v: &[f32],
         r: &RopeArgs<'_>,
         dest: KvDest<'_>,
-    ) {
+    ) -> Result<()> {
         let _t = prof::Timer::op(prof::Op::Rope);
         let half = r.inv_freq.len().min(MAX_ROPE_PAIRS);
         let (qw, kw) = (n_head * r.head_dim, n_kv_head * r.head_dim);
@@ -663,10 +666,10 @@ impl Backend for Cpu {
                 positions: &r.positions[..n_tok],
                 ..*r
             };
-            self.rope_qk(&mut q[..n_tok * qw], n_head, &mut kr, n_kv_head, &r);
+            self.rope_qk(&mut q[..n_tok * qw], n_head, &mut kr, n_kv_head, &r)?;
             hearth_core::store_rows(&kr, dest.k, rows);
             hearth_core::store_rows(&v[..n_tok * vw], dest.v, rows);
-            return;
+            return Ok(());
         }
         let (qp, kcp, vcp) = (
             SendPtr(q.as_mut_ptr()),
@@ -692,6 +695,7 @@ impl Backend for Cpu {
         };
         let cost = qw + 2 * kw + vw;
         self.rope_tokens(n_tok, cost, r.positions, r.inv_freq, r.mscale, &f);
+        Ok(())
     }
 
     fn attention(
@@ -703,7 +707,7 @@ impl Backend for Cpu {
         pos0: usize,
         p: &AttnParams<'_>,
         out: &mut [f32],
-    ) {
+    ) -> Result<()> {
         let mut jobs = [AttnJob {
             q,
             n_tok,
@@ -711,10 +715,16 @@ impl Backend for Cpu {
             pages: p.pages,
             out,
         }];
-        self.attention_many(k, v, p, &mut jobs);
+        self.attention_many(k, v, p, &mut jobs)
     }
 
-    fn attention_many(&self, k: &[f32], v: &[f32], p: &AttnParams<'_>, jobs: &mut [AttnJob<'_>]) {
+    fn attention_many(
+        &self,
+        k: &[f32],
+        v: &[f32],
+        p: &AttnParams<'_>,
+        jobs: &mut [AttnJob<'_>],
+    ) -> Result<()> {
         let _t = prof::Timer::op(prof::Op::Attention);
         let (nh, vd) = (p.n_head, p.v_dim);
         let g = nh / p.n_kv_head.max(1);
@@ -803,9 +813,10 @@ impl Backend for Cpu {
                 attn::attend_group(k, v, p, j.pages, kh, &mut qs);
             }
         });
+        Ok(())
     }
 
-    fn silu_mul(&self, gate: &mut [f32], up: &[f32]) {
+    fn silu_mul(&self, gate: &mut [f32], up: &[f32]) -> Result<()> {
         let _t = prof::Timer::op(prof::Op::SiluMul);
         let n = gate.len().min(up.len());
         let gp = SendPtr(gate.as_mut_ptr());
@@ -823,6 +834,7 @@ impl Backend for Cpu {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
         });
+        Ok(())
     }
 }
 
@@ -914,8 +926,8 @@ mod tests {
         let k: Vec<f32> = (0..n * nkv * hd).map(|_| val()).collect();
         for style in [RopeStyle::Normal, RopeStyle::Neox] {
             let (mut q1, mut k1) = (q.clone(), k.clone());
-            cpu.rope(&mut q1, nh, hd, &pos, &inv, style, 1.25);
-            cpu.rope(&mut k1, nkv, hd, &pos, &inv, style, 1.25);
+            cpu.rope(&mut q1, nh, hd, &pos, &inv, style, 1.25).unwrap();
+            cpu.rope(&mut k1, nkv, hd, &pos, &inv, style, 1.25).unwrap();
             let (mut q2, mut k2) = (q.clone(), k.clone());
             let r = RopeArgs {
                 head_dim: hd,
@@ -924,7 +936,7 @@ mod tests {
                 style,
                 mscale: 1.25,
             };
-            cpu.rope_qk(&mut q2, nh, &mut k2, nkv, &r);
+            cpu.rope_qk(&mut q2, nh, &mut k2, nkv, &r).unwrap();
             assert!(q1.iter().zip(&q2).all(|(a, b)| a.to_bits() == b.to_bits()));
             assert!(k1.iter().zip(&k2).all(|(a, b)| a.to_bits() == b.to_bits()));
             assert!(q1 != q, "the rotation changed the queries");
@@ -959,7 +971,7 @@ mod tests {
                     mscale: 1.25,
                 };
                 let (mut q1, mut k1) = (q.clone(), k.clone());
-                cpu.rope_qk(&mut q1, nh, &mut k1, nkv, &r);
+                cpu.rope_qk(&mut q1, nh, &mut k1, nkv, &r).unwrap();
                 let (mut kc1, mut vc1) = (vec![7f32; cache_rows * kw], vec![7f32; cache_rows * vw]);
                 hearth_core::store_rows(&k1, &mut kc1, &rows);
                 hearth_core::store_rows(&v, &mut vc1, &rows);
@@ -970,7 +982,8 @@ mod tests {
                     v: &mut vc2,
                     rows: &rows,
                 };
-                cpu.rope_qk_store(&mut q2, nh, &k, nkv, &v, &r, dest);
+                cpu.rope_qk_store(&mut q2, nh, &k, nkv, &v, &r, dest)
+                    .unwrap();
                 let same =
                     |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
                 assert!(same(&q1, &q2) && same(&kc1, &kc2) && same(&vc1, &vc2));

@@ -72,7 +72,7 @@ impl Mla {
             MlaQ::LowRank { a, norm, b } => {
                 let mut qa = vec![0f32; n * a.shape[0]];
                 be.matmul(a, h, n, &mut qa)?;
-                be.rms_norm(&mut qa, norm, c.cfg.rms_eps);
+                be.rms_norm(&mut qa, norm, c.cfg.rms_eps)?;
                 be.matmul(b, &qa, n, &mut q)?;
             }
         }
@@ -82,7 +82,7 @@ impl Mla {
         let mut kpe = vec![0f32; n * rope];
         for t in 0..n {
             let r = &mut kva[t * row..(t + 1) * row];
-            be.rms_norm(&mut r[..kvl], &self.kv_norm, c.cfg.rms_eps);
+            be.rms_norm(&mut r[..kvl], &self.kv_norm, c.cfg.rms_eps)?;
             kpe[t * rope..(t + 1) * rope].copy_from_slice(&r[kvl..]);
         }
         be.rope(
@@ -93,7 +93,7 @@ impl Mla {
             c.inv_freq,
             c.cfg.rope.style,
             c.rope_mscale,
-        );
+        )?;
         for sg in segs {
             for i in sg.row0..sg.row0 + sg.n {
                 let r = sg.pages.row(sg.pos0 + i - sg.row0);
@@ -118,7 +118,7 @@ impl Mla {
             c.inv_freq,
             c.cfg.rope.style,
             c.rope_mscale,
-        );
+        )?;
         let mut qa = vec![0f32; n * nh * row];
         let mut qn = vec![0f32; n * nope];
         let mut ql = vec![0f32; n * kvl];
@@ -161,7 +161,7 @@ impl Mla {
                 out: mine,
             });
         }
-        be.attention_many(cache, cache, &p, &mut jobs);
+        be.attention_many(cache, cache, &p, &mut jobs)?;
         // per-head values, then the output projection
         let mut att = vec![0f32; n * nh * vd];
         let mut vh = vec![0f32; n * vd];

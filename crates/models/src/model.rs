@@ -650,7 +650,7 @@ impl Model {
         if m > 0 {
             let be = &*self.backend;
             let h = &mut s.h[..m * e];
-            be.rms_norm(h, &self.output_norm, self.cfg.rms_eps);
+            be.rms_norm(h, &self.output_norm, self.cfg.rms_eps)?;
             let start = logits.len();
             logits.resize(start + m * self.cfg.n_vocab, 0.0);
             be.matmul(&self.output, h, m, &mut logits[start..])?;
@@ -689,7 +689,7 @@ impl Model {
         for (li, l) in self.layers.iter().enumerate() {
             let h = resize(&mut s.h, n * e);
             h.copy_from_slice(x);
-            be.rms_norm(h, &l.attn_norm, c.rms_eps);
+            be.rms_norm(h, &l.attn_norm, c.rms_eps)?;
             let o = resize(&mut s.o, n * e);
             match &l.attn {
                 Attn::Gqa(a) => {
@@ -723,10 +723,10 @@ impl Model {
                     add_bias(v, a.bv.as_deref());
                     // per-head norms normalise each head; MiniMax's span all heads at once
                     if let Some(w) = &a.q_norm {
-                        be.rms_norm(q, w, c.rms_eps);
+                        be.rms_norm(q, w, c.rms_eps)?;
                     }
                     if let Some(w) = &a.k_norm {
-                        be.rms_norm(k, w, c.rms_eps);
+                        be.rms_norm(k, w, c.rms_eps)?;
                     }
                     let rope = hearth_core::RopeArgs {
                         head_dim: hd,
@@ -742,7 +742,7 @@ impl Model {
                         v: vc,
                         rows: &s.rows,
                     };
-                    be.rope_qk_store(q, c.n_head, k, c.n_kv_head, v, &rope, dest);
+                    be.rope_qk_store(q, c.n_head, k, c.n_kv_head, v, &rope, dest)?;
                     let (kc, vc) = (&pool.k[li], &pool.v[li]);
                     let att = resize(&mut s.att, n * qd);
                     let mut p = AttnParams::gqa(c.n_head, c.n_kv_head, hd, c.attn_scale());
@@ -761,7 +761,7 @@ impl Model {
                             out: mine,
                         });
                     }
-                    be.attention_many(kc, vc, &p, &mut jobs);
+                    be.attention_many(kc, vc, &p, &mut jobs)?;
                     be.matmul(&a.wo, att, n, o)?;
                     add_bias(o, a.bo.as_deref());
                 }
@@ -779,7 +779,7 @@ impl Model {
             add(x, o);
             let h = resize(&mut s.h, n * e);
             h.copy_from_slice(x);
-            be.rms_norm(h, &l.ffn_norm, c.rms_eps);
+            be.rms_norm(h, &l.ffn_norm, c.rms_eps)?;
             let o = resize(&mut s.o, n * e);
             match &l.ffn {
                 Ffn::Dense(m) => m.forward(be, h, n, o, &mut s.g, &mut s.u)?,

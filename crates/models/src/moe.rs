@@ -48,7 +48,7 @@ impl Mlp {
                 out: &mut *u,
             },
         ])?;
-        be.silu_mul(g, u);
+        be.silu_mul(g, u)?;
         be.matmul(&self.down, g, n, out)
     }
 }
@@ -320,7 +320,7 @@ impl Moe {
             add_bias(g, ex.gate_b.as_deref());
             add_bias(u, ex.up_b.as_deref());
             match cfg.act {
-                ExpertAct::Silu => be.silu_mul(g, u),
+                ExpertAct::Silu => be.silu_mul(g, u)?,
                 ExpertAct::ClampedSwiglu { alpha, limit } => {
                     for (gv, &uv) in g.iter_mut().zip(u.iter()) {
                         let gc = gv.min(limit);
@@ -331,7 +331,7 @@ impl Moe {
             }
         }
         if self.shared.is_some() {
-            be.silu_mul(&mut gbuf[off..], &ubuf[off..]);
+            be.silu_mul(&mut gbuf[off..], &ubuf[off..])?;
         }
         let mut olens: Vec<usize> = ms.iter().map(|m| m * e).collect();
         if self.shared.is_some() {
