@@ -346,8 +346,8 @@ impl Scheduler {
             if s.reported_cache.is_none() {
                 self.metrics.waiting.fetch_sub(1, Relaxed);
             }
-            let _ = s.job.events.send(Event::Error(err.clone()));
             self.ended();
+            let _ = s.job.events.send(Event::Error(err.clone()));
         }
         self.pages = Pages::new(self.cfg.n_pages, self.cfg.page_size);
         self.metrics.running.store(0, Relaxed);
@@ -370,8 +370,10 @@ impl Scheduler {
 
     fn finish(&mut self, mut s: Seq, ev: Event) {
         self.release(&mut s);
-        let _ = s.job.events.send(ev);
+        // counted out before the client can hear of it: a client that sends its next request
+        // as soon as this one is answered must find the place free
         self.ended();
+        let _ = s.job.events.send(ev);
     }
 
     /// Drop requests whose clients left.
