@@ -558,10 +558,6 @@ fn serve(a: ServeArgs) -> Result<()> {
         0 => 4096,
         c => c,
     };
-    if a.parallel == 0 || a.batch == 0 {
-        bail!("--parallel and --batch must be at least 1");
-    }
-    eng.check_context(n_ctx, "--ctx")?;
     warn_past_training(&eng, n_ctx);
     let secs = |v: f64, flag: &str| {
         if v.is_finite() && v > 0.0 && v <= 86400.0 {
@@ -609,7 +605,8 @@ fn serve(a: ServeArgs) -> Result<()> {
         body_timeout,
         max_connections: a.max_connections,
     };
-    hearth_server::check_sizes(&eng, &opts)?;
+    // serve checks --ctx, --parallel, --batch and --kv-mib against the model and the memory
+    // before it allocates anything
     hearth_server::serve(eng, opts)?;
     Ok(())
 }

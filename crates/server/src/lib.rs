@@ -58,12 +58,6 @@ impl Options {
     }
 }
 
-/// Check the sizes in `opts` against the model and the memory available before anything is
-/// allocated (see [`sched::Limits::config`]).
-pub fn check_sizes(eng: &Engine, opts: &Options) -> hearth_core::Result<()> {
-    opts.limits().config(eng).map(|_| ())
-}
-
 /// Read the whole request body within `timeout` (a client that stops sending mid-body gets a
 /// 408 and its connection back, instead of holding it forever).
 async fn body_in_time(
