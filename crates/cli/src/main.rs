@@ -1,5 +1,4 @@
 //! The `hearth` command line.
-mod bench;
 mod pull;
 
 use anyhow::{Context, Result, bail};
@@ -329,18 +328,18 @@ fn bench(a: BenchArgs) -> Result<()> {
     let cpu = Arc::new(hearth_cpu::Cpu::new(a.common.threads)?);
     let threads = cpu.threads();
     let files = ModelFiles::open(&path)?;
-    let model = hearth_models::Model::load(&files, cpu)?;
+    let model = hearth_engine::load_model(&files, cpu)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let opts = bench::BenchOpts {
+    let opts = hearth_engine::bench::BenchOpts {
         n_prompt: a.n_prompt,
         n_gen: a.n_gen,
         reps: a.reps,
         threads,
     };
-    bench::run(&model, &name, &opts)
+    Ok(hearth_engine::bench::run(&model, &name, &opts)?)
 }
 
 fn parse_tokens(s: &str) -> Result<Vec<u32>> {
@@ -364,11 +363,8 @@ fn logits(a: LogitsArgs) -> Result<()> {
     if tokens.is_empty() {
         bail!("no tokens to evaluate");
     }
-    eng.check_context(tokens.len(), "the number of tokens")?;
-    let mut state = eng.model.new_state(tokens.len());
-    let mut logits = Vec::new();
-    eng.model.forward(&tokens, &mut state, true, &mut logits)?;
-    let nv = eng.model.cfg.n_vocab;
+    let logits = eng.logits(&tokens)?;
+    let nv = eng.n_vocab();
     let mut out = std::io::stdout().lock();
     for (pos, (&tok, row)) in tokens.iter().zip(logits.chunks_exact(nv)).enumerate() {
         let lse = hearth_engine::logsumexp(row);
@@ -471,7 +467,7 @@ fn inspect(model: &str) -> Result<()> {
         println!("(no tensors: vocabulary-only file)");
         return Ok(());
     }
-    let m = hearth_models::Model::load(&files, backend(1)?)?;
+    let m = hearth_engine::load_model(&files, backend(1)?)?;
     let c = &m.cfg;
     println!(
         "parameters:    {} ({}) total, {} ({}) active per token",

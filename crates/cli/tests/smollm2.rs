@@ -51,7 +51,7 @@ fn smollm2_top1_agrees_with_transformers_on_real_text() {
     // hearth's tokenizer gives the same ids transformers used.
     let text = std::fs::read_to_string(fixtures().join("smollm2/text.txt")).unwrap();
     assert_eq!(eng.tokenizer.encode(&text, false).unwrap(), tokens);
-    let mut st = eng.model.new_state(tokens.len());
+    let mut st = eng.model.new_state(tokens.len()).unwrap();
     let mut logits = Vec::new();
     eng.model
         .forward(&tokens, &mut st, true, &mut logits)

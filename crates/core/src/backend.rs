@@ -4,7 +4,8 @@
 //! Activations are f32 slices in row-major `[n_tok, width]` layout. Weights are [`Tensor`]s,
 //! each of which may live on its own [`crate::Device`]; a backend reports what it can run
 //! with [`Backend::supports`].
-use crate::{DType, Result, Tensor};
+use crate::moe::{Expert, Glu, Routing};
+use crate::{Buf, DType, Result, Tensor, View, ViewMut};
 
 /// Parameters of one attention call.
 ///
@@ -33,7 +34,7 @@ pub struct AttnParams<'a> {
     pub window: Option<usize>,
     /// Attention sinks (gpt-oss): one extra logit per head that joins the softmax's
     /// denominator and contributes no value.
-    pub sinks: Option<&'a [f32]>,
+    pub sinks: Option<View<'a>>,
     /// Paged cache: position `j` lives in row `pages[j / page_size] * page_size + j % page_size`
     /// of `k`/`v`. `None`: position `j` is row `j`.
     pub pages: Option<Pages<'a>>,
@@ -79,25 +80,25 @@ pub struct MatJob<'a> {
     /// Weight `[n_out, n_in]`.
     pub w: &'a Tensor,
     /// Activations `[n_tok, n_in]`.
-    pub x: &'a [f32],
+    pub x: View<'a>,
     /// Tokens.
     pub n_tok: usize,
     /// Output `[n_tok, n_out]`.
-    pub out: &'a mut [f32],
+    pub out: ViewMut<'a>,
 }
 
-/// One sequence's part of [`Backend::attention_many`].
-pub struct AttnJob<'a> {
-    /// Queries `[n_tok, n_head, head_dim]`.
-    pub q: &'a [f32],
+/// One sequence's rows of [`Backend::attention_many`]: its queries are rows
+/// `row0..row0 + n_tok` of the batch, its tokens at positions `pos0..`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnSeg<'a> {
+    /// First row of the batch.
+    pub row0: usize,
     /// Tokens.
     pub n_tok: usize,
     /// Position of the first token.
     pub pos0: usize,
     /// The sequence's pages (None: positions are rows).
     pub pages: Option<Pages<'a>>,
-    /// Output `[n_tok, n_head, v_dim]`.
-    pub out: &'a mut [f32],
 }
 
 /// How RoPE pairs dimensions.
@@ -128,14 +129,34 @@ pub struct RopeArgs<'a> {
 /// One layer's KV cache as the destination of a batch's keys and values: token `t`'s keys go
 /// to row `rows[t]` of `k` (rows of `n_kv_head * head_dim`), its values to the same row of `v`
 /// (rows as wide as the token's values).
-#[derive(Debug)]
 pub struct KvDest<'a> {
     /// The layer's key rows.
-    pub k: &'a mut [f32],
+    pub k: ViewMut<'a>,
     /// The layer's value rows.
-    pub v: &'a mut [f32],
+    pub v: ViewMut<'a>,
     /// The cache row of each token of the batch.
     pub rows: &'a [usize],
+}
+
+/// The routed experts of one MoE layer, for [`Backend::moe_experts`].
+pub struct MoeJob<'a> {
+    /// Every expert of the layer.
+    pub experts: &'a [Expert],
+    /// The activation between the up and down projections.
+    pub act: Glu,
+    /// Tokens.
+    pub n_tok: usize,
+    /// Experts per token.
+    pub n_used: usize,
+    /// Inputs `[n_tok, n_embd]`.
+    pub x: View<'a>,
+    /// Each token's experts `[n_tok, n_used]`, as exact integer values (from
+    /// [`Backend::moe_route`]).
+    pub ids: View<'a>,
+    /// Their weights `[n_tok, n_used]`.
+    pub weights: View<'a>,
+    /// `out[t] = Σ_k weights[t, k] · expert_{ids[t, k]}(x[t])`, `[n_tok, n_embd]`.
+    pub out: ViewMut<'a>,
 }
 
 /// Most rotated pairs per head a backend's RoPE must handle (head_dim 1024); models with
@@ -143,15 +164,20 @@ pub struct KvDest<'a> {
 pub const MAX_ROPE_PAIRS: usize = 512;
 
 /// The compute backend.
+///
+/// Activations and per-layer state live in [`Buf`]s the backend allocates; ops take views of
+/// them and return `Result` (a device backend's submission or device loss reaches the
+/// caller). The required methods are the heavy ones; the small element-wise ops have host
+/// implementations that a device backend overrides.
 pub trait Backend: Send + Sync {
-    /// A short name ("cpu", "cuda:0").
+    /// A short name ("cpu", "vulkan:0").
     fn name(&self) -> String;
 
     /// Whether this backend can multiply by weights of `dtype`.
     fn supports(&self, dtype: DType) -> bool;
 
     /// Called once per matmul weight at load time: the backend may attach a copy in a layout
-    /// of its own ([`Tensor::packed`]). Results must not change.
+    /// of its own ([`Tensor::packed`]) or on its device. Results must not change.
     fn prepare(&self, _w: &mut Tensor) {}
 
     /// Time spent per operation since the last call, as a Markdown table, when the backend
@@ -160,72 +186,72 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// A buffer of `n` zeros.
+    fn alloc(&self, n: usize) -> Result<Buf> {
+        Ok(Buf::host(n))
+    }
+
+    /// A buffer holding `data`.
+    fn upload_new(&self, data: &[f32]) -> Result<Buf> {
+        let mut b = self.alloc(data.len())?;
+        self.upload(data, b.view_mut())?;
+        Ok(b)
+    }
+
+    /// Host values into a view of this backend's memory.
+    fn upload(&self, src: &[f32], dst: ViewMut<'_>) -> Result<()> {
+        let d = dst.host()?;
+        check_len("upload", src.len(), d.len())?;
+        d.copy_from_slice(src);
+        Ok(())
+    }
+
+    /// A view of this backend's memory into host values (waits for the work that writes it).
+    fn download(&self, src: View<'_>, dst: &mut [f32]) -> Result<()> {
+        let s = src.host()?;
+        check_len("download", s.len(), dst.len())?;
+        dst.copy_from_slice(s);
+        Ok(())
+    }
+
     /// `W [n_out, n_in] @ x [n_tok, n_in] -> out [n_tok, n_out]`.
-    fn matmul(&self, w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) -> Result<()>;
+    fn matmul(&self, w: &Tensor, x: View<'_>, n_tok: usize, out: ViewMut<'_>) -> Result<()>;
 
     /// Several independent matmuls (a MoE layer's experts), which a backend may run as one
     /// parallel step. Each job's result is exactly what [`Backend::matmul`] gives for it.
     fn matmul_many(&self, jobs: &mut [MatJob<'_>]) -> Result<()> {
         for j in jobs.iter_mut() {
-            self.matmul(j.w, j.x, j.n_tok, j.out)?;
+            self.matmul(j.w, j.x, j.n_tok, j.out.reborrow())?;
         }
         Ok(())
     }
 
-    /// All of `t`, decoded to f32: `out [t.numel()]` (norm weights, biases, and weights a
-    /// loader rearranges).
+    /// All of `t`, decoded to f32 on the host: `out [t.numel()]` (norm weights, biases, and
+    /// weights a loader rearranges, at load time).
     fn dequantize(&self, t: &Tensor, out: &mut [f32]) -> Result<()>;
 
-    /// Row `row` of `w`, decoded to f32 (embedding lookup): `out [row_len]`.
-    fn get_row(&self, w: &Tensor, row: usize, out: &mut [f32]) -> Result<()>;
+    /// Rows `ids` of `w`, decoded to f32 (embedding lookup): `out [ids.len(), row_len]`.
+    fn get_rows(&self, w: &Tensor, ids: &[u32], out: ViewMut<'_>) -> Result<()>;
 
     /// RMS-normalize each row of `x [n, w.len()]` in place and scale by `w`.
-    fn rms_norm(&self, x: &mut [f32], w: &[f32], eps: f32) -> Result<()>;
+    fn rms_norm(&self, x: ViewMut<'_>, w: View<'_>, eps: f32) -> Result<()>;
 
-    /// Rotate `x [n_tok, n_heads, head_dim]` in place. Token `t` is at `positions[t]`;
-    /// `inv_freq` has one frequency per rotated pair (`rot_dim / 2`); `mscale` multiplies
-    /// cos and sin (YaRN).
-    #[allow(clippy::too_many_arguments)]
-    fn rope(
-        &self,
-        x: &mut [f32],
-        n_heads: usize,
-        head_dim: usize,
-        positions: &[usize],
-        inv_freq: &[f32],
-        style: RopeStyle,
-        mscale: f32,
-    ) -> Result<()>;
+    /// Rotate `x [n_tok, n_heads, head_dim]` in place: token `t` is at `r.positions[t]`.
+    fn rope(&self, x: ViewMut<'_>, n_heads: usize, r: &RopeArgs<'_>) -> Result<()>;
 
     /// [`Backend::rope`] on the queries `q [n_tok, n_head, head_dim]` and the keys
     /// `k [n_tok, n_kv_head, head_dim]` of the same tokens, with exactly its results; a
     /// backend may compute each token's rotation once for both.
     fn rope_qk(
         &self,
-        q: &mut [f32],
+        q: ViewMut<'_>,
         n_head: usize,
-        k: &mut [f32],
+        k: ViewMut<'_>,
         n_kv_head: usize,
         r: &RopeArgs<'_>,
     ) -> Result<()> {
-        self.rope(
-            q,
-            n_head,
-            r.head_dim,
-            r.positions,
-            r.inv_freq,
-            r.style,
-            r.mscale,
-        )?;
-        self.rope(
-            k,
-            n_kv_head,
-            r.head_dim,
-            r.positions,
-            r.inv_freq,
-            r.style,
-            r.mscale,
-        )
+        self.rope(q, n_head, r)?;
+        self.rope(k, n_kv_head, r)
     }
 
     /// [`Backend::rope_qk`] on `q` and a copy of `k`, storing each token's rotated keys and
@@ -235,55 +261,255 @@ pub trait Backend: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn rope_qk_store(
         &self,
-        q: &mut [f32],
+        q: ViewMut<'_>,
         n_head: usize,
-        k: &[f32],
+        k: View<'_>,
         n_kv_head: usize,
-        v: &[f32],
+        v: View<'_>,
         r: &RopeArgs<'_>,
         dest: KvDest<'_>,
     ) -> Result<()> {
-        let mut kr = k.to_vec();
-        self.rope_qk(q, n_head, &mut kr, n_kv_head, r)?;
-        store_rows(&kr, dest.k, dest.rows);
-        store_rows(v, dest.v, dest.rows);
+        let mut kr = k.host()?.to_vec();
+        self.rope_qk(q, n_head, ViewMut::Host(&mut kr), n_kv_head, r)?;
+        self.store_rows(View::Host(&kr), dest.k, dest.rows)?;
+        self.store_rows(v, dest.v, dest.rows)
+    }
+
+    /// Causal attention for several sequences of a batch over one layer's cache `k`, `v`:
+    /// queries `q [n_rows, n_head, head_dim]`, output `out [n_rows, n_head, v_dim]`, each
+    /// sequence's rows with their own positions and pages (`p.pages` is ignored; each
+    /// segment brings its own). A backend may run them as one parallel step; each segment's
+    /// result is exactly what [`Backend::attention`] gives for it alone.
+    fn attention_many(
+        &self,
+        k: View<'_>,
+        v: View<'_>,
+        p: &AttnParams<'_>,
+        q: View<'_>,
+        out: ViewMut<'_>,
+        segs: &[AttnSeg<'_>],
+    ) -> Result<()>;
+
+    /// Causal attention of `q [n_tok, n_head, head_dim]` (token `t` at position `pos0 + t`)
+    /// over cached `k`, `v` `[pos0 + n_tok, n_kv_head, head_dim]`: `out [n_tok, n_head, v_dim]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: View<'_>,
+        k: View<'_>,
+        v: View<'_>,
+        n_tok: usize,
+        pos0: usize,
+        p: &AttnParams<'_>,
+        out: ViewMut<'_>,
+    ) -> Result<()> {
+        let seg = AttnSeg {
+            row0: 0,
+            n_tok,
+            pos0,
+            pages: p.pages,
+        };
+        self.attention_many(k, v, p, q, out, &[seg])
+    }
+
+    /// A gated linear unit in place: `gate[i] = act(gate[i], up[i])`.
+    fn glu(&self, act: Glu, gate: ViewMut<'_>, up: View<'_>) -> Result<()> {
+        let (g, u) = (gate.host()?, up.host()?);
+        check_len("glu", g.len(), u.len())?;
+        glu_ref(act, g, u);
         Ok(())
     }
 
-    /// Attention for several sequences of a batch over one layer's cache, each with its own
-    /// queries, positions and pages (`p.pages` is ignored; each job brings its own). A backend
-    /// may run them as one parallel step; each job's result is exactly what
-    /// [`Backend::attention`] gives for it.
-    fn attention_many(
-        &self,
-        k: &[f32],
-        v: &[f32],
-        p: &AttnParams<'_>,
-        jobs: &mut [AttnJob<'_>],
-    ) -> Result<()> {
-        for j in jobs.iter_mut() {
-            let mut pj = *p;
-            pj.pages = j.pages;
-            self.attention(j.q, k, v, j.n_tok, j.pos0, &pj, j.out)?;
+    /// `x += y`.
+    fn add(&self, x: ViewMut<'_>, y: View<'_>) -> Result<()> {
+        let (x, y) = (x.host()?, y.host()?);
+        check_len("add", x.len(), y.len())?;
+        for (a, b) in x.iter_mut().zip(y) {
+            *a += b;
         }
         Ok(())
     }
 
-    /// Causal attention of `q [n_tok, n_head, head_dim]` (token `t` at position `pos0 + t`)
-    /// over cached `k`, `v` `[pos0 + n_tok, n_kv_head, head_dim]`: `out [n_tok, n_head, head_dim]`.
-    fn attention(
-        &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        n_tok: usize,
-        pos0: usize,
-        p: &AttnParams<'_>,
-        out: &mut [f32],
-    ) -> Result<()>;
+    /// `b [w]` added to each row of `x [n, w]`.
+    fn add_bias(&self, x: ViewMut<'_>, b: View<'_>) -> Result<()> {
+        let (x, b) = (x.host()?, b.host()?);
+        if b.is_empty() || x.len() % b.len() != 0 {
+            return Err(crate::Error::Invalid(format!(
+                "add_bias: rows of {} values cannot take a bias of {}",
+                x.len(),
+                b.len()
+            )));
+        }
+        for row in x.chunks_exact_mut(b.len()) {
+            for (a, c) in row.iter_mut().zip(b) {
+                *a += c;
+            }
+        }
+        Ok(())
+    }
 
-    /// `gate[i] = silu(gate[i]) * up[i]`.
-    fn silu_mul(&self, gate: &mut [f32], up: &[f32]) -> Result<()>;
+    /// `x[t] += s[t] · y[t]` for the rows of `x`, `y` `[n, w]` and the scales `s [n]`.
+    fn add_scaled_rows(&self, x: ViewMut<'_>, y: View<'_>, s: View<'_>) -> Result<()> {
+        let (x, y, s) = (x.host()?, y.host()?, s.host()?);
+        check_len("add_scaled_rows", x.len(), y.len())?;
+        let w = x.len().checked_div(s.len()).unwrap_or(0);
+        if w * s.len() != x.len() {
+            return Err(crate::Error::Invalid(format!(
+                "add_scaled_rows: {} values are not {} rows",
+                x.len(),
+                s.len()
+            )));
+        }
+        for ((xr, yr), &st) in x.chunks_exact_mut(w).zip(y.chunks_exact(w)).zip(s) {
+            for (o, &v) in xr.iter_mut().zip(yr) {
+                *o += st * v;
+            }
+        }
+        Ok(())
+    }
+
+    /// `x = 1 / (1 + exp(-x))`.
+    fn sigmoid(&self, x: ViewMut<'_>) -> Result<()> {
+        for v in x.host()? {
+            *v = 1.0 / (1.0 + (-*v).exp());
+        }
+        Ok(())
+    }
+
+    /// `n_rows` rows of `width` values, row `r` from `src[r * src_stride..]` to
+    /// `dst[r * dst_stride..]` (columns of an interleaved layout in or out).
+    fn copy_rows(
+        &self,
+        src: View<'_>,
+        src_stride: usize,
+        dst: ViewMut<'_>,
+        dst_stride: usize,
+        c: RowCopy,
+    ) -> Result<()> {
+        let (s, d) = (src.host()?, dst.host()?);
+        c.check(s.len(), src_stride, d.len(), dst_stride)?;
+        for r in 0..c.n_rows {
+            d[r * dst_stride..r * dst_stride + c.width]
+                .copy_from_slice(&s[r * src_stride..r * src_stride + c.width]);
+        }
+        Ok(())
+    }
+
+    /// Row `t` of `src` (rows of `src.len() / rows.len()`) into row `rows[t]` of `dst`.
+    fn store_rows(&self, src: View<'_>, dst: ViewMut<'_>, rows: &[usize]) -> Result<()> {
+        let (s, d) = (src.host()?, dst.host()?);
+        check_rows(s.len(), d.len(), rows)?;
+        store_rows(s, d, rows);
+        Ok(())
+    }
+
+    /// Each token's experts and their weights from its router logits `[n_tok, n_expert]`
+    /// (plus the choice-only correction `score_b [n_expert]`): `ids`, `weights`
+    /// `[n_tok, n_used]`, ids as exact integer values.
+    fn moe_route(
+        &self,
+        logits: View<'_>,
+        score_b: Option<View<'_>>,
+        cfg: &Routing,
+        ids: ViewMut<'_>,
+        weights: ViewMut<'_>,
+    ) -> Result<()> {
+        let (l, ids, w) = (logits.host()?, ids.host()?, weights.host()?);
+        let sb = score_b.map(|b| b.host()).transpose()?;
+        let (ne, k) = (cfg.n_expert, cfg.n_used);
+        let n = l.len() / ne.max(1);
+        if n * ne != l.len() || ids.len() != n * k || w.len() != n * k {
+            return Err(crate::Error::Invalid(format!(
+                "moe_route: {} logits of {ne} experts do not fit {} ids",
+                l.len(),
+                ids.len()
+            )));
+        }
+        let (mut ti, mut tw) = (Vec::with_capacity(k), Vec::with_capacity(k));
+        for t in 0..n {
+            crate::moe::route(cfg, &l[t * ne..(t + 1) * ne], sb, &mut ti, &mut tw);
+            for (j, (&i, &wi)) in ti.iter().zip(&tw).enumerate() {
+                ids[t * k + j] = i as f32;
+                w[t * k + j] = wi;
+            }
+        }
+        Ok(())
+    }
+
+    /// A MoE layer's routed experts over a batch (see [`MoeJob`]).
+    fn moe_experts(&self, job: MoeJob<'_>) -> Result<()>;
+}
+
+/// The shape of [`Backend::copy_rows`].
+#[derive(Clone, Copy, Debug)]
+pub struct RowCopy {
+    /// Rows.
+    pub n_rows: usize,
+    /// Values per row.
+    pub width: usize,
+}
+
+impl RowCopy {
+    /// An error unless both sides hold every row.
+    pub fn check(&self, src: usize, ss: usize, dst: usize, ds: usize) -> Result<()> {
+        if self.n_rows == 0 {
+            return Ok(());
+        }
+        let need = |stride: usize| {
+            (self.n_rows - 1)
+                .checked_mul(stride)
+                .and_then(|v| v.checked_add(self.width))
+        };
+        match (need(ss), need(ds)) {
+            (Some(a), Some(b)) if a <= src && b <= dst && self.width <= ss.max(self.width) => {
+                Ok(())
+            }
+            _ => Err(crate::Error::Invalid(format!(
+                "copy_rows: {} rows of {} do not fit {src} values (stride {ss}) into {dst} \
+                 (stride {ds})",
+                self.n_rows, self.width
+            ))),
+        }
+    }
+}
+
+fn check_len(op: &str, a: usize, b: usize) -> Result<()> {
+    if a != b {
+        return Err(crate::Error::Invalid(format!(
+            "{op}: lengths differ ({a} and {b})"
+        )));
+    }
+    Ok(())
+}
+
+/// An error unless every row of a [`store_rows`] lies inside both buffers.
+pub fn check_rows(src: usize, dst: usize, rows: &[usize]) -> Result<()> {
+    let w = src.checked_div(rows.len()).unwrap_or(0);
+    if w * rows.len() != src || rows.iter().any(|&r| (r + 1) * w > dst) {
+        return Err(crate::Error::Invalid(format!(
+            "store_rows: {} rows of {src} values do not fit a destination of {dst}",
+            rows.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The reference of [`Backend::glu`].
+pub fn glu_ref(act: Glu, g: &mut [f32], u: &[f32]) {
+    match act {
+        Glu::Silu => {
+            for (g, u) in g.iter_mut().zip(u) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        }
+        Glu::ClampedSwiglu { alpha, limit } => {
+            for (gv, &uv) in g.iter_mut().zip(u) {
+                let gc = gv.min(limit);
+                let uc = uv.clamp(-limit, limit);
+                *gv = gc / (1.0 + (-alpha * gc).exp()) * (uc + 1.0);
+            }
+        }
+    }
 }
 
 /// Row `t` of `src` (rows of `src.len() / rows.len()`) into row `rows[t]` of `dst`; rows past
@@ -293,7 +519,6 @@ pub fn store_rows(src: &[f32], dst: &mut [f32], rows: &[usize]) {
         return;
     };
     for (t, &r) in rows.iter().enumerate() {
-        debug_assert!((r + 1) * w <= dst.len() && (t + 1) * w <= src.len());
         if let (Some(d), Some(s)) = (dst.get_mut(r * w..(r + 1) * w), src.get(t * w..(t + 1) * w)) {
             d.copy_from_slice(s);
         }

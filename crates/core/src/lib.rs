@@ -5,16 +5,20 @@
 #![deny(missing_docs)]
 
 mod backend;
+mod buf;
 mod dtype;
 mod error;
+pub mod moe;
 mod tensor;
 
 pub use backend::{
-    AttnJob, AttnParams, Backend, KvDest, MAX_ROPE_PAIRS, MatJob, Pages, RopeArgs, RopeStyle,
-    store_rows,
+    AttnParams, AttnSeg, Backend, KvDest, MAX_ROPE_PAIRS, MatJob, MoeJob, Pages, RopeArgs,
+    RopeStyle, RowCopy, check_rows, glu_ref, store_rows,
 };
+pub use buf::{Buf, DevMem, View, ViewMut};
 pub use dtype::DType;
 pub use error::{Error, Result};
+pub use moe::{Expert, Glu, Routing};
 pub use tensor::{Device, Storage, Tensor};
 
 /// Rows per group of a packed weight layout ([`Tensor::packed`]): views of a packed tensor

@@ -888,7 +888,7 @@ mod tests {
             p.v_stride = n_kv * vd;
             p.window = window;
             if sinks {
-                p.sinks = Some(&sink);
+                p.sinks = Some(hearth_core::View::Host(&sink));
             }
             let pages = Some(Pages {
                 table: &table,
@@ -908,7 +908,7 @@ mod tests {
                         .map(|(&i, o)| {
                             let pos = toks[i / 3];
                             let (m, l) = match p.sinks {
-                                Some(s) => (s[i % 3], 1f32),
+                                Some(_) => (sink[i % 3], 1f32),
                                 None => (f32::NEG_INFINITY, 0f32),
                             };
                             Query {

@@ -12,15 +12,40 @@
 #![deny(missing_docs)]
 
 mod attn;
+mod moe;
 mod pool;
 mod prof;
 
 use hearth_core::{
-    AttnJob, AttnParams, Backend, DType, Device, Error, KvDest, MatJob, Result, RopeArgs,
-    RopeStyle, Tensor,
+    AttnParams, AttnSeg, Backend, DType, Device, Error, Glu, KvDest, MatJob, MoeJob, Pages, Result,
+    RopeArgs, RopeStyle, Tensor, View, ViewMut,
 };
 use hearth_quant::acts::{QuantizedActs, T8_MIN, supports_q16};
 use hearth_quant::{dequantize, dot_f32, dot_row, pack, rows_q16, rows_q16_packed};
+
+/// One matmul of [`Cpu::matmul_many_h`], on host slices.
+struct HostJob<'a> {
+    w: &'a Tensor,
+    x: &'a [f32],
+    n_tok: usize,
+    out: &'a mut [f32],
+}
+
+/// One sequence's part of [`Cpu::attention_many_h`].
+struct AttnJob<'a> {
+    q: &'a [f32],
+    n_tok: usize,
+    pos0: usize,
+    pages: Option<Pages<'a>>,
+    out: &'a mut [f32],
+}
+
+/// The cache rows of [`Cpu::rope_qk_store_h`].
+struct HostKv<'a> {
+    k: &'a mut [f32],
+    v: &'a mut [f32],
+    rows: &'a [usize],
+}
 
 /// The CPU backend.
 pub struct Cpu {
@@ -402,7 +427,154 @@ impl Backend for Cpu {
         }
     }
 
-    fn matmul(&self, w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) -> Result<()> {
+    fn matmul(&self, w: &Tensor, x: View<'_>, n_tok: usize, out: ViewMut<'_>) -> Result<()> {
+        self.matmul_h(w, x.host()?, n_tok, out.host()?)
+    }
+
+    fn matmul_many(&self, jobs: &mut [MatJob<'_>]) -> Result<()> {
+        let mut hj = Vec::with_capacity(jobs.len());
+        for j in jobs.iter_mut() {
+            hj.push(HostJob {
+                w: j.w,
+                x: j.x.host()?,
+                n_tok: j.n_tok,
+                out: j.out.reborrow().host()?,
+            });
+        }
+        self.matmul_many_h(&mut hj)
+    }
+
+    fn dequantize(&self, t: &Tensor, out: &mut [f32]) -> Result<()> {
+        self.dequantize_h(t, out)
+    }
+
+    fn get_rows(&self, w: &Tensor, ids: &[u32], out: ViewMut<'_>) -> Result<()> {
+        let out = out.host()?;
+        let n = w.row_len();
+        if out.len() != ids.len() * n {
+            return Err(Error::Invalid(format!(
+                "get_rows {}: {} rows do not fill {} values",
+                w.name,
+                ids.len(),
+                out.len()
+            )));
+        }
+        for (&id, o) in ids.iter().zip(out.chunks_exact_mut(n.max(1))) {
+            self.get_row_h(w, id as usize, o)?;
+        }
+        Ok(())
+    }
+
+    fn rms_norm(&self, x: ViewMut<'_>, w: View<'_>, eps: f32) -> Result<()> {
+        let (x, w) = (x.host()?, w.host()?);
+        if w.is_empty() || x.len() % w.len() != 0 {
+            return Err(Error::Invalid(format!(
+                "rms_norm: rows of {} values cannot take a weight of {}",
+                x.len(),
+                w.len()
+            )));
+        }
+        self.rms_norm_h(x, w, eps)
+    }
+
+    fn rope(&self, x: ViewMut<'_>, n_heads: usize, r: &RopeArgs<'_>) -> Result<()> {
+        self.rope_h(x.host()?, n_heads, r)
+    }
+
+    fn rope_qk(
+        &self,
+        q: ViewMut<'_>,
+        n_head: usize,
+        k: ViewMut<'_>,
+        n_kv_head: usize,
+        r: &RopeArgs<'_>,
+    ) -> Result<()> {
+        self.rope_qk_h(q.host()?, n_head, k.host()?, n_kv_head, r)
+    }
+
+    fn rope_qk_store(
+        &self,
+        q: ViewMut<'_>,
+        n_head: usize,
+        k: View<'_>,
+        n_kv_head: usize,
+        v: View<'_>,
+        r: &RopeArgs<'_>,
+        dest: KvDest<'_>,
+    ) -> Result<()> {
+        let dest = HostKv {
+            k: dest.k.host()?,
+            v: dest.v.host()?,
+            rows: dest.rows,
+        };
+        self.rope_qk_store_h(q.host()?, n_head, k.host()?, n_kv_head, v.host()?, r, dest)
+    }
+
+    fn attention_many(
+        &self,
+        k: View<'_>,
+        v: View<'_>,
+        p: &AttnParams<'_>,
+        q: View<'_>,
+        out: ViewMut<'_>,
+        segs: &[AttnSeg<'_>],
+    ) -> Result<()> {
+        let (k, v, q, out) = (k.host()?, v.host()?, q.host()?, out.host()?);
+        let sinks = p.sinks.map(|s| s.host()).transpose()?;
+        if sinks.is_some_and(|s| s.len() < p.n_head) {
+            return Err(Error::Invalid("attention: fewer sinks than heads".into()));
+        }
+        let (qw, ow) = (p.n_head * p.head_dim, p.n_head * p.v_dim);
+        let mut jobs = Vec::with_capacity(segs.len());
+        let mut rest = &mut out[..];
+        let mut next = 0;
+        for sg in segs {
+            let (qa, qb) = (sg.row0 * qw, (sg.row0 + sg.n_tok) * qw);
+            if sg.row0 < next || qb > q.len() || (sg.row0 - next + sg.n_tok) * ow > rest.len() {
+                return Err(Error::Invalid(
+                    "attention: segments overlap or lie outside the batch".into(),
+                ));
+            }
+            let (_, r) = rest.split_at_mut((sg.row0 - next) * ow);
+            let (mine, r) = r.split_at_mut(sg.n_tok * ow);
+            rest = r;
+            next = sg.row0 + sg.n_tok;
+            jobs.push(AttnJob {
+                q: &q[qa..qb],
+                n_tok: sg.n_tok,
+                pos0: sg.pos0,
+                pages: sg.pages,
+                out: mine,
+            });
+        }
+        self.attention_many_h(k, v, p, sinks, &mut jobs)
+    }
+
+    fn glu(&self, act: Glu, gate: ViewMut<'_>, up: View<'_>) -> Result<()> {
+        let (g, u) = (gate.host()?, up.host()?);
+        if g.len() != u.len() {
+            return Err(Error::Invalid(format!(
+                "glu: lengths differ ({} and {})",
+                g.len(),
+                u.len()
+            )));
+        }
+        match act {
+            Glu::Silu => self.silu_mul_h(g, u),
+            _ => {
+                hearth_core::glu_ref(act, g, u);
+                Ok(())
+            }
+        }
+    }
+
+    fn moe_experts(&self, job: MoeJob<'_>) -> Result<()> {
+        moe::experts(self, job)
+    }
+}
+
+impl Cpu {
+    fn matmul_h(&self, w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) -> Result<()> {
         let _t = prof::Timer::matmul(w.dtype, false);
         check_job(w, x, n_tok, out)?;
         let n_out = w.n_rows();
@@ -426,7 +598,7 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn matmul_many(&self, jobs: &mut [MatJob<'_>]) -> Result<()> {
+    fn matmul_many_h(&self, jobs: &mut [HostJob<'_>]) -> Result<()> {
         let _t = prof::Timer::matmul(jobs.first().map_or(DType::F32, |j| j.w.dtype), true);
         for j in jobs.iter() {
             check_job(j.w, j.x, j.n_tok, j.out)?;
@@ -532,12 +704,12 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn dequantize(&self, t: &Tensor, out: &mut [f32]) -> Result<()> {
+    fn dequantize_h(&self, t: &Tensor, out: &mut [f32]) -> Result<()> {
         check_cpu(t)?;
         dequantize(t.dtype, t.bytes(), out)
     }
 
-    fn get_row(&self, w: &Tensor, row: usize, out: &mut [f32]) -> Result<()> {
+    fn get_row_h(&self, w: &Tensor, row: usize, out: &mut [f32]) -> Result<()> {
         let _t = prof::Timer::op(prof::Op::GetRow);
         check_cpu(w)?;
         if row >= w.n_rows() {
@@ -550,7 +722,7 @@ impl Backend for Cpu {
         dequantize(w.dtype, w.row(row), out)
     }
 
-    fn rms_norm(&self, x: &mut [f32], w: &[f32], eps: f32) -> Result<()> {
+    fn rms_norm_h(&self, x: &mut [f32], w: &[f32], eps: f32) -> Result<()> {
         let _t = prof::Timer::op(prof::Op::RmsNorm);
         let n = w.len().max(1);
         let xp = SendPtr(x.as_mut_ptr());
@@ -570,16 +742,9 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn rope(
-        &self,
-        x: &mut [f32],
-        n_heads: usize,
-        head_dim: usize,
-        positions: &[usize],
-        inv_freq: &[f32],
-        style: RopeStyle,
-        mscale: f32,
-    ) -> Result<()> {
+    fn rope_h(&self, x: &mut [f32], n_heads: usize, r: &RopeArgs<'_>) -> Result<()> {
+        let (head_dim, positions, inv_freq, style, mscale) =
+            (r.head_dim, r.positions, r.inv_freq, r.style, r.mscale);
         let _t = prof::Timer::op(prof::Op::Rope);
         let half = inv_freq.len().min(MAX_ROPE_PAIRS);
         let width = n_heads * head_dim;
@@ -594,7 +759,7 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn rope_qk(
+    fn rope_qk_h(
         &self,
         q: &mut [f32],
         n_head: usize,
@@ -631,7 +796,7 @@ impl Backend for Cpu {
     /// One parallel pass over the tokens: each token's queries are rotated in place, its keys
     /// copied into its cache row and rotated there (the bits of `rope_qk`), its values copied.
     #[allow(clippy::too_many_arguments)]
-    fn rope_qk_store(
+    fn rope_qk_store_h(
         &self,
         q: &mut [f32],
         n_head: usize,
@@ -639,7 +804,7 @@ impl Backend for Cpu {
         n_kv_head: usize,
         v: &[f32],
         r: &RopeArgs<'_>,
-        dest: KvDest<'_>,
+        dest: HostKv<'_>,
     ) -> Result<()> {
         let _t = prof::Timer::op(prof::Op::Rope);
         let half = r.inv_freq.len().min(MAX_ROPE_PAIRS);
@@ -666,7 +831,7 @@ impl Backend for Cpu {
                 positions: &r.positions[..n_tok],
                 ..*r
             };
-            self.rope_qk(&mut q[..n_tok * qw], n_head, &mut kr, n_kv_head, &r)?;
+            self.rope_qk_h(&mut q[..n_tok * qw], n_head, &mut kr, n_kv_head, &r)?;
             hearth_core::store_rows(&kr, dest.k, rows);
             hearth_core::store_rows(&v[..n_tok * vw], dest.v, rows);
             return Ok(());
@@ -698,31 +863,12 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn attention(
-        &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        n_tok: usize,
-        pos0: usize,
-        p: &AttnParams<'_>,
-        out: &mut [f32],
-    ) -> Result<()> {
-        let mut jobs = [AttnJob {
-            q,
-            n_tok,
-            pos0,
-            pages: p.pages,
-            out,
-        }];
-        self.attention_many(k, v, p, &mut jobs)
-    }
-
-    fn attention_many(
+    fn attention_many_h(
         &self,
         k: &[f32],
         v: &[f32],
         p: &AttnParams<'_>,
+        sinks: Option<&[f32]>,
         jobs: &mut [AttnJob<'_>],
     ) -> Result<()> {
         let _t = prof::Timer::op(prof::Op::Attention);
@@ -796,7 +942,7 @@ impl Backend for Cpu {
                             std::slice::from_raw_parts_mut(outs[ji].0.add((t * nh + h) * vd), vd)
                         };
                         o.fill(0.0);
-                        let (m, l) = match p.sinks {
+                        let (m, l) = match sinks {
                             Some(s) => (s[h], 1f32),
                             None => (f32::NEG_INFINITY, 0f32),
                         };
@@ -816,7 +962,7 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn silu_mul(&self, gate: &mut [f32], up: &[f32]) -> Result<()> {
+    fn silu_mul_h(&self, gate: &mut [f32], up: &[f32]) -> Result<()> {
         let _t = prof::Timer::op(prof::Op::SiluMul);
         let n = gate.len().min(up.len());
         let gp = SendPtr(gate.as_mut_ptr());
@@ -925,10 +1071,6 @@ mod tests {
         let q: Vec<f32> = (0..n * nh * hd).map(|_| val()).collect();
         let k: Vec<f32> = (0..n * nkv * hd).map(|_| val()).collect();
         for style in [RopeStyle::Normal, RopeStyle::Neox] {
-            let (mut q1, mut k1) = (q.clone(), k.clone());
-            cpu.rope(&mut q1, nh, hd, &pos, &inv, style, 1.25).unwrap();
-            cpu.rope(&mut k1, nkv, hd, &pos, &inv, style, 1.25).unwrap();
-            let (mut q2, mut k2) = (q.clone(), k.clone());
             let r = RopeArgs {
                 head_dim: hd,
                 positions: &pos,
@@ -936,7 +1078,11 @@ mod tests {
                 style,
                 mscale: 1.25,
             };
-            cpu.rope_qk(&mut q2, nh, &mut k2, nkv, &r).unwrap();
+            let (mut q1, mut k1) = (q.clone(), k.clone());
+            cpu.rope_h(&mut q1, nh, &r).unwrap();
+            cpu.rope_h(&mut k1, nkv, &r).unwrap();
+            let (mut q2, mut k2) = (q.clone(), k.clone());
+            cpu.rope_qk_h(&mut q2, nh, &mut k2, nkv, &r).unwrap();
             assert!(q1.iter().zip(&q2).all(|(a, b)| a.to_bits() == b.to_bits()));
             assert!(k1.iter().zip(&k2).all(|(a, b)| a.to_bits() == b.to_bits()));
             assert!(q1 != q, "the rotation changed the queries");
@@ -971,19 +1117,27 @@ mod tests {
                     mscale: 1.25,
                 };
                 let (mut q1, mut k1) = (q.clone(), k.clone());
-                cpu.rope_qk(&mut q1, nh, &mut k1, nkv, &r).unwrap();
+                cpu.rope_qk_h(&mut q1, nh, &mut k1, nkv, &r).unwrap();
                 let (mut kc1, mut vc1) = (vec![7f32; cache_rows * kw], vec![7f32; cache_rows * vw]);
                 hearth_core::store_rows(&k1, &mut kc1, &rows);
                 hearth_core::store_rows(&v, &mut vc1, &rows);
                 let mut q2 = q.clone();
                 let (mut kc2, mut vc2) = (vec![7f32; cache_rows * kw], vec![7f32; cache_rows * vw]);
                 let dest = KvDest {
-                    k: &mut kc2,
-                    v: &mut vc2,
+                    k: ViewMut::Host(&mut kc2),
+                    v: ViewMut::Host(&mut vc2),
                     rows: &rows,
                 };
-                cpu.rope_qk_store(&mut q2, nh, &k, nkv, &v, &r, dest)
-                    .unwrap();
+                cpu.rope_qk_store(
+                    ViewMut::Host(&mut q2),
+                    nh,
+                    View::Host(&k),
+                    nkv,
+                    View::Host(&v),
+                    &r,
+                    dest,
+                )
+                .unwrap();
                 let same =
                     |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
                 assert!(same(&q1, &q2) && same(&kc1, &kc2) && same(&vc1, &vc2));
@@ -1036,16 +1190,16 @@ mod tests {
                 .zip(outs.iter_mut())
                 .map(|(&(w, x), out)| MatJob {
                     w: &ws[w],
-                    x: &xs[x],
+                    x: View::Host(&xs[x]),
                     n_tok: xs[x].len() / 256,
-                    out,
+                    out: ViewMut::Host(out),
                 })
                 .collect();
             cpu.matmul_many(&mut jobs).unwrap();
         }
         for (&(w, x), got) in plan.iter().zip(&outs) {
             let mut want = vec![0f32; got.len()];
-            cpu.matmul(&ws[w], &xs[x], xs[x].len() / 256, &mut want)
+            cpu.matmul_h(&ws[w], &xs[x], xs[x].len() / 256, &mut want)
                 .unwrap();
             assert_eq!(
                 got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -1089,10 +1243,10 @@ mod tests {
                 .map(|_| (rnd() % 2000) as f32 / 1000.0 - 1.0)
                 .collect();
             let mut batch = vec![0f32; n_tok * n_out];
-            cpu.matmul(&w, &x, n_tok, &mut batch).unwrap();
+            cpu.matmul_h(&w, &x, n_tok, &mut batch).unwrap();
             for t in 0..n_tok {
                 let mut one = vec![0f32; n_out];
-                cpu.matmul(&w, &x[t * n_in..(t + 1) * n_in], 1, &mut one)
+                cpu.matmul_h(&w, &x[t * n_in..(t + 1) * n_in], 1, &mut one)
                     .unwrap();
                 for r in 0..n_out {
                     assert_eq!(

@@ -1,6 +1,7 @@
 //! hearth-engine: a loaded model with its tokenizer, sessions and the generate loop.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod grammar;
 mod pages;
 pub mod sampling;
@@ -10,7 +11,7 @@ pub use sampling::{Rng, Sampler, SamplingParams, argmax, logsumexp, top_k};
 
 use hearth_core::{Backend, Error, Result};
 use hearth_formats::ModelFiles;
-use hearth_models::{Model, State};
+pub use hearth_models::{Model, State};
 use hearth_tokenizer::{StreamDecoder, Tokenizer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -138,7 +139,7 @@ impl Engine {
     pub fn new_session(&self, n_ctx: usize, flag: &str) -> Result<Session> {
         self.check_context(n_ctx, flag)?;
         Ok(Session {
-            state: self.model.new_state(n_ctx),
+            state: self.model.new_state(n_ctx)?,
             cached: Vec::new(),
         })
     }
@@ -189,6 +190,15 @@ impl Engine {
             n_ctx,
             self.model.kv_pool_bytes_per_token(),
         )
+    }
+
+    /// Every position's logits `[tokens.len(), n_vocab]` for `tokens` from an empty context.
+    pub fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.check_context(tokens.len(), "the number of tokens")?;
+        let mut state = self.model.new_state(tokens.len())?;
+        let mut logits = Vec::new();
+        self.model.forward(tokens, &mut state, true, &mut logits)?;
+        Ok(logits)
     }
 
     /// Load a model from a file or directory onto `backend`.
@@ -265,4 +275,10 @@ impl Engine {
         stats.gen_time = t1.elapsed();
         Ok((out, stats))
     }
+}
+
+/// Load only the weights of opened files onto `backend` (for inspection and benchmarks,
+/// which need no tokenizer).
+pub fn load_model(files: &ModelFiles, backend: Arc<dyn Backend>) -> Result<Model> {
+    Model::load(files, backend)
 }

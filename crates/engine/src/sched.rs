@@ -296,10 +296,10 @@ fn logprobs(row: &[f32], tok: u32, k: usize) -> TokenLogprob {
 
 impl Scheduler {
     /// A scheduler for `eng` with an empty pool.
-    pub fn new(eng: Arc<Engine>, cfg: Config, metrics: Arc<Metrics>) -> Scheduler {
-        let pool = eng.model.new_pool(cfg.n_pages, cfg.page_size);
+    pub fn new(eng: Arc<Engine>, cfg: Config, metrics: Arc<Metrics>) -> Result<Scheduler> {
+        let pool = eng.model.new_pool(cfg.n_pages, cfg.page_size)?;
         metrics.pages_total.store(cfg.n_pages as u64, Relaxed);
-        Scheduler {
+        Ok(Scheduler {
             pages: Pages::new(cfg.n_pages, cfg.page_size),
             pool,
             eng,
@@ -309,7 +309,7 @@ impl Scheduler {
             running: Vec::new(),
             metrics,
             logits: Vec::new(),
-        }
+        })
     }
 
     /// Serve requests from `rx` until every sender is gone.
@@ -537,6 +537,9 @@ impl Scheduler {
                     tokens: &s.tokens[s.cached..s.cached + n],
                     pos0: s.cached,
                     pages: &s.pages,
+                    // no registered architecture has fixed-size (recurrent) state yet: its
+                    // slots are allocated per sequence when the first one arrives
+                    slot: 0,
                     want,
                 }
             })

@@ -58,7 +58,7 @@ fn a_panic_in_a_step_fails_its_requests_and_the_scheduler_goes_on() {
         page_size: 16,
     };
     let (tx, rx) = std::sync::mpsc::channel();
-    let sch = Scheduler::new(eng, cfg, metrics.clone());
+    let sch = Scheduler::new(eng, cfg, metrics.clone()).unwrap();
     let th = std::thread::spawn(move || sch.run(rx));
     // a bias on a token past the vocabulary indexes out of bounds in sampling (the HTTP side
     // refuses such a request; here it stands for any bug in a step)

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+mod load;
 mod mla;
 mod model;
 mod moe;
@@ -15,7 +16,7 @@ mod moe;
 pub use config::{
     ExpertAct, Gating, GroupScore, MlaConfig, ModelConfig, MoeConfig, Rope, RopeScaling,
 };
-pub use model::{BatchSeq, KvPool, Model, Scratch, State, Want};
+pub use model::{BatchSeq, KvPool, LayerCache, Model, Scratch, State, Want};
 
 use hearth_core::RopeStyle;
 

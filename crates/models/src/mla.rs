@@ -6,14 +6,14 @@
 //! W_kbᵀ q_nope`), attention runs as one kv head of width kv_lora_rank + rope over the cache,
 //! and each head's latent output is mapped to its value through `W_vb`.
 use crate::config::{MlaConfig, ModelConfig};
-use crate::model::Seg;
-use hearth_core::{AttnJob, AttnParams, Backend, Result, Tensor};
+use crate::model::{Seg, sized};
+use hearth_core::{AttnParams, Backend, Buf, Result, RopeArgs, RowCopy, Tensor, View, ViewMut};
 
 pub(crate) enum MlaQ {
     Full(Tensor), // [n_head*(nope+rope), n_embd]
     LowRank {
         a: Tensor, // [q_lora, n_embd]
-        norm: Vec<f32>,
+        norm: Buf,
         b: Tensor, // [n_head*(nope+rope), q_lora]
     },
 }
@@ -21,7 +21,7 @@ pub(crate) enum MlaQ {
 pub(crate) struct Mla {
     pub q: MlaQ,
     pub kv_a: Tensor, // [kv_lora + rope, n_embd]
-    pub kv_norm: Vec<f32>,
+    pub kv_norm: Buf,
     pub k_b: Vec<Tensor>, // per head [kv_lora, nope]
     pub v_b: Vec<Tensor>, // per head [v_dim, kv_lora]
     pub wo: Tensor,       // [n_embd, n_head*v_dim]
@@ -31,9 +31,50 @@ pub(crate) struct Mla {
 pub(crate) struct MlaCall<'a> {
     pub cfg: &'a ModelConfig,
     pub m: &'a MlaConfig,
-    pub pos: &'a [usize],
-    pub inv_freq: &'a [f32],
-    pub rope_mscale: f32,
+    pub rope: RopeArgs<'a>,
+    /// Each token's cache row.
+    pub rows: &'a [usize],
+}
+
+/// MLA's working buffers on one device.
+#[derive(Default)]
+pub(crate) struct MlaBufs {
+    q: Buf,
+    qa: Buf,
+    kva: Buf,
+    lat: Buf,
+    kpe: Buf,
+    kvrow: Buf,
+    qpe: Buf,
+    qabs: Buf,
+    qn: Buf,
+    ql: Buf,
+    lout: Buf,
+    att: Buf,
+    vh: Buf,
+}
+
+/// `n_rows` rows of `width` from `src[s0 + r*ss..]` to `dst[d0 + r*ds..]`.
+#[allow(clippy::too_many_arguments)]
+fn cols(
+    be: &dyn Backend,
+    src: View<'_>,
+    s0: usize,
+    ss: usize,
+    dst: &mut ViewMut<'_>,
+    d0: usize,
+    ds: usize,
+    n_rows: usize,
+    width: usize,
+) -> Result<()> {
+    let (sl, dl) = (src.len(), dst.len());
+    be.copy_rows(
+        src.slice(s0.min(sl)..sl),
+        ss,
+        dst.reborrow().slice(d0.min(dl)..dl),
+        ds,
+        RowCopy { n_rows, width },
+    )
 }
 
 impl Mla {
@@ -49,91 +90,76 @@ impl Mla {
         v
     }
 
-    /// Attention for the `n` rows of `h` at positions `c.pos`, writing this chunk's latents
-    /// into `cache` (`[n_ctx, kv_lora + rope]`) and the projected output into `out` `[n, n_embd]`.
+    /// Attention for the `n` rows of `h` at positions `c.rope.positions`, writing this chunk's
+    /// latents into `cache` (`[rows, kv_lora + rope]`) and the projected output into `out`
+    /// `[n, n_embd]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         be: &dyn Backend,
         c: &MlaCall,
-        h: &[f32],
+        h: View<'_>,
         n: usize,
         segs: &[Seg],
-        cache: &mut [f32],
-        out: &mut [f32],
+        cache: &mut Buf,
+        b: &mut MlaBufs,
+        out: ViewMut<'_>,
     ) -> Result<()> {
-        let (m, nh) = (c.m, c.cfg.n_head);
+        let (m, nh, eps) = (c.m, c.cfg.n_head, c.cfg.rms_eps);
         let (kvl, rope, nope, vd) = (m.kv_lora_rank, m.rope, m.nope, m.v_dim);
         let qk = nope + rope;
         let row = kvl + rope;
         // queries
-        let mut q = vec![0f32; n * nh * qk];
+        let mut q = sized(be, &mut b.q, n * nh * qk)?;
         match &self.q {
-            MlaQ::Full(w) => be.matmul(w, h, n, &mut q)?,
-            MlaQ::LowRank { a, norm, b } => {
-                let mut qa = vec![0f32; n * a.shape[0]];
-                be.matmul(a, h, n, &mut qa)?;
-                be.rms_norm(&mut qa, norm, c.cfg.rms_eps)?;
-                be.matmul(b, &qa, n, &mut q)?;
+            MlaQ::Full(w) => be.matmul(w, h, n, q.reborrow())?,
+            MlaQ::LowRank { a, norm, b: wb } => {
+                let mut qa = sized(be, &mut b.qa, n * a.shape[0])?;
+                be.matmul(a, h, n, qa.reborrow())?;
+                be.rms_norm(qa.reborrow(), norm.view(), eps)?;
+                be.matmul(wb, qa.view(), n, q.reborrow())?;
             }
         }
-        // the latent and the rope key, into the cache
-        let mut kva = vec![0f32; n * row];
-        be.matmul(&self.kv_a, h, n, &mut kva)?;
-        let mut kpe = vec![0f32; n * rope];
-        for t in 0..n {
-            let r = &mut kva[t * row..(t + 1) * row];
-            be.rms_norm(&mut r[..kvl], &self.kv_norm, c.cfg.rms_eps)?;
-            kpe[t * rope..(t + 1) * rope].copy_from_slice(&r[kvl..]);
-        }
-        be.rope(
-            &mut kpe,
-            1,
-            rope,
-            c.pos,
-            c.inv_freq,
-            c.cfg.rope.style,
-            c.rope_mscale,
-        )?;
-        for sg in segs {
-            for i in sg.row0..sg.row0 + sg.n {
-                let r = sg.pages.row(sg.pos0 + i - sg.row0);
-                let dst = &mut cache[r * row..(r + 1) * row];
-                dst[..kvl].copy_from_slice(&kva[i * row..i * row + kvl]);
-                dst[kvl..].copy_from_slice(&kpe[i * rope..(i + 1) * rope]);
-            }
-        }
+        // the normalised latent and the rotated rope key, into the cache
+        let mut kva = sized(be, &mut b.kva, n * row)?;
+        be.matmul(&self.kv_a, h, n, kva.reborrow())?;
+        let mut lat = sized(be, &mut b.lat, n * kvl)?;
+        cols(be, kva.view(), 0, row, &mut lat, 0, kvl, n, kvl)?;
+        be.rms_norm(lat.reborrow(), self.kv_norm.view(), eps)?;
+        let mut kpe = sized(be, &mut b.kpe, n * rope)?;
+        cols(be, kva.view(), kvl, row, &mut kpe, 0, rope, n, rope)?;
+        let r1 = RopeArgs {
+            head_dim: rope,
+            ..c.rope
+        };
+        be.rope(kpe.reborrow(), 1, &r1)?;
+        let mut kvrow = sized(be, &mut b.kvrow, n * row)?;
+        cols(be, lat.view(), 0, kvl, &mut kvrow, 0, row, n, kvl)?;
+        cols(be, kpe.view(), 0, rope, &mut kvrow, kvl, row, n, rope)?;
+        be.store_rows(kvrow.view(), cache.view_mut(), c.rows)?;
         // absorbed queries: [n, nh, kvl + rope]
-        let mut qpe = vec![0f32; n * nh * rope];
-        for t in 0..n {
-            for hh in 0..nh {
-                let src = &q[(t * nh + hh) * qk + nope..(t * nh + hh + 1) * qk];
-                qpe[(t * nh + hh) * rope..(t * nh + hh + 1) * rope].copy_from_slice(src);
-            }
-        }
-        be.rope(
-            &mut qpe,
-            nh,
-            rope,
-            c.pos,
-            c.inv_freq,
-            c.cfg.rope.style,
-            c.rope_mscale,
-        )?;
-        let mut qa = vec![0f32; n * nh * row];
-        let mut qn = vec![0f32; n * nope];
-        let mut ql = vec![0f32; n * kvl];
+        let mut qpe = sized(be, &mut b.qpe, n * nh * rope)?;
+        cols(be, q.view(), nope, qk, &mut qpe, 0, rope, n * nh, rope)?;
+        be.rope(qpe.reborrow(), nh, &r1)?;
+        let mut qa = sized(be, &mut b.qabs, n * nh * row)?;
+        let mut qn = sized(be, &mut b.qn, n * nope)?;
+        let mut ql = sized(be, &mut b.ql, n * kvl)?;
         for hh in 0..nh {
-            for t in 0..n {
-                let s = (t * nh + hh) * qk;
-                qn[t * nope..(t + 1) * nope].copy_from_slice(&q[s..s + nope]);
-            }
-            be.matmul(&self.k_b[hh], &qn, n, &mut ql)?;
-            for t in 0..n {
-                let d = (t * nh + hh) * row;
-                qa[d..d + kvl].copy_from_slice(&ql[t * kvl..(t + 1) * kvl]);
-                qa[d + kvl..d + row]
-                    .copy_from_slice(&qpe[(t * nh + hh) * rope..(t * nh + hh + 1) * rope]);
-            }
+            cols(be, q.view(), hh * qk, nh * qk, &mut qn, 0, nope, n, nope)?;
+            be.matmul(&self.k_b[hh], qn.view(), n, ql.reborrow())?;
+            cols(be, ql.view(), 0, kvl, &mut qa, hh * row, nh * row, n, kvl)?;
+            let qpe = qpe.view();
+            cols(
+                be,
+                qpe,
+                hh * rope,
+                nh * rope,
+                &mut qa,
+                hh * row + kvl,
+                nh * row,
+                n,
+                rope,
+            )?;
         }
         let p = AttnParams {
             n_head: nh,
@@ -147,35 +173,24 @@ impl Mla {
             sinks: None,
             pages: None,
         };
-        let mut lat = vec![0f32; n * nh * kvl];
-        let mut jobs = Vec::with_capacity(segs.len());
-        let mut rest = &mut lat[..];
-        for sg in segs {
-            let (mine, tail) = rest.split_at_mut(sg.n * nh * kvl);
-            rest = tail;
-            jobs.push(AttnJob {
-                q: &qa[sg.row0 * nh * row..(sg.row0 + sg.n) * nh * row],
-                n_tok: sg.n,
-                pos0: sg.pos0,
-                pages: Some(sg.pages),
-                out: mine,
-            });
-        }
-        be.attention_many(cache, cache, &p, &mut jobs)?;
+        let mut lout = sized(be, &mut b.lout, n * nh * kvl)?;
+        let segs: Vec<_> = segs.iter().map(|s| s.attn()).collect();
+        be.attention_many(
+            cache.view(),
+            cache.view(),
+            &p,
+            qa.view(),
+            lout.reborrow(),
+            &segs,
+        )?;
         // per-head values, then the output projection
-        let mut att = vec![0f32; n * nh * vd];
-        let mut vh = vec![0f32; n * vd];
+        let mut att = sized(be, &mut b.att, n * nh * vd)?;
+        let mut vh = sized(be, &mut b.vh, n * vd)?;
         for hh in 0..nh {
-            for t in 0..n {
-                let s = (t * nh + hh) * kvl;
-                ql[t * kvl..(t + 1) * kvl].copy_from_slice(&lat[s..s + kvl]);
-            }
-            be.matmul(&self.v_b[hh], &ql, n, &mut vh)?;
-            for t in 0..n {
-                att[(t * nh + hh) * vd..(t * nh + hh + 1) * vd]
-                    .copy_from_slice(&vh[t * vd..(t + 1) * vd]);
-            }
+            cols(be, lout.view(), hh * kvl, nh * kvl, &mut ql, 0, kvl, n, kvl)?;
+            be.matmul(&self.v_b[hh], ql.view(), n, vh.reborrow())?;
+            cols(be, vh.view(), 0, vd, &mut att, hh * vd, nh * vd, n, vd)?;
         }
-        be.matmul(&self.wo, &att, n, out)
+        be.matmul(&self.wo, att.view(), n, out)
     }
 }

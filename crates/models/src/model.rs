@@ -1,67 +1,121 @@
 //! The decoder-only transformer every registered architecture shares: grouped-query or
 //! latent attention, then a dense SwiGLU MLP or a mixture of experts. Optional parts (biases,
 //! q/k norms, sinks, shared experts, which layers are MoE) are detected from the tensors present.
+//!
+//! The forward pass is written once over backend ops and buffers. Every block's weights have a
+//! device (a backend of [`Model::load_placed`]); a block's ops run there, and the hidden state
+//! moves only where consecutive blocks sit on different devices, each move counted
+//! ([`Model::transfers`]).
 use crate::config::ModelConfig;
-use crate::mla::{Mla, MlaCall, MlaQ};
-use crate::moe::{Expert, Mlp, Moe};
+use crate::load::{Placer, load_layer, vector, weight};
+use crate::mla::{Mla, MlaBufs, MlaCall, MlaQ};
+use crate::moe::{Mlp, Moe};
 use crate::{arch_for_gguf, arch_for_hf, supported_names};
-use hearth_core::{AttnJob, AttnParams, Backend, DType, Error, MatJob, Pages, Result, Tensor};
+use hearth_core::{
+    AttnParams, AttnSeg, Backend, Buf, DType, Error, MatJob, Pages, Result, Tensor, ViewMut,
+};
 use hearth_formats::{ModelFiles, Source};
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 /// Grouped-query attention (llama-family, Qwen, GLM, MiniMax, gpt-oss).
-struct Gqa {
-    wq: Tensor, // [n_head*head_dim, n_embd]
-    wk: Tensor, // [n_kv_head*head_dim, n_embd]
-    wv: Tensor, // [n_kv_head*head_dim, n_embd]
-    wo: Tensor, // [n_embd, n_head*head_dim]
-    bq: Option<Vec<f32>>,
-    bk: Option<Vec<f32>>,
-    bv: Option<Vec<f32>>,
-    bo: Option<Vec<f32>>,
+pub(crate) struct Gqa {
+    pub wq: Tensor, // [n_head*head_dim, n_embd]
+    pub wk: Tensor, // [n_kv_head*head_dim, n_embd]
+    pub wv: Tensor, // [n_kv_head*head_dim, n_embd]
+    pub wo: Tensor, // [n_embd, n_head*head_dim]
+    pub bq: Option<Buf>,
+    pub bk: Option<Buf>,
+    pub bv: Option<Buf>,
+    pub bo: Option<Buf>,
     /// [head_dim] (per head) or [n_head*head_dim] (MiniMax: over all heads at once)
-    q_norm: Option<Vec<f32>>,
-    k_norm: Option<Vec<f32>>,
-    sinks: Option<Vec<f32>>, // [n_head]
+    pub q_norm: Option<Buf>,
+    pub k_norm: Option<Buf>,
+    pub sinks: Option<Buf>, // [n_head]
 }
 
-enum Attn {
+pub(crate) enum Attn {
     Gqa(Gqa),
     Mla(Mla),
 }
 
-enum Ffn {
+// one per layer: the size difference costs nothing
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Ffn {
     Dense(Mlp),
     Moe(Moe),
 }
 
 /// One transformer block's weights.
-struct Layer {
-    attn_norm: Vec<f32>, // [n_embd]
-    attn: Attn,
-    ffn_norm: Vec<f32>, // [n_embd]
-    ffn: Ffn,
+pub(crate) struct Layer {
+    pub attn_norm: Buf, // [n_embd]
+    pub attn: Attn,
+    pub ffn_norm: Buf, // [n_embd]
+    pub ffn: Ffn,
+    /// Devices of the attention (with its norm and cache) and of the FFN (with its norm and,
+    /// unless placed elsewhere, its experts).
+    pub dev_attn: usize,
+    pub dev_ffn: usize,
 }
 
-/// A loaded model: configuration, weights (views into the mapped file) and a backend.
+/// A loaded model: configuration, weights (views into the mapped file) and its devices.
 pub struct Model {
     /// Shape and hyper-parameters.
     pub cfg: ModelConfig,
     tok_embd: Tensor, // [n_vocab, n_embd]
-    output_norm: Vec<f32>,
+    output_norm: Buf,
     output: Tensor, // [n_vocab, n_embd] (the embedding when tied)
     layers: Vec<Layer>,
     inv_freq: Vec<f32>,
     rope_mscale: f32,
-    backend: Arc<dyn Backend>,
+    devs: Vec<Arc<dyn Backend>>,
+    dev_embd: usize,
+    dev_out: usize,
+    /// Moves between devices: (count, bytes) by what moved.
+    moves: Mutex<BTreeMap<&'static str, (usize, usize)>>,
 }
 
-/// A paged KV cache: per layer, `n_pages` pages of `page_size` positions each. Sequences own
+/// One layer's part of the state a sequence keeps: the kind depends on the layer.
+pub enum LayerCache {
+    /// Paged key and value rows, `[n_pages * page_size, width]` each.
+    Kv {
+        /// Keys.
+        k: Buf,
+        /// Values.
+        v: Buf,
+    },
+    /// Multi-head latent attention's rows: the normalised KV latent and the rotated rope key,
+    /// `[n_pages * page_size, kv_lora + rope]`.
+    Latent {
+        /// The rows.
+        c: Buf,
+    },
+    /// A fixed-size state per sequence slot (linear attention), `[n_slots, size]`: it does
+    /// not grow with the context, and a sequence finds its own at [`BatchSeq::slot`].
+    Recurrent {
+        /// The states.
+        s: Buf,
+        /// Floats per slot.
+        size: usize,
+    },
+}
+
+impl LayerCache {
+    /// Bytes it holds.
+    pub fn bytes(&self) -> usize {
+        4 * match self {
+            LayerCache::Kv { k, v } => k.len() + v.len(),
+            LayerCache::Latent { c } => c.len(),
+            LayerCache::Recurrent { s, .. } => s.len(),
+        }
+    }
+}
+
+/// The per-sequence state of every layer: pages of `page_size` positions for the layers
+/// whose state grows with the context, one slot per sequence for the others. Sequences own
 /// pages through their page tables; a single [`State`] is one page as long as its context.
 pub struct KvPool {
-    k: Vec<Vec<f32>>, // per layer [n_pages*page_size, kw]
-    v: Vec<Vec<f32>>, // per layer [n_pages*page_size, vw] (MLA: empty)
+    layers: Vec<LayerCache>,
     page_size: usize,
     n_pages: usize,
 }
@@ -75,23 +129,63 @@ impl KvPool {
     pub fn n_pages(&self) -> usize {
         self.n_pages
     }
+    /// Each layer's state.
+    pub fn layers(&self) -> &[LayerCache] {
+        &self.layers
+    }
 }
 
-/// Scratch buffers reused across forward passes.
+/// One device's working buffers, reused across forward passes.
+#[derive(Default)]
+pub(crate) struct DevScratch {
+    pub x: Buf,
+    pub h: Buf,
+    pub q: Buf,
+    pub k: Buf,
+    pub v: Buf,
+    pub att: Buf,
+    pub o: Buf,
+    pub g: Buf,
+    pub u: Buf,
+    pub logits: Buf,
+    pub ids: Buf,
+    pub wts: Buf,
+    pub xin: Buf,
+    pub sy: Buf,
+    pub sg: Buf,
+    pub mla: MlaBufs,
+}
+
+/// Scratch buffers reused across forward passes, per device.
 #[derive(Default)]
 pub struct Scratch {
-    x: Vec<f32>,
-    h: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    att: Vec<f32>,
-    o: Vec<f32>,
-    g: Vec<f32>,
-    u: Vec<f32>,
+    devs: Vec<DevScratch>,
+    /// Host staging for moves between devices.
+    stage: Vec<f32>,
     pos: Vec<usize>,
     /// Each token's KV-cache row in the layer being run.
     rows: Vec<usize>,
+}
+
+impl Scratch {
+    /// Device `d`'s buffers.
+    pub(crate) fn dev(&mut self, d: usize) -> &mut DevScratch {
+        if self.devs.len() <= d {
+            self.devs.resize_with(d + 1, Default::default);
+        }
+        &mut self.devs[d]
+    }
+}
+
+/// The first `n` values of `b`, grown by `be` when it is shorter (its contents are scratch).
+pub(crate) fn sized<'a>(be: &dyn Backend, b: &'a mut Buf, n: usize) -> Result<ViewMut<'a>> {
+    if b.len() < n {
+        match b {
+            Buf::Host(v) => v.resize(n, 0.0),
+            _ => *b = be.alloc(n)?,
+        }
+    }
+    Ok(b.head_mut(n))
 }
 
 /// Which logits a sequence of a batch wants back.
@@ -114,6 +208,8 @@ pub struct BatchSeq<'a> {
     pub pos0: usize,
     /// The sequence's page table; it must cover `pos0 + tokens.len()` positions.
     pub pages: &'a [u32],
+    /// The sequence's slot for fixed-size per-layer state (recurrent layers).
+    pub slot: usize,
     /// Logits to return.
     pub want: Want,
 }
@@ -135,11 +231,16 @@ pub(crate) struct Seg<'a> {
     pub pages: Pages<'a>,
 }
 
-fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    if v.len() < n {
-        v.resize(n, 0.0);
+impl<'a> Seg<'a> {
+    /// The segment as the attention op takes it.
+    pub fn attn(&self) -> AttnSeg<'a> {
+        AttnSeg {
+            row0: self.row0,
+            n_tok: self.n,
+            pos0: self.pos0,
+            pages: Some(self.pages),
+        }
     }
-    &mut v[..n]
 }
 
 impl State {
@@ -153,116 +254,35 @@ impl State {
     }
 }
 
-struct Loader<'a> {
-    t: &'a HashMap<String, Tensor>,
-    /// Prepares each weight for its kernels (`Backend::prepare`).
-    be: &'a dyn Backend,
-}
-
-impl Loader<'_> {
-    /// A tensor's values in f32, decoded by the backend.
-    fn f32(&self, t: &Tensor) -> Result<Vec<f32>> {
-        let mut v = vec![0f32; t.numel()];
-        self.be.dequantize(t, &mut v)?;
-        Ok(v)
-    }
-    /// A weight, checked for shape and prepared by the backend.
-    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let mut t = self.raw(name, shape)?;
-        self.be.prepare(&mut t);
-        Ok(t)
-    }
-    /// A tensor as stored, checked for shape.
-    fn raw(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self
-            .t
-            .get(name)
-            .ok_or_else(|| Error::Format(format!("tensor {name} is missing")))?;
-        if t.shape != shape {
-            return Err(Error::Format(format!(
-                "tensor {name} has shape {:?}, expected {shape:?}",
-                t.shape
-            )));
-        }
-        Ok(t.clone())
-    }
-    fn opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
-        if self.t.contains_key(name) {
-            self.get(name, shape).map(Some)
-        } else {
-            Ok(None)
-        }
-    }
-    fn vec(&self, name: &str, n: usize) -> Result<Vec<f32>> {
-        self.f32(&self.get(name, &[n])?)
-    }
-    fn opt_vec(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>> {
-        self.opt(name, &[n])?.map(|t| self.f32(&t)).transpose()
-    }
-    fn has(&self, name: &str) -> bool {
-        self.t.contains_key(name)
-    }
-    fn shape(&self, name: &str) -> Option<&[usize]> {
-        self.t.get(name).map(|t| &t.shape[..])
-    }
-    /// One of several names a tensor goes by.
-    fn vec_any(&self, names: &[String], n: usize) -> Result<Vec<f32>> {
-        match names.iter().find(|x| self.has(x)) {
-            Some(x) => self.vec(x, n),
-            None => Err(Error::Format(format!("tensor {} is missing", names[0]))),
-        }
-    }
-    /// Per-expert matrices `[rows, cols]`: slices of a merged 3-D GGUF tensor
-    /// `blk.{i}.{stem}.weight`, or HF's separate `blk.{i}.{stem}.{e}.weight`.
-    fn experts(
-        &self,
-        i: usize,
-        stem: &str,
-        ne: usize,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Vec<Tensor>> {
-        let merged = format!("blk.{i}.{stem}.weight");
-        if self.has(&merged) {
-            let t = self.get(&merged, &[ne, rows, cols])?;
-            (0..ne).map(|e| t.slice_outer(e)).collect()
-        } else {
-            (0..ne)
-                .map(|e| self.get(&format!("blk.{i}.{stem}.{e}.weight"), &[rows, cols]))
-                .collect()
-        }
-    }
-    /// Per-expert bias vectors from a `[n_expert, len]` tensor.
-    fn expert_bias(&self, name: &str, ne: usize, len: usize) -> Result<Option<Vec<Vec<f32>>>> {
-        let Some(t) = self.opt(name, &[ne, len])? else {
-            return Ok(None);
-        };
-        Ok(Some(
-            self.f32(&t)?.chunks(len).map(|c| c.to_vec()).collect(),
-        ))
-    }
-}
-
-/// A row-major `[rows, cols]` f32 matrix transposed into a tensor of shape `[cols, rows]`.
-fn transposed(name: &str, data: &[f32], rows: usize, cols: usize) -> Result<Tensor> {
-    let mut t = vec![0f32; rows * cols];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = data[r * cols + c];
-        }
-    }
-    Tensor::from_f32(name, vec![cols, rows], &t)
-}
-
 impl Model {
-    /// The backend the model runs on.
+    /// The main backend (the first device).
     pub fn backend(&self) -> &dyn Backend {
-        &*self.backend
+        &*self.devs[0]
     }
 
-    /// Build a model from opened files. Fails with a clear message on an unknown
-    /// architecture, a missing or mis-shaped tensor, or a type the backend cannot run.
+    /// Device `d`'s backend.
+    pub(crate) fn dev(&self, d: usize) -> &dyn Backend {
+        &*self.devs[d]
+    }
+
+    /// Build a model on one backend. Fails with a clear message on an unknown architecture,
+    /// a missing or mis-shaped tensor, or a type the backend cannot run.
     pub fn load(files: &ModelFiles, backend: Arc<dyn Backend>) -> Result<Model> {
+        Model::load_placed(files, vec![backend], &|_| 0)
+    }
+
+    /// Build a model over several devices: `place` names the device (an index into `devs`)
+    /// of each block, called with `token_embd`, `output`, and for each layer `i`
+    /// `blk.{i}.attn`, `blk.{i}.ffn` and, for MoE layers, `blk.{i}.ffn_exps` (the routed
+    /// experts).
+    pub fn load_placed(
+        files: &ModelFiles,
+        devs: Vec<Arc<dyn Backend>>,
+        place: &dyn Fn(&str) -> usize,
+    ) -> Result<Model> {
+        if devs.is_empty() {
+            return Err(Error::Invalid("a model needs at least one device".into()));
+        }
         let tensors = &files.tensors;
         let embd = tensors
             .get("token_embd.weight")
@@ -303,7 +323,7 @@ impl Model {
         };
         if let Some(ff) = tensors.get("rope_freqs.weight") {
             let mut v = vec![0f32; ff.numel()];
-            backend.dequantize(ff, &mut v)?;
+            devs[0].dequantize(ff, &mut v)?;
             cfg.rope.freq_factors = Some(v);
         }
         let (e, hd) = (cfg.n_embd, cfg.head_dim);
@@ -322,38 +342,47 @@ impl Model {
                 cfg.rope.dim
             )));
         }
-        let l = Loader {
-            t: tensors,
-            be: &*backend,
-        };
+        let pl = Placer { devs: &devs, place };
+        let (dev_embd, dev_out) = (pl.dev("token_embd")?, pl.dev("output")?);
         // the embedding is only read row by row, unless the output head shares it
-        let tok_embd = l.raw("token_embd.weight", &[cfg.n_vocab, e])?;
+        let tok_embd = weight(
+            tensors,
+            &pl,
+            dev_embd,
+            "token_embd.weight",
+            &[cfg.n_vocab, e],
+            false,
+        )?;
         if cfg.n_ff == 0 {
-            cfg.n_ff = l.shape("blk.0.ffn_gate.weight").map_or(0, |s| s[0]);
+            cfg.n_ff = tensors
+                .get("blk.0.ffn_gate.weight")
+                .map_or(0, |t| t.shape[0]);
         }
         let mut layers = Vec::with_capacity(cfg.n_layer.min(4096));
         for i in 0..cfg.n_layer {
-            layers.push(load_layer(&l, &cfg, i)?);
+            let l = load_layer(tensors, &pl, &cfg, i)?;
+            for (d, t) in l.tensors() {
+                check_type(&*devs[d], t)?;
+            }
+            layers.push(l);
         }
-        let output = match l.opt("output.weight", &[cfg.n_vocab, e])? {
-            Some(o) => o,
-            None => {
+        let output = match tensors.contains_key("output.weight") {
+            true => weight(
+                tensors,
+                &pl,
+                dev_out,
+                "output.weight",
+                &[cfg.n_vocab, e],
+                true,
+            )?,
+            false => {
                 let mut o = tok_embd.clone();
-                backend.prepare(&mut o);
+                devs[dev_out].prepare(&mut o);
                 o
             }
         };
-        let output_norm = l.vec("output_norm.weight", e)?;
-        for t in std::iter::once(&output).chain(layers.iter().flat_map(|l| l.tensors())) {
-            if !backend.supports(t.dtype) {
-                return Err(Error::Unsupported(format!(
-                    "backend {} cannot run {} tensors ({})",
-                    backend.name(),
-                    t.dtype,
-                    t.name
-                )));
-            }
-        }
+        check_type(&*devs[dev_out], &output)?;
+        let output_norm = vector(tensors, &pl, dev_out, "output_norm.weight", e)?;
         let (inv_freq, rope_mscale) = cfg.rope.inv_freq();
         Ok(Model {
             cfg,
@@ -363,18 +392,63 @@ impl Model {
             layers,
             inv_freq,
             rope_mscale,
-            backend,
+            devs,
+            dev_embd,
+            dev_out,
+            moves: Mutex::new(BTreeMap::new()),
         })
     }
 
+    /// The moves between devices since the last [`Model::reset_transfers`]: what moved
+    /// ("hidden state", "moe input", "moe routing", "moe output"), how many times, and bytes.
+    pub fn transfers(&self) -> Vec<(&'static str, usize, usize)> {
+        let m = self.moves.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter().map(|(&k, &(c, b))| (k, c, b)).collect()
+    }
+
+    /// Start counting moves afresh.
+    pub fn reset_transfers(&self) {
+        self.moves.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Move the first `n` values of one device's scratch buffer into another's, through the
+    /// host, and count it.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn transfer(
+        &self,
+        s: &mut Scratch,
+        what: &'static str,
+        from: (usize, fn(&mut DevScratch) -> &mut Buf),
+        to: (usize, fn(&mut DevScratch) -> &mut Buf),
+        n: usize,
+    ) -> Result<()> {
+        let mut stage = std::mem::take(&mut s.stage);
+        stage.resize(n, 0.0);
+        let src = from.1(s.dev(from.0));
+        let r = self.devs[from.0]
+            .download(src.head(n), &mut stage)
+            .and_then(|_| {
+                let be = &*self.devs[to.0];
+                let dst = sized(be, to.1(s.dev(to.0)), n)?;
+                be.upload(&stage, dst)
+            });
+        s.stage = stage;
+        r?;
+        let mut m = self.moves.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(what).or_default();
+        e.0 += 1;
+        e.1 += 4 * n;
+        Ok(())
+    }
+
     /// A fresh state with room for `n_ctx` tokens (KV cache in f32).
-    pub fn new_state(&self, n_ctx: usize) -> State {
-        State {
-            pool: self.new_pool(1, n_ctx.max(1)),
+    pub fn new_state(&self, n_ctx: usize) -> Result<State> {
+        Ok(State {
+            pool: self.new_pool(1, n_ctx.max(1))?,
             table: [0],
             len: 0,
             scratch: Scratch::default(),
-        }
+        })
     }
 
     /// Floats per position per layer in the key and value caches.
@@ -388,21 +462,36 @@ impl Model {
         }
     }
 
-    /// A paged KV pool of `n_pages` pages of `page_size` positions (f32; the memory is
-    /// zero-filled on demand by the OS, so an unused pool costs little).
-    pub fn new_pool(&self, n_pages: usize, page_size: usize) -> KvPool {
+    /// A paged pool of `n_pages` pages of `page_size` positions, each layer's on the device
+    /// of its attention (f32; host memory is zero-filled on demand by the OS, so an unused
+    /// pool costs little).
+    pub fn new_pool(&self, n_pages: usize, page_size: usize) -> Result<KvPool> {
         let (kw, vw) = self.kv_widths();
-        let rows = n_pages * page_size;
-        KvPool {
-            k: (0..self.cfg.n_layer)
-                .map(|_| vec![0f32; rows * kw])
-                .collect(),
-            v: (0..self.cfg.n_layer)
-                .map(|_| vec![0f32; rows * vw])
-                .collect(),
+        let rows = n_pages
+            .checked_mul(page_size)
+            .filter(|r| r.checked_mul(kw.max(vw)).is_some())
+            .ok_or_else(|| Error::Invalid(format!("{n_pages} pages of {page_size} overflow")))?;
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                let be = self.dev(l.dev_attn);
+                Ok(match &l.attn {
+                    Attn::Mla(_) => LayerCache::Latent {
+                        c: be.alloc(rows * kw)?,
+                    },
+                    Attn::Gqa(_) => LayerCache::Kv {
+                        k: be.alloc(rows * kw)?,
+                        v: be.alloc(rows * vw)?,
+                    },
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvPool {
+            layers,
             page_size,
             n_pages,
-        }
+        })
     }
 
     /// Bytes of KV cache per position (all layers, f32).
@@ -496,7 +585,7 @@ impl Model {
 
     /// Norm weights and biases (kept in f32).
     fn vector_params(&self) -> usize {
-        let len = |v: &Option<Vec<f32>>| v.as_ref().map_or(0, |v| v.len());
+        let len = |v: &Option<Buf>| v.as_ref().map_or(0, |v| v.len());
         let mut n = self.output_norm.len();
         for l in &self.layers {
             n += l.attn_norm.len() + l.ffn_norm.len();
@@ -570,6 +659,7 @@ impl Model {
                 tokens: chunk,
                 pos0: state.len,
                 pages: &state.table,
+                slot: 0,
                 want,
             };
             self.forward_batch(&mut state.pool, &mut state.scratch, &[seq], logits)?;
@@ -632,10 +722,35 @@ impl Model {
             return Err(Error::Invalid("no tokens to process".into()));
         }
         let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
-        self.forward_rows(&tokens, pool, scratch, &segs)?;
+        let cur = self.forward_rows(&tokens, pool, scratch, &segs)?;
         // the wanted rows, normalised and projected to the vocabulary
         let e = self.cfg.n_embd;
         let s = scratch;
+        let d = self.dev_out;
+        if cur != d {
+            self.transfer(
+                s,
+                "hidden state",
+                (cur, |d| &mut d.x),
+                (d, |d| &mut d.x),
+                row0 * e,
+            )?;
+        }
+        let be = self.dev(d);
+        let ds = s.dev(d);
+        let n_want: usize = seqs
+            .iter()
+            .zip(&segs)
+            .map(|(sq, sg)| match sq.want {
+                Want::None => 0,
+                Want::Last => 1,
+                Want::All => sg.n,
+            })
+            .sum();
+        if n_want == 0 {
+            return Ok(());
+        }
+        let mut h = sized(be, &mut ds.h, n_want * e)?;
         let mut m = 0;
         for (sq, sg) in seqs.iter().zip(&segs) {
             let rows = match sq.want {
@@ -643,33 +758,35 @@ impl Model {
                 Want::Last => sg.row0 + sg.n - 1..sg.row0 + sg.n,
                 Want::All => sg.row0..sg.row0 + sg.n,
             };
-            let h = resize(&mut s.h, (m + rows.len()) * e);
-            h[m * e..].copy_from_slice(&s.x[rows.start * e..rows.end * e]);
+            let width = rows.len() * e;
+            be.copy_rows(
+                ds.x.view().slice(rows.start * e..rows.end * e),
+                width,
+                h.reborrow().slice(m * e..m * e + width),
+                width,
+                hearth_core::RowCopy { n_rows: 1, width },
+            )?;
             m += rows.len();
         }
-        if m > 0 {
-            let be = &*self.backend;
-            let h = &mut s.h[..m * e];
-            be.rms_norm(h, &self.output_norm, self.cfg.rms_eps)?;
-            let start = logits.len();
-            logits.resize(start + m * self.cfg.n_vocab, 0.0);
-            be.matmul(&self.output, h, m, &mut logits[start..])?;
-        }
-        Ok(())
+        be.rms_norm(h.reborrow(), self.output_norm.view(), self.cfg.rms_eps)?;
+        let nv = self.cfg.n_vocab;
+        let mut lg = sized(be, &mut ds.logits, m * nv)?;
+        be.matmul(&self.output, h.view(), m, lg.reborrow())?;
+        let start = logits.len();
+        logits.resize(start + m * nv, 0.0);
+        be.download(lg.view(), &mut logits[start..])
     }
 
-    /// The transformer body over a batch's rows; leaves the last hidden states in `s.x`.
+    /// The transformer body over a batch's rows; leaves the last hidden states in the `x` of
+    /// the device it returns.
     fn forward_rows(
         &self,
         tokens: &[u32],
         pool: &mut KvPool,
         s: &mut Scratch,
         segs: &[Seg],
-    ) -> Result<()> {
-        let c = &self.cfg;
-        let be = &*self.backend;
+    ) -> Result<usize> {
         let n = tokens.len();
-        let e = c.n_embd;
         s.pos.clear();
         for sg in segs {
             s.pos.extend(sg.pos0..sg.pos0 + sg.n);
@@ -682,357 +799,230 @@ impl Model {
                 s.rows[sg.row0 + t] = sg.pages.row(sg.pos0 + t);
             }
         }
-        let x = resize(&mut s.x, n * e);
-        for (t, &tok) in tokens.iter().enumerate() {
-            be.get_row(&self.tok_embd, tok as usize, &mut x[t * e..(t + 1) * e])?;
+        let (pos, rows) = (std::mem::take(&mut s.pos), std::mem::take(&mut s.rows));
+        let r = self.layers_rows(tokens, pool, s, segs, &pos, &rows);
+        (s.pos, s.rows) = (pos, rows);
+        r
+    }
+
+    fn layers_rows(
+        &self,
+        tokens: &[u32],
+        pool: &mut KvPool,
+        s: &mut Scratch,
+        segs: &[Seg],
+        pos: &[usize],
+        rows: &[usize],
+    ) -> Result<usize> {
+        let c = &self.cfg;
+        let n = tokens.len();
+        let e = c.n_embd;
+        let mut cur = self.dev_embd;
+        {
+            let be = self.dev(cur);
+            let x = sized(be, &mut s.dev(cur).x, n * e)?;
+            be.get_rows(&self.tok_embd, tokens, x)?;
         }
+        let rope = hearth_core::RopeArgs {
+            head_dim: c.head_dim,
+            positions: pos,
+            inv_freq: &self.inv_freq,
+            style: c.rope.style,
+            mscale: self.rope_mscale,
+        };
         for (li, l) in self.layers.iter().enumerate() {
-            let h = resize(&mut s.h, n * e);
-            h.copy_from_slice(x);
-            be.rms_norm(h, &l.attn_norm, c.rms_eps)?;
-            let o = resize(&mut s.o, n * e);
-            match &l.attn {
-                Attn::Gqa(a) => {
+            // attention, on its device
+            let d = l.dev_attn;
+            if cur != d {
+                self.transfer(
+                    s,
+                    "hidden state",
+                    (cur, |d| &mut d.x),
+                    (d, |d| &mut d.x),
+                    n * e,
+                )?;
+                cur = d;
+            }
+            let be = self.dev(d);
+            let ds = s.dev(d);
+            let mut h = sized(be, &mut ds.h, n * e)?;
+            be.copy_rows(ds.x.head(n * e), 0, h.reborrow(), 0, row1(n * e))?;
+            be.rms_norm(h.reborrow(), l.attn_norm.view(), c.rms_eps)?;
+            let mut o = sized(be, &mut ds.o, n * e)?;
+            match (&l.attn, &mut pool.layers[li]) {
+                (Attn::Gqa(a), LayerCache::Kv { k: kc, v: vc }) => {
                     let (hd, qd, kvd) =
                         (c.head_dim, c.n_head * c.head_dim, c.n_kv_head * c.head_dim);
-                    let q = resize(&mut s.q, n * qd);
-                    let k = resize(&mut s.k, n * kvd);
-                    let v = resize(&mut s.v, n * kvd);
+                    let mut q = sized(be, &mut ds.q, n * qd)?;
+                    let mut k = sized(be, &mut ds.k, n * kvd)?;
+                    let mut v = sized(be, &mut ds.v, n * kvd)?;
                     be.matmul_many(&mut [
                         MatJob {
                             w: &a.wq,
-                            x: h,
+                            x: h.view(),
                             n_tok: n,
-                            out: &mut *q,
+                            out: q.reborrow(),
                         },
                         MatJob {
                             w: &a.wk,
-                            x: h,
+                            x: h.view(),
                             n_tok: n,
-                            out: &mut *k,
+                            out: k.reborrow(),
                         },
                         MatJob {
                             w: &a.wv,
-                            x: h,
+                            x: h.view(),
                             n_tok: n,
-                            out: &mut *v,
+                            out: v.reborrow(),
                         },
                     ])?;
-                    add_bias(q, a.bq.as_deref());
-                    add_bias(k, a.bk.as_deref());
-                    add_bias(v, a.bv.as_deref());
+                    for (x, b) in [(&mut q, &a.bq), (&mut k, &a.bk), (&mut v, &a.bv)] {
+                        if let Some(b) = b {
+                            be.add_bias(x.reborrow(), b.view())?;
+                        }
+                    }
                     // per-head norms normalise each head; MiniMax's span all heads at once
                     if let Some(w) = &a.q_norm {
-                        be.rms_norm(q, w, c.rms_eps)?;
+                        be.rms_norm(q.reborrow(), w.view(), c.rms_eps)?;
                     }
                     if let Some(w) = &a.k_norm {
-                        be.rms_norm(k, w, c.rms_eps)?;
+                        be.rms_norm(k.reborrow(), w.view(), c.rms_eps)?;
                     }
-                    let rope = hearth_core::RopeArgs {
-                        head_dim: hd,
-                        positions: &s.pos,
-                        inv_freq: &self.inv_freq,
-                        style: c.rope.style,
-                        mscale: self.rope_mscale,
-                    };
                     // the rotation with the cache writes fused
-                    let (kc, vc) = (&mut pool.k[li], &mut pool.v[li]);
                     let dest = hearth_core::KvDest {
-                        k: kc,
-                        v: vc,
-                        rows: &s.rows,
+                        k: kc.view_mut(),
+                        v: vc.view_mut(),
+                        rows,
                     };
-                    be.rope_qk_store(q, c.n_head, k, c.n_kv_head, v, &rope, dest)?;
-                    let (kc, vc) = (&pool.k[li], &pool.v[li]);
-                    let att = resize(&mut s.att, n * qd);
+                    be.rope_qk_store(
+                        q.reborrow(),
+                        c.n_head,
+                        k.view(),
+                        c.n_kv_head,
+                        v.view(),
+                        &rope,
+                        dest,
+                    )?;
+                    let mut att = sized(be, &mut ds.att, n * qd)?;
                     let mut p = AttnParams::gqa(c.n_head, c.n_kv_head, hd, c.attn_scale());
                     p.window = c.window(li);
-                    p.sinks = a.sinks.as_deref();
-                    let mut jobs = Vec::with_capacity(segs.len());
-                    let mut rest = &mut att[..];
-                    for sg in segs {
-                        let (mine, tail) = rest.split_at_mut(sg.n * qd);
-                        rest = tail;
-                        jobs.push(AttnJob {
-                            q: &q[sg.row0 * qd..(sg.row0 + sg.n) * qd],
-                            n_tok: sg.n,
-                            pos0: sg.pos0,
-                            pages: Some(sg.pages),
-                            out: mine,
-                        });
+                    p.sinks = a.sinks.as_ref().map(|b| b.view());
+                    let jobs: Vec<AttnSeg> = segs.iter().map(|sg| sg.attn()).collect();
+                    be.attention_many(kc.view(), vc.view(), &p, q.view(), att.reborrow(), &jobs)?;
+                    be.matmul(&a.wo, att.view(), n, o.reborrow())?;
+                    if let Some(b) = &a.bo {
+                        be.add_bias(o.reborrow(), b.view())?;
                     }
-                    be.attention_many(kc, vc, &p, &mut jobs)?;
-                    be.matmul(&a.wo, att, n, o)?;
-                    add_bias(o, a.bo.as_deref());
                 }
-                Attn::Mla(m) => {
+                (Attn::Mla(m), LayerCache::Latent { c: cache }) => {
                     let call = MlaCall {
                         cfg: c,
                         m: c.mla.as_ref().expect("MLA layers have an MLA config"),
-                        pos: &s.pos,
-                        inv_freq: &self.inv_freq,
-                        rope_mscale: self.rope_mscale,
+                        rope,
+                        rows,
                     };
-                    m.forward(be, &call, h, n, segs, &mut pool.k[li], o)?;
+                    m.forward(
+                        be,
+                        &call,
+                        h.view(),
+                        n,
+                        segs,
+                        cache,
+                        &mut ds.mla,
+                        o.reborrow(),
+                    )?;
+                }
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "layer {li}: the pool holds another kind of state"
+                    )));
                 }
             }
-            add(x, o);
-            let h = resize(&mut s.h, n * e);
-            h.copy_from_slice(x);
-            be.rms_norm(h, &l.ffn_norm, c.rms_eps)?;
-            let o = resize(&mut s.o, n * e);
+            be.add(ds.x.head_mut(n * e), o.view())?;
+            // the feed-forward block, on its device
+            let d = l.dev_ffn;
+            if cur != d {
+                self.transfer(
+                    s,
+                    "hidden state",
+                    (cur, |d| &mut d.x),
+                    (d, |d| &mut d.x),
+                    n * e,
+                )?;
+                cur = d;
+            }
+            let be = self.dev(d);
+            {
+                let ds = s.dev(d);
+                let mut h = sized(be, &mut ds.h, n * e)?;
+                be.copy_rows(ds.x.head(n * e), 0, h.reborrow(), 0, row1(n * e))?;
+                be.rms_norm(h, l.ffn_norm.view(), c.rms_eps)?;
+                sized(be, &mut ds.o, n * e)?;
+            }
             match &l.ffn {
-                Ffn::Dense(m) => m.forward(be, h, n, o, &mut s.g, &mut s.u)?,
+                Ffn::Dense(m) => {
+                    let ds = s.dev(d);
+                    let o = ds.o.head_mut(n * e);
+                    m.forward(be, ds.h.head(n * e), n, o, &mut ds.g, &mut ds.u, None)?;
+                }
                 Ffn::Moe(m) => {
                     let mc = c.moe.as_ref().expect("MoE layers have a MoE config");
-                    m.forward(be, mc, h, n, o)?
+                    m.forward(self, s, mc, d, n)?;
                 }
             }
-            add(x, o);
+            let ds = s.dev(d);
+            be.add(ds.x.head_mut(n * e), ds.o.head(n * e))?;
         }
-        Ok(())
+        Ok(cur)
     }
+}
+
+/// One row of `width` values (a plain copy).
+fn row1(width: usize) -> hearth_core::RowCopy {
+    hearth_core::RowCopy { n_rows: 1, width }
+}
+
+/// An error unless device `be` can multiply by `t`.
+fn check_type(be: &dyn Backend, t: &Tensor) -> Result<()> {
+    if !be.supports(t.dtype) {
+        return Err(Error::Unsupported(format!(
+            "backend {} cannot run {} tensors ({})",
+            be.name(),
+            t.dtype,
+            t.name
+        )));
+    }
+    Ok(())
 }
 
 impl Layer {
-    fn tensors(&self) -> Vec<&Tensor> {
-        let mut v = match &self.attn {
+    /// Every matrix with its device, for type checks.
+    fn tensors(&self) -> Vec<(usize, &Tensor)> {
+        let mut v: Vec<(usize, &Tensor)> = match &self.attn {
             Attn::Gqa(a) => vec![&a.wq, &a.wk, &a.wv, &a.wo],
             Attn::Mla(m) => m.tensors(),
-        };
+        }
+        .into_iter()
+        .map(|t| (self.dev_attn, t))
+        .collect();
         match &self.ffn {
-            Ffn::Dense(m) => v.extend(m.tensors()),
-            Ffn::Moe(m) => v.extend(m.tensors()),
+            Ffn::Dense(m) => v.extend(m.tensors().map(|t| (self.dev_ffn, t))),
+            Ffn::Moe(m) => {
+                let ex: Vec<&Tensor> = m
+                    .experts
+                    .iter()
+                    .flat_map(|x| [&x.gate, &x.up, &x.down])
+                    .collect();
+                v.extend(m.tensors().into_iter().map(|t| {
+                    let d = if ex.iter().any(|x| std::ptr::eq(*x, t)) {
+                        m.dev_exps
+                    } else {
+                        self.dev_ffn
+                    };
+                    (d, t)
+                }));
+            }
         }
         v
-    }
-}
-
-fn load_layer(l: &Loader, cfg: &ModelConfig, i: usize) -> Result<Layer> {
-    let e = cfg.n_embd;
-    let n = |p: &str| format!("blk.{i}.{p}");
-    let attn = match &cfg.mla {
-        None => {
-            let hd = cfg.head_dim;
-            let (qd, kvd) = (cfg.n_head * hd, cfg.n_kv_head * hd);
-            let norm = |name: &str| -> Result<Option<Vec<f32>>> {
-                match l.shape(name) {
-                    Some(s) if s.len() == 1 && (s[0] == hd || s[0] == qd || s[0] == kvd) => {
-                        l.opt_vec(name, s[0])
-                    }
-                    Some(s) => Err(Error::Format(format!("tensor {name} has shape {s:?}"))),
-                    None => Ok(None),
-                }
-            };
-            let q_norm = norm(&n("attn_q_norm.weight"))?;
-            let k_norm = norm(&n("attn_k_norm.weight"))?;
-            if q_norm
-                .as_ref()
-                .is_some_and(|w| w.len() != hd && w.len() != qd)
-                || k_norm
-                    .as_ref()
-                    .is_some_and(|w| w.len() != hd && w.len() != kvd)
-            {
-                return Err(Error::Format(format!(
-                    "layer {i}: q/k norm widths do not fit the heads"
-                )));
-            }
-            Attn::Gqa(Gqa {
-                wq: l.get(&n("attn_q.weight"), &[qd, e])?,
-                wk: l.get(&n("attn_k.weight"), &[kvd, e])?,
-                wv: l.get(&n("attn_v.weight"), &[kvd, e])?,
-                wo: l.get(&n("attn_output.weight"), &[e, qd])?,
-                bq: l.opt_vec(&n("attn_q.bias"), qd)?,
-                bk: l.opt_vec(&n("attn_k.bias"), kvd)?,
-                bv: l.opt_vec(&n("attn_v.bias"), kvd)?,
-                bo: l.opt_vec(&n("attn_output.bias"), e)?,
-                q_norm,
-                k_norm,
-                sinks: l.opt_vec(&n("attn_sinks.weight"), cfg.n_head)?,
-            })
-        }
-        Some(m) => Attn::Mla(load_mla(l, cfg, m, i)?),
-    };
-    let ffn = if l.has(&n("ffn_gate_inp.weight")) {
-        Ffn::Moe(load_moe(l, cfg, i)?)
-    } else {
-        let ff = cfg.n_ff;
-        Ffn::Dense(Mlp {
-            gate: l.get(&n("ffn_gate.weight"), &[ff, e])?,
-            up: l.get(&n("ffn_up.weight"), &[ff, e])?,
-            down: l.get(&n("ffn_down.weight"), &[e, ff])?,
-        })
-    };
-    Ok(Layer {
-        attn_norm: l.vec(&n("attn_norm.weight"), e)?,
-        attn,
-        // glm4moe and gpt-oss GGUF files call the pre-FFN norm post_attention_norm
-        ffn_norm: l.vec_any(&[n("ffn_norm.weight"), n("post_attention_norm.weight")], e)?,
-        ffn,
-    })
-}
-
-fn load_mla(l: &Loader, cfg: &ModelConfig, m: &crate::config::MlaConfig, i: usize) -> Result<Mla> {
-    let e = cfg.n_embd;
-    let nh = cfg.n_head;
-    let n = |p: &str| format!("blk.{i}.{p}");
-    let (kvl, nope, rope, vd) = (m.kv_lora_rank, m.nope, m.rope, m.v_dim);
-    let qk = nope + rope;
-    let q = match m.q_lora_rank {
-        Some(r) => MlaQ::LowRank {
-            a: l.get(&n("attn_q_a.weight"), &[r, e])?,
-            norm: l.vec(&n("attn_q_a_norm.weight"), r)?,
-            b: l.get(&n("attn_q_b.weight"), &[nh * qk, r])?,
-        },
-        None => MlaQ::Full(l.get(&n("attn_q.weight"), &[nh * qk, e])?),
-    };
-    let (k_b, v_b) = if l.has(&n("attn_k_b.weight")) {
-        // newer GGUF files: kv_b already split per head, k_b stored transposed
-        let kb = l.get(&n("attn_k_b.weight"), &[nh, kvl, nope])?;
-        let vb = l.get(&n("attn_v_b.weight"), &[nh, vd, kvl])?;
-        (
-            (0..nh)
-                .map(|h| kb.slice_outer(h))
-                .collect::<Result<Vec<_>>>()?,
-            (0..nh)
-                .map(|h| vb.slice_outer(h))
-                .collect::<Result<Vec<_>>>()?,
-        )
-    } else {
-        // HF and older GGUF files: kv_b [n_head * (nope + v), kv_lora]; each head's value rows
-        // are a view, its key rows are transposed once here for the absorbed query
-        let kvb = l.get(&n("attn_kv_b.weight"), &[nh * (nope + vd), kvl])?;
-        let mut kb = Vec::with_capacity(nh);
-        let mut vb = Vec::with_capacity(nh);
-        for h in 0..nh {
-            let rows = kvb.rows(h * (nope + vd), nope)?;
-            kb.push(transposed(
-                &format!("{}.k_b[{h}]", kvb.name),
-                &l.f32(&rows)?,
-                nope,
-                kvl,
-            )?);
-            vb.push(kvb.rows(h * (nope + vd) + nope, vd)?);
-        }
-        (kb, vb)
-    };
-    Ok(Mla {
-        q,
-        kv_a: l.get(&n("attn_kv_a_mqa.weight"), &[kvl + rope, e])?,
-        kv_norm: l.vec(&n("attn_kv_a_norm.weight"), kvl)?,
-        k_b,
-        v_b,
-        wo: l.get(&n("attn_output.weight"), &[e, nh * vd])?,
-    })
-}
-
-fn load_moe(l: &Loader, cfg: &ModelConfig, i: usize) -> Result<Moe> {
-    let e = cfg.n_embd;
-    let n = |p: &str| format!("blk.{i}.{p}");
-    let mc = cfg.moe.as_ref().ok_or_else(|| {
-        Error::Format(format!(
-            "layer {i} has a router but the metadata names no experts"
-        ))
-    })?;
-    let ne = mc.n_expert;
-    let router = l.get(&n("ffn_gate_inp.weight"), &[ne, e])?;
-    let gu_hf = n("ffn_gate_up_exps_hf.weight");
-    let experts: Vec<Expert> = if l.has(&gu_hf) {
-        // gpt-oss HF layout: gate_up [E, n_embd, 2*ff] with gate/up interleaved by column,
-        // down [E, ff, n_embd]; both are transposed into [out, in] matrices here.
-        let s = l.shape(&gu_hf).unwrap_or(&[]).to_vec();
-        if s.len() != 3 || s[0] != ne || s[1] != e || s[2] % 2 != 0 {
-            return Err(Error::Format(format!("tensor {gu_hf} has shape {s:?}")));
-        }
-        let ff = s[2] / 2;
-        let gu = l.f32(&l.get(&gu_hf, &[ne, e, 2 * ff])?)?;
-        let down = l.f32(&l.get(&n("ffn_down_exps_hf.weight"), &[ne, ff, e])?)?;
-        let gub = l.expert_bias(&n("ffn_gate_up_exps_hf.bias"), ne, 2 * ff)?;
-        let db = l.expert_bias(&n("ffn_down_exps.bias"), ne, e)?;
-        (0..ne)
-            .map(|x| {
-                let m = &gu[x * e * 2 * ff..(x + 1) * e * 2 * ff];
-                let (mut g, mut u) = (vec![0f32; ff * e], vec![0f32; ff * e]);
-                for r in 0..e {
-                    for f in 0..ff {
-                        g[f * e + r] = m[r * 2 * ff + 2 * f];
-                        u[f * e + r] = m[r * 2 * ff + 2 * f + 1];
-                    }
-                }
-                let d = &down[x * ff * e..(x + 1) * ff * e];
-                let b = gub.as_ref().map(|b| &b[x]);
-                Ok(Expert {
-                    gate: Tensor::from_f32(&format!("{gu_hf}[{x}].gate"), vec![ff, e], &g)?,
-                    up: Tensor::from_f32(&format!("{gu_hf}[{x}].up"), vec![ff, e], &u)?,
-                    down: transposed(&format!("blk.{i}.ffn_down_exps_hf[{x}]"), d, ff, e)?,
-                    gate_b: b.map(|b| b.iter().step_by(2).copied().collect()),
-                    up_b: b.map(|b| b.iter().skip(1).step_by(2).copied().collect()),
-                    down_b: db.as_ref().map(|d| d[x].clone()),
-                })
-            })
-            .collect::<Result<_>>()?
-    } else {
-        let ff = l
-            .shape(&n("ffn_gate_exps.weight"))
-            .filter(|s| s.len() == 3)
-            .map(|s| s[1])
-            .or_else(|| l.shape(&n("ffn_gate_exps.0.weight")).map(|s| s[0]))
-            .ok_or_else(|| {
-                Error::Format(format!("tensor {} is missing", n("ffn_gate_exps.weight")))
-            })?;
-        let gates = l.experts(i, "ffn_gate_exps", ne, ff, e)?;
-        let ups = l.experts(i, "ffn_up_exps", ne, ff, e)?;
-        let downs = l.experts(i, "ffn_down_exps", ne, e, ff)?;
-        let gb = l.expert_bias(&n("ffn_gate_exps.bias"), ne, ff)?;
-        let ub = l.expert_bias(&n("ffn_up_exps.bias"), ne, ff)?;
-        let db = l.expert_bias(&n("ffn_down_exps.bias"), ne, e)?;
-        gates
-            .into_iter()
-            .zip(ups)
-            .zip(downs)
-            .enumerate()
-            .map(|(x, ((gate, up), down))| Expert {
-                gate,
-                up,
-                down,
-                gate_b: gb.as_ref().map(|b| b[x].clone()),
-                up_b: ub.as_ref().map(|b| b[x].clone()),
-                down_b: db.as_ref().map(|b| b[x].clone()),
-            })
-            .collect()
-    };
-    let shared = match l.shape(&n("ffn_gate_shexp.weight")) {
-        Some(s) if s.len() == 2 => {
-            let sff = s[0];
-            Some(Mlp {
-                gate: l.get(&n("ffn_gate_shexp.weight"), &[sff, e])?,
-                up: l.get(&n("ffn_up_shexp.weight"), &[sff, e])?,
-                down: l.get(&n("ffn_down_shexp.weight"), &[e, sff])?,
-            })
-        }
-        Some(s) => return Err(Error::Format(format!("ffn_gate_shexp has shape {s:?}"))),
-        None => None,
-    };
-    Ok(Moe {
-        router,
-        router_b: l.opt_vec(&n("ffn_gate_inp.bias"), ne)?,
-        score_b: l.opt_vec(&n("exp_probs_b.bias"), ne)?,
-        experts,
-        shared,
-        shared_gate: l.opt(&n("ffn_gate_inp_shexp.weight"), &[1, e])?,
-    })
-}
-
-fn add(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
-}
-
-fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
-    if let Some(b) = b {
-        for row in x.chunks_exact_mut(b.len()) {
-            add(row, b);
-        }
     }
 }

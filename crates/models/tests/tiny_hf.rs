@@ -71,7 +71,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) -> f32 {
 }
 
 fn forward_all(model: &Model, tokens: &[u32]) -> Vec<f32> {
-    let mut st = model.new_state(tokens.len());
+    let mut st = model.new_state(tokens.len()).unwrap();
     let mut got = Vec::new();
     model.forward(tokens, &mut st, true, &mut got).unwrap();
     got
@@ -106,7 +106,7 @@ fn every_architecture_prefill_in_pieces_equals_one_batch() {
         let (_f, model, exp, want) = load_from(name, &path);
         let tokens = ids(&exp["tokens"]);
         let nv = model.cfg.n_vocab;
-        let mut st = model.new_state(tokens.len());
+        let mut st = model.new_state(tokens.len()).unwrap();
         let mut got = Vec::new();
         model
             .forward(&tokens[..5], &mut st, false, &mut got)
@@ -138,7 +138,7 @@ fn every_architecture_greedy_continuation_matches() {
 
 /// `n` tokens of greedy decoding after `prompt`, through the KV cache.
 fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut st = model.new_state(prompt.len() + n);
+    let mut st = model.new_state(prompt.len() + n).unwrap();
     let mut logits = Vec::new();
     model.forward(prompt, &mut st, false, &mut logits).unwrap();
     let mut got = Vec::new();
@@ -268,7 +268,7 @@ fn batched_paged_sequences_equal_each_alone() {
         let alone: Vec<Vec<f32>> = seqs
             .iter()
             .map(|t| {
-                let mut st = model.new_state(t.len());
+                let mut st = model.new_state(t.len()).unwrap();
                 let mut l = Vec::new();
                 model.forward(t, &mut st, true, &mut l).unwrap();
                 l
@@ -277,7 +277,7 @@ fn batched_paged_sequences_equal_each_alone() {
         // batched: pages of 4 positions handed out in a scrambled order; each step feeds
         // sequence s a chunk of (s + 1) * 2 tokens, so chunks of all sizes meet
         let ps = 4;
-        let mut pool = model.new_pool(8, ps);
+        let mut pool = model.new_pool(8, ps).unwrap();
         let tables: [Vec<u32>; 3] = [vec![5, 0, 7], vec![3], vec![6, 1]];
         let mut done = [0usize; 3];
         let mut got: Vec<Vec<f32>> = vec![Vec::new(); 3];
@@ -293,6 +293,7 @@ fn batched_paged_sequences_equal_each_alone() {
                         tokens: &seqs[s][done[s]..end],
                         pos0: done[s],
                         pages: &tables[s],
+                        slot: s,
                         want: Want::All,
                     });
                     ids.push((s, end - done[s]));

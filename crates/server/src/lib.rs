@@ -189,7 +189,8 @@ pub fn serve(eng: Engine, opts: Options) -> std::io::Result<()> {
     let metrics = Arc::new(sched::Metrics::default());
     let cfg = opts.limits().config(&eng).map_err(std::io::Error::other)?;
     let (tx, rx) = std::sync::mpsc::channel();
-    let sch = sched::Scheduler::new(eng.clone(), cfg.clone(), metrics.clone());
+    let sch = sched::Scheduler::new(eng.clone(), cfg.clone(), metrics.clone())
+        .map_err(std::io::Error::other)?;
     std::thread::Builder::new()
         .name("hearth-scheduler".into())
         .spawn(move || sch.run(rx))?;

@@ -1,7 +1,7 @@
-//! `hearth bench`: prompt processing and generation speed in the style of llama-bench,
+//! `hearth bench` (printed on standard output): prompt processing and generation speed in the style of llama-bench,
 //! plus the effective bandwidth of weight reads during generation against a measured probe.
-use anyhow::Result;
-use hearth_engine::Rng;
+use crate::Rng;
+use hearth_core::Result;
 use hearth_models::Model;
 use std::time::Instant;
 
@@ -83,13 +83,13 @@ pub fn run(model: &Model, name: &str, o: &BenchOpts) -> Result<()> {
     // warm-up: page the weights in, and fill the state's KV cache once, so that no timed
     // run pays for first touching its memory (every run then starts from an empty state)
     let n_ctx = o.n_prompt.max(o.n_gen).max(16);
-    hearth_engine::check_fits(
+    crate::check_fits(
         &format!("a KV cache for {n_ctx} tokens"),
         "-p / -n",
         n_ctx,
         model.kv_pool_bytes_per_token(),
     )?;
-    let mut st = model.new_state(n_ctx);
+    let mut st = model.new_state(n_ctx)?;
     let fill: Vec<u32> = (0..n_ctx).map(|_| tok()).collect();
     model.forward(&fill, &mut st, false, &mut logits)?;
     // the profile covers the timed runs only
@@ -118,7 +118,7 @@ pub fn run(model: &Model, name: &str, o: &BenchOpts) -> Result<()> {
             let t0 = Instant::now();
             for _ in 0..o.n_gen {
                 model.forward(&[t], &mut st, false, &mut logits)?;
-                t = hearth_engine::argmax(&logits);
+                t = crate::argmax(&logits);
             }
             speeds.push(o.n_gen as f64 / t0.elapsed().as_secs_f64());
         }

@@ -1,0 +1,413 @@
+//! Building a model's layers from its tensors: shapes checked, each weight prepared by the
+//! backend of the device it is placed on, norm weights and biases decoded into that
+//! backend's buffers.
+use crate::config::ModelConfig;
+use crate::mla::{Mla, MlaQ};
+use crate::model::{Attn, Ffn, Gqa, Layer};
+use crate::moe::{Mlp, Moe};
+use hearth_core::{Backend, Buf, Error, Expert, Result, Tensor};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+struct Loader<'a> {
+    t: &'a HashMap<String, Tensor>,
+    /// Prepares each weight for its kernels (`Backend::prepare`).
+    be: &'a dyn Backend,
+}
+
+impl Loader<'_> {
+    /// A tensor's values in f32, decoded by the backend.
+    fn f32(&self, t: &Tensor) -> Result<Vec<f32>> {
+        let mut v = vec![0f32; t.numel()];
+        self.be.dequantize(t, &mut v)?;
+        Ok(v)
+    }
+    /// A weight, checked for shape and prepared by the backend.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let mut t = self.raw(name, shape)?;
+        self.be.prepare(&mut t);
+        Ok(t)
+    }
+    /// A tensor as stored, checked for shape.
+    fn raw(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self
+            .t
+            .get(name)
+            .ok_or_else(|| Error::Format(format!("tensor {name} is missing")))?;
+        if t.shape != shape {
+            return Err(Error::Format(format!(
+                "tensor {name} has shape {:?}, expected {shape:?}",
+                t.shape
+            )));
+        }
+        Ok(t.clone())
+    }
+    fn opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        if self.t.contains_key(name) {
+            self.get(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+    /// A vector, decoded into a buffer of the backend.
+    fn vec(&self, name: &str, n: usize) -> Result<Buf> {
+        self.be.upload_new(&self.f32(&self.get(name, &[n])?)?)
+    }
+    fn opt_vec(&self, name: &str, n: usize) -> Result<Option<Buf>> {
+        self.opt(name, &[n])?
+            .map(|t| self.be.upload_new(&self.f32(&t)?))
+            .transpose()
+    }
+    /// Host values into a buffer of the backend.
+    fn up(&self, v: Option<Vec<f32>>) -> Result<Option<Buf>> {
+        v.map(|v| self.be.upload_new(&v)).transpose()
+    }
+    fn has(&self, name: &str) -> bool {
+        self.t.contains_key(name)
+    }
+    fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.t.get(name).map(|t| &t.shape[..])
+    }
+    /// One of several names a tensor goes by.
+    fn vec_any(&self, names: &[String], n: usize) -> Result<Buf> {
+        match names.iter().find(|x| self.has(x)) {
+            Some(x) => self.vec(x, n),
+            None => Err(Error::Format(format!("tensor {} is missing", names[0]))),
+        }
+    }
+    /// Per-expert matrices `[rows, cols]`: slices of a merged 3-D GGUF tensor
+    /// `blk.{i}.{stem}.weight`, or HF's separate `blk.{i}.{stem}.{e}.weight`.
+    fn experts(
+        &self,
+        i: usize,
+        stem: &str,
+        ne: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<Tensor>> {
+        let merged = format!("blk.{i}.{stem}.weight");
+        if self.has(&merged) {
+            let t = self.get(&merged, &[ne, rows, cols])?;
+            (0..ne).map(|e| t.slice_outer(e)).collect()
+        } else {
+            (0..ne)
+                .map(|e| self.get(&format!("blk.{i}.{stem}.{e}.weight"), &[rows, cols]))
+                .collect()
+        }
+    }
+    /// Per-expert bias vectors from a `[n_expert, len]` tensor.
+    fn expert_bias(&self, name: &str, ne: usize, len: usize) -> Result<Option<Vec<Vec<f32>>>> {
+        let Some(t) = self.opt(name, &[ne, len])? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.f32(&t)?.chunks(len).map(|c| c.to_vec()).collect(),
+        ))
+    }
+}
+
+/// A row-major `[rows, cols]` f32 matrix transposed into a tensor of shape `[cols, rows]`.
+fn transposed(name: &str, data: &[f32], rows: usize, cols: usize) -> Result<Tensor> {
+    let mut t = vec![0f32; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = data[r * cols + c];
+        }
+    }
+    Tensor::from_f32(name, vec![cols, rows], &t)
+}
+
+/// The devices of a model's weights: backends, and where each block goes (called with
+/// `token_embd`, `output`, `blk.{i}.attn`, `blk.{i}.ffn` and `blk.{i}.ffn_exps`).
+pub(crate) struct Placer<'a> {
+    pub devs: &'a [Arc<dyn Backend>],
+    pub place: &'a dyn Fn(&str) -> usize,
+}
+
+impl Placer<'_> {
+    /// The device of a block (an index into `devs`; past the end is an error).
+    pub fn dev(&self, block: &str) -> Result<usize> {
+        let d = (self.place)(block);
+        if d >= self.devs.len() {
+            return Err(Error::Invalid(format!(
+                "{block} is placed on device {d}, but there are {} devices",
+                self.devs.len()
+            )));
+        }
+        Ok(d)
+    }
+    fn loader<'t>(&'t self, t: &'t HashMap<String, Tensor>, d: usize) -> Loader<'t> {
+        Loader {
+            t,
+            be: &*self.devs[d],
+        }
+    }
+}
+
+/// A tensor as stored, checked for shape, prepared by device `d`'s backend.
+pub(crate) fn weight(
+    t: &HashMap<String, Tensor>,
+    pl: &Placer,
+    d: usize,
+    name: &str,
+    shape: &[usize],
+    prepare: bool,
+) -> Result<Tensor> {
+    let l = pl.loader(t, d);
+    if prepare {
+        l.get(name, shape)
+    } else {
+        l.raw(name, shape)
+    }
+}
+
+/// A vector decoded into device `d`'s buffer.
+pub(crate) fn vector(
+    t: &HashMap<String, Tensor>,
+    pl: &Placer,
+    d: usize,
+    name: &str,
+    n: usize,
+) -> Result<Buf> {
+    pl.loader(t, d).vec(name, n)
+}
+
+pub(crate) fn load_layer(
+    t: &HashMap<String, Tensor>,
+    pl: &Placer,
+    cfg: &ModelConfig,
+    i: usize,
+) -> Result<Layer> {
+    let e = cfg.n_embd;
+    let (dev_attn, dev_ffn) = (
+        pl.dev(&format!("blk.{i}.attn"))?,
+        pl.dev(&format!("blk.{i}.ffn"))?,
+    );
+    let l = &pl.loader(t, dev_attn);
+    let n = |p: &str| format!("blk.{i}.{p}");
+    let attn = match &cfg.mla {
+        None => {
+            let hd = cfg.head_dim;
+            let (qd, kvd) = (cfg.n_head * hd, cfg.n_kv_head * hd);
+            let norm = |name: &str| -> Result<Option<Buf>> {
+                match l.shape(name) {
+                    Some(s) if s.len() == 1 && (s[0] == hd || s[0] == qd || s[0] == kvd) => {
+                        l.opt_vec(name, s[0])
+                    }
+                    Some(s) => Err(Error::Format(format!("tensor {name} has shape {s:?}"))),
+                    None => Ok(None),
+                }
+            };
+            let q_norm = norm(&n("attn_q_norm.weight"))?;
+            let k_norm = norm(&n("attn_k_norm.weight"))?;
+            if q_norm
+                .as_ref()
+                .is_some_and(|w| w.len() != hd && w.len() != qd)
+                || k_norm
+                    .as_ref()
+                    .is_some_and(|w| w.len() != hd && w.len() != kvd)
+            {
+                return Err(Error::Format(format!(
+                    "layer {i}: q/k norm widths do not fit the heads"
+                )));
+            }
+            Attn::Gqa(Gqa {
+                wq: l.get(&n("attn_q.weight"), &[qd, e])?,
+                wk: l.get(&n("attn_k.weight"), &[kvd, e])?,
+                wv: l.get(&n("attn_v.weight"), &[kvd, e])?,
+                wo: l.get(&n("attn_output.weight"), &[e, qd])?,
+                bq: l.opt_vec(&n("attn_q.bias"), qd)?,
+                bk: l.opt_vec(&n("attn_k.bias"), kvd)?,
+                bv: l.opt_vec(&n("attn_v.bias"), kvd)?,
+                bo: l.opt_vec(&n("attn_output.bias"), e)?,
+                q_norm,
+                k_norm,
+                sinks: l.opt_vec(&n("attn_sinks.weight"), cfg.n_head)?,
+            })
+        }
+        Some(m) => Attn::Mla(load_mla(l, cfg, m, i)?),
+    };
+    let attn_norm = l.vec(&n("attn_norm.weight"), e)?;
+    let l = &pl.loader(t, dev_ffn);
+    let ffn = if l.has(&n("ffn_gate_inp.weight")) {
+        let dev_exps = pl.dev(&format!("blk.{i}.ffn_exps"))?;
+        Ffn::Moe(load_moe(l, &pl.loader(t, dev_exps), dev_exps, cfg, i)?)
+    } else {
+        let ff = cfg.n_ff;
+        Ffn::Dense(Mlp {
+            gate: l.get(&n("ffn_gate.weight"), &[ff, e])?,
+            up: l.get(&n("ffn_up.weight"), &[ff, e])?,
+            down: l.get(&n("ffn_down.weight"), &[e, ff])?,
+        })
+    };
+    Ok(Layer {
+        attn_norm,
+        dev_attn,
+        dev_ffn,
+        attn,
+        // glm4moe and gpt-oss GGUF files call the pre-FFN norm post_attention_norm
+        ffn_norm: l.vec_any(&[n("ffn_norm.weight"), n("post_attention_norm.weight")], e)?,
+        ffn,
+    })
+}
+
+fn load_mla(l: &Loader, cfg: &ModelConfig, m: &crate::config::MlaConfig, i: usize) -> Result<Mla> {
+    let e = cfg.n_embd;
+    let nh = cfg.n_head;
+    let n = |p: &str| format!("blk.{i}.{p}");
+    let (kvl, nope, rope, vd) = (m.kv_lora_rank, m.nope, m.rope, m.v_dim);
+    let qk = nope + rope;
+    let q = match m.q_lora_rank {
+        Some(r) => MlaQ::LowRank {
+            a: l.get(&n("attn_q_a.weight"), &[r, e])?,
+            norm: l.vec(&n("attn_q_a_norm.weight"), r)?,
+            b: l.get(&n("attn_q_b.weight"), &[nh * qk, r])?,
+        },
+        None => MlaQ::Full(l.get(&n("attn_q.weight"), &[nh * qk, e])?),
+    };
+    let (k_b, v_b) = if l.has(&n("attn_k_b.weight")) {
+        // newer GGUF files: kv_b already split per head, k_b stored transposed
+        let kb = l.get(&n("attn_k_b.weight"), &[nh, kvl, nope])?;
+        let vb = l.get(&n("attn_v_b.weight"), &[nh, vd, kvl])?;
+        (
+            (0..nh)
+                .map(|h| kb.slice_outer(h))
+                .collect::<Result<Vec<_>>>()?,
+            (0..nh)
+                .map(|h| vb.slice_outer(h))
+                .collect::<Result<Vec<_>>>()?,
+        )
+    } else {
+        // HF and older GGUF files: kv_b [n_head * (nope + v), kv_lora]; each head's value rows
+        // are a view, its key rows are transposed once here for the absorbed query
+        let kvb = l.get(&n("attn_kv_b.weight"), &[nh * (nope + vd), kvl])?;
+        let mut kb = Vec::with_capacity(nh);
+        let mut vb = Vec::with_capacity(nh);
+        for h in 0..nh {
+            let rows = kvb.rows(h * (nope + vd), nope)?;
+            kb.push(transposed(
+                &format!("{}.k_b[{h}]", kvb.name),
+                &l.f32(&rows)?,
+                nope,
+                kvl,
+            )?);
+            vb.push(kvb.rows(h * (nope + vd) + nope, vd)?);
+        }
+        (kb, vb)
+    };
+    Ok(Mla {
+        q,
+        kv_a: l.get(&n("attn_kv_a_mqa.weight"), &[kvl + rope, e])?,
+        kv_norm: l.vec(&n("attn_kv_a_norm.weight"), kvl)?,
+        k_b,
+        v_b,
+        wo: l.get(&n("attn_output.weight"), &[e, nh * vd])?,
+    })
+}
+
+/// A MoE layer: router and shared expert from `l`, routed experts from `lx` (device `dx`).
+fn load_moe(l: &Loader, lx: &Loader, dx: usize, cfg: &ModelConfig, i: usize) -> Result<Moe> {
+    let e = cfg.n_embd;
+    let n = |p: &str| format!("blk.{i}.{p}");
+    let mc = cfg.moe.as_ref().ok_or_else(|| {
+        Error::Format(format!(
+            "layer {i} has a router but the metadata names no experts"
+        ))
+    })?;
+    let ne = mc.n_expert;
+    let router = l.get(&n("ffn_gate_inp.weight"), &[ne, e])?;
+    let gu_hf = n("ffn_gate_up_exps_hf.weight");
+    let experts: Vec<Expert> = if lx.has(&gu_hf) {
+        // gpt-oss HF layout: gate_up [E, n_embd, 2*ff] with gate/up interleaved by column,
+        // down [E, ff, n_embd]; both are transposed into [out, in] matrices here.
+        let s = lx.shape(&gu_hf).unwrap_or(&[]).to_vec();
+        if s.len() != 3 || s[0] != ne || s[1] != e || !s[2].is_multiple_of(2) {
+            return Err(Error::Format(format!("tensor {gu_hf} has shape {s:?}")));
+        }
+        let ff = s[2] / 2;
+        let gu = lx.f32(&lx.raw(&gu_hf, &[ne, e, 2 * ff])?)?;
+        let down = lx.f32(&lx.raw(&n("ffn_down_exps_hf.weight"), &[ne, ff, e])?)?;
+        let gub = lx.expert_bias(&n("ffn_gate_up_exps_hf.bias"), ne, 2 * ff)?;
+        let db = lx.expert_bias(&n("ffn_down_exps.bias"), ne, e)?;
+        (0..ne)
+            .map(|x| {
+                let m = &gu[x * e * 2 * ff..(x + 1) * e * 2 * ff];
+                let (mut g, mut u) = (vec![0f32; ff * e], vec![0f32; ff * e]);
+                for r in 0..e {
+                    for f in 0..ff {
+                        g[f * e + r] = m[r * 2 * ff + 2 * f];
+                        u[f * e + r] = m[r * 2 * ff + 2 * f + 1];
+                    }
+                }
+                let d = &down[x * ff * e..(x + 1) * ff * e];
+                let b = gub.as_ref().map(|b| &b[x]);
+                let mut gate = Tensor::from_f32(&format!("{gu_hf}[{x}].gate"), vec![ff, e], &g)?;
+                let mut up = Tensor::from_f32(&format!("{gu_hf}[{x}].up"), vec![ff, e], &u)?;
+                let mut down = transposed(&format!("blk.{i}.ffn_down_exps_hf[{x}]"), d, ff, e)?;
+                for w in [&mut gate, &mut up, &mut down] {
+                    lx.be.prepare(w);
+                }
+                Ok(Expert {
+                    gate,
+                    up,
+                    down,
+                    gate_b: lx.up(b.map(|b| b.iter().step_by(2).copied().collect()))?,
+                    up_b: lx.up(b.map(|b| b.iter().skip(1).step_by(2).copied().collect()))?,
+                    down_b: lx.up(db.as_ref().map(|d| d[x].clone()))?,
+                })
+            })
+            .collect::<Result<_>>()?
+    } else {
+        let ff = l
+            .shape(&n("ffn_gate_exps.weight"))
+            .filter(|s| s.len() == 3)
+            .map(|s| s[1])
+            .or_else(|| lx.shape(&n("ffn_gate_exps.0.weight")).map(|s| s[0]))
+            .ok_or_else(|| {
+                Error::Format(format!("tensor {} is missing", n("ffn_gate_exps.weight")))
+            })?;
+        let gates = lx.experts(i, "ffn_gate_exps", ne, ff, e)?;
+        let ups = lx.experts(i, "ffn_up_exps", ne, ff, e)?;
+        let downs = lx.experts(i, "ffn_down_exps", ne, e, ff)?;
+        let gb = lx.expert_bias(&n("ffn_gate_exps.bias"), ne, ff)?;
+        let ub = lx.expert_bias(&n("ffn_up_exps.bias"), ne, ff)?;
+        let db = lx.expert_bias(&n("ffn_down_exps.bias"), ne, e)?;
+        gates
+            .into_iter()
+            .zip(ups)
+            .zip(downs)
+            .enumerate()
+            .map(|(x, ((gate, up), down))| {
+                Ok(Expert {
+                    gate,
+                    up,
+                    down,
+                    gate_b: lx.up(gb.as_ref().map(|b| b[x].clone()))?,
+                    up_b: lx.up(ub.as_ref().map(|b| b[x].clone()))?,
+                    down_b: lx.up(db.as_ref().map(|b| b[x].clone()))?,
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let shared = match l.shape(&n("ffn_gate_shexp.weight")) {
+        Some(s) if s.len() == 2 => {
+            let sff = s[0];
+            Some(Mlp {
+                gate: l.get(&n("ffn_gate_shexp.weight"), &[sff, e])?,
+                up: l.get(&n("ffn_up_shexp.weight"), &[sff, e])?,
+                down: l.get(&n("ffn_down_shexp.weight"), &[e, sff])?,
+            })
+        }
+        Some(s) => return Err(Error::Format(format!("ffn_gate_shexp has shape {s:?}"))),
+        None => None,
+    };
+    Ok(Moe {
+        router,
+        router_b: l.opt_vec(&n("ffn_gate_inp.bias"), ne)?,
+        score_b: l.opt_vec(&n("exp_probs_b.bias"), ne)?,
+        experts,
+        shared,
+        shared_gate: l.opt(&n("ffn_gate_inp_shexp.weight"), &[1, e])?,
+        dev_exps: dx,
+    })
+}
