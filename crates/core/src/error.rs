@@ -12,6 +12,8 @@ pub enum Error {
     Unsupported(String),
     /// Bad arguments or input from the user.
     Invalid(String),
+    /// A compute device failed: a submission, a lost device, device memory.
+    Backend(String),
 }
 
 impl fmt::Display for Error {
@@ -21,6 +23,7 @@ impl fmt::Display for Error {
             Error::Format(m) => write!(f, "invalid model file: {m}"),
             Error::Unsupported(m) => write!(f, "unsupported: {m}"),
             Error::Invalid(m) => write!(f, "{m}"),
+            Error::Backend(m) => write!(f, "device error: {m}"),
         }
     }
 }

