@@ -33,7 +33,12 @@ enum Cmd {
     Inspect {
         /// .gguf file, HF directory, or alias (smollm2)
         model: String,
+        /// The device to load it on for the weight accounting (cpu, vulkan, vulkan:N, auto)
+        #[arg(long, default_value = "auto")]
+        device: String,
     },
+    /// List the devices hearth can run on.
+    Devices,
     /// Measure prompt and generation speed (like llama-bench).
     Bench(BenchArgs),
     /// Download a model alias (smollm2) into the model directory.
@@ -94,6 +99,10 @@ struct Common {
     /// Worker threads (0: all cores)
     #[arg(short = 't', long, default_value_t = 0)]
     threads: usize,
+    /// Where to run: cpu, vulkan or vulkan:N (see `hearth devices`), or auto (the CPU for
+    /// now: the Vulkan backend does not yet run every architecture)
+    #[arg(long, default_value = "auto")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -196,7 +205,8 @@ fn main() {
         Cmd::Run(a) => run(a),
         Cmd::Logits(a) => logits(a),
         Cmd::Tokenize(a) => tokenize(a),
-        Cmd::Inspect { model } => inspect(&model),
+        Cmd::Inspect { model, device } => inspect(&model, &device),
+        Cmd::Devices => devices(),
         Cmd::Bench(a) => bench(a),
         Cmd::Serve(a) => serve(a),
         Cmd::Pull { model } => pull::resolve(&model).map(|p| println!("{}", p.display())),
@@ -207,14 +217,50 @@ fn main() {
     }
 }
 
-fn backend(threads: usize) -> Result<Arc<dyn Backend>> {
-    Ok(Arc::new(hearth_cpu::Cpu::new(threads)?))
+/// The backend `--device` names.
+fn backend(device: &str, threads: usize) -> Result<Arc<dyn Backend>> {
+    let vulkan = |i: usize| -> Result<Arc<dyn Backend>> {
+        let v = hearth_vulkan::Vulkan::new(i).with_context(|| format!("--device {device}"))?;
+        Ok(Arc::new(v))
+    };
+    match device {
+        "auto" | "cpu" => Ok(Arc::new(hearth_cpu::Cpu::new(threads)?)),
+        "vulkan" => vulkan(0),
+        d => match d.strip_prefix("vulkan:").map(str::parse::<usize>) {
+            Some(Ok(i)) => vulkan(i),
+            _ => bail!("--device {d}: expected auto, cpu, vulkan or vulkan:N"),
+        },
+    }
 }
 
 fn load(c: &Common) -> Result<Engine> {
     let path = pull::resolve(&c.model)?;
-    Engine::load(&path, backend(c.threads)?)
+    Engine::load(&path, backend(&c.device, c.threads)?)
         .with_context(|| format!("cannot load {}", path.display()))
+}
+
+/// `hearth devices`: the CPU and every Vulkan device.
+fn devices() -> Result<()> {
+    let cpu = hearth_cpu::Cpu::new(0)?;
+    println!("cpu          {} threads", cpu.threads());
+    match hearth_vulkan::devices() {
+        Ok(ds) if ds.is_empty() => println!("(no Vulkan devices)"),
+        Ok(ds) => {
+            for d in ds {
+                println!(
+                    "vulkan:{:<5} {} ({}, {:.1} GiB device memory, subgroups of {}, largest buffer {:.1} GiB)",
+                    d.index,
+                    d.name,
+                    d.kind,
+                    d.memory as f64 / (1u64 << 30) as f64,
+                    d.subgroup,
+                    d.max_alloc as f64 / (1u64 << 30) as f64
+                )
+            }
+        }
+        Err(e) => println!("(no Vulkan: {e})"),
+    }
+    Ok(())
 }
 
 fn run(a: RunArgs) -> Result<()> {
@@ -325,10 +371,16 @@ fn bench(a: BenchArgs) -> Result<()> {
         bail!("--reps must be at least 1");
     }
     let path = pull::resolve(&a.common.model)?;
-    let cpu = Arc::new(hearth_cpu::Cpu::new(a.common.threads)?);
-    let threads = cpu.threads();
+    let (be, threads): (Arc<dyn Backend>, usize) = match a.common.device.as_str() {
+        "auto" | "cpu" => {
+            let cpu = hearth_cpu::Cpu::new(a.common.threads)?;
+            let t = cpu.threads();
+            (Arc::new(cpu), t)
+        }
+        d => (backend(d, a.common.threads)?, 0),
+    };
     let files = ModelFiles::open(&path)?;
-    let model = hearth_engine::load_model(&files, cpu)?;
+    let model = hearth_engine::load_model(&files, be)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -404,7 +456,7 @@ fn human(n: f64) -> String {
     }
 }
 
-fn inspect(model: &str) -> Result<()> {
+fn inspect(model: &str, device: &str) -> Result<()> {
     let path = pull::resolve(model)?;
     let files = ModelFiles::open(&path)?;
     println!("file:          {}", path.display());
@@ -467,7 +519,7 @@ fn inspect(model: &str) -> Result<()> {
         println!("(no tensors: vocabulary-only file)");
         return Ok(());
     }
-    let m = hearth_engine::load_model(&files, backend(1)?)?;
+    let m = hearth_engine::load_model(&files, backend(device, 1)?)?;
     let c = &m.cfg;
     println!(
         "parameters:    {} ({}) total, {} ({}) active per token",
@@ -546,7 +598,7 @@ fn inspect(model: &str) -> Result<()> {
 
 fn serve(a: ServeArgs) -> Result<()> {
     let path = pull::resolve(&a.common.model)?;
-    let eng = Engine::load(&path, backend(a.common.threads)?)
+    let eng = Engine::load(&path, backend(&a.common.device, a.common.threads)?)
         .with_context(|| format!("cannot load {}", path.display()))?;
     let train_ctx = eng.model.cfg.n_ctx_train;
     let n_ctx = match a.ctx {

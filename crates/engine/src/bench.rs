@@ -78,6 +78,7 @@ pub fn run(model: &Model, name: &str, o: &BenchOpts) -> Result<()> {
     let mut rng = Rng::new(1234);
     let mut tok = || (rng.next_u64() % nv) as u32;
     let mut logits = Vec::new();
+    println!("device: {}\n", model.backend().name());
     println!("| model | threads | test | t/s |");
     println!("|---|---|---|---|");
     // warm-up: page the weights in, and fill the state's KV cache once, so that no timed

@@ -180,10 +180,7 @@ impl Scratch {
 /// The first `n` values of `b`, grown by `be` when it is shorter (its contents are scratch).
 pub(crate) fn sized<'a>(be: &dyn Backend, b: &'a mut Buf, n: usize) -> Result<ViewMut<'a>> {
     if b.len() < n {
-        match b {
-            Buf::Host(v) => v.resize(n, 0.0),
-            _ => *b = be.alloc(n)?,
-        }
+        *b = be.alloc(n)?;
     }
     Ok(b.head_mut(n))
 }

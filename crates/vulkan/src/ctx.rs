@@ -126,12 +126,28 @@ pub(crate) struct Pipeline {
     pub bindings: u32,
 }
 
-/// Recording state: one command buffer and its fence, used by one op at a time.
+/// Recording state: one command buffer that collects a step's dispatches until the host
+/// must read or write memory ([`Ctx::flush`]), its fence, and the staging arena for the small
+/// tables ops bring (positions, rows, page tables).
 struct Cmd {
     pool: vk::CommandPool,
     buf: vk::CommandBuffer,
     fence: vk::Fence,
+    /// Whether `buf` is recording.
+    open: bool,
+    /// Dispatches recorded since the last submission.
+    recorded: usize,
+    /// Staging for op tables: written at `used..`, reset after each submission.
+    arena: Option<Arc<RawBuf>>,
+    used: usize,
+    /// Buffers the recorded commands use that nothing else holds.
+    keep: Vec<Arc<RawBuf>>,
 }
+
+/// Bytes of the staging arena.
+const ARENA: usize = 8 << 20;
+/// Dispatches after which a step is submitted without waiting to be asked.
+const MAX_RECORDED: usize = 4096;
 
 /// A logical device with one compute queue.
 pub(crate) struct Ctx {
@@ -157,6 +173,7 @@ pub(crate) struct RawBuf {
     pub buffer: vk::Buffer,
     mem: vk::DeviceMemory,
     pub ptr: *mut u8,
+    pub bytes: usize,
     ctx: Arc<Ctx>,
 }
 
@@ -167,7 +184,9 @@ unsafe impl Sync for RawBuf {}
 
 impl Drop for RawBuf {
     fn drop(&mut self) {
-        // SAFETY: no command uses the buffer any more (ops wait for their work).
+        // recorded commands may still use it
+        let _ = self.ctx.flush();
+        // SAFETY: no command uses the buffer any more.
         unsafe {
             self.ctx.device.destroy_buffer(self.buffer, None);
             self.ctx.device.unmap_memory(self.mem);
@@ -241,7 +260,16 @@ impl Ctx {
             let fence = device
                 .create_fence(&vk::FenceCreateInfo::default(), None)
                 .map_err(vk_err("creating a fence"))?;
-            Cmd { pool, buf, fence }
+            Cmd {
+                pool,
+                buf,
+                fence,
+                open: false,
+                recorded: 0,
+                arena: None,
+                used: 0,
+                keep: Vec::new(),
+            }
         };
         // a workgroup of at least 64 threads, a whole number of subgroups
         let wg = info.subgroup.clamp(1, 128).max(64).next_power_of_two();
@@ -325,6 +353,7 @@ impl Ctx {
                 buffer,
                 mem,
                 ptr,
+                bytes,
                 ctx: self.clone(),
             })
         }
@@ -406,8 +435,9 @@ impl Ctx {
         Ok(p)
     }
 
-    /// Run one dispatch of `groups` workgroups over `bufs` (bound whole, in order) with the
-    /// push constants `pc`, and wait for it.
+    /// Record one dispatch of `groups` workgroups over `bufs` (bound whole, in order) with
+    /// the push constants `pc`, after the work recorded before it. It runs at the next
+    /// [`Ctx::flush`].
     pub fn dispatch(&self, p: &Pipeline, bufs: &[&RawBuf], pc: &[u32], groups: u64) -> Result<()> {
         if groups == 0 {
             return Ok(());
@@ -444,17 +474,33 @@ impl Ctx {
             })
             .collect();
         let pc_bytes: Vec<u8> = pc.iter().flat_map(|v| v.to_ne_bytes()).collect();
-        let cmd = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cmd = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
         let d = &self.device;
-        // SAFETY: the command buffer is ours under the lock; every handle is valid; we wait
-        // for the work before the buffers can be touched again.
+        // SAFETY: the command buffer is ours under the lock; every handle is valid, and every
+        // buffer outlives the submission (dropping one flushes first; op tables are kept).
         unsafe {
-            d.begin_command_buffer(
+            if !cmd.open {
+                d.begin_command_buffer(
+                    cmd.buf,
+                    &vk::CommandBufferBeginInfo::default()
+                        .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
+                )
+                .map_err(vk_err("recording"))?;
+                cmd.open = true;
+            }
+            // each dispatch sees what the ones before it wrote
+            let mb = [vk::MemoryBarrier::default()
+                .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::HOST_WRITE)
+                .dst_access_mask(vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE)];
+            d.cmd_pipeline_barrier(
                 cmd.buf,
-                &vk::CommandBufferBeginInfo::default()
-                    .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
-            )
-            .map_err(vk_err("recording"))?;
+                vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::HOST,
+                vk::PipelineStageFlags::COMPUTE_SHADER,
+                vk::DependencyFlags::empty(),
+                &mb,
+                &[],
+                &[],
+            );
             d.cmd_bind_pipeline(cmd.buf, vk::PipelineBindPoint::COMPUTE, p.pipeline);
             self.push.cmd_push_descriptor_set(
                 cmd.buf,
@@ -471,6 +517,36 @@ impl Ctx {
                 &pc_bytes,
             );
             d.cmd_dispatch(cmd.buf, gx, gy as u32, 1);
+        }
+        cmd.recorded += 1;
+        if cmd.recorded >= MAX_RECORDED {
+            let keep = self.submit(&mut cmd)?;
+            drop(cmd);
+            drop(keep);
+        }
+        Ok(())
+    }
+
+    /// Submit what was recorded and wait for it: before the host reads or writes memory.
+    pub fn flush(&self) -> Result<()> {
+        let mut cmd = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
+        let keep = self.submit(&mut cmd)?;
+        drop(cmd);
+        // buffers dropped outside the lock (their Drop flushes, which finds nothing open)
+        drop(keep);
+        Ok(())
+    }
+
+    fn submit(&self, cmd: &mut Cmd) -> Result<Vec<Arc<RawBuf>>> {
+        if !cmd.open {
+            return Ok(std::mem::take(&mut cmd.keep));
+        }
+        let d = &self.device;
+        cmd.open = false;
+        cmd.recorded = 0;
+        cmd.used = 0;
+        // SAFETY: the command buffer is ours (the caller holds the lock) and recording.
+        unsafe {
             d.end_command_buffer(cmd.buf).map_err(vk_err("recording"))?;
             let bufs = [cmd.buf];
             let submit = [vk::SubmitInfo::default().command_buffers(&bufs)];
@@ -483,7 +559,62 @@ impl Ctx {
                 .map_err(vk_err("resetting a command buffer"))?;
             r.map_err(vk_err("waiting for the device"))?;
         }
-        Ok(())
+        Ok(std::mem::take(&mut cmd.keep))
+    }
+
+    /// Keep `b` alive until the commands recorded so far have run.
+    pub fn keep(&self, b: Arc<RawBuf>) {
+        let mut cmd = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
+        if cmd.open {
+            cmd.keep.push(b);
+            return;
+        }
+        drop(cmd);
+        // nothing recorded uses it; dropped outside the lock (its Drop flushes)
+        drop(b);
+    }
+
+    /// Run what was recorded and let go of the arena and kept buffers (they hold this
+    /// context, so it can go when the backend does).
+    pub fn release(&self) {
+        let _ = self.flush();
+        let arena = self
+            .cmd
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .arena
+            .take();
+        drop(arena);
+    }
+
+    /// Copy `data` into the staging arena for the commands being recorded: the buffer and
+    /// the offset in words.
+    pub fn stage(self: &Arc<Self>, data: &[u32]) -> Result<(Arc<RawBuf>, u32)> {
+        let bytes = data.len() * 4;
+        if bytes > ARENA {
+            // too large for the arena: a buffer of its own, kept until the submission
+            let b = Arc::new(self.alloc(bytes)?);
+            // SAFETY: a new mapping of at least `bytes`.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr() as *const u8, b.ptr, bytes) };
+            let mut cmd = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
+            cmd.keep.push(b.clone());
+            return Ok((b, 0));
+        }
+        let mut cmd = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
+        if cmd.arena.is_none() {
+            cmd.arena = Some(Arc::new(self.alloc(ARENA)?));
+        }
+        if cmd.used + bytes > ARENA {
+            let keep = self.submit(&mut cmd)?;
+            cmd.keep.extend(keep);
+        }
+        let off = cmd.used;
+        cmd.used = (off + bytes).next_multiple_of(16);
+        let a = cmd.arena.clone().expect("the arena was made above");
+        // SAFETY: `off..off + bytes` lies in the arena, and no recorded command reads it
+        // (the arena is written only past what they use, and reset after a submission).
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr() as *const u8, a.ptr.add(off), bytes) };
+        Ok((a, (off / 4) as u32))
     }
 }
 
@@ -506,6 +637,8 @@ impl Drop for Ctx {
                 d.destroy_shader_module(p.module, None);
             }
             let cmd = self.cmd.get_mut().unwrap_or_else(|e| e.into_inner());
+            cmd.keep.clear();
+            cmd.arena = None;
             d.destroy_fence(cmd.fence, None);
             d.destroy_command_pool(cmd.pool, None);
             d.destroy_device(None);

@@ -51,8 +51,22 @@ impl DevMem for VkMem {
 /// The Vulkan backend on one device.
 pub struct Vulkan {
     ctx: Arc<Ctx>,
-    /// Weights copied to the device, by the address and length of their bytes.
-    weights: Mutex<HashMap<(usize, usize), Arc<RawBuf>>>,
+    /// Weights copied to the device, by the address and length of their bytes: the buffer
+    /// and how it holds them (0: f32, 1: f16; other types are decoded to f32 once).
+    weights: Mutex<HashMap<(usize, usize), (Arc<RawBuf>, u32)>>,
+    /// A scratch buffer for rotated keys (`rope_qk_store`).
+    tmp: Mutex<Option<Arc<RawBuf>>>,
+}
+
+impl Drop for Vulkan {
+    fn drop(&mut self) {
+        self.weights
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        *self.tmp.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        self.ctx.release();
+    }
 }
 
 fn no_shader(op: &str) -> Error {
@@ -106,6 +120,7 @@ impl Vulkan {
         Ok(Vulkan {
             ctx: Ctx::new(index)?,
             weights: Mutex::new(HashMap::new()),
+            tmp: Mutex::new(None),
         })
     }
 
@@ -130,20 +145,35 @@ impl Vulkan {
         n.div_ceil(self.ctx.wg as usize) as u64
     }
 
-    /// The device copy of a weight, made on first use.
-    fn weight(&self, w: &Tensor) -> Result<Arc<RawBuf>> {
+    /// The device copy of a weight, made on first use: F32 and F16 as they are, every other
+    /// type decoded to f32 (correct, and as large as f32; types get kernels of their own in
+    /// turn).
+    fn weight(&self, w: &Tensor) -> Result<(Arc<RawBuf>, u32)> {
         let b = w.bytes();
         let key = (b.as_ptr() as usize, b.len());
         let mut ws = self.weights.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = ws.get(&key) {
             return Ok(r.clone());
         }
-        let raw = self.ctx.alloc(b.len())?;
-        // SAFETY: the mapping holds `raw.bytes >= b.len()` bytes and no command uses it yet.
-        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), raw.ptr, b.len()) };
-        let raw = Arc::new(raw);
-        ws.insert(key, raw.clone());
-        Ok(raw)
+        let (raw, tag) = match w.dtype {
+            DType::F32 | DType::F16 => {
+                let raw = self.ctx.alloc(b.len())?;
+                // SAFETY: the new mapping holds at least `b.len()` bytes.
+                unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), raw.ptr, b.len()) };
+                (raw, u32::from(w.dtype == DType::F16))
+            }
+            _ => {
+                let n = w.numel();
+                let raw = self.ctx.alloc(n.checked_mul(4).ok_or_else(too_big)?)?;
+                // SAFETY: the new mapping holds `n` floats, aligned (allocations are).
+                let out = unsafe { std::slice::from_raw_parts_mut(raw.ptr as *mut f32, n) };
+                hearth_quant::dequantize(w.dtype, b, out)?;
+                (raw, 0)
+            }
+        };
+        let r = (Arc::new(raw), tag);
+        ws.insert(key, r.clone());
+        Ok(r)
     }
 
     fn elementwise(&self, x: ViewMut<'_>, y: View<'_>, mode: u32, bw: usize) -> Result<()> {
@@ -156,10 +186,92 @@ impl Vulkan {
         }
         self.run(
             spv!("add"),
-            &[&xm.raw, &ym.raw],
-            &[u(n)?, xo, yo, mode, u(bw)?],
+            &[&xm.raw, &ym.raw, &ym.raw],
+            &[u(n)?, xo, yo, mode, u(bw)?, 0],
             self.groups(n),
         )
+    }
+
+    /// `n_rows` rows of `width`: `dst[d0 + r*ds..]` from `src[s0 + r*ss..]`.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_raw(
+        &self,
+        src: &RawBuf,
+        s0: u32,
+        ss: usize,
+        dst: &RawBuf,
+        d0: u32,
+        ds: usize,
+        c: hearth_core::RowCopy,
+    ) -> Result<()> {
+        let n = c.n_rows * c.width;
+        let pc = [u(n)?, u(c.width)?, s0, u(ss)?, d0, u(ds)?];
+        self.run(spv!("copy"), &[src, dst], &pc, self.groups(n))
+    }
+
+    /// Row `t` of `src` (`rows.len()` rows of `width`) into row `rows[t]` of `dst`.
+    fn scatter_raw(
+        &self,
+        src: &RawBuf,
+        s0: u32,
+        dst: &RawBuf,
+        d0: u32,
+        width: usize,
+        rows: &[usize],
+    ) -> Result<()> {
+        let tab: Vec<u32> = rows.iter().map(|&r| u(r)).collect::<Result<_>>()?;
+        let (tb, to) = self.ctx.stage(&tab)?;
+        let n = rows.len() * width;
+        let pc = [u(n)?, u(width)?, s0, d0, to];
+        self.run(spv!("scatter"), &[src, dst, &tb], &pc, self.groups(n))
+    }
+
+    /// Rotate `n_tok` tokens of `n_heads` heads at `x[x0..]`.
+    fn rope_raw(
+        &self,
+        x: &RawBuf,
+        x0: u32,
+        n_tok: usize,
+        n_heads: usize,
+        r: &RopeArgs<'_>,
+    ) -> Result<()> {
+        let half = r.inv_freq.len();
+        if half == 0 || n_tok == 0 {
+            return Ok(());
+        }
+        if r.positions.len() < n_tok || 2 * half > r.head_dim {
+            return Err(Error::Invalid("rope: positions or pairs do not fit".into()));
+        }
+        // each token's (cos, sin) per pair, computed as the CPU backend computes them
+        let mut tab = Vec::with_capacity(2 * n_tok * half);
+        for &pos in &r.positions[..n_tok] {
+            for &f in r.inv_freq {
+                let a = pos as f32 * f;
+                tab.push((a.cos() * r.mscale).to_bits());
+                tab.push((a.sin() * r.mscale).to_bits());
+            }
+        }
+        let (tb, to) = self.ctx.stage(&tab)?;
+        let n = n_tok * n_heads * half;
+        let style = u32::from(r.style == hearth_core::RopeStyle::Neox);
+        let pc = [u(n)?, u(n_heads)?, u(r.head_dim)?, u(half)?, style, x0, to];
+        self.run(spv!("rope"), &[x, &tb], &pc, self.groups(n))
+    }
+
+    /// A scratch buffer of at least `bytes` (the old one, if replaced, is kept until the
+    /// commands that use it ran).
+    fn tmp(&self, bytes: usize) -> Result<Arc<RawBuf>> {
+        let mut t = self.tmp.lock().unwrap_or_else(|e| e.into_inner());
+        match &*t {
+            Some(b) if b.bytes >= bytes => Ok(b.clone()),
+            _ => {
+                let b = Arc::new(self.ctx.alloc(bytes.next_power_of_two())?);
+                if let Some(old) = t.replace(b.clone()) {
+                    self.ctx.keep(old);
+                }
+                Ok(b)
+            }
+        }
     }
 }
 
@@ -168,15 +280,13 @@ impl Backend for Vulkan {
         format!("vulkan:{} ({})", self.ctx.info.index, self.ctx.info.name)
     }
 
-    fn supports(&self, dtype: DType) -> bool {
-        matches!(dtype, DType::F32 | DType::F16)
+    fn supports(&self, _dtype: DType) -> bool {
+        true
     }
 
     fn prepare(&self, w: &mut Tensor) {
-        if self.supports(w.dtype) {
-            // a failure here shows again, as an error, at the weight's first use
-            let _ = self.weight(w);
-        }
+        // a failure here shows again, as an error, at the weight's first use
+        let _ = self.weight(w);
     }
 
     fn alloc(&self, n: usize) -> Result<Buf> {
@@ -189,6 +299,7 @@ impl Backend for Vulkan {
 
     fn upload(&self, src: &[f32], dst: ViewMut<'_>) -> Result<()> {
         let (m, off, len) = dev_mut(dst)?;
+        self.ctx.flush()?;
         if len != src.len() {
             return Err(Error::Invalid(format!(
                 "upload: {} values into {len}",
@@ -206,6 +317,7 @@ impl Backend for Vulkan {
 
     fn download(&self, src: View<'_>, dst: &mut [f32]) -> Result<()> {
         let (m, off, len) = dev(src)?;
+        self.ctx.flush()?;
         if len != dst.len() {
             return Err(Error::Invalid(format!(
                 "download: {len} values into {}",
@@ -221,14 +333,10 @@ impl Backend for Vulkan {
     }
 
     fn matmul(&self, w: &Tensor, x: View<'_>, n_tok: usize, out: ViewMut<'_>) -> Result<()> {
-        let dtype = match w.dtype {
-            DType::F32 => 0,
-            DType::F16 => 1,
-            other => return Err(no_shader(&format!("{other} matmuls"))),
-        };
         let (n_in, n_out) = (w.row_len(), w.n_rows());
         let (xm, xo, xn) = dev(x)?;
         let (om, oo, on) = dev_mut(out)?;
+        let (wb, dtype) = self.weight(w)?;
         if xn != n_tok * n_in || on != n_tok * n_out || (dtype == 1 && n_in % 2 != 0) {
             return Err(Error::Invalid(format!(
                 "matmul {}: weight [{n_out}, {n_in}], x has {xn} values for {n_tok} tokens, \
@@ -236,7 +344,6 @@ impl Backend for Vulkan {
                 w.name
             )));
         }
-        let wb = self.weight(w)?;
         let pc = [u(n_in)?, u(n_out)?, u(n_tok)?, 0, xo, oo, dtype];
         self.run(
             spv!("matmul"),
@@ -250,8 +357,21 @@ impl Backend for Vulkan {
         hearth_quant::dequantize(t.dtype, t.bytes(), out)
     }
 
-    fn get_rows(&self, _w: &Tensor, _ids: &[u32], _out: ViewMut<'_>) -> Result<()> {
-        Err(no_shader("get_rows"))
+    fn get_rows(&self, w: &Tensor, ids: &[u32], out: ViewMut<'_>) -> Result<()> {
+        let (om, oo, on) = dev_mut(out)?;
+        let width = w.row_len();
+        if on != ids.len() * width || ids.iter().any(|&i| i as usize >= w.n_rows()) {
+            return Err(Error::Invalid(format!(
+                "get_rows {}: {} rows of {} rows do not fill {on} values",
+                w.name,
+                ids.len(),
+                w.n_rows()
+            )));
+        }
+        let (wb, dtype) = self.weight(w)?;
+        let (tb, to) = self.ctx.stage(ids)?;
+        let pc = [u(on)?, u(width)?, oo, to, dtype];
+        self.run(spv!("get_rows"), &[&wb, &om.raw, &tb], &pc, self.groups(on))
     }
 
     fn rms_norm(&self, x: ViewMut<'_>, w: View<'_>, eps: f32) -> Result<()> {
@@ -267,33 +387,144 @@ impl Backend for Vulkan {
         self.run(spv!("rms_norm"), &[&xm.raw, &wm.raw], &pc, rows as u64)
     }
 
-    fn rope(&self, _x: ViewMut<'_>, _n_heads: usize, _r: &RopeArgs<'_>) -> Result<()> {
-        Err(no_shader("rope"))
+    fn rope(&self, x: ViewMut<'_>, n_heads: usize, r: &RopeArgs<'_>) -> Result<()> {
+        let (xm, xo, n) = dev_mut(x)?;
+        let n_tok = r.positions.len().min(n / (n_heads * r.head_dim).max(1));
+        self.rope_raw(&xm.raw, xo, n_tok, n_heads, r)
     }
 
     fn rope_qk_store(
         &self,
-        _q: ViewMut<'_>,
-        _n_head: usize,
-        _k: View<'_>,
-        _n_kv_head: usize,
-        _v: View<'_>,
-        _r: &RopeArgs<'_>,
-        _dest: hearth_core::KvDest<'_>,
+        q: ViewMut<'_>,
+        n_head: usize,
+        k: View<'_>,
+        n_kv_head: usize,
+        v: View<'_>,
+        r: &RopeArgs<'_>,
+        dest: hearth_core::KvDest<'_>,
     ) -> Result<()> {
-        Err(no_shader("rope_qk_store"))
+        let (km, ko, kn) = dev(k)?;
+        let (vm, vo, vn) = dev(v)?;
+        let (kcm, kco, kcn) = dev_mut(dest.k)?;
+        let (vcm, vco, vcn) = dev_mut(dest.v)?;
+        let n = dest.rows.len();
+        let kw = n_kv_head * r.head_dim;
+        let vw = vn.checked_div(n).unwrap_or(0);
+        if kn != n * kw
+            || vw * n != vn
+            || dest
+                .rows
+                .iter()
+                .any(|&row| (row + 1) * kw > kcn || (row + 1) * vw > vcn)
+        {
+            return Err(Error::Invalid(
+                "rope_qk_store: rows do not fit the cache".into(),
+            ));
+        }
+        self.rope(q, n_head, r)?;
+        // the keys rotated in a scratch copy, then both into their cache rows
+        let tmp = self.tmp(kn * 4)?;
+        let c = hearth_core::RowCopy {
+            n_rows: 1,
+            width: kn,
+        };
+        self.copy_raw(&km.raw, ko, kn, &tmp, 0, kn, c)?;
+        self.rope_raw(&tmp, 0, n, n_kv_head, r)?;
+        self.scatter_raw(&tmp, 0, &kcm.raw, kco, kw, dest.rows)?;
+        self.scatter_raw(&vm.raw, vo, &vcm.raw, vco, vw, dest.rows)
     }
 
     fn attention_many(
         &self,
-        _k: View<'_>,
-        _v: View<'_>,
-        _p: &AttnParams<'_>,
-        _q: View<'_>,
-        _out: ViewMut<'_>,
-        _segs: &[AttnSeg<'_>],
+        k: View<'_>,
+        v: View<'_>,
+        p: &AttnParams<'_>,
+        q: View<'_>,
+        out: ViewMut<'_>,
+        segs: &[AttnSeg<'_>],
     ) -> Result<()> {
-        Err(no_shader("attention"))
+        let (km, ko, _) = dev(k)?;
+        let (vm, vo, _) = dev(v)?;
+        let (qm, qo, qn) = dev(q)?;
+        let (om, oo, on) = dev_mut(out)?;
+        let n_tok: usize = segs.iter().map(|s| s.n_tok).sum();
+        let wg = self.ctx.wg as usize;
+        if p.head_dim > 1024
+            || p.v_dim > 16 * wg
+            || p.n_kv_head == 0
+            || p.n_head % p.n_kv_head != 0
+            || qn < n_tok * p.n_head * p.head_dim
+            || on < n_tok * p.n_head * p.v_dim
+        {
+            return Err(Error::Unsupported(format!(
+                "vulkan attention: {} heads of {} (values {}) over {} kv heads",
+                p.n_head, p.head_dim, p.v_dim, p.n_kv_head
+            )));
+        }
+        // the table: per token (position, its page table's offset), the page tables, sinks
+        let paged = segs.iter().filter(|s| s.pages.is_some()).count();
+        if paged != 0 && paged != segs.len() {
+            return Err(Error::Invalid(
+                "attention: paged and unpaged segments mixed".into(),
+            ));
+        }
+        let ps = segs
+            .iter()
+            .find_map(|s| s.pages.map(|p| p.page_size))
+            .unwrap_or(1 << 30);
+        let mut tab = vec![0u32; 2 * n_tok];
+        let mut t = 0;
+        for (i, s) in segs.iter().enumerate() {
+            if s.row0 != t {
+                return Err(Error::Invalid("attention: segments out of order".into()));
+            }
+            let toff = u(tab.len())?;
+            match s.pages {
+                Some(pg) => tab.extend_from_slice(pg.table),
+                None => tab.push(0),
+            }
+            for j in 0..s.n_tok {
+                tab[2 * (t + j)] = u(s.pos0 + j)?;
+                tab[2 * (t + j) + 1] = toff;
+            }
+            t += s.n_tok;
+            let _ = i;
+        }
+        let sinks = match p.sinks {
+            Some(sv) => {
+                let mut h = vec![0f32; sv.len()];
+                self.download(sv, &mut h)?;
+                let off = tab.len();
+                tab.extend(h.iter().map(|x| x.to_bits()));
+                u(off + 1)?
+            }
+            None => 0,
+        };
+        let (tb, to) = self.ctx.stage(&tab)?;
+        let pc = [
+            u(n_tok)?,
+            u(p.n_head)?,
+            u(p.n_kv_head)?,
+            u(p.head_dim)?,
+            u(p.v_dim)?,
+            u(p.k_stride)?,
+            u(p.v_stride)?,
+            p.scale.to_bits(),
+            u(p.window.unwrap_or(0))?,
+            ko,
+            vo,
+            qo,
+            oo,
+            to,
+            u(ps)?,
+            sinks,
+        ];
+        self.run(
+            spv!("attn"),
+            &[&km.raw, &vm.raw, &qm.raw, &om.raw, &tb],
+            &pc,
+            (n_tok * p.n_head) as u64,
+        )
     }
 
     fn glu(&self, act: Glu, gate: ViewMut<'_>, up: View<'_>) -> Result<()> {
@@ -321,27 +552,49 @@ impl Backend for Vulkan {
         self.elementwise(x, b, 1, bw)
     }
 
-    fn add_scaled_rows(&self, _x: ViewMut<'_>, _y: View<'_>, _s: View<'_>) -> Result<()> {
-        Err(no_shader("add_scaled_rows"))
+    fn add_scaled_rows(&self, x: ViewMut<'_>, y: View<'_>, s: View<'_>) -> Result<()> {
+        let (xm, xo, n) = dev_mut(x)?;
+        let (ym, yo, yn) = dev(y)?;
+        let (sm, so, sn) = dev(s)?;
+        let bw = n.checked_div(sn).unwrap_or(0);
+        if yn != n || bw * sn != n {
+            return Err(Error::Invalid(format!(
+                "add_scaled_rows: {n} values, {yn} and {sn} scales"
+            )));
+        }
+        self.run(
+            spv!("add"),
+            &[&xm.raw, &ym.raw, &sm.raw],
+            &[u(n)?, xo, yo, 2, u(bw)?, so],
+            self.groups(n),
+        )
     }
 
-    fn sigmoid(&self, _x: ViewMut<'_>) -> Result<()> {
-        Err(no_shader("sigmoid"))
+    fn sigmoid(&self, x: ViewMut<'_>) -> Result<()> {
+        let (xm, xo, n) = dev_mut(x)?;
+        self.run(spv!("unary"), &[&xm.raw], &[u(n)?, xo, 0], self.groups(n))
     }
 
     fn copy_rows(
         &self,
-        _src: View<'_>,
-        _src_stride: usize,
-        _dst: ViewMut<'_>,
-        _dst_stride: usize,
-        _c: hearth_core::RowCopy,
+        src: View<'_>,
+        src_stride: usize,
+        dst: ViewMut<'_>,
+        dst_stride: usize,
+        c: hearth_core::RowCopy,
     ) -> Result<()> {
-        Err(no_shader("copy_rows"))
+        let (sm, so, sn) = dev(src)?;
+        let (dm, d0, dn) = dev_mut(dst)?;
+        c.check(sn, src_stride, dn, dst_stride)?;
+        self.copy_raw(&sm.raw, so, src_stride, &dm.raw, d0, dst_stride, c)
     }
 
-    fn store_rows(&self, _src: View<'_>, _dst: ViewMut<'_>, _rows: &[usize]) -> Result<()> {
-        Err(no_shader("store_rows"))
+    fn store_rows(&self, src: View<'_>, dst: ViewMut<'_>, rows: &[usize]) -> Result<()> {
+        let (sm, so, sn) = dev(src)?;
+        let (dm, d0, dn) = dev_mut(dst)?;
+        hearth_core::check_rows(sn, dn, rows)?;
+        let width = sn.checked_div(rows.len()).unwrap_or(0);
+        self.scatter_raw(&sm.raw, so, &dm.raw, d0, width, rows)
     }
 
     fn moe_route(

@@ -1,0 +1,90 @@
+#version 450
+// Causal attention with an online softmax, one workgroup per (token, query head), over a paged
+// cache. The table holds, per token, its position and the offset of its sequence's page table
+// (relative to `to`), then the page tables, then the sinks' bits (at `sinks - 1`, 0: none).
+// Each chunk of WG positions: every thread scores one key, then every thread adds the chunk's
+// values to the output elements it owns (d = l, l + WG, ...).
+#extension GL_GOOGLE_include_directive : require
+#include "common.glsl"
+layout(std430, binding = 0) readonly buffer K { float k[]; };
+layout(std430, binding = 1) readonly buffer V { float v[]; };
+layout(std430, binding = 2) readonly buffer Q { float q[]; };
+layout(std430, binding = 3) buffer O { float o[]; };
+layout(std430, binding = 4) readonly buffer T { uint tab[]; };
+layout(push_constant) uniform P {
+    uint n_tok; uint n_head; uint n_kv_head; uint head_dim; uint v_dim;
+    uint k_stride; uint v_stride; float scale; uint window;
+    uint ko; uint vo; uint qo; uint oo; uint to; uint page_size; uint sinks;
+} p;
+const uint MAXV = 16;
+shared float qs[1024];
+shared float sc[WG];
+shared float red[WG];
+
+uint cache_row(uint tbase, uint j) {
+    return tab[tbase + j / p.page_size] * p.page_size + j % p.page_size;
+}
+
+void main() {
+    uint g = flat_group();
+    uint h = g % p.n_head;
+    uint t = g / p.n_head;
+    if (t >= p.n_tok) return;
+    uint l = gl_LocalInvocationID.x;
+    uint pos = tab[p.to + 2u * t];
+    uint tbase = p.to + tab[p.to + 2u * t + 1u];
+    uint kh = h / (p.n_head / p.n_kv_head);
+    for (uint i = l; i < p.head_dim; i += WG) {
+        qs[i] = q[p.qo + (t * p.n_head + h) * p.head_dim + i];
+    }
+    barrier();
+    float ninf = uintBitsToFloat(0xff800000u);
+    float m = ninf;
+    float lsum = 0.0;
+    if (p.sinks != 0u) {
+        m = uintBitsToFloat(tab[p.to + p.sinks - 1u + h]);
+        lsum = 1.0;
+    }
+    float acc[MAXV];
+    for (uint i = 0; i < MAXV; i++) acc[i] = 0.0;
+    uint lo = (p.window == 0u || pos + 1u <= p.window) ? 0u : pos + 1u - p.window;
+    for (uint c0 = lo; c0 <= pos; c0 += WG) {
+        uint j = c0 + l;
+        float s = ninf;
+        if (j <= pos) {
+            uint kb = p.ko + cache_row(tbase, j) * p.k_stride + kh * p.head_dim;
+            float d = 0.0;
+            for (uint i = 0; i < p.head_dim; i++) d += qs[i] * k[kb + i];
+            s = d * p.scale;
+        }
+        sc[l] = s;
+        red[l] = s;
+        barrier();
+        for (uint st = WG / 2; st > 0; st >>= 1) {
+            if (l < st) red[l] = max(red[l], red[l + st]);
+            barrier();
+        }
+        float mn = max(m, red[0]);
+        float corr = exp(m - mn);
+        lsum *= corr;
+        for (uint i = 0; i < MAXV; i++) acc[i] *= corr;
+        uint cn = min(WG, pos + 1u - c0);
+        for (uint jj = 0; jj < cn; jj++) {
+            float pj = exp(sc[jj] - mn);
+            lsum += pj;
+            uint vb = p.vo + cache_row(tbase, c0 + jj) * p.v_stride + kh * p.v_dim;
+            uint i = 0;
+            for (uint d = l; d < p.v_dim; d += WG) {
+                acc[i] += pj * v[vb + d];
+                i++;
+            }
+        }
+        m = mn;
+        barrier();
+    }
+    uint i = 0;
+    for (uint d = l; d < p.v_dim; d += WG) {
+        o[p.oo + (t * p.n_head + h) * p.v_dim + d] = acc[i] / lsum;
+        i++;
+    }
+}
