@@ -7,6 +7,16 @@ use hearth_models::{ARCHS, Model};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// The backend under test: the CPU, or with `HEARTH_TEST_BACKEND=vulkan` the first Vulkan
+/// device (CI runs these tests on lavapipe too).
+fn backend() -> Arc<dyn hearth_core::Backend> {
+    match std::env::var("HEARTH_TEST_BACKEND").as_deref() {
+        Ok("vulkan") => Arc::new(hearth_vulkan::Vulkan::new(0).expect("a Vulkan device")),
+        Ok("cpu") | Err(_) => Arc::new(hearth_cpu::Cpu::new(2).unwrap()),
+        Ok(other) => panic!("HEARTH_TEST_BACKEND={other}: cpu or vulkan"),
+    }
+}
+
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/tiny")
@@ -41,7 +51,7 @@ fn load_from(
 ) -> (ModelFiles, Model, serde_json::Value, Vec<f32>) {
     let dir = fixture(name);
     let files = ModelFiles::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let model = Model::load(&files, Arc::new(hearth_cpu::Cpu::new(2).unwrap()))
+    let model = Model::load(&files, backend())
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let exp: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();

@@ -54,8 +54,21 @@ pub struct Vulkan {
     /// Weights copied to the device, by the address and length of their bytes: the buffer
     /// and how it holds them (0: f32, 1: f16; other types are decoded to f32 once).
     weights: Mutex<HashMap<(usize, usize), (Arc<RawBuf>, u32)>>,
-    /// A scratch buffer for rotated keys (`rope_qk_store`).
-    tmp: Mutex<Option<Arc<RawBuf>>>,
+    /// Scratch buffers (rotated keys, MoE intermediates), by use.
+    tmp: Mutex<[Option<Arc<RawBuf>>; 4]>,
+    /// Each MoE layer's experts in one buffer per matrix kind, by the address of the layer's
+    /// expert list.
+    packs: Mutex<HashMap<usize, Arc<Pack>>>,
+}
+
+/// A MoE layer's experts on the device: all gate, up and down matrices `[E, rows, cols]`
+/// in f32, and their biases (or none).
+struct Pack {
+    gate: RawBuf,
+    up: RawBuf,
+    down: RawBuf,
+    bias: [Option<RawBuf>; 3],
+    n_ff: usize,
 }
 
 impl Drop for Vulkan {
@@ -64,14 +77,15 @@ impl Drop for Vulkan {
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        *self.tmp.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.tmp.get_mut().unwrap_or_else(|e| e.into_inner()) = Default::default();
+        self.packs
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.ctx.release();
     }
 }
 
-fn no_shader(op: &str) -> Error {
-    Error::Unsupported(format!("the Vulkan backend has no shader for {op} yet"))
-}
 
 /// The device memory behind a view, with its range in floats.
 fn dev<'a>(v: View<'a>) -> Result<(&'a VkMem, u32, usize)> {
@@ -120,7 +134,8 @@ impl Vulkan {
         Ok(Vulkan {
             ctx: Ctx::new(index)?,
             weights: Mutex::new(HashMap::new()),
-            tmp: Mutex::new(None),
+            tmp: Mutex::new(Default::default()),
+            packs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -260,8 +275,9 @@ impl Vulkan {
 
     /// A scratch buffer of at least `bytes` (the old one, if replaced, is kept until the
     /// commands that use it ran).
-    fn tmp(&self, bytes: usize) -> Result<Arc<RawBuf>> {
+    fn tmp(&self, slot: usize, bytes: usize) -> Result<Arc<RawBuf>> {
         let mut t = self.tmp.lock().unwrap_or_else(|e| e.into_inner());
+        let t = &mut t[slot];
         match &*t {
             Some(b) if b.bytes >= bytes => Ok(b.clone()),
             _ => {
@@ -275,6 +291,104 @@ impl Vulkan {
     }
 }
 
+impl Vulkan {
+    /// A layer's experts packed on the device (made on first use).
+    fn pack(&self, ex: &[hearth_core::Expert]) -> Result<Arc<Pack>> {
+        let key = ex.as_ptr() as usize;
+        let mut ps = self.packs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = ps.get(&key) {
+            return Ok(p.clone());
+        }
+        let first = ex
+            .first()
+            .ok_or_else(|| Error::Invalid("a MoE layer without experts".into()))?;
+        let (n_ff, e) = (first.gate.shape[0], first.gate.shape[1]);
+        let whole = |f: &dyn Fn(&hearth_core::Expert) -> &Tensor| -> Result<RawBuf> {
+            let per = n_ff * e;
+            let raw = self.ctx.alloc(ex.len() * per * 4)?;
+            // SAFETY: the new mapping holds `ex.len() * per` floats.
+            let all =
+                unsafe { std::slice::from_raw_parts_mut(raw.ptr as *mut f32, ex.len() * per) };
+            for (x, o) in ex.iter().zip(all.chunks_exact_mut(per)) {
+                let t = f(x);
+                if t.numel() != per {
+                    return Err(Error::Invalid("moe: experts of different shapes".into()));
+                }
+                hearth_quant::dequantize(t.dtype, t.bytes(), o)?;
+            }
+            Ok(raw)
+        };
+        let bias = |f: &dyn Fn(&hearth_core::Expert) -> &Option<Buf>,
+                    len: usize|
+         -> Result<Option<RawBuf>> {
+            if ex.iter().all(|x| f(x).is_none()) {
+                return Ok(None);
+            }
+            let raw = self.ctx.alloc(ex.len() * len * 4)?;
+            for (i, x) in ex.iter().enumerate() {
+                if let Some(b) = f(x) {
+                    let mut h = vec![0f32; len];
+                    self.download(b.view(), &mut h)?;
+                    // SAFETY: the new mapping holds `ex.len() * len` floats.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            h.as_ptr(),
+                            (raw.ptr as *mut f32).add(i * len),
+                            len,
+                        )
+                    };
+                }
+            }
+            Ok(Some(raw))
+        };
+        let p = Arc::new(Pack {
+            gate: whole(&|x| &x.gate)?,
+            up: whole(&|x| &x.up)?,
+            down: whole(&|x| &x.down)?,
+            bias: [
+                bias(&|x| &x.gate_b, n_ff)?,
+                bias(&|x| &x.up_b, n_ff)?,
+                bias(&|x| &x.down_b, e)?,
+            ],
+            n_ff,
+        });
+        ps.insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// One of the pack's matmuls over every (token, slot).
+    #[allow(clippy::too_many_arguments)]
+    fn moe_mm(
+        &self,
+        w: &RawBuf,
+        b: Option<&RawBuf>,
+        x: (&RawBuf, u32),
+        ids: (&RawBuf, u32),
+        out: &RawBuf,
+        shape: (usize, usize, usize, usize),
+        per_slot: bool,
+    ) -> Result<()> {
+        let (n_in, n_out, n_slots, k) = shape;
+        let pc = [
+            u(n_in)?,
+            u(n_out)?,
+            u(n_slots)?,
+            u(k)?,
+            u32::from(per_slot),
+            u32::from(b.is_some()),
+            x.1,
+            ids.1,
+            0,
+        ];
+        self.run(
+            spv!("moe_mm"),
+            &[w, x.0, ids.0, out, b.unwrap_or(w)],
+            &pc,
+            (n_slots * n_out) as u64,
+        )
+    }
+}
+
 impl Backend for Vulkan {
     fn name(&self) -> String {
         format!("vulkan:{} ({})", self.ctx.info.index, self.ctx.info.name)
@@ -285,8 +399,12 @@ impl Backend for Vulkan {
     }
 
     fn prepare(&self, w: &mut Tensor) {
-        // a failure here shows again, as an error, at the weight's first use
-        let _ = self.weight(w);
+        // routed experts ("_exps" in every naming the loader uses) reach this backend only
+        // through moe_experts, which packs each layer's experts itself
+        if !w.name.contains("_exps") {
+            // a failure here shows again, as an error, at the weight's first use
+            let _ = self.weight(w);
+        }
     }
 
     fn alloc(&self, n: usize) -> Result<Buf> {
@@ -423,7 +541,7 @@ impl Backend for Vulkan {
         }
         self.rope(q, n_head, r)?;
         // the keys rotated in a scratch copy, then both into their cache rows
-        let tmp = self.tmp(kn * 4)?;
+        let tmp = self.tmp(0, kn * 4)?;
         let c = hearth_core::RowCopy {
             n_rows: 1,
             width: kn,
@@ -599,16 +717,114 @@ impl Backend for Vulkan {
 
     fn moe_route(
         &self,
-        _logits: View<'_>,
-        _score_b: Option<View<'_>>,
-        _cfg: &hearth_core::Routing,
-        _ids: ViewMut<'_>,
-        _weights: ViewMut<'_>,
+        logits: View<'_>,
+        score_b: Option<View<'_>>,
+        cfg: &hearth_core::Routing,
+        ids: ViewMut<'_>,
+        weights: ViewMut<'_>,
     ) -> Result<()> {
-        Err(no_shader("moe_route"))
+        let (lm, lo, ln) = dev(logits)?;
+        let (im, io, inn) = dev_mut(ids)?;
+        let (wm, wo, wn) = dev_mut(weights)?;
+        let (ne, k) = (cfg.n_expert, cfg.n_used);
+        let n = ln / ne.max(1);
+        if ne > 512 || cfg.n_group > 64 {
+            return Err(Error::Unsupported(format!(
+                "vulkan routing of {ne} experts in {} groups (at most 512 in 64)",
+                cfg.n_group
+            )));
+        }
+        if n * ne != ln || inn != n * k || wn != n * k {
+            return Err(Error::Invalid(format!(
+                "moe_route: {ln} logits of {ne} experts do not fit {inn} ids"
+            )));
+        }
+        let sb = score_b.map(dev).transpose()?;
+        let pc = [
+            u(n)?,
+            u(ne)?,
+            u(k)?,
+            u32::from(cfg.gating == hearth_core::moe::Gating::Sigmoid),
+            u32::from(cfg.norm),
+            cfg.scale.to_bits(),
+            u(cfg.n_group)?,
+            u(cfg.topk_group)?,
+            u32::from(cfg.group_score == hearth_core::moe::GroupScore::Top2Sum),
+            u32::from(sb.is_some()),
+            lo,
+            sb.map_or(0, |b| b.1),
+            io,
+            wo,
+        ];
+        let sbuf = sb.map_or(&lm.raw, |b| &b.0.raw);
+        self.run(
+            spv!("route"),
+            &[&lm.raw, sbuf, &im.raw, &wm.raw],
+            &pc,
+            self.groups(n),
+        )
     }
 
-    fn moe_experts(&self, _job: MoeJob<'_>) -> Result<()> {
-        Err(no_shader("moe_experts"))
+    fn moe_experts(&self, job: MoeJob<'_>) -> Result<()> {
+        let (n, k) = (job.n_tok, job.n_used);
+        let (xm, xo, xn) = dev(job.x)?;
+        let (im, io, inn) = dev(job.ids)?;
+        let (wm, wo, wn) = dev(job.weights)?;
+        let (om, oo, on) = dev_mut(job.out)?;
+        let e = xn.checked_div(n).unwrap_or(0);
+        if n == 0 || e * n != xn || on != xn || inn != n * k || wn != n * k {
+            return Err(Error::Invalid(format!(
+                "moe_experts: {n} tokens of {e} values, {inn} ids, {on} outputs"
+            )));
+        }
+        let p = self.pack(job.experts)?;
+        let ff = p.n_ff;
+        let slots = n * k;
+        let g = self.tmp(1, slots * ff * 4)?;
+        let up = self.tmp(2, slots * ff * 4)?;
+        let y = self.tmp(3, slots * e * 4)?;
+        let shape = (e, ff, slots, k);
+        self.moe_mm(
+            &p.gate,
+            p.bias[0].as_ref(),
+            (&xm.raw, xo),
+            (&im.raw, io),
+            &g,
+            shape,
+            false,
+        )?;
+        self.moe_mm(
+            &p.up,
+            p.bias[1].as_ref(),
+            (&xm.raw, xo),
+            (&im.raw, io),
+            &up,
+            shape,
+            false,
+        )?;
+        let (mode, alpha, limit) = match job.act {
+            Glu::Silu => (0, 0.0f32, 0.0f32),
+            Glu::ClampedSwiglu { alpha, limit } => (1, alpha, limit),
+        };
+        let m = slots * ff;
+        let pc = [u(m)?, 0, 0, mode, alpha.to_bits(), limit.to_bits()];
+        self.run(spv!("glu"), &[&g, &up], &pc, self.groups(m))?;
+        let shape = (ff, e, slots, k);
+        self.moe_mm(
+            &p.down,
+            p.bias[2].as_ref(),
+            (&g, 0),
+            (&im.raw, io),
+            &y,
+            shape,
+            true,
+        )?;
+        let pc = [u(n * e)?, u(e)?, u(k)?, wo, oo];
+        self.run(
+            spv!("moe_sum"),
+            &[&y, &wm.raw, &om.raw],
+            &pc,
+            self.groups(n * e),
+        )
     }
 }
