@@ -9,7 +9,13 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo build --release --locked
 ./target/release/hearth pull smollm2 >/dev/null
+# Mesa's lavapipe, so that the Vulkan tests run (a missing device fails them here)
+bash scripts/install_lavapipe.sh
+export HEARTH_REQUIRE_VULKAN=1
 cargo test --release --locked --workspace 2>&1 | tee -a "$log"
+# every architecture's fixtures and SmolLM2's agreement with transformers on Vulkan
+HEARTH_TEST_BACKEND=vulkan cargo test --release --locked -p hearth-models --test tiny_hf 2>&1 | tee -a "$log"
+HEARTH_TEST_BACKEND=vulkan cargo test --release --locked -p hearth --test smollm2 smollm2_top1 2>&1 | tee -a "$log"
 # the portable (non-AVX2) kernels against the same references
 HEARTH_CPU_BASELINE=1 cargo test --release --locked -p hearth-quant -p hearth-models -p hearth-cpu 2>&1 | tee -a "$log"
 # on CPUs with AVX-512 VNNI, the AVX2 build of the integer kernels too (the tests compare
@@ -17,8 +23,13 @@ HEARTH_CPU_BASELINE=1 cargo test --release --locked -p hearth-quant -p hearth-mo
 if grep -q avx512_vnni /proc/cpuinfo 2>/dev/null; then
   HEARTH_NO_AVX512=1 cargo test --release --locked -p hearth-quant 2>&1 | tee -a "$log"
 fi
-# `hearth serve smollm2` against the official openai client
+# `hearth serve smollm2` against the official openai client, on the CPU and on Vulkan
 bash scripts/test_server.sh 2>&1 | tee -a "$log"
+# (on lavapipe, which decodes SmolLM2 at a few tokens a second, the tests that generate
+# little; batch invariance on Vulkan is tests/tiny_hf.rs's batched_paged_sequences test)
+HEARTH_SERVE_ARGS="--device vulkan" bash scripts/test_server.sh test_plain_chat_and_usage \
+  test_streaming_chat_matches_plain test_completions_and_tokenize_endpoints test_error_classes \
+  test_json_schema_constrained test_cancel_mid_stream_then_healthy 2>&1 | tee -a "$log"
 # every fuzz target for 30 s from its committed corpus (installs cargo-fuzz on first use;
 # the first build of the instrumented targets takes about 15 minutes on 2 cores)
 bash scripts/fuzz.sh 30 2>&1 | tee -a "$log"

@@ -18,10 +18,12 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 p1=$(free_port); p2=$(free_port); p3=$(free_port)
 key="test-key-$RANDOM"
 log1=$(mktemp); log2=$(mktemp); log3=$(mktemp)
-"$bin" serve smollm2 --port "$p1" >"$log1" 2>&1 & s1=$!
-"$bin" serve smollm2 --port "$p2" --parallel 1 --queue 1 --api-key "$key" >"$log2" 2>&1 & s2=$!
+# HEARTH_SERVE_ARGS: more arguments for these servers (test.sh: --device vulkan)
+read -r -a extra <<<"${HEARTH_SERVE_ARGS:-}"
+"$bin" serve smollm2 --port "$p1" "${extra[@]}" >"$log1" 2>&1 & s1=$!
+"$bin" serve smollm2 --port "$p2" --parallel 1 --queue 1 --api-key "$key" "${extra[@]}" >"$log2" 2>&1 & s2=$!
 # a KV pool of one context (17 pages of 16) for 4 sequences: generation must preempt
-"$bin" serve smollm2 --port "$p3" --parallel 4 --ctx 256 --kv-mib 1 >"$log3" 2>&1 & s3=$!
+"$bin" serve smollm2 --port "$p3" --parallel 4 --ctx 256 --kv-mib 1 "${extra[@]}" >"$log3" 2>&1 & s3=$!
 cleanup() { kill $s1 $s2 $s3 2>/dev/null; wait $s1 $s2 $s3 2>/dev/null; rm -f "$log1" "$log2" "$log3"; }
 trap cleanup EXIT
 for p in $p1 $p2 $p3; do
@@ -35,6 +37,12 @@ status=0
 HEARTH_URL="http://127.0.0.1:$p1" HEARTH_URL_LIMITED="http://127.0.0.1:$p2" HEARTH_KEY="$key" \
   HEARTH_URL_SMALL_POOL="http://127.0.0.1:$p3" \
   HEARTH_BIN="$bin" "$venv/bin/python" tests/server/test_openai.py "$@" || status=$?
+if [ -n "${HEARTH_SERVE_ARGS:-}" ]; then
+  # the hardening tests start servers of their own, on the CPU
+  trap - EXIT
+  cleanup || true
+  exit $status
+fi
 if [ $status != 0 ]; then echo "--- server log"; tail -n 30 "$log1"; fi
 trap - EXIT
 cleanup || true

@@ -38,7 +38,12 @@ enum Cmd {
         device: String,
     },
     /// List the devices hearth can run on.
-    Devices,
+    Devices {
+        /// Also run the conformance suite (every op against the CPU backend) on each
+        /// Vulkan device
+        #[arg(long)]
+        check: bool,
+    },
     /// Measure prompt and generation speed (like llama-bench).
     Bench(BenchArgs),
     /// Download a model alias (smollm2) into the model directory.
@@ -103,6 +108,28 @@ struct Common {
     /// now: the Vulkan backend does not yet run every architecture)
     #[arg(long, default_value = "auto")]
     device: String,
+    #[command(flatten)]
+    place: PlaceArgs,
+}
+
+/// Which weights stay in RAM, computed by the CPU, when the model runs on a GPU.
+#[derive(Args, Clone, Default)]
+struct PlaceArgs {
+    /// Keep every MoE layer's routed experts in RAM
+    #[arg(long)]
+    cpu_moe: bool,
+    /// Keep the routed experts of the first N MoE layers in RAM
+    #[arg(long, default_value_t = 0)]
+    n_cpu_moe: usize,
+    /// Run only the last N layers on the GPU (the output too when N exceeds the layer
+    /// count), as llama.cpp's -ngl
+    #[arg(long)]
+    gpu_layers: Option<usize>,
+    /// REGEX=DEVICE: the blocks whose name matches go to DEVICE (cpu, or the --device);
+    /// blocks are token_embd, output, blk.N.attn, blk.N.ffn and blk.N.ffn_exps (the routed
+    /// experts), so `exps=cpu` keeps every expert in RAM
+    #[arg(long = "override-tensor", visible_alias = "ot")]
+    override_tensor: Vec<String>,
 }
 
 #[derive(Args)]
@@ -206,7 +233,7 @@ fn main() {
         Cmd::Logits(a) => logits(a),
         Cmd::Tokenize(a) => tokenize(a),
         Cmd::Inspect { model, device } => inspect(&model, &device),
-        Cmd::Devices => devices(),
+        Cmd::Devices { check } => devices(check),
         Cmd::Bench(a) => bench(a),
         Cmd::Serve(a) => serve(a),
         Cmd::Pull { model } => pull::resolve(&model).map(|p| println!("{}", p.display())),
@@ -233,14 +260,73 @@ fn backend(device: &str, threads: usize) -> Result<Arc<dyn Backend>> {
     }
 }
 
+/// Whether any placement flag asks for RAM.
+fn wants_cpu(p: &PlaceArgs) -> bool {
+    p.cpu_moe || p.n_cpu_moe > 0 || p.gpu_layers.is_some() || !p.override_tensor.is_empty()
+}
+
+/// The devices (the --device first, then the CPU when the placement uses it) and the
+/// placement function of the flags.
+#[allow(clippy::type_complexity)]
+fn placement(c: &Common) -> Result<(Vec<Arc<dyn Backend>>, Box<dyn Fn(&str, usize) -> usize>)> {
+    let main_cpu = matches!(c.device.as_str(), "auto" | "cpu");
+    let mut devs = vec![backend(&c.device, c.threads)?];
+    let p = c.place.clone();
+    if main_cpu || !wants_cpu(&p) {
+        return Ok((devs, Box::new(|_, _| 0)));
+    }
+    devs.push(Arc::new(hearth_cpu::Cpu::new(c.threads)?));
+    let mut rules = Vec::new();
+    for o in &p.override_tensor {
+        let (re, dev) = o
+            .rsplit_once('=')
+            .with_context(|| format!("--override-tensor {o}: expected REGEX=DEVICE"))?;
+        let re = regex::Regex::new(re).with_context(|| format!("--override-tensor {o}"))?;
+        let d = match dev.to_ascii_lowercase().as_str() {
+            "cpu" => 1,
+            d if d == c.device || (d == "vulkan" && c.device.starts_with("vulkan")) => 0,
+            d if d.starts_with("vulkan") || d.starts_with("gpu") || d.starts_with("cuda") => 0,
+            d => bail!("--override-tensor {o}: device {d} is not cpu or the --device"),
+        };
+        rules.push((re, d));
+    }
+    let layer =
+        |b: &str| -> Option<usize> { b.strip_prefix("blk.")?.split('.').next()?.parse().ok() };
+    Ok((
+        devs,
+        Box::new(move |b: &str, n_layer: usize| {
+            if let Some((_, d)) = rules.iter().find(|(re, _)| re.is_match(b)) {
+                return *d;
+            }
+            if let Some(g) = p.gpu_layers {
+                let first_gpu = n_layer.saturating_sub(g);
+                let on_cpu = match layer(b) {
+                    Some(i) => i < first_gpu,
+                    None => b == "token_embd" || (b == "output" && g <= n_layer),
+                };
+                if on_cpu {
+                    return 1;
+                }
+            }
+            if b.ends_with(".ffn_exps") && (p.cpu_moe || layer(b).is_some_and(|i| i < p.n_cpu_moe))
+            {
+                return 1;
+            }
+            0
+        }),
+    ))
+}
+
 fn load(c: &Common) -> Result<Engine> {
     let path = pull::resolve(&c.model)?;
-    Engine::load(&path, backend(&c.device, c.threads)?)
+    let (devs, place) = placement(c)?;
+    Engine::load_placed(&path, devs, &*place)
         .with_context(|| format!("cannot load {}", path.display()))
 }
 
-/// `hearth devices`: the CPU and every Vulkan device.
-fn devices() -> Result<()> {
+/// `hearth devices`: the CPU and every Vulkan device; with `check`, the conformance suite on
+/// each.
+fn devices(check: bool) -> Result<()> {
     let cpu = hearth_cpu::Cpu::new(0)?;
     println!("cpu          {} threads", cpu.threads());
     match hearth_vulkan::devices() {
@@ -255,7 +341,23 @@ fn devices() -> Result<()> {
                     d.memory as f64 / (1u64 << 30) as f64,
                     d.subgroup,
                     d.max_alloc as f64 / (1u64 << 30) as f64
-                )
+                );
+                if check {
+                    let v = hearth_vulkan::Vulkan::new(d.index)?;
+                    let r = hearth_conformance::run(&v);
+                    println!(
+                        "  conformance: {} passed, {} failed, {} skipped",
+                        r.passed.len(),
+                        r.failed.len(),
+                        r.skipped.len()
+                    );
+                    for f in &r.failed {
+                        println!("  FAILED {f}");
+                    }
+                    if !r.failed.is_empty() {
+                        bail!("vulkan:{} failed the conformance suite", d.index);
+                    }
+                }
             }
         }
         Err(e) => println!("(no Vulkan: {e})"),
@@ -371,16 +473,13 @@ fn bench(a: BenchArgs) -> Result<()> {
         bail!("--reps must be at least 1");
     }
     let path = pull::resolve(&a.common.model)?;
-    let (be, threads): (Arc<dyn Backend>, usize) = match a.common.device.as_str() {
-        "auto" | "cpu" => {
-            let cpu = hearth_cpu::Cpu::new(a.common.threads)?;
-            let t = cpu.threads();
-            (Arc::new(cpu), t)
-        }
-        d => (backend(d, a.common.threads)?, 0),
+    let threads = match a.common.device.as_str() {
+        "auto" | "cpu" => hearth_cpu::Cpu::new(a.common.threads)?.threads(),
+        _ => 0,
     };
+    let (devs, place) = placement(&a.common)?;
     let files = ModelFiles::open(&path)?;
-    let model = hearth_engine::load_model(&files, be)?;
+    let model = hearth_engine::load_model_placed(&files, devs, &*place)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -598,8 +697,7 @@ fn inspect(model: &str, device: &str) -> Result<()> {
 
 fn serve(a: ServeArgs) -> Result<()> {
     let path = pull::resolve(&a.common.model)?;
-    let eng = Engine::load(&path, backend(&a.common.device, a.common.threads)?)
-        .with_context(|| format!("cannot load {}", path.display()))?;
+    let eng = load(&a.common)?;
     let train_ctx = eng.model.cfg.n_ctx_train;
     let n_ctx = match a.ctx {
         0 if train_ctx > 0 => train_ctx.min(4096),

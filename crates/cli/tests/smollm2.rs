@@ -47,7 +47,12 @@ fn smollm2_top1_agrees_with_transformers_on_real_text() {
         tokens.len() >= 200,
         "the reference must cover at least 200 positions"
     );
-    let eng = Engine::load(&smollm2(), Arc::new(hearth_cpu::Cpu::new(0).unwrap())).unwrap();
+    // HEARTH_TEST_BACKEND=vulkan: on the first Vulkan device (CI: lavapipe)
+    let be: Arc<dyn hearth_core::Backend> = match std::env::var("HEARTH_TEST_BACKEND").as_deref() {
+        Ok("vulkan") => Arc::new(hearth_vulkan::Vulkan::new(0).unwrap()),
+        _ => Arc::new(hearth_cpu::Cpu::new(0).unwrap()),
+    };
+    let eng = Engine::load(&smollm2(), be).unwrap();
     // hearth's tokenizer gives the same ids transformers used.
     let text = std::fs::read_to_string(fixtures().join("smollm2/text.txt")).unwrap();
     assert_eq!(eng.tokenizer.encode(&text, false).unwrap(), tokens);

@@ -226,6 +226,8 @@ pub fn run(be: &dyn Backend) -> Report {
         }
     }
     others(&mut s);
+    quant(&mut s);
+    moe(&mut s);
     s.r
 }
 
@@ -356,4 +358,196 @@ fn others(s: &mut Suite) {
             Ok((get(s.be, &out)?, want))
         },
     );
+}
+
+/// Random bytes for a quantized tensor, with every 16-bit scale finite (the odd bytes'
+/// exponent bits kept low).
+fn quant_tensor(rng: &mut Rng, dtype: DType, n_out: usize, n_in: usize) -> Tensor {
+    let n = dtype.row_bytes(n_in).expect("a whole number of blocks") * n_out;
+    let bytes: Vec<u8> = (0..n)
+        .map(|i| {
+            let b = ((rng.f() + 1.0) * 127.9) as u8;
+            if i % 2 == 1 { b & 0x3B } else { b }
+        })
+        .collect();
+    Tensor::new("wq".into(), dtype, vec![n_out, n_in], Storage::owned(bytes))
+        .expect("a well-formed test tensor")
+}
+
+/// Matmuls and embedding rows of quantized types (the CPU quantizes the activations of most
+/// of them to integers, hence the looser bound).
+fn quant(s: &mut Suite) {
+    for dtype in [
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q8_0,
+        DType::Q2_K,
+        DType::Q4_K,
+        DType::Q6_K,
+        DType::IQ4_NL,
+        DType::BF16,
+    ] {
+        let (n_out, n_in, n_tok) = (19usize, 512usize, 3usize);
+        s.case(
+            format!("matmul {dtype} [{n_out}, {n_in}] x {n_tok}"),
+            5e-3,
+            |s| {
+                let t = quant_tensor(&mut s.rng, dtype, n_out, n_in);
+                let x = s.rng.vec(n_tok * n_in);
+                let mut tb = t.clone();
+                s.be.prepare(&mut tb);
+                let mut out = s.be.alloc(n_tok * n_out)?;
+                s.be.matmul(&tb, put(s.be, &x)?.view(), n_tok, out.view_mut())?;
+                let mut want = vec![0f32; n_tok * n_out];
+                s.cpu
+                    .matmul(&t, (&x[..]).into(), n_tok, (&mut want[..]).into())?;
+                Ok((get(s.be, &out)?, want))
+            },
+        );
+        s.case(format!("get_rows {dtype} 3 of [19, 512]"), 0.0, |s| {
+            let t = quant_tensor(&mut s.rng, dtype, 19, 512);
+            let ids = [18u32, 0, 7];
+            let mut out = s.be.alloc(3 * 512)?;
+            s.be.get_rows(&t, &ids, out.view_mut())?;
+            let mut want = vec![0f32; 3 * 512];
+            s.cpu.get_rows(&t, &ids, (&mut want[..]).into())?;
+            Ok((get(s.be, &out)?, want))
+        });
+    }
+}
+
+/// Routing and routed experts.
+fn moe(s: &mut Suite) {
+    use hearth_core::moe::{Expert, Gating, GroupScore, Routing};
+    let routing = |gating, n_group, topk_group| Routing {
+        n_expert: 16,
+        n_used: 4,
+        gating,
+        norm: true,
+        scale: 2.5,
+        n_group,
+        topk_group,
+        group_score: GroupScore::Top2Sum,
+        act: Glu::Silu,
+    };
+    for (label, cfg, bias) in [
+        ("softmax", routing(Gating::Softmax, 1, 1), false),
+        (
+            "sigmoid, 2 of 4 groups, correction bias",
+            routing(Gating::Sigmoid, 4, 2),
+            true,
+        ),
+    ] {
+        for part in [0usize, 1] {
+            let what = if part == 0 { "ids" } else { "weights" };
+            s.case(format!("moe_route {label}: {what}"), 1e-6, |s| {
+                let n = 5;
+                let l = s.rng.vec(n * 16);
+                let b: Vec<f32> = s.rng.vec(16).iter().map(|v| v * 0.1).collect();
+                let (mut i1, mut w1) = (s.be.alloc(n * 4)?, s.be.alloc(n * 4)?);
+                let bb = put(s.be, &b)?;
+                let sb = bias.then(|| bb.view());
+                s.be.moe_route(
+                    put(s.be, &l)?.view(),
+                    sb,
+                    &cfg,
+                    i1.view_mut(),
+                    w1.view_mut(),
+                )?;
+                let (mut i2, mut w2) = (vec![0f32; n * 4], vec![0f32; n * 4]);
+                let sb = bias.then_some((&b[..]).into());
+                s.cpu.moe_route(
+                    (&l[..]).into(),
+                    sb,
+                    &cfg,
+                    (&mut i2[..]).into(),
+                    (&mut w2[..]).into(),
+                )?;
+                Ok(if part == 0 {
+                    (get(s.be, &i1)?, i2)
+                } else {
+                    (get(s.be, &w1)?, w2)
+                })
+            });
+        }
+    }
+    for (label, act, biased) in [
+        ("silu", Glu::Silu, false),
+        (
+            "clamped swiglu with biases",
+            Glu::ClampedSwiglu {
+                alpha: 1.702,
+                limit: 1.5,
+            },
+            true,
+        ),
+    ] {
+        s.case(
+            format!("moe_experts {label}: 6 experts, 3 tokens, 2 each"),
+            1e-5,
+            |s| {
+                let (ne, e, ff, n, k) = (6usize, 64usize, 40usize, 3usize, 2usize);
+                let mut mats = Vec::new();
+                for _ in 0..ne {
+                    mats.push((
+                        s.rng.vec(ff * e),
+                        s.rng.vec(ff * e),
+                        s.rng.vec(e * ff),
+                        [s.rng.vec(ff), s.rng.vec(ff), s.rng.vec(e)],
+                    ));
+                }
+                let make = |be: &dyn Backend| -> Result<Vec<Expert>> {
+                    mats.iter()
+                        .map(|(g, u, d, b)| {
+                            let up = |v: &Vec<f32>| -> Result<Option<Buf>> {
+                                biased.then(|| be.upload_new(v)).transpose()
+                            };
+                            let mut ex = Expert {
+                                gate: tensor(DType::F32, ff, e, g),
+                                up: tensor(DType::F32, ff, e, u),
+                                down: tensor(DType::F32, e, ff, d),
+                                gate_b: up(&b[0])?,
+                                up_b: up(&b[1])?,
+                                down_b: up(&b[2])?,
+                            };
+                            for w in [&mut ex.gate, &mut ex.up, &mut ex.down] {
+                                be.prepare(w);
+                            }
+                            Ok(ex)
+                        })
+                        .collect()
+                };
+                let x = s.rng.vec(n * e);
+                let ids: Vec<f32> = vec![5.0, 0.0, 2.0, 5.0, 1.0, 3.0];
+                let w: Vec<f32> = s.rng.vec(n * k);
+                let ex_b = make(s.be)?;
+                let mut out = s.be.alloc(n * e)?;
+                let (bx, bi, bw) = (put(s.be, &x)?, put(s.be, &ids)?, put(s.be, &w)?);
+                s.be.moe_experts(hearth_core::MoeJob {
+                    experts: &ex_b,
+                    act,
+                    n_tok: n,
+                    n_used: k,
+                    x: bx.view(),
+                    ids: bi.view(),
+                    weights: bw.view(),
+                    out: out.view_mut(),
+                })?;
+                let ex_c = make(&s.cpu)?;
+                let mut want = vec![0f32; n * e];
+                s.cpu.moe_experts(hearth_core::MoeJob {
+                    experts: &ex_c,
+                    act,
+                    n_tok: n,
+                    n_used: k,
+                    x: (&x[..]).into(),
+                    ids: (&ids[..]).into(),
+                    weights: (&w[..]).into(),
+                    out: (&mut want[..]).into(),
+                })?;
+                Ok((get(s.be, &out)?, want))
+            },
+        );
+    }
 }

@@ -203,9 +203,18 @@ impl Engine {
 
     /// Load a model from a file or directory onto `backend`.
     pub fn load(path: &std::path::Path, backend: Arc<dyn Backend>) -> Result<Engine> {
+        Engine::load_placed(path, vec![backend], &|_, _| 0)
+    }
+
+    /// Load a model over several devices (see [`Model::load_placed`] for `place`).
+    pub fn load_placed(
+        path: &std::path::Path,
+        devs: Vec<Arc<dyn Backend>>,
+        place: &dyn Fn(&str, usize) -> usize,
+    ) -> Result<Engine> {
         let files = ModelFiles::open(path)?;
         let tokenizer = Tokenizer::from_files(&files)?;
-        let model = Model::load(&files, backend)?;
+        let model = Model::load_placed(&files, devs, place)?;
         Ok(Engine {
             files,
             model,
@@ -281,4 +290,13 @@ impl Engine {
 /// which need no tokenizer).
 pub fn load_model(files: &ModelFiles, backend: Arc<dyn Backend>) -> Result<Model> {
     Model::load(files, backend)
+}
+
+/// [`load_model`] over several devices.
+pub fn load_model_placed(
+    files: &ModelFiles,
+    devs: Vec<Arc<dyn Backend>>,
+    place: &dyn Fn(&str, usize) -> usize,
+) -> Result<Model> {
+    Model::load_placed(files, devs, place)
 }

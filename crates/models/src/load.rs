@@ -121,13 +121,14 @@ fn transposed(name: &str, data: &[f32], rows: usize, cols: usize) -> Result<Tens
 /// `token_embd`, `output`, `blk.{i}.attn`, `blk.{i}.ffn` and `blk.{i}.ffn_exps`).
 pub(crate) struct Placer<'a> {
     pub devs: &'a [Arc<dyn Backend>],
-    pub place: &'a dyn Fn(&str) -> usize,
+    pub place: &'a dyn Fn(&str, usize) -> usize,
+    pub n_layer: usize,
 }
 
 impl Placer<'_> {
     /// The device of a block (an index into `devs`; past the end is an error).
     pub fn dev(&self, block: &str) -> Result<usize> {
-        let d = (self.place)(block);
+        let d = (self.place)(block, self.n_layer);
         if d >= self.devs.len() {
             return Err(Error::Invalid(format!(
                 "{block} is placed on device {d}, but there are {} devices",

@@ -265,17 +265,17 @@ impl Model {
     /// Build a model on one backend. Fails with a clear message on an unknown architecture,
     /// a missing or mis-shaped tensor, or a type the backend cannot run.
     pub fn load(files: &ModelFiles, backend: Arc<dyn Backend>) -> Result<Model> {
-        Model::load_placed(files, vec![backend], &|_| 0)
+        Model::load_placed(files, vec![backend], &|_, _| 0)
     }
 
     /// Build a model over several devices: `place` names the device (an index into `devs`)
     /// of each block, called with `token_embd`, `output`, and for each layer `i`
     /// `blk.{i}.attn`, `blk.{i}.ffn` and, for MoE layers, `blk.{i}.ffn_exps` (the routed
-    /// experts).
+    /// experts); its second argument is the number of layers.
     pub fn load_placed(
         files: &ModelFiles,
         devs: Vec<Arc<dyn Backend>>,
-        place: &dyn Fn(&str) -> usize,
+        place: &dyn Fn(&str, usize) -> usize,
     ) -> Result<Model> {
         if devs.is_empty() {
             return Err(Error::Invalid("a model needs at least one device".into()));
@@ -339,7 +339,11 @@ impl Model {
                 cfg.rope.dim
             )));
         }
-        let pl = Placer { devs: &devs, place };
+        let pl = Placer {
+            devs: &devs,
+            place,
+            n_layer: cfg.n_layer,
+        };
         let (dev_embd, dev_out) = (pl.dev("token_embd")?, pl.dev("output")?);
         // the embedding is only read row by row, unless the output head shares it
         let tok_embd = weight(

@@ -51,7 +51,7 @@ fn a_decode_step_with_experts_in_ram_moves_only_their_inputs_routing_and_output(
     ] {
         let f = files(name, gguf);
         let one = Model::load(&f, cpu()).unwrap();
-        let placed = Model::load_placed(&f, vec![cpu(), cpu()], &|b| {
+        let placed = Model::load_placed(&f, vec![cpu(), cpu()], &|b, _| {
             usize::from(b.ends_with(".ffn_exps"))
         })
         .unwrap();
@@ -88,7 +88,7 @@ fn layers_on_two_devices_move_the_hidden_state_where_they_meet() {
     let n_layer = one.cfg.n_layer;
     assert!(n_layer >= 2);
     // layer 0 and the output on device 0, the other layers on device 1
-    let placed = Model::load_placed(&f, vec![cpu(), cpu()], &|b| {
+    let placed = Model::load_placed(&f, vec![cpu(), cpu()], &|b, _| {
         usize::from(b.starts_with("blk.") && !b.starts_with("blk.0."))
     })
     .unwrap();
@@ -104,7 +104,7 @@ fn layers_on_two_devices_move_the_hidden_state_where_they_meet() {
 #[test]
 fn a_placement_on_a_device_that_does_not_exist_is_an_error() {
     let f = files("llama", true);
-    let err = Model::load_placed(&f, vec![cpu()], &|b| usize::from(b == "output"))
+    let err = Model::load_placed(&f, vec![cpu()], &|b, _| usize::from(b == "output"))
         .err()
         .expect("device 1 does not exist");
     assert!(err.to_string().contains("device 1"), "{err}");

@@ -51,8 +51,7 @@ fn load_from(
 ) -> (ModelFiles, Model, serde_json::Value, Vec<f32>) {
     let dir = fixture(name);
     let files = ModelFiles::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let model = Model::load(&files, backend())
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let model = Model::load(&files, backend()).unwrap_or_else(|e| panic!("{name}: {e}"));
     let exp: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let logits: Vec<f32> = std::fs::read(dir.join("logits.f32"))

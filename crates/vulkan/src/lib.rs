@@ -53,13 +53,19 @@ pub struct Vulkan {
     ctx: Arc<Ctx>,
     /// Weights copied to the device, by the address and length of their bytes: the buffer
     /// and how it holds them (0: f32, 1: f16; other types are decoded to f32 once).
-    weights: Mutex<HashMap<(usize, usize), (Arc<RawBuf>, u32)>>,
+    /// Each entry keeps the weight's storage alive, so that its address cannot be reused by
+    /// another tensor while the entry exists.
+    weights: Mutex<WeightMap>,
     /// Scratch buffers (rotated keys, MoE intermediates), by use.
     tmp: Mutex<[Option<Arc<RawBuf>>; 4]>,
-    /// Each MoE layer's experts in one buffer per matrix kind, by the address of the layer's
-    /// expert list.
-    packs: Mutex<HashMap<usize, Arc<Pack>>>,
+    /// Each MoE layer's experts in one buffer per matrix kind, by the address of its first
+    /// expert's gate bytes and the number of experts (the pack keeps that storage alive).
+    packs: Mutex<HashMap<(usize, usize), Arc<Pack>>>,
 }
+
+/// Device copies of weights by (address, length, type) of their bytes: the buffer, how it holds
+/// them, and the storage they came from (kept alive).
+type WeightMap = HashMap<(usize, usize, DType), (Arc<RawBuf>, u32, hearth_core::Storage)>;
 
 /// A MoE layer's experts on the device: all gate, up and down matrices `[E, rows, cols]`
 /// in f32, and their biases (or none).
@@ -69,6 +75,7 @@ struct Pack {
     down: RawBuf,
     bias: [Option<RawBuf>; 3],
     n_ff: usize,
+    _pin: hearth_core::Storage,
 }
 
 impl Drop for Vulkan {
@@ -85,7 +92,6 @@ impl Drop for Vulkan {
         self.ctx.release();
     }
 }
-
 
 /// The device memory behind a view, with its range in floats.
 fn dev<'a>(v: View<'a>) -> Result<(&'a VkMem, u32, usize)> {
@@ -165,10 +171,10 @@ impl Vulkan {
     /// turn).
     fn weight(&self, w: &Tensor) -> Result<(Arc<RawBuf>, u32)> {
         let b = w.bytes();
-        let key = (b.as_ptr() as usize, b.len());
+        let key = (b.as_ptr() as usize, b.len(), w.dtype);
         let mut ws = self.weights.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = ws.get(&key) {
-            return Ok(r.clone());
+            return Ok((r.0.clone(), r.1));
         }
         let (raw, tag) = match w.dtype {
             DType::F32 | DType::F16 => {
@@ -186,9 +192,9 @@ impl Vulkan {
                 (raw, 0)
             }
         };
-        let r = (Arc::new(raw), tag);
-        ws.insert(key, r.clone());
-        Ok(r)
+        let raw = Arc::new(raw);
+        ws.insert(key, (raw.clone(), tag, w.storage.clone()));
+        Ok((raw, tag))
     }
 
     fn elementwise(&self, x: ViewMut<'_>, y: View<'_>, mode: u32, bw: usize) -> Result<()> {
@@ -294,14 +300,14 @@ impl Vulkan {
 impl Vulkan {
     /// A layer's experts packed on the device (made on first use).
     fn pack(&self, ex: &[hearth_core::Expert]) -> Result<Arc<Pack>> {
-        let key = ex.as_ptr() as usize;
+        let first = ex
+            .first()
+            .ok_or_else(|| Error::Invalid("a MoE layer without experts".into()))?;
+        let key = (first.gate.bytes().as_ptr() as usize, ex.len());
         let mut ps = self.packs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = ps.get(&key) {
             return Ok(p.clone());
         }
-        let first = ex
-            .first()
-            .ok_or_else(|| Error::Invalid("a MoE layer without experts".into()))?;
         let (n_ff, e) = (first.gate.shape[0], first.gate.shape[1]);
         let whole = |f: &dyn Fn(&hearth_core::Expert) -> &Tensor| -> Result<RawBuf> {
             let per = n_ff * e;
@@ -351,6 +357,7 @@ impl Vulkan {
                 bias(&|x| &x.down_b, e)?,
             ],
             n_ff,
+            _pin: first.gate.storage.clone(),
         });
         ps.insert(key, p.clone());
         Ok(p)
@@ -463,6 +470,16 @@ impl Backend for Vulkan {
             )));
         }
         let pc = [u(n_in)?, u(n_out)?, u(n_tok)?, 0, xo, oo, dtype];
+        if self.ctx.info.kind == "CPU" {
+            // lavapipe: a thread per output value
+            let n = n_out * n_tok;
+            return self.run(
+                spv!("matmul_rows"),
+                &[&wb, &xm.raw, &om.raw],
+                &pc,
+                self.groups(n),
+            );
+        }
         self.run(
             spv!("matmul"),
             &[&wb, &xm.raw, &om.raw],
