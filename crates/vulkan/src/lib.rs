@@ -587,7 +587,7 @@ impl Backend for Vulkan {
         if p.head_dim > 1024
             || p.v_dim > 16 * wg
             || p.n_kv_head == 0
-            || p.n_head % p.n_kv_head != 0
+            || !p.n_head.is_multiple_of(p.n_kv_head)
             || qn < n_tok * p.n_head * p.head_dim
             || on < n_tok * p.n_head * p.v_dim
         {
