@@ -306,14 +306,16 @@ fn others(s: &mut Suite) {
             },
         );
     }
-    s.case(
-        "attention 2 sequences, GQA 6/2 heads of 40, pages of 4".into(),
-        1e-5,
-        |s| {
+    for (window, sinks) in [(None, false), (Some(3usize), true)] {
+        let label = format!(
+            "attention 2 sequences, GQA 6/2 heads of 40, pages of 4, window {window:?}, sinks {sinks}"
+        );
+        s.case(label, 1e-5, |s| {
             let (nh, nkv, hd, ps) = (6usize, 2usize, 40usize, 4usize);
             let rows = 8 * ps;
             let (k, v) = (s.rng.vec(rows * nkv * hd), s.rng.vec(rows * nkv * hd));
             let q = s.rng.vec(5 * nh * hd);
+            let sk = s.rng.vec(nh);
             let (t1, t2): (Vec<u32>, Vec<u32>) = (vec![3, 1, 6], vec![7, 0, 2, 5]);
             let segs = [
                 AttnSeg {
@@ -335,7 +337,10 @@ fn others(s: &mut Suite) {
                     }),
                 },
             ];
-            let p = AttnParams::gqa(nh, nkv, hd, 1.0 / (hd as f32).sqrt());
+            let mut p = AttnParams::gqa(nh, nkv, hd, 1.0 / (hd as f32).sqrt());
+            p.window = window;
+            let bs = put(s.be, &sk)?;
+            p.sinks = sinks.then(|| bs.view());
             let (bk, bv) = (put(s.be, &k)?, put(s.be, &v)?);
             let mut out = s.be.alloc(5 * nh * hd)?;
             s.be.attention_many(
@@ -346,6 +351,7 @@ fn others(s: &mut Suite) {
                 out.view_mut(),
                 &segs,
             )?;
+            p.sinks = sinks.then_some((&sk[..]).into());
             let mut want = vec![0f32; 5 * nh * hd];
             s.cpu.attention_many(
                 (&k[..]).into(),
@@ -356,8 +362,8 @@ fn others(s: &mut Suite) {
                 &segs,
             )?;
             Ok((get(s.be, &out)?, want))
-        },
-    );
+        });
+    }
 }
 
 /// Random bytes for a quantized tensor, with every 16-bit scale finite (the odd bytes'

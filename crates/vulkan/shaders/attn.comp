@@ -1,7 +1,8 @@
 #version 450
 // Causal attention with an online softmax, one workgroup per (token, query head), over a paged
 // cache. The table holds, per token, its position and the offset of its sequence's page table
-// (relative to `to`), then the page tables, then the sinks' bits (at `sinks - 1`, 0: none).
+// (relative to `to`), then the page tables. Sinks (gpt-oss) are one logit per head in S, at
+// `sinks - 1` (0: none).
 // Each chunk of WG positions: every thread scores one key, then every thread adds the chunk's
 // values to the output elements it owns (d = l, l + WG, ...).
 #extension GL_GOOGLE_include_directive : require
@@ -11,6 +12,7 @@ layout(std430, binding = 1) readonly buffer V { float v[]; };
 layout(std430, binding = 2) readonly buffer Q { float q[]; };
 layout(std430, binding = 3) buffer O { float o[]; };
 layout(std430, binding = 4) readonly buffer T { uint tab[]; };
+layout(std430, binding = 5) readonly buffer S { float sk[]; };
 layout(push_constant) uniform P {
     uint n_tok; uint n_head; uint n_kv_head; uint head_dim; uint v_dim;
     uint k_stride; uint v_stride; float scale; uint window;
@@ -42,7 +44,7 @@ void main() {
     float m = ninf;
     float lsum = 0.0;
     if (p.sinks != 0u) {
-        m = uintBitsToFloat(tab[p.to + p.sinks - 1u + h]);
+        m = sk[p.sinks - 1u + h];
         lsum = 1.0;
     }
     float acc[MAXV];

@@ -167,8 +167,8 @@ impl Vulkan {
     }
 
     /// The device copy of a weight, made on first use: F32 and F16 as they are, every other
-    /// type decoded to f32 (correct, and as large as f32; types get kernels of their own in
-    /// turn).
+    /// type decoded to f32 exactly (correct, and as large as f32; types get kernels of their
+    /// own in turn).
     fn weight(&self, w: &Tensor) -> Result<(Arc<RawBuf>, u32)> {
         let b = w.bytes();
         let key = (b.as_ptr() as usize, b.len(), w.dtype);
@@ -609,7 +609,7 @@ impl Backend for Vulkan {
             .unwrap_or(1 << 30);
         let mut tab = vec![0u32; 2 * n_tok];
         let mut t = 0;
-        for (i, s) in segs.iter().enumerate() {
+        for s in segs {
             if s.row0 != t {
                 return Err(Error::Invalid("attention: segments out of order".into()));
             }
@@ -623,18 +623,12 @@ impl Backend for Vulkan {
                 tab[2 * (t + j) + 1] = toff;
             }
             t += s.n_tok;
-            let _ = i;
         }
-        let sinks = match p.sinks {
-            Some(sv) => {
-                let mut h = vec![0f32; sv.len()];
-                self.download(sv, &mut h)?;
-                let off = tab.len();
-                tab.extend(h.iter().map(|x| x.to_bits()));
-                u(off + 1)?
-            }
-            None => 0,
-        };
+        // sinks stay on the device: their buffer and offset + 1 (0: none)
+        let sinks = p.sinks.map(dev).transpose()?;
+        if sinks.is_some_and(|s| s.2 < p.n_head) {
+            return Err(Error::Invalid("attention: fewer sinks than heads".into()));
+        }
         let (tb, to) = self.ctx.stage(&tab)?;
         let pc = [
             u(n_tok)?,
@@ -652,11 +646,18 @@ impl Backend for Vulkan {
             oo,
             to,
             u(ps)?,
-            sinks,
+            sinks.map_or(0, |s| s.1 + 1),
         ];
         self.run(
             spv!("attn"),
-            &[&km.raw, &vm.raw, &qm.raw, &om.raw, &tb],
+            &[
+                &km.raw,
+                &vm.raw,
+                &qm.raw,
+                &om.raw,
+                &tb,
+                sinks.map_or(&km.raw, |s| &s.0.raw),
+            ],
             &pc,
             (n_tok * p.n_head) as u64,
         )
