@@ -33,9 +33,15 @@ enum Cmd {
     Inspect {
         /// .gguf file, HF directory, or alias (smollm2)
         model: String,
-        /// The device to load it on for the weight accounting (cpu, vulkan, vulkan:N, auto)
+        /// The device to load it on (cpu, vulkan, vulkan:N, auto): the plan says what each
+        /// device holds
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Context length for the plan's per-sequence state
+        #[arg(long, default_value_t = 4096)]
+        ctx: usize,
+        #[command(flatten)]
+        place: PlaceArgs,
     },
     /// List the devices hearth can run on.
     Devices {
@@ -232,7 +238,12 @@ fn main() {
         Cmd::Run(a) => run(a),
         Cmd::Logits(a) => logits(a),
         Cmd::Tokenize(a) => tokenize(a),
-        Cmd::Inspect { model, device } => inspect(&model, &device),
+        Cmd::Inspect {
+            model,
+            device,
+            ctx,
+            place,
+        } => inspect(&model, &device, ctx, place),
         Cmd::Devices { check } => devices(check),
         Cmd::Bench(a) => bench(a),
         Cmd::Serve(a) => serve(a),
@@ -555,7 +566,7 @@ fn human(n: f64) -> String {
     }
 }
 
-fn inspect(model: &str, device: &str) -> Result<()> {
+fn inspect(model: &str, device: &str, ctx: usize, place: PlaceArgs) -> Result<()> {
     let path = pull::resolve(model)?;
     let files = ModelFiles::open(&path)?;
     println!("file:          {}", path.display());
@@ -618,7 +629,14 @@ fn inspect(model: &str, device: &str) -> Result<()> {
         println!("(no tensors: vocabulary-only file)");
         return Ok(());
     }
-    let m = hearth_engine::load_model(&files, backend(device, 1)?)?;
+    let common = Common {
+        model: model.to_string(),
+        threads: 1,
+        device: device.to_string(),
+        place,
+    };
+    let (devs, place) = placement(&common)?;
+    let m = hearth_engine::load_model_placed(&files, devs, &*place)?;
     let c = &m.cfg;
     println!(
         "parameters:    {} ({}) total, {} ({}) active per token",
@@ -692,7 +710,45 @@ fn inspect(model: &str, device: &str) -> Result<()> {
         "read/token:    {:.1} MiB of weights per decoded token",
         m.bytes_per_token() as f64 / 1048576.0
     );
+    print_plan(&m.plan(), ctx);
     Ok(())
+}
+
+/// Bytes per device for a context of `ctx` tokens, and the largest context that fits.
+fn print_plan(plan: &[hearth_engine::DevicePlan], ctx: usize) {
+    let mib = |b: f64| b / 1048576.0;
+    println!("plan for a context of {ctx} tokens:");
+    let mut largest: Option<usize> = None;
+    for d in plan {
+        let kv = d.kv_bytes_per_token as f64 * ctx as f64;
+        let mem = d.memory.or_else(hearth_engine::available_memory);
+        let fit = match mem {
+            Some(m) => {
+                let free = m as f64 - d.weight_bytes as f64;
+                if d.kv_bytes_per_token > 0 {
+                    let n = (free.max(0.0) / d.kv_bytes_per_token as f64) as usize;
+                    largest = Some(largest.map_or(n, |l| l.min(n)));
+                }
+                format!(
+                    "{} of {:.1} MiB{}",
+                    if free >= kv { "fits" } else { "DOES NOT FIT" },
+                    mib(m as f64),
+                    if d.memory.is_none() { " available" } else { "" }
+                )
+            }
+            None => "memory unknown".into(),
+        };
+        println!(
+            "  {:<40} weights {:>9.1} MiB, state {:>8.1} MiB ({} B/token): {fit}",
+            d.name,
+            mib(d.weight_bytes as f64),
+            mib(kv),
+            d.kv_bytes_per_token
+        );
+    }
+    if let Some(n) = largest {
+        println!("  largest context that fits: {n} tokens (one sequence)");
+    }
 }
 
 fn serve(a: ServeArgs) -> Result<()> {

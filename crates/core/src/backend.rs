@@ -186,6 +186,17 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Bytes of memory this backend's buffers and weights can use (None: the host's, which
+    /// the engine reads itself).
+    fn memory(&self) -> Option<u64> {
+        None
+    }
+
+    /// Bytes this backend holds for a weight once prepared (its own copy, or the file's pages).
+    fn weight_bytes(&self, w: &Tensor) -> usize {
+        w.bytes().len()
+    }
+
     /// A buffer of `n` zeros.
     fn alloc(&self, n: usize) -> Result<Buf> {
         Ok(Buf::host(n))

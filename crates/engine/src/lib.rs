@@ -11,7 +11,7 @@ pub use sampling::{Rng, Sampler, SamplingParams, argmax, logsumexp, top_k};
 
 use hearth_core::{Backend, Error, Result};
 use hearth_formats::ModelFiles;
-pub use hearth_models::{Model, State};
+pub use hearth_models::{DevicePlan, Model, State};
 use hearth_tokenizer::{StreamDecoder, Tokenizer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -16,7 +16,7 @@ mod moe;
 pub use config::{
     ExpertAct, Gating, GroupScore, MlaConfig, ModelConfig, MoeConfig, Rope, RopeScaling,
 };
-pub use model::{BatchSeq, KvPool, LayerCache, Model, Scratch, State, Want};
+pub use model::{BatchSeq, DevicePlan, KvPool, LayerCache, Model, Scratch, State, Want};
 
 use hearth_core::RopeStyle;
 

@@ -75,6 +75,19 @@ pub struct Model {
     moves: Mutex<BTreeMap<&'static str, (usize, usize)>>,
 }
 
+/// One device's share of a model ([`Model::plan`]).
+#[derive(Clone, Debug)]
+pub struct DevicePlan {
+    /// The backend's name.
+    pub name: String,
+    /// Its memory in bytes (None: the host's).
+    pub memory: Option<u64>,
+    /// Bytes of weights it holds.
+    pub weight_bytes: usize,
+    /// Bytes of per-sequence state per token of context it holds.
+    pub kv_bytes_per_token: usize,
+}
+
 /// One layer's part of the state a sequence keeps: the kind depends on the layer.
 pub enum LayerCache {
     /// Paged key and value rows, `[n_pages * page_size, width]` each.
@@ -398,6 +411,39 @@ impl Model {
             dev_out,
             moves: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Where the model's memory goes, per device: the device's name, what its backend reports
+    /// as its memory (None: the host's), the bytes of the weights it holds, and the bytes of
+    /// per-sequence state per token of context for the layers whose attention it runs.
+    pub fn plan(&self) -> Vec<DevicePlan> {
+        let mut p: Vec<DevicePlan> = self
+            .devs
+            .iter()
+            .map(|b| DevicePlan {
+                name: b.name(),
+                memory: b.memory(),
+                weight_bytes: 0,
+                kv_bytes_per_token: 0,
+            })
+            .collect();
+        let mut add = |d: usize, t: &Tensor| p[d].weight_bytes += self.devs[d].weight_bytes(t);
+        add(self.dev_embd, &self.tok_embd);
+        if !std::ptr::eq(self.output.bytes().as_ptr(), self.tok_embd.bytes().as_ptr())
+            || self.dev_out != self.dev_embd
+        {
+            add(self.dev_out, &self.output);
+        }
+        for l in &self.layers {
+            for (d, t) in l.tensors() {
+                add(d, t);
+            }
+        }
+        let (kw, vw) = self.kv_widths();
+        for l in &self.layers {
+            p[l.dev_attn].kv_bytes_per_token += (kw + vw) * 4;
+        }
+        p
     }
 
     /// The moves between devices since the last [`Model::reset_transfers`]: what moved

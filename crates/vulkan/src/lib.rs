@@ -414,6 +414,18 @@ impl Backend for Vulkan {
         }
     }
 
+    fn memory(&self) -> Option<u64> {
+        Some(self.ctx.info.memory)
+    }
+
+    fn weight_bytes(&self, w: &Tensor) -> usize {
+        match w.dtype {
+            DType::F32 | DType::F16 => w.bytes().len(),
+            // decoded to f32 (routed experts too, in their layer's pack)
+            _ => w.numel() * 4,
+        }
+    }
+
     fn alloc(&self, n: usize) -> Result<Buf> {
         let bytes = n.checked_mul(4).ok_or_else(too_big)?;
         Ok(Buf::Dev(Box::new(VkMem {
