@@ -9,50 +9,20 @@ Run: python3 scripts/gen_moe_bench_model.py [OUT_DIR]   (default: $HEARTH_MODELS
 Writes OUT_DIR/qwen3moe-1.8b-random.Q4_K_M.gguf (about 1.1 GB); intermediates go to a
 temporary directory next to it and are removed.
 """
-import os, shutil, subprocess, sys
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+import os, sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-from gen_tiny_models import tk  # noqa: E402
-from gen_tiny_moe import CONVERT, llama_src  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gen_gpu_models import build  # noqa: E402
+from gen_tiny_moe import llama_src  # noqa: E402
 
 root = os.path.join(os.path.dirname(__file__), "..")
 out_dir = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
     "HEARTH_MODELS", os.path.expanduser("~/.cache/hearth/models"))
-os.makedirs(out_dir, exist_ok=True)
-final = os.path.join(out_dir, "qwen3moe-1.8b-random.Q4_K_M.gguf")
-if os.path.exists(final):
-    print(final)
-    raise SystemExit(0)
-work = os.path.join(out_dir, "qwen3moe-bench-work")
-shutil.rmtree(work, ignore_errors=True)
-hf = os.path.join(work, "hf")
-os.makedirs(hf)
-
-cfg = AutoConfig.for_model(
+shape = dict(
     model_type="qwen3_moe", vocab_size=32768, hidden_size=1024, num_hidden_layers=16,
     num_attention_heads=16, num_key_value_heads=4, head_dim=128, intermediate_size=3072,
     moe_intermediate_size=512, num_experts=64, num_experts_per_tok=8, norm_topk_prob=True,
     max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=0,
     eos_token_id=2, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
-torch.manual_seed(0)
-model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
-with torch.no_grad():
-    for n, p in model.named_parameters():
-        if "norm" in n:
-            p.fill_(1.0)
-        else:
-            p.normal_(0.0, 0.02)
-print("parameters:", sum(p.numel() for p in model.parameters()))
-model.save_pretrained(hf, safe_serialization=True)
-del model
-PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|im_end|>").save_pretrained(hf)
-bf16 = os.path.join(work, "model.bf16.gguf")
-subprocess.run([sys.executable, "-c", CONVERT.replace('"f32"', '"bf16"'), llama_src, hf, bf16], check=True,
-               stdout=subprocess.DEVNULL)
-shutil.rmtree(hf)
 quantize = os.path.join(root, ".llama.cpp", "build", "bin", "llama-quantize")
-subprocess.run([quantize, bf16, final, "Q4_K_M"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-shutil.rmtree(work)
-print(final)
+print(build(out_dir, "qwen3moe-1.8b-random", "Q4_K_M", shape, llama_src, quantize))

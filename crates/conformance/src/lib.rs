@@ -96,6 +96,20 @@ struct Suite<'a> {
 }
 
 impl Suite<'_> {
+    /// `t @ x` on the backend (after `prepare`) and on the CPU.
+    fn matmul(&self, t: &Tensor, x: &[f32], n_tok: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let n_out = t.n_rows();
+        let mut tb = t.clone();
+        self.be.prepare(&mut tb);
+        let mut out = self.be.alloc(n_tok * n_out)?;
+        self.be
+            .matmul(&tb, put(self.be, x)?.view(), n_tok, out.view_mut())?;
+        let mut want = vec![0f32; n_tok * n_out];
+        self.cpu
+            .matmul(t, x.into(), n_tok, (&mut want[..]).into())?;
+        Ok((get(self.be, &out)?, want))
+    }
+
     /// Record a case: `f` gives (backend's result, CPU's result) and the bound.
     fn case(
         &mut self,
@@ -212,15 +226,7 @@ pub fn run(be: &dyn Backend) -> Report {
                 |s| {
                     let w = s.rng.vec(n_out * n_in);
                     let x = s.rng.vec(n_tok * n_in);
-                    let t = tensor(dtype, n_out, n_in, &w);
-                    let mut tb = t.clone();
-                    s.be.prepare(&mut tb);
-                    let mut out = s.be.alloc(n_tok * n_out)?;
-                    s.be.matmul(&tb, put(s.be, &x)?.view(), n_tok, out.view_mut())?;
-                    let mut want = vec![0f32; n_tok * n_out];
-                    s.cpu
-                        .matmul(&t, (&x[..]).into(), n_tok, (&mut want[..]).into())?;
-                    Ok((get(s.be, &out)?, want))
+                    s.matmul(&tensor(dtype, n_out, n_in, &w), &x, n_tok)
                 },
             );
         }
@@ -401,14 +407,7 @@ fn quant(s: &mut Suite) {
             |s| {
                 let t = quant_tensor(&mut s.rng, dtype, n_out, n_in);
                 let x = s.rng.vec(n_tok * n_in);
-                let mut tb = t.clone();
-                s.be.prepare(&mut tb);
-                let mut out = s.be.alloc(n_tok * n_out)?;
-                s.be.matmul(&tb, put(s.be, &x)?.view(), n_tok, out.view_mut())?;
-                let mut want = vec![0f32; n_tok * n_out];
-                s.cpu
-                    .matmul(&t, (&x[..]).into(), n_tok, (&mut want[..]).into())?;
-                Ok((get(s.be, &out)?, want))
+                s.matmul(&t, &x, n_tok)
             },
         );
         s.case(format!("get_rows {dtype} 3 of [19, 512]"), 0.0, |s| {

@@ -880,21 +880,10 @@ impl Model {
         for (li, l) in self.layers.iter().enumerate() {
             // attention, on its device
             let d = l.dev_attn;
-            if cur != d {
-                self.transfer(
-                    s,
-                    "hidden state",
-                    (cur, |d| &mut d.x),
-                    (d, |d| &mut d.x),
-                    n * e,
-                )?;
-                cur = d;
-            }
+            self.enter_block(s, &mut cur, d, n, &l.attn_norm)?;
             let be = self.dev(d);
             let ds = s.dev(d);
-            let mut h = sized(be, &mut ds.h, n * e)?;
-            be.copy_rows(ds.x.head(n * e), 0, h.reborrow(), 0, row1(n * e))?;
-            be.rms_norm(h.reborrow(), l.attn_norm.view(), c.rms_eps)?;
+            let h = ds.h.head(n * e);
             let mut o = sized(be, &mut ds.o, n * e)?;
             match (&l.attn, &mut pool.layers[li]) {
                 (Attn::Gqa(a), LayerCache::Kv { k: kc, v: vc }) => {
@@ -906,19 +895,19 @@ impl Model {
                     be.matmul_many(&mut [
                         MatJob {
                             w: &a.wq,
-                            x: h.view(),
+                            x: h,
                             n_tok: n,
                             out: q.reborrow(),
                         },
                         MatJob {
                             w: &a.wk,
-                            x: h.view(),
+                            x: h,
                             n_tok: n,
                             out: k.reborrow(),
                         },
                         MatJob {
                             w: &a.wv,
-                            x: h.view(),
+                            x: h,
                             n_tok: n,
                             out: v.reborrow(),
                         },
@@ -968,16 +957,7 @@ impl Model {
                         rope,
                         rows,
                     };
-                    m.forward(
-                        be,
-                        &call,
-                        h.view(),
-                        n,
-                        segs,
-                        cache,
-                        &mut ds.mla,
-                        o.reborrow(),
-                    )?;
+                    m.forward(be, &call, h, n, segs, cache, &mut ds.mla, o.reborrow())?;
                 }
                 _ => {
                     return Err(Error::Invalid(format!(
@@ -988,24 +968,9 @@ impl Model {
             be.add(ds.x.head_mut(n * e), o.view())?;
             // the feed-forward block, on its device
             let d = l.dev_ffn;
-            if cur != d {
-                self.transfer(
-                    s,
-                    "hidden state",
-                    (cur, |d| &mut d.x),
-                    (d, |d| &mut d.x),
-                    n * e,
-                )?;
-                cur = d;
-            }
+            self.enter_block(s, &mut cur, d, n, &l.ffn_norm)?;
             let be = self.dev(d);
-            {
-                let ds = s.dev(d);
-                let mut h = sized(be, &mut ds.h, n * e)?;
-                be.copy_rows(ds.x.head(n * e), 0, h.reborrow(), 0, row1(n * e))?;
-                be.rms_norm(h, l.ffn_norm.view(), c.rms_eps)?;
-                sized(be, &mut ds.o, n * e)?;
-            }
+            sized(be, &mut s.dev(d).o, n * e)?;
             match &l.ffn {
                 Ffn::Dense(m) => {
                     let ds = s.dev(d);
@@ -1021,6 +986,36 @@ impl Model {
             be.add(ds.x.head_mut(n * e), ds.o.head(n * e))?;
         }
         Ok(cur)
+    }
+}
+
+impl Model {
+    /// Move the hidden state to device `d` if it is elsewhere (counted), and write it,
+    /// normalised by `norm`, into that device's `h`.
+    fn enter_block(
+        &self,
+        s: &mut Scratch,
+        cur: &mut usize,
+        d: usize,
+        n: usize,
+        norm: &Buf,
+    ) -> Result<()> {
+        let e = self.cfg.n_embd;
+        if *cur != d {
+            self.transfer(
+                s,
+                "hidden state",
+                (*cur, |d| &mut d.x),
+                (d, |d| &mut d.x),
+                n * e,
+            )?;
+            *cur = d;
+        }
+        let be = self.dev(d);
+        let ds = s.dev(d);
+        let mut h = sized(be, &mut ds.h, n * e)?;
+        be.copy_rows(ds.x.head(n * e), 0, h.reborrow(), 0, row1(n * e))?;
+        be.rms_norm(h, norm.view(), self.cfg.rms_eps)
     }
 }
 
