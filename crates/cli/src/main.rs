@@ -295,9 +295,16 @@ fn placement(c: &Common) -> Result<(Vec<Arc<dyn Backend>>, Box<dyn Fn(&str, usiz
         let re = regex::Regex::new(re).with_context(|| format!("--override-tensor {o}"))?;
         let d = match dev.to_ascii_lowercase().as_str() {
             "cpu" => 1,
-            d if d == c.device || (d == "vulkan" && c.device.starts_with("vulkan")) => 0,
-            d if d.starts_with("vulkan") || d.starts_with("gpu") || d.starts_with("cuda") => 0,
-            d => bail!("--override-tensor {o}: device {d} is not cpu or the --device"),
+            d if d == c.device
+                || d == "gpu"
+                || (d == "vulkan" && c.device.starts_with("vulkan")) =>
+            {
+                0
+            }
+            d => bail!(
+                "--override-tensor {o}: device {d} is not cpu or the --device ({})",
+                c.device
+            ),
         };
         rules.push((re, d));
     }
@@ -485,7 +492,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     let path = pull::resolve(&a.common.model)?;
     let threads = match a.common.device.as_str() {
-        "auto" | "cpu" => hearth_cpu::Cpu::new(a.common.threads)?.threads(),
+        "auto" | "cpu" => hearth_cpu::Cpu::threads_for(a.common.threads),
         _ => 0,
     };
     let (devs, place) = placement(&a.common)?;

@@ -84,11 +84,7 @@ fn pack_budget() -> usize {
 impl Cpu {
     /// A backend with `threads` worker threads (0: one per core).
     pub fn new(threads: usize) -> Result<Cpu> {
-        let threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            threads
-        };
+        let threads = Cpu::threads_for(threads);
         let pool = pool::Pool::new(threads)
             .map_err(|e| Error::Invalid(format!("cannot start the thread pool: {e}")))?;
         Ok(Cpu {
@@ -97,6 +93,15 @@ impl Cpu {
             acts_many: Default::default(),
             pack_budget: pack_budget().into(),
         })
+    }
+
+    /// The worker threads `Cpu::new(threads)` starts (0: one per core).
+    pub fn threads_for(threads: usize) -> usize {
+        if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        }
     }
 
     /// Worker threads.

@@ -113,6 +113,14 @@ fn dev_mut<'a>(v: ViewMut<'a>) -> Result<(&'a VkMem, u32, usize)> {
     }
 }
 
+/// glu.comp's mode, alpha and limit (as bits) for an activation.
+fn glu_args(act: Glu) -> [u32; 3] {
+    match act {
+        Glu::Silu => [0, 0, 0],
+        Glu::ClampedSwiglu { alpha, limit } => [1, alpha.to_bits(), limit.to_bits()],
+    }
+}
+
 fn foreign() -> Error {
     Error::Invalid("an op on the Vulkan backend got another device's memory".into())
 }
@@ -683,11 +691,8 @@ impl Backend for Vulkan {
                 "glu: lengths differ ({n} and {un})"
             )));
         }
-        let (mode, alpha, limit) = match act {
-            Glu::Silu => (0, 0.0f32, 0.0f32),
-            Glu::ClampedSwiglu { alpha, limit } => (1, alpha, limit),
-        };
-        let pc = [u(n)?, go, uo, mode, alpha.to_bits(), limit.to_bits()];
+        let [mode, alpha, limit] = glu_args(act);
+        let pc = [u(n)?, go, uo, mode, alpha, limit];
         self.run(spv!("glu"), &[&gm.raw, &um.raw], &pc, self.groups(n))
     }
 
@@ -832,12 +837,9 @@ impl Backend for Vulkan {
             shape,
             false,
         )?;
-        let (mode, alpha, limit) = match job.act {
-            Glu::Silu => (0, 0.0f32, 0.0f32),
-            Glu::ClampedSwiglu { alpha, limit } => (1, alpha, limit),
-        };
+        let [mode, alpha, limit] = glu_args(job.act);
         let m = slots * ff;
-        let pc = [u(m)?, 0, 0, mode, alpha.to_bits(), limit.to_bits()];
+        let pc = [u(m)?, 0, 0, mode, alpha, limit];
         self.run(spv!("glu"), &[&g, &up], &pc, self.groups(m))?;
         let shape = (ff, e, slots, k);
         self.moe_mm(
