@@ -11,7 +11,7 @@ src_only=0; [ "${1:-}" = "--src-only" ] && src_only=1
 if [ $src_only = 0 ] && [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-quantize" ] && [ -x "$bin/llama-server" ]; then echo "$bin"; exit 0; fi
 mkdir -p "$root"
 if [ ! -d "$root/src" ]; then
-  pip download --no-binary :all: --no-deps llama-cpp-python -d "$root/dl" >&2
+  pip download --no-deps --no-binary llama-cpp-python llama-cpp-python -d "$root/dl" >&2
   tar -xzf "$root"/dl/llama_cpp_python-*.tar.gz -C "$root"
   mv "$root"/llama_cpp_python-*/vendor/llama.cpp "$root/src"
 fi

@@ -98,7 +98,7 @@ sys.path.insert(0, src + "/gguf-py"); sys.path.insert(0, src)
 import conversion.base as b
 b.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
 b.TextModel._set_vocab_glm = lambda self: self._set_vocab_gpt2()
-sys.argv = ["convert_hf_to_gguf.py", sys.argv[2], "--outfile", sys.argv[3], "--outtype", "f32"]
+sys.argv = ["convert_hf_to_gguf.py", sys.argv[2], "--outfile", sys.argv[3], "--outtype", "f32"] + sys.argv[4:]
 runpy.run_path(src + "/convert_hf_to_gguf.py", run_name="__main__")
 """
 
@@ -107,9 +107,10 @@ only = []
 ids = tk.encode(text[:400]).ids[:40]
 
 
-def convert(name, d):
-    """d/model.gguf from the HF directory d, by llama.cpp's converter in f32."""
-    r = subprocess.run([sys.executable, "-c", CONVERT, llama_src, d, os.path.join(d, "model.gguf")],
+def convert(name, d, *extra):
+    """d/model.gguf from the HF directory d, by llama.cpp's converter in f32 (`extra`: more of
+    its arguments)."""
+    r = subprocess.run([sys.executable, "-c", CONVERT, llama_src, d, os.path.join(d, "model.gguf"), *extra],
                        capture_output=True, text=True)
     if r.returncode != 0:
         print(r.stderr[-3000:])

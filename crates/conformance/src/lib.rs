@@ -198,6 +198,7 @@ pub fn run(be: &dyn Backend) -> Report {
     for n in [1usize, 129, 5000] {
         for act in [
             Glu::Silu,
+            Glu::Sigmoid,
             Glu::ClampedSwiglu {
                 alpha: 1.702,
                 limit: 0.5,
@@ -234,7 +235,146 @@ pub fn run(be: &dyn Backend) -> Report {
     others(&mut s);
     quant(&mut s);
     moe(&mut s);
+    linear(&mut s);
     s.r
+}
+
+/// Linear attention's recurrent ops: two steps over three sequences in scattered slots (one
+/// starting fresh, two continuing), so the states carry from one call to the next; the
+/// outputs of both steps and the final states are compared.
+fn linear(s: &mut Suite) {
+    use hearth_core::DeltaJob;
+    use hearth_core::linear::{DeltaShape, RecSeg, SlotLayout};
+    // (rows per sequence in each step): a prompt chunk, a long one, single-token decodes
+    let steps: [[usize; 3]; 2] = [[5, 70, 1], [1, 3, 1]];
+    let slots = [2usize, 0, 3];
+    let segs_of = |step: usize| -> Vec<RecSeg> {
+        let mut row0 = 0;
+        (0..3)
+            .map(|q| {
+                let n = steps[step][q];
+                let sg = RecSeg {
+                    row0,
+                    n,
+                    slot: slots[q],
+                    fresh: step == 0 && q == 0,
+                };
+                row0 += n;
+                sg
+            })
+            .collect()
+    };
+    for (ch, kernel) in [(24usize, 4usize), (7, 2)] {
+        s.case(
+            format!("ssm_conv {ch} channels, kernel {kernel}"),
+            2e-6,
+            |s| {
+                let lay = SlotLayout {
+                    stride: (kernel - 1) * ch + 5,
+                    offset: 3,
+                };
+                let w = s.rng.vec(ch * kernel);
+                let st0 = s.rng.vec(4 * lay.stride);
+                let (mut bs, mut cs) = (put(s.be, &st0)?, st0.clone());
+                let (mut got, mut want) = (Vec::new(), Vec::new());
+                let bw = put(s.be, &w)?;
+                for step in 0..2 {
+                    let segs = segs_of(step);
+                    let n: usize = steps[step].iter().sum();
+                    let x = s.rng.vec(n * ch);
+                    let mut bo = s.be.alloc(n * ch)?;
+                    s.be.ssm_conv(
+                        put(s.be, &x)?.view(),
+                        bw.view(),
+                        bs.view_mut(),
+                        lay,
+                        bo.view_mut(),
+                        ch,
+                        &segs,
+                    )?;
+                    let mut co = vec![0f32; n * ch];
+                    s.cpu.ssm_conv(
+                        (&x[..]).into(),
+                        (&w[..]).into(),
+                        (&mut cs[..]).into(),
+                        lay,
+                        (&mut co[..]).into(),
+                        ch,
+                        &segs,
+                    )?;
+                    got.extend(get(s.be, &bo)?);
+                    want.extend(co);
+                }
+                got.extend(get(s.be, &bs)?);
+                want.extend(cs);
+                Ok((got, want))
+            },
+        );
+    }
+    for tiled in [false, true] {
+        let sh = DeltaShape {
+            n_k_heads: 2,
+            n_v_heads: 4,
+            k_dim: 16,
+            v_dim: 24,
+            tiled,
+        };
+        s.case(
+            format!("delta_rule 2 key heads, 4 value heads, tiled {tiled}"),
+            2e-5,
+            |s| {
+                let lay = SlotLayout {
+                    stride: sh.state_len() + 11,
+                    offset: 11,
+                };
+                let w = sh.qkv_width();
+                let nv = sh.n_v_heads;
+                let coef: Vec<f32> = (0..nv).map(|_| -(s.rng.f().abs() * 3.0 + 0.1)).collect();
+                let dt = s.rng.vec(nv);
+                let st0: Vec<f32> = s.rng.vec(4 * lay.stride).iter().map(|v| 0.1 * v).collect();
+                let (mut bs, mut cs) = (put(s.be, &st0)?, st0.clone());
+                let (bc, bd) = (put(s.be, &coef)?, put(s.be, &dt)?);
+                let (mut got, mut want) = (Vec::new(), Vec::new());
+                for step in 0..2 {
+                    let segs = segs_of(step);
+                    let n: usize = steps[step].iter().sum();
+                    let (qkv, a, b) = (s.rng.vec(n * w), s.rng.vec(n * nv), s.rng.vec(n * nv));
+                    let (ba, bb) = (put(s.be, &a)?, put(s.be, &b)?);
+                    let mut bo = s.be.alloc(n * nv * sh.v_dim)?;
+                    s.be.delta_rule(DeltaJob {
+                        qkv: put(s.be, &qkv)?.view(),
+                        a: ba.view(),
+                        b: bb.view(),
+                        a_coef: bc.view(),
+                        dt_bias: bd.view(),
+                        state: bs.view_mut(),
+                        lay,
+                        out: bo.view_mut(),
+                        shape: sh,
+                        segs: &segs,
+                    })?;
+                    let mut co = vec![0f32; n * nv * sh.v_dim];
+                    s.cpu.delta_rule(DeltaJob {
+                        qkv: (&qkv[..]).into(),
+                        a: (&a[..]).into(),
+                        b: (&b[..]).into(),
+                        a_coef: (&coef[..]).into(),
+                        dt_bias: (&dt[..]).into(),
+                        state: (&mut cs[..]).into(),
+                        lay,
+                        out: (&mut co[..]).into(),
+                        shape: sh,
+                        segs: &segs,
+                    })?;
+                    got.extend(get(s.be, &bo)?);
+                    want.extend(co);
+                }
+                got.extend(get(s.be, &bs)?);
+                want.extend(cs);
+                Ok((got, want))
+            },
+        );
+    }
 }
 
 /// The ops that move, gather and rotate values, and attention.

@@ -4,6 +4,7 @@
 //! Activations are f32 slices in row-major `[n_tok, width]` layout. Weights are [`Tensor`]s,
 //! each of which may live on its own [`crate::Device`]; a backend reports what it can run
 //! with [`Backend::supports`].
+use crate::linear::{DeltaShape, RecSeg, SlotLayout};
 use crate::moe::{Expert, Glu, Routing};
 use crate::{Buf, DType, Result, Tensor, View, ViewMut};
 
@@ -157,6 +158,31 @@ pub struct MoeJob<'a> {
     pub weights: View<'a>,
     /// `out[t] = Σ_k weights[t, k] · expert_{ids[t, k]}(x[t])`, `[n_tok, n_embd]`.
     pub out: ViewMut<'a>,
+}
+
+/// One gated-delta-rule call over a batch, for [`Backend::delta_rule`] (the semantics are
+/// [`crate::linear::delta_rule_ref`]'s).
+pub struct DeltaJob<'a> {
+    /// The convolved `q | k | v` rows `[n_tok, shape.qkv_width()]`.
+    pub qkv: View<'a>,
+    /// Raw decay projections `[n_tok, n_v_heads]`.
+    pub a: View<'a>,
+    /// Raw write-strength projections `[n_tok, n_v_heads]`.
+    pub b: View<'a>,
+    /// `-exp(A_log)` `[n_v_heads]`.
+    pub a_coef: View<'a>,
+    /// Decay bias `[n_v_heads]`.
+    pub dt_bias: View<'a>,
+    /// The layer's state slots.
+    pub state: ViewMut<'a>,
+    /// Where in a slot the recurrent state is.
+    pub lay: SlotLayout,
+    /// Output `[n_tok, n_v_heads * v_dim]`.
+    pub out: ViewMut<'a>,
+    /// Heads and widths.
+    pub shape: DeltaShape,
+    /// Each sequence's rows and slot.
+    pub segs: &'a [RecSeg],
 }
 
 /// Most rotated pairs per head a backend's RoPE must handle (head_dim 1024); models with
@@ -449,6 +475,39 @@ pub trait Backend: Send + Sync {
 
     /// A MoE layer's routed experts over a batch (see [`MoeJob`]).
     fn moe_experts(&self, job: MoeJob<'_>) -> Result<()>;
+
+    /// The depthwise causal convolution with SiLU in front of linear attention, per sequence,
+    /// continuing from its state (see [`crate::linear::ssm_conv_ref`]).
+    #[allow(clippy::too_many_arguments)]
+    fn ssm_conv(
+        &self,
+        x: View<'_>,
+        w: View<'_>,
+        state: ViewMut<'_>,
+        lay: SlotLayout,
+        out: ViewMut<'_>,
+        channels: usize,
+        segs: &[RecSeg],
+    ) -> Result<()> {
+        let (x, w, st, o) = (x.host()?, w.host()?, state.host()?, out.host()?);
+        crate::linear::ssm_conv_ref(x, w, st, lay, o, channels, segs)
+    }
+
+    /// The gated delta rule per sequence (see [`DeltaJob`]).
+    fn delta_rule(&self, j: DeltaJob<'_>) -> Result<()> {
+        crate::linear::delta_rule_ref(
+            j.qkv.host()?,
+            j.a.host()?,
+            j.b.host()?,
+            j.a_coef.host()?,
+            j.dt_bias.host()?,
+            j.state.host()?,
+            j.lay,
+            j.out.host()?,
+            j.shape,
+            j.segs,
+        )
+    }
 }
 
 /// The shape of [`Backend::copy_rows`].
@@ -511,6 +570,11 @@ pub fn glu_ref(act: Glu, g: &mut [f32], u: &[f32]) {
         Glu::Silu => {
             for (g, u) in g.iter_mut().zip(u) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        }
+        Glu::Sigmoid => {
+            for (g, u) in g.iter_mut().zip(u) {
+                *g = u / (1.0 + (-*g).exp());
             }
         }
         Glu::ClampedSwiglu { alpha, limit } => {

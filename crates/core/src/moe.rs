@@ -26,6 +26,8 @@ pub enum GroupScore {
 pub enum Glu {
     /// silu(gate) * up.
     Silu,
+    /// sigmoid(gate) * up (an output gate, as Qwen3.5's gated attention).
+    Sigmoid,
     /// gpt-oss: gate clamped above at `limit`, up clamped to ±`limit`,
     /// `gate * sigmoid(alpha * gate) * (up + 1)`.
     ClampedSwiglu {

@@ -297,7 +297,9 @@ fn logprobs(row: &[f32], tok: u32, k: usize) -> TokenLogprob {
 impl Scheduler {
     /// A scheduler for `eng` with an empty pool.
     pub fn new(eng: Arc<Engine>, cfg: Config, metrics: Arc<Metrics>) -> Result<Scheduler> {
-        let pool = eng.model.new_pool(cfg.n_pages, cfg.page_size)?;
+        let pool = eng
+            .model
+            .new_pool(cfg.n_pages, cfg.page_size, cfg.parallel.max(1))?;
         metrics.pages_total.store(cfg.n_pages as u64, Relaxed);
         Ok(Scheduler {
             pages: Pages::new(cfg.n_pages, cfg.page_size),

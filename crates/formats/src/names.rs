@@ -36,6 +36,16 @@ const HF_LAYER: &[(&str, &str)] = &[
     ("mlp.shared_experts.up_proj", "ffn_up_shexp"),
     ("mlp.shared_experts.down_proj", "ffn_down_shexp"),
     ("mlp.shared_expert_gate", "ffn_gate_inp_shexp"),
+    // Gated DeltaNet (Qwen3.5/3.6 split projections, Qwen3-Next's interleaved ones)
+    ("linear_attn.in_proj_qkv", "attn_qkv"),
+    ("linear_attn.in_proj_z", "attn_gate"),
+    ("linear_attn.in_proj_b", "ssm_beta"),
+    ("linear_attn.in_proj_a", "ssm_alpha"),
+    ("linear_attn.in_proj_qkvz", "ssm_in_hf"),
+    ("linear_attn.in_proj_ba", "ssm_ba_hf"),
+    ("linear_attn.conv1d", "ssm_conv1d"),
+    ("linear_attn.norm", "ssm_norm"),
+    ("linear_attn.out_proj", "ssm_out"),
 ];
 
 /// Layer-local HF names without a `.weight`/`.bias` suffix (parameters and buffers that are
@@ -53,6 +63,9 @@ const HF_BARE: &[(&str, &str)] = &[
     ("mlp.experts.gate_up_proj_bias", "ffn_gate_up_exps_hf.bias"),
     ("mlp.experts.down_proj", "ffn_down_exps_hf.weight"),
     ("mlp.experts.down_proj_bias", "ffn_down_exps.bias"),
+    // GGUF stores -exp(A_log) as ssm_a; the loader converts
+    ("linear_attn.A_log", "ssm_a_log"),
+    ("linear_attn.dt_bias", "ssm_dt.bias"),
 ];
 
 /// Per-expert HF projections -> canonical per-expert stem: `blk.{i}.{stem}.{e}.weight`.
@@ -75,6 +88,16 @@ const HF_GLOBAL: &[(&str, &str)] = &[
 /// The canonical name of a Hugging Face tensor name, or `None` when it is not one hearth uses
 /// (rotary caches and the like).
 pub fn canonical_from_hf(name: &str) -> Option<String> {
+    // multimodal checkpoints (Qwen3.5/3.6, Kimi K2.5) keep the text model under
+    // model.language_model.*; their vision towers are not read
+    let owned;
+    let name = match name.strip_prefix("model.language_model.") {
+        Some(rest) => {
+            owned = format!("model.{rest}");
+            owned.as_str()
+        }
+        None => name,
+    };
     if let Some((_, c)) = HF_GLOBAL.iter().find(|(h, _)| *h == name) {
         return Some(c.to_string());
     }
@@ -139,5 +162,18 @@ mod tests {
             canonical_from_hf("model.layers.1.self_attn.kv_b_proj.weight").unwrap(),
             "blk.1.attn_kv_b.weight"
         );
+        assert_eq!(
+            canonical_from_hf("model.language_model.layers.4.linear_attn.A_log").unwrap(),
+            "blk.4.ssm_a_log"
+        );
+        assert_eq!(
+            canonical_from_hf("model.language_model.embed_tokens.weight").unwrap(),
+            "token_embd.weight"
+        );
+        assert_eq!(
+            canonical_from_hf("model.visual.blocks.0.attn.qkv.weight"),
+            None
+        );
+        assert_eq!(canonical_from_hf("mtp.layers.0.mlp.gate.weight"), None);
     }
 }

@@ -172,6 +172,70 @@ pub struct MlaConfig {
     pub v_dim: usize,
 }
 
+/// Gated DeltaNet linear attention (Qwen3-Next, Qwen3.5/3.6): shapes, and which layers use it.
+#[derive(Clone, Debug)]
+pub struct LinearConfig {
+    /// Width of the causal convolution over q, k and v.
+    pub conv_kernel: usize,
+    /// Query/key heads.
+    pub n_k_heads: usize,
+    /// Value heads.
+    pub n_v_heads: usize,
+    /// Width of a query/key head.
+    pub k_dim: usize,
+    /// Width of a value head.
+    pub v_dim: usize,
+    /// Per layer: linear attention (true) or full attention.
+    pub layers: Vec<bool>,
+    /// Value heads in llama.cpp's tiled order (its qwen35 GGUF files) rather than grouped by
+    /// key head (HF, and qwen3next GGUF files).
+    pub tiled: bool,
+}
+
+impl LinearConfig {
+    /// The delta rule's shape.
+    pub fn shape(&self) -> hearth_core::linear::DeltaShape {
+        hearth_core::linear::DeltaShape {
+            n_k_heads: self.n_k_heads,
+            n_v_heads: self.n_v_heads,
+            k_dim: self.k_dim,
+            v_dim: self.v_dim,
+            tiled: self.tiled,
+        }
+    }
+    /// Channels of the convolution (`q | k | v`).
+    pub fn conv_channels(&self) -> usize {
+        self.shape().qkv_width()
+    }
+    /// Floats of one sequence's state in a layer: the convolution's last inputs, then the
+    /// recurrent state.
+    pub fn slot_len(&self) -> usize {
+        (self.conv_kernel - 1) * self.conv_channels() + self.shape().state_len()
+    }
+    /// An error unless the shapes are usable.
+    pub fn check(&self, n_layer: usize) -> Result<()> {
+        self.shape().check()?;
+        if self.conv_kernel == 0 || self.conv_kernel > 64 || self.layers.len() != n_layer {
+            return Err(Error::Format(format!(
+                "linear attention: kernel {} over {} layer kinds for {n_layer} layers",
+                self.conv_kernel,
+                self.layers.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Which layers of a hybrid model are linear attention: `layer_types`, else every layer but
+/// each `interval`-th.
+fn linear_layers(types: Option<Vec<bool>>, interval: usize, n_layer: usize) -> Vec<bool> {
+    types.unwrap_or_else(|| {
+        (0..n_layer)
+            .map(|i| (i + 1) % interval.max(1) != 0)
+            .collect()
+    })
+}
+
 /// Everything the forward pass needs to know about a model's shape.
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
@@ -205,6 +269,14 @@ pub struct ModelConfig {
     pub moe: Option<MoeConfig>,
     /// Latent attention shapes, for MLA models.
     pub mla: Option<MlaConfig>,
+    /// Linear attention, for hybrid models.
+    pub linear: Option<LinearConfig>,
+    /// The query projection holds each head's query and then its output gate
+    /// (`attn · sigmoid(gate)`; Qwen3-Next, Qwen3.5).
+    pub attn_gate: bool,
+    /// RMSNorm weights are stored as offsets from 1 (HF Qwen3-Next and Qwen3.5 checkpoints;
+    /// llama.cpp's converter adds the 1). The gated norm of linear attention is not.
+    pub norm_plus_one: bool,
 }
 
 /// Routing settings from an HF config.json; None for dense models. transformers hard-codes
@@ -238,6 +310,9 @@ fn hf_moe(c: &Json, arch: &str) -> Result<Option<MoeConfig>> {
     };
     match arch {
         "qwen3_moe" | "qwen2_moe" => m.norm = norm_topk.unwrap_or(false),
+        "qwen3_next" => m.norm = norm_topk.unwrap_or(true),
+        // transformers renormalises Qwen3.5's top-k always
+        "qwen3_5_moe" => m.norm = true,
         "mixtral" => m.norm = true,
         "deepseek_v2" => {
             m.scale = fl("routed_scaling_factor").unwrap_or(1.0);
@@ -348,7 +423,10 @@ impl ModelConfig {
                     Err(_) => Gating::Softmax,
                 };
                 // llama.cpp fixes renormalisation per architecture where the file has no key
-                let norm_default = matches!(arch, "qwen3moe" | "llama" | "minimax-m2" | "gpt-oss");
+                let norm_default = matches!(
+                    arch,
+                    "qwen3moe" | "llama" | "minimax-m2" | "gpt-oss" | "qwen3next" | "qwen35moe"
+                );
                 let norm = gget(g, arch, "expert_weights_norm")
                     .and_then(|v| match v {
                         Value::Bool(b) => Some(*b),
@@ -430,6 +508,36 @@ impl ModelConfig {
         // gpt-oss alternates: even layers slide, odd layers see everything (llama.cpp's pattern)
         let swa_layers = (arch == "gpt-oss" && sliding_window.is_some())
             .then(|| (0..n_layer).map(|i| i % 2 == 0).collect());
+        let hybrid = matches!(arch, "qwen3next" | "qwen35" | "qwen35moe");
+        let linear = if hybrid {
+            let n_v_heads = gusize(g, arch, "ssm.time_step_rank")?;
+            let types = match gget(g, arch, "attention.recurrent_layers") {
+                Some(Value::Array(a)) => Some(
+                    a.iter()
+                        .take(n_layer)
+                        .map(|v| matches!(v, Value::Bool(true)))
+                        .collect(),
+                ),
+                _ => None,
+            };
+            let l = LinearConfig {
+                conv_kernel: gusize(g, arch, "ssm.conv_kernel")?,
+                n_k_heads: gusize(g, arch, "ssm.group_count")?,
+                n_v_heads,
+                k_dim: gusize(g, arch, "ssm.state_size")?,
+                v_dim: gusize(g, arch, "ssm.inner_size")? / n_v_heads.max(1),
+                layers: linear_layers(
+                    types,
+                    gusize(g, arch, "full_attention_interval").unwrap_or(4),
+                    n_layer,
+                ),
+                tiled: arch != "qwen3next",
+            };
+            l.check(n_layer)?;
+            Some(l)
+        } else {
+            None
+        };
         Ok(ModelConfig {
             arch: arch.to_string(),
             n_embd,
@@ -452,12 +560,29 @@ impl ModelConfig {
             swa_layers,
             moe,
             mla,
+            linear,
+            attn_gate: hybrid,
+            norm_plus_one: false,
         })
     }
 
     /// From an HF config.json; `rope_style` comes from the architecture registry (rotate-half
     /// except for DeepSeek's interleaved pairs).
     pub fn from_hf(c: &Json, arch: &str, rope_style: RopeStyle) -> Result<ModelConfig> {
+        // multimodal checkpoints (Qwen3.5/3.6) describe the text model in text_config; keys
+        // set only at the top (tie_word_embeddings) still count
+        let merged;
+        let c = match c.get("text_config").and_then(Json::as_object) {
+            Some(tc) => {
+                let mut m = c.as_object().cloned().unwrap_or_default();
+                m.remove("text_config");
+                m.remove("vision_config");
+                m.extend(tc.iter().map(|(k, v)| (k.clone(), v.clone())));
+                merged = Json::Object(m);
+                &merged
+            }
+            None => c,
+        };
         let u = |k: &str| -> Result<usize> {
             c.get(k)
                 .and_then(Json::as_u64)
@@ -573,6 +698,27 @@ impl ModelConfig {
             Some(m) => m.rope,
             None => (head_dim as f32 * partial) as usize,
         };
+        let hybrid = matches!(arch, "qwen3_next" | "qwen3_5" | "qwen3_5_moe");
+        let linear = if hybrid {
+            let types = c.get("layer_types").and_then(Json::as_array).map(|a| {
+                a.iter()
+                    .map(|t| t.as_str() == Some("linear_attention"))
+                    .collect::<Vec<_>>()
+            });
+            let l = LinearConfig {
+                conv_kernel: u("linear_conv_kernel_dim")?,
+                n_k_heads: u("linear_num_key_heads")?,
+                n_v_heads: u("linear_num_value_heads")?,
+                k_dim: u("linear_key_head_dim")?,
+                v_dim: u("linear_value_head_dim")?,
+                layers: linear_layers(types, u("full_attention_interval").unwrap_or(4), n_layer),
+                tiled: false,
+            };
+            l.check(n_layer)?;
+            Some(l)
+        } else {
+            None
+        };
         Ok(ModelConfig {
             arch: arch.to_string(),
             n_embd,
@@ -595,7 +741,17 @@ impl ModelConfig {
             swa_layers,
             moe,
             mla,
+            linear,
+            attn_gate: hybrid,
+            norm_plus_one: hybrid,
         })
+    }
+
+    /// Whether layer `i` uses linear attention.
+    pub fn is_linear(&self, i: usize) -> bool {
+        self.linear
+            .as_ref()
+            .is_some_and(|l| l.layers.get(i).copied().unwrap_or(false))
     }
 
     /// Whether layer `i` uses the sliding window.

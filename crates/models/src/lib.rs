@@ -8,13 +8,15 @@
 #![deny(missing_docs)]
 
 pub mod config;
+mod delta;
 mod load;
 mod mla;
 mod model;
 mod moe;
 
 pub use config::{
-    ExpertAct, Gating, GroupScore, MlaConfig, ModelConfig, MoeConfig, Rope, RopeScaling,
+    ExpertAct, Gating, GroupScore, LinearConfig, MlaConfig, ModelConfig, MoeConfig, Rope,
+    RopeScaling,
 };
 pub use model::{BatchSeq, DevicePlan, KvPool, LayerCache, Model, Scratch, State, Want};
 
@@ -81,6 +83,21 @@ pub const ARCHS: &[ArchSpec] = &[
     arch("glm4_moe", &["glm4_moe"], &["glm4moe"], Neox, Neox),
     arch("minimax_m2", &["minimax_m2"], &["minimax-m2"], Neox, Neox),
     arch("gpt_oss", &["gpt_oss"], &["gpt-oss"], Neox, Neox),
+    arch("qwen3_next", &["qwen3_next"], &["qwen3next"], Neox, Neox),
+    arch(
+        "qwen3_5",
+        &["qwen3_5", "qwen3_5_text"],
+        &["qwen35"],
+        Neox,
+        Neox,
+    ),
+    arch(
+        "qwen3_5_moe",
+        &["qwen3_5_moe", "qwen3_5_moe_text"],
+        &["qwen35moe"],
+        Neox,
+        Neox,
+    ),
 ];
 
 /// Look an architecture up by HF `model_type`.

@@ -1,7 +1,8 @@
 //! Building a model's layers from its tensors: shapes checked, each weight prepared by the
 //! backend of the device it is placed on, norm weights and biases decoded into that
 //! backend's buffers.
-use crate::config::ModelConfig;
+use crate::config::{LinearConfig, ModelConfig};
+use crate::delta::Delta;
 use crate::mla::{Mla, MlaQ};
 use crate::model::{Attn, Ffn, Gqa, Layer};
 use crate::moe::{Mlp, Moe};
@@ -13,6 +14,8 @@ struct Loader<'a> {
     t: &'a HashMap<String, Tensor>,
     /// Prepares each weight for its kernels (`Backend::prepare`).
     be: &'a dyn Backend,
+    /// RMSNorm weights are stored as offsets from 1 (see `ModelConfig::norm_plus_one`).
+    plus_one: bool,
 }
 
 impl Loader<'_> {
@@ -49,14 +52,43 @@ impl Loader<'_> {
             Ok(None)
         }
     }
-    /// A vector, decoded into a buffer of the backend.
+    /// A vector, decoded into a buffer of the backend (a norm's weight as the scale it
+    /// applies).
     fn vec(&self, name: &str, n: usize) -> Result<Buf> {
-        self.be.upload_new(&self.f32(&self.get(name, &[n])?)?)
+        self.be
+            .upload_new(&self.norm_scale(name, self.f32(&self.get(name, &[n])?)?))
     }
     fn opt_vec(&self, name: &str, n: usize) -> Result<Option<Buf>> {
         self.opt(name, &[n])?
-            .map(|t| self.be.upload_new(&self.f32(&t)?))
+            .map(|t| self.be.upload_new(&self.norm_scale(name, self.f32(&t)?)))
             .transpose()
+    }
+    /// Norm weights stored as offsets from 1 become scales; the gated norm of linear
+    /// attention is stored as its scale.
+    fn norm_scale(&self, name: &str, mut v: Vec<f32>) -> Vec<f32> {
+        if self.plus_one && name.ends_with("norm.weight") && !name.ends_with("ssm_norm.weight") {
+            v.iter_mut().for_each(|x| *x += 1.0);
+        }
+        v
+    }
+    /// Rows of a stored matrix `[rows, cols]` in f32, taken as runs `(start, len)` in order,
+    /// as a new matrix prepared by the backend.
+    fn gather_rows(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        runs: &[(usize, usize)],
+        label: &str,
+    ) -> Result<Tensor> {
+        let w = self.f32(&self.raw(name, &[rows, cols])?)?;
+        let mut out = Vec::with_capacity(runs.iter().map(|r| r.1).sum::<usize>() * cols);
+        for &(r0, n) in runs {
+            out.extend_from_slice(&w[r0 * cols..(r0 + n) * cols]);
+        }
+        let mut t = Tensor::from_f32(label, vec![out.len() / cols, cols], &out)?;
+        self.be.prepare(&mut t);
+        Ok(t)
     }
     /// Host values into a buffer of the backend.
     fn up(&self, v: Option<Vec<f32>>) -> Result<Option<Buf>> {
@@ -123,6 +155,8 @@ pub(crate) struct Placer<'a> {
     pub devs: &'a [Arc<dyn Backend>],
     pub place: &'a dyn Fn(&str, usize) -> usize,
     pub n_layer: usize,
+    /// RMSNorm weights are stored as offsets from 1.
+    pub plus_one: bool,
 }
 
 impl Placer<'_> {
@@ -141,6 +175,7 @@ impl Placer<'_> {
         Loader {
             t,
             be: &*self.devs[d],
+            plus_one: self.plus_one,
         }
     }
 }
@@ -187,6 +222,13 @@ pub(crate) fn load_layer(
     let l = &pl.loader(t, dev_attn);
     let n = |p: &str| format!("blk.{i}.{p}");
     let attn = match &cfg.mla {
+        None if cfg.is_linear(i) => {
+            let lc = cfg
+                .linear
+                .as_ref()
+                .expect("linear layers have a linear config");
+            Attn::Delta(load_delta(l, e, lc, i)?)
+        }
         None => {
             let hd = cfg.head_dim;
             let (qd, kvd) = (cfg.n_head * hd, cfg.n_kv_head * hd);
@@ -212,8 +254,10 @@ pub(crate) fn load_layer(
                     "layer {i}: q/k norm widths do not fit the heads"
                 )));
             }
+            // gated attention's projection holds each head's query and gate
+            let q_rows = if cfg.attn_gate { 2 * qd } else { qd };
             Attn::Gqa(Gqa {
-                wq: l.get(&n("attn_q.weight"), &[qd, e])?,
+                wq: l.get(&n("attn_q.weight"), &[q_rows, e])?,
                 wk: l.get(&n("attn_k.weight"), &[kvd, e])?,
                 wv: l.get(&n("attn_v.weight"), &[kvd, e])?,
                 wo: l.get(&n("attn_output.weight"), &[e, qd])?,
@@ -249,6 +293,85 @@ pub(crate) fn load_layer(
         // glm4moe and gpt-oss GGUF files call the pre-FFN norm post_attention_norm
         ffn_norm: l.vec_any(&[n("ffn_norm.weight"), n("post_attention_norm.weight")], e)?,
         ffn,
+    })
+}
+
+/// A Gated DeltaNet layer. Qwen3-Next's HF checkpoints interleave q, k, v and z (and b and
+/// a) per key head in one projection; their rows are regrouped here into the layout
+/// llama.cpp's converter writes (`attn_qkv`, `attn_gate`, and b, a apart).
+fn load_delta(l: &Loader, e: usize, lc: &LinearConfig, i: usize) -> Result<Delta> {
+    let n = |p: &str| format!("blk.{i}.{p}");
+    let sh = lc.shape();
+    let (nk, nv, dk, dv) = (sh.n_k_heads, sh.n_v_heads, sh.k_dim, sh.v_dim);
+    let r = nv / nk;
+    let ch = sh.qkv_width();
+    let (qkv, z) = if l.has(&n("ssm_in_hf.weight")) {
+        let per = 2 * dk + 2 * r * dv;
+        let name = n("ssm_in_hf.weight");
+        let part = |off: usize, len: usize| -> Vec<(usize, usize)> {
+            (0..nk).map(|h| (h * per + off, len)).collect()
+        };
+        let mut qkv_runs = part(0, dk);
+        qkv_runs.extend(part(dk, dk));
+        qkv_runs.extend(part(2 * dk, r * dv));
+        let z_runs = part(2 * dk + r * dv, r * dv);
+        (
+            l.gather_rows(&name, nk * per, e, &qkv_runs, &n("attn_qkv.weight"))?,
+            l.gather_rows(&name, nk * per, e, &z_runs, &n("attn_gate.weight"))?,
+        )
+    } else {
+        (
+            l.get(&n("attn_qkv.weight"), &[ch, e])?,
+            l.get(&n("attn_gate.weight"), &[nv * dv, e])?,
+        )
+    };
+    let ba = [n("ssm_ba_hf.weight"), n("ssm_ba.weight")]
+        .into_iter()
+        .find(|x| l.has(x));
+    let (b, a) = match ba {
+        Some(name) => {
+            // per key head: its value heads' b, then their a
+            let b_runs: Vec<_> = (0..nk).map(|h| (h * 2 * r, r)).collect();
+            let a_runs: Vec<_> = (0..nk).map(|h| (h * 2 * r + r, r)).collect();
+            (
+                l.gather_rows(&name, 2 * nv, e, &b_runs, &n("ssm_beta.weight"))?,
+                l.gather_rows(&name, 2 * nv, e, &a_runs, &n("ssm_alpha.weight"))?,
+            )
+        }
+        None => (
+            l.get(&n("ssm_beta.weight"), &[nv, e])?,
+            l.get(&n("ssm_alpha.weight"), &[nv, e])?,
+        ),
+    };
+    // the convolution: [channels, 1, kernel] in HF files, [channels, kernel] in GGUF
+    let cname = n("ssm_conv1d.weight");
+    let ct =
+        l.t.get(&cname)
+            .ok_or_else(|| Error::Format(format!("tensor {cname} is missing")))?;
+    let k = lc.conv_kernel;
+    if ct.shape != [ch, k] && ct.shape != [ch, 1, k] {
+        return Err(Error::Format(format!(
+            "tensor {cname} has shape {:?}, expected [{ch}, {k}]",
+            ct.shape
+        )));
+    }
+    let conv = l.be.upload_new(&l.f32(ct)?)?;
+    let a_coef = if l.has(&n("ssm_a_log")) {
+        let v = l.f32(&l.raw(&n("ssm_a_log"), &[nv])?)?;
+        l.be.upload_new(&v.iter().map(|x| -x.exp()).collect::<Vec<_>>())?
+    } else {
+        l.be.upload_new(&l.f32(&l.raw(&n("ssm_a"), &[nv])?)?)?
+    };
+    Ok(Delta {
+        qkv,
+        z,
+        b,
+        a,
+        conv,
+        a_coef,
+        dt_bias: l.vec(&n("ssm_dt.bias"), nv)?,
+        norm: l.vec(&n("ssm_norm.weight"), dv)?,
+        out: l.get(&n("ssm_out.weight"), &[e, nv * dv])?,
     })
 }
 

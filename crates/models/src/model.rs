@@ -7,6 +7,7 @@
 //! moves only where consecutive blocks sit on different devices, each move counted
 //! ([`Model::transfers`]).
 use crate::config::ModelConfig;
+use crate::delta::{Delta, DeltaBufs};
 use crate::load::{Placer, load_layer, vector, weight};
 use crate::mla::{Mla, MlaBufs, MlaCall, MlaQ};
 use crate::moe::{Mlp, Moe};
@@ -37,6 +38,8 @@ pub(crate) struct Gqa {
 pub(crate) enum Attn {
     Gqa(Gqa),
     Mla(Mla),
+    /// Linear attention (Gated DeltaNet) with a fixed-size state per sequence.
+    Delta(Delta),
 }
 
 // one per layer: the size difference costs nothing
@@ -86,6 +89,8 @@ pub struct DevicePlan {
     pub weight_bytes: usize,
     /// Bytes of per-sequence state per token of context it holds.
     pub kv_bytes_per_token: usize,
+    /// Bytes of fixed-size state per sequence it holds (linear-attention layers).
+    pub state_bytes_per_seq: usize,
 }
 
 /// One layer's part of the state a sequence keeps: the kind depends on the layer.
@@ -131,6 +136,7 @@ pub struct KvPool {
     layers: Vec<LayerCache>,
     page_size: usize,
     n_pages: usize,
+    n_slots: usize,
 }
 
 impl KvPool {
@@ -142,9 +148,56 @@ impl KvPool {
     pub fn n_pages(&self) -> usize {
         self.n_pages
     }
+    /// Slots for fixed-size state (sequences that can run at once, for recurrent layers).
+    pub fn n_slots(&self) -> usize {
+        self.n_slots
+    }
     /// Each layer's state.
     pub fn layers(&self) -> &[LayerCache] {
         &self.layers
+    }
+    /// Whether any layer keeps fixed-size (recurrent) state: such state cannot be cut back
+    /// to an earlier position, only saved and restored ([`KvPool::save_slot`]).
+    pub fn has_recurrent(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| matches!(l, LayerCache::Recurrent { .. }))
+    }
+    /// A copy of slot `slot`'s fixed-size state in every recurrent layer (empty without
+    /// such layers), downloaded from the devices.
+    pub fn save_slot(&self, devs: &Model, slot: usize) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        for (l, lc) in devs.layers.iter().zip(&self.layers) {
+            if let LayerCache::Recurrent { s, size } = lc {
+                let start = out.len();
+                out.resize(start + size, 0.0);
+                devs.dev(l.dev_attn).download(
+                    s.view().slice(slot * size..(slot + 1) * size),
+                    &mut out[start..],
+                )?;
+            }
+        }
+        Ok(out)
+    }
+    /// Put a copy made by [`KvPool::save_slot`] into slot `slot`.
+    pub fn restore_slot(&mut self, devs: &Model, slot: usize, saved: &[f32]) -> Result<()> {
+        let mut off = 0;
+        for (l, lc) in devs.layers.iter().zip(&mut self.layers) {
+            if let LayerCache::Recurrent { s, size } = lc {
+                let src = saved.get(off..off + *size).ok_or_else(|| {
+                    Error::Invalid("a saved state does not fit this model".into())
+                })?;
+                devs.dev(l.dev_attn)
+                    .upload(src, s.view_mut().slice(slot * *size..(slot + 1) * *size))?;
+                off += *size;
+            }
+        }
+        if off != saved.len() {
+            return Err(Error::Invalid(
+                "a saved state does not fit this model".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -167,6 +220,7 @@ pub(crate) struct DevScratch {
     pub sy: Buf,
     pub sg: Buf,
     pub mla: MlaBufs,
+    pub delta: DeltaBufs,
 }
 
 /// Scratch buffers reused across forward passes, per device.
@@ -239,6 +293,8 @@ pub(crate) struct Seg<'a> {
     pub n: usize,
     pub pos0: usize,
     pub pages: Pages<'a>,
+    /// The sequence's slot for fixed-size state.
+    pub slot: usize,
 }
 
 impl<'a> Seg<'a> {
@@ -258,8 +314,13 @@ impl State {
     pub fn n_ctx(&self) -> usize {
         self.pool.page_size
     }
-    /// Forget everything after the first `len` tokens (to reuse a common prefix).
+    /// Forget everything after the first `len` tokens (to reuse a common prefix). A model
+    /// with recurrent layers cannot go back to an earlier position: cutting its state
+    /// anywhere but at its end forgets everything.
     pub fn truncate(&mut self, len: usize) {
+        if len < self.len && self.pool.has_recurrent() {
+            self.len = 0;
+        }
         self.len = self.len.min(len);
     }
 }
@@ -356,6 +417,7 @@ impl Model {
             devs: &devs,
             place,
             n_layer: cfg.n_layer,
+            plus_one: cfg.norm_plus_one,
         };
         let (dev_embd, dev_out) = (pl.dev("token_embd")?, pl.dev("output")?);
         // the embedding is only read row by row, unless the output head shares it
@@ -425,6 +487,7 @@ impl Model {
                 memory: b.memory(),
                 weight_bytes: 0,
                 kv_bytes_per_token: 0,
+                state_bytes_per_seq: 0,
             })
             .collect();
         let mut add = |d: usize, t: &Tensor| p[d].weight_bytes += self.devs[d].weight_bytes(t);
@@ -440,8 +503,12 @@ impl Model {
             }
         }
         let (kw, vw) = self.kv_widths();
+        let slot = 4 * self.cfg.linear.as_ref().map_or(0, |c| c.slot_len());
         for l in &self.layers {
-            p[l.dev_attn].kv_bytes_per_token += (kw + vw) * 4;
+            match l.attn {
+                Attn::Delta(_) => p[l.dev_attn].state_bytes_per_seq += slot,
+                _ => p[l.dev_attn].kv_bytes_per_token += (kw + vw) * 4,
+            }
         }
         p
     }
@@ -491,7 +558,7 @@ impl Model {
     /// A fresh state with room for `n_ctx` tokens (KV cache in f32).
     pub fn new_state(&self, n_ctx: usize) -> Result<State> {
         Ok(State {
-            pool: self.new_pool(1, n_ctx.max(1))?,
+            pool: self.new_pool(1, n_ctx.max(1), 1)?,
             table: [0],
             len: 0,
             scratch: Scratch::default(),
@@ -509,10 +576,11 @@ impl Model {
         }
     }
 
-    /// A paged pool of `n_pages` pages of `page_size` positions, each layer's on the device
+    /// A paged pool of `n_pages` pages of `page_size` positions and `n_slots` slots of
+    /// fixed-size state (one per sequence that can run at once), each layer's on the device
     /// of its attention (f32; host memory is zero-filled on demand by the OS, so an unused
     /// pool costs little).
-    pub fn new_pool(&self, n_pages: usize, page_size: usize) -> Result<KvPool> {
+    pub fn new_pool(&self, n_pages: usize, page_size: usize, n_slots: usize) -> Result<KvPool> {
         let (kw, vw) = self.kv_widths();
         let rows = n_pages
             .checked_mul(page_size)
@@ -524,6 +592,16 @@ impl Model {
             .map(|l| {
                 let be = self.dev(l.dev_attn);
                 Ok(match &l.attn {
+                    Attn::Delta(_) => {
+                        let size = self.cfg.linear.as_ref().map_or(0, |c| c.slot_len());
+                        let total = size.checked_mul(n_slots.max(1)).ok_or_else(|| {
+                            Error::Invalid(format!("{n_slots} state slots overflow"))
+                        })?;
+                        LayerCache::Recurrent {
+                            s: be.alloc(total)?,
+                            size,
+                        }
+                    }
                     Attn::Mla(_) => LayerCache::Latent {
                         c: be.alloc(rows * kw)?,
                     },
@@ -538,13 +616,29 @@ impl Model {
             layers,
             page_size,
             n_pages,
+            n_slots: n_slots.max(1),
         })
     }
 
-    /// Bytes of KV cache per position (all layers, f32).
+    /// Bytes of KV cache per position (all layers that keep one, f32).
     pub fn kv_pool_bytes_per_token(&self) -> usize {
         let (kw, vw) = self.kv_widths();
-        self.cfg.n_layer * (kw + vw) * 4
+        self.n_kv_layers() * (kw + vw) * 4
+    }
+
+    /// Layers whose state grows with the context (all but linear attention).
+    fn n_kv_layers(&self) -> usize {
+        self.layers
+            .iter()
+            .filter(|l| !matches!(l.attn, Attn::Delta(_)))
+            .count()
+    }
+
+    /// Bytes of fixed-size state one sequence keeps (linear-attention layers, f32), whatever
+    /// its length.
+    pub fn state_bytes_per_seq(&self) -> usize {
+        let per = self.cfg.linear.as_ref().map_or(0, |c| c.slot_len());
+        4 * per * (self.cfg.n_layer - self.n_kv_layers())
     }
 
     /// How many layers are mixtures of experts.
@@ -609,6 +703,7 @@ impl Model {
             let mut ts = match &l.attn {
                 Attn::Gqa(a) => vec![&a.wq, &a.wk, &a.wv, &a.wo],
                 Attn::Mla(m) => m.tensors(),
+                Attn::Delta(d) => d.tensors(),
             };
             match &l.ffn {
                 Ffn::Dense(m) => ts.extend(m.tensors()),
@@ -649,6 +744,7 @@ impl Model {
                         n += norm.len();
                     }
                 }
+                Attn::Delta(d) => n += d.vector_params(),
             }
         }
         n
@@ -754,6 +850,12 @@ impl Model {
                     pool.n_pages
                 )));
             }
+            if sq.slot >= pool.n_slots {
+                return Err(Error::Invalid(format!(
+                    "slot {} is outside the pool's {} slots",
+                    sq.slot, pool.n_slots
+                )));
+            }
             segs.push(Seg {
                 row0,
                 n,
@@ -762,6 +864,7 @@ impl Model {
                     table: sq.pages,
                     page_size: ps,
                 },
+                slot: sq.slot,
             });
             row0 += n;
         }
@@ -892,12 +995,20 @@ impl Model {
                     let mut q = sized(be, &mut ds.q, n * qd)?;
                     let mut k = sized(be, &mut ds.k, n * kvd)?;
                     let mut v = sized(be, &mut ds.v, n * kvd)?;
+                    // gated attention: the projection holds each head's query, then its gate
+                    let mut qg = match c.attn_gate {
+                        true => Some(sized(be, &mut ds.g, 2 * n * qd)?),
+                        false => None,
+                    };
                     be.matmul_many(&mut [
                         MatJob {
                             w: &a.wq,
                             x: h,
                             n_tok: n,
-                            out: q.reborrow(),
+                            out: match &mut qg {
+                                Some(g) => g.reborrow(),
+                                None => q.reborrow(),
+                            },
                         },
                         MatJob {
                             w: &a.wk,
@@ -912,6 +1023,23 @@ impl Model {
                             out: v.reborrow(),
                         },
                     ])?;
+                    let mut gate = None;
+                    if let Some(qg) = &qg {
+                        let rc = hearth_core::RowCopy {
+                            n_rows: n * c.n_head,
+                            width: hd,
+                        };
+                        be.copy_rows(qg.view(), 2 * hd, q.reborrow(), hd, rc)?;
+                        let mut gt = sized(be, &mut ds.u, n * qd)?;
+                        be.copy_rows(
+                            qg.view().slice(hd..2 * n * qd),
+                            2 * hd,
+                            gt.reborrow(),
+                            hd,
+                            rc,
+                        )?;
+                        gate = Some(gt);
+                    }
                     for (x, b) in [(&mut q, &a.bq), (&mut k, &a.bk), (&mut v, &a.bv)] {
                         if let Some(b) = b {
                             be.add_bias(x.reborrow(), b.view())?;
@@ -945,7 +1073,13 @@ impl Model {
                     p.sinks = a.sinks.as_ref().map(|b| b.view());
                     let jobs: Vec<AttnSeg> = segs.iter().map(|sg| sg.attn()).collect();
                     be.attention_many(kc.view(), vc.view(), &p, q.view(), att.reborrow(), &jobs)?;
-                    be.matmul(&a.wo, att.view(), n, o.reborrow())?;
+                    match &mut gate {
+                        Some(g) => {
+                            be.glu(hearth_core::Glu::Sigmoid, g.reborrow(), att.view())?;
+                            be.matmul(&a.wo, g.view(), n, o.reborrow())?;
+                        }
+                        None => be.matmul(&a.wo, att.view(), n, o.reborrow())?,
+                    }
                     if let Some(b) = &a.bo {
                         be.add_bias(o.reborrow(), b.view())?;
                     }
@@ -958,6 +1092,25 @@ impl Model {
                         rows,
                     };
                     m.forward(be, &call, h, n, segs, cache, &mut ds.mla, o.reborrow())?;
+                }
+                (Attn::Delta(dl), LayerCache::Recurrent { s: st, .. }) => {
+                    let lc = c
+                        .linear
+                        .as_ref()
+                        .expect("linear layers have a linear config");
+                    let slots: Vec<usize> = segs.iter().map(|sg| sg.slot).collect();
+                    dl.forward(
+                        be,
+                        lc,
+                        c.rms_eps,
+                        h,
+                        n,
+                        segs,
+                        &slots,
+                        st,
+                        &mut ds.delta,
+                        o.reborrow(),
+                    )?;
                 }
                 _ => {
                     return Err(Error::Invalid(format!(
@@ -1043,6 +1196,7 @@ impl Layer {
         let mut v: Vec<(usize, &Tensor)> = match &self.attn {
             Attn::Gqa(a) => vec![&a.wq, &a.wk, &a.wv, &a.wo],
             Attn::Mla(m) => m.tensors(),
+            Attn::Delta(d) => d.tensors(),
         }
         .into_iter()
         .map(|t| (self.dev_attn, t))

@@ -261,7 +261,14 @@ fn glm4_moe_gguf_prediction_layers_are_not_run() {
 #[test]
 fn batched_paged_sequences_equal_each_alone() {
     use hearth_models::{BatchSeq, Scratch, Want};
-    for name in ["qwen3", "qwen3_moe", "deepseek_v2", "gpt_oss"] {
+    for name in [
+        "qwen3",
+        "qwen3_moe",
+        "deepseek_v2",
+        "gpt_oss",
+        "qwen3_5",
+        "qwen3_next",
+    ] {
         let (_f, model, _, _) = load(name);
         let nv = model.cfg.n_vocab as u32;
         let seqs: Vec<Vec<u32>> = [11usize, 3, 7]
@@ -286,7 +293,7 @@ fn batched_paged_sequences_equal_each_alone() {
         // batched: pages of 4 positions handed out in a scrambled order; each step feeds
         // sequence s a chunk of (s + 1) * 2 tokens, so chunks of all sizes meet
         let ps = 4;
-        let mut pool = model.new_pool(8, ps).unwrap();
+        let mut pool = model.new_pool(8, ps, 3).unwrap();
         let tables: [Vec<u32>; 3] = [vec![5, 0, 7], vec![3], vec![6, 1]];
         let mut done = [0usize; 3];
         let mut got: Vec<Vec<f32>> = vec![Vec::new(); 3];

@@ -1,5 +1,6 @@
 #version 450
-// gate = silu(gate) * up (mode 0), or gpt-oss's clamped SwiGLU (mode 1):
+// gate = silu(gate) * up (mode 0), sigmoid(gate) * up (mode 2), or gpt-oss's clamped SwiGLU
+// (mode 1):
 // gate = min(g, limit) * sigmoid(alpha * min(g, limit)) * (clamp(u, -limit, limit) + 1).
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -13,6 +14,8 @@ void main() {
     float uv = u[p.uo + i];
     if (p.mode == 0u) {
         g[p.go + i] = gv / (1.0 + exp(-gv)) * uv;
+    } else if (p.mode == 2u) {
+        g[p.go + i] = uv / (1.0 + exp(-gv));
     } else {
         float gc = min(gv, p.limit);
         float uc = clamp(uv, -p.limit, p.limit);

@@ -17,9 +17,10 @@ mod ctx;
 pub use ctx::DeviceInfo;
 
 use ctx::{Ctx, RawBuf};
+use hearth_core::linear::{RecSeg, SlotLayout};
 use hearth_core::{
-    AttnParams, AttnSeg, Backend, Buf, DType, DevMem, Error, Glu, MoeJob, Result, RopeArgs, Tensor,
-    View, ViewMut,
+    AttnParams, AttnSeg, Backend, Buf, DType, DeltaJob, DevMem, Error, Glu, MoeJob, Result,
+    RopeArgs, Tensor, View, ViewMut,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -117,8 +118,18 @@ fn dev_mut<'a>(v: ViewMut<'a>) -> Result<(&'a VkMem, u32, usize)> {
 fn glu_args(act: Glu) -> [u32; 3] {
     match act {
         Glu::Silu => [0, 0, 0],
+        Glu::Sigmoid => [2, 0, 0],
         Glu::ClampedSwiglu { alpha, limit } => [1, alpha.to_bits(), limit.to_bits()],
     }
+}
+
+/// The recurrent ops' segment table: (row0, n, slot, fresh) each.
+fn seg_table(segs: &[RecSeg]) -> Result<Vec<u32>> {
+    let mut t = Vec::with_capacity(4 * segs.len());
+    for s in segs {
+        t.extend([u(s.row0)?, u(s.n)?, u(s.slot)?, u32::from(s.fresh)]);
+    }
+    Ok(t)
 }
 
 fn foreign() -> Error {
@@ -797,6 +808,116 @@ impl Backend for Vulkan {
             &[&lm.raw, sbuf, &im.raw, &wm.raw],
             &pc,
             self.groups(n),
+        )
+    }
+
+    fn ssm_conv(
+        &self,
+        x: View<'_>,
+        w: View<'_>,
+        state: ViewMut<'_>,
+        lay: SlotLayout,
+        out: ViewMut<'_>,
+        channels: usize,
+        segs: &[RecSeg],
+    ) -> Result<()> {
+        let (xm, xo, xn) = dev(x)?;
+        let (wm, wo, wn) = dev(w)?;
+        let (sm, so, sn) = dev_mut(state)?;
+        let (om, oo, on) = dev_mut(out)?;
+        let kernel = wn.checked_div(channels).unwrap_or(0);
+        if kernel == 0 || kernel > 16 || kernel * channels != wn || xn != on {
+            return Err(Error::Invalid(format!(
+                "ssm_conv: {wn} weights are not {channels} channels of a kernel of at most 16"
+            )));
+        }
+        hearth_core::linear::check_segs(
+            "ssm_conv",
+            segs,
+            xn / channels,
+            sn,
+            lay,
+            (kernel - 1) * channels,
+        )?;
+        let (tb, to) = self.ctx.stage(&seg_table(segs)?)?;
+        let n = segs.len() * channels;
+        let pc = [
+            u(n)?,
+            u(channels)?,
+            u(kernel)?,
+            xo,
+            wo,
+            so,
+            oo,
+            u(lay.stride)?,
+            u(lay.offset)?,
+            to,
+        ];
+        self.run(
+            spv!("ssm_conv"),
+            &[&xm.raw, &wm.raw, &sm.raw, &om.raw, &tb],
+            &pc,
+            self.groups(n),
+        )
+    }
+
+    fn delta_rule(&self, j: DeltaJob<'_>) -> Result<()> {
+        let sh = j.shape;
+        sh.check()?;
+        if sh.k_dim > 512 {
+            return Err(Error::Unsupported(format!(
+                "vulkan delta rule with key heads of {} (at most 512)",
+                sh.k_dim
+            )));
+        }
+        let (qm, qo, qn) = dev(j.qkv)?;
+        let (am, ao, an) = dev(j.a)?;
+        let (bm, bo, bn) = dev(j.b)?;
+        let (acm, aco, acn) = dev(j.a_coef)?;
+        let (dm, dto, dn) = dev(j.dt_bias)?;
+        let (sm, so, sn) = dev_mut(j.state)?;
+        let (om, oo, on) = dev_mut(j.out)?;
+        let w = sh.qkv_width();
+        let rows = qn / w;
+        let nv = sh.n_v_heads;
+        if rows * w != qn
+            || an != rows * nv
+            || bn != rows * nv
+            || on != rows * nv * sh.v_dim
+            || acn != nv
+            || dn != nv
+        {
+            return Err(Error::Invalid(format!(
+                "delta_rule: {qn} values are not rows of {w} that fit the gates and output"
+            )));
+        }
+        hearth_core::linear::check_segs("delta_rule", j.segs, rows, sn, j.lay, sh.state_len())?;
+        let (tb, to) = self.ctx.stage(&seg_table(j.segs)?)?;
+        let pc = [
+            u(sh.n_k_heads)?,
+            u(nv)?,
+            u(sh.k_dim)?,
+            u(sh.v_dim)?,
+            u32::from(sh.tiled),
+            u(w)?,
+            qo,
+            ao,
+            bo,
+            aco,
+            dto,
+            so,
+            u(j.lay.stride)?,
+            u(j.lay.offset)?,
+            oo,
+            to,
+        ];
+        self.run(
+            spv!("delta"),
+            &[
+                &qm.raw, &am.raw, &bm.raw, &acm.raw, &dm.raw, &sm.raw, &om.raw, &tb,
+            ],
+            &pc,
+            (j.segs.len() * nv) as u64,
         )
     }
 
