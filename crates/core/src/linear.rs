@@ -67,7 +67,7 @@ impl DeltaShape {
         if self.n_k_heads == 0
             || self.k_dim == 0
             || self.v_dim == 0
-            || self.n_v_heads % self.n_k_heads != 0
+            || !self.n_v_heads.is_multiple_of(self.n_k_heads)
         {
             return Err(Error::Invalid(format!(
                 "delta rule: {} value heads cannot be grouped over {} key heads",
