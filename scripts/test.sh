@@ -12,6 +12,7 @@ cargo build --release --locked
 # Mesa's lavapipe, so that the Vulkan tests run (a missing device fails them here)
 bash scripts/install_lavapipe.sh
 export HEARTH_REQUIRE_VULKAN=1
+bash scripts/build_llamacpp.sh --src-only >/dev/null  # llama.cpp's tokenizer test vectors (models/ggml-vocab-*)
 cargo test --release --locked --workspace 2>&1 | tee -a "$log"
 # every architecture's fixtures and SmolLM2's agreement with transformers on Vulkan
 HEARTH_TEST_BACKEND=vulkan cargo test --release --locked -p hearth-models --test tiny_hf 2>&1 | tee -a "$log"

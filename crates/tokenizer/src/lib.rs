@@ -4,13 +4,20 @@
 //! Every tokenizer runs on the `tokenizers` crate (the same code HF's Python tokenizers use).
 //! GGUF vocabularies are turned into an equivalent `tokenizer.json` document:
 //! - `gpt2` (byte-level BPE): vocabulary + merges, split by the regexes that
-//!   `tokenizer.ggml.pre` names, then byte-level mapping;
+//!   `tokenizer.ggml.pre` names (src/pretok.rs), then byte-level mapping;
 //! - `llama` (SentencePiece BPE): vocabulary with merges recovered from the scores, byte
-//!   fallback, `▁` for spaces.
+//!   fallback, `▁` for spaces;
+//! - `gemma4` (SentencePiece-style BPE on raw UTF-8): spaces become `▁`, merges over whole
+//!   lines, byte fallback;
+//! - `bert` (WordPiece): BERT's normalizer (lowercase, accents stripped) and word/punctuation
+//!   split, greedy longest-match pieces with `##` continuations.
+//!
+//! llama.cpp's tokenizer test vectors (tests/llama_vocab.rs) check all of them.
 #![deny(missing_docs)]
 
 mod chat;
 mod gguf_vocab;
+mod pretok;
 
 pub use chat::{CHATML, ChatMessage, ChatTemplate};
 
@@ -98,10 +105,12 @@ fn spelled_bytes(
             out
         }
         Spelling::SentencePiece(_) => {
-            if s.len() == 6 && s.starts_with("<0x") && s.ends_with('>') {
-                if let Ok(b) = u8::from_str_radix(&s[3..5], 16) {
-                    return vec![b];
-                }
+            if s.len() == 6
+                && s.starts_with("<0x")
+                && s.ends_with('>')
+                && let Ok(b) = u8::from_str_radix(&s[3..5], 16)
+            {
+                return vec![b];
             }
             s.replace('\u{2581}', " ").into_bytes()
         }
@@ -234,10 +243,10 @@ impl Tokenizer {
             "<|end_of_text|>",
             "</s>",
         ] {
-            if let Some(id) = inner.token_to_id(name) {
-                if special.contains(&id) || Some(id) == eos {
-                    eog.insert(id);
-                }
+            if let Some(id) = inner.token_to_id(name)
+                && (special.contains(&id) || Some(id) == eos)
+            {
+                eog.insert(id);
             }
         }
         let space_prefix = matches!(spelling, Spelling::SentencePiece(true));
@@ -282,17 +291,16 @@ impl Tokenizer {
             .map_err(|e| Error::Invalid(format!("cannot tokenize: {e}")))?;
         let mut ids = enc.get_ids().to_vec();
         if add_special {
-            if self.add_bos {
-                if let Some(b) = self.bos {
-                    if ids.first() != Some(&b) {
-                        ids.insert(0, b);
-                    }
-                }
+            if self.add_bos
+                && let Some(b) = self.bos
+                && ids.first() != Some(&b)
+            {
+                ids.insert(0, b);
             }
-            if self.add_eos {
-                if let Some(e) = self.eos {
-                    ids.push(e);
-                }
+            if self.add_eos
+                && let Some(e) = self.eos
+            {
+                ids.push(e);
             }
         }
         Ok(ids)
