@@ -713,6 +713,19 @@ fn inspect(model: &str, device: &str, ctx: usize, place: PlaceArgs) -> Result<()
         c.kv_bytes_per_token(4),
         c.kv_bytes_per_token(2)
     );
+    if let Some(l) = &c.linear {
+        let n = l.layers.iter().filter(|&&x| x).count();
+        println!(
+            "linear attn:   Gated DeltaNet on {n} of {} layers ({} key / {} value heads of {} / {}): \
+             {} bytes of state per sequence in f32, whatever its length",
+            c.n_layer,
+            l.n_k_heads,
+            l.n_v_heads,
+            l.k_dim,
+            l.v_dim,
+            m.state_bytes_per_seq()
+        );
+    }
     println!(
         "read/token:    {:.1} MiB of weights per decoded token",
         m.bytes_per_token() as f64 / 1048576.0
@@ -727,12 +740,13 @@ fn print_plan(plan: &[hearth_engine::DevicePlan], ctx: usize) {
     println!("plan for a context of {ctx} tokens:");
     let mut largest: Option<usize> = None;
     for d in plan {
-        let kv = d.kv_bytes_per_token as f64 * ctx as f64;
+        let kv = d.kv_bytes_per_token as f64 * ctx as f64 + d.state_bytes_per_seq as f64;
         let mem = d.memory.or_else(hearth_engine::available_memory);
         let fit = match mem {
             Some(m) => {
                 let free = m as f64 - d.weight_bytes as f64;
                 if d.kv_bytes_per_token > 0 {
+                    let free = free - d.state_bytes_per_seq as f64;
                     let n = (free.max(0.0) / d.kv_bytes_per_token as f64) as usize;
                     largest = Some(largest.map_or(n, |l| l.min(n)));
                 }

@@ -37,6 +37,16 @@ fn chain(parent: u64, tokens: &[u32]) -> u64 {
     h.finish()
 }
 
+/// An id of the whole-page prefix `tokens` (a multiple of `page_size` long): the chain id of
+/// its last page, as [`Pages`] keys pages.
+pub fn prefix_id(tokens: &[u32], page_size: usize) -> u64 {
+    let mut parent = 0u64;
+    for chunk in tokens.chunks_exact(page_size.max(1)) {
+        parent = chain(parent, chunk);
+    }
+    parent
+}
+
 impl Pages {
     /// `n_pages` pages of `page_size` positions, all free.
     pub fn new(n_pages: usize, page_size: usize) -> Pages {

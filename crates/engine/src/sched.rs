@@ -197,6 +197,19 @@ impl Limits {
             pool_mib,
             1 << 20,
         )?;
+        let state = eng.model.state_bytes_per_seq();
+        if state > 0 {
+            crate::check_fits(
+                &format!(
+                    "the linear-attention state of --parallel {} sequences ({} KiB each)",
+                    self.parallel,
+                    state >> 10
+                ),
+                "--parallel",
+                self.parallel,
+                state,
+            )?;
+        }
         if self.parallel > pages {
             return bad(format!(
                 "--parallel {} is more than the KV pool's {pages} pages can hold at once (a page each): the largest that fits is {pages}",
@@ -238,6 +251,10 @@ struct Seq {
     registered: usize,
     reported_cache: Option<usize>,
     first_token: bool,
+    /// Its slot for fixed-size (recurrent) state, while admitted.
+    slot: Option<usize>,
+    /// Recurrent models: its state at the last page boundary it reached, (positions, state).
+    ckpt: Option<(usize, Vec<f32>)>,
 }
 
 impl Seq {
@@ -253,6 +270,8 @@ impl Seq {
             registered: 0,
             reported_cache: None,
             first_token: false,
+            slot: None,
+            ckpt: None,
             job,
         }
     }
@@ -273,6 +292,29 @@ pub struct Scheduler {
     running: Vec<Seq>,
     metrics: Arc<Metrics>,
     logits: Vec<f32>,
+    /// Free state slots (one per sequence that can run).
+    free_slots: Vec<usize>,
+    /// Recurrent models: saved states at page boundaries of finished sequences, so that a
+    /// prompt extending one (the next turn of a chat) resumes from it instead of from the
+    /// start: whole-page prefix id -> (positions, state), oldest first.
+    ckpts: VecDeque<(u64, usize, Vec<f32>)>,
+}
+
+/// Recurrent models: of the `hit` cached pages of `tokens`, how many a saved state in `ckpts`
+/// covers (the longest such prefix), and that state.
+fn usable_hit<'a>(
+    ckpts: &'a VecDeque<(u64, usize, Vec<f32>)>,
+    tokens: &[u32],
+    hit: usize,
+    ps: usize,
+) -> (usize, Option<&'a Vec<f32>>) {
+    for h in (1..=hit).rev() {
+        let id = crate::pages::prefix_id(&tokens[..h * ps], ps);
+        if let Some(c) = ckpts.iter().find(|c| c.0 == id && c.1 == h * ps) {
+            return (h, Some(&c.2));
+        }
+    }
+    (0, None)
 }
 
 /// The text a panic carried, when it carried one.
@@ -300,6 +342,7 @@ impl Scheduler {
         let pool = eng
             .model
             .new_pool(cfg.n_pages, cfg.page_size, cfg.parallel.max(1))?;
+        let free_slots = (0..cfg.parallel.max(1)).rev().collect();
         metrics.pages_total.store(cfg.n_pages as u64, Relaxed);
         Ok(Scheduler {
             pages: Pages::new(cfg.n_pages, cfg.page_size),
@@ -311,6 +354,8 @@ impl Scheduler {
             running: Vec::new(),
             metrics,
             logits: Vec::new(),
+            free_slots,
+            ckpts: VecDeque::new(),
         })
     }
 
@@ -352,6 +397,8 @@ impl Scheduler {
             let _ = s.job.events.send(Event::Error(err.clone()));
         }
         self.pages = Pages::new(self.cfg.n_pages, self.cfg.page_size);
+        self.free_slots = (0..self.cfg.parallel.max(1)).rev().collect();
+        self.ckpts.clear();
         self.metrics.running.store(0, Relaxed);
         self.metrics.pages_used.store(0, Relaxed);
     }
@@ -362,6 +409,24 @@ impl Scheduler {
         }
         s.cached = 0;
         s.registered = 0;
+        if let Some(slot) = s.slot.take() {
+            self.free_slots.push(slot);
+        }
+        s.ckpt = None;
+    }
+
+    /// Keep a finished sequence's last checkpoint for a later prompt that extends it (at
+    /// most `parallel` of them, the oldest dropped first).
+    fn keep_ckpt(&mut self, s: &mut Seq) {
+        let Some((len, state)) = s.ckpt.take() else {
+            return;
+        };
+        let id = crate::pages::prefix_id(&s.tokens[..len], self.cfg.page_size);
+        self.ckpts.retain(|c| c.0 != id);
+        self.ckpts.push_back((id, len, state));
+        while self.ckpts.len() > self.cfg.parallel.max(1) {
+            self.ckpts.pop_front();
+        }
     }
 
     /// A request leaves the scheduler, answered or not.
@@ -371,6 +436,7 @@ impl Scheduler {
     }
 
     fn finish(&mut self, mut s: Seq, ev: Event) {
+        self.keep_ckpt(&mut s);
         self.release(&mut s);
         // counted out before the client can hear of it: a client that sends its next request
         // as soon as this one is answered must find the place free
@@ -418,15 +484,36 @@ impl Scheduler {
             } else {
                 (s.tokens.len() - 1) / ps
             };
-            let hit = self.pages.lookup(&s.tokens, max_hit);
+            let mut hit = self.pages.lookup(&s.tokens, max_hit);
+            // a recurrent model resumes only where a saved state is: the pages after it are
+            // recomputed (their state cannot be rebuilt from their keys and values)
+            let mut restore = None;
+            if self.pool.has_recurrent() {
+                let (h, st) = usable_hit(&self.ckpts, &s.tokens, hit.len(), ps);
+                restore = st.cloned();
+                for p in hit.drain(h..) {
+                    self.pages.release(p);
+                }
+            }
             let need = (s.tokens.len() + 1).div_ceil(ps).saturating_sub(hit.len());
-            if need > self.pages.available() {
+            if need > self.pages.available() || self.free_slots.is_empty() {
                 for p in hit {
                     self.pages.release(p);
                 }
                 break;
             }
             let mut s = self.waiting.pop_front().expect("front exists");
+            let slot = self.free_slots.pop().expect("a free slot");
+            s.slot = Some(slot);
+            if let Some(st) = &restore {
+                if let Err(e) = self.pool.restore_slot(&self.eng.model, slot, st) {
+                    // (a saved state that does not fit: start afresh)
+                    eprintln!("hearth: a saved state could not be restored: {e}");
+                    for p in hit.drain(..) {
+                        self.pages.release(p);
+                    }
+                }
+            }
             s.cached = hit.len() * ps;
             s.registered = hit.len();
             s.pages = hit;
@@ -489,10 +576,18 @@ impl Scheduler {
             let s = &self.running[i];
             s.tokens.len() - s.cached > 1
         });
+        let recurrent = self.pool.has_recurrent();
+        let ps = self.cfg.page_size;
         for i in order {
             let s = &self.running[i];
             let left = s.tokens.len() - s.cached;
-            let n = left.min(budget);
+            let mut n = left.min(budget);
+            // recurrent models: a prompt chunk stops at the prompt's last page boundary, so
+            // that the state there is saved (a later turn resumes from it)
+            let last = (s.tokens.len() - 1) / ps * ps;
+            if recurrent && s.cached < last && s.cached + n > last {
+                n = last - s.cached;
+            }
             if n == 0 {
                 continue;
             }
@@ -539,9 +634,7 @@ impl Scheduler {
                     tokens: &s.tokens[s.cached..s.cached + n],
                     pos0: s.cached,
                     pages: &s.pages,
-                    // no registered architecture has fixed-size (recurrent) state yet: its
-                    // slots are allocated per sequence when the first one arrives
-                    slot: 0,
+                    slot: s.slot.unwrap_or(0),
                     want,
                 }
             })
@@ -586,6 +679,15 @@ impl Scheduler {
             let s = &mut self.running[i];
             let pos0 = s.cached;
             s.cached += n;
+            if recurrent && s.cached.is_multiple_of(ps) {
+                // the state at this page boundary, for a later prompt that extends this one
+                if let Some(slot) = s.slot {
+                    match self.pool.save_slot(&self.eng.model, slot) {
+                        Ok(st) => s.ckpt = Some((s.cached, st)),
+                        Err(e) => eprintln!("hearth: a state could not be saved: {e}"),
+                    }
+                }
+            }
             while s.registered < s.cached / ps {
                 self.pages
                     .register(s.pages[s.registered], s.registered, &s.tokens);
