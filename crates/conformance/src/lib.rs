@@ -243,8 +243,8 @@ pub fn run(be: &dyn Backend) -> Report {
 /// starting fresh, two continuing), so the states carry from one call to the next; the
 /// outputs of both steps and the final states are compared.
 fn linear(s: &mut Suite) {
-    use hearth_core::DeltaJob;
-    use hearth_core::linear::{DeltaShape, RecSeg, SlotLayout};
+    use hearth_core::linear::{DeltaShape, LightningShape, RecSeg, SlotLayout};
+    use hearth_core::{DeltaJob, LightningJob};
     // (rows per sequence in each step): a prompt chunk, a long one, single-token decodes
     let steps: [[usize; 3]; 2] = [[5, 70, 1], [1, 3, 1]];
     let slots = [2usize, 0, 3];
@@ -374,6 +374,56 @@ fn linear(s: &mut Suite) {
                 Ok((got, want))
             },
         );
+    }
+    // lightning attention (MiniMax): 3 heads of 16, and 2 of 40 (more columns than fit one
+    // pass of a small workgroup do not, but a width that is not a power of two)
+    for (nh, d) in [(3usize, 16usize), (2, 40)] {
+        let sh = LightningShape {
+            n_heads: nh,
+            head_dim: d,
+        };
+        s.case(format!("lightning {nh} heads of {d}"), 2e-5, |s| {
+            let lay = SlotLayout {
+                stride: sh.state_len() + 7,
+                offset: 7,
+            };
+            let w = sh.qkv_width();
+            let dec: Vec<f32> = (0..nh).map(|_| 1.0 - 0.5 * s.rng.f().abs()).collect();
+            let st0: Vec<f32> = s.rng.vec(4 * lay.stride).iter().map(|v| 0.1 * v).collect();
+            let (mut bs, mut cs) = (put(s.be, &st0)?, st0.clone());
+            let bd = put(s.be, &dec)?;
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            for (step, rows) in steps.iter().enumerate() {
+                let segs = segs_of(step);
+                let n: usize = rows.iter().sum();
+                let qkv = s.rng.vec(n * w);
+                let mut bo = s.be.alloc(n * nh * d)?;
+                s.be.lightning(LightningJob {
+                    qkv: put(s.be, &qkv)?.view(),
+                    decay: bd.view(),
+                    state: bs.view_mut(),
+                    lay,
+                    out: bo.view_mut(),
+                    shape: sh,
+                    segs: &segs,
+                })?;
+                let mut co = vec![0f32; n * nh * d];
+                s.cpu.lightning(LightningJob {
+                    qkv: (&qkv[..]).into(),
+                    decay: (&dec[..]).into(),
+                    state: (&mut cs[..]).into(),
+                    lay,
+                    out: (&mut co[..]).into(),
+                    shape: sh,
+                    segs: &segs,
+                })?;
+                got.extend(get(s.be, &bo)?);
+                want.extend(co);
+            }
+            got.extend(get(s.be, &bs)?);
+            want.extend(cs);
+            Ok((got, want))
+        });
     }
 }
 

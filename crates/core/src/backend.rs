@@ -185,6 +185,25 @@ pub struct DeltaJob<'a> {
     pub segs: &'a [RecSeg],
 }
 
+/// Lightning attention over a batch (see [`crate::linear::lightning_ref`]).
+pub struct LightningJob<'a> {
+    /// Raw `q | k | v` projections per head, `[n_tok, shape.qkv_width()]` (SiLU not yet
+    /// applied).
+    pub qkv: View<'a>,
+    /// `exp(-slope)` per head `[n_heads]`.
+    pub decay: View<'a>,
+    /// The layer's state slots.
+    pub state: ViewMut<'a>,
+    /// Where in a slot the recurrent state is.
+    pub lay: SlotLayout,
+    /// Output `[n_tok, n_heads * head_dim]`.
+    pub out: ViewMut<'a>,
+    /// Heads and widths.
+    pub shape: crate::linear::LightningShape,
+    /// Each sequence's rows and slot.
+    pub segs: &'a [RecSeg],
+}
+
 /// Most rotated pairs per head a backend's RoPE must handle (head_dim 1024); models with
 /// more are refused at load time.
 pub const MAX_ROPE_PAIRS: usize = 512;
@@ -501,6 +520,19 @@ pub trait Backend: Send + Sync {
             j.b.host()?,
             j.a_coef.host()?,
             j.dt_bias.host()?,
+            j.state.host()?,
+            j.lay,
+            j.out.host()?,
+            j.shape,
+            j.segs,
+        )
+    }
+
+    /// Lightning attention per sequence (see [`LightningJob`]).
+    fn lightning(&self, j: LightningJob<'_>) -> Result<()> {
+        crate::linear::lightning_ref(
+            j.qkv.host()?,
+            j.decay.host()?,
             j.state.host()?,
             j.lay,
             j.out.host()?,

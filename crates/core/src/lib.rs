@@ -13,8 +13,8 @@ pub mod moe;
 mod tensor;
 
 pub use backend::{
-    AttnParams, AttnSeg, Backend, DeltaJob, KvDest, MAX_ROPE_PAIRS, MatJob, MoeJob, Pages,
-    RopeArgs, RopeStyle, RowCopy, check_rows, glu_ref, store_rows,
+    AttnParams, AttnSeg, Backend, DeltaJob, KvDest, LightningJob, MAX_ROPE_PAIRS, MatJob, MoeJob,
+    Pages, RopeArgs, RopeStyle, RowCopy, check_rows, glu_ref, store_rows,
 };
 pub use buf::{Buf, DevMem, View, ViewMut};
 pub use dtype::DType;

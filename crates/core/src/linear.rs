@@ -185,23 +185,105 @@ pub fn delta_rule_ref(
     sh: DeltaShape,
     segs: &[RecSeg],
 ) -> Result<()> {
+    check_delta(
+        qkv.len(),
+        a.len(),
+        b.len(),
+        a_coef.len(),
+        dt_bias.len(),
+        state.len(),
+        lay,
+        out.len(),
+        sh,
+        segs,
+    )?;
+    let (nv, dk, dv) = (sh.n_v_heads, sh.k_dim, sh.v_dim);
+    let g = DeltaGates {
+        qkv,
+        a,
+        b,
+        a_coef,
+        dt_bias,
+    };
+    for sg in segs {
+        let st = &mut state[sg.slot * lay.stride + lay.offset..][..sh.state_len()];
+        for (h, s) in st.chunks_exact_mut(dk * dv).enumerate() {
+            delta_head(&g, sh, sg, h, s, |t, o| {
+                out[(t * nv + h) * dv..][..dv].copy_from_slice(o)
+            });
+        }
+    }
+    Ok(())
+}
+
+/// An error unless the delta rule's operands (by length) fit `sh` and `segs`, and no two
+/// segments share a slot.
+#[allow(clippy::too_many_arguments)]
+pub fn check_delta(
+    qkv: usize,
+    a: usize,
+    b: usize,
+    a_coef: usize,
+    dt_bias: usize,
+    state: usize,
+    lay: SlotLayout,
+    out: usize,
+    sh: DeltaShape,
+    segs: &[RecSeg],
+) -> Result<()> {
     sh.check()?;
-    let (nk, nv, dk, dv) = (sh.n_k_heads, sh.n_v_heads, sh.k_dim, sh.v_dim);
+    let nv = sh.n_v_heads;
     let w = sh.qkv_width();
-    let n_rows = qkv.len() / w;
-    if n_rows * w != qkv.len()
-        || a.len() != n_rows * nv
-        || b.len() != n_rows * nv
-        || out.len() != n_rows * nv * dv
-        || a_coef.len() != nv
-        || dt_bias.len() != nv
+    let n_rows = qkv / w;
+    if n_rows * w != qkv
+        || a != n_rows * nv
+        || b != n_rows * nv
+        || out != n_rows * nv * sh.v_dim
+        || a_coef != nv
+        || dt_bias != nv
     {
         return Err(Error::Invalid(format!(
-            "delta_rule: {} values are not rows of {w} that fit the gates and output",
-            qkv.len()
+            "delta_rule: {qkv} values are not rows of {w} that fit the gates and output"
         )));
     }
-    check_segs("delta_rule", segs, n_rows, state.len(), lay, sh.state_len())?;
+    check_segs("delta_rule", segs, n_rows, state, lay, sh.state_len())?;
+    let mut slots: Vec<usize> = segs.iter().map(|s| s.slot).collect();
+    slots.sort_unstable();
+    if slots.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Error::Invalid(
+            "delta_rule: two sequences share a state slot".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The delta rule's per-token inputs (see [`delta_rule_ref`]).
+pub struct DeltaGates<'a> {
+    /// `[n, qkv_width]`.
+    pub qkv: &'a [f32],
+    /// `[n, n_v_heads]`.
+    pub a: &'a [f32],
+    /// `[n, n_v_heads]`.
+    pub b: &'a [f32],
+    /// `[n_v_heads]`.
+    pub a_coef: &'a [f32],
+    /// `[n_v_heads]`.
+    pub dt_bias: &'a [f32],
+}
+
+/// One segment's tokens through value head `h`, whose state is `s [k_dim, v_dim]`: `emit(t,
+/// out)` receives each row's `[v_dim]` output. The operands must have passed
+/// [`check_delta`].
+pub fn delta_head(
+    g: &DeltaGates<'_>,
+    sh: DeltaShape,
+    sg: &RecSeg,
+    h: usize,
+    s: &mut [f32],
+    mut emit: impl FnMut(usize, &[f32]),
+) {
+    let (nk, nv, dk, dv) = (sh.n_k_heads, sh.n_v_heads, sh.k_dim, sh.v_dim);
+    let w = sh.qkv_width();
     let scale = 1.0 / (dk as f32).sqrt();
     let l2 = |v: &[f32], o: &mut [f32], s: f32| {
         let ss: f32 = v.iter().map(|x| x * x).sum();
@@ -210,42 +292,129 @@ pub fn delta_rule_ref(
             *o = x * inv * s;
         }
     };
-    let (mut q, mut k, mut kv) = (vec![0f32; dk], vec![0f32; dk], vec![0f32; dv]);
+    let (mut q, mut k, mut kv, mut o) = (
+        vec![0f32; dk],
+        vec![0f32; dk],
+        vec![0f32; dv],
+        vec![0f32; dv],
+    );
+    if sg.fresh {
+        s.fill(0.0);
+    }
+    let kh = sh.k_head(h);
+    for t in sg.row0..sg.row0 + sg.n {
+        let row = &g.qkv[t * w..(t + 1) * w];
+        l2(&row[kh * dk..(kh + 1) * dk], &mut q, scale);
+        l2(&row[(nk + kh) * dk..(nk + kh + 1) * dk], &mut k, 1.0);
+        let v = &row[2 * nk * dk + h * dv..][..dv];
+        let gate = g.a_coef[h] * softplus(g.a[t * nv + h] + g.dt_bias[h]);
+        let beta = 1.0 / (1.0 + (-g.b[t * nv + h]).exp());
+        let decay = gate.exp();
+        // decay, then what the state recalls for k
+        kv.fill(0.0);
+        for (i, &ki) in k.iter().enumerate() {
+            let si = &mut s[i * dv..(i + 1) * dv];
+            for (j, sv) in si.iter_mut().enumerate() {
+                *sv *= decay;
+                kv[j] += *sv * ki;
+            }
+        }
+        // the write: S += k ⊗ β (v − recalled)
+        for (j, r) in kv.iter_mut().enumerate() {
+            *r = (v[j] - *r) * beta;
+        }
+        o.fill(0.0);
+        for (i, (&ki, &qi)) in k.iter().zip(&q).enumerate() {
+            let si = &mut s[i * dv..(i + 1) * dv];
+            for (j, sv) in si.iter_mut().enumerate() {
+                *sv += ki * kv[j];
+                o[j] += *sv * qi;
+            }
+        }
+        emit(t, &o);
+    }
+}
+
+/// The shape of lightning attention ([`lightning_ref`]).
+#[derive(Clone, Copy, Debug)]
+pub struct LightningShape {
+    /// Heads.
+    pub n_heads: usize,
+    /// Width of a head (queries, keys and values alike).
+    pub head_dim: usize,
+}
+
+impl LightningShape {
+    /// Values per token of the `qkv` rows: each head's `q | k | v`.
+    pub fn qkv_width(&self) -> usize {
+        3 * self.n_heads * self.head_dim
+    }
+    /// Floats of one sequence's recurrent state `[n_heads, head_dim, head_dim]`.
+    pub fn state_len(&self) -> usize {
+        self.n_heads * self.head_dim * self.head_dim
+    }
+    /// An error unless the shape is usable.
+    pub fn check(&self) -> Result<()> {
+        if self.n_heads == 0 || self.head_dim == 0 {
+            return Err(Error::Invalid(format!(
+                "lightning attention: {} heads of {}",
+                self.n_heads, self.head_dim
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Lightning attention (MiniMax-M1 / MiniMax-Text-01): linear attention with a fixed decay per
+/// head, over each segment's rows, continuing from (and updating) its recurrent state
+/// `S [n_heads, head_dim, head_dim]`.
+///
+/// `qkv [n, qkv_width]` holds each token's raw projections, per head `q | k | v`; the op
+/// applies SiLU to them. `decay [n_heads]` is `exp(-slope)` of each head. Per token and head:
+/// `S ← decay · S + k ⊗ v`; `out = Sᵀq` (no score scale, no normalisation: transformers'
+/// blocked form computes the same sums).
+pub fn lightning_ref(
+    qkv: &[f32],
+    decay: &[f32],
+    state: &mut [f32],
+    lay: SlotLayout,
+    out: &mut [f32],
+    sh: LightningShape,
+    segs: &[RecSeg],
+) -> Result<()> {
+    sh.check()?;
+    let (nh, d) = (sh.n_heads, sh.head_dim);
+    let w = sh.qkv_width();
+    let n_rows = qkv.len() / w;
+    if n_rows * w != qkv.len() || out.len() != n_rows * nh * d || decay.len() != nh {
+        return Err(Error::Invalid(format!(
+            "lightning: {} values are not rows of {w} that fit the decays and output",
+            qkv.len()
+        )));
+    }
+    check_segs("lightning", segs, n_rows, state.len(), lay, sh.state_len())?;
+    let silu = |x: f32| x / (1.0 + (-x).exp());
+    let (mut q, mut k, mut v) = (vec![0f32; d], vec![0f32; d], vec![0f32; d]);
     for sg in segs {
         let st = &mut state[sg.slot * lay.stride + lay.offset..][..sh.state_len()];
         if sg.fresh {
             st.fill(0.0);
         }
         for t in sg.row0..sg.row0 + sg.n {
-            let row = &qkv[t * w..(t + 1) * w];
-            for h in 0..nv {
-                let kh = sh.k_head(h);
-                l2(&row[kh * dk..(kh + 1) * dk], &mut q, scale);
-                l2(&row[(nk + kh) * dk..(nk + kh + 1) * dk], &mut k, 1.0);
-                let v = &row[2 * nk * dk + h * dv..][..dv];
-                let g = a_coef[h] * softplus(a[t * nv + h] + dt_bias[h]);
-                let beta = 1.0 / (1.0 + (-b[t * nv + h]).exp());
-                let decay = g.exp();
-                let s = &mut st[h * dk * dv..(h + 1) * dk * dv];
-                // decay, then what the state recalls for k
-                kv.fill(0.0);
-                for (i, &ki) in k.iter().enumerate() {
-                    let si = &mut s[i * dv..(i + 1) * dv];
-                    for (j, sv) in si.iter_mut().enumerate() {
-                        *sv *= decay;
-                        kv[j] += *sv * ki;
-                    }
+            for h in 0..nh {
+                let row = &qkv[t * w + h * 3 * d..][..3 * d];
+                for i in 0..d {
+                    q[i] = silu(row[i]);
+                    k[i] = silu(row[d + i]);
+                    v[i] = silu(row[2 * d + i]);
                 }
-                // the write: S += k ⊗ β (v − recalled)
-                for (j, r) in kv.iter_mut().enumerate() {
-                    *r = (v[j] - *r) * beta;
-                }
-                let o = &mut out[(t * nv + h) * dv..][..dv];
+                let s = &mut st[h * d * d..(h + 1) * d * d];
+                let o = &mut out[(t * nh + h) * d..][..d];
                 o.fill(0.0);
                 for (i, (&ki, &qi)) in k.iter().zip(&q).enumerate() {
-                    let si = &mut s[i * dv..(i + 1) * dv];
+                    let si = &mut s[i * d..(i + 1) * d];
                     for (j, sv) in si.iter_mut().enumerate() {
-                        *sv += ki * kv[j];
+                        *sv = *sv * decay[h] + ki * v[j];
                         o[j] += *sv * qi;
                     }
                 }

@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 mod attn;
+mod linear;
 mod moe;
 mod pool;
 mod prof;
@@ -571,6 +572,10 @@ impl Backend for Cpu {
                 Ok(())
             }
         }
+    }
+
+    fn delta_rule(&self, j: hearth_core::DeltaJob<'_>) -> Result<()> {
+        linear::delta_rule(self, j)
     }
 
     fn moe_experts(&self, job: MoeJob<'_>) -> Result<()> {

@@ -505,13 +505,13 @@ impl Scheduler {
             let mut s = self.waiting.pop_front().expect("front exists");
             let slot = self.free_slots.pop().expect("a free slot");
             s.slot = Some(slot);
-            if let Some(st) = &restore {
-                if let Err(e) = self.pool.restore_slot(&self.eng.model, slot, st) {
-                    // (a saved state that does not fit: start afresh)
-                    eprintln!("hearth: a saved state could not be restored: {e}");
-                    for p in hit.drain(..) {
-                        self.pages.release(p);
-                    }
+            if let Some(st) = &restore
+                && let Err(e) = self.pool.restore_slot(&self.eng.model, slot, st)
+            {
+                // (a saved state that does not fit: start afresh)
+                eprintln!("hearth: a saved state could not be restored: {e}");
+                for p in hit.drain(..) {
+                    self.pages.release(p);
                 }
             }
             s.cached = hit.len() * ps;

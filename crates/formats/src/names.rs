@@ -46,6 +46,11 @@ const HF_LAYER: &[(&str, &str)] = &[
     ("linear_attn.conv1d", "ssm_conv1d"),
     ("linear_attn.norm", "ssm_norm"),
     ("linear_attn.out_proj", "ssm_out"),
+    // lightning attention (MiniMax-M1 / Text-01)
+    ("self_attn.qkv_proj", "attn_qkv"),
+    ("self_attn.output_gate", "attn_gate"),
+    ("self_attn.norm", "attn_lightning_norm"),
+    ("self_attn.out_proj", "attn_output"),
 ];
 
 /// Layer-local HF names without a `.weight`/`.bias` suffix (parameters and buffers that are
@@ -88,15 +93,19 @@ const HF_GLOBAL: &[(&str, &str)] = &[
 /// The canonical name of a Hugging Face tensor name, or `None` when it is not one hearth uses
 /// (rotary caches and the like).
 pub fn canonical_from_hf(name: &str) -> Option<String> {
-    // multimodal checkpoints (Qwen3.5/3.6, Kimi K2.5) keep the text model under
-    // model.language_model.*; their vision towers are not read
+    // multimodal checkpoints keep the text model under model.language_model.* (Qwen3.5/3.6)
+    // or language_model.model.* and language_model.lm_head (Kimi K2.5, as released); their
+    // vision towers and projectors are not read
     let owned;
-    let name = match name.strip_prefix("model.language_model.") {
+    let name = match name
+        .strip_prefix("model.language_model.")
+        .or_else(|| name.strip_prefix("language_model.model."))
+    {
         Some(rest) => {
             owned = format!("model.{rest}");
             owned.as_str()
         }
-        None => name,
+        None => name.strip_prefix("language_model.").unwrap_or(name),
     };
     if let Some((_, c)) = HF_GLOBAL.iter().find(|(h, _)| *h == name) {
         return Some(c.to_string());
@@ -175,5 +184,19 @@ mod tests {
             None
         );
         assert_eq!(canonical_from_hf("mtp.layers.0.mlp.gate.weight"), None);
+        // Kimi K2.5 as released
+        assert_eq!(
+            canonical_from_hf("language_model.model.layers.2.self_attn.q_a_proj.weight").unwrap(),
+            "blk.2.attn_q_a.weight"
+        );
+        assert_eq!(
+            canonical_from_hf("language_model.lm_head.weight").unwrap(),
+            "output.weight"
+        );
+        assert_eq!(
+            canonical_from_hf("vision_tower.encoder.blocks.0.wqkv.weight"),
+            None
+        );
+        assert_eq!(canonical_from_hf("mm_projector.proj.0.weight"), None);
     }
 }

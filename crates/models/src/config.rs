@@ -277,6 +277,75 @@ pub struct ModelConfig {
     /// RMSNorm weights are stored as offsets from 1 (HF Qwen3-Next and Qwen3.5 checkpoints;
     /// llama.cpp's converter adds the 1). The gated norm of linear attention is not.
     pub norm_plus_one: bool,
+    /// Lightning attention (MiniMax-M1 / Text-01), for models that have it.
+    pub lightning: Option<LightningConfig>,
+}
+
+/// Lightning attention (MiniMax-M1 / MiniMax-Text-01): which layers use it (the others are
+/// softmax attention), and how MiniMax scales its residuals.
+#[derive(Clone, Debug)]
+pub struct LightningConfig {
+    /// Per layer: lightning attention (true) or softmax attention.
+    pub layers: Vec<bool>,
+    /// `(alpha, beta)` of the residual around softmax attention, lightning attention and the
+    /// FFN: MiniMax's blocks add to their normalised input, `x ← alpha · norm(x) + beta ·
+    /// f(norm(x))`.
+    pub full_residual: (f32, f32),
+    /// See `full_residual`.
+    pub linear_residual: (f32, f32),
+    /// See `full_residual`.
+    pub mlp_residual: (f32, f32),
+}
+
+impl LightningConfig {
+    /// Each head's decay `exp(-slope)` in layer `i` of `n_layer`, as transformers computes
+    /// the slopes: `2^(-8/n_heads)^(h+1) · (1 - i/(n_layer - 1 + 1e-5) + 1e-5)`.
+    pub fn decays(n_heads: usize, i: usize, n_layer: usize) -> Vec<f32> {
+        let base = 1.0 / 2f64.powf(8.0 / n_heads as f64);
+        let factor = 1.0 - i as f64 / (n_layer as f64 - 1.0 + 1e-5) + 1e-5;
+        (0..n_heads)
+            .map(|h| (-(base.powi(h as i32 + 1) * factor)).exp() as f32)
+            .collect()
+    }
+}
+
+/// MiniMax's lightning layers and residual scales from an HF config.json: transformers'
+/// `layer_types` and `*_alpha_factor`/`*_beta_factor`, or the original checkpoints'
+/// `attn_type_list` (1: softmax attention) and `layernorm_*_alpha`/`_beta`.
+fn hf_lightning(c: &Json, n_layer: usize) -> Result<LightningConfig> {
+    let layers: Vec<bool> = if let Some(a) = c.get("layer_types").and_then(Json::as_array) {
+        a.iter()
+            .map(|t| t.as_str() == Some("linear_attention"))
+            .collect()
+    } else if let Some(a) = c.get("attn_type_list").and_then(Json::as_array) {
+        a.iter().map(|t| t.as_u64() == Some(0)).collect()
+    } else {
+        // transformers' default: softmax attention at even layers
+        (0..n_layer).map(|i| i % 2 == 1).collect()
+    };
+    if layers.len() != n_layer {
+        return Err(Error::Format(format!(
+            "config.json: {} layer types for {n_layer} layers",
+            layers.len()
+        )));
+    }
+    let scale = |new: &str, old: &str| -> (f32, f32) {
+        let g = |k: String| c.get(&k).and_then(Json::as_f64).map(|v| v as f32);
+        (
+            g(format!("{new}_alpha_factor"))
+                .or_else(|| g(format!("layernorm_{old}_alpha")))
+                .unwrap_or(1.0),
+            g(format!("{new}_beta_factor"))
+                .or_else(|| g(format!("layernorm_{old}_beta")))
+                .unwrap_or(1.0),
+        )
+    };
+    Ok(LightningConfig {
+        layers,
+        full_residual: scale("full_attn", "full_attention"),
+        linear_residual: scale("linear_attn", "linear_attention"),
+        mlp_residual: scale("mlp", "mlp"),
+    })
 }
 
 /// Routing settings from an HF config.json; None for dense models. transformers hard-codes
@@ -313,7 +382,7 @@ fn hf_moe(c: &Json, arch: &str) -> Result<Option<MoeConfig>> {
         "qwen3_next" => m.norm = norm_topk.unwrap_or(true),
         // transformers renormalises Qwen3.5's top-k always
         "qwen3_5_moe" => m.norm = true,
-        "mixtral" => m.norm = true,
+        "mixtral" | "minimax" => m.norm = true,
         "deepseek_v2" => {
             m.scale = fl("routed_scaling_factor").unwrap_or(1.0);
             if c.get("topk_method").and_then(Json::as_str) == Some("group_limited_greedy") {
@@ -563,12 +632,18 @@ impl ModelConfig {
             linear,
             attn_gate: hybrid,
             norm_plus_one: false,
+            lightning: None,
         })
     }
 
     /// From an HF config.json; `rope_style` comes from the architecture registry (rotate-half
     /// except for DeepSeek's interleaved pairs).
     pub fn from_hf(c: &Json, arch: &str, rope_style: RopeStyle) -> Result<ModelConfig> {
+        // Kimi K2.5's text model is DeepSeek V3 (its text_config says deepseek_v3 or kimi_k2)
+        let arch = match arch {
+            "kimi_k25" => "deepseek_v3",
+            a => a,
+        };
         // multimodal checkpoints (Qwen3.5/3.6) describe the text model in text_config; keys
         // set only at the top (tie_word_embeddings) still count
         let merged;
@@ -719,6 +794,11 @@ impl ModelConfig {
         } else {
             None
         };
+        let lightning = if arch == "minimax" {
+            Some(hf_lightning(c, n_layer)?)
+        } else {
+            None
+        };
         Ok(ModelConfig {
             arch: arch.to_string(),
             n_embd,
@@ -744,7 +824,20 @@ impl ModelConfig {
             linear,
             attn_gate: hybrid,
             norm_plus_one: hybrid,
+            lightning,
         })
+    }
+
+    /// Whether layer `i` uses lightning attention (MiniMax).
+    pub fn is_lightning(&self, i: usize) -> bool {
+        self.lightning
+            .as_ref()
+            .is_some_and(|l| l.layers.get(i).copied().unwrap_or(false))
+    }
+
+    /// Whether layer `i` keeps a fixed-size state rather than KV rows.
+    pub fn is_recurrent(&self, i: usize) -> bool {
+        self.is_linear(i) || self.is_lightning(i)
     }
 
     /// Whether layer `i` uses linear attention.
@@ -787,10 +880,13 @@ impl ModelConfig {
 
     /// KV-cache bytes per token of context at `bytes_per_value` (4 for f32, 2 for f16). MLA
     /// caches hold the compressed latent and the shared rope key, not per-head K and V.
+    /// Linear- and lightning-attention layers keep a fixed-size state instead and are not
+    /// counted.
     pub fn kv_bytes_per_token(&self, bytes_per_value: usize) -> usize {
+        let n = (0..self.n_layer).filter(|&i| !self.is_recurrent(i)).count();
         match &self.mla {
-            Some(m) => self.n_layer * (m.kv_lora_rank + m.rope) * bytes_per_value,
-            None => 2 * self.n_layer * self.n_kv_head * self.head_dim * bytes_per_value,
+            Some(m) => n * (m.kv_lora_rank + m.rope) * bytes_per_value,
+            None => 2 * n * self.n_kv_head * self.head_dim * bytes_per_value,
         }
     }
 }
@@ -828,5 +924,58 @@ mod mla_tests {
         // softmax scale: 1/sqrt(192) * (0.1 * ln 40 + 1)^2
         let ms = 0.1 * 40f32.ln() + 1.0;
         assert!((cfg.attn_scale() - ms * ms / 192f32.sqrt()).abs() < 1e-6);
+    }
+}
+
+#[cfg(test)]
+mod lightning_tests {
+    use super::*;
+
+    /// A MiniMax-Text-01-shaped config.json in the original checkpoints' keys: a softmax
+    /// layer after every seven lightning layers, residual alpha (2 · 80)^0.25.
+    fn text01(n_layer: usize, types: &str) -> Json {
+        serde_json::from_str(&format!(
+            r#"{{"model_type": "minimax", "hidden_size": 6144, "num_hidden_layers": {n_layer},
+            "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 128,
+            "intermediate_size": 9216, "vocab_size": 200064, "num_local_experts": 32,
+            "num_experts_per_tok": 2, "rope_theta": 10000000, "attn_type_list": {types},
+            "layernorm_full_attention_alpha": 3.5565, "layernorm_full_attention_beta": 1.0,
+            "layernorm_linear_attention_alpha": 3.5565, "layernorm_linear_attention_beta": 1.0,
+            "layernorm_mlp_alpha": 3.5565, "layernorm_mlp_beta": 1.0}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn minimax_text01_layers_residuals_and_kv_cache() {
+        let types: Vec<u8> = (0..80).map(|i| u8::from((i + 1) % 8 == 0)).collect();
+        let c = text01(80, &format!("{types:?}"));
+        let cfg = ModelConfig::from_hf(&c, "minimax", RopeStyle::Neox).unwrap();
+        let lc = cfg.lightning.clone().unwrap();
+        assert_eq!(lc.layers.iter().filter(|&&l| l).count(), 70);
+        assert!(cfg.is_lightning(0) && !cfg.is_lightning(7) && cfg.is_recurrent(8));
+        assert_eq!(lc.full_residual, (3.5565, 1.0));
+        assert_eq!(lc.mlp_residual, (3.5565, 1.0));
+        // only the 10 softmax layers keep KV rows: 10 x 2 x 8 x 128 x 2 bytes
+        assert_eq!(cfg.kv_bytes_per_token(2), 40_960);
+        let moe = cfg.moe.unwrap();
+        assert!(moe.norm && moe.gating == Gating::Softmax);
+    }
+
+    #[test]
+    fn minimax_layer_kinds_must_cover_the_layers() {
+        let c = text01(80, "[0, 0, 1]");
+        assert!(ModelConfig::from_hf(&c, "minimax", RopeStyle::Neox).is_err());
+    }
+
+    #[test]
+    fn lightning_decays_follow_transformers_slopes() {
+        // 4 heads: base 1/4; layer 0 of 5: factor 1 + 1e-5; the last layer barely decays
+        let d = LightningConfig::decays(4, 0, 5);
+        assert!((d[0] - (-0.25f32 * 1.00001).exp()).abs() < 1e-7);
+        assert!((d[3] - (-(0.25f32.powi(4)) * 1.00001).exp()).abs() < 1e-7);
+        let last = LightningConfig::decays(4, 4, 5);
+        assert!(last.iter().all(|&x| x > 0.99999 && x <= 1.0));
+        assert_eq!(LightningConfig::decays(1, 0, 1).len(), 1);
     }
 }

@@ -9,14 +9,15 @@
 
 pub mod config;
 mod delta;
+mod lightning;
 mod load;
 mod mla;
 mod model;
 mod moe;
 
 pub use config::{
-    ExpertAct, Gating, GroupScore, LinearConfig, MlaConfig, ModelConfig, MoeConfig, Rope,
-    RopeScaling,
+    ExpertAct, Gating, GroupScore, LightningConfig, LinearConfig, MlaConfig, ModelConfig,
+    MoeConfig, Rope, RopeScaling,
 };
 pub use model::{BatchSeq, DevicePlan, KvPool, LayerCache, Model, Scratch, State, Want};
 
@@ -80,6 +81,12 @@ pub const ARCHS: &[ArchSpec] = &[
         Normal,
         Normal,
     ),
+    // Kimi K2.5: a multimodal wrapper (text_config) around DeepSeek V3; the vision tower is
+    // not read. llama.cpp writes its text model as deepseek2.
+    // MiniMax-M1 / MiniMax-Text-01: lightning attention with softmax attention between. HF
+    // only: llama.cpp's minimax-01 conversion reads the original remote-code config.
+    arch("minimax", &["minimax"], &[], Neox, Neox),
+    arch("kimi_k25", &["kimi_k25"], &[], Normal, Normal),
     arch("glm4_moe", &["glm4_moe"], &["glm4moe"], Neox, Neox),
     arch("minimax_m2", &["minimax_m2"], &["minimax-m2"], Neox, Neox),
     arch("gpt_oss", &["gpt_oss"], &["gpt-oss"], Neox, Neox),

@@ -1,8 +1,9 @@
 //! Building a model's layers from its tensors: shapes checked, each weight prepared by the
 //! backend of the device it is placed on, norm weights and biases decoded into that
 //! backend's buffers.
-use crate::config::{LinearConfig, ModelConfig};
+use crate::config::{LightningConfig, LinearConfig, ModelConfig};
 use crate::delta::Delta;
+use crate::lightning::Lightning;
 use crate::mla::{Mla, MlaQ};
 use crate::model::{Attn, Ffn, Gqa, Layer};
 use crate::moe::{Mlp, Moe};
@@ -222,6 +223,17 @@ pub(crate) fn load_layer(
     let l = &pl.loader(t, dev_attn);
     let n = |p: &str| format!("blk.{i}.{p}");
     let attn = match &cfg.mla {
+        None if cfg.is_lightning(i) => {
+            let w = cfg.n_head * cfg.head_dim;
+            let decay = LightningConfig::decays(cfg.n_head, i, cfg.n_layer);
+            Attn::Lightning(Lightning {
+                qkv: l.get(&n("attn_qkv.weight"), &[3 * w, e])?,
+                gate: l.get(&n("attn_gate.weight"), &[w, e])?,
+                norm: l.vec(&n("attn_lightning_norm.weight"), w)?,
+                out: l.get(&n("attn_output.weight"), &[e, w])?,
+                decay: l.be.upload_new(&decay)?,
+            })
+        }
         None if cfg.is_linear(i) => {
             let lc = cfg
                 .linear

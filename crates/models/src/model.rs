@@ -8,10 +8,12 @@
 //! ([`Model::transfers`]).
 use crate::config::ModelConfig;
 use crate::delta::{Delta, DeltaBufs};
+use crate::lightning::{Lightning, LightningBufs};
 use crate::load::{Placer, load_layer, vector, weight};
 use crate::mla::{Mla, MlaBufs, MlaCall, MlaQ};
 use crate::moe::{Mlp, Moe};
 use crate::{arch_for_gguf, arch_for_hf, supported_names};
+use hearth_core::linear::LightningShape;
 use hearth_core::{
     AttnParams, AttnSeg, Backend, Buf, DType, Error, MatJob, Pages, Result, Tensor, ViewMut,
 };
@@ -40,6 +42,8 @@ pub(crate) enum Attn {
     Mla(Mla),
     /// Linear attention (Gated DeltaNet) with a fixed-size state per sequence.
     Delta(Delta),
+    /// Lightning attention (MiniMax) with a fixed-size state per sequence.
+    Lightning(Lightning),
 }
 
 // one per layer: the size difference costs nothing
@@ -221,6 +225,9 @@ pub(crate) struct DevScratch {
     pub sg: Buf,
     pub mla: MlaBufs,
     pub delta: DeltaBufs,
+    pub lightning: LightningBufs,
+    /// Per-row scales of MiniMax's residuals.
+    pub scale: Buf,
 }
 
 /// Scratch buffers reused across forward passes, per device.
@@ -503,11 +510,10 @@ impl Model {
             }
         }
         let (kw, vw) = self.kv_widths();
-        let slot = 4 * self.cfg.linear.as_ref().map_or(0, |c| c.slot_len());
         for l in &self.layers {
-            match l.attn {
-                Attn::Delta(_) => p[l.dev_attn].state_bytes_per_seq += slot,
-                _ => p[l.dev_attn].kv_bytes_per_token += (kw + vw) * 4,
+            match self.slot_len(l) {
+                Some(size) => p[l.dev_attn].state_bytes_per_seq += 4 * size,
+                None => p[l.dev_attn].kv_bytes_per_token += (kw + vw) * 4,
             }
         }
         p
@@ -592,8 +598,8 @@ impl Model {
             .map(|l| {
                 let be = self.dev(l.dev_attn);
                 Ok(match &l.attn {
-                    Attn::Delta(_) => {
-                        let size = self.cfg.linear.as_ref().map_or(0, |c| c.slot_len());
+                    Attn::Delta(_) | Attn::Lightning(_) => {
+                        let size = self.slot_len(l).unwrap_or(0);
                         let total = size.checked_mul(n_slots.max(1)).ok_or_else(|| {
                             Error::Invalid(format!("{n_slots} state slots overflow"))
                         })?;
@@ -630,15 +636,35 @@ impl Model {
     fn n_kv_layers(&self) -> usize {
         self.layers
             .iter()
-            .filter(|l| !matches!(l.attn, Attn::Delta(_)))
+            .filter(|l| self.slot_len(l).is_none())
             .count()
+    }
+
+    /// Floats of a layer's fixed-size state per sequence; None for layers that keep KV rows.
+    fn slot_len(&self, l: &Layer) -> Option<usize> {
+        match &l.attn {
+            Attn::Delta(_) => Some(self.cfg.linear.as_ref().map_or(0, |c| c.slot_len())),
+            Attn::Lightning(_) => Some(self.lightning_shape().state_len()),
+            _ => None,
+        }
+    }
+
+    /// The shape of the lightning-attention layers (MiniMax).
+    fn lightning_shape(&self) -> LightningShape {
+        LightningShape {
+            n_heads: self.cfg.n_head,
+            head_dim: self.cfg.head_dim,
+        }
     }
 
     /// Bytes of fixed-size state one sequence keeps (linear-attention layers, f32), whatever
     /// its length.
     pub fn state_bytes_per_seq(&self) -> usize {
-        let per = self.cfg.linear.as_ref().map_or(0, |c| c.slot_len());
-        4 * per * (self.cfg.n_layer - self.n_kv_layers())
+        4 * self
+            .layers
+            .iter()
+            .filter_map(|l| self.slot_len(l))
+            .sum::<usize>()
     }
 
     /// How many layers are mixtures of experts.
@@ -704,6 +730,7 @@ impl Model {
                 Attn::Gqa(a) => vec![&a.wq, &a.wk, &a.wv, &a.wo],
                 Attn::Mla(m) => m.tensors(),
                 Attn::Delta(d) => d.tensors(),
+                Attn::Lightning(g) => g.tensors(),
             };
             match &l.ffn {
                 Ffn::Dense(m) => ts.extend(m.tensors()),
@@ -745,6 +772,7 @@ impl Model {
                     }
                 }
                 Attn::Delta(d) => n += d.vector_params(),
+                Attn::Lightning(g) => n += g.vector_params(),
             }
         }
         n
@@ -1112,13 +1140,25 @@ impl Model {
                         o.reborrow(),
                     )?;
                 }
+                (Attn::Lightning(g), LayerCache::Recurrent { s: st, size }) => {
+                    let sh = self.lightning_shape();
+                    if *size != sh.state_len() {
+                        return Err(Error::Invalid(format!(
+                            "layer {li}: the pool's slots do not fit lightning attention"
+                        )));
+                    }
+                    g.forward(be, sh, h, n, segs, st, &mut ds.lightning, o.reborrow())?;
+                }
                 _ => {
                     return Err(Error::Invalid(format!(
                         "layer {li}: the pool holds another kind of state"
                     )));
                 }
             }
-            be.add(ds.x.head_mut(n * e), o.view())?;
+            match self.residual(li, false) {
+                None => be.add(ds.x.head_mut(n * e), o.view())?,
+                Some(ab) => scaled_residual(be, ds, n * e, n, ab)?,
+            }
             // the feed-forward block, on its device
             let d = l.dev_ffn;
             self.enter_block(s, &mut cur, d, n, &l.ffn_norm)?;
@@ -1136,7 +1176,10 @@ impl Model {
                 }
             }
             let ds = s.dev(d);
-            be.add(ds.x.head_mut(n * e), ds.o.head(n * e))?;
+            match self.residual(li, true) {
+                None => be.add(ds.x.head_mut(n * e), ds.o.head(n * e))?,
+                Some(ab) => scaled_residual(be, ds, n * e, n, ab)?,
+            }
         }
         Ok(cur)
     }
@@ -1172,6 +1215,44 @@ impl Model {
     }
 }
 
+impl Model {
+    /// MiniMax's residual `(alpha, beta)` around layer `li`'s attention (or, with `ffn`, its
+    /// FFN block); None where the block adds its output to the residual stream as usual.
+    fn residual(&self, li: usize, ffn: bool) -> Option<(f32, f32)> {
+        let lc = self.cfg.lightning.as_ref()?;
+        Some(match (ffn, self.cfg.is_lightning(li)) {
+            (true, _) => lc.mlp_residual,
+            (false, true) => lc.linear_residual,
+            (false, false) => lc.full_residual,
+        })
+    }
+}
+
+/// MiniMax's residual: `x = alpha · h + beta · o`, from the block's normalised input `h` and
+/// its output `o` (`len` values in `n` rows).
+fn scaled_residual(
+    be: &dyn Backend,
+    ds: &mut DevScratch,
+    len: usize,
+    n: usize,
+    (alpha, beta): (f32, f32),
+) -> Result<()> {
+    be.copy_rows(ds.h.head(len), 0, ds.x.head_mut(len), 0, row1(len))?;
+    if alpha != 1.0 {
+        let sc = sized(be, &mut ds.scale, n)?;
+        be.upload(&vec![alpha - 1.0; n], sc)?;
+        be.add_scaled_rows(ds.x.head_mut(len), ds.h.head(len), ds.scale.head(n))?;
+    }
+    if beta != 1.0 {
+        let sc = sized(be, &mut ds.scale, n)?;
+        be.upload(&vec![beta; n], sc)?;
+        be.add_scaled_rows(ds.x.head_mut(len), ds.o.head(len), ds.scale.head(n))?;
+    } else {
+        be.add(ds.x.head_mut(len), ds.o.head(len))?;
+    }
+    Ok(())
+}
+
 /// One row of `width` values (a plain copy).
 fn row1(width: usize) -> hearth_core::RowCopy {
     hearth_core::RowCopy { n_rows: 1, width }
@@ -1197,6 +1278,7 @@ impl Layer {
             Attn::Gqa(a) => vec![&a.wq, &a.wk, &a.wv, &a.wo],
             Attn::Mla(m) => m.tensors(),
             Attn::Delta(d) => d.tensors(),
+            Attn::Lightning(g) => g.tensors(),
         }
         .into_iter()
         .map(|t| (self.dev_attn, t))

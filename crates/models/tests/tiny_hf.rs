@@ -24,8 +24,11 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// Architectures whose GGUF conversion cannot say what the HF model computes: llama.cpp's
-/// converter writes Mistral as plain `llama` and drops its sliding window.
-const HF_ONLY: &[&str] = &["mistral"];
+/// converter writes Mistral as plain `llama` and drops its sliding window. MiniMax
+/// (lightning attention) it cannot convert from transformers' files at all: its minimax-01
+/// conversion knows only the remote-code classes and their config keys (layernorm_*_alpha,
+/// rotary_dim), and requires every residual beta to be 1.
+const HF_ONLY: &[&str] = &["mistral", "minimax"];
 
 /// The fixture's HF directory and its GGUF conversion, with labels.
 fn sources(name: &str) -> Vec<(String, PathBuf)> {
@@ -268,6 +271,7 @@ fn batched_paged_sequences_equal_each_alone() {
         "gpt_oss",
         "qwen3_5",
         "qwen3_next",
+        "minimax",
     ] {
         let (_f, model, _, _) = load(name);
         let nv = model.cfg.n_vocab as u32;
@@ -332,5 +336,47 @@ fn batched_paged_sequences_equal_each_alone() {
                 "{name}: sequence {s} differs when batched"
             );
         }
+    }
+}
+
+/// A change to a config.json.
+type Edit = fn(&mut serde_json::Value);
+
+/// The minimax fixture's files with its config.json edited by `edit`, in a scratch folder.
+fn minimax_with_config(tag: &str, edit: Edit) -> PathBuf {
+    let src = fixture("minimax");
+    let dir = std::env::temp_dir().join(format!("hearth-minimax-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut c);
+    std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn minimax_files_that_do_not_fit_are_errors() {
+    // a softmax layer where the file has a lightning one (its q/k/v are missing), heads that
+    // do not fit the projections, and fewer layer kinds than layers: errors, not panics
+    let edits: [(&str, Edit); 3] = [
+        ("kinds", |c| c["layer_types"][0] = "full_attention".into()),
+        ("heads", |c| c["num_attention_heads"] = 8.into()),
+        ("short", |c| {
+            c["layer_types"].as_array_mut().unwrap().pop();
+        }),
+    ];
+    for (tag, edit) in edits {
+        let dir = minimax_with_config(tag, edit);
+        let files = ModelFiles::open(&dir).unwrap();
+        let r = Model::load(&files, backend());
+        assert!(r.is_err(), "{tag}: loaded");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

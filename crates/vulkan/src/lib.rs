@@ -19,8 +19,8 @@ pub use ctx::DeviceInfo;
 use ctx::{Ctx, RawBuf};
 use hearth_core::linear::{RecSeg, SlotLayout};
 use hearth_core::{
-    AttnParams, AttnSeg, Backend, Buf, DType, DeltaJob, DevMem, Error, Glu, MoeJob, Result,
-    RopeArgs, Tensor, View, ViewMut,
+    AttnParams, AttnSeg, Backend, Buf, DType, DeltaJob, DevMem, Error, Glu, LightningJob, MoeJob,
+    Result, RopeArgs, Tensor, View, ViewMut,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -918,6 +918,48 @@ impl Backend for Vulkan {
             ],
             &pc,
             (j.segs.len() * nv) as u64,
+        )
+    }
+
+    fn lightning(&self, j: LightningJob<'_>) -> Result<()> {
+        let sh = j.shape;
+        sh.check()?;
+        if sh.head_dim > 512 {
+            return Err(Error::Unsupported(format!(
+                "vulkan lightning attention with heads of {} (at most 512)",
+                sh.head_dim
+            )));
+        }
+        let (qm, qo, qn) = dev(j.qkv)?;
+        let (dm, dco, dn) = dev(j.decay)?;
+        let (sm, so, sn) = dev_mut(j.state)?;
+        let (om, oo, on) = dev_mut(j.out)?;
+        let w = sh.qkv_width();
+        let rows = qn / w;
+        let nh = sh.n_heads;
+        if rows * w != qn || on != rows * nh * sh.head_dim || dn != nh {
+            return Err(Error::Invalid(format!(
+                "lightning: {qn} values are not rows of {w} that fit the decays and output"
+            )));
+        }
+        hearth_core::linear::check_segs("lightning", j.segs, rows, sn, j.lay, sh.state_len())?;
+        let (tb, to) = self.ctx.stage(&seg_table(j.segs)?)?;
+        let pc = [
+            u(nh)?,
+            u(sh.head_dim)?,
+            qo,
+            dco,
+            so,
+            u(j.lay.stride)?,
+            u(j.lay.offset)?,
+            oo,
+            to,
+        ];
+        self.run(
+            spv!("lightning"),
+            &[&qm.raw, &dm.raw, &sm.raw, &om.raw, &tb],
+            &pc,
+            (j.segs.len() * nh) as u64,
         )
     }
 

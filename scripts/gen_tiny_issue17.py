@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Tiny random-weight models for issue 17's other two architectures, with expected logits from
+HF transformers (in float64, like scripts/gen_tiny_hybrid.py, whose seed search and weight
+scales this reuses):
+
+  - minimax:  MiniMax-M1 / MiniMax-Text-01: lightning attention (linear attention with a fixed
+              per-head, per-layer decay, blocked in transformers' prefill) with softmax attention
+              layers between, Mixtral-style MoE, and the residual scaling
+              (x = alpha * norm(x) + beta * f(norm(x))) with factors other than 1. block_size 64
+              < the 320-token input, so transformers' blocked path crosses several blocks.
+              HF only: llama.cpp's converter (conversion/minimax.py) registers only the remote-code
+              classes (MiniMaxText01ForCausalLM / MiniMaxM1ForCausalLM) and reads their config
+              keys (layernorm_*_alpha/beta, rotary_dim) and a sharded index, none of which
+              transformers' MiniMaxConfig writes; it also requires every beta to be 1.
+  - kimi_k25: Kimi K2.5: the multimodal Kimi_K25ForConditionalGeneration, whose text_config is
+              DeepSeek-V3 (MLA with the q low-rank path, sigmoid routing with correction bias and
+              groups); saved as the real checkpoints are (language_model.model.*,
+              language_model.lm_head, a vision tower and projector that hearth must skip).
+              Its GGUF comes from llama.cpp's converter (deepseek2).
+
+Each goes to tests/fixtures/tiny/<name>/.
+
+Run: python3 scripts/gen_tiny_issue17.py [names]
+"""
+import os, re, shutil, sys
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+sys.path.insert(0, os.path.dirname(__file__))
+from gen_tiny_models import tk, VOCAB, text, save_fixture, save_expectations, tokenizer_expectations  # noqa: E402
+from gen_tiny_moe import convert, out_root  # noqa: E402
+from gen_tiny_hybrid import f32_noise, MATRIX_STD, N_TOKENS  # noqa: E402
+
+base = dict(vocab_size=VOCAB, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=512, rms_norm_eps=1e-6, bos_token_id=0, eos_token_id=2,
+            tie_word_embeddings=False)
+yarn_ds = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64,
+           "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707}
+CONFIGS = {
+    # three lightning layers, a softmax one, a lightning one (M1: seven and one)
+    "minimax": dict(base, model_type="minimax", num_hidden_layers=5, head_dim=16, intermediate_size=32,
+                    num_local_experts=4, num_experts_per_tok=2, block_size=64,
+                    layer_types=["linear_attention"] * 3 + ["full_attention", "linear_attention"],
+                    full_attn_alpha_factor=1.5, full_attn_beta_factor=0.8,
+                    linear_attn_alpha_factor=1.25, linear_attn_beta_factor=1.1,
+                    mlp_alpha_factor=1.4, mlp_beta_factor=0.9,
+                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+    "kimi_k25": dict(model_type="kimi_k25", tie_word_embeddings=False, projection_hidden_size=32,
+                     text_config=dict(base, model_type="deepseek_v3", num_hidden_layers=3, num_key_value_heads=4,
+                                      intermediate_size=96, moe_intermediate_size=32, first_k_dense_replace=1,
+                                      q_lora_rank=24, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+                                      v_head_dim=24, head_dim=8, n_routed_experts=8, n_shared_experts=1,
+                                      num_experts_per_tok=3, n_group=4, topk_group=2, routed_scaling_factor=2.5,
+                                      norm_topk_prob=True, num_nextn_predict_layers=0, scoring_func="sigmoid",
+                                      topk_method="noaux_tc", rope_parameters=yarn_ds),
+                     vision_config=dict(patch_size=4, pos_emb_height=4, pos_emb_width=4, pos_emb_time=2,
+                                        num_attention_heads=2, num_hidden_layers=1, hidden_size=32,
+                                        intermediate_size=64, merge_kernel_size=[2, 2])),
+}
+NO_GGUF = {"minimax"}
+
+
+def fix_minimax_cache():
+    """transformers 5.23's MiniMaxCache answers get_seq_length() from layer 0, which in MiniMax
+    (as in M1 and Text-01) is a lightning layer with no KV rows: it says 0 at every step, so
+    decoding through the cache (f32_noise, generate) restarts the positions, and the softmax
+    layers' RoPE, at 0 (the logits of position 1 are already 2% off the prefill's). The length
+    is that of the layers that keep KV rows; with it, decoding token by token gives the
+    prefill's logits (2e-7 of the scale, in float64: the blocked prefill's decay factors are
+    float32 buffers)."""
+    from transformers.models.minimax import modeling_minimax as mm
+
+    def get_seq_length(self, layer_idx=0):
+        return max((layer.get_seq_length() for layer in self.layers), default=0)
+    mm.MiniMaxCache.get_seq_length = get_seq_length
+
+
+def build(name, cfg):
+    config = AutoConfig.for_model(**cfg)
+    if "text_config" in cfg:
+        from transformers import AutoModelForImageTextToText
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32, attn_implementation="eager",
+                                                           experts_implementation="eager")
+    else:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager",
+                                                 experts_implementation="eager")
+    with torch.no_grad():
+        for n_, p in model.named_parameters():
+            if "norm" in n_:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, MATRIX_STD if p.dim() > 1 else 0.5)
+        for n_, b_ in model.named_buffers():
+            if "e_score_correction_bias" in n_:  # nonzero, comparable to the sigmoid scores' spread
+                b_.copy_(0.1 * torch.randn_like(b_))
+    return model
+
+
+def as_released(model, d):
+    """Kimi K2.5's released files name the text layers language_model.model.layers.* and the
+    class KimiK25ForConditionalGeneration (llama.cpp's converter knows it by that name).
+    transformers 5.23 saves its text layers as language_model.model.blocks.* (its reverse of a
+    vision-tower rename) and names the class Kimi_K25ForConditionalGeneration: rename both, and
+    check that transformers reads the renamed file back to the same logits."""
+    import json
+    from safetensors.torch import load_file, save_file
+    f = os.path.join(d, "model.safetensors")
+    t = load_file(f)
+    t = {re.sub(r"^language_model\.model\.blocks\.", "language_model.model.layers.", k): v for k, v in t.items()}
+    save_file(t, f, metadata={"format": "pt"})
+    c = json.load(open(os.path.join(d, "config.json")))
+    c["architectures"] = ["KimiK25ForConditionalGeneration"]
+    json.dump(c, open(os.path.join(d, "config.json"), "w"), indent=2)
+    from transformers import AutoModelForImageTextToText
+    back = AutoModelForImageTextToText.from_pretrained(d, dtype=torch.float32, attn_implementation="eager",
+                                                       experts_implementation="eager")
+    x = torch.tensor([list(range(3, 40))])
+    with torch.no_grad():
+        assert torch.equal(back(x).logits, model(x).logits), "kimi_k25: the renamed file reads back differently"
+
+
+def main():
+    only = sys.argv[1:]
+    fix_minimax_cache()
+    ids = tk.encode(text).ids
+    while len(ids) < N_TOKENS:
+        ids = ids + ids
+    ids = ids[:N_TOKENS]
+    for name, cfg in CONFIGS.items():
+        if only and name not in only:
+            continue
+        d = os.path.join(out_root, name)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        for seed in range(1, 50):
+            torch.manual_seed(seed)
+            model = build(name, cfg)
+            noise, m64 = f32_noise(model, ids)
+            print(f"{name} seed {seed}: transformers' float32 logits differ from float64 by {noise:.1e}")
+            if noise < 1e-5:
+                break
+        else:
+            raise SystemExit(f"{name}: no well-conditioned seed")
+        save_fixture(model, ids, d)
+        if name == "kimi_k25":
+            as_released(model, d)
+        from transformers import PreTrainedTokenizerFast
+        fast = PreTrainedTokenizerFast.from_pretrained(d)
+        save_expectations(m64, ids, d, reference_dtype="float64", seed=seed, float32_noise=noise,
+                          **tokenizer_expectations(fast))
+        if name in NO_GGUF:
+            print(name, "ok (HF only)")
+            continue
+        convert(name, d)
+        print(name, "ok", sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)), "bytes")
+
+
+if __name__ == "__main__":
+    main()
