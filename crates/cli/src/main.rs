@@ -713,6 +713,13 @@ fn inspect(model: &str, device: &str, ctx: usize, place: PlaceArgs) -> Result<()
         c.kv_bytes_per_token(4),
         c.kv_bytes_per_token(2)
     );
+    if c.linear.is_none() && m.state_bytes_per_seq() > 0 {
+        println!(
+            "linear attn:   {} bytes of fixed-size state per sequence in f32 (lightning \
+             attention), whatever its length",
+            m.state_bytes_per_seq()
+        );
+    }
     if let Some(l) = &c.linear {
         let n = l.layers.iter().filter(|&&x| x).count();
         println!(
