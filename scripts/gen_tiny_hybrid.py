@@ -114,38 +114,53 @@ def f32_noise(model, ids):
     return noise, m64
 
 
-def main():
-    only = sys.argv[1:]
+def prompt_ids():
+    """The fixtures' N_TOKENS input ids: the fixture text, repeated if it is too short."""
     ids = tk.encode(text).ids
     while len(ids) < N_TOKENS:
         ids = ids + ids
-    ids = ids[:N_TOKENS]
+    return ids[:N_TOKENS]
+
+
+def well_conditioned(name, make, ids):
+    """The first model `make()` draws (seeds 1, 2, ...) whose float32 noise is under half the
+    tests' tolerance, with its float64 copy, the seed and the noise.
+
+    Random models of these tiny sizes are sometimes ill-conditioned at a few of the 320
+    positions (larger convolution weights, as PyTorch's init gives, make it worse): there
+    float32 rounding, transformers' own, reaches 5e-5 of the logit scale, more than the tests'
+    tolerance of 2e-5, and no float32 implementation could be told right from wrong. The
+    expectations come from float64."""
+    for seed in range(1, 50):
+        torch.manual_seed(seed)
+        model = make()
+        noise, m64 = f32_noise(model, ids)
+        print(f"{name} seed {seed}: transformers' float32 logits differ from float64 by {noise:.1e}")
+        if noise < 1e-5:
+            return model, m64, seed, noise
+    raise SystemExit(f"{name}: no well-conditioned seed")
+
+
+def save_float64_expectations(m64, ids, d, seed, noise):
+    """expected.json and logits.f32 of the HF directory d, from the float64 model."""
+    from transformers import PreTrainedTokenizerFast
+    fast = PreTrainedTokenizerFast.from_pretrained(d)
+    save_expectations(m64, ids, d, reference_dtype="float64", seed=seed, float32_noise=noise,
+                      **tokenizer_expectations(fast))
+
+
+def main():
+    only = sys.argv[1:]
+    ids = prompt_ids()
     for name, cfg in CONFIGS.items():
         if only and name not in only:
             continue
         d = os.path.join(out_root, name)
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
-        # Random models of these tiny sizes are sometimes ill-conditioned at a few of the 320
-        # positions (larger convolution weights, as PyTorch's init gives, make it worse): there
-        # float32 rounding, transformers' own, reaches 5e-5 of the logit scale, more than the
-        # tests' tolerance of 2e-5, and no float32 implementation could be told right from
-        # wrong. The first seed whose float32 noise is under half the tolerance is used, and
-        # the expectations come from float64.
-        for seed in range(1, 50):
-            torch.manual_seed(seed)
-            model = build(name, cfg)
-            noise, m64 = f32_noise(model, ids)
-            print(f"{name} seed {seed}: transformers' float32 logits differ from float64 by {noise:.1e}")
-            if noise < 1e-5:
-                break
-        else:
-            raise SystemExit(f"{name}: no well-conditioned seed")
+        model, m64, seed, noise = well_conditioned(name, lambda: build(name, cfg), ids)
         save_fixture(model, ids, d)
-        from transformers import PreTrainedTokenizerFast
-        fast = PreTrainedTokenizerFast.from_pretrained(d)
-        save_expectations(m64, ids, d, reference_dtype="float64", seed=seed, float32_noise=noise,
-                          **tokenizer_expectations(fast))
+        save_float64_expectations(m64, ids, d, seed, noise)
         # these fixtures have no multi-token-prediction layers (transformers builds none)
         convert(name, d, "--no-mtp")
         print(name, "ok", sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)), "bytes")

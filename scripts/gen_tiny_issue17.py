@@ -27,9 +27,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 sys.path.insert(0, os.path.dirname(__file__))
-from gen_tiny_models import tk, VOCAB, text, save_fixture, save_expectations, tokenizer_expectations  # noqa: E402
+from gen_tiny_models import VOCAB, save_fixture  # noqa: E402
 from gen_tiny_moe import convert, out_root  # noqa: E402
-from gen_tiny_hybrid import f32_noise, MATRIX_STD, N_TOKENS  # noqa: E402
+from gen_tiny_hybrid import MATRIX_STD, prompt_ids, save_float64_expectations, well_conditioned  # noqa: E402
 
 base = dict(vocab_size=VOCAB, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=512, rms_norm_eps=1e-6, bos_token_id=0, eos_token_id=2,
@@ -122,32 +122,18 @@ def as_released(model, d):
 def main():
     only = sys.argv[1:]
     fix_minimax_cache()
-    ids = tk.encode(text).ids
-    while len(ids) < N_TOKENS:
-        ids = ids + ids
-    ids = ids[:N_TOKENS]
+    ids = prompt_ids()
     for name, cfg in CONFIGS.items():
         if only and name not in only:
             continue
         d = os.path.join(out_root, name)
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
-        for seed in range(1, 50):
-            torch.manual_seed(seed)
-            model = build(name, cfg)
-            noise, m64 = f32_noise(model, ids)
-            print(f"{name} seed {seed}: transformers' float32 logits differ from float64 by {noise:.1e}")
-            if noise < 1e-5:
-                break
-        else:
-            raise SystemExit(f"{name}: no well-conditioned seed")
+        model, m64, seed, noise = well_conditioned(name, lambda: build(name, cfg), ids)
         save_fixture(model, ids, d)
         if name == "kimi_k25":
             as_released(model, d)
-        from transformers import PreTrainedTokenizerFast
-        fast = PreTrainedTokenizerFast.from_pretrained(d)
-        save_expectations(m64, ids, d, reference_dtype="float64", seed=seed, float32_noise=noise,
-                          **tokenizer_expectations(fast))
+        save_float64_expectations(m64, ids, d, seed, noise)
         if name in NO_GGUF:
             print(name, "ok (HF only)")
             continue
