@@ -53,7 +53,6 @@ impl Delta {
         h: View<'_>,
         n: usize,
         segs: &[Seg],
-        slots: &[usize],
         state: &mut Buf,
         bufs: &mut DeltaBufs,
         out: ViewMut<'_>,
@@ -92,16 +91,7 @@ impl Delta {
                 out: b.reborrow(),
             },
         ])?;
-        let rs: Vec<RecSeg> = segs
-            .iter()
-            .zip(slots)
-            .map(|(s, &slot)| RecSeg {
-                row0: s.row0,
-                n: s.n,
-                slot,
-                fresh: s.pos0 == 0,
-            })
-            .collect();
+        let rs: Vec<RecSeg> = segs.iter().map(Seg::rec).collect();
         let stride = lc.slot_len();
         let conv_len = (lc.conv_kernel - 1) * ch;
         let mut cv = sized(be, &mut bufs.conv, n * ch)?;

@@ -70,15 +70,7 @@ impl Lightning {
                 out: gate.reborrow(),
             },
         ])?;
-        let rs: Vec<RecSeg> = segs
-            .iter()
-            .map(|s| RecSeg {
-                row0: s.row0,
-                n: s.n,
-                slot: s.slot,
-                fresh: s.pos0 == 0,
-            })
-            .collect();
+        let rs: Vec<RecSeg> = segs.iter().map(Seg::rec).collect();
         let mut y = sized(be, &mut bufs.y, n * w)?;
         be.lightning(LightningJob {
             qkv: qkv.view(),

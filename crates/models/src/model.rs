@@ -305,6 +305,16 @@ pub(crate) struct Seg<'a> {
 }
 
 impl<'a> Seg<'a> {
+    /// The segment as the recurrent ops take it: a sequence starting at position 0 starts
+    /// from a zero state.
+    pub fn rec(&self) -> hearth_core::linear::RecSeg {
+        hearth_core::linear::RecSeg {
+            row0: self.row0,
+            n: self.n,
+            slot: self.slot,
+            fresh: self.pos0 == 0,
+        }
+    }
     /// The segment as the attention op takes it.
     pub fn attn(&self) -> AttnSeg<'a> {
         AttnSeg {
@@ -1126,7 +1136,6 @@ impl Model {
                         .linear
                         .as_ref()
                         .expect("linear layers have a linear config");
-                    let slots: Vec<usize> = segs.iter().map(|sg| sg.slot).collect();
                     dl.forward(
                         be,
                         lc,
@@ -1134,7 +1143,6 @@ impl Model {
                         h,
                         n,
                         segs,
-                        &slots,
                         st,
                         &mut ds.delta,
                         o.reborrow(),
