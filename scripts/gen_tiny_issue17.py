@@ -56,8 +56,71 @@ CONFIGS = {
                      vision_config=dict(patch_size=4, pos_emb_height=4, pos_emb_width=4, pos_emb_time=2,
                                         num_attention_heads=2, num_hidden_layers=1, hidden_size=32,
                                         intermediate_size=64, merge_kernel_size=[2, 2])),
+    # MLA + DSA: index_topk 48 of the 320 positions, so most queries attend to a chosen subset;
+    # 16 indexer heads (the real ones have 32-64), as with few heads a position often scores
+    # exactly 0 (every head's ReLU at 0), and ties at the top-k boundary make the choice
+    # arbitrary
+    "deepseek_v32": dict(base, model_type="deepseek_v32", num_hidden_layers=3, num_key_value_heads=4,
+                         intermediate_size=96, moe_intermediate_size=32, first_k_dense_replace=1,
+                         q_lora_rank=24, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+                         v_head_dim=24, head_dim=8, n_routed_experts=8, n_shared_experts=1,
+                         num_experts_per_tok=3, n_group=4, topk_group=2, routed_scaling_factor=2.5,
+                         norm_topk_prob=True, index_topk=48, index_head_dim=16, index_n_heads=16,
+                         rope_parameters=yarn_ds),
+    # GLM-5.2's shared indexers: layers 1 and 3 reuse the choice of layers 0 and 2
+    "glm_moe_dsa": dict(base, model_type="glm_moe_dsa", num_hidden_layers=4, num_key_value_heads=4,
+                        intermediate_size=96, moe_intermediate_size=32, first_k_dense_replace=1,
+                        q_lora_rank=24, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+                        v_head_dim=24, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
+                        n_group=1, topk_group=1, routed_scaling_factor=2.5, norm_topk_prob=True,
+                        index_topk=40, index_head_dim=16, index_n_heads=16,
+                        indexer_types=["full", "shared", "full", "shared"],
+                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
 }
-NO_GGUF = {"minimax"}
+NO_GGUF = {"minimax", "deepseek_v32", "glm_moe_dsa"}
+DSA = {"deepseek_v32", "glm_moe_dsa"}
+
+
+def dsa_margin(m64, ids):
+    """The smallest gap, over every query with more positions than index_topk and every layer
+    with an indexer, between the top-k-th and the next score of its positions, as a share of the
+    query's largest |score|, in float64 (from the indexer's own inputs, captured by a hook). A
+    draw where two scores at the boundary almost tie could choose differently in float32 (ours
+    or transformers'), so the seed search skips it."""
+    gaps = []
+
+    def hook(mod, args, kwargs):
+        h, q_resid, (cos, sin) = args[0], args[1], args[2]
+        t = h.shape[1]
+        q = mod.wq_b(q_resid).view(1, t, mod.n_heads, mod.head_dim)[0]
+        k = mod.k_norm(mod.wk(h))[0]
+        r = mod.qk_rope_head_dim
+        c, s_ = cos[0, :, :r], sin[0, :, :r]
+        if "glm" in type(mod).__name__.lower():
+            def rot(x, cc, ss):
+                cc, ss = cc[..., : r // 2], ss[..., : r // 2]
+                x1, x2 = x[..., 0:r:2], x[..., 1:r:2]
+                return torch.cat([x1 * cc - x2 * ss, x2 * cc + x1 * ss, x[..., r:]], dim=-1)
+        else:
+            def rot(x, cc, ss):
+                x1, x2 = x[..., : r // 2], x[..., r // 2 : r]
+                return torch.cat([x[..., :r] * cc + torch.cat([-x2, x1], -1) * ss, x[..., r:]], dim=-1)
+        q = rot(q, c[:, None, :], s_[:, None, :])
+        k = rot(k, c, s_)
+        sc = torch.relu(torch.einsum("shd,td->sht", q, k))
+        w = mod.weights_proj(h)[0]
+        idx = torch.einsum("sh,sht->st", w, sc)
+        for i in range(mod.index_topk, t):
+            v = idx[i, : i + 1].sort(descending=True).values
+            gaps.append(((v[mod.index_topk - 1] - v[mod.index_topk]) / v.abs().max()).item())
+
+    hs = [m.register_forward_pre_hook(hook, with_kwargs=True)
+          for n_, m in m64.named_modules() if n_.endswith("indexer")]
+    with torch.no_grad():
+        m64(torch.tensor([ids]))
+    for h in hs:
+        h.remove()
+    return min(gaps)
 
 
 def fix_minimax_cache():
@@ -96,6 +159,18 @@ def build(name, cfg):
     return model
 
 
+def dsa_build(name, cfg, ids):
+    """build(), redrawn until the indexer's choice is clear (dsa_margin over 1e-5, ten times the float32 error of the scores) at every
+    query: the seed search then checks the float32 noise as for the others."""
+    while True:
+        model = build(name, cfg)
+        import copy
+        gap = dsa_margin(copy.deepcopy(model).double(), ids)
+        print(f"{name}: top-k boundary gap {gap:.1e}")
+        if gap > 1e-5:
+            return model
+
+
 def as_released(model, d):
     """Kimi K2.5's released files name the text layers language_model.model.layers.* and the
     class KimiK25ForConditionalGeneration (llama.cpp's converter knows it by that name).
@@ -129,7 +204,8 @@ def main():
         d = os.path.join(out_root, name)
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
-        model, m64, seed, noise = well_conditioned(name, lambda: build(name, cfg), ids)
+        make = (lambda: build(name, cfg)) if name not in DSA else (lambda: dsa_build(name, cfg, ids))
+        model, m64, seed, noise = well_conditioned(name, make, ids)
         save_fixture(model, ids, d)
         if name == "kimi_k25":
             as_released(model, d)

@@ -375,6 +375,7 @@ fn linear(s: &mut Suite) {
             },
         );
     }
+    dsa_cases(s);
     // lightning attention (MiniMax): 3 heads of 16, and 2 of 40 (more columns than fit one
     // pass of a small workgroup do not, but a width that is not a power of two)
     for (nh, d) in [(3usize, 16usize), (2, 40)] {
@@ -744,5 +745,67 @@ fn moe(s: &mut Suite) {
                 Ok((get(s.be, &out)?, want))
             },
         );
+    }
+}
+
+/// DSA's choice of positions: three sequences in pages of 64 (one of 302 positions, more than
+/// a workgroup scans at once), 3 heads of 5, top-k 4 and 100. The values are small integers,
+/// so every score is exact on any backend and the choice, ties included, must be the CPU's
+/// exactly.
+fn dsa_cases(s: &mut Suite) {
+    use hearth_core::dsa::{DsaJob, DsaParams, score_width};
+    let (nh, d, ps) = (3usize, 5usize, 64usize);
+    let tables: [&[u32]; 3] = [&[3], &[0], &[1, 2, 4, 5, 6]];
+    let shape = [(0usize, 9usize), (6, 3), (300, 2)];
+    let mut segs = Vec::new();
+    let mut row0 = 0;
+    for (t, &(pos0, n_tok)) in tables.iter().zip(&shape) {
+        segs.push(AttnSeg {
+            row0,
+            n_tok,
+            pos0,
+            pages: Some(Pages {
+                table: t,
+                page_size: ps,
+            }),
+        });
+        row0 += n_tok;
+    }
+    let n = row0;
+    for top_k in [4usize, 100] {
+        s.case(format!("dsa_select top-{top_k}"), 0.0, |s| {
+            let mut int =
+                |len: usize| -> Vec<f32> { (0..len).map(|_| (s.rng.f() * 3.5).round()).collect() };
+            let (keys, q, w) = (int(7 * ps * d), int(n * nh * d), int(n * nh));
+            let p = DsaParams {
+                n_head: nh,
+                head_dim: d,
+                top_k,
+                scale: 0.5,
+            };
+            let width = score_width(&segs);
+            let (kb, qb, wb) = (put(s.be, &keys)?, put(s.be, &q)?, put(s.be, &w)?);
+            let (mut sb, mut ob) = (s.be.alloc(n * width)?, s.be.alloc(n * top_k)?);
+            s.be.dsa_select(DsaJob {
+                keys: kb.view(),
+                q: qb.view(),
+                w: wb.view(),
+                p,
+                segs: &segs,
+                scores: sb.view_mut(),
+                out: ob.view_mut(),
+            })?;
+            let (mut sc, mut co) = (vec![0f32; n * width], vec![0f32; n * top_k]);
+            s.cpu.dsa_select(DsaJob {
+                keys: (&keys[..]).into(),
+                q: (&q[..]).into(),
+                w: (&w[..]).into(),
+                p,
+                segs: &segs,
+                scores: (&mut sc[..]).into(),
+                out: (&mut co[..]).into(),
+            })?;
+            Ok((get(s.be, &ob)?, co))
+        });
     }
 }

@@ -528,6 +528,19 @@ pub trait Backend: Send + Sync {
         )
     }
 
+    /// DeepSeek Sparse Attention's choice of positions per query (see [`crate::dsa`]).
+    fn dsa_select(&self, j: crate::dsa::DsaJob<'_>) -> Result<()> {
+        crate::dsa::dsa_select_ref(
+            j.keys.host()?,
+            j.q.host()?,
+            j.w.host()?,
+            j.scores.host()?,
+            j.out.host()?,
+            &j.p,
+            j.segs,
+        )
+    }
+
     /// Lightning attention per sequence (see [`LightningJob`]).
     fn lightning(&self, j: LightningJob<'_>) -> Result<()> {
         crate::linear::lightning_ref(

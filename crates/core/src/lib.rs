@@ -6,6 +6,7 @@
 
 mod backend;
 mod buf;
+pub mod dsa;
 mod dtype;
 mod error;
 pub mod linear;

@@ -24,6 +24,11 @@ const HF_LAYER: &[(&str, &str)] = &[
     ("self_attn.kv_a_proj_with_mqa", "attn_kv_a_mqa"),
     ("self_attn.kv_a_layernorm", "attn_kv_a_norm"),
     ("self_attn.kv_b_proj", "attn_kv_b"),
+    // DSA's lightning indexer (DeepSeek-V3.2, GLM-5), named as llama.cpp names it
+    ("self_attn.indexer.wq_b", "indexer.attn_q_b"),
+    ("self_attn.indexer.wk", "indexer.attn_k"),
+    ("self_attn.indexer.k_norm", "indexer.k_norm"),
+    ("self_attn.indexer.weights_proj", "indexer.proj"),
     // routers
     ("mlp.gate", "ffn_gate_inp"),
     ("mlp.router", "ffn_gate_inp"),

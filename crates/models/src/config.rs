@@ -170,6 +170,25 @@ pub struct MlaConfig {
     pub rope: usize,
     /// Per-head value dimensions.
     pub v_dim: usize,
+    /// DeepSeek Sparse Attention's indexer (DeepSeek-V3.2, GLM-5), for models that have it.
+    pub dsa: Option<DsaConfig>,
+}
+
+/// DeepSeek Sparse Attention: a lightning indexer picks the `top_k` cached positions each
+/// query attends to (see `hearth_core::dsa`).
+#[derive(Clone, Debug)]
+pub struct DsaConfig {
+    /// Indexer heads.
+    pub n_head: usize,
+    /// Width of an indexer head and of the indexer key each position keeps.
+    pub head_dim: usize,
+    /// Positions each query attends to.
+    pub top_k: usize,
+    /// How the indexer's RoPE pairs dimensions (DeepSeek-V3.2: halves; GLM-5: adjacent).
+    pub rope_style: RopeStyle,
+    /// Per layer: whether it runs its own indexer (`false`: it reuses the choice of the last
+    /// layer that did; GLM-5.2's shared layers).
+    pub own: Vec<bool>,
 }
 
 /// Gated DeltaNet linear attention (Qwen3-Next, Qwen3.5/3.6): shapes, and which layers use it.
@@ -390,7 +409,7 @@ fn hf_moe(c: &Json, arch: &str) -> Result<Option<MoeConfig>> {
                 m.topk_group = us("topk_group").unwrap_or(m.n_group);
             }
         }
-        "deepseek_v3" | "glm4_moe" => {
+        "deepseek_v3" | "deepseek_v32" | "glm4_moe" | "glm_moe_dsa" => {
             m.gating = Gating::Sigmoid;
             m.norm = norm_topk.unwrap_or(true);
             m.scale = fl("routed_scaling_factor").unwrap_or(1.0);
@@ -414,6 +433,67 @@ fn hf_moe(c: &Json, arch: &str) -> Result<Option<MoeConfig>> {
     }
     m.validate()?;
     Ok(Some(m))
+}
+
+/// DSA's indexer from an HF config: DeepSeek-V3.2 (`index_*`; every layer has an indexer)
+/// and GLM-5 (`indexer_types`, or the pattern transformers derives it from:
+/// `index_topk_pattern`, or `index_topk_freq` with `index_skip_topk_offset`).
+fn hf_dsa(c: &Json, arch: &str, n_layer: usize) -> Result<Option<DsaConfig>> {
+    if !matches!(arch, "deepseek_v32" | "glm_moe_dsa") {
+        return Ok(None);
+    }
+    let us = |k: &str| c.get(k).and_then(Json::as_u64).map(|v| v as usize);
+    let glm = arch == "glm_moe_dsa";
+    let own = if let Some(t) = c.get("indexer_types").and_then(Json::as_array) {
+        t.iter()
+            .map(|v| match v.as_str() {
+                Some("full") => Ok(true),
+                Some("shared") => Ok(false),
+                _ => Err(Error::Format(format!(
+                    "indexer_types: {v} is not full or shared"
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()?
+    } else if let Some(p) = c.get("index_topk_pattern").and_then(Json::as_str) {
+        p.chars()
+            .map(|ch| match ch {
+                'F' => Ok(true),
+                'S' => Ok(false),
+                _ => Err(Error::Format(format!(
+                    "index_topk_pattern: {ch:?} is not F or S"
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()?
+    } else if glm {
+        let freq = us("index_topk_freq").unwrap_or(1).max(1);
+        let off = us("index_skip_topk_offset").unwrap_or(2);
+        (0..n_layer)
+            .map(|i| (i + 1).saturating_sub(off) % freq == 0)
+            .collect()
+    } else {
+        vec![true; n_layer]
+    };
+    if own.len() != n_layer || own.first() == Some(&false) {
+        return Err(Error::Format(format!(
+            "DSA: {} indexer types for {n_layer} layers, or a first layer with no indexer to share",
+            own.len()
+        )));
+    }
+    let d = DsaConfig {
+        n_head: us("index_n_heads").unwrap_or(if glm { 32 } else { 64 }),
+        head_dim: us("index_head_dim").unwrap_or(128),
+        top_k: us("index_topk").unwrap_or(2048),
+        rope_style: if glm {
+            RopeStyle::Normal
+        } else {
+            RopeStyle::Neox
+        },
+        own,
+    };
+    if d.n_head == 0 || d.head_dim == 0 || d.top_k == 0 {
+        return Err(Error::Format("DSA: an empty indexer".into()));
+    }
+    Ok(Some(d))
 }
 
 fn gget<'a>(g: &'a GgufFile, arch: &str, key: &str) -> Option<&'a Value> {
@@ -550,6 +630,7 @@ impl ModelConfig {
                     nope: k - rope_dim,
                     rope: rope_dim,
                     v_dim,
+                    dsa: None,
                 })
             }
             Err(_) => None,
@@ -751,7 +832,7 @@ impl ModelConfig {
             None => sliding_window,
         };
         let moe = hf_moe(c, arch)?;
-        let mla = if arch.starts_with("deepseek") {
+        let mla = if arch.starts_with("deepseek") || arch == "glm_moe_dsa" {
             Some(MlaConfig {
                 q_lora_rank: c
                     .get("q_lora_rank")
@@ -761,6 +842,7 @@ impl ModelConfig {
                 nope: u("qk_nope_head_dim")?,
                 rope: u("qk_rope_head_dim")?,
                 v_dim: u("v_head_dim")?,
+                dsa: hf_dsa(c, arch, n_layer)?,
             })
         } else {
             None

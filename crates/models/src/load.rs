@@ -4,7 +4,7 @@
 use crate::config::{LightningConfig, LinearConfig, ModelConfig};
 use crate::delta::Delta;
 use crate::lightning::Lightning;
-use crate::mla::{Mla, MlaQ};
+use crate::mla::{Indexer, Mla, MlaQ};
 use crate::model::{Attn, Ffn, Gqa, Layer};
 use crate::moe::{Mlp, Moe};
 use hearth_core::{Backend, Buf, Error, Expert, Result, Tensor};
@@ -438,6 +438,53 @@ fn load_mla(l: &Loader, cfg: &ModelConfig, m: &crate::config::MlaConfig, i: usiz
         k_b,
         v_b,
         wo: l.get(&n("attn_output.weight"), &[e, nh * vd])?,
+        idx: match &m.dsa {
+            Some(d) if d.own[i] => Some(load_indexer(l, cfg, m, d, i)?),
+            _ => None,
+        },
+    })
+}
+
+/// DSA's lightning indexer of layer `i`.
+fn load_indexer(
+    l: &Loader,
+    cfg: &ModelConfig,
+    m: &crate::config::MlaConfig,
+    d: &crate::config::DsaConfig,
+    i: usize,
+) -> Result<Indexer> {
+    let (e, nh, di) = (cfg.n_embd, d.n_head, d.head_dim);
+    let n = |p: &str| format!("blk.{i}.indexer.{p}");
+    let q_lora = m
+        .q_lora_rank
+        .ok_or_else(|| Error::Format("DSA needs the low-rank query (q_lora_rank)".into()))?;
+    if di < m.rope {
+        return Err(Error::Format(format!(
+            "DSA: indexer heads of {di} are narrower than the rotary part ({})",
+            m.rope
+        )));
+    }
+    // LayerNorm(x) = RMSNorm(x - mean(x)) with the same weight, plus its bias; x - mean(x) is
+    // a linear map of x, so it is folded into the key projection (in f64)
+    let name = n("attn_k.weight");
+    let w = l.f32(&l.raw(&name, &[di, e])?)?;
+    let mut mean = vec![0f64; e];
+    for r in 0..di {
+        for (mc, &x) in mean.iter_mut().zip(&w[r * e..(r + 1) * e]) {
+            *mc += x as f64;
+        }
+    }
+    let centred: Vec<f32> = (0..di * e)
+        .map(|k| (w[k] as f64 - mean[k % e] / di as f64) as f32)
+        .collect();
+    let mut k = Tensor::from_f32(&name, vec![di, e], &centred)?;
+    l.be.prepare(&mut k);
+    Ok(Indexer {
+        q_b: l.get(&n("attn_q_b.weight"), &[nh * di, q_lora])?,
+        k,
+        k_norm: l.vec(&n("k_norm.weight"), di)?,
+        k_bias: l.vec(&n("k_norm.bias"), di)?,
+        proj: l.get(&n("proj.weight"), &[nh, e])?,
     })
 }
 

@@ -111,6 +111,9 @@ pub enum LayerCache {
     Latent {
         /// The rows.
         c: Buf,
+        /// DSA's indexer keys, one row of the indexer's head width per cache row (empty for
+        /// layers without an indexer of their own).
+        ik: Buf,
     },
     /// A fixed-size state per sequence slot (linear attention), `[n_slots, size]`: it does
     /// not grow with the context, and a sequence finds its own at [`BatchSeq::slot`].
@@ -127,7 +130,7 @@ impl LayerCache {
     pub fn bytes(&self) -> usize {
         4 * match self {
             LayerCache::Kv { k, v } => k.len() + v.len(),
-            LayerCache::Latent { c } => c.len(),
+            LayerCache::Latent { c, ik } => c.len() + ik.len(),
             LayerCache::Recurrent { s, .. } => s.len(),
         }
     }
@@ -239,6 +242,8 @@ pub struct Scratch {
     pos: Vec<usize>,
     /// Each token's KV-cache row in the layer being run.
     rows: Vec<usize>,
+    /// DSA's choice of positions, from the last layer that ran an indexer.
+    dsa: crate::mla::DsaSel,
 }
 
 impl Scratch {
@@ -620,6 +625,7 @@ impl Model {
                     }
                     Attn::Mla(_) => LayerCache::Latent {
                         c: be.alloc(rows * kw)?,
+                        ik: be.alloc(rows * self.ik_width(l))?,
                     },
                     Attn::Gqa(_) => LayerCache::Kv {
                         k: be.alloc(rows * kw)?,
@@ -639,7 +645,16 @@ impl Model {
     /// Bytes of KV cache per position (all layers that keep one, f32).
     pub fn kv_pool_bytes_per_token(&self) -> usize {
         let (kw, vw) = self.kv_widths();
-        self.n_kv_layers() * (kw + vw) * 4
+        let ik: usize = self.layers.iter().map(|l| self.ik_width(l)).sum();
+        (self.n_kv_layers() * (kw + vw) + ik) * 4
+    }
+
+    /// Floats per position of a layer's DSA indexer keys (0 without an indexer of its own).
+    fn ik_width(&self, l: &Layer) -> usize {
+        match (&l.attn, self.cfg.mla.as_ref().and_then(|m| m.dsa.as_ref())) {
+            (Attn::Mla(m), Some(d)) if m.idx.is_some() => d.head_dim,
+            _ => 0,
+        }
     }
 
     /// Layers whose state grows with the context (all but linear attention).
@@ -1018,6 +1033,9 @@ impl Model {
             style: c.rope.style,
             mscale: self.rope_mscale,
         };
+        // (taken out of `s` for the layers' loop, which lends `s` to each device's buffers;
+        // an error leaves it empty, which only costs its allocation)
+        let mut dsa = std::mem::take(&mut s.dsa);
         for (li, l) in self.layers.iter().enumerate() {
             // attention, on its device
             let d = l.dev_attn;
@@ -1122,14 +1140,25 @@ impl Model {
                         be.add_bias(o.reborrow(), b.view())?;
                     }
                 }
-                (Attn::Mla(m), LayerCache::Latent { c: cache }) => {
+                (Attn::Mla(m), LayerCache::Latent { c: cache, ik }) => {
                     let call = MlaCall {
                         cfg: c,
                         m: c.mla.as_ref().expect("MLA layers have an MLA config"),
                         rope,
                         rows,
                     };
-                    m.forward(be, &call, h, n, segs, cache, &mut ds.mla, o.reborrow())?;
+                    m.forward(
+                        be,
+                        &call,
+                        h,
+                        n,
+                        segs,
+                        cache,
+                        ik,
+                        &mut dsa,
+                        &mut ds.mla,
+                        o.reborrow(),
+                    )?;
                 }
                 (Attn::Delta(dl), LayerCache::Recurrent { s: st, .. }) => {
                     let lc = c
@@ -1189,6 +1218,7 @@ impl Model {
                 Some(ab) => scaled_residual(be, ds, n * e, n, ab)?,
             }
         }
+        s.dsa = dsa;
         Ok(cur)
     }
 }

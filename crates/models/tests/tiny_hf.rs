@@ -27,8 +27,9 @@ fn fixture(name: &str) -> PathBuf {
 /// converter writes Mistral as plain `llama` and drops its sliding window. MiniMax
 /// (lightning attention) it cannot convert from transformers' files at all: its minimax-01
 /// conversion knows only the remote-code classes and their config keys (layernorm_*_alpha,
-/// rotary_dim), and requires every residual beta to be 1.
-const HF_ONLY: &[&str] = &["mistral", "minimax"];
+/// rotary_dim), and requires every residual beta to be 1. DeepSeek-V3.2 and GLM-5 (DSA) are
+/// read from HF files only for now.
+const HF_ONLY: &[&str] = &["mistral", "minimax", "deepseek_v32", "glm_moe_dsa"];
 
 /// The fixture's HF directory and its GGUF conversion, with labels.
 fn sources(name: &str) -> Vec<(String, PathBuf)> {
@@ -263,7 +264,6 @@ fn glm4_moe_gguf_prediction_layers_are_not_run() {
 /// the server relies on this to answer the same whether a request runs alone or batched.
 #[test]
 fn batched_paged_sequences_equal_each_alone() {
-    use hearth_models::{BatchSeq, Scratch, Want};
     for name in [
         "qwen3",
         "qwen3_moe",
@@ -273,9 +273,28 @@ fn batched_paged_sequences_equal_each_alone() {
         "qwen3_next",
         "minimax",
     ] {
+        batched_equals_alone(name, [11, 3, 7], 4, [vec![5, 0, 7], vec![3], vec![6, 1]]);
+    }
+    // DSA: sequences longer than top-k (48 and 40), so queries attend to chosen positions,
+    // whose cache rows come from the pages
+    for name in ["deepseek_v32", "glm_moe_dsa"] {
+        batched_equals_alone(
+            name,
+            [70, 30, 55],
+            16,
+            [vec![9, 0, 4, 7, 2], vec![5, 10], vec![3, 8, 1, 6]],
+        );
+    }
+}
+
+/// Three sequences of `lens` tokens, run batched in chunks over pages of `ps` positions from
+/// `tables`, give each the logits it gets alone.
+fn batched_equals_alone(name: &str, lens: [usize; 3], ps: usize, tables: [Vec<u32>; 3]) {
+    use hearth_models::{BatchSeq, Scratch, Want};
+    {
         let (_f, model, _, _) = load(name);
         let nv = model.cfg.n_vocab as u32;
-        let seqs: Vec<Vec<u32>> = [11usize, 3, 7]
+        let seqs: Vec<Vec<u32>> = lens
             .iter()
             .enumerate()
             .map(|(s, &n)| {
@@ -294,11 +313,10 @@ fn batched_paged_sequences_equal_each_alone() {
                 l
             })
             .collect();
-        // batched: pages of 4 positions handed out in a scrambled order; each step feeds
-        // sequence s a chunk of (s + 1) * 2 tokens, so chunks of all sizes meet
-        let ps = 4;
-        let mut pool = model.new_pool(8, ps, 3).unwrap();
-        let tables: [Vec<u32>; 3] = [vec![5, 0, 7], vec![3], vec![6, 1]];
+        // batched: pages handed out in a scrambled order; each step feeds sequence s a chunk
+        // of (s + 1) * 2 tokens, so chunks of all sizes meet
+        let n_pages = tables.iter().flatten().max().map_or(0, |&p| p as usize + 1);
+        let mut pool = model.new_pool(n_pages, ps, 3).unwrap();
         let mut done = [0usize; 3];
         let mut got: Vec<Vec<f32>> = vec![Vec::new(); 3];
         let mut scratch = Scratch::default();

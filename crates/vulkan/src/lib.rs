@@ -17,6 +17,7 @@ mod ctx;
 pub use ctx::DeviceInfo;
 
 use ctx::{Ctx, RawBuf};
+use hearth_core::dsa::DsaJob;
 use hearth_core::linear::{RecSeg, SlotLayout};
 use hearth_core::{
     AttnParams, AttnSeg, Backend, Buf, DType, DeltaJob, DevMem, Error, Glu, LightningJob, MoeJob,
@@ -130,6 +131,46 @@ fn seg_table(segs: &[RecSeg]) -> Result<Vec<u32>> {
         t.extend([u(s.row0)?, u(s.n)?, u(s.slot)?, u32::from(s.fresh)]);
     }
     Ok(t)
+}
+
+/// The table attention-like shaders read: per token (position, its page table's offset),
+/// then the page tables; and the page size (one for every segment).
+fn attn_table(op: &str, segs: &[AttnSeg]) -> Result<(Vec<u32>, usize)> {
+    let n_tok: usize = segs.iter().map(|s| s.n_tok).sum();
+    let paged = segs.iter().filter(|s| s.pages.is_some()).count();
+    if paged != 0 && paged != segs.len() {
+        return Err(Error::Invalid(format!(
+            "{op}: paged and unpaged segments mixed"
+        )));
+    }
+    let ps = segs
+        .iter()
+        .find_map(|s| s.pages.map(|p| p.page_size))
+        .unwrap_or(1 << 30);
+    if segs
+        .iter()
+        .any(|s| s.pages.is_some_and(|p| p.page_size != ps))
+    {
+        return Err(Error::Invalid(format!("{op}: page sizes differ")));
+    }
+    let mut tab = vec![0u32; 2 * n_tok];
+    let mut t = 0;
+    for s in segs {
+        if s.row0 != t {
+            return Err(Error::Invalid(format!("{op}: segments out of order")));
+        }
+        let toff = u(tab.len())?;
+        match s.pages {
+            Some(pg) => tab.extend_from_slice(pg.table),
+            None => tab.push(0),
+        }
+        for j in 0..s.n_tok {
+            tab[2 * (t + j)] = u(s.pos0 + j)?;
+            tab[2 * (t + j) + 1] = toff;
+        }
+        t += s.n_tok;
+    }
+    Ok((tab, ps))
 }
 
 fn foreign() -> Error {
@@ -627,34 +668,7 @@ impl Backend for Vulkan {
                 p.n_head, p.head_dim, p.v_dim, p.n_kv_head
             )));
         }
-        // the table: per token (position, its page table's offset), the page tables, sinks
-        let paged = segs.iter().filter(|s| s.pages.is_some()).count();
-        if paged != 0 && paged != segs.len() {
-            return Err(Error::Invalid(
-                "attention: paged and unpaged segments mixed".into(),
-            ));
-        }
-        let ps = segs
-            .iter()
-            .find_map(|s| s.pages.map(|p| p.page_size))
-            .unwrap_or(1 << 30);
-        let mut tab = vec![0u32; 2 * n_tok];
-        let mut t = 0;
-        for s in segs {
-            if s.row0 != t {
-                return Err(Error::Invalid("attention: segments out of order".into()));
-            }
-            let toff = u(tab.len())?;
-            match s.pages {
-                Some(pg) => tab.extend_from_slice(pg.table),
-                None => tab.push(0),
-            }
-            for j in 0..s.n_tok {
-                tab[2 * (t + j)] = u(s.pos0 + j)?;
-                tab[2 * (t + j) + 1] = toff;
-            }
-            t += s.n_tok;
-        }
+        let (tab, ps) = attn_table("attention", segs)?;
         // sinks stay on the device: their buffer and offset + 1 (0: none)
         let sinks = p.sinks.map(dev).transpose()?;
         if sinks.is_some_and(|s| s.2 < p.n_head) {
@@ -918,6 +932,38 @@ impl Backend for Vulkan {
             ],
             &pc,
             (j.segs.len() * nv) as u64,
+        )
+    }
+
+    fn dsa_select(&self, j: DsaJob<'_>) -> Result<()> {
+        let (km, ko, kn) = dev(j.keys)?;
+        let (qm, qo, qn) = dev(j.q)?;
+        let (wm, wo, wn) = dev(j.w)?;
+        let (sm, so, sn) = dev_mut(j.scores)?;
+        let (om, oo, on) = dev_mut(j.out)?;
+        let n = hearth_core::dsa::check(&j.p, j.segs, [kn, qn, wn, sn, on])?;
+        let (tab, ps) = attn_table("dsa_select", j.segs)?;
+        let (tb, to) = self.ctx.stage(&tab)?;
+        let pc = [
+            u(n)?,
+            u(j.p.n_head)?,
+            u(j.p.head_dim)?,
+            u(j.p.top_k)?,
+            j.p.scale.to_bits(),
+            u(hearth_core::dsa::score_width(j.segs))?,
+            u(ps)?,
+            ko,
+            qo,
+            wo,
+            so,
+            oo,
+            to,
+        ];
+        self.run(
+            spv!("dsa"),
+            &[&km.raw, &qm.raw, &wm.raw, &sm.raw, &om.raw, &tb],
+            &pc,
+            n as u64,
         )
     }
 
