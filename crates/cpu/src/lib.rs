@@ -578,6 +578,10 @@ impl Backend for Cpu {
         linear::delta_rule(self, j)
     }
 
+    fn dsa_select(&self, j: hearth_core::dsa::DsaJob<'_>) -> Result<()> {
+        linear::dsa_select(self, j)
+    }
+
     fn moe_experts(&self, job: MoeJob<'_>) -> Result<()> {
         moe::experts(self, job)
     }

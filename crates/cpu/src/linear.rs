@@ -135,3 +135,119 @@ mod tests {
         }
     }
 }
+
+/// [`hearth_core::Backend::dsa_select`] over the pool: each query row is a task, with the
+/// reference's arithmetic (`hearth_core::dsa::select_row`), so the choice is the same whatever
+/// the number of threads.
+pub(crate) fn dsa_select(cpu: &Cpu, j: hearth_core::dsa::DsaJob<'_>) -> Result<()> {
+    use hearth_core::dsa::{check, score_width, select_row};
+    let (keys, q, w) = (j.keys.host()?, j.q.host()?, j.w.host()?);
+    let (scores, out) = (j.scores.host()?, j.out.host()?);
+    let (p, segs) = (j.p, j.segs);
+    let n = check(
+        &p,
+        segs,
+        [keys.len(), q.len(), w.len(), scores.len(), out.len()],
+    )?;
+    let (qw, width) = (p.n_head * p.head_dim, score_width(segs));
+    let rows: Vec<(usize, usize)> = segs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| (0..s.n_tok).map(move |t| (i, t)))
+        .collect();
+    let (sp, op) = (SendPtr(scores.as_mut_ptr()), SendPtr(out.as_mut_ptr()));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    cpu.pool.run(&|_| {
+        let (sp, op) = (sp, op);
+        loop {
+            let r = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if r >= n {
+                break;
+            }
+            let (si, t) = rows[r];
+            let sg = &segs[si];
+            // SAFETY: check() proved n rows of `width` scores and of `top_k` outputs; each task
+            // writes only its own row of each.
+            let (sc, o) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(sp.0.add(r * width), width),
+                    std::slice::from_raw_parts_mut(op.0.add(r * p.top_k), p.top_k),
+                )
+            };
+            select_row(
+                keys,
+                &q[r * qw..(r + 1) * qw],
+                &w[r * p.n_head..(r + 1) * p.n_head],
+                sg,
+                sg.pos0 + t,
+                &p,
+                sc,
+                o,
+            );
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod dsa_tests {
+    use super::*;
+    use hearth_core::dsa::{DsaJob, DsaParams, dsa_select_ref};
+    use hearth_core::{AttnSeg, Backend, Pages};
+
+    #[test]
+    fn dsa_select_on_threads_is_the_reference() {
+        let (nh, d, ps) = (4usize, 12usize, 8usize);
+        let table = [3u32, 0, 5, 1, 4, 2];
+        let segs = [
+            AttnSeg {
+                row0: 0,
+                n_tok: 5,
+                pos0: 40,
+                pages: Some(Pages {
+                    table: &table,
+                    page_size: ps,
+                }),
+            },
+            AttnSeg {
+                row0: 5,
+                n_tok: 7,
+                pos0: 0,
+                pages: None,
+            },
+        ];
+        let mut x = 1u32;
+        let mut rnd = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+                    (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+                })
+                .collect()
+        };
+        let (keys, q, w) = (rnd(6 * ps * d), rnd(12 * nh * d), rnd(12 * nh));
+        let p = DsaParams {
+            n_head: nh,
+            head_dim: d,
+            top_k: 6,
+            scale: 0.3,
+        };
+        let (mut s1, mut o1) = (vec![0f32; 12 * 45], vec![0f32; 12 * 6]);
+        dsa_select_ref(&keys, &q, &w, &mut s1, &mut o1, &p, &segs).unwrap();
+        let cpu = Cpu::new(3).unwrap();
+        let (mut s2, mut o2) = (vec![0f32; 12 * 45], vec![0f32; 12 * 6]);
+        cpu.dsa_select(DsaJob {
+            keys: (&keys[..]).into(),
+            q: (&q[..]).into(),
+            w: (&w[..]).into(),
+            p,
+            segs: &segs,
+            scores: (&mut s2[..]).into(),
+            out: (&mut o2[..]).into(),
+        })
+        .unwrap();
+        assert_eq!(o1, o2);
+        // the long sequence's queries chose 6 of their 41..45 positions
+        assert!(o1[..6].iter().all(|&v| v >= 0.0) && o1[..6].windows(2).all(|w| w[0] < w[1]));
+    }
+}

@@ -496,6 +496,56 @@ fn hf_dsa(c: &Json, arch: &str, n_layer: usize) -> Result<Option<DsaConfig>> {
     Ok(Some(d))
 }
 
+/// DSA's indexer from llama.cpp's GGUF keys (`deepseek32`, `glm-dsa`). Without
+/// `attention.indexer.types`, every layer has its own indexer, except in GLM-5.2 (78 layers,
+/// a 1M context), whose pattern llama.cpp assumes as its config.json gives it: two layers with
+/// an indexer, then one in every four.
+fn gguf_dsa(g: &GgufFile, arch: &str, n_layer: usize, n_ctx: usize) -> Result<Option<DsaConfig>> {
+    if !matches!(arch, "deepseek32" | "glm-dsa") {
+        return Ok(None);
+    }
+    let glm = arch == "glm-dsa";
+    let own: Vec<bool> = match gget(g, arch, "attention.indexer.types") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| match v {
+                Value::Bool(b) => *b,
+                v => v.as_u64().is_some_and(|x| x != 0),
+            })
+            .collect(),
+        Some(_) => {
+            return Err(Error::Format(format!(
+                "{arch}.attention.indexer.types is not an array"
+            )));
+        }
+        None if glm && n_layer == 78 && n_ctx >= 1 << 20 => {
+            (0..n_layer).map(|i| i < 2 || (i - 2) % 4 == 0).collect()
+        }
+        None => vec![true; n_layer],
+    };
+    if own.len() < n_layer || own.first() == Some(&false) {
+        return Err(Error::Format(format!(
+            "DSA: {} indexer types for {n_layer} layers, or a first layer with no indexer to share",
+            own.len()
+        )));
+    }
+    let d = DsaConfig {
+        n_head: gusize(g, arch, "attention.indexer.head_count")?,
+        head_dim: gusize(g, arch, "attention.indexer.key_length")?,
+        top_k: gusize(g, arch, "attention.indexer.top_k")?,
+        rope_style: if glm {
+            RopeStyle::Normal
+        } else {
+            RopeStyle::Neox
+        },
+        own: own[..n_layer].to_vec(),
+    };
+    if d.n_head == 0 || d.head_dim == 0 || d.top_k == 0 {
+        return Err(Error::Format("DSA: an empty indexer".into()));
+    }
+    Ok(Some(d))
+}
+
 fn gget<'a>(g: &'a GgufFile, arch: &str, key: &str) -> Option<&'a Value> {
     g.get(&format!("{arch}.{key}"))
 }
@@ -568,7 +618,11 @@ impl ModelConfig {
                     Ok(2) => Gating::Sigmoid,
                     Ok(1) => Gating::Softmax,
                     Ok(o) => return Err(Error::Unsupported(format!("expert gating function {o}"))),
-                    Err(_) if arch == "minimax-m2" => Gating::Sigmoid,
+                    // llama.cpp assumes sigmoid for GLM-5 and MiniMax-M2 files without the key
+                    // (DeepSeek-V3.2 routes by sigmoid too)
+                    Err(_) if matches!(arch, "minimax-m2" | "glm-dsa" | "deepseek32") => {
+                        Gating::Sigmoid
+                    }
                     Err(_) => Gating::Softmax,
                 };
                 // llama.cpp fixes renormalisation per architecture where the file has no key
@@ -630,7 +684,7 @@ impl ModelConfig {
                     nope: k - rope_dim,
                     rope: rope_dim,
                     v_dim,
-                    dsa: None,
+                    dsa: gguf_dsa(g, arch, n_layer, n_ctx_train)?,
                 })
             }
             Err(_) => None,

@@ -87,9 +87,21 @@ pub const ARCHS: &[ArchSpec] = &[
     // only: llama.cpp's minimax-01 conversion reads the original remote-code config.
     arch("minimax", &["minimax"], &[], Neox, Neox),
     arch("kimi_k25", &["kimi_k25"], &[], Normal, Normal),
-    // DeepSeek-V3.2 and GLM-5/5.1/5.2: MLA with DeepSeek Sparse Attention (HF for now)
-    arch("deepseek_v32", &["deepseek_v32"], &[], Normal, Normal),
-    arch("glm_moe_dsa", &["glm_moe_dsa"], &[], Normal, Normal),
+    // DeepSeek-V3.2 and GLM-5/5.1/5.2: MLA with DeepSeek Sparse Attention
+    arch(
+        "deepseek_v32",
+        &["deepseek_v32"],
+        &["deepseek32"],
+        Normal,
+        Normal,
+    ),
+    arch(
+        "glm_moe_dsa",
+        &["glm_moe_dsa"],
+        &["glm-dsa"],
+        Normal,
+        Normal,
+    ),
     arch("glm4_moe", &["glm4_moe"], &["glm4moe"], Neox, Neox),
     arch("minimax_m2", &["minimax_m2"], &["minimax-m2"], Neox, Neox),
     arch("gpt_oss", &["gpt_oss"], &["gpt-oss"], Neox, Neox),
