@@ -672,6 +672,22 @@ fn inspect(model: &str, device: &str, ctx: usize, place: PlaceArgs) -> Result<()
             c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.head_dim, c.n_ff, c.n_vocab
         ),
     }
+    if let Some(d) = c.mla.as_ref().and_then(|m| m.dsa.as_ref()) {
+        let own = d.own.iter().filter(|&&o| o).count();
+        println!(
+            "sparse attn:   DSA, each query attends to its best {} positions (indexer: {} heads of {}, in {} of {} layers{}); its keys are in the KV cache",
+            d.top_k,
+            d.n_head,
+            d.head_dim,
+            own,
+            c.n_layer,
+            if own < c.n_layer {
+                ", the others reuse its choice"
+            } else {
+                ""
+            }
+        );
+    }
     if let Some(e) = &c.moe {
         println!(
             "experts:       {} routed, {} used per token, {:?} scores{}{}{}, {} MoE layers of {}",

@@ -1021,7 +1021,14 @@ impl ModelConfig {
     pub fn kv_bytes_per_token(&self, bytes_per_value: usize) -> usize {
         let n = (0..self.n_layer).filter(|&i| !self.is_recurrent(i)).count();
         match &self.mla {
-            Some(m) => n * (m.kv_lora_rank + m.rope) * bytes_per_value,
+            Some(m) => {
+                // DSA layers with an indexer of their own keep its key per position too
+                let ik = m
+                    .dsa
+                    .as_ref()
+                    .map_or(0, |d| d.own.iter().filter(|&&o| o).count() * d.head_dim);
+                (n * (m.kv_lora_rank + m.rope) + ik) * bytes_per_value
+            }
             None => 2 * n * self.n_kv_head * self.head_dim * bytes_per_value,
         }
     }
@@ -1060,6 +1067,64 @@ mod mla_tests {
         // softmax scale: 1/sqrt(192) * (0.1 * ln 40 + 1)^2
         let ms = 0.1 * 40f32.ln() + 1.0;
         assert!((cfg.attn_scale() - ms * ms / 192f32.sqrt()).abs() < 1e-6);
+    }
+}
+
+#[cfg(test)]
+mod dsa_tests {
+    use super::*;
+
+    /// DeepSeek-V3's shapes with DeepSeek-V3.2's indexer keys (index_n_heads 64,
+    /// index_head_dim 128, index_topk 2048, as its config.json has them).
+    fn v32() -> Json {
+        serde_json::from_str(
+            r#"{"model_type": "deepseek_v32", "hidden_size": 7168, "num_hidden_layers": 61,
+            "num_attention_heads": 128, "num_key_value_heads": 128, "intermediate_size": 18432,
+            "moe_intermediate_size": 2048, "vocab_size": 129280, "kv_lora_rank": 512,
+            "q_lora_rank": 1536, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+            "v_head_dim": 128, "n_routed_experts": 256, "n_shared_experts": 1,
+            "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4, "norm_topk_prob": true,
+            "routed_scaling_factor": 2.5, "first_k_dense_replace": 3,
+            "index_n_heads": 64, "index_head_dim": 128, "index_topk": 2048,
+            "max_position_embeddings": 163840, "rms_norm_eps": 1e-6, "rope_theta": 10000}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn deepseek_v32_keeps_an_indexer_key_per_position_and_layer() {
+        let cfg = ModelConfig::from_hf(&v32(), "deepseek_v32", RopeStyle::Normal).unwrap();
+        let d = cfg.mla.as_ref().unwrap().dsa.as_ref().unwrap();
+        assert_eq!((d.n_head, d.head_dim, d.top_k), (64, 128, 2048));
+        assert_eq!(d.rope_style, RopeStyle::Neox);
+        assert!(d.own.iter().all(|&o| o));
+        // 61 layers x (512 latent + 64 rope key + 128 indexer key) x 2 bytes
+        assert_eq!(cfg.kv_bytes_per_token(2), 85_888);
+    }
+
+    #[test]
+    fn glm5_indexer_sharing_follows_transformers_pattern_keys() {
+        let mut c = v32();
+        c["model_type"] = "glm_moe_dsa".into();
+        c["num_hidden_layers"] = 10.into();
+        // transformers: layer i has its own indexer when max(i - offset + 1, 0) % freq == 0
+        c["index_topk_freq"] = 4.into();
+        c["index_skip_topk_offset"] = 3.into();
+        let cfg = ModelConfig::from_hf(&c, "glm_moe_dsa", RopeStyle::Normal).unwrap();
+        let d = cfg.mla.as_ref().unwrap().dsa.as_ref().unwrap();
+        let own: Vec<usize> = (0..10).filter(|&i| d.own[i]).collect();
+        assert_eq!(own, [0, 1, 2, 6]);
+        assert_eq!(d.rope_style, RopeStyle::Normal);
+        // an explicit list wins; a first layer that shares is an error
+        c["indexer_types"] = serde_json::json!([
+            "full", "shared", "shared", "full", "shared", "shared", "shared", "shared", "shared",
+            "shared"
+        ]);
+        let cfg = ModelConfig::from_hf(&c, "glm_moe_dsa", RopeStyle::Normal).unwrap();
+        let own = &cfg.mla.as_ref().unwrap().dsa.as_ref().unwrap().own;
+        assert_eq!(own.iter().filter(|&&o| o).count(), 2);
+        c["indexer_types"][0] = "shared".into();
+        assert!(ModelConfig::from_hf(&c, "glm_moe_dsa", RopeStyle::Normal).is_err());
     }
 }
 

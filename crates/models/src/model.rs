@@ -528,7 +528,7 @@ impl Model {
         for l in &self.layers {
             match self.slot_len(l) {
                 Some(size) => p[l.dev_attn].state_bytes_per_seq += 4 * size,
-                None => p[l.dev_attn].kv_bytes_per_token += (kw + vw) * 4,
+                None => p[l.dev_attn].kv_bytes_per_token += (kw + vw + self.ik_width(l)) * 4,
             }
         }
         p
