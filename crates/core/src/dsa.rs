@@ -130,19 +130,24 @@ pub fn score(q: &[f32], w: &[f32], k: &[f32], head_dim: usize, scale: f32) -> f3
     s
 }
 
-/// The choice of one query row `r` at position `pos` of segment `sg` into `out` (`top_k`
-/// values), scoring into `sc` (`pos + 1` values).
+/// The choice of query `t` of segment `sg` (row `sg.row0 + t` of the batch's `q` and `w`) into
+/// `out` (`top_k` values), scoring into `sc` (at least its position + 1 values).
 #[allow(clippy::too_many_arguments)]
 pub fn select_row(
     keys: &[f32],
     q: &[f32],
     w: &[f32],
     sg: &AttnSeg,
-    pos: usize,
+    t: usize,
     j: &DsaParams,
     sc: &mut [f32],
     out: &mut [f32],
 ) {
+    let (r, pos) = (sg.row0 + t, sg.pos0 + t);
+    let (q, w) = (
+        &q[r * j.n_head * j.head_dim..(r + 1) * j.n_head * j.head_dim],
+        &w[r * j.n_head..(r + 1) * j.n_head],
+    );
     let cnt = pos + 1;
     out.fill(-1.0);
     if cnt <= j.top_k {
@@ -181,20 +186,13 @@ pub fn dsa_select_ref(
         segs,
         [keys.len(), q.len(), w.len(), scores.len(), out.len()],
     )?;
-    let (qw, width) = (j.n_head * j.head_dim, score_width(segs));
+    let width = score_width(segs);
     for sg in segs {
         for t in 0..sg.n_tok {
             let r = sg.row0 + t;
-            select_row(
-                keys,
-                &q[r * qw..(r + 1) * qw],
-                &w[r * j.n_head..(r + 1) * j.n_head],
-                sg,
-                sg.pos0 + t,
-                j,
-                &mut scores[r * width..(r + 1) * width],
-                &mut out[r * j.top_k..(r + 1) * j.top_k],
-            );
+            let sc = &mut scores[r * width..(r + 1) * width];
+            let o = &mut out[r * j.top_k..(r + 1) * j.top_k];
+            select_row(keys, q, w, sg, t, j, sc, o);
         }
     }
     Ok(())

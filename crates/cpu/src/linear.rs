@@ -149,7 +149,7 @@ pub(crate) fn dsa_select(cpu: &Cpu, j: hearth_core::dsa::DsaJob<'_>) -> Result<(
         segs,
         [keys.len(), q.len(), w.len(), scores.len(), out.len()],
     )?;
-    let (qw, width) = (p.n_head * p.head_dim, score_width(segs));
+    let width = score_width(segs);
     let rows: Vec<(usize, usize)> = segs
         .iter()
         .enumerate()
@@ -174,16 +174,7 @@ pub(crate) fn dsa_select(cpu: &Cpu, j: hearth_core::dsa::DsaJob<'_>) -> Result<(
                     std::slice::from_raw_parts_mut(op.0.add(r * p.top_k), p.top_k),
                 )
             };
-            select_row(
-                keys,
-                &q[r * qw..(r + 1) * qw],
-                &w[r * p.n_head..(r + 1) * p.n_head],
-                sg,
-                sg.pos0 + t,
-                &p,
-                sc,
-                o,
-            );
+            select_row(keys, q, w, sg, t, &p, sc, o);
         }
     });
     Ok(())

@@ -1038,10 +1038,9 @@ impl ModelConfig {
 mod mla_tests {
     use super::*;
 
-    #[test]
-    fn deepseek_v3_kv_cache_is_about_70_kb_per_token_in_16_bit() {
-        // The shapes of DeepSeek-V3's published config.json (the routing keys as well).
-        let c: Json = serde_json::from_str(
+    /// The shapes of DeepSeek-V3's published config.json (the routing keys as well).
+    pub(super) fn deepseek_v3() -> Json {
+        serde_json::from_str(
             r#"{"model_type": "deepseek_v3", "hidden_size": 7168, "num_hidden_layers": 61,
             "num_attention_heads": 128, "num_key_value_heads": 128, "intermediate_size": 18432,
             "moe_intermediate_size": 2048, "vocab_size": 129280, "kv_lora_rank": 512,
@@ -1054,8 +1053,12 @@ mod mla_tests {
               "mscale": 1.0, "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096},
             "rope_theta": 10000}"#,
         )
-        .unwrap();
-        let cfg = ModelConfig::from_hf(&c, "deepseek_v3", RopeStyle::Normal).unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn deepseek_v3_kv_cache_is_about_70_kb_per_token_in_16_bit() {
+        let cfg = ModelConfig::from_hf(&deepseek_v3(), "deepseek_v3", RopeStyle::Normal).unwrap();
         // 61 layers x (512 latent + 64 rope key) x 2 bytes
         assert_eq!(cfg.kv_bytes_per_token(2), 70_272);
         let moe = cfg.moe.clone().unwrap();
@@ -1077,18 +1080,12 @@ mod dsa_tests {
     /// DeepSeek-V3's shapes with DeepSeek-V3.2's indexer keys (index_n_heads 64,
     /// index_head_dim 128, index_topk 2048, as its config.json has them).
     fn v32() -> Json {
-        serde_json::from_str(
-            r#"{"model_type": "deepseek_v32", "hidden_size": 7168, "num_hidden_layers": 61,
-            "num_attention_heads": 128, "num_key_value_heads": 128, "intermediate_size": 18432,
-            "moe_intermediate_size": 2048, "vocab_size": 129280, "kv_lora_rank": 512,
-            "q_lora_rank": 1536, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
-            "v_head_dim": 128, "n_routed_experts": 256, "n_shared_experts": 1,
-            "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4, "norm_topk_prob": true,
-            "routed_scaling_factor": 2.5, "first_k_dense_replace": 3,
-            "index_n_heads": 64, "index_head_dim": 128, "index_topk": 2048,
-            "max_position_embeddings": 163840, "rms_norm_eps": 1e-6, "rope_theta": 10000}"#,
-        )
-        .unwrap()
+        let mut c = super::mla_tests::deepseek_v3();
+        c["model_type"] = "deepseek_v32".into();
+        c["index_n_heads"] = 64.into();
+        c["index_head_dim"] = 128.into();
+        c["index_topk"] = 2048.into();
+        c
     }
 
     #[test]
