@@ -439,7 +439,7 @@ fn load_mla(l: &Loader, cfg: &ModelConfig, m: &crate::config::MlaConfig, i: usiz
         v_b,
         wo: l.get(&n("attn_output.weight"), &[e, nh * vd])?,
         idx: match &m.dsa {
-            Some(d) if d.own[i] => Some(load_indexer(l, cfg, m, d, i)?),
+            Some(d) if d.own[i] => Some(Box::new(load_indexer(l, cfg, m, d, i)?)),
             _ => None,
         },
     })

@@ -30,7 +30,7 @@ pub(crate) struct Mla {
     pub v_b: Vec<Tensor>, // per head [v_dim, kv_lora]
     pub wo: Tensor,       // [n_embd, n_head*v_dim]
     /// DSA's lightning indexer, on layers that run their own (see [`crate::config::DsaConfig`]).
-    pub idx: Option<Indexer>,
+    pub idx: Option<Box<Indexer>>,
 }
 
 /// DeepSeek Sparse Attention's lightning indexer of one layer.
