@@ -1,4 +1,5 @@
 //! The `hearth` command line.
+mod hub;
 mod pull;
 
 use anyhow::{Context, Result, bail};
@@ -31,7 +32,7 @@ enum Cmd {
     Tokenize(TokenizeArgs),
     /// Describe a model file.
     Inspect {
-        /// .gguf file, HF directory, or alias (smollm2)
+        /// .gguf file, HF directory, alias (smollm2) or ORG/REPO[:QUANT] from the Hugging Face hub
         model: String,
         /// The device to load it on (cpu, vulkan, vulkan:N, auto): the plan says what each
         /// device holds
@@ -52,10 +53,29 @@ enum Cmd {
     },
     /// Measure prompt and generation speed (like llama-bench).
     Bench(BenchArgs),
-    /// Download a model alias (smollm2) into the model directory.
+    /// Download a model: ORG/REPO[:QUANT] from the Hugging Face hub into its cache, or an
+    /// alias (smollm2) into the model directory.
     Pull {
-        /// alias
+        /// ORG/REPO[:QUANT] or alias
         model: String,
+    },
+    /// List the models in the Hugging Face hub cache.
+    List,
+    /// Remove a model from the Hugging Face hub cache (blobs nothing else links to).
+    Rm {
+        /// ORG/REPO (every file) or ORG/REPO:QUANT
+        model: String,
+    },
+    /// Will a model fit, and how fast will it run? Reads only its headers (range requests).
+    Fit {
+        /// ORG/REPO[:QUANT], or a local file, directory or alias
+        model: String,
+        /// Context length to plan for
+        #[arg(long, default_value_t = 4096)]
+        ctx: usize,
+        /// Threads for the bandwidth probe (0: all cores)
+        #[arg(short = 't', long, default_value_t = 0)]
+        threads: usize,
     },
     /// Serve an OpenAI-compatible HTTP API (chat/completions, completions, models, ...).
     Serve(ServeArgs),
@@ -105,7 +125,7 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct Common {
-    /// .gguf file, HF directory, or alias (smollm2)
+    /// .gguf file, HF directory, alias (smollm2) or ORG/REPO[:QUANT] from the Hugging Face hub
     model: String,
     /// Worker threads (0: all cores)
     #[arg(short = 't', long, default_value_t = 0)]
@@ -220,7 +240,7 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct TokenizeArgs {
-    /// .gguf file, HF directory, or alias (smollm2)
+    /// .gguf file, HF directory, alias (smollm2) or ORG/REPO[:QUANT] from the Hugging Face hub
     model: String,
     /// The text (or use --file)
     text: Option<String>,
@@ -247,7 +267,22 @@ fn main() {
         Cmd::Devices { check } => devices(check),
         Cmd::Bench(a) => bench(a),
         Cmd::Serve(a) => serve(a),
-        Cmd::Pull { model } => pull::resolve(&model).map(|p| println!("{}", p.display())),
+        Cmd::Pull { model } => match pull::hub_spec(&model) {
+            Some(spec) => hub::pull_cmd(&spec),
+            None => pull::resolve(&model).map(|p| println!("{}", p.display())),
+        },
+        Cmd::List => hub::list(),
+        Cmd::Rm { model } => match hearth_hub::parse_spec(&model) {
+            Some(spec) => hub::rm(&spec),
+            None => Err(anyhow::anyhow!(
+                "{model}: expected ORG/REPO or ORG/REPO:QUANT (a model in the Hugging Face cache)"
+            )),
+        },
+        Cmd::Fit {
+            model,
+            ctx,
+            threads,
+        } => hub::fit(&model, ctx, threads),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -1,0 +1,366 @@
+//! Models from the Hugging Face hub: `pull ORG/REPO[:QUANT]`, `list`, `rm`, and `fit`, which
+//! plans a model from its headers (read with range requests) before anything is downloaded.
+use anyhow::{Context, Result};
+use hearth_formats::{ModelFiles, Source};
+use hearth_hub::{Hub, Kind, RepoFile, Spec, remote};
+use std::path::{Path, PathBuf};
+
+/// Fetch a hub model into the cache (nothing when it is there) and say what was chosen.
+pub fn pull(spec: &Spec) -> Result<hearth_hub::Pulled> {
+    let hub = Hub::from_env();
+    let p = hub
+        .pull(spec)
+        .with_context(|| format!("{spec} (a Hugging Face repository, ORG/REPO[:QUANT])"))?;
+    if let Some(n) = &p.selection.note {
+        eprintln!("hearth: {n}");
+    }
+    Ok(p)
+}
+
+/// `hearth pull ORG/REPO[:QUANT]`: the path to open, on standard output.
+pub fn pull_cmd(spec: &Spec) -> Result<()> {
+    let p = pull(spec)?;
+    let size: u64 = p.selection.files.iter().map(|f| f.size).sum();
+    let what = match &p.selection.kind {
+        Kind::Gguf { quant, .. } => format!("{}:{quant}", spec.repo),
+        Kind::Safetensors => format!("{} (safetensors)", spec.repo),
+    };
+    eprintln!(
+        "hearth: {what}: {} file(s), {:.1} MiB, {}",
+        p.selection.files.len(),
+        mib(size),
+        if p.downloaded == 0 {
+            "already in the cache: nothing downloaded".to_string()
+        } else {
+            format!("{:.1} MiB downloaded", mib(p.downloaded))
+        }
+    );
+    println!("{}", p.path.display());
+    Ok(())
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / 1048576.0
+}
+
+fn gib(b: f64) -> f64 {
+    b / (1u64 << 30) as f64
+}
+
+/// The architecture a cached model's files name.
+fn architecture(path: &Path) -> String {
+    if path.is_dir() {
+        return std::fs::read_to_string(path.join("config.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["model_type"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "?".into());
+    }
+    hearth_formats::GgufFile::open(path)
+        .ok()
+        .and_then(|g| g.architecture().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// `hearth list`: the models in the hub cache.
+pub fn list() -> Result<()> {
+    let cache = hearth_hub::cache_dir();
+    let models = hearth_hub::cache::models(&cache)?;
+    if models.is_empty() {
+        println!("(no models in {})", cache.display());
+        return Ok(());
+    }
+    println!("{:<56} {:>10}  {:<14} COMMIT", "MODEL", "SIZE", "ARCH");
+    for m in &models {
+        let name = match &m.quant {
+            Some(q) => format!("{}:{q}", m.repo),
+            None => m.repo.clone(),
+        };
+        println!(
+            "{name:<56} {:>6.2} GiB  {:<14} {}",
+            gib(m.size as f64),
+            architecture(&m.path),
+            &m.commit[..12]
+        );
+    }
+    println!("({} in {})", models.len(), cache.display());
+    Ok(())
+}
+
+/// `hearth rm ORG/REPO[:QUANT]`.
+pub fn rm(spec: &Spec) -> Result<()> {
+    let cache = hearth_hub::cache_dir();
+    let r = hearth_hub::cache::remove(&cache, spec)?;
+    println!(
+        "removed {spec}: {} link(s), {} blob(s) no longer used, {:.1} MiB freed",
+        r.links,
+        r.blobs,
+        mib(r.bytes)
+    );
+    Ok(())
+}
+
+/// Bytes free for an unprivileged user on the file system that holds `p` (or its nearest
+/// existing ancestor).
+fn free_disk(p: &Path) -> Option<u64> {
+    let mut at = p.to_path_buf();
+    while !at.exists() {
+        at = at.parent()?.to_path_buf();
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(at.as_os_str().as_bytes()).ok()?;
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid NUL-terminated path and a struct of the right type to fill
+        if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+            return None;
+        }
+        Some((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `len`-byte file at `p` that starts with `head` and is a hole after it: the loader maps it
+/// and reads the header; the weights, which planning never reads, take no disk.
+fn sparse(p: &Path, head: &[u8], len: u64) -> Result<()> {
+    let f = std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
+    use std::io::Write;
+    (&f).write_all(head)?;
+    f.set_len(len.max(head.len() as u64))?;
+    Ok(())
+}
+
+/// The model's headers in a temporary directory laid out like the snapshot: GGUF headers, or
+/// safetensors headers with config.json, each file as long as the real one.
+fn remote_skeleton(
+    hub: &Hub,
+    repo: &str,
+    commit: &str,
+    kind: &Kind,
+    files: &[RepoFile],
+) -> Result<(TempDir, PathBuf)> {
+    let dir = std::env::temp_dir().join(format!(
+        "hearth-fit-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = TempDir(dir.clone());
+    let base = |f: &RepoFile| dir.join(f.path.rsplit('/').next().unwrap_or(&f.path));
+    let mut read = 0u64;
+    for f in files {
+        let head = match kind {
+            Kind::Gguf { .. } => remote::gguf_header(hub, repo, commit, f)?,
+            Kind::Safetensors if f.path.ends_with(".safetensors") => {
+                remote::safetensors_header(hub, repo, commit, f)?
+            }
+            Kind::Safetensors if f.path.ends_with(".json") && f.path != "tokenizer.json" => {
+                remote::small_file(hub, repo, commit, f, 16 << 20)?
+            }
+            Kind::Safetensors => continue,
+        };
+        read += head.len() as u64;
+        sparse(&base(f), &head, f.size)?;
+    }
+    eprintln!(
+        "hearth: read {:.2} MiB of headers from {} for {:.1} MiB of files",
+        mib(read),
+        hub.endpoint,
+        mib(files.iter().map(|f| f.size).sum())
+    );
+    let open = match kind {
+        Kind::Gguf { first, .. } => dir.join(first.rsplit('/').next().unwrap_or(first)),
+        Kind::Safetensors => dir.clone(),
+    };
+    Ok((tmp, open))
+}
+
+/// `hearth fit ORG/REPO[:QUANT] --ctx N`.
+pub fn fit(model: &str, ctx: usize, threads: usize) -> Result<()> {
+    // Planning needs only the tensors' places, not their values: packed copies of weights
+    // (which the files' holes would make zeros of) are not made. Set before any thread runs.
+    // SAFETY: the process is still single-threaded here.
+    unsafe { std::env::set_var("HEARTH_REPACK", "0") };
+    let local = Path::new(model).exists() || crate::pull::ALIASES.iter().any(|a| a.name == model);
+    let spec = hearth_hub::parse_spec(model);
+    let hub = Hub::from_env();
+    let mut download = 0u64;
+    let mut others = Vec::new();
+    let mut chosen_quant = None;
+    let (_tmp, path) = match (&spec, local) {
+        (Some(spec), false) => {
+            let (commit, files) = match hub.info(&spec.repo, &spec.revision) {
+                Ok(i) => (i.commit, i.files),
+                Err(e @ (hearth_hub::Error::Network(_) | hearth_hub::Error::Offline(_))) => {
+                    let (info, sel) = hub.cached(spec).map_err(|c| anyhow::anyhow!("{e}; {c}"))?;
+                    eprintln!("hearth: {e}; planning from the copy in the cache");
+                    (info.commit, sel.files)
+                }
+                Err(e) => return Err(e).with_context(|| spec.to_string()),
+            };
+            let sel = hearth_hub::select::select(&spec.repo, &files, spec.quant.as_deref())?;
+            if let Some(n) = &sel.note {
+                eprintln!("hearth: {n}");
+            }
+            let blobs = hub.repo_dir(&spec.repo).join("blobs");
+            download = sel
+                .files
+                .iter()
+                .filter(|f| {
+                    std::fs::metadata(blobs.join(&f.blob)).map_or(true, |m| m.len() != f.size)
+                })
+                .map(|f| f.size)
+                .sum();
+            if let Kind::Gguf { quant, .. } = &sel.kind {
+                chosen_quant = Some(quant.clone());
+                others = hearth_hub::select::gguf_sets(&files);
+            }
+            let (t, p) = remote_skeleton(&hub, &spec.repo, &commit, &sel.kind, &sel.files)?;
+            println!("model:         {spec} at {}", &commit[..12]);
+            (Some(t), p)
+        }
+        _ => {
+            let p = crate::pull::resolve(model)?;
+            println!("model:         {}", p.display());
+            (None, p)
+        }
+    };
+    let files = ModelFiles::open(&path).with_context(|| format!("{model}: reading its headers"))?;
+    let arch = match &files.source {
+        Source::Gguf(g) => g.architecture().unwrap_or("?").to_string(),
+        Source::Hf(h) => h.config["model_type"].as_str().unwrap_or("?").to_string(),
+    };
+    let cpu: std::sync::Arc<dyn hearth_core::Backend> =
+        std::sync::Arc::new(hearth_cpu::Cpu::new(threads)?);
+    // the placement loading uses (everything on the CPU: see the GPU lines below)
+    let m = hearth_engine::load_model_placed(&files, vec![cpu], &|_, _| 0)
+        .with_context(|| format!("{model}: planning its load"))?;
+    let plan = m.plan();
+    let weights: u64 = plan.iter().map(|d| d.weight_bytes as u64).sum();
+    let kv_tok: u64 = plan.iter().map(|d| d.kv_bytes_per_token as u64).sum();
+    let state: u64 = plan.iter().map(|d| d.state_bytes_per_seq as u64).sum();
+    let need = weights + kv_tok * ctx as u64 + state;
+    println!(
+        "architecture:  {arch}, {} parameters ({} active per token), {:.1} MiB of files",
+        crate::human(m.n_params() as f64),
+        crate::human(m.n_active_params() as f64),
+        mib(files.file_size())
+    );
+    println!(
+        "memory:        {:.1} MiB of weights + {} B/token of KV cache x {ctx} tokens{} = {:.1} MiB",
+        mib(weights),
+        kv_tok,
+        if state > 0 {
+            format!(" + {:.1} MiB of recurrent state", mib(state))
+        } else {
+            String::new()
+        },
+        mib(need)
+    );
+    let ram = hearth_engine::available_memory();
+    let fits_ram = ram.map(|r| need <= r);
+    crate::print_plan(&plan, ctx);
+    match ram {
+        Some(r) => println!(
+            "RAM:           {:.1} GiB available: {}",
+            gib(r as f64),
+            if need <= r {
+                "FITS"
+            } else if weights <= r {
+                "the weights fit, this context does not (lower --ctx)"
+            } else {
+                "DOES NOT FIT (the weights would be read from disk on every token)"
+            }
+        ),
+        None => println!("RAM:           unknown"),
+    }
+    match hearth_vulkan::devices() {
+        Ok(ds) => {
+            for d in ds {
+                println!(
+                    "GPU:           vulkan:{} {} with {:.1} GiB: {} (the same bytes on the GPU; see `hearth inspect --device vulkan:{}` once downloaded)",
+                    d.index,
+                    d.name,
+                    gib(d.memory as f64),
+                    if need <= d.memory {
+                        "the model and its context fit"
+                    } else {
+                        "does not fit whole; the experts or the first layers could stay in RAM (--cpu-moe, --gpu-layers)"
+                    },
+                    d.index
+                );
+            }
+        }
+        Err(_) => println!("GPU:           none (no Vulkan device)"),
+    }
+    let cache = hearth_hub::cache_dir();
+    match free_disk(&cache) {
+        Some(free) => println!(
+            "disk:          {:.1} MiB to download, {:.1} GiB free in {}: {}",
+            mib(download),
+            gib(free as f64),
+            cache.display(),
+            if download <= free {
+                "fits"
+            } else {
+                "DOES NOT FIT"
+            }
+        ),
+        None => println!("disk:          {:.1} MiB to download", mib(download)),
+    }
+    let bw_threads = hearth_cpu::Cpu::threads_for(threads);
+    let bw = hearth_engine::bench::bandwidth_probe(bw_threads);
+    let per_tok = m.bytes_per_token() as f64;
+    let at_ctx = per_tok + (kv_tok * ctx as u64) as f64;
+    println!(
+        "decode speed:  at most {:.1} tokens/s at the start of the context, {:.1} at {ctx} tokens ({:.1} MiB of weights{} read per token, memory bandwidth {:.1} GB/s measured)",
+        bw * 1e9 / per_tok.max(1.0),
+        bw * 1e9 / at_ctx.max(1.0),
+        per_tok / 1048576.0,
+        if kv_tok > 0 { " plus the KV cache" } else { "" },
+        bw
+    );
+    if others.len() > 1
+        && let Some(r) = ram
+    {
+        println!("quants of this repository with a context of {ctx} tokens (files + KV cache):");
+        for s in &others {
+            let n = s.size() + kv_tok * ctx as u64 + state;
+            println!(
+                "  {:<14} {:>9.2} GiB  {}{}",
+                s.quant,
+                gib(s.size() as f64),
+                if n <= r { "fits" } else { "does not fit" },
+                if chosen_quant.as_deref() == Some(s.quant.as_str()) {
+                    "  (planned above)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    println!(
+        "verdict:       {}",
+        match fits_ram {
+            Some(true) => format!("{model} fits in RAM with a context of {ctx} tokens"),
+            Some(false) =>
+                format!("{model} DOES NOT FIT in the available RAM with a context of {ctx} tokens"),
+            None => "unknown (the available memory cannot be read)".into(),
+        }
+    );
+    Ok(())
+}
