@@ -92,13 +92,11 @@ class Hub:
                 if not head:
                     self.wfile.write(body)
 
-            def error(self, code, msg, head=False):
-                self.send(
-                    code,
-                    json.dumps({"error": msg}).encode(),
-                    [("Content-Type", "application/json"), ("X-Error-Message", msg)],
-                    head,
-                )
+            def error(self, code, msg, head=False, error_code=None):
+                headers = [("Content-Type", "application/json"), ("X-Error-Message", msg)]
+                if error_code:
+                    headers.append(("X-Error-Code", error_code))
+                self.send(code, json.dumps({"error": msg}).encode(), headers, head)
 
             def auth_ok(self, repo):
                 if not repo.gated:
@@ -123,24 +121,27 @@ class Hub:
                 if parts[:2] == ["api", "models"]:
                     repo, rest = self.find(parts[2:])
                     if repo is None:
-                        return self.error(401, "Repository not found", head)
+                        # as the hub: 401 to anyone, so that private repositories do not show
+                        return self.error(401, "Repository not found", head, "RepoNotFound")
                     code = self.auth_ok(repo)
                     if code:
-                        return self.error(code, "Access to this gated repo is restricted", head)
+                        return self.error(code, "Access to this gated repo is restricted", head, "GatedRepo")
                     if rest[:1] == ["revision"] and len(rest) >= 2 and rest[1] in ("main", repo.commit) or not rest:
                         blobs = q.get("blobs", ["false"])[0].lower() == "true"
                         body = json.dumps(repo.info(blobs)).encode()
                         return self.send(200, body, [("Content-Type", "application/json")], head)
-                    return self.error(404, "Revision not found", head)
+                    return self.error(404, "Revision not found", head, "RevisionNotFound")
                 repo, rest = self.find(parts)
-                if repo is None or rest[:1] != ["resolve"] or len(rest) < 3:
+                if repo is None:
+                    return self.error(401, "Repository not found", head, "RepoNotFound")
+                if rest[:1] != ["resolve"] or len(rest) < 3:
                     return self.error(404, "Not found", head)
                 code = self.auth_ok(repo)
                 if code:
-                    return self.error(code, "Access to this gated repo is restricted", head)
+                    return self.error(code, "Access to this gated repo is restricted", head, "GatedRepo")
                 rev, path = rest[1], "/".join(rest[2:])
                 if rev not in ("main", repo.commit):
-                    return self.error(404, "Revision not found", head)
+                    return self.error(404, "Revision not found", head, "RevisionNotFound")
                 if path not in repo.files:
                     return self.send(404, b"Entry not found", [("X-Error-Code", "EntryNotFound")], head)
                 data, m = repo.files[path], repo.meta[path]

@@ -63,6 +63,7 @@ def build_repos():
         "hearth-test/bad-sha-GGUF": {"files": {SMOL_FILE: smol}, "bad_sha": [SMOL_FILE]},
         "hearth-test/drop-GGUF": {"files": {SMOL_FILE: smol}, "drop": [SMOL_FILE]},
         "hearth-test/drop-auto-GGUF": {"files": {SMOL_FILE: smol}, "drop": [SMOL_FILE]},
+        "hearth-test/concurrent-GGUF": {"files": {SMOL_FILE: smol}},
         "hearth-test/evil-GGUF": {"files": {"../../evil-Q4_0.gguf": b"GGUF"}},
     }
 
@@ -199,6 +200,17 @@ def test_06_resume_after_a_dropped_connection():
     assert read(r.stdout.strip()) == read(SMOL)
 
 
+def test_06b_concurrent_pulls_download_once():
+    """Two pulls of one model at once: the blob's lock (huggingface_hub's) makes one wait."""
+    HUB.take_log()
+    cmd = [BIN, "pull", "hearth-test/concurrent-GGUF"]
+    ps = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env()) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in ps]
+    assert all(p.returncode == 0 for p in ps), outs
+    assert len(resolves(HUB.take_log())) == 1
+    assert read(outs[0][0].decode().strip()) == read(SMOL)
+
+
 def test_07_checksum_mismatch_keeps_nothing():
     repo = "hearth-test/bad-sha-GGUF"
     r = hearth("pull", repo, check=False)
@@ -227,6 +239,13 @@ def test_09_offline_uses_the_cache():
     # no network at all: the cached model still runs, with a note
     out = logits(SMOL_REPO, HF_ENDPOINT="http://127.0.0.1:9")
     assert out == logits(SMOL)
+
+
+def test_10_unknown_repo_and_quant():
+    r = hearth("pull", "hearth-test/no-such-repo", check=False)
+    assert r.returncode != 0 and "no such repository" in r.stderr, r.stderr
+    r = hearth("pull", f"{SMOL_REPO}:Q8_0", check=False)
+    assert r.returncode != 0 and "no GGUF of quant Q8_0; it has Q4_1" in r.stderr, r.stderr
 
 
 def test_10_unsafe_paths_are_refused():

@@ -112,6 +112,21 @@ fn fetch_one(
 ) -> Result<()> {
     let dest = blobs.join(&f.blob);
     let part = blobs.join(format!("{}.incomplete", f.blob));
+    // the lock huggingface_hub takes on a blob (`.locks/models--ORG--REPO/<blob>.lock`, flock),
+    // so that two downloads of one blob, by hearth or by Python, do not write one file at once
+    let locks = hub
+        .cache
+        .join(".locks")
+        .join(format!("models--{}", repo.replace('/', "--")));
+    std::fs::create_dir_all(&locks).map_err(io(format!("cannot create {}", locks.display())))?;
+    let lock_path = locks.join(format!("{}.lock", f.blob));
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(io(format!("cannot create {}", lock_path.display())))?;
+    lock.lock()
+        .map_err(io(format!("cannot lock {}", lock_path.display())))?;
+    if std::fs::metadata(&dest).is_ok_and(|m| m.len() == f.size) {
+        return Ok(()); // another process fetched it meanwhile
+    }
     let mut out = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -174,7 +189,7 @@ fn fetch_one(
                 }
             }
             416 if have == f.size => {}
-            s => return Err(hub.status_error(s, repo, &f.path)),
+            _ => return Err(hub.status_error(&resp, repo, &f.path)),
         }
         out.set_len(have)
             .and_then(|_| out.seek(SeekFrom::Start(have)).map(|_| ()))

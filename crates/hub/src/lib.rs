@@ -293,24 +293,42 @@ impl Hub {
             .map_err(|e| Error::Network(format!("cannot reach {url}: {e}")))
     }
 
-    /// The error a status other than 2xx means, for `what` of `repo`.
-    pub(crate) fn status_error(&self, status: u16, repo: &str, what: &str) -> Error {
-        match status {
-            401 | 403 => Error::Denied(match &self.token {
-                None => format!(
-                    "{repo}: the hub refused access (HTTP {status}) to {what}: the repository is gated or private. Accept its terms on {}/{repo} with your account, then set HF_TOKEN to a token of that account",
-                    self.endpoint
-                ),
-                Some(_) => format!(
-                    "{repo}: the hub refused access (HTTP {status}) to {what} with the token in HF_TOKEN: the repository is gated or private and this token's account has not been granted access (accept its terms on {}/{repo}), or the token is invalid",
-                    self.endpoint
-                ),
-            }),
-            404 => Error::NotFound(format!(
-                "{repo}: {what} not found on {} (HTTP 404)",
+    /// The error an answer other than 2xx means, for `what` of `repo` (the hub names the
+    /// reason in `X-Error-Code`: `RepoNotFound`, `GatedRepo`, `EntryNotFound`...).
+    pub(crate) fn status_error(
+        &self,
+        resp: &ureq::http::Response<ureq::Body>,
+        repo: &str,
+        what: &str,
+    ) -> Error {
+        let status = resp.status().as_u16();
+        let code = resp
+            .headers()
+            .get("x-error-code")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let page = format!("{}/{repo}", self.endpoint);
+        match (status, code) {
+            (_, "RepoNotFound") => Error::NotFound(format!(
+                "{repo}: no such repository on {} (HTTP {status}; a private one needs HF_TOKEN)",
                 self.endpoint
             )),
-            s => Error::Protocol(format!("{repo}: the hub answered HTTP {s} for {what}")),
+            (_, "RevisionNotFound") | (_, "EntryNotFound") | (404, _) => Error::NotFound(format!(
+                "{repo}: {what} not found on {} (HTTP {status})",
+                self.endpoint
+            )),
+            (401 | 403, _) => Error::Denied(match (&self.token, code) {
+                (None, "GatedRepo") => format!(
+                    "{repo} is a gated repository (HTTP {status}): accept its terms on {page} with your account, then set HF_TOKEN to a token of that account"
+                ),
+                (None, _) => format!(
+                    "{repo}: the hub refused access (HTTP {status}) to {what}: the repository is gated or private (or does not exist). If it is gated, accept its terms on {page}; then set HF_TOKEN to a token of an account with access"
+                ),
+                (Some(_), _) => format!(
+                    "{repo}: the hub refused access (HTTP {status}) to {what} with the token in HF_TOKEN: the repository is gated or private and this token's account has not been granted access (accept its terms on {page}), or the token is invalid"
+                ),
+            }),
+            (s, _) => Error::Protocol(format!("{repo}: the hub answered HTTP {s} for {what}")),
         }
     }
 
@@ -328,9 +346,8 @@ impl Hub {
             self.endpoint
         );
         let mut r = self.get(&url, None)?;
-        let status = r.status().as_u16();
-        if status != 200 {
-            return Err(self.status_error(status, repo, &format!("revision {revision}")));
+        if r.status().as_u16() != 200 {
+            return Err(self.status_error(&r, repo, &format!("revision {revision}")));
         }
         let body = r
             .body_mut()

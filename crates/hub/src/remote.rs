@@ -108,7 +108,7 @@ pub fn read_range(
         206 => 0,
         // a server without ranges sends the whole file: read only what is needed
         200 => start,
-        s => return Err(hub.status_error(s, repo, path)),
+        _ => return Err(hub.status_error(&resp, repo, path)),
     };
     let mut r = resp
         .into_body()
