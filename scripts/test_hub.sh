@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # hearth and the Hugging Face hub (tests/hub/test_hub.py) against a fake hub in the test
 # process (tests/hub/fake_hub.py), first checked with the official huggingface_hub client.
-# Installs huggingface_hub into .venv-tests (git-ignored) on first use. Expects a release
+# Installs huggingface_hub (and gguf, which makes a Q8_0 copy of a tiny model) into .venv-tests (git-ignored) on first use. Expects a release
 # build and SmolLM2 pulled (`hearth pull smollm2`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,6 @@ venv=.venv-tests
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" 2>/dev/null || { rm -rf "$venv"; python3 -m pip install --user -q virtualenv && python3 -m virtualenv -q "$venv"; }
 fi
-"$venv/bin/python" -c "import huggingface_hub" 2>/dev/null ||
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check "huggingface_hub>=0.30"
+"$venv/bin/python" -c "import huggingface_hub, gguf" 2>/dev/null ||
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "huggingface_hub>=0.30" gguf
 HEARTH_BIN="$PWD/target/release/hearth" "$venv/bin/python" tests/hub/test_hub.py "$@"

@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "server"))
 from fake_hub import TOKEN, Hub  # noqa: E402
+from gguf_requant import main as requant_q8_0  # noqa: E402
 from gguf_split import main as split_gguf  # noqa: E402
 from runner import report, run_tests  # noqa: E402
 
@@ -53,12 +54,18 @@ def build_repos():
         if n not in ("expected.json", "logits.f32")
     }
     st["README.md"] = b"# tiny llama, two bf16 shards\n"
-    moe = read(os.path.join(TINY, "qwen3_moe", "model.gguf"))
+    moe = os.path.join(TINY, "qwen3_moe", "model.gguf")
+    requant_q8_0(moe, os.path.join(WORK, "moe-q8_0.gguf"))
     return {
         SMOL_REPO: {"files": {SMOL_FILE: smol, "README.md": b"# SmolLM2 Q4_1\n"}},
         SPLIT_REPO: {"files": split},
         ST_REPO: {"files": st},
-        MOE_REPO: {"files": {"tiny-qwen3-moe-F32.gguf": moe}},
+        MOE_REPO: {
+            "files": {
+                "tiny-qwen3-moe-F32.gguf": read(moe),
+                "tiny-qwen3-moe-Q8_0.gguf": read(os.path.join(WORK, "moe-q8_0.gguf")),
+            }
+        },
         "hearth-test/gated-GGUF": {"files": {SMOL_FILE: smol}, "gated": True},
         "hearth-test/bad-sha-GGUF": {"files": {SMOL_FILE: smol}, "bad_sha": [SMOL_FILE]},
         "hearth-test/drop-GGUF": {"files": {SMOL_FILE: smol}, "drop": [SMOL_FILE]},
@@ -283,7 +290,8 @@ def test_11_fit_reads_only_headers_and_agrees_with_loading():
     home = os.path.join(WORK, "hf-fit")
     cases = [
         (f"{SMOL_REPO}:Q4_1", SMOL),
-        (MOE_REPO, os.path.join(TINY, "qwen3_moe", "model.gguf")),
+        (f"{MOE_REPO}:f32", os.path.join(TINY, "qwen3_moe", "model.gguf")),
+        (MOE_REPO, os.path.join(WORK, "moe-q8_0.gguf")),
         (ST_REPO, os.path.join(TINY, "llama-bf16-sharded")),
         (SPLIT_REPO, SMOL),
     ]
@@ -324,6 +332,20 @@ def test_11_fit_reads_only_headers_and_agrees_with_loading():
     # with packing, the file's pages read once to pack stay in the RSS next to the packed copy
     # (clean page cache the kernel can drop); without it the run holds what the plan says
     assert abs(rss - predicted) <= 0.05 * predicted, (predicted, rss)
+
+
+def test_11b_default_quant_and_the_quants_that_fit():
+    r = hearth("fit", MOE_REPO, "--ctx", "1024", HF_HOME=os.path.join(WORK, "hf-fit"))
+    assert "no :QUANT given; using Q8_0" in r.stderr and "F32, Q8_0" in r.stderr, r.stderr
+    lines = [x.split() for x in r.stdout.splitlines() if re.match(r"  \S+ +[\d.]+ [MG]iB", x)]
+    assert [(x[0], x[3]) for x in lines] == [("F32", "fits"), ("Q8_0", "fits")], r.stdout
+    assert "planned above" in [x for x in r.stdout.splitlines() if "Q8_0" in x][0]
+    # --ctx too large for this machine: the verdict says so
+    r = hearth("fit", f"{MOE_REPO}:F32", "--ctx", str(10**12), HF_HOME=os.path.join(WORK, "hf-fit"))
+    assert "DOES NOT FIT" in r.stdout and "the weights fit" in r.stdout, r.stdout
+    r = hearth("pull", MOE_REPO)
+    assert r.stdout.strip().endswith("tiny-qwen3-moe-Q8_0.gguf") and "using Q8_0" in r.stderr
+    assert logits(MOE_REPO) == logits(os.path.join(WORK, "moe-q8_0.gguf"))
 
 
 def test_12_list_and_rm():

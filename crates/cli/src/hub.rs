@@ -47,6 +47,15 @@ fn gib(b: f64) -> f64 {
     b / (1u64 << 30) as f64
 }
 
+/// A size in MiB below a GiB, else in GiB.
+fn size(b: u64) -> String {
+    if b < 1 << 30 {
+        format!("{:.1} MiB", mib(b))
+    } else {
+        format!("{:.2} GiB", gib(b as f64))
+    }
+}
+
 /// The architecture a cached model's files name.
 fn architecture(path: &Path) -> String {
     if path.is_dir() {
@@ -77,8 +86,8 @@ pub fn list() -> Result<()> {
             None => m.repo.clone(),
         };
         println!(
-            "{name:<56} {:>6.2} GiB  {:<14} {}",
-            gib(m.size as f64),
+            "{name:<56} {:>10}  {:<14} {}",
+            size(m.size),
             architecture(&m.path),
             &m.commit[..12]
         );
@@ -341,9 +350,9 @@ pub fn fit(model: &str, ctx: usize, threads: usize) -> Result<()> {
         for s in &others {
             let n = s.size() + kv_tok * ctx as u64 + state;
             println!(
-                "  {:<14} {:>9.2} GiB  {}{}",
+                "  {:<14} {:>10}  {}{}",
                 s.quant,
-                gib(s.size() as f64),
+                size(s.size()),
                 if n <= r { "fits" } else { "does not fit" },
                 if chosen_quant.as_deref() == Some(s.quant.as_str()) {
                     "  (planned above)"
