@@ -248,6 +248,38 @@ def test_09_offline_uses_the_cache():
     assert out == logits(SMOL)
 
 
+def test_09b_serve_a_hub_model():
+    import socket
+    import time
+    import urllib.request
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    HUB.take_log()
+    p = subprocess.Popen(
+        [BIN, "serve", f"{SMOL_REPO}:Q4_1", "--port", str(port), "--parallel", "1", "--kv-mib", "64"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env(),
+    )
+    try:
+        for _ in range(300):
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).read()
+                break
+            except OSError:
+                assert p.poll() is None, p.stderr.read()
+                time.sleep(0.1)
+        ids = [m["id"] for m in json.loads(body)["data"]]
+        assert ids == [f"{SMOL_REPO}:Q4_1"], ids
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+    # one question to the hub (the model was in the cache already)
+    log = HUB.take_log()
+    assert [x[1] for x in log] == [f"/api/models/{SMOL_REPO}/revision/main"], log
+
+
 def test_10_unknown_repo_and_quant():
     r = hearth("pull", "hearth-test/no-such-repo", check=False)
     assert r.returncode != 0 and "no such repository" in r.stderr, r.stderr

@@ -371,9 +371,13 @@ fn placement(c: &Common) -> Result<(Vec<Arc<dyn Backend>>, Box<dyn Fn(&str, usiz
 }
 
 fn load(c: &Common) -> Result<Engine> {
-    let path = pull::resolve(&c.model)?;
+    load_path(c, &pull::resolve(&c.model)?)
+}
+
+/// [`load`] of a MODEL already resolved to `path`.
+fn load_path(c: &Common, path: &std::path::Path) -> Result<Engine> {
     let (devs, place) = placement(c)?;
-    Engine::load_placed(&path, devs, &*place)
+    Engine::load_placed(path, devs, &*place)
         .with_context(|| format!("cannot load {}", path.display()))
 }
 
@@ -816,7 +820,7 @@ fn print_plan(plan: &[hearth_engine::DevicePlan], ctx: usize) {
 
 fn serve(a: ServeArgs) -> Result<()> {
     let path = pull::resolve(&a.common.model)?;
-    let eng = load(&a.common)?;
+    let eng = load_path(&a.common, &path)?;
     let train_ctx = eng.model.cfg.n_ctx_train;
     let n_ctx = match a.ctx {
         0 if train_ctx > 0 => train_ctx.min(4096),
