@@ -243,9 +243,13 @@ def test_09_offline_uses_the_cache():
     assert read(r.stdout.strip()) == read(SMOL)
     r = hearth("pull", MOE_REPO, check=False, HF_HUB_OFFLINE="1")
     assert r.returncode != 0 and "HF_HUB_OFFLINE" in r.stderr and "not in the cache" in r.stderr, r.stderr
-    # no network at all: the cached model still runs, with a note
+    # no network at all: the cached model still runs, with a note, and fit plans it
     out = logits(SMOL_REPO, HF_ENDPOINT="http://127.0.0.1:9")
     assert out == logits(SMOL)
+    HUB.take_log()
+    r = hearth("fit", SMOL_REPO, "--ctx", "2048", HF_HUB_OFFLINE="1")
+    assert HUB.take_log() == [] and "in the cache" in r.stdout, r.stdout
+    assert fit_numbers(r.stdout) == (92.0, 46080), r.stdout
 
 
 def test_09b_serve_a_hub_model():

@@ -215,9 +215,19 @@ pub fn fit(model: &str, ctx: usize, threads: usize) -> Result<()> {
             let (commit, files) = match hub.info(&spec.repo, &spec.revision) {
                 Ok(i) => (i.commit, i.files),
                 Err(e @ (hearth_hub::Error::Network(_) | hearth_hub::Error::Offline(_))) => {
+                    // no hub: a model in the cache is planned from its files
                     let (info, sel) = hub.cached(spec).map_err(|c| anyhow::anyhow!("{e}; {c}"))?;
-                    eprintln!("hearth: {e}; planning from the copy in the cache");
-                    (info.commit, sel.files)
+                    eprintln!("hearth: {e}; planning the copy in the cache");
+                    let snap = hub
+                        .repo_dir(&spec.repo)
+                        .join("snapshots")
+                        .join(&info.commit);
+                    let p = match &sel.kind {
+                        Kind::Gguf { first, .. } => snap.join(first),
+                        Kind::Safetensors => snap,
+                    };
+                    println!("model:         {spec} in the cache ({})", p.display());
+                    return plan_and_print(model, &p, ctx, threads, 0, &[], None);
                 }
                 Err(e) => return Err(e).with_context(|| spec.to_string()),
             };
@@ -248,7 +258,29 @@ pub fn fit(model: &str, ctx: usize, threads: usize) -> Result<()> {
             (None, p)
         }
     };
-    let files = ModelFiles::open(&path).with_context(|| format!("{model}: reading its headers"))?;
+    plan_and_print(
+        model,
+        &path,
+        ctx,
+        threads,
+        download,
+        &others,
+        chosen_quant.as_deref(),
+    )
+}
+
+/// Plan the model at `path` (real files or header skeletons) as loading does, probe this
+/// machine, and print the verdict.
+fn plan_and_print(
+    model: &str,
+    path: &Path,
+    ctx: usize,
+    threads: usize,
+    download: u64,
+    others: &[hearth_hub::GgufSet],
+    chosen_quant: Option<&str>,
+) -> Result<()> {
+    let files = ModelFiles::open(path).with_context(|| format!("{model}: reading its headers"))?;
     let arch = match &files.source {
         Source::Gguf(g) => g.architecture().unwrap_or("?").to_string(),
         Source::Hf(h) => h.config["model_type"].as_str().unwrap_or("?").to_string(),
@@ -347,14 +379,14 @@ pub fn fit(model: &str, ctx: usize, threads: usize) -> Result<()> {
         && let Some(r) = ram
     {
         println!("quants of this repository with a context of {ctx} tokens (files + KV cache):");
-        for s in &others {
+        for s in others {
             let n = s.size() + kv_tok * ctx as u64 + state;
             println!(
                 "  {:<14} {:>10}  {}{}",
                 s.quant,
                 size(s.size()),
                 if n <= r { "fits" } else { "does not fit" },
-                if chosen_quant.as_deref() == Some(s.quant.as_str()) {
+                if chosen_quant == Some(s.quant.as_str()) {
                     "  (planned above)"
                 } else {
                     ""

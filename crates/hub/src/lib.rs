@@ -166,11 +166,13 @@ pub(crate) fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// The hub cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`,
+/// The hub cache: `$HF_HUB_CACHE` (or the older `$HUGGINGFACE_HUB_CACHE`), else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`,
 /// else `~/.cache/huggingface/hub`.
 pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("HF_HUB_CACHE") {
-        return PathBuf::from(d);
+    for k in ["HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"] {
+        if let Some(d) = std::env::var_os(k).filter(|d| !d.is_empty()) {
+            return PathBuf::from(d);
+        }
     }
     hf_home().join("hub")
 }
