@@ -40,10 +40,13 @@ class Repo:
             sha = hashlib.sha256(data).hexdigest()
             if path in self.bad_sha:
                 sha = hashlib.sha256(data + b"tampered").hexdigest()
+            blob = git_blob_id(data)
+            if path in self.bad_sha and not lfs:
+                blob = git_blob_id(data + b"tampered")
             self.meta[path] = {
                 "lfs": lfs,
                 "sha256": sha,
-                "blob": git_blob_id(data),
+                "blob": blob,
                 "size": len(data),
             }
 

@@ -70,6 +70,7 @@ def build_repos():
         "hearth-test/bad-sha-GGUF": {"files": {SMOL_FILE: smol}, "bad_sha": [SMOL_FILE]},
         "hearth-test/drop-GGUF": {"files": {SMOL_FILE: smol}, "drop": [SMOL_FILE]},
         "hearth-test/drop-auto-GGUF": {"files": {SMOL_FILE: smol}, "drop": [SMOL_FILE]},
+        "hearth-test/bad-git-blob": {"files": dict(st), "bad_sha": ["config.json"]},
         "hearth-test/concurrent-GGUF": {"files": {SMOL_FILE: smol}},
         "hearth-test/evil-GGUF": {"files": {"../../evil-Q4_0.gguf": b"GGUF"}},
     }
@@ -223,6 +224,13 @@ def test_07_checksum_mismatch_keeps_nothing():
     r = hearth("pull", repo, check=False)
     assert r.returncode != 0 and "does not match the sha256" in r.stderr, r.stderr
     assert os.listdir(os.path.join(repo_dir(repo), "blobs")) == []
+    assert not os.path.exists(os.path.join(repo_dir(repo), "snapshots"))
+    # a git (non-LFS) file is checked against its blob id; the other files may stay as blobs,
+    # but no snapshot is made
+    repo = "hearth-test/bad-git-blob"
+    r = hearth("pull", repo, check=False)
+    assert r.returncode != 0 and "config.json does not match the git blob id" in r.stderr, r.stderr
+    assert not any(n.endswith(".incomplete") for n in os.listdir(os.path.join(repo_dir(repo), "blobs")))
     assert not os.path.exists(os.path.join(repo_dir(repo), "snapshots"))
 
 

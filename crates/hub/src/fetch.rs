@@ -1,6 +1,7 @@
 //! Downloading a model's files into the cache: several at once, each resumed from its
 //! `.incomplete` file with a Range request, LFS files checked against their sha256.
 use crate::{Error, Hub, RepoFile, Result, io, link};
+use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -8,6 +9,39 @@ use std::sync::Mutex;
 
 fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The digest a file is checked against: an LFS file's sha256, or a git file's blob id (the
+/// sha1 of `blob <size>\0` and the content, which the hub lists and sends as its ETag).
+enum Check {
+    Lfs(Sha256, String),
+    Git(Sha1, String),
+}
+
+impl Check {
+    fn new(f: &RepoFile) -> Check {
+        match &f.sha256 {
+            Some(h) => Check::Lfs(Sha256::new(), h.clone()),
+            None => {
+                let mut s = Sha1::new();
+                s.update(format!("blob {}\0", f.size).as_bytes());
+                Check::Git(s, f.blob.clone())
+            }
+        }
+    }
+    fn update(&mut self, b: &[u8]) {
+        match self {
+            Check::Lfs(h, _) => h.update(b),
+            Check::Git(h, _) => h.update(b),
+        }
+    }
+    /// The digest's name, what it should be and what it is.
+    fn finish(self) -> (&'static str, String, String) {
+        match self {
+            Check::Lfs(h, want) => ("sha256", want, hex(&h.finalize())),
+            Check::Git(h, want) => ("git blob id", want, hex(&h.finalize())),
+        }
+    }
 }
 
 /// Fetch every file not yet in the cache and link them all into the snapshot; returns the
@@ -141,8 +175,8 @@ fn fetch_one(
     if have > f.size {
         have = 0;
     }
-    let mut hasher = Sha256::new();
-    if have > 0 && f.sha256.is_some() {
+    let mut hasher = Check::new(f);
+    if have > 0 {
         // the bytes already there count towards the hash: read them back
         out.seek(SeekFrom::Start(0))
             .map_err(io(format!("cannot read {}", part.display())))?;
@@ -171,7 +205,7 @@ fn fetch_one(
                 if have > 0 {
                     // the server ignored the range: start over
                     have = 0;
-                    hasher = Sha256::new();
+                    hasher = Check::new(f);
                 }
             }
             206 => {
@@ -251,15 +285,13 @@ fn fetch_one(
     out.sync_all()
         .map_err(io(format!("cannot write {}", part.display())))?;
     drop(out);
-    if let Some(want) = &f.sha256 {
-        let got = hex(&hasher.finalize());
-        if &got != want {
-            let _ = std::fs::remove_file(&part);
-            return Err(Error::Checksum(format!(
-                "{repo}: {} does not match the sha256 the hub lists (expected {want}, got {got}); nothing was kept",
-                f.path
-            )));
-        }
+    let (what, want, got) = hasher.finish();
+    if got != want {
+        let _ = std::fs::remove_file(&part);
+        return Err(Error::Checksum(format!(
+            "{repo}: {} does not match the {what} the hub lists (expected {want}, got {got}); nothing was kept",
+            f.path
+        )));
     }
     std::fs::rename(&part, &dest).map_err(io(format!("cannot move {}", part.display())))?;
     Ok(())

@@ -481,7 +481,7 @@ pub fn parse_info(repo: &str, body: &[u8]) -> Result<RepoInfo> {
             Some(h) => h.clone(),
             None => s["blobId"]
                 .as_str()
-                .filter(|h| is_hex(h, 40) || is_hex(h, 64))
+                .filter(|h| is_hex(h, 40))
                 .ok_or_else(|| bad(format!("gives {path} no blobId")))?
                 .to_ascii_lowercase(),
         };
