@@ -8,7 +8,7 @@ huggingface_hub's hf_hub_download use:
 
 Repositories are given as a dict: repo -> {"files": {path: bytes}, "gated": bool,
 "bad_sha": set of paths whose listed sha256 is wrong, "drop": set of paths whose first
-whole-file GET stops halfway}. Every request is logged (method, path, Range header) for the
+GET stops halfway}. Every request is logged (method, path, Range header) for the
 tests to inspect.
 """
 import hashlib
@@ -169,15 +169,12 @@ class Hub:
                     code = 206
                     headers.append(("Content-Range", f"bytes {start}-{end}/{len(data)}"))
                 body = data[start : end + 1]
-                drop = (
-                    not head
-                    and code == 200
-                    and path in repo.drop
-                    and path not in repo.dropped
-                )
+                with hub.lock:
+                    drop = not head and path in repo.drop and path not in repo.dropped
+                    if drop:
+                        repo.dropped.add(path)
                 if drop:
-                    repo.dropped.add(path)
-                    self.send_response(200)
+                    self.send_response(code)
                     for k, v in headers:
                         self.send_header(k, v)
                     self.send_header("Content-Length", str(len(body)))

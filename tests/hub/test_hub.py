@@ -71,6 +71,7 @@ def build_repos():
         "hearth-test/drop-GGUF": {"files": {SMOL_FILE: smol}, "drop": [SMOL_FILE]},
         "hearth-test/drop-auto-GGUF": {"files": {SMOL_FILE: smol}, "drop": [SMOL_FILE]},
         "hearth-test/bad-git-blob": {"files": dict(st), "bad_sha": ["config.json"]},
+        "hearth-test/parts-GGUF": {"files": {SMOL_FILE: smol}, "drop": [SMOL_FILE]},
         "hearth-test/concurrent-GGUF": {"files": {SMOL_FILE: smol}},
         "hearth-test/evil-GGUF": {"files": {"../../evil-Q4_0.gguf": b"GGUF"}},
     }
@@ -196,7 +197,7 @@ def test_06_resume_after_a_dropped_connection():
     HUB.take_log()
     r = hearth("pull", repo)
     log = resolves(HUB.take_log())
-    assert [x[2] for x in log] == [f"bytes={have}-"], log
+    assert [x[2] for x in log] == [f"bytes={have}-{os.path.getsize(SMOL) - 1}"], log
     assert hashlib.sha256(read(r.stdout.strip())).hexdigest() == sha
     assert not os.path.exists(part)
     # with retries (the default), one pull resumes by itself
@@ -217,6 +218,34 @@ def test_06b_concurrent_pulls_download_once():
     assert all(p.returncode == 0 for p in ps), outs
     assert len(resolves(HUB.take_log())) == 1
     assert read(outs[0][0].decode().strip()) == read(SMOL)
+
+
+def test_06c_a_large_file_in_parts_at_once():
+    """Parts of 16 MiB at least: SmolLM2 (94 MiB) comes in 4 ranges at once; the first request
+    drops halfway; without retries the pull stops, and the next one resumes each part where it
+    stopped and joins them."""
+    repo, size = "hearth-test/parts-GGUF", os.path.getsize(SMOL)
+    HUB.take_log()
+    r = hearth("pull", repo, check=False, HEARTH_HUB_PART_MIB="16", HEARTH_HUB_RETRIES="0")
+    assert r.returncode != 0 and "stopped at" in r.stderr, r.stderr
+    first = resolves(HUB.take_log())
+    assert first and all(x[2] for x in first), first
+    parts = sorted(n for n in os.listdir(os.path.join(repo_dir(repo), "blobs")) if ".part" in n)
+    assert parts and all(n.endswith("of4") for n in parts), parts
+    r = hearth("pull", repo, HEARTH_HUB_PART_MIB="16")
+    second = resolves(HUB.take_log())
+    spans = []
+    for _, _, rng in first + second:
+        a, _, b = rng[6:].partition("-")
+        spans.append((int(a), int(b)))
+    starts = {a for a, _ in spans}
+    for k in range(4):
+        assert k * size // 4 in starts, (k, spans)
+    # the second pull asked only for what the first did not get
+    served = sum(b - a + 1 for a, b in spans[len(first):])
+    assert 0 < served < size, (served, size)
+    assert hashlib.sha256(read(r.stdout.strip())).hexdigest() == hashlib.sha256(read(SMOL)).hexdigest()
+    assert [n for n in os.listdir(os.path.join(repo_dir(repo), "blobs")) if "." in n] == []
 
 
 def test_07_checksum_mismatch_keeps_nothing():

@@ -203,8 +203,11 @@ pub struct Hub {
     pub cache: PathBuf,
     /// Never use the network.
     pub offline: bool,
-    /// Files downloaded at once.
+    /// Files (or parts of a file) downloaded at once.
     pub parallel: usize,
+    /// A file comes in parts at once when it holds at least two of this many bytes (64 MiB;
+    /// `HEARTH_HUB_PART_MIB`).
+    pub part_min: u64,
     /// Times a download that stops halfway is resumed before giving up.
     pub retries: usize,
     /// Draw a progress bar (on a terminal).
@@ -215,7 +218,8 @@ pub struct Hub {
 impl Hub {
     /// A client configured as `huggingface_hub` is: `HF_ENDPOINT`, `HF_TOKEN` (else the token
     /// file `huggingface-cli login` writes), `HF_HUB_OFFLINE`, the cache directory; and
-    /// `HEARTH_HUB_RETRIES`, how often a stopped download resumes (3).
+    /// `HEARTH_HUB_RETRIES`, how often a stopped download resumes (3), and
+    /// `HEARTH_HUB_PART_MIB`, the smallest part of a file fetched in parts (64).
     pub fn from_env() -> Hub {
         let endpoint = std::env::var("HF_ENDPOINT")
             .ok()
@@ -237,6 +241,13 @@ impl Hub {
             .and_then(|v| v.parse().ok())
         {
             hub.retries = r;
+        }
+        if let Some(m) = std::env::var("HEARTH_HUB_PART_MIB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&m| m > 0)
+        {
+            hub.part_min = m << 20;
         }
         hub
     }
@@ -262,6 +273,7 @@ impl Hub {
             cache,
             offline,
             parallel: 4,
+            part_min: 64 << 20,
             retries: 3,
             progress: true,
             agent,
