@@ -8,7 +8,7 @@ huggingface_hub's hf_hub_download use:
 
 Repositories are given as a dict: repo -> {"files": {path: bytes}, "gated": bool,
 "bad_sha": set of paths whose listed sha256 is wrong, "drop": set of paths whose first
-GET stops halfway}. Every request is logged (method, path, Range header) for the
+GET stops halfway, "short_size": set of paths listed 100 bytes shorter than they are}. Every request is logged (method, path, Range header) for the
 tests to inspect.
 """
 import hashlib
@@ -47,7 +47,8 @@ class Repo:
                 "lfs": lfs,
                 "sha256": sha,
                 "blob": blob,
-                "size": len(data),
+                # a listed size that understates the file (a hostile or broken server)
+                "size": len(data) - 100 if path in spec.get("short_size", ()) else len(data),
             }
 
     def info(self, blobs):

@@ -72,6 +72,7 @@ def build_repos():
         "hearth-test/drop-auto-GGUF": {"files": {SMOL_FILE: smol}, "drop": [SMOL_FILE]},
         "hearth-test/bad-git-blob": {"files": dict(st), "bad_sha": ["config.json"]},
         "hearth-test/parts-GGUF": {"files": {SMOL_FILE: smol}, "drop": [SMOL_FILE]},
+        "hearth-test/short-GGUF": {"files": {SMOL_FILE: smol}, "short_size": [SMOL_FILE]},
         "hearth-test/concurrent-GGUF": {"files": {SMOL_FILE: smol}},
         "hearth-test/evil-GGUF": {"files": {"../../evil-Q4_0.gguf": b"GGUF"}},
     }
@@ -261,6 +262,13 @@ def test_07_checksum_mismatch_keeps_nothing():
     assert r.returncode != 0 and "config.json does not match the git blob id" in r.stderr, r.stderr
     assert not any(n.endswith(".incomplete") for n in os.listdir(os.path.join(repo_dir(repo), "blobs")))
     assert not os.path.exists(os.path.join(repo_dir(repo), "snapshots"))
+
+
+def test_07b_more_bytes_than_listed_is_refused():
+    repo = "hearth-test/short-GGUF"
+    r = hearth("pull", repo, check=False)
+    assert r.returncode != 0 and "sent more than" in r.stderr, r.stderr
+    assert os.listdir(os.path.join(repo_dir(repo), "blobs")) == []
 
 
 def test_08_gated_repo():

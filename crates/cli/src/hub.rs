@@ -294,7 +294,9 @@ fn plan_and_print(
     let weights: u64 = plan.iter().map(|d| d.weight_bytes as u64).sum();
     let kv_tok: u64 = plan.iter().map(|d| d.kv_bytes_per_token as u64).sum();
     let state: u64 = plan.iter().map(|d| d.state_bytes_per_seq as u64).sum();
-    let need = weights + kv_tok * ctx as u64 + state;
+    let need = weights
+        .saturating_add(kv_tok.saturating_mul(ctx as u64))
+        .saturating_add(state);
     println!(
         "architecture:  {arch}, {} parameters ({} active per token), {:.1} MiB of files",
         crate::human(m.n_params() as f64),
@@ -366,7 +368,7 @@ fn plan_and_print(
     let bw_threads = hearth_cpu::Cpu::threads_for(threads);
     let bw = hearth_engine::bench::bandwidth_probe(bw_threads);
     let per_tok = m.bytes_per_token() as f64;
-    let at_ctx = per_tok + (kv_tok * ctx as u64) as f64;
+    let at_ctx = per_tok + kv_tok as f64 * ctx as f64;
     println!(
         "decode speed:  at most {:.1} tokens/s at the start of the context, {:.1} at {ctx} tokens ({:.1} MiB of weights{} read per token, memory bandwidth {:.1} GB/s measured)",
         bw * 1e9 / per_tok.max(1.0),
@@ -380,7 +382,10 @@ fn plan_and_print(
     {
         println!("quants of this repository with a context of {ctx} tokens (files + KV cache):");
         for s in others {
-            let n = s.size() + kv_tok * ctx as u64 + state;
+            let n = s
+                .size()
+                .saturating_add(kv_tok.saturating_mul(ctx as u64))
+                .saturating_add(state);
             println!(
                 "  {:<14} {:>10}  {}{}",
                 s.quant,
