@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # hearth and the Hugging Face hub (tests/hub/test_hub.py) against a fake hub in the test
 # process (tests/hub/fake_hub.py), first checked with the official huggingface_hub client.
-# Installs huggingface_hub (and gguf, which makes a Q8_0 copy of a tiny model) into .venv-tests (git-ignored) on first use. Expects a release
-# build and SmolLM2 pulled (`hearth pull smollm2`).
+# Installs huggingface_hub (and gguf, which makes a Q8_0 copy of a tiny model) into
+# .venv-tests (git-ignored) on first use. Expects a release build (SmolLM2 is pulled on first
+# use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv-tests

@@ -2,8 +2,8 @@
 official huggingface_hub client): pull into the shared cache, resume, sha256 checks, gated
 repos, offline use, split GGUFs, safetensors repos, list/rm, and fit from headers alone.
 
-Needs a release build, SmolLM2 pulled (`hearth pull smollm2`) and huggingface_hub installed
-(scripts/test_hub.sh does all three). Run: python tests/hub/test_hub.py [test names]."""
+Needs a release build and huggingface_hub and gguf installed (scripts/test_hub.sh installs
+them); SmolLM2 is pulled on first use. Run: python tests/hub/test_hub.py [test names]."""
 import hashlib
 import json
 import os
@@ -23,7 +23,8 @@ from gguf_split import main as split_gguf  # noqa: E402
 from runner import report, run_tests  # noqa: E402
 
 BIN = os.environ.get("HEARTH_BIN", os.path.join(ROOT, "target", "release", "hearth"))
-SMOL = os.path.expanduser("~/.cache/hearth/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+# the real model, where `hearth pull smollm2` keeps it (fetched on first use)
+SMOL = subprocess.run([BIN, "pull", "smollm2"], capture_output=True, text=True, check=True).stdout.strip()
 TINY = os.path.join(ROOT, "tests", "fixtures", "tiny")
 WORK = tempfile.mkdtemp(prefix="hearth-hub-test-")
 
