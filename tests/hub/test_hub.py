@@ -416,6 +416,31 @@ def test_11_fit_reads_only_headers_and_agrees_with_loading():
     assert abs(rss - predicted) <= 0.05 * predicted, (predicted, rss)
 
 
+def test_11c_fit_plans_a_gpu_with_the_placement_flags():
+    """On a Vulkan device (lavapipe in scripts/test.sh), with the layers or experts split
+    between it and the CPU: fit's plan is inspect's, device by device, and nothing uploads."""
+    if "vulkan:0" not in hearth("devices").stdout:
+        assert os.environ.get("HEARTH_REQUIRE_VULKAN") != "1", "no Vulkan device"
+        print("  (no Vulkan device: skipped)")
+        return
+    home = os.path.join(WORK, "hf-fit")
+    cases = [
+        (f"{SMOL_REPO}:Q4_1", SMOL, ["--gpu-layers", "10"]),
+        (f"{MOE_REPO}:F32", os.path.join(TINY, "qwen3_moe", "model.gguf"), ["--cpu-moe"]),
+    ]
+    for spec, local, flags in cases:
+        args = ["--ctx", "2048", "--device", "vulkan:0", *flags]
+        fit = hearth("fit", spec, *args, HF_HOME=home).stdout
+        ins = hearth("inspect", local, *args).stdout
+        # device, weights and state of each row (the memory available changes between runs)
+        rows = lambda t: [
+            re.sub(r"\(\d+ threads\)", "", x.split(":")[0] if x.startswith("  cpu") else x.rsplit(":", 1)[0])
+            for x in t.splitlines()
+            if x.startswith("  ") and "weights" in x and "B/token" in x
+        ]
+        assert len(rows(fit)) == 2 and rows(fit) == rows(ins), (fit, ins)
+
+
 def test_11b_default_quant_and_the_quants_that_fit():
     r = hearth("fit", MOE_REPO, "--ctx", "1024", HF_HOME=os.path.join(WORK, "hf-fit"))
     assert "no :QUANT given; using Q8_0" in r.stderr and "F32, Q8_0" in r.stderr, r.stderr

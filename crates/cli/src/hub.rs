@@ -1,9 +1,14 @@
 //! Models from the Hugging Face hub: `pull ORG/REPO[:QUANT]`, `list`, `rm`, and `fit`, which
 //! plans a model from its headers (read with range requests) before anything is downloaded.
 use anyhow::{Context, Result};
+use hearth_core::{
+    AttnParams, AttnSeg, Backend, DType, MoeJob, Result as CoreResult, RopeArgs, Tensor, View,
+    ViewMut,
+};
 use hearth_formats::{ModelFiles, Source};
 use hearth_hub::{Hub, Kind, RepoFile, Spec, remote};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Fetch a hub model into the cache (nothing when it is there) and say what was chosen.
 pub fn pull(spec: &Spec) -> Result<hearth_hub::Pulled> {
@@ -131,6 +136,55 @@ fn free_disk(p: &Path) -> Option<u64> {
     None
 }
 
+/// A backend for planning: the device's name, memory and bytes per weight, its other
+/// operations as they are, but `prepare` does nothing, so no weight is copied or uploaded (the
+/// weights of a skeleton are holes). Nothing runs on it.
+struct PlanOnly(Arc<dyn Backend>);
+
+impl Backend for PlanOnly {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    fn supports(&self, dtype: DType) -> bool {
+        self.0.supports(dtype)
+    }
+    fn memory(&self) -> Option<u64> {
+        self.0.memory()
+    }
+    fn weight_bytes(&self, w: &Tensor) -> usize {
+        self.0.weight_bytes(w)
+    }
+    fn matmul(&self, w: &Tensor, x: View<'_>, n_tok: usize, out: ViewMut<'_>) -> CoreResult<()> {
+        self.0.matmul(w, x, n_tok, out)
+    }
+    fn dequantize(&self, t: &Tensor, out: &mut [f32]) -> CoreResult<()> {
+        self.0.dequantize(t, out)
+    }
+    fn get_rows(&self, w: &Tensor, ids: &[u32], out: ViewMut<'_>) -> CoreResult<()> {
+        self.0.get_rows(w, ids, out)
+    }
+    fn rms_norm(&self, x: ViewMut<'_>, w: View<'_>, eps: f32) -> CoreResult<()> {
+        self.0.rms_norm(x, w, eps)
+    }
+    fn rope(&self, x: ViewMut<'_>, n_heads: usize, r: &RopeArgs<'_>) -> CoreResult<()> {
+        self.0.rope(x, n_heads, r)
+    }
+    fn attention_many(
+        &self,
+        k: View<'_>,
+        v: View<'_>,
+        p: &AttnParams<'_>,
+        q: View<'_>,
+        out: ViewMut<'_>,
+        segs: &[AttnSeg<'_>],
+    ) -> CoreResult<()> {
+        self.0.attention_many(k, v, p, q, out, segs)
+    }
+    fn moe_experts(&self, job: MoeJob<'_>) -> CoreResult<()> {
+        self.0.moe_experts(job)
+    }
+}
+
 /// A directory removed when dropped.
 struct TempDir(PathBuf);
 
@@ -199,7 +253,7 @@ fn remote_skeleton(
 }
 
 /// `hearth fit ORG/REPO[:QUANT] --ctx N`.
-pub fn fit(model: &str, ctx: usize, threads: usize) -> Result<()> {
+pub fn fit(model: &str, ctx: usize, c: &crate::Common) -> Result<()> {
     // Planning needs only the tensors' places, not their values: packed copies of weights
     // (which the files' holes would make zeros of) are not made. Set before any thread runs.
     // SAFETY: the process is still single-threaded here.
@@ -227,7 +281,7 @@ pub fn fit(model: &str, ctx: usize, threads: usize) -> Result<()> {
                         Kind::Safetensors => snap,
                     };
                     println!("model:         {spec} in the cache ({})", p.display());
-                    return plan_and_print(model, &p, ctx, threads, 0, &[], None);
+                    return plan_and_print(model, &p, ctx, c, 0, &[], None);
                 }
                 Err(e) => return Err(e).with_context(|| spec.to_string()),
             };
@@ -262,7 +316,7 @@ pub fn fit(model: &str, ctx: usize, threads: usize) -> Result<()> {
         model,
         &path,
         ctx,
-        threads,
+        c,
         download,
         &others,
         chosen_quant.as_deref(),
@@ -275,7 +329,7 @@ fn plan_and_print(
     model: &str,
     path: &Path,
     ctx: usize,
-    threads: usize,
+    c: &crate::Common,
     download: u64,
     others: &[hearth_hub::GgufSet],
     chosen_quant: Option<&str>,
@@ -285,10 +339,21 @@ fn plan_and_print(
         Source::Gguf(g) => g.architecture().unwrap_or("?").to_string(),
         Source::Hf(h) => h.config["model_type"].as_str().unwrap_or("?").to_string(),
     };
-    let cpu: std::sync::Arc<dyn hearth_core::Backend> =
-        std::sync::Arc::new(hearth_cpu::Cpu::new(threads)?);
-    // the placement loading uses (everything on the CPU: see the GPU lines below)
-    let m = hearth_engine::load_model_placed(&files, vec![cpu], &|_, _| 0)
+    // the placement loading uses, on backends that prepare nothing
+    let (devs, place) = crate::placement_wrapped(c, |b| Arc::new(PlanOnly(b)) as Arc<dyn Backend>)?;
+    let devs: Vec<Arc<dyn Backend>> = devs
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if i == 0 {
+                b
+            } else {
+                // the CPU the placement flags add: wrapped too
+                Arc::new(PlanOnly(b)) as Arc<dyn Backend>
+            }
+        })
+        .collect();
+    let m = hearth_engine::load_model_placed(&files, devs, &*place)
         .with_context(|| format!("{model}: planning its load"))?;
     let plan = m.plan();
     let weights: u64 = plan.iter().map(|d| d.weight_bytes as u64).sum();
@@ -315,40 +380,63 @@ fn plan_and_print(
         mib(need)
     );
     let ram = hearth_engine::available_memory();
-    let fits_ram = ram.map(|r| need <= r);
     crate::print_plan(&plan, ctx);
+    // each device against its memory (the host's: what the system can still hand out)
+    let mut fits = Some(true);
+    let mut host_need = 0u64;
+    for d in &plan {
+        let n = (d.weight_bytes as u64)
+            .saturating_add((d.kv_bytes_per_token as u64).saturating_mul(ctx as u64))
+            .saturating_add(d.state_bytes_per_seq as u64);
+        match d.memory {
+            Some(mem) if n > mem => fits = Some(false),
+            Some(_) => {}
+            None => host_need = host_need.saturating_add(n),
+        }
+    }
     match ram {
-        Some(r) => println!(
-            "RAM:           {:.1} GiB available: {}",
-            gib(r as f64),
-            if need <= r {
-                "FITS"
-            } else if weights <= r {
-                "the weights fit, this context does not (lower --ctx)"
-            } else {
-                "DOES NOT FIT (the weights would be read from disk on every token)"
+        Some(r) => {
+            if host_need > r {
+                fits = Some(false);
             }
-        ),
-        None => println!("RAM:           unknown"),
+            println!(
+                "RAM:           {:.1} GiB available, {:.1} MiB needed: {}",
+                gib(r as f64),
+                mib(host_need),
+                if host_need <= r {
+                    "fits"
+                } else if host_need.saturating_sub(r) <= kv_tok.saturating_mul(ctx as u64) {
+                    "the weights fit, this context does not (lower --ctx)"
+                } else {
+                    "DOES NOT FIT (the weights would be read from disk on every token)"
+                }
+            )
+        }
+        None => {
+            fits = None;
+            println!("RAM:           unknown")
+        }
     }
     match hearth_vulkan::devices() {
-        Ok(ds) => {
+        Ok(ds) if !ds.is_empty() => {
             for d in ds {
                 println!(
-                    "GPU:           vulkan:{} {} with {:.1} GiB: {} (the same bytes on the GPU; see `hearth inspect --device vulkan:{}` once downloaded)",
+                    "GPU:           vulkan:{} {} with {:.1} GiB{}",
                     d.index,
                     d.name,
                     gib(d.memory as f64),
-                    if need <= d.memory {
-                        "the model and its context fit"
+                    if plan.iter().any(|p| p.memory.is_some()) {
+                        String::new()
                     } else {
-                        "does not fit whole; the experts or the first layers could stay in RAM (--cpu-moe, --gpu-layers)"
-                    },
-                    d.index
+                        format!(
+                            " (plan on it with --device vulkan:{} and the placement flags: --cpu-moe, --n-cpu-moe N, --gpu-layers N, --ot)",
+                            d.index
+                        )
+                    }
                 );
             }
         }
-        Err(_) => println!("GPU:           none (no Vulkan device)"),
+        _ => println!("GPU:           none (no Vulkan device)"),
     }
     let cache = hearth_hub::cache_dir();
     match free_disk(&cache) {
@@ -365,7 +453,7 @@ fn plan_and_print(
         ),
         None => println!("disk:          {:.1} MiB to download", mib(download)),
     }
-    let bw_threads = hearth_cpu::Cpu::threads_for(threads);
+    let bw_threads = hearth_cpu::Cpu::threads_for(c.threads);
     let bw = hearth_engine::bench::bandwidth_probe(bw_threads);
     let per_tok = m.bytes_per_token() as f64;
     let at_ctx = per_tok + kv_tok as f64 * ctx as f64;
@@ -377,6 +465,11 @@ fn plan_and_print(
         if kv_tok > 0 { " plus the KV cache" } else { "" },
         bw
     );
+    if plan.iter().any(|d| d.memory.is_some()) {
+        println!(
+            "               (the CPU's bandwidth: the GPU's is not measured yet, so a GPU plan decodes faster than this)"
+        );
+    }
     if others.len() > 1
         && let Some(r) = ram
     {
@@ -401,10 +494,11 @@ fn plan_and_print(
     }
     println!(
         "verdict:       {}",
-        match fits_ram {
-            Some(true) => format!("{model} fits in RAM with a context of {ctx} tokens"),
-            Some(false) =>
-                format!("{model} DOES NOT FIT in the available RAM with a context of {ctx} tokens"),
+        match fits {
+            Some(true) => format!("{model} fits with a context of {ctx} tokens"),
+            Some(false) => format!(
+                "{model} DOES NOT FIT in this machine's memory with a context of {ctx} tokens"
+            ),
             None => "unknown (the available memory cannot be read)".into(),
         }
     );

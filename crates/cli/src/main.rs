@@ -76,6 +76,12 @@ enum Cmd {
         /// Threads for the bandwidth probe (0: all cores)
         #[arg(short = 't', long, default_value_t = 0)]
         threads: usize,
+        /// The device to plan for (cpu, vulkan, vulkan:N, auto: the CPU), with the placement
+        /// flags; nothing is uploaded to it
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[command(flatten)]
+        place: PlaceArgs,
     },
     /// Serve an OpenAI-compatible HTTP API (chat/completions, completions, models, ...).
     Serve(ServeArgs),
@@ -282,7 +288,18 @@ fn main() {
             model,
             ctx,
             threads,
-        } => hub::fit(&model, ctx, threads),
+            device,
+            place,
+        } => hub::fit(
+            &model,
+            ctx,
+            &Common {
+                model: model.clone(),
+                threads,
+                device,
+                place,
+            },
+        ),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");
@@ -315,8 +332,18 @@ fn wants_cpu(p: &PlaceArgs) -> bool {
 /// placement function of the flags.
 #[allow(clippy::type_complexity)]
 fn placement(c: &Common) -> Result<(Vec<Arc<dyn Backend>>, Box<dyn Fn(&str, usize) -> usize>)> {
+    placement_wrapped(c, |b| b)
+}
+
+/// [`placement`] with the --device's backend passed through `wrap` (`hearth fit` plans with
+/// one that prepares nothing).
+#[allow(clippy::type_complexity)]
+fn placement_wrapped(
+    c: &Common,
+    wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>,
+) -> Result<(Vec<Arc<dyn Backend>>, Box<dyn Fn(&str, usize) -> usize>)> {
     let main_cpu = matches!(c.device.as_str(), "auto" | "cpu");
-    let mut devs = vec![backend(&c.device, c.threads)?];
+    let mut devs = vec![wrap(backend(&c.device, c.threads)?)];
     let p = c.place.clone();
     if main_cpu || !wants_cpu(&p) {
         return Ok((devs, Box::new(|_, _| 0)));
