@@ -113,6 +113,14 @@ pub fn parse_spec(s: &str) -> Option<Spec> {
     if !valid_name_part(org) || !valid_name_part(name) {
         return None;
     }
+    // `dir/model.gguf` is a path that does not exist, not a repository
+    let lower = name.to_ascii_lowercase();
+    if [".gguf", ".safetensors", ".bin", ".json"]
+        .iter()
+        .any(|x| lower.ends_with(x))
+    {
+        return None;
+    }
     if let Some(q) = quant
         && (q.is_empty()
             || q.len() > 64
