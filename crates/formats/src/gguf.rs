@@ -393,3 +393,59 @@ impl GgufFile {
             .collect()
     }
 }
+
+/// The other parts of a split GGUF (llama.cpp's `gguf-split`: `split.count` parts named
+/// `NAME-0000K-of-0000N.gguf`, each with `split.no`), when `path` is the first of several.
+pub fn split_siblings(path: &std::path::Path, first: &GgufFile) -> Result<Vec<std::path::PathBuf>> {
+    let count = first
+        .get("split.count")
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    if count <= 1 {
+        return Ok(Vec::new());
+    }
+    let no = first.get("split.no").and_then(Value::as_u64).unwrap_or(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let suffix = format!("-00001-of-{count:05}.gguf");
+    let stem = match name.strip_suffix(&suffix) {
+        Some(s) if no == 0 && count <= 99_999 => s.to_string(),
+        _ => {
+            return Err(Error::Invalid(format!(
+                "{} is part {} of a GGUF split into {count}: open the first part, NAME{suffix}",
+                path.display(),
+                no + 1
+            )));
+        }
+    };
+    Ok((2..=count)
+        .map(|k| path.with_file_name(format!("{stem}-{k:05}-of-{count:05}.gguf")))
+        .collect())
+}
+
+/// Check that `part` is the part its name says of the split `first` begins.
+pub fn check_split_part(p: &std::path::Path, part: &GgufFile, first: &GgufFile) -> Result<()> {
+    let count = first.get("split.count").and_then(Value::as_u64);
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let want = name
+        .rsplit_once("-of-")
+        .and_then(|(a, _)| a.rsplit_once('-'))
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .and_then(|n| n.checked_sub(1));
+    let no = part.get("split.no").and_then(Value::as_u64);
+    if part.get("split.count").and_then(Value::as_u64) != count || no.is_none() || no != want {
+        return Err(Error::Format(format!(
+            "{} is not part {} of the same split GGUF (split.no {:?}, split.count {:?})",
+            p.display(),
+            want.map_or(0, |w| w + 1),
+            no,
+            part.get("split.count").and_then(Value::as_u64)
+        )));
+    }
+    Ok(())
+}

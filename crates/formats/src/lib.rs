@@ -27,10 +27,13 @@ pub struct ModelFiles {
     pub source: Source,
     /// Tensors by canonical name.
     pub tensors: HashMap<String, Tensor>,
+    /// Total bytes of the file(s).
+    size: u64,
 }
 
 impl ModelFiles {
-    /// Open a `.gguf` file or a Hugging Face directory.
+    /// Open a `.gguf` file (the first part of a split set brings the others: every part's
+    /// tensors, the first part's metadata) or a Hugging Face directory.
     pub fn open(path: &Path) -> Result<ModelFiles> {
         if path.is_dir() {
             let hf = HfDir::open(path)?;
@@ -42,6 +45,7 @@ impl ModelFiles {
                 }
             }
             return Ok(ModelFiles {
+                size: hf.file_size,
                 source: Source::Hf(hf),
                 tensors,
             });
@@ -54,24 +58,33 @@ impl ModelFiles {
         }
         let g = GgufFile::open(path)?;
         let mut tensors = HashMap::new();
-        for mut t in g.tensors()? {
-            let c = names::canonical_from_gguf(&t.name);
-            t.name = c.clone();
-            if tensors.insert(c.clone(), t).is_some() {
-                return Err(Error::Format(format!("tensor {c} appears twice")));
+        let mut size = g.file_size;
+        let mut add = |g: &GgufFile| -> Result<()> {
+            for mut t in g.tensors()? {
+                let c = names::canonical_from_gguf(&t.name);
+                t.name = c.clone();
+                if tensors.insert(c.clone(), t).is_some() {
+                    return Err(Error::Format(format!("tensor {c} appears twice")));
+                }
             }
+            Ok(())
+        };
+        add(&g)?;
+        for p in gguf::split_siblings(path, &g)? {
+            let part = GgufFile::open(&p)?;
+            gguf::check_split_part(&p, &part, &g)?;
+            size += part.file_size;
+            add(&part)?;
         }
         Ok(ModelFiles {
             source: Source::Gguf(g),
             tensors,
+            size,
         })
     }
 
-    /// Total size of the model's files in bytes.
+    /// Total size of the model's files in bytes (every part of a split GGUF).
     pub fn file_size(&self) -> u64 {
-        match &self.source {
-            Source::Gguf(g) => g.file_size,
-            Source::Hf(h) => h.file_size,
-        }
+        self.size
     }
 }
