@@ -46,6 +46,8 @@ pub struct Options {
     pub body_timeout: std::time::Duration,
     /// Most connections open at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// A chat template to use instead of the model's own.
+    pub chat_template: Option<String>,
 }
 
 impl Options {
@@ -190,10 +192,13 @@ pub async fn serve_connections(
 pub fn serve(eng: Engine, opts: Options) -> std::io::Result<()> {
     let eng = Arc::new(eng);
     let tk = &eng.tokenizer;
-    let template = tk
-        .template()
-        .or_else(|_| tk.template_with(hearth_tokenizer::CHATML))
-        .map_err(std::io::Error::other)?;
+    let template = match &opts.chat_template {
+        Some(src) => tk.template_with(src),
+        None => tk
+            .template()
+            .or_else(|_| tk.template_with(hearth_tokenizer::CHATML)),
+    }
+    .map_err(std::io::Error::other)?;
     let max_token_bytes = (0..tk.vocab_size() as u32)
         .map(|t| tk.token_bytes(t).len())
         .max()
