@@ -63,6 +63,14 @@ const FIELDS: &[&str] = &[
     "container",
     "mcp_servers",
     "context_management",
+    // newer clients' fields, accepted and ignored
+    "cache_control",
+    "diagnostics",
+    "inference_geo",
+    "output_config",
+    "speed",
+    "user_profile_id",
+    "workspace_id",
 ];
 
 fn bad(msg: impl Into<String>) -> ApiError {
