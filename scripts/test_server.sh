@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Integration tests of `hearth serve smollm2` with the official `openai` Python client
-# (tests/server/test_openai.py) and the official `anthropic` client (test_anthropic.py).
+# (tests/server/test_openai.py, test_responses.py) and the official `anthropic` client
+# (test_anthropic.py).
 # Installs openai + anthropic + jsonschema into .venv-tests (git-ignored) on first use, starts
 # four servers on free ports (a plain one; one with an API key, one slot and a queue of one;
 # one whose KV pool is too small for its four slots; one whose template opens <think>), runs
@@ -44,6 +45,9 @@ HEARTH_URL="http://127.0.0.1:$p1" HEARTH_URL_LIMITED="http://127.0.0.1:$p2" HEAR
 HEARTH_URL="http://127.0.0.1:$p1" HEARTH_URL_LIMITED="http://127.0.0.1:$p2" HEARTH_KEY="$key" \
   HEARTH_URL_THINK="http://127.0.0.1:$p4" \
   "$venv/bin/python" tests/server/test_anthropic.py "$@" || status=$?
+# the Responses API with the official openai client
+HEARTH_URL="http://127.0.0.1:$p1" HEARTH_URL_THINK="http://127.0.0.1:$p4" \
+  "$venv/bin/python" tests/server/test_responses.py "$@" || status=$?
 if [ -n "${HEARTH_SERVE_ARGS:-}" ]; then
   # the hardening tests start servers of their own, on the CPU
   trap - EXIT

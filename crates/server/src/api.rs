@@ -75,7 +75,7 @@ impl ApiError {
     fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
-    fn param(mut self, p: &'static str) -> ApiError {
+    pub(crate) fn param(mut self, p: &'static str) -> ApiError {
         self.param = Some(p);
         self
     }

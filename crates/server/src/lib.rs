@@ -3,6 +3,7 @@
 pub mod api;
 mod chat;
 mod messages;
+mod responses;
 pub mod tools;
 pub use hearth_engine::{grammar, sched};
 
@@ -122,6 +123,7 @@ pub fn router(app: Arc<App>, body_limit: usize, body_timeout: std::time::Duratio
         .route("/v1/chat/completions", post(chat::chat))
         .route("/v1/completions", post(api::completions))
         .route("/v1/messages", post(messages::messages))
+        .route("/v1/responses", post(responses::responses))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models", get(api::models))
         .route("/v1/models/{id}", get(api::model))
