@@ -55,15 +55,14 @@ fn deltas(evs: Vec<Ev>) -> Vec<Value> {
                 );
             }
             Ev::Args { index, delta } => {
-                if last_call == Some(index) {
-                    if let Some(a) = out
+                if last_call == Some(index)
+                    && let Some(a) = out
                         .last_mut()
                         .and_then(|d| d.pointer_mut("/tool_calls/0/function/arguments"))
-                    {
-                        let s = format!("{}{delta}", a.as_str().unwrap_or(""));
-                        *a = json!(s);
-                        continue;
-                    }
+                {
+                    let s = format!("{}{delta}", a.as_str().unwrap_or(""));
+                    *a = json!(s);
+                    continue;
                 }
                 out.push(
                     json!({"tool_calls": [{"index": index, "function": {"arguments": delta}}]}),

@@ -201,10 +201,10 @@ fn to_chat(body: &Value, count_only: bool) -> ApiResult<(Value, bool)> {
             chat.insert(k.into(), v.clone());
         }
     }
-    if let Some(t) = o.get("temperature").and_then(Value::as_f64) {
-        if !(0.0..=1.0).contains(&t) {
-            return Err(bad(format!("temperature: must be in [0, 1], got {t}")));
-        }
+    if let Some(t) = o.get("temperature").and_then(Value::as_f64)
+        && !(0.0..=1.0).contains(&t)
+    {
+        return Err(bad(format!("temperature: must be in [0, 1], got {t}")));
     }
     match o.get("max_tokens") {
         Some(v) if v.is_u64() => {

@@ -161,11 +161,11 @@ impl Calls {
             return;
         }
         let index = self.n - 1;
-        if let Some(Ev::Args { index: i, delta }) = self.evs.last_mut() {
-            if *i == index {
-                delta.push_str(s);
-                return;
-            }
+        if let Some(Ev::Args { index: i, delta }) = self.evs.last_mut()
+            && *i == index
+        {
+            delta.push_str(s);
+            return;
         }
         self.evs.push(Ev::Args {
             index,

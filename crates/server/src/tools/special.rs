@@ -96,11 +96,7 @@ pub(crate) fn close_json(s: &str) -> Option<String> {
             '"' => in_str = true,
             '{' => stack.push('}'),
             '[' => stack.push(']'),
-            '}' | ']' => {
-                if stack.pop() != Some(c) {
-                    return None;
-                }
-            }
+            '}' | ']' if stack.pop() != Some(c) => return None,
             _ => {}
         }
     }
