@@ -90,6 +90,11 @@ fn valid_name(s: &str) -> bool {
         && !s.contains(|c: char| c == '<' || c == '>' || c == '"' || c.is_whitespace())
 }
 
+/// Bytes of the first character of `s` (0 when empty).
+fn first_char_len(s: &str) -> usize {
+    s.chars().next().map_or(0, char::len_utf8)
+}
+
 fn json_str_body(s: &str) -> String {
     let q = serde_json::to_string(s).unwrap_or_default();
     q[1..q.len() - 1].to_string()
@@ -169,7 +174,8 @@ impl ToolSyntax for Xml {
                         syn.block_open.len()
                     } else {
                         // stray text between calls: skip to the next tag
-                        let k = body[1.min(body.len())..].find('<').map(|k| k + 1);
+                        let c = first_char_len(body);
+                        let k = body[c..].find('<').map(|k| k + c);
                         this.st = St::Head { first: false };
                         match k {
                             Some(k) => skip + ws + k,
@@ -292,8 +298,9 @@ impl ToolSyntax for Xml {
                     return ws;
                 }
                 // stray text inside a call: skip to the next tag
-                match body[1..].find('<') {
-                    Some(k) => ws + 1 + k,
+                let c = first_char_len(body);
+                match body[c..].find('<') {
+                    Some(k) => ws + c + k,
                     None => buf.len(),
                 }
             }
