@@ -967,21 +967,26 @@ pub(crate) fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, OutCfg)> {
     if let Some(e) = &req.reasoning_effort {
         kw.insert("reasoning_effort".into(), json!(e));
     }
-    let text = app
-        .template
-        .render_kw(
-            &messages,
-            (!tools.is_empty())
-                .then(|| {
-                    tools
-                        .iter()
-                        .map(|t| json!({"type": "function", "function": t.function}))
-                        .collect::<Vec<_>>()
-                })
-                .as_ref(),
-            true,
-            Some(&kw),
-        )
+    let tool_list = (!tools.is_empty()).then(|| {
+        tools
+            .iter()
+            .map(|t| json!({"type": "function", "function": t.function}))
+            .collect::<Vec<_>>()
+    });
+    let render = |m: &Vec<Value>| {
+        app.template
+            .render_kw(m, tool_list.as_ref(), true, Some(&kw))
+    };
+    let text = render(&messages)
+        .or_else(|e| {
+            // some templates (DeepSeek R1's) concatenate the arguments as a JSON string
+            let strings: Vec<Value> = messages.iter().map(args_as_strings).collect();
+            if strings == messages {
+                Err(e)
+            } else {
+                render(&strings)
+            }
+        })
         .map_err(|e| ApiError::bad(e.to_string()).param("messages"))?;
     check_text_len(app, &text)?;
     let prompt = app
@@ -1025,6 +1030,25 @@ pub(crate) fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, OutCfg)> {
         },
         out,
     ))
+}
+
+/// `m` with its tool calls' arguments as JSON strings.
+fn args_as_strings(m: &Value) -> Value {
+    let mut m = m.clone();
+    for c in m
+        .get_mut("tool_calls")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(a) = c
+            .pointer_mut("/function/arguments")
+            .filter(|a| !a.is_string())
+        {
+            *a = Value::String(a.to_string());
+        }
+    }
+    m
 }
 
 /// How to read a chat request's output.
