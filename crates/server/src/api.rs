@@ -1549,6 +1549,7 @@ pub async fn completions(
 /// grammar (compiled, then fed `output`). For the fuzzers; errors are the normal outcome.
 #[doc(hidden)]
 pub fn fuzz_request(path: &str, body: &[u8], output: &[u8]) {
+    let raw = body;
     let body = || Ok(Bytes::copy_from_slice(body));
     const N_VOCAB: usize = 49152;
     match path {
@@ -1583,6 +1584,9 @@ pub fn fuzz_request(path: &str, body: &[u8], output: &[u8]) {
                 let _ = logit_bias(&req.common.logit_bias, N_VOCAB);
             }
         }
+        "/v1/messages" => crate::messages::fuzz(raw),
+        "/v1/responses" => crate::responses::fuzz(raw),
+        "/output" => crate::tools::fuzz_output(output),
         "/tokenize" => {
             let _ = parse::<TokenizeReq>(body());
         }

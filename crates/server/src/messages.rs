@@ -284,6 +284,15 @@ fn prepare(
     Ok((req, g, cfg, stream))
 }
 
+/// The fuzz target's part: a body converted as far as a chat request.
+pub(crate) fn fuzz(body: &[u8]) {
+    if let Ok(v) = serde_json::from_slice::<Value>(body)
+        && let Ok((chat, _)) = to_chat(&v, false)
+    {
+        let _ = serde_json::from_value::<ChatReq>(chat);
+    }
+}
+
 /// POST /v1/messages/count_tokens
 pub async fn count_tokens(
     State(app): State<Arc<App>>,

@@ -276,6 +276,15 @@ fn prepare(
     Ok((v, g, cfg, stream))
 }
 
+/// The fuzz target's part: a body converted as far as a chat request.
+pub(crate) fn fuzz(body: &[u8]) {
+    if let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body)
+        && let Ok((chat, _)) = to_chat(&o)
+    {
+        let _ = serde_json::from_value::<ChatReq>(chat);
+    }
+}
+
 /// The response object (`output` and `status` filled in by the caller).
 fn response_obj(id: &str, created: u64, model: &str, req: &Value) -> Value {
     let get = |k: &str, d: Value| req.get(k).cloned().unwrap_or(d);

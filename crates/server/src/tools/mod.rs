@@ -385,6 +385,38 @@ impl OutputParser {
     }
 }
 
+/// The fuzz target's part: `output` through every family's parser, in chunks of 1 to 7
+/// bytes' worth of characters.
+pub fn fuzz_output(output: &[u8]) {
+    let text = String::from_utf8_lossy(output);
+    let fams = [
+        Family::Hermes,
+        Family::QwenXml,
+        Family::DeepSeek,
+        Family::Glm,
+        Family::Kimi,
+        Family::MiniMax,
+        Family::Harmony,
+    ];
+    for (i, fam) in fams.into_iter().enumerate() {
+        let mut p = OutputParser::new(fam, i % 2 == 0, i % 3 == 0, Some(ParamTypes::new()));
+        let mut evs = Vec::new();
+        let mut rest: &str = &text;
+        let mut k = i;
+        while !rest.is_empty() {
+            k = k * 7 + 3;
+            let mut n = (k % 7 + 1).min(rest.len());
+            while !rest.is_char_boundary(n) {
+                n += 1;
+            }
+            evs.extend(p.push(&rest[..n]));
+            rest = &rest[n..];
+        }
+        evs.extend(p.finish());
+        let _ = collect(&evs);
+    }
+}
+
 /// All of an output's events merged: (reasoning, text, calls as (id, name, arguments)).
 pub fn collect(evs: &[Ev]) -> (String, String, Vec<(String, String, String)>) {
     let (mut r, mut t, mut calls) = (String::new(), String::new(), Vec::new());
