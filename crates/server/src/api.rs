@@ -2,7 +2,7 @@
 //! back. Everything a client can send is validated here; errors are OpenAI-shaped JSON.
 use crate::grammar::Grammar;
 use crate::sched::{Event, Finish, Job, Metrics, TokenLogprob};
-use crate::tools::{Family, OutputParser, param_types};
+use crate::tools::{Family, Frame, OutputParser, param_types};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Request, State};
@@ -48,6 +48,8 @@ pub struct App {
     pub family: Family,
     /// Its template writes `<think>` reasoning.
     pub thinks: bool,
+    /// How a forced tool call is written in its syntax (None: the Hermes form).
+    pub frame: Option<Frame>,
     /// Longest text of any one token, in bytes: a prompt text longer than the context times
     /// four times this is refused before it is tokenized (tokenizing megabytes only to refuse
     /// them costs seconds of CPU and memory the allocator keeps).
@@ -842,7 +844,7 @@ struct ChatPlan {
     logit_bias: Vec<(u32, f32)>,
 }
 
-fn chat_plan(req: &ChatReq, n_vocab: usize) -> ApiResult<ChatPlan> {
+fn chat_plan(req: &ChatReq, n_vocab: usize, frame: Option<&Frame>) -> ApiResult<ChatPlan> {
     let c = &req.common;
     if c.n.unwrap_or(1) != 1 {
         return Err(ApiError::bad("only n = 1 is supported").param("n"));
@@ -899,10 +901,12 @@ fn chat_plan(req: &ChatReq, n_vocab: usize) -> ApiResult<ChatPlan> {
                     )
                 })
                 .collect();
-            Some(
-                Grammar::tool_call(&list)
-                    .map_err(|e| ApiError::bad(format!("tool parameters: {e}")).param("tools"))?,
-            )
+            let g = match frame {
+                // in the family's own syntax
+                Some(f) => Grammar::tool_call_framed(&list, f.open, f.close, &|n| f.around(n)),
+                None => Grammar::tool_call(&list),
+            };
+            Some(g.map_err(|e| ApiError::bad(format!("tool parameters: {e}")).param("tools"))?)
         }
         None => None,
     };
@@ -958,7 +962,7 @@ fn chat_plan(req: &ChatReq, n_vocab: usize) -> ApiResult<ChatPlan> {
 }
 
 pub(crate) fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, OutCfg)> {
-    let plan = chat_plan(req, app.eng.n_vocab())?;
+    let plan = chat_plan(req, app.eng.n_vocab(), app.frame.as_ref())?;
     let tools = &plan.tools;
     let messages = chat_messages(TemplateCaps::of(&app.template), req, tools)?;
     // variables for the template: chat_template_kwargs (enable_thinking and the like), and
@@ -1001,8 +1005,8 @@ pub(crate) fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, OutCfg)> {
         None,
     )?;
     let out = OutCfg {
-        // a forced call is written in the grammar's Hermes form
-        family: if plan.forced {
+        // a forced call without the family's frame is written in the Hermes form
+        family: if plan.forced && app.frame.is_none() {
             Family::Hermes
         } else {
             app.family
@@ -1557,7 +1561,7 @@ pub fn fuzz_request(path: &str, body: &[u8], output: &[u8]) {
             let Ok(req) = parse_checked::<ChatReq>(body(), CHAT_FIELDS) else {
                 return;
             };
-            let Ok(plan) = chat_plan(&req, N_VOCAB) else {
+            let Ok(plan) = chat_plan(&req, N_VOCAB, None) else {
                 return;
             };
             for caps in [false, true] {

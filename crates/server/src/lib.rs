@@ -217,6 +217,7 @@ pub fn serve(eng: Engine, opts: Options) -> std::io::Result<()> {
     let family = tools::Family::detect(&source, &eng.model.cfg.arch);
     let thinks = tools::template_thinks(&source);
     let app = Arc::new(App {
+        frame: tools::Frame::of(family, &source),
         family,
         thinks,
         eng,

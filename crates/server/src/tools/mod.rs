@@ -89,6 +89,64 @@ impl Family {
     }
 }
 
+/// How a family writes one forced tool call with JSON arguments, for constrained decoding
+/// (`tool_choice` required or named): `open`, then `pre` (with the call's name for `{name}`),
+/// the arguments, `post`, then `close`.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub open: &'static str,
+    pub close: &'static str,
+    pub pre: &'static str,
+    pub post: &'static str,
+}
+
+impl Frame {
+    /// The family's frame; None for the families whose arguments are not JSON (the forced
+    /// call is then written in the Hermes form, and read as such).
+    pub fn of(family: Family, template: &str) -> Option<Frame> {
+        let f = |open, pre, post, close| {
+            Some(Frame {
+                open,
+                close,
+                pre,
+                post,
+            })
+        };
+        match family {
+            Family::DeepSeek if template.contains("```json") => f(
+                "<｜tool▁calls▁begin｜>",
+                "<｜tool▁call▁begin｜>function<｜tool▁sep｜>{name}\n```json\n",
+                "\n```<｜tool▁call▁end｜>",
+                "<｜tool▁calls▁end｜>",
+            ),
+            Family::DeepSeek => f(
+                "<｜tool▁calls▁begin｜>",
+                "<｜tool▁call▁begin｜>{name}<｜tool▁sep｜>",
+                "<｜tool▁call▁end｜>",
+                "<｜tool▁calls▁end｜>",
+            ),
+            Family::Kimi => f(
+                "<|tool_calls_section_begin|>",
+                "<|tool_call_begin|>functions.{name}:0<|tool_call_argument_begin|>",
+                "<|tool_call_end|>",
+                "<|tool_calls_section_end|>",
+            ),
+            Family::Harmony => f(
+                "",
+                "<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>",
+                "",
+                "",
+            ),
+            _ => None,
+        }
+    }
+
+    /// The text around a call of `name`'s arguments.
+    pub fn around(&self, name: &str) -> (String, String) {
+        (self.pre.replace("{name}", name), self.post.to_string())
+    }
+}
+
 /// Whether a template writes `<think>` reasoning.
 pub fn template_thinks(template: &str) -> bool {
     template.contains("<think>") || template.contains("</think>")

@@ -492,3 +492,67 @@ fn random_output_never_panics() {
         }
     }
 }
+
+/// A forced call's grammar in the family's own syntax accepts the family's form of the call
+/// (and not the Hermes form), and that form parses back to the call.
+#[test]
+fn forced_calls_are_written_in_the_familys_syntax() {
+    use crate::grammar::{Grammar, Matcher};
+    let list: Vec<(String, Value)> = tools()
+        .iter()
+        .map(|t| {
+            (
+                t["function"]["name"].as_str().unwrap().to_string(),
+                t["function"]["parameters"].clone(),
+            )
+        })
+        .collect();
+    let accepts = |g: &std::sync::Arc<Grammar>, text: &str| {
+        let mut m = Matcher::new(g.clone());
+        for ch in text.as_bytes().chunks(3) {
+            if !m.allows(ch) {
+                return false;
+            }
+            let _ = m.accept(ch);
+        }
+        m.is_complete()
+    };
+    let args = json!({"city": "Paris", "unit": "celsius"});
+    let mut framed = 0;
+    for c in CASES {
+        let src = fixture(c.template);
+        let Some(f) = Frame::of(c.family, &src) else {
+            assert!(
+                matches!(
+                    c.family,
+                    Family::Hermes | Family::QwenXml | Family::Glm | Family::MiniMax
+                ),
+                "{}",
+                c.template
+            );
+            continue;
+        };
+        framed += 1;
+        let g = std::sync::Arc::new(
+            Grammar::tool_call_framed(&list, f.open, f.close, &|n| f.around(n)).unwrap(),
+        );
+        let (pre, post) = f.around("get_weather");
+        let text = format!("{}{pre}{args}{post}{}", f.open, f.close);
+        assert!(accepts(&g, &text), "{}: {text}", c.template);
+        let hermes = format!(
+            "<tool_call>\n{}\n</tool_call>",
+            json!({"name": "get_weather", "arguments": args})
+        );
+        assert!(!accepts(&g, &hermes), "{}", c.template);
+        // arguments that break the schema are refused
+        let bad = format!("{}{pre}{{\"city\": 3}}{post}{}", f.open, f.close);
+        assert!(!accepts(&g, &bad), "{}: {bad}", c.template);
+        let mut p = OutputParser::new(c.family, false, false, Some(types()));
+        let (_, t, calls) = collect(&parse(&mut p, &text, 5));
+        assert_eq!(t.trim(), "", "{}", c.template);
+        assert_eq!(calls.len(), 1, "{}: {text}", c.template);
+        assert_eq!(calls[0].1, "get_weather");
+        assert_eq!(serde_json::from_str::<Value>(&calls[0].2).unwrap(), args);
+    }
+    assert_eq!(framed, 4); // DeepSeek R1 and V3.1, Kimi, harmony
+}
