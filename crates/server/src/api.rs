@@ -1012,7 +1012,8 @@ pub(crate) fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, OutCfg)> {
             app.family
         },
         thinks: app.thinks,
-        in_think: app.thinks && text.trim_end().ends_with("<think>"),
+        // (a forced call's grammar starts the output with the call, not inside <think>)
+        in_think: app.thinks && !plan.forced && text.trim_end().ends_with("<think>"),
         types: (!tools.is_empty()).then(|| {
             param_types(
                 tools

@@ -247,14 +247,12 @@ fn to_chat(body: &Value, count_only: bool) -> ApiResult<(Value, bool)> {
         };
         chat.insert("tool_choice".into(), c);
     }
-    let mut thinking_on = false;
     if let Some(t) = o.get("thinking") {
         let on = match t.get("type").and_then(Value::as_str) {
-            Some("enabled") => true,
+            Some("enabled" | "adaptive") => true,
             Some("disabled") => false,
-            _ => return Err(bad("thinking.type must be enabled or disabled")),
+            _ => return Err(bad("thinking.type must be enabled, adaptive or disabled")),
         };
-        thinking_on = on;
         chat.insert(
             "chat_template_kwargs".into(),
             json!({"enable_thinking": on, "thinking": on}),
@@ -262,7 +260,6 @@ fn to_chat(body: &Value, count_only: bool) -> ApiResult<(Value, bool)> {
     }
     let stream = o.get("stream").and_then(Value::as_bool).unwrap_or(false);
     chat.insert("stream".into(), json!(stream));
-    let _ = thinking_on;
     Ok((Value::Object(chat), stream))
 }
 

@@ -556,3 +556,34 @@ fn forced_calls_are_written_in_the_familys_syntax() {
     }
     assert_eq!(framed, 4); // DeepSeek R1 and V3.1, Kimi, harmony
 }
+
+#[test]
+fn hermes_arguments_stream_and_other_shapes_are_read_whole() {
+    let mut p = OutputParser::new(Family::Hermes, false, false, Some(types()));
+    let evs = p.push("<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1, \"tags\": [\"x\"");
+    let (_, _, c) = collect(&evs);
+    assert_eq!(
+        (c[0].1.as_str(), c[0].2.as_str()),
+        ("add", "{\"a\": 1, \"tags\": [\"x\"")
+    );
+    let mut evs = evs;
+    evs.extend(p.push("]}}\n</tool_call>"));
+    evs.extend(p.finish());
+    let (_, _, c) = collect(&evs);
+    assert_eq!(
+        serde_json::from_str::<Value>(&c[0].2).unwrap(),
+        json!({"a": 1, "tags": ["x"]})
+    );
+    // arguments first, or as a string: read at the end
+    for text in [
+        "<tool_call>{\"arguments\": {\"a\": 1}, \"name\": \"add\"}</tool_call>",
+        "<tool_call>{\"name\": \"add\", \"arguments\": \"{\\\"a\\\": 1}\"}</tool_call>",
+    ] {
+        let (_, t, c) = run(Family::Hermes, false, false, text);
+        assert_eq!(
+            (t.as_str(), c),
+            ("", vec![("add".to_string(), json!({"a": 1}))]),
+            "{text}"
+        );
+    }
+}
