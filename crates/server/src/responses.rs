@@ -407,7 +407,7 @@ pub async fn responses(
             seq: 0,
             open: None,
             done: Vec::new(),
-            reasoning_chars: 0,
+            reasoning: String::new(),
         };
         let r0 = obj.clone();
         if !st
@@ -456,7 +456,12 @@ pub async fn responses(
         if !st.close(&sink).await {
             return;
         }
-        let rt = st.reasoning_chars / 4;
+        let rt = app
+            .eng
+            .tokenizer
+            .encode(&st.reasoning, false)
+            .map(|t| t.len())
+            .unwrap_or(0);
         let output = std::mem::take(&mut st.done);
         finish_obj(&mut obj, &run, output, rt);
         let kind = if obj["status"] == "incomplete" {
@@ -492,7 +497,8 @@ struct Items {
     seq: u64,
     open: Option<Item>,
     done: Vec<Value>,
-    reasoning_chars: usize,
+    /// All reasoning text (its token count is reported).
+    reasoning: String,
 }
 
 impl Items {
@@ -636,7 +642,7 @@ impl Items {
         let oi = self.index();
         match e {
             Ev::Think(s) => {
-                self.reasoning_chars += s.len();
+                self.reasoning.push_str(&s);
                 if !matches!(self.open, Some(Item::Reasoning { .. }))
                     && !self
                         .begin(
