@@ -11,11 +11,15 @@ mod common;
 
 use libfuzzer_sys::fuzz_target;
 
-const PATHS: [&str; 4] = [
+const PATHS: [&str; 7] = [
     "/v1/chat/completions",
     "/v1/completions",
     "/tokenize",
     "/detokenize",
+    "/v1/messages",
+    "/v1/responses",
+    // the model output through every family's tool-call and reasoning parser
+    "/output",
 ];
 
 fuzz_target!(|data: &[u8]| {

@@ -208,8 +208,12 @@ def test_tool_call_round_trip():
         model=MODEL, messages=msgs[:1], tools=tools, max_tokens=60, temperature=0, stream=True,
         tool_choice={"type": "function", "function": {"name": "get_weather"}}))
     calls = [tc for ch in chunks if ch.choices for tc in (ch.choices[0].delta.tool_calls or [])]
-    assert calls and calls[0].function.name == "get_weather"
-    json.loads(calls[0].function.arguments)
+    assert calls and calls[0].function.name == "get_weather" and calls[0].id
+    # the arguments stream: several deltas of call 0, joined by the client
+    assert all(c.index == 0 for c in calls) and len(calls) > 2, calls
+    args = json.loads("".join(c.function.arguments or "" for c in calls))
+    assert isinstance(args["city"], str), args
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "tool_calls"
 
 
 def test_cancel_mid_stream_then_healthy():

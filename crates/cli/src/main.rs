@@ -127,6 +127,9 @@ struct ServeArgs {
     /// The model's name in the API (default: the name given on the command line).
     #[arg(long)]
     alias: Option<String>,
+    /// A Jinja chat template file to use instead of the model's own.
+    #[arg(long, value_name = "FILE")]
+    chat_template_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -916,6 +919,13 @@ fn serve(a: ServeArgs) -> Result<()> {
         head_timeout,
         body_timeout,
         max_connections: a.max_connections,
+        chat_template: match &a.chat_template_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("--chat-template-file {}", f.display()))?,
+            ),
+            None => None,
+        },
     };
     // serve checks --ctx, --parallel, --batch and --kv-mib against the model and the memory
     // before it allocates anything

@@ -573,6 +573,41 @@ impl Grammar {
         c.finish(root)
     }
 
+    /// One tool call in a model family's own syntax: `open`, then for one of `tools`
+    /// (`(name, parameters schema)`) the text `frame(name)` gives before its JSON arguments,
+    /// the arguments, the text after them, then `close`.
+    pub fn tool_call_framed(
+        tools: &[(String, Value)],
+        open: &str,
+        close: &str,
+        frame: &dyn Fn(&str) -> (String, String),
+    ) -> Result<Grammar, String> {
+        let params: Vec<Value> = tools.iter().map(|(_, p)| p.clone()).collect();
+        let schema = serde_json::json!({"anyOf": params});
+        let mut c = Compiler::new(&schema);
+        // (empty text is left out: a Raw node matches at least one byte)
+        let raw = |c: &mut Compiler, parts: &mut Vec<usize>, t: &str| {
+            if !t.is_empty() {
+                parts.push(c.push(Node::Raw(t.as_bytes().to_vec())));
+            }
+        };
+        let mut alts = Vec::new();
+        for (i, (name, _)) in tools.iter().enumerate() {
+            let (pre, post) = frame(name);
+            let mut parts = Vec::new();
+            raw(&mut c, &mut parts, &pre);
+            parts.push(c.compile(&schema["anyOf"][i])?);
+            raw(&mut c, &mut parts, &post);
+            alts.push(c.push(Node::Seq(parts)));
+        }
+        let mut parts = Vec::new();
+        raw(&mut c, &mut parts, open);
+        parts.push(c.push(Node::AnyOf(alts)));
+        raw(&mut c, &mut parts, close);
+        let root = c.push(Node::Seq(parts));
+        c.finish(root)
+    }
+
     fn lit(&self, node: usize) -> &[u8] {
         match &self.nodes[node] {
             Node::Literal(b) | Node::Raw(b) => b,

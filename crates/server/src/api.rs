@@ -2,6 +2,7 @@
 //! back. Everything a client can send is validated here; errors are OpenAI-shaped JSON.
 use crate::grammar::Grammar;
 use crate::sched::{Event, Finish, Job, Metrics, TokenLogprob};
+use crate::tools::{Family, Frame, OutputParser, param_types};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Request, State};
@@ -43,6 +44,12 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Server start (unix seconds).
     pub created: u64,
+    /// How the model writes tool calls.
+    pub family: Family,
+    /// Its template writes `<think>` reasoning.
+    pub thinks: bool,
+    /// How a forced tool call is written in its syntax (None: the Hermes form).
+    pub frame: Option<Frame>,
     /// Longest text of any one token, in bytes: a prompt text longer than the context times
     /// four times this is refused before it is tokenized (tokenizing megabytes only to refuse
     /// them costs seconds of CPU and memory the allocator keeps).
@@ -52,10 +59,10 @@ pub struct App {
 /// An OpenAI-shaped error response.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    message: String,
-    param: Option<&'static str>,
-    code: Option<&'static str>,
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
+    pub(crate) param: Option<&'static str>,
+    pub(crate) code: Option<&'static str>,
 }
 
 impl ApiError {
@@ -70,7 +77,7 @@ impl ApiError {
     fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
-    fn param(mut self, p: &'static str) -> ApiError {
+    pub(crate) fn param(mut self, p: &'static str) -> ApiError {
         self.param = Some(p);
         self
     }
@@ -82,7 +89,7 @@ impl ApiError {
 
 impl ApiError {
     /// OpenAI's error type for the status.
-    fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self.status.as_u16() {
             401 => "authentication_error",
             429 => "rate_limit_error",
@@ -105,12 +112,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Run `f` on a blocking thread. Parsing a request, rendering its template, tokenizing its
 /// prompt and compiling its grammar can take long for a big request; on the runtime's
 /// workers they would hold up every other connection, `/health` included.
-async fn off_runtime<T: Send + 'static>(
+pub(crate) async fn off_runtime<T: Send + 'static>(
     f: impl FnOnce() -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
@@ -121,14 +128,14 @@ async fn off_runtime<T: Send + 'static>(
     })?
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn new_id(prefix: &str) -> String {
+pub(crate) fn new_id(prefix: &str) -> String {
     use std::sync::atomic::AtomicU64;
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Relaxed);
@@ -140,7 +147,9 @@ fn new_id(prefix: &str) -> String {
 }
 
 /// Parse a JSON body, mapping every failure to a 400 (or 413 for an oversized body).
-fn parse<T: for<'de> Deserialize<'de>>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+pub(crate) fn parse<T: for<'de> Deserialize<'de>>(
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<T> {
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("invalid request body: {e}")))
 }
@@ -170,7 +179,7 @@ const COMMON_FIELDS: &[&str] = &[
     "prompt_cache_key",
     "safety_identifier",
 ];
-const CHAT_FIELDS: &[&str] = &[
+pub(crate) const CHAT_FIELDS: &[&str] = &[
     "messages",
     "max_completion_tokens",
     "logprobs",
@@ -182,11 +191,12 @@ const CHAT_FIELDS: &[&str] = &[
     "modalities",
     "reasoning_effort",
     "verbosity",
+    "chat_template_kwargs",
 ];
 const COMPLETION_FIELDS: &[&str] = &["prompt", "echo", "logprobs", "suffix", "best_of"];
 
 /// Parse a generation request: like OpenAI, a field the endpoint does not know is a 400.
-fn parse_checked<T: for<'de> Deserialize<'de>>(
+pub(crate) fn parse_checked<T: for<'de> Deserialize<'de>>(
     body: Result<Bytes, BytesRejection>,
     own: &[&str],
 ) -> ApiResult<T> {
@@ -236,16 +246,21 @@ fn logit_bias(
 /// Require the API key, when one is set.
 pub async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     if let Some(key) = &app.api_key {
-        let ok = req
-            .headers()
+        let h = req.headers();
+        let bearer = h
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|k| k.trim() == key);
+            .and_then(|v| v.strip_prefix("Bearer "));
+        // Anthropic's clients send the key as x-api-key
+        let x_key = h.get("x-api-key").and_then(|v| v.to_str().ok());
+        let ok = bearer.or(x_key).is_some_and(|k| k.trim() == key);
         if !ok && req.uri().path() != "/health" {
-            return ApiError::new(StatusCode::UNAUTHORIZED, "invalid or missing API key")
-                .code("invalid_api_key")
-                .into_response();
+            let e = ApiError::new(StatusCode::UNAUTHORIZED, "invalid or missing API key")
+                .code("invalid_api_key");
+            if crate::messages::is_anthropic(req.uri().path()) {
+                return crate::messages::error_response(e);
+            }
+            return e.into_response();
         }
     }
     next.run(req).await
@@ -449,7 +464,7 @@ pub async fn detokenize(
     ))
 }
 
-fn check_model(app: &App, m: Option<&str>) -> ApiResult<()> {
+pub(crate) fn check_model(app: &App, m: Option<&str>) -> ApiResult<()> {
     match m {
         None | Some("") => Ok(()),
         Some(m) if m == app.model_id || app.aliases.iter().any(|a| a == m) => Ok(()),
@@ -467,54 +482,56 @@ fn check_model(app: &App, m: Option<&str>) -> ApiResult<()> {
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Stop {
+pub(crate) enum Stop {
     One(String),
     Many(Vec<String>),
 }
 
 #[derive(Deserialize, Default)]
-struct StreamOptions {
+pub(crate) struct StreamOptions {
     #[serde(default)]
-    include_usage: bool,
+    pub(crate) include_usage: bool,
 }
 
 /// Settings both endpoints share.
 #[derive(Deserialize)]
-struct Common {
-    model: Option<String>,
+pub(crate) struct Common {
+    pub(crate) model: Option<String>,
     #[serde(default)]
-    stream: bool,
-    stream_options: Option<StreamOptions>,
-    max_tokens: Option<u64>,
-    stop: Option<Stop>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<u32>,
-    min_p: Option<f32>,
-    repeat_penalty: Option<f32>,
-    seed: Option<u64>,
-    presence_penalty: Option<f32>,
-    frequency_penalty: Option<f32>,
-    n: Option<u32>,
-    logit_bias: Option<std::collections::HashMap<String, f32>>,
-    best_of: Option<u32>,
+    pub(crate) stream: bool,
+    pub(crate) stream_options: Option<StreamOptions>,
+    pub(crate) max_tokens: Option<u64>,
+    pub(crate) stop: Option<Stop>,
+    pub(crate) temperature: Option<f32>,
+    pub(crate) top_p: Option<f32>,
+    pub(crate) top_k: Option<u32>,
+    pub(crate) min_p: Option<f32>,
+    pub(crate) repeat_penalty: Option<f32>,
+    pub(crate) seed: Option<u64>,
+    pub(crate) presence_penalty: Option<f32>,
+    pub(crate) frequency_penalty: Option<f32>,
+    pub(crate) n: Option<u32>,
+    pub(crate) logit_bias: Option<std::collections::HashMap<String, f32>>,
+    pub(crate) best_of: Option<u32>,
 }
 
 #[derive(Deserialize)]
-struct ChatReq {
+pub(crate) struct ChatReq {
     #[serde(flatten)]
-    common: Common,
-    messages: Vec<Value>,
-    max_completion_tokens: Option<u64>,
-    logprobs: Option<bool>,
-    top_logprobs: Option<u32>,
-    tools: Option<Vec<Tool>>,
-    tool_choice: Option<Value>,
-    response_format: Option<Value>,
+    pub(crate) common: Common,
+    pub(crate) messages: Vec<Value>,
+    pub(crate) max_completion_tokens: Option<u64>,
+    pub(crate) logprobs: Option<bool>,
+    pub(crate) top_logprobs: Option<u32>,
+    pub(crate) tools: Option<Vec<Tool>>,
+    pub(crate) tool_choice: Option<Value>,
+    pub(crate) response_format: Option<Value>,
+    pub(crate) reasoning_effort: Option<String>,
+    pub(crate) chat_template_kwargs: Option<serde_json::Map<String, Value>>,
 }
 
 #[derive(Deserialize, Clone)]
-struct Tool {
+pub(crate) struct Tool {
     #[serde(rename = "type")]
     kind: String,
     function: Function,
@@ -550,15 +567,15 @@ struct CompletionReq {
 }
 
 /// What a validated request asks of the generator.
-struct Gen {
-    prompt: Vec<u32>,
-    max_tokens: usize,
-    sampling: SamplingParams,
-    stops: Vec<String>,
-    top_logprobs: Option<usize>,
-    prompt_logprobs: bool,
-    grammar: Option<Arc<Grammar>>,
-    logit_bias: Vec<(u32, f32)>,
+pub(crate) struct Gen {
+    pub(crate) prompt: Vec<u32>,
+    pub(crate) max_tokens: usize,
+    pub(crate) sampling: SamplingParams,
+    pub(crate) stops: Vec<String>,
+    pub(crate) top_logprobs: Option<usize>,
+    pub(crate) prompt_logprobs: bool,
+    pub(crate) grammar: Option<Arc<Grammar>>,
+    pub(crate) logit_bias: Vec<(u32, f32)>,
 }
 
 fn sampling(c: &Common) -> ApiResult<SamplingParams> {
@@ -786,6 +803,11 @@ fn chat_messages(caps: TemplateCaps, req: &ChatReq, tools: &[Tool]) -> ApiResult
         if let Some(id) = m.get("tool_call_id") {
             msg["tool_call_id"] = id.clone();
         }
+        for k in ["reasoning_content", "thinking"] {
+            if let Some(Value::String(r)) = m.get(k) {
+                msg[k] = json!(r);
+            }
+        }
         msg["content"] = Value::String(content);
         out.push(msg);
     }
@@ -814,13 +836,15 @@ struct ChatPlan {
     /// The tools the model may call (none under `tool_choice: none`).
     tools: Vec<Tool>,
     grammar: Option<Grammar>,
+    /// A call is forced (tool_choice required or named).
+    forced: bool,
     top_logprobs: Option<usize>,
     sampling: SamplingParams,
     stops: Vec<String>,
     logit_bias: Vec<(u32, f32)>,
 }
 
-fn chat_plan(req: &ChatReq, n_vocab: usize) -> ApiResult<ChatPlan> {
+fn chat_plan(req: &ChatReq, n_vocab: usize, frame: Option<&Frame>) -> ApiResult<ChatPlan> {
     let c = &req.common;
     if c.n.unwrap_or(1) != 1 {
         return Err(ApiError::bad("only n = 1 is supported").param("n"));
@@ -877,10 +901,12 @@ fn chat_plan(req: &ChatReq, n_vocab: usize) -> ApiResult<ChatPlan> {
                     )
                 })
                 .collect();
-            Some(
-                Grammar::tool_call(&list)
-                    .map_err(|e| ApiError::bad(format!("tool parameters: {e}")).param("tools"))?,
-            )
+            let g = match frame {
+                // in the family's own syntax
+                Some(f) => Grammar::tool_call_framed(&list, f.open, f.close, &|n| f.around(n)),
+                None => Grammar::tool_call(&list),
+            };
+            Some(g.map_err(|e| ApiError::bad(format!("tool parameters: {e}")).param("tools"))?)
         }
         None => None,
     };
@@ -926,6 +952,7 @@ fn chat_plan(req: &ChatReq, n_vocab: usize) -> ApiResult<ChatPlan> {
     };
     Ok(ChatPlan {
         tools,
+        forced: forced.is_some(),
         grammar,
         top_logprobs,
         sampling: sampling(c)?,
@@ -934,24 +961,36 @@ fn chat_plan(req: &ChatReq, n_vocab: usize) -> ApiResult<ChatPlan> {
     })
 }
 
-fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, bool)> {
-    let plan = chat_plan(req, app.eng.n_vocab())?;
+pub(crate) fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, OutCfg)> {
+    let plan = chat_plan(req, app.eng.n_vocab(), app.frame.as_ref())?;
     let tools = &plan.tools;
     let messages = chat_messages(TemplateCaps::of(&app.template), req, tools)?;
-    let text = app
-        .template
-        .render_with(
-            &messages,
-            (!tools.is_empty())
-                .then(|| {
-                    tools
-                        .iter()
-                        .map(|t| json!({"type": "function", "function": t.function}))
-                        .collect::<Vec<_>>()
-                })
-                .as_ref(),
-            true,
-        )
+    // variables for the template: chat_template_kwargs (enable_thinking and the like), and
+    // reasoning_effort
+    let mut kw = req.chat_template_kwargs.clone().unwrap_or_default();
+    if let Some(e) = &req.reasoning_effort {
+        kw.insert("reasoning_effort".into(), json!(e));
+    }
+    let tool_list = (!tools.is_empty()).then(|| {
+        tools
+            .iter()
+            .map(|t| json!({"type": "function", "function": t.function}))
+            .collect::<Vec<_>>()
+    });
+    let render = |m: &Vec<Value>| {
+        app.template
+            .render_kw(m, tool_list.as_ref(), true, Some(&kw))
+    };
+    let text = render(&messages)
+        .or_else(|e| {
+            // some templates (DeepSeek R1's) concatenate the arguments as a JSON string
+            let strings: Vec<Value> = messages.iter().map(args_as_strings).collect();
+            if strings == messages {
+                Err(e)
+            } else {
+                render(&strings)
+            }
+        })
         .map_err(|e| ApiError::bad(e.to_string()).param("messages"))?;
     check_text_len(app, &text)?;
     let prompt = app
@@ -965,7 +1004,24 @@ fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, bool)> {
         req.max_completion_tokens.or(req.common.max_tokens),
         None,
     )?;
-    let parse_tools = !tools.is_empty();
+    let out = OutCfg {
+        // a forced call without the family's frame is written in the Hermes form
+        family: if plan.forced && app.frame.is_none() {
+            Family::Hermes
+        } else {
+            app.family
+        },
+        thinks: app.thinks,
+        // (a forced call's grammar starts the output with the call, not inside <think>)
+        in_think: app.thinks && !plan.forced && text.trim_end().ends_with("<think>"),
+        types: (!tools.is_empty()).then(|| {
+            param_types(
+                tools
+                    .iter()
+                    .map(|t| (t.function.name.as_str(), t.function.parameters.as_ref())),
+            )
+        }),
+    };
     Ok((
         Gen {
             prompt,
@@ -977,34 +1033,70 @@ fn chat_gen(app: &App, req: &ChatReq) -> ApiResult<(Gen, bool)> {
             grammar: plan.grammar.map(Arc::new),
             logit_bias: plan.logit_bias,
         },
-        parse_tools,
+        out,
     ))
 }
 
+/// `m` with its tool calls' arguments as JSON strings.
+fn args_as_strings(m: &Value) -> Value {
+    let mut m = m.clone();
+    for c in m
+        .get_mut("tool_calls")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(a) = c
+            .pointer_mut("/function/arguments")
+            .filter(|a| !a.is_string())
+        {
+            *a = Value::String(a.to_string());
+        }
+    }
+    m
+}
+
+/// How to read a chat request's output.
+pub(crate) struct OutCfg {
+    pub family: Family,
+    pub thinks: bool,
+    pub in_think: bool,
+    /// The tools' parameter types, when tool calls are parsed.
+    pub types: Option<crate::tools::ParamTypes>,
+}
+
+impl OutCfg {
+    pub fn parser(&self) -> OutputParser {
+        OutputParser::new(self.family, self.thinks, self.in_think, self.types.clone())
+    }
+}
+
 /// A running request: the scheduler's events turned into text.
-struct Run {
-    rx: mpsc::UnboundedReceiver<Event>,
-    dec: StreamDecoder,
-    stops: Vec<String>,
-    text: String,
+pub(crate) struct Run {
+    pub(crate) rx: mpsc::UnboundedReceiver<Event>,
+    pub(crate) dec: StreamDecoder,
+    pub(crate) stops: Vec<String>,
+    pub(crate) text: String,
     /// Bytes of `text` already handed out.
-    sent: usize,
-    tokens: Vec<(u32, Option<TokenLogprob>)>,
+    pub(crate) sent: usize,
+    pub(crate) tokens: Vec<(u32, Option<TokenLogprob>)>,
     /// Tokens whose text was handed out.
-    tokens_sent: usize,
-    prompt_lps: Vec<TokenLogprob>,
-    n_prompt: usize,
-    finish: Option<&'static str>,
-    cached: usize,
+    pub(crate) tokens_sent: usize,
+    pub(crate) prompt_lps: Vec<TokenLogprob>,
+    pub(crate) n_prompt: usize,
+    pub(crate) finish: Option<&'static str>,
+    pub(crate) cached: usize,
+    /// The stop string that ended the output.
+    pub(crate) stopped_by: Option<String>,
 }
 
 /// A piece of output ready to send.
-struct Piece {
-    text: String,
-    tokens: Vec<(u32, Option<TokenLogprob>)>,
+pub(crate) struct Piece {
+    pub(crate) text: String,
+    pub(crate) tokens: Vec<(u32, Option<TokenLogprob>)>,
 }
 
-fn submit(app: &App, g: Gen) -> ApiResult<Run> {
+pub(crate) fn submit(app: &App, g: Gen) -> ApiResult<Run> {
     // a request waits only when every slot is busy: a burst of parallel + queue requests is
     // always accepted, however far the scheduler has got with admitting them
     let limit = (app.parallel + app.max_queue) as u64;
@@ -1056,12 +1148,13 @@ fn submit(app: &App, g: Gen) -> ApiResult<Run> {
         n_prompt,
         finish: None,
         cached: 0,
+        stopped_by: None,
     })
 }
 
 impl Run {
     /// The next piece of output, or None when the generation is over.
-    async fn next(&mut self, eng: &Engine) -> ApiResult<Option<Piece>> {
+    pub(crate) async fn next(&mut self, eng: &Engine) -> ApiResult<Option<Piece>> {
         loop {
             if self.finish.is_some() {
                 return Ok(None);
@@ -1089,7 +1182,8 @@ impl Run {
                         Finish::Length => "length",
                     });
                     // a stop string may complete in the flushed text
-                    if let Some((i, _)) = self.find_stop() {
+                    if let Some((i, n)) = self.find_stop() {
+                        self.stopped_by = Some(self.text[i..i + n].to_string());
                         self.text.truncate(i);
                         self.finish = Some("stop");
                     }
@@ -1125,7 +1219,8 @@ impl Run {
 
     /// After new text: stop at a stop string, or hand out what cannot be part of one.
     fn cut(&mut self) -> Option<Piece> {
-        if let Some((i, _)) = self.find_stop() {
+        if let Some((i, n)) = self.find_stop() {
+            self.stopped_by = Some(self.text[i..i + n].to_string());
             self.text.truncate(i);
             self.finish = Some("stop");
             self.rx.close(); // cancels the sequence in the scheduler
@@ -1156,7 +1251,7 @@ impl Run {
         Piece { text, tokens }
     }
 
-    fn usage(&self) -> Value {
+    pub(crate) fn usage(&self) -> Value {
         let n = self.tokens.len();
         json!({
             "prompt_tokens": self.n_prompt,
@@ -1168,10 +1263,10 @@ impl Run {
 }
 
 /// The sending side of an SSE response.
-struct Sink(mpsc::Sender<Result<SseEvent, Infallible>>);
+pub(crate) struct Sink(pub(crate) mpsc::Sender<Result<SseEvent, Infallible>>);
 
 impl Sink {
-    fn new() -> (Sink, Response) {
+    pub(crate) fn new() -> (Sink, Response) {
         let (tx, rx) = mpsc::channel(64);
         let resp = Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
             .keep_alive(KeepAlive::default())
@@ -1180,16 +1275,24 @@ impl Sink {
     }
 
     /// Send one event; false once the client has gone.
-    async fn send(&self, v: Value) -> bool {
+    pub(crate) async fn send(&self, v: Value) -> bool {
         self.0
             .send(Ok(SseEvent::default().data(v.to_string())))
             .await
             .is_ok()
     }
 
+    /// Send one named event (`event: NAME`); false once the client has gone.
+    pub(crate) async fn event(&self, name: &str, v: Value) -> bool {
+        self.0
+            .send(Ok(SseEvent::default().event(name).data(v.to_string())))
+            .await
+            .is_ok()
+    }
+
     /// The run's next piece; None when it is over (`run.finish` is set), failed (the error
     /// was sent) or the client left while nothing was being sent.
-    async fn next(&self, run: &mut Run, eng: &Engine) -> Option<Piece> {
+    pub(crate) async fn next(&self, run: &mut Run, eng: &Engine) -> Option<Piece> {
         let r = tokio::select! {
             r = run.next(eng) => r,
             _ = self.0.closed() => return None,
@@ -1209,7 +1312,7 @@ impl Sink {
 
     /// The usage chunk (when `usage_head` is given: the chunk fields to put it in), then
     /// `[DONE]`.
-    async fn close(&self, usage_head: Option<Value>, run: &Run) {
+    pub(crate) async fn close(&self, usage_head: Option<Value>, run: &Run) {
         if let Some(mut u) = usage_head {
             u["choices"] = json!([]);
             u["usage"] = run.usage();
@@ -1221,11 +1324,11 @@ impl Sink {
     }
 }
 
-fn token_str(eng: &Engine, t: u32) -> String {
+pub(crate) fn token_str(eng: &Engine, t: u32) -> String {
     String::from_utf8_lossy(eng.tokenizer.token_bytes(t)).into_owned()
 }
 
-fn chat_logprobs(eng: &Engine, toks: &[(u32, Option<TokenLogprob>)]) -> Value {
+pub(crate) fn chat_logprobs(eng: &Engine, toks: &[(u32, Option<TokenLogprob>)]) -> Value {
     let content: Vec<Value> = toks
         .iter()
         .filter_map(|(_, lp)| lp.as_ref())
@@ -1244,181 +1347,6 @@ fn chat_logprobs(eng: &Engine, toks: &[(u32, Option<TokenLogprob>)]) -> Value {
         })
         .collect();
     json!({"content": content})
-}
-
-/// Tool calls in the output (`<tool_call>{json}</tool_call>` blocks), and the text around them.
-fn parse_tool_calls(text: &str) -> (String, Vec<Value>) {
-    let mut calls = Vec::new();
-    let mut rest = String::new();
-    let mut s = text;
-    while let Some(i) = s.find("<tool_call>") {
-        rest.push_str(&s[..i]);
-        let after = &s[i + "<tool_call>".len()..];
-        let (body, next) = match after.find("</tool_call>") {
-            Some(j) => (&after[..j], &after[j + "</tool_call>".len()..]),
-            None => (after, ""),
-        };
-        match serde_json::from_str::<Value>(body.trim()) {
-            Ok(v) if v.get("name").and_then(Value::as_str).is_some() => {
-                let args = v.get("arguments").cloned().unwrap_or(json!({}));
-                let args = match args {
-                    Value::String(s) => s,
-                    a => a.to_string(),
-                };
-                calls.push(json!({
-                    "id": new_id("call"),
-                    "type": "function",
-                    "function": {"name": v["name"], "arguments": args},
-                }));
-            }
-            _ => {
-                // not a well-formed call: leave it as text
-                rest.push_str(&s[i..i + "<tool_call>".len()]);
-                rest.push_str(body);
-            }
-        }
-        s = next;
-    }
-    rest.push_str(s);
-    (rest.trim().to_string(), calls)
-}
-
-/// POST /v1/chat/completions
-pub async fn chat(
-    State(app): State<Arc<App>>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    let app2 = app.clone();
-    let (req, g, parse_tools) = off_runtime(move || {
-        let req: ChatReq = parse_checked(body, CHAT_FIELDS)?;
-        check_model(&app2, req.common.model.as_deref())?;
-        let (g, parse_tools) = chat_gen(&app2, &req)?;
-        Ok((req, g, parse_tools))
-    })
-    .await?;
-    let include_usage = req
-        .common
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage);
-    let want_lp = g.top_logprobs.is_some();
-    let mut run = submit(&app, g)?;
-    let id = new_id("chatcmpl");
-    let created = now();
-    let model = app.model_id.clone();
-    if !req.common.stream {
-        let mut toks = Vec::new();
-        while let Some(p) = run.next(&app.eng).await? {
-            toks.extend(p.tokens);
-        }
-        let text = run.text.clone();
-        let mut finish = run.finish.unwrap_or("stop");
-        let mut message = json!({"role": "assistant", "content": text});
-        if parse_tools {
-            let (rest, calls) = parse_tool_calls(&text);
-            if !calls.is_empty() {
-                message = json!({"role": "assistant", "content": if rest.is_empty() { Value::Null } else { Value::String(rest) }, "tool_calls": calls});
-                finish = "tool_calls";
-            }
-        }
-        let lp = if want_lp {
-            chat_logprobs(&app.eng, &toks)
-        } else {
-            Value::Null
-        };
-        return Ok(axum::Json(json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "system_fingerprint": "hearth",
-            "choices": [{"index": 0, "message": message, "logprobs": lp, "finish_reason": finish}],
-            "usage": run.usage(),
-        }))
-        .into_response());
-    }
-    let (sink, resp) = Sink::new();
-    let app2 = app.clone();
-    tokio::spawn(async move {
-        let head = json!({"id": id, "object": "chat.completion.chunk", "created": created,
-                          "model": model, "system_fingerprint": "hearth"});
-        let chunk = |delta: Value, lp: Value, finish: Value| {
-            let mut c = head.clone();
-            c["choices"] =
-                json!([{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}]);
-            c
-        };
-        if !sink
-            .send(chunk(
-                json!({"role": "assistant", "content": ""}),
-                Value::Null,
-                Value::Null,
-            ))
-            .await
-        {
-            return;
-        }
-        // with tools, output that opens with <tool_call> is held and sent as tool_calls
-        let mut held = String::new();
-        let mut holding = parse_tools;
-        while let Some(p) = sink.next(&mut run, &app2.eng).await {
-            let lp = if want_lp {
-                chat_logprobs(&app2.eng, &p.tokens)
-            } else {
-                Value::Null
-            };
-            let mut text = p.text;
-            if holding {
-                held.push_str(&text);
-                let t = held.trim_start();
-                if t.starts_with("<tool_call>") || "<tool_call>".starts_with(t) {
-                    continue;
-                }
-                holding = false;
-                text = std::mem::take(&mut held);
-            }
-            if text.is_empty() && p.tokens.is_empty() {
-                continue;
-            }
-            if !sink
-                .send(chunk(json!({"content": text}), lp, Value::Null))
-                .await
-            {
-                return; // the client left; dropping `run` cancels the sequence
-            }
-        }
-        if run.finish.is_none() {
-            return; // failed or abandoned
-        }
-        let mut finish = run.finish.unwrap_or("stop");
-        if holding && !held.is_empty() {
-            let (rest, calls) = parse_tool_calls(&held);
-            let delta = if calls.is_empty() {
-                json!({"content": held})
-            } else {
-                finish = "tool_calls";
-                let calls: Vec<Value> = calls
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, mut c)| {
-                        c["index"] = json!(i);
-                        c
-                    })
-                    .collect();
-                json!({"content": if rest.is_empty() { Value::Null } else { Value::String(rest) }, "tool_calls": calls})
-            };
-            if !sink.send(chunk(delta, Value::Null, Value::Null)).await {
-                return;
-            }
-        }
-        if sink
-            .send(chunk(json!({}), Value::Null, json!(finish)))
-            .await
-        {
-            sink.close(include_usage.then(|| head.clone()), &run).await;
-        }
-    });
-    Ok(resp)
 }
 
 fn completion_gen(app: &App, req: &CompletionReq) -> ApiResult<Gen> {
@@ -1626,6 +1554,7 @@ pub async fn completions(
 /// grammar (compiled, then fed `output`). For the fuzzers; errors are the normal outcome.
 #[doc(hidden)]
 pub fn fuzz_request(path: &str, body: &[u8], output: &[u8]) {
+    let raw = body;
     let body = || Ok(Bytes::copy_from_slice(body));
     const N_VOCAB: usize = 49152;
     match path {
@@ -1633,7 +1562,7 @@ pub fn fuzz_request(path: &str, body: &[u8], output: &[u8]) {
             let Ok(req) = parse_checked::<ChatReq>(body(), CHAT_FIELDS) else {
                 return;
             };
-            let Ok(plan) = chat_plan(&req, N_VOCAB) else {
+            let Ok(plan) = chat_plan(&req, N_VOCAB, None) else {
                 return;
             };
             for caps in [false, true] {
@@ -1660,6 +1589,9 @@ pub fn fuzz_request(path: &str, body: &[u8], output: &[u8]) {
                 let _ = logit_bias(&req.common.logit_bias, N_VOCAB);
             }
         }
+        "/v1/messages" => crate::messages::fuzz(raw),
+        "/v1/responses" => crate::responses::fuzz(raw),
+        "/output" => crate::tools::fuzz_output(output),
         "/tokenize" => {
             let _ = parse::<TokenizeReq>(body());
         }

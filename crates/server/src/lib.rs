@@ -1,6 +1,10 @@
 //! hearth-server: an OpenAI-compatible HTTP API over one loaded model, with continuous
 //! batching, a paged KV pool with prefix reuse, and constrained decoding.
 pub mod api;
+mod chat;
+mod messages;
+mod responses;
+pub mod tools;
 pub use hearth_engine::{grammar, sched};
 
 use api::App;
@@ -43,6 +47,8 @@ pub struct Options {
     pub body_timeout: std::time::Duration,
     /// Most connections open at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// A chat template to use instead of the model's own.
+    pub chat_template: Option<String>,
 }
 
 impl Options {
@@ -83,17 +89,24 @@ async fn body_in_time(
                     format!("cannot read the request body: {e}"),
                 )
             };
-            return api::ApiError::new(status, msg).into_response();
+            let e = api::ApiError::new(status, msg);
+            if messages::is_anthropic(parts.uri.path()) {
+                return messages::error_response(e);
+            }
+            return e.into_response();
         }
         Err(_) => {
-            return api::ApiError::new(
+            let e = api::ApiError::new(
                 axum::http::StatusCode::REQUEST_TIMEOUT,
                 format!(
                     "the request body did not arrive within {} s",
                     timeout.as_secs_f64()
                 ),
-            )
-            .into_response();
+            );
+            if messages::is_anthropic(parts.uri.path()) {
+                return messages::error_response(e);
+            }
+            return e.into_response();
         }
     };
     next.run(axum::extract::Request::from_parts(
@@ -107,8 +120,11 @@ async fn body_in_time(
 /// `body_timeout`.
 pub fn router(app: Arc<App>, body_limit: usize, body_timeout: std::time::Duration) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(api::chat))
+        .route("/v1/chat/completions", post(chat::chat))
         .route("/v1/completions", post(api::completions))
+        .route("/v1/messages", post(messages::messages))
+        .route("/v1/responses", post(responses::responses))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models", get(api::models))
         .route("/v1/models/{id}", get(api::model))
         .route("/health", get(api::health))
@@ -178,10 +194,13 @@ pub async fn serve_connections(
 pub fn serve(eng: Engine, opts: Options) -> std::io::Result<()> {
     let eng = Arc::new(eng);
     let tk = &eng.tokenizer;
-    let template = tk
-        .template()
-        .or_else(|_| tk.template_with(hearth_tokenizer::CHATML))
-        .map_err(std::io::Error::other)?;
+    let template = match &opts.chat_template {
+        Some(src) => tk.template_with(src),
+        None => tk
+            .template()
+            .or_else(|_| tk.template_with(hearth_tokenizer::CHATML)),
+    }
+    .map_err(std::io::Error::other)?;
     let max_token_bytes = (0..tk.vocab_size() as u32)
         .map(|t| tk.token_bytes(t).len())
         .max()
@@ -194,7 +213,13 @@ pub fn serve(eng: Engine, opts: Options) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("hearth-scheduler".into())
         .spawn(move || sch.run(rx))?;
+    let source = template.source();
+    let family = tools::Family::detect(&source, &eng.model.cfg.arch);
+    let thinks = tools::template_thinks(&source);
     let app = Arc::new(App {
+        frame: tools::Frame::of(family, &source),
+        family,
+        thinks,
         eng,
         template,
         model_id: opts.model_id.clone(),

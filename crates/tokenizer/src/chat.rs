@@ -67,6 +67,54 @@ impl ChatTemplate {
                 ))
             },
         );
+        // HF templates (GLM-4.6's, for one) pass Python's json.dumps arguments to tojson:
+        // ensure_ascii and sort_keys are accepted (and ignored), indent is minijinja's
+        env.add_filter(
+            "tojson",
+            |value: minijinja::Value,
+             indent: Option<minijinja::Value>,
+             kwargs: minijinja::value::Kwargs|
+             -> std::result::Result<minijinja::Value, minijinja::Error> {
+                let indent = match indent {
+                    Some(i) => Some(i),
+                    None => kwargs.get("indent")?,
+                };
+                let _: Option<minijinja::Value> = kwargs.get("ensure_ascii")?;
+                let _: Option<minijinja::Value> = kwargs.get("sort_keys")?;
+                kwargs.assert_all_used()?;
+                minijinja::filters::tojson(
+                    &value,
+                    indent,
+                    minijinja::value::Kwargs::from_iter(
+                        std::iter::empty::<(&str, minijinja::Value)>(),
+                    ),
+                )
+            },
+        );
+        // Kimi K2's templates keep a queue in a namespace: `ns.ids.append(x)`, `ns.ids.pop(0)`
+        env.add_function(
+            "namespace",
+            |defaults: Option<minijinja::value::ValueOrKwargs>| -> std::result::Result<minijinja::Value, minijinja::Error> {
+                let Some(d) = defaults else {
+                    return minijinja::functions::namespace(None);
+                };
+                let d = d.into_value();
+                let mut m = std::collections::BTreeMap::new();
+                if let Ok(keys) = d.try_iter() {
+                    for k in keys {
+                        let v = d.get_item(&k)?;
+                        let v = if v.kind() == minijinja::value::ValueKind::Seq {
+                            let items: Vec<minijinja::Value> = v.try_iter()?.collect();
+                            minijinja::Value::from_object(MutList(std::sync::Mutex::new(items)))
+                        } else {
+                            v
+                        };
+                        m.insert(k, v);
+                    }
+                }
+                minijinja::functions::namespace(Some(minijinja::Value::from(m).into()))
+            },
+        );
         env.add_function("strftime_now", |fmt: String| -> String {
             strftime_now(&fmt)
         });
@@ -100,16 +148,41 @@ impl ChatTemplate {
         tools: Option<&T>,
         add_generation_prompt: bool,
     ) -> Result<String> {
+        self.render_kw(messages, tools, add_generation_prompt, None::<&()>)
+    }
+
+    /// The template's source text.
+    pub fn source(&self) -> String {
+        self.env
+            .get_template("chat")
+            .map(|t| t.source().to_string())
+            .unwrap_or_default()
+    }
+
+    /// `render_with`, with more variables for the template (`kwargs`, a map such as
+    /// `{"enable_thinking": false, "reasoning_effort": "low"}`); they cannot replace the
+    /// ones set here.
+    pub fn render_kw<M: Serialize + ?Sized, T: Serialize + ?Sized, K: Serialize + ?Sized>(
+        &self,
+        messages: &M,
+        tools: Option<&T>,
+        add_generation_prompt: bool,
+        kwargs: Option<&K>,
+    ) -> Result<String> {
         let t = self
             .env
             .get_template("chat")
             .map_err(|e| Error::Format(e.to_string()))?;
+        let extra = kwargs
+            .map(|k| minijinja::Value::from(minijinja::value::Serde(k)))
+            .unwrap_or_default();
         t.render(minijinja::context! {
             messages => minijinja::Value::from(minijinja::value::Serde(messages)),
             add_generation_prompt => add_generation_prompt,
             tools => tools.map(|t| minijinja::Value::from(minijinja::value::Serde(t))),
             bos_token => self.bos.as_str(),
             eos_token => self.eos.as_str(),
+            ..extra
         })
         .map_err(|e| match e.kind() {
             minijinja::ErrorKind::OutOfFuel => Error::Invalid(format!(
@@ -117,6 +190,59 @@ impl ChatTemplate {
             )),
             _ => Error::Invalid(format!("chat template error: {e}")),
         })
+    }
+}
+
+/// A list given to `namespace()`, which templates change in place with `append` and `pop`
+/// (minijinja's own lists are immutable). Growth is bounded by the render's fuel.
+#[derive(Debug)]
+struct MutList(std::sync::Mutex<Vec<minijinja::Value>>);
+
+impl MutList {
+    fn items(&self) -> std::sync::MutexGuard<'_, Vec<minijinja::Value>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl minijinja::value::Object for MutList {
+    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Seq
+    }
+    fn get_value(self: &std::sync::Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        let items = self.items();
+        let i = i64::try_from(key.clone()).ok()?;
+        let i = if i < 0 { items.len() as i64 + i } else { i };
+        items.get(usize::try_from(i).ok()?).cloned()
+    }
+    fn enumerate(self: &std::sync::Arc<Self>) -> minijinja::value::Enumerator {
+        minijinja::value::Enumerator::Seq(self.items().len())
+    }
+    fn call_method(
+        self: &std::sync::Arc<Self>,
+        _state: &mut minijinja::State<'_, '_>,
+        method: &str,
+        args: &[minijinja::Value],
+    ) -> std::result::Result<minijinja::Value, minijinja::Error> {
+        let mut items = self.items();
+        match (method, args) {
+            ("append", [v]) => {
+                items.push(v.clone());
+                Ok(minijinja::Value::UNDEFINED)
+            }
+            ("pop", []) => Ok(items.pop().unwrap_or_default()),
+            ("pop", [i]) => {
+                let i = i64::try_from(i.clone())?;
+                let i = if i < 0 { items.len() as i64 + i } else { i };
+                match usize::try_from(i).ok().filter(|&i| i < items.len()) {
+                    Some(i) => Ok(items.remove(i)),
+                    None => Err(minijinja::Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        "pop index out of range",
+                    )),
+                }
+            }
+            _ => Err(minijinja::Error::from(minijinja::ErrorKind::UnknownMethod)),
+        }
     }
 }
 
