@@ -536,10 +536,26 @@ pub(crate) fn link(repo_dir: &Path, commit: &str, f: &RepoFile) -> Result<()> {
     if std::fs::read_link(&at).is_ok_and(|t| t == target) {
         return Ok(());
     }
-    let _ = std::fs::remove_file(&at);
+    // a new link under a name of this process's own, renamed over the old one: two pulls of
+    // one model (each after the blob's lock) may both get here, and neither may fail
     #[cfg(unix)]
-    std::os::unix::fs::symlink(&target, &at)
-        .map_err(io(format!("cannot link {}", at.display())))?;
+    {
+        let name = at
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = at.with_file_name(format!(".{name}.{}.link", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&target, &tmp)
+            .and_then(|()| std::fs::rename(&tmp, &at))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                e
+            })
+            .map_err(io(format!("cannot link {}", at.display())))?;
+    }
+    #[cfg(not(unix))]
+    let _ = std::fs::remove_file(&at);
     #[cfg(not(unix))]
     std::fs::copy(repo_dir.join("blobs").join(&f.blob), &at)
         .map(|_| ())
