@@ -548,9 +548,8 @@ pub(crate) fn link(repo_dir: &Path, commit: &str, f: &RepoFile) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&target, &tmp)
             .and_then(|()| std::fs::rename(&tmp, &at))
-            .map_err(|e| {
+            .inspect_err(|_| {
                 let _ = std::fs::remove_file(&tmp);
-                e
             })
             .map_err(io(format!("cannot link {}", at.display())))?;
     }
