@@ -30,6 +30,7 @@ fn from_gguf(bytes: &'static [u8]) -> Tokenizer {
     let files = ModelFiles {
         source: Source::Gguf(g),
         tensors: HashMap::new(),
+        size: bytes.len() as u64,
     };
     Tokenizer::from_files(&files).expect("fixture GGUF vocabulary builds")
 }

@@ -28,7 +28,7 @@ pub struct ModelFiles {
     /// Tensors by canonical name.
     pub tensors: HashMap<String, Tensor>,
     /// Total bytes of the file(s).
-    size: u64,
+    pub size: u64,
 }
 
 impl ModelFiles {
