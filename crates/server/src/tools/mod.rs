@@ -55,6 +55,17 @@ pub enum Family {
 }
 
 impl Family {
+    /// Every family.
+    pub const ALL: [Family; 7] = [
+        Family::Hermes,
+        Family::QwenXml,
+        Family::DeepSeek,
+        Family::Glm,
+        Family::Kimi,
+        Family::MiniMax,
+        Family::Harmony,
+    ];
+
     /// The family of a model with chat template `template` and architecture `arch`.
     pub fn detect(template: &str, arch: &str) -> Family {
         let arch = arch.to_ascii_lowercase();
@@ -447,15 +458,7 @@ impl OutputParser {
 /// bytes' worth of characters.
 pub fn fuzz_output(output: &[u8]) {
     let text = String::from_utf8_lossy(output);
-    let fams = [
-        Family::Hermes,
-        Family::QwenXml,
-        Family::DeepSeek,
-        Family::Glm,
-        Family::Kimi,
-        Family::MiniMax,
-        Family::Harmony,
-    ];
+    let fams = Family::ALL;
     for (i, fam) in fams.into_iter().enumerate() {
         let mut p = OutputParser::new(fam, i % 2 == 0, i % 3 == 0, Some(ParamTypes::new()));
         let mut evs = Vec::new();

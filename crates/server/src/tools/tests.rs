@@ -452,15 +452,7 @@ fn random_output_never_panics() {
         ":0",
         "1",
     ];
-    let families = [
-        Family::Hermes,
-        Family::QwenXml,
-        Family::DeepSeek,
-        Family::Glm,
-        Family::Kimi,
-        Family::MiniMax,
-        Family::Harmony,
-    ];
+    let families = Family::ALL;
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
         x ^= x << 13;
