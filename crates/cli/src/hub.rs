@@ -151,6 +151,9 @@ impl Backend for PlanOnly {
     fn memory(&self) -> Option<u64> {
         self.0.memory()
     }
+    fn supports_kv(&self, t: hearth_core::KvType) -> bool {
+        self.0.supports_kv(t)
+    }
     fn weight_bytes(&self, w: &Tensor) -> usize {
         self.0.weight_bytes(w)
     }
@@ -353,8 +356,10 @@ fn plan_and_print(
             }
         })
         .collect();
-    let m = hearth_engine::load_model_placed(&files, devs, &*place)
+    let mut m = hearth_engine::load_model_placed(&files, devs, &*place)
         .with_context(|| format!("{model}: planning its load"))?;
+    let (kt, vt) = c.kv.types()?;
+    m.set_kv_types(kt, vt)?;
     let plan = m.plan();
     let weights: u64 = plan.iter().map(|d| d.weight_bytes as u64).sum();
     let kv_tok: u64 = plan.iter().map(|d| d.kv_bytes_per_token as u64).sum();

@@ -43,6 +43,8 @@ enum Cmd {
         ctx: usize,
         #[command(flatten)]
         place: PlaceArgs,
+        #[command(flatten)]
+        kv: KvArgs,
     },
     /// List the devices hearth can run on.
     Devices {
@@ -82,6 +84,8 @@ enum Cmd {
         device: String,
         #[command(flatten)]
         place: PlaceArgs,
+        #[command(flatten)]
+        kv: KvArgs,
     },
     /// Serve an OpenAI-compatible HTTP API (chat/completions, completions, models, ...).
     Serve(ServeArgs),
@@ -145,6 +149,39 @@ struct Common {
     device: String,
     #[command(flatten)]
     place: PlaceArgs,
+    #[command(flatten)]
+    kv: KvArgs,
+}
+
+/// The KV cache's types.
+#[derive(Args, Clone)]
+struct KvArgs {
+    /// KV cache type for keys: f32, f16, bf16, q8_0, q4_0, q5_0, iq4_nl or tq3 (hearth's
+    /// rotated 3-bit type); the quantized types are stored Hadamard-rotated
+    #[arg(long = "cache-type-k", visible_alias = "ctk", default_value = "f32")]
+    cache_type_k: String,
+    /// KV cache type for values (the same choices); models with latent attention (MLA)
+    /// keep one latent row in the keys' type
+    #[arg(long = "cache-type-v", visible_alias = "ctv", default_value = "f32")]
+    cache_type_v: String,
+}
+
+impl Default for KvArgs {
+    fn default() -> Self {
+        KvArgs {
+            cache_type_k: "f32".into(),
+            cache_type_v: "f32".into(),
+        }
+    }
+}
+
+impl KvArgs {
+    /// The types, parsed.
+    fn types(&self) -> Result<(hearth_core::KvType, hearth_core::KvType)> {
+        let k = hearth_core::KvType::parse(&self.cache_type_k).context("--cache-type-k")?;
+        let v = hearth_core::KvType::parse(&self.cache_type_v).context("--cache-type-v")?;
+        Ok((k, v))
+    }
 }
 
 /// Which weights stay in RAM, computed by the CPU, when the model runs on a GPU.
@@ -272,7 +309,8 @@ fn main() {
             device,
             ctx,
             place,
-        } => inspect(&model, &device, ctx, place),
+            kv,
+        } => inspect(&model, &device, ctx, place, kv),
         Cmd::Devices { check } => devices(check),
         Cmd::Bench(a) => bench(a),
         Cmd::Serve(a) => serve(a),
@@ -293,6 +331,7 @@ fn main() {
             threads,
             device,
             place,
+            kv,
         } => hub::fit(
             &model,
             ctx,
@@ -301,6 +340,7 @@ fn main() {
                 threads,
                 device,
                 place,
+                kv,
             },
         ),
     };
@@ -406,9 +446,12 @@ fn load(c: &Common) -> Result<Engine> {
 
 /// [`load`] of a MODEL already resolved to `path`.
 fn load_path(c: &Common, path: &std::path::Path) -> Result<Engine> {
+    let (k, v) = c.kv.types()?;
     let (devs, place) = placement(c)?;
-    Engine::load_placed(path, devs, &*place)
-        .with_context(|| format!("cannot load {}", path.display()))
+    let mut eng = Engine::load_placed(path, devs, &*place)
+        .with_context(|| format!("cannot load {}", path.display()))?;
+    eng.set_kv_types(k, v)?;
+    Ok(eng)
 }
 
 /// `hearth devices`: the CPU and every Vulkan device; with `check`, the conformance suite on
@@ -564,9 +607,11 @@ fn bench(a: BenchArgs) -> Result<()> {
         "auto" | "cpu" => hearth_cpu::Cpu::threads_for(a.common.threads),
         _ => 0,
     };
+    let (kt, vt) = a.common.kv.types()?;
     let (devs, place) = placement(&a.common)?;
     let files = ModelFiles::open(&path)?;
-    let model = hearth_engine::load_model_placed(&files, devs, &*place)?;
+    let mut model = hearth_engine::load_model_placed(&files, devs, &*place)?;
+    model.set_kv_types(kt, vt)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -642,7 +687,8 @@ fn human(n: f64) -> String {
     }
 }
 
-fn inspect(model: &str, device: &str, ctx: usize, place: PlaceArgs) -> Result<()> {
+fn inspect(model: &str, device: &str, ctx: usize, place: PlaceArgs, kv: KvArgs) -> Result<()> {
+    let (kt, vt) = kv.types()?;
     let path = pull::resolve(model)?;
     let files = ModelFiles::open(&path)?;
     println!("file:          {}", path.display());
@@ -710,9 +756,11 @@ fn inspect(model: &str, device: &str, ctx: usize, place: PlaceArgs) -> Result<()
         threads: 1,
         device: device.to_string(),
         place,
+        kv: kv.clone(),
     };
     let (devs, place) = placement(&common)?;
-    let m = hearth_engine::load_model_placed(&files, devs, &*place)?;
+    let mut m = hearth_engine::load_model_placed(&files, devs, &*place)?;
+    m.set_kv_types(kt, vt)?;
     let c = &m.cfg;
     println!(
         "parameters:    {} ({}) total, {} ({}) active per token",
@@ -797,6 +845,13 @@ fn inspect(model: &str, device: &str, ctx: usize, place: PlaceArgs) -> Result<()
         "KV cache:      {} bytes/token in f32, {} bytes/token in 16-bit",
         c.kv_bytes_per_token(4),
         c.kv_bytes_per_token(2)
+    );
+    let per_tok = m.kv_pool_bytes_per_token();
+    println!(
+        "KV cache:      {per_tok} bytes/token as keys {} / values {}: {:.1} MiB at {ctx} tokens",
+        kt.name(),
+        vt.name(),
+        per_tok as f64 * ctx as f64 / 1048576.0
     );
     if c.linear.is_none() && m.state_bytes_per_seq() > 0 {
         println!(

@@ -4,9 +4,10 @@
 //! Activations are f32 slices in row-major `[n_tok, width]` layout. Weights are [`Tensor`]s,
 //! each of which may live on its own [`crate::Device`]; a backend reports what it can run
 //! with [`Backend::supports`].
+use crate::kv::{KvFormat, KvType};
 use crate::linear::{DeltaShape, RecSeg, SlotLayout};
 use crate::moe::{Expert, Glu, Routing};
-use crate::{Buf, DType, Result, Tensor, View, ViewMut};
+use crate::{Buf, DType, Error, Result, Tensor, View, ViewMut};
 
 /// Parameters of one attention call.
 ///
@@ -25,10 +26,13 @@ pub struct AttnParams<'a> {
     pub head_dim: usize,
     /// Width of one value head.
     pub v_dim: usize,
-    /// Floats between consecutive positions' key rows.
+    /// f32 words between consecutive positions' key rows.
     pub k_stride: usize,
-    /// Floats between consecutive positions' value rows.
+    /// f32 words between consecutive positions' value rows.
     pub v_stride: usize,
+    /// The caches' types: in a row, key head `h` starts at byte `h * kv.k.bytes(head_dim)`
+    /// and value head `h` at byte `h * kv.v.bytes(v_dim)` (see [`crate::kv`]).
+    pub kv: KvFormat,
     /// Score scale (usually `1/sqrt(head_dim)`).
     pub scale: f32,
     /// Sliding window: attend only to the last `window` positions.
@@ -68,6 +72,7 @@ impl AttnParams<'_> {
             v_dim: head_dim,
             k_stride: n_kv_head * head_dim,
             v_stride: n_kv_head * head_dim,
+            kv: KvFormat::default(),
             scale,
             window: None,
             sinks: None,
@@ -137,6 +142,8 @@ pub struct KvDest<'a> {
     pub v: ViewMut<'a>,
     /// The cache row of each token of the batch.
     pub rows: &'a [usize],
+    /// The caches' types.
+    pub fmt: KvFormat,
 }
 
 /// The routed experts of one MoE layer, for [`Backend::moe_experts`].
@@ -327,8 +334,9 @@ pub trait Backend: Send + Sync {
     ) -> Result<()> {
         let mut kr = k.host()?.to_vec();
         self.rope_qk(q, n_head, ViewMut::Host(&mut kr), n_kv_head, r)?;
-        self.store_rows(View::Host(&kr), dest.k, dest.rows)?;
-        self.store_rows(v, dest.v, dest.rows)
+        let f = dest.fmt;
+        self.store_kv(View::Host(&kr), dest.k, dest.rows, f.k, f.rot)?;
+        self.store_kv(v, dest.v, dest.rows, f.v, f.rot)
     }
 
     /// Causal attention for several sequences of a batch over one layer's cache `k`, `v`:
@@ -457,6 +465,33 @@ pub trait Backend: Send + Sync {
         check_rows(s.len(), d.len(), rows)?;
         store_rows(s, d, rows);
         Ok(())
+    }
+
+    /// Row `t` of `src` (rows of `width = src.len() / rows.len()` values) into cache row
+    /// `rows[t]` of `dst`, stored as `ty` (rows of `ty.row_words(width)` words; the rotated
+    /// types rotated in chunks of `rot` first: see [`crate::kv`]).
+    fn store_kv(
+        &self,
+        src: View<'_>,
+        dst: ViewMut<'_>,
+        rows: &[usize],
+        ty: KvType,
+        rot: usize,
+    ) -> Result<()> {
+        let _ = rot;
+        match ty {
+            KvType::F32 => self.store_rows(src, dst, rows),
+            _ => Err(Error::Unsupported(format!(
+                "the {} backend keeps its KV cache in f32 only (cache type {})",
+                self.name(),
+                ty.name()
+            ))),
+        }
+    }
+
+    /// Whether this backend's [`Backend::store_kv`] and attention take caches of type `t`.
+    fn supports_kv(&self, t: KvType) -> bool {
+        t == KvType::F32
     }
 
     /// Each token's experts and their weights from its router logits `[n_tok, n_expert]`

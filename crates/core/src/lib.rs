@@ -9,6 +9,7 @@ mod buf;
 pub mod dsa;
 mod dtype;
 mod error;
+pub mod kv;
 pub mod linear;
 pub mod moe;
 mod tensor;
@@ -20,6 +21,7 @@ pub use backend::{
 pub use buf::{Buf, DevMem, View, ViewMut};
 pub use dtype::DType;
 pub use error::{Error, Result};
+pub use kv::{KvFormat, KvType};
 pub use moe::{Expert, Glu, Routing};
 pub use tensor::{Device, Storage, Tensor};
 

@@ -26,7 +26,7 @@ pub(crate) struct Query<'a> {
 }
 
 /// The vector primitives the chunk loop needs.
-trait Ops {
+pub(crate) trait Ops {
     /// `out[i] = q · keys[koff(i)..][..q.len()]` for each `i`
     unsafe fn scores<F: Fn(usize) -> usize>(q: &[f32], keys: &[f32], koff: F, out: &mut [f32]);
     /// `s[i] = exp(s[i] - m)` for all `C` entries
@@ -81,36 +81,78 @@ pub(crate) fn attend_group(
             return;
         }
         // SAFETY: the CPU has AVX2 and FMA; every slice is indexed with bounds checks.
-        unsafe { attend_avx2(k, v, p, pages, kh, qs) };
+        unsafe { attend_avx2(&mut F32Rows { k, v, p, pages, kh }, p, qs) };
         return;
     }
     // SAFETY: the scalar ops use only safe indexing.
-    unsafe { body::<Scalar>(k, v, p, pages, kh, qs) }
+    unsafe { body::<Scalar, _>(&mut F32Rows { k, v, p, pages, kh }, p, qs) }
+}
+
+/// [`attend_group`] over caches of another type than f32 (see `attn_q.rs`): the same chunk
+/// loop, over each chunk's rows as `src` converts them.
+pub(crate) fn attend_group_with<S: Chunks>(src: &mut S, p: &AttnParams<'_>, qs: &mut [Query<'_>]) {
+    #[cfg(target_arch = "x86_64")]
+    if hearth_quant::has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA; every slice is indexed with bounds checks.
+        unsafe { attend_avx2(src, p, qs) };
+        return;
+    }
+    // SAFETY: the scalar ops use only safe indexing.
+    unsafe { body::<Scalar, _>(src, p, qs) }
+}
+
+/// Where the chunk loop reads a chunk's keys and values.
+pub(crate) trait Chunks {
+    /// Make positions `lo..=hi` of the chunk that starts at `c0` readable: set `rows[j - c0]`
+    /// for each and return the keys, the values, their row strides and this head's offset
+    /// in a row: position `j`'s key is `keys[rows[j - c0] * k_stride + k_off..]`.
+    fn load(&mut self, c0: usize, lo: usize, hi: usize, rows: &mut [usize; C]) -> Rows<'_>;
+}
+
+/// What [`Chunks::load`] returns.
+pub(crate) struct Rows<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub k_stride: usize,
+    pub v_stride: usize,
+    pub k_off: usize,
+    pub v_off: usize,
+}
+
+/// An f32 cache, read in place.
+struct F32Rows<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    p: &'a AttnParams<'a>,
+    pages: Option<Pages<'a>>,
+    kh: usize,
+}
+
+impl Chunks for F32Rows<'_> {
+    #[inline(always)]
+    fn load(&mut self, c0: usize, lo: usize, hi: usize, rows: &mut [usize; C]) -> Rows<'_> {
+        for j in lo..=hi {
+            rows[j - c0] = self.pages.map_or(j, |pg| pg.row(j));
+        }
+        Rows {
+            k: self.k,
+            v: self.v,
+            k_stride: self.p.k_stride,
+            v_stride: self.p.v_stride,
+            k_off: self.kh * self.p.head_dim,
+            v_off: self.kh * self.p.v_dim,
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(
-    k: &[f32],
-    v: &[f32],
-    p: &AttnParams<'_>,
-    pages: Option<Pages<'_>>,
-    kh: usize,
-    qs: &mut [Query<'_>],
-) {
-    body::<x86::Avx2>(k, v, p, pages, kh, qs)
+unsafe fn attend_avx2<S: Chunks>(src: &mut S, p: &AttnParams<'_>, qs: &mut [Query<'_>]) {
+    body::<x86::Avx2, S>(src, p, qs)
 }
 
 #[inline(always)]
-unsafe fn body<O: Ops>(
-    k: &[f32],
-    v: &[f32],
-    p: &AttnParams<'_>,
-    pages: Option<Pages<'_>>,
-    kh: usize,
-    qs: &mut [Query<'_>],
-) {
-    let (hd, vd) = (p.head_dim, p.v_dim);
+unsafe fn body<O: Ops, S: Chunks>(src: &mut S, p: &AttnParams<'_>, qs: &mut [Query<'_>]) {
     let (Some(lo_all), Some(hi_all)) =
         (qs.iter().map(|q| q.lo).min(), qs.iter().map(|q| q.hi).max())
     else {
@@ -121,9 +163,14 @@ unsafe fn body<O: Ops>(
     let mut s1 = [0f32; C];
     for c in lo_all / C..=hi_all / C {
         let c0 = c * C;
-        for j in lo_all.max(c0)..=hi_all.min(c0 + C - 1) {
-            rows[j - c0] = pages.map_or(j, |pg| pg.row(j));
-        }
+        let Rows {
+            k,
+            v,
+            k_stride,
+            v_stride,
+            k_off,
+            v_off,
+        } = src.load(c0, lo_all.max(c0), hi_all.min(c0 + C - 1), &mut rows);
         let range = |q: &Query<'_>| (q.lo.max(c0), q.hi.min(c0 + C - 1));
         let mut qi = 0;
         while qi < qs.len() {
@@ -134,8 +181,8 @@ unsafe fn body<O: Ops>(
             }
             let n = b - a + 1;
             let rs = &rows[a - c0..=b - c0];
-            let koff = |i: usize| rs[i] * p.k_stride + kh * hd;
-            let voff = |i: usize| rs[i] * p.v_stride + kh * vd;
+            let koff = |i: usize| rs[i] * k_stride + k_off;
+            let voff = |i: usize| rs[i] * v_stride + v_off;
             // two queries that see the same positions of this chunk share its reads (each
             // query's arithmetic is the same either way)
             if qi + 1 < qs.len() && range(&qs[qi + 1]) == (a, b) {

@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 mod attn;
+mod attn_q;
 mod linear;
 mod moe;
 mod pool;
@@ -508,12 +509,37 @@ impl Backend for Cpu {
         r: &RopeArgs<'_>,
         dest: KvDest<'_>,
     ) -> Result<()> {
+        if !dest.fmt.is_f32() {
+            let f = dest.fmt;
+            let mut kr = k.host()?.to_vec();
+            self.rope_qk_h(q.host()?, n_head, &mut kr, n_kv_head, r)?;
+            attn_q::store(&kr, dest.k.host()?, dest.rows, f.k, f.rot)?;
+            return attn_q::store(v.host()?, dest.v.host()?, dest.rows, f.v, f.rot);
+        }
         let dest = HostKv {
             k: dest.k.host()?,
             v: dest.v.host()?,
             rows: dest.rows,
         };
         self.rope_qk_store_h(q.host()?, n_head, k.host()?, n_kv_head, v.host()?, r, dest)
+    }
+
+    fn store_kv(
+        &self,
+        src: View<'_>,
+        dst: ViewMut<'_>,
+        rows: &[usize],
+        ty: hearth_core::KvType,
+        rot: usize,
+    ) -> Result<()> {
+        match ty {
+            hearth_core::KvType::F32 => self.store_rows(src, dst, rows),
+            _ => attn_q::store(src.host()?, dst.host()?, rows, ty, rot),
+        }
+    }
+
+    fn supports_kv(&self, _t: hearth_core::KvType) -> bool {
+        true
     }
 
     fn attention_many(
@@ -531,6 +557,15 @@ impl Backend for Cpu {
             return Err(Error::Invalid("attention: fewer sinks than heads".into()));
         }
         let (qw, ow) = (p.n_head * p.head_dim, p.n_head * p.v_dim);
+        // rotated keys take rotated queries (see attn_q.rs)
+        let qrot;
+        let q = match p.kv.k.rotated() {
+            true => {
+                qrot = attn_q::rotate_queries(q, p.kv.rot);
+                &qrot[..]
+            }
+            false => q,
+        };
         let mut jobs = Vec::with_capacity(segs.len());
         let mut rest = &mut out[..];
         let mut next = 0;
@@ -553,7 +588,18 @@ impl Backend for Cpu {
                 out: mine,
             });
         }
-        self.attention_many_h(k, v, p, sinks, &mut jobs)
+        // every position's rows inside the caches (a bad page table is an error, not a panic)
+        let seqs = jobs
+            .iter()
+            .map(|j| ((j.pos0 + j.n_tok).saturating_sub(1), j.pages));
+        attn_q::check_rows(p, k.len(), v.len(), seqs)?;
+        self.attention_many_h(k, v, p, sinks, &mut jobs)?;
+        if p.kv.v.rotated() {
+            for j in &mut jobs {
+                attn_q::unrotate(j.out, p.kv.rot);
+            }
+        }
+        Ok(())
     }
 
     fn glu(&self, act: Glu, gate: ViewMut<'_>, up: View<'_>) -> Result<()> {
@@ -931,8 +977,10 @@ impl Cpu {
         // tasks taken in turn from a shared counter, the last (longest context) first, so
         // that the threads end together
         let next = std::sync::atomic::AtomicUsize::new(0);
+        let (kq, vq) = (attn_q::bytes(k), attn_q::bytes(v));
         self.pool.run(&|_| {
             let mut qs = Vec::with_capacity(tile * heads);
+            let mut tiles = attn_q::Tiles::default();
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= total {
@@ -970,7 +1018,19 @@ impl Cpu {
                         });
                     }
                 }
-                attn::attend_group(k, v, p, j.pages, kh, &mut qs);
+                if p.kv.is_f32() {
+                    attn::attend_group(k, v, p, j.pages, kh, &mut qs);
+                } else {
+                    let mut src = attn_q::QRows {
+                        k: kq,
+                        v: vq,
+                        p,
+                        pages: j.pages,
+                        kh,
+                        tiles: &mut tiles,
+                    };
+                    attn::attend_group_with(&mut src, p, &mut qs);
+                }
             }
         });
         Ok(())
@@ -1141,6 +1201,7 @@ mod tests {
                     k: ViewMut::Host(&mut kc2),
                     v: ViewMut::Host(&mut vc2),
                     rows: &rows,
+                    fmt: Default::default(),
                 };
                 cpu.rope_qk_store(
                     ViewMut::Host(&mut q2),

@@ -201,6 +201,12 @@ impl Engine {
         Ok(logits)
     }
 
+    /// Keep the KV caches of the states and pools made from now on in types `k` and `v`
+    /// (see [`Model::set_kv_types`]).
+    pub fn set_kv_types(&mut self, k: hearth_core::KvType, v: hearth_core::KvType) -> Result<()> {
+        self.model.set_kv_types(k, v)
+    }
+
     /// Load a model from a file or directory onto `backend`.
     pub fn load(path: &std::path::Path, backend: Arc<dyn Backend>) -> Result<Engine> {
         Engine::load_placed(path, vec![backend], &|_, _| 0)

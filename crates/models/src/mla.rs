@@ -66,6 +66,8 @@ pub(crate) struct MlaCall<'a> {
     pub rope: RopeArgs<'a>,
     /// Each token's cache row.
     pub rows: &'a [usize],
+    /// The latent cache's type (`kv.k`; `kv.v` is the same).
+    pub kv: hearth_core::KvFormat,
 }
 
 /// MLA's working buffers on one device.
@@ -184,7 +186,7 @@ impl Mla {
         let mut kvrow = sized(be, &mut b.kvrow, n * row)?;
         cols(be, lat.view(), 0, kvl, &mut kvrow, 0, row, n, kvl)?;
         cols(be, kpe.view(), 0, rope, &mut kvrow, kvl, row, n, rope)?;
-        be.store_rows(kvrow.view(), cache.view_mut(), c.rows)?;
+        be.store_kv(kvrow.view(), cache.view_mut(), c.rows, c.kv.k, c.kv.rot)?;
         let segs: Vec<_> = segs.iter().map(|s| s.attn()).collect();
         if let Some(ix) = &self.idx {
             let qlow = match &self.q {
@@ -224,8 +226,9 @@ impl Mla {
             n_kv_head: 1,
             head_dim: row,
             v_dim: kvl,
-            k_stride: row,
-            v_stride: row,
+            k_stride: c.kv.k.row_words(row),
+            v_stride: c.kv.k.row_words(row),
+            kv: c.kv,
             scale: c.cfg.attn_scale(),
             window: None,
             sinks: None,

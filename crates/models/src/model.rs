@@ -15,7 +15,8 @@ use crate::moe::{Mlp, Moe};
 use crate::{arch_for_gguf, arch_for_hf, supported_names};
 use hearth_core::linear::LightningShape;
 use hearth_core::{
-    AttnParams, AttnSeg, Backend, Buf, DType, Error, MatJob, Pages, Result, Tensor, ViewMut,
+    AttnParams, AttnSeg, Backend, Buf, DType, Error, KvFormat, KvType, MatJob, Pages, Result,
+    Tensor, ViewMut,
 };
 use hearth_formats::{ModelFiles, Source};
 use std::collections::{BTreeMap, HashMap};
@@ -80,6 +81,8 @@ pub struct Model {
     dev_out: usize,
     /// Moves between devices: (count, bytes) by what moved.
     moves: Mutex<BTreeMap<&'static str, (usize, usize)>>,
+    /// The KV caches' types (keys, values) of the pools it makes.
+    kv: (KvType, KvType),
 }
 
 /// One device's share of a model ([`Model::plan`]).
@@ -494,6 +497,7 @@ impl Model {
             dev_embd,
             dev_out,
             moves: Mutex::new(BTreeMap::new()),
+            kv: (KvType::F32, KvType::F32),
         })
     }
 
@@ -524,7 +528,7 @@ impl Model {
                 add(d, t);
             }
         }
-        let (kw, vw) = self.kv_widths();
+        let (kw, vw) = self.kv_row_words();
         for l in &self.layers {
             match self.slot_len(l) {
                 Some(size) => p[l.dev_attn].state_bytes_per_seq += 4 * size,
@@ -576,7 +580,7 @@ impl Model {
         Ok(())
     }
 
-    /// A fresh state with room for `n_ctx` tokens (KV cache in f32).
+    /// A fresh state with room for `n_ctx` tokens.
     pub fn new_state(&self, n_ctx: usize) -> Result<State> {
         Ok(State {
             pool: self.new_pool(1, n_ctx.max(1), 1)?,
@@ -597,12 +601,68 @@ impl Model {
         }
     }
 
+    /// The KV caches' types (keys, values).
+    pub fn kv_types(&self) -> (KvType, KvType) {
+        self.kv
+    }
+
+    /// Keep the KV caches of the pools and states made from now on in types `k` and `v`
+    /// (multi-head latent attention keeps one latent row per position, in `k`'s type). An
+    /// error when this model's heads are not whole blocks of a type, or a device that runs
+    /// attention cannot take it.
+    pub fn set_kv_types(&mut self, k: KvType, v: KvType) -> Result<()> {
+        let old = self.kv;
+        self.kv = (k, v);
+        let r = self.kv_format().and_then(|_| {
+            for l in &self.layers {
+                if self.slot_len(l).is_some() {
+                    continue;
+                }
+                let be = self.dev(l.dev_attn);
+                for t in [k, v] {
+                    if !be.supports_kv(t) {
+                        return Err(Error::Unsupported(format!(
+                            "the {} backend keeps its KV cache in f32 only (cache type {}); \
+                             run attention on the CPU or use the default cache type",
+                            be.name(),
+                            t.name()
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        });
+        if r.is_err() {
+            self.kv = old;
+        }
+        r
+    }
+
+    /// How this model's attention layers store their caches ([`Model::set_kv_types`]).
+    pub(crate) fn kv_format(&self) -> Result<KvFormat> {
+        let (k, v) = self.kv;
+        match &self.cfg.mla {
+            Some(m) => KvFormat::new(k, k, m.kv_lora_rank + m.rope, m.kv_lora_rank),
+            None => KvFormat::new(k, v, self.cfg.head_dim, self.cfg.head_dim),
+        }
+    }
+
+    /// f32 words per position per layer in the key and value caches, in their types.
+    fn kv_row_words(&self) -> (usize, usize) {
+        let (kw, vw) = self.kv_widths();
+        let (k, v) = match self.cfg.mla {
+            Some(_) => (self.kv.0, self.kv.0),
+            None => self.kv,
+        };
+        (k.row_words(kw), v.row_words(vw))
+    }
+
     /// A paged pool of `n_pages` pages of `page_size` positions and `n_slots` slots of
     /// fixed-size state (one per sequence that can run at once), each layer's on the device
-    /// of its attention (f32; host memory is zero-filled on demand by the OS, so an unused
-    /// pool costs little).
+    /// of its attention (in the types of [`Model::set_kv_types`]; host memory is zero-filled
+    /// on demand by the OS, so an unused pool costs little).
     pub fn new_pool(&self, n_pages: usize, page_size: usize, n_slots: usize) -> Result<KvPool> {
-        let (kw, vw) = self.kv_widths();
+        let (kw, vw) = self.kv_row_words();
         let rows = n_pages
             .checked_mul(page_size)
             .filter(|r| r.checked_mul(kw.max(vw)).is_some())
@@ -642,9 +702,9 @@ impl Model {
         })
     }
 
-    /// Bytes of KV cache per position (all layers that keep one, f32).
+    /// Bytes of KV cache per position (all layers that keep one, in their types).
     pub fn kv_pool_bytes_per_token(&self) -> usize {
-        let (kw, vw) = self.kv_widths();
+        let (kw, vw) = self.kv_row_words();
         let ik: usize = self.layers.iter().map(|l| self.ik_width(l)).sum();
         (self.n_kv_layers() * (kw + vw) + ik) * 4
     }
@@ -1036,6 +1096,7 @@ impl Model {
         // (taken out of `s` for the layers' loop, which lends `s` to each device's buffers;
         // an error leaves it empty, which only costs its allocation)
         let mut dsa = std::mem::take(&mut s.dsa);
+        let kvf = self.kv_format()?;
         for (li, l) in self.layers.iter().enumerate() {
             // attention, on its device
             let d = l.dev_attn;
@@ -1113,6 +1174,7 @@ impl Model {
                         k: kc.view_mut(),
                         v: vc.view_mut(),
                         rows,
+                        fmt: kvf,
                     };
                     be.rope_qk_store(
                         q.reborrow(),
@@ -1125,6 +1187,9 @@ impl Model {
                     )?;
                     let mut att = sized(be, &mut ds.att, n * qd)?;
                     let mut p = AttnParams::gqa(c.n_head, c.n_kv_head, hd, c.attn_scale());
+                    p.kv = kvf;
+                    p.k_stride = kvf.k.row_words(kvd);
+                    p.v_stride = kvf.v.row_words(kvd);
                     p.window = c.window(li);
                     p.sinks = a.sinks.as_ref().map(|b| b.view());
                     let jobs: Vec<AttnSeg> = segs.iter().map(|sg| sg.attn()).collect();
@@ -1142,6 +1207,7 @@ impl Model {
                 }
                 (Attn::Mla(m), LayerCache::Latent { c: cache, ik }) => {
                     let call = MlaCall {
+                        kv: kvf,
                         cfg: c,
                         m: c.mla.as_ref().expect("MLA layers have an MLA config"),
                         rope,

@@ -13,6 +13,7 @@ pub mod acts;
 pub mod float;
 pub mod iquants;
 pub mod kquants;
+pub mod kv;
 pub mod legacy;
 pub mod pack;
 pub mod tables;

@@ -650,6 +650,13 @@ impl Backend for Vulkan {
         out: ViewMut<'_>,
         segs: &[AttnSeg<'_>],
     ) -> Result<()> {
+        if !p.kv.is_f32() {
+            return Err(Error::Unsupported(format!(
+                "the vulkan backend keeps its KV cache in f32 only (cache types {} and {})",
+                p.kv.k.name(),
+                p.kv.v.name()
+            )));
+        }
         let (km, ko, _) = dev(k)?;
         let (vm, vo, _) = dev(v)?;
         let (qm, qo, qn) = dev(q)?;
