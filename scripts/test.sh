@@ -27,6 +27,9 @@ if grep -q avx512_vnni /proc/cpuinfo 2>/dev/null; then
 fi
 # `hearth serve smollm2` against the official openai client, on the CPU and on Vulkan
 bash scripts/test_server.sh 2>&1 | tee -a "$log"
+# the same with a quantized KV cache (q8_0 keys and values) on the CPU
+kv="--cache-type-k q8_0 --cache-type-v q8_0"
+HEARTH_SERVE_ARGS="$kv" HEARTH_LOGITS_ARGS="$kv" bash scripts/test_server.sh 2>&1 | tee -a "$log"
 # `hearth pull/list/rm/fit ORG/REPO[:QUANT]` against a fake Hugging Face hub, checked with the
 # official huggingface_hub client (installed into .venv-tests)
 bash scripts/test_hub.sh 2>&1 | tee -a "$log"

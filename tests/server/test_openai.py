@@ -124,8 +124,11 @@ def test_concurrent_equals_alone():
 
 
 def hearth_logits(tokens, top):
+    # HEARTH_LOGITS_ARGS: the servers' cache types, so that both read the same cache
+    extra = os.environ.get("HEARTH_LOGITS_ARGS", "").split()
     out = subprocess.run([HEARTH, "logits", "smollm2", "--tokens", ",".join(map(str, tokens)),
-                          "--top", str(top)], check=True, capture_output=True, text=True).stdout
+                          "--top", str(top)] + extra,
+                         check=True, capture_output=True, text=True).stdout
     return [json.loads(l) for l in out.splitlines()]
 
 
