@@ -134,11 +134,13 @@ pub fn dequantize_row(ty: KvType, src: &[u8], out: &mut [f32]) -> Result<()> {
         KvType::Tq3 => {
             for (b, o) in blocks {
                 let d = d(b);
-                let mut w = [0u8; 16];
-                w[..12].copy_from_slice(&b[2..14]);
-                let bits = u128::from_le_bytes(w);
-                for (i, v) in o.iter_mut().enumerate() {
-                    *v = d * TQ3_LEVELS[((bits >> (3 * i)) & 7) as usize];
+                // 8 codes in each 3 bytes of the little-endian bit stream
+                for (g, og) in o.chunks_exact_mut(8).enumerate() {
+                    let c = &b[2 + 3 * g..5 + 3 * g];
+                    let bits = c[0] as u32 | (c[1] as u32) << 8 | (c[2] as u32) << 16;
+                    for (i, v) in og.iter_mut().enumerate() {
+                        *v = d * TQ3_LEVELS[((bits >> (3 * i)) & 7) as usize];
+                    }
                 }
             }
         }
