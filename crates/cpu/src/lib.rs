@@ -945,6 +945,8 @@ impl Cpu {
         let tile_max: usize = if attn::x86::avx512() { 8 } else { 4 };
         #[cfg(not(target_arch = "x86_64"))]
         let tile_max: usize = 4;
+        // a typed cache converts each chunk once per tile: larger tiles share that more
+        let tile_max = if p.kv.is_f32() { tile_max } else { 16 };
         let grouped: usize = jobs
             .iter()
             .map(|j| j.n_tok.div_ceil(tile_max) * p.n_kv_head)
