@@ -19,6 +19,8 @@ pub struct Imatrix {
     pub datasets: Vec<String>,
     /// Chunks it was computed on, when the file says.
     pub chunk_count: u64,
+    /// The file it was read from.
+    pub file: String,
 }
 
 impl Imatrix {
@@ -32,7 +34,8 @@ impl Imatrix {
         } else {
             Self::from_legacy(&bytes)
         };
-        let m = r.map_err(|e| Error::Invalid(format!("imatrix {}: {e}", path.display())))?;
+        let mut m = r.map_err(|e| Error::Invalid(format!("imatrix {}: {e}", path.display())))?;
+        m.file = path.display().to_string();
         if m.entries.is_empty() {
             return Err(Error::Invalid(format!(
                 "imatrix {} has no entries",

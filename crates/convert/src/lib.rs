@@ -246,6 +246,27 @@ pub fn write(
         Value::U32(QUANTIZATION_VERSION),
     );
     h.set("general.file_type", Value::U32(opts.ftype.id()));
+    if let Some(m) = &opts.imatrix {
+        // as llama-quantize records it (strings cut to 127 bytes, counts as u32)
+        let cut = |s: &str| {
+            s.char_indices()
+                .take_while(|(i, c)| i + c.len_utf8() <= 127)
+                .map(|(_, c)| c)
+                .collect::<String>()
+        };
+        h.set("quantize.imatrix.file", Value::Str(cut(&m.file)));
+        if let Some(d) = m.datasets.first() {
+            h.set("quantize.imatrix.dataset", Value::Str(cut(d)));
+        }
+        h.set(
+            "quantize.imatrix.entries_count",
+            Value::U32(m.entries.len() as u32),
+        );
+        h.set(
+            "quantize.imatrix.chunks_count",
+            Value::U32(m.chunk_count as u32),
+        );
+    }
     h.tensors = planned
         .iter()
         .map(|p| TensorSpec {
