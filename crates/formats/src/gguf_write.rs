@@ -78,7 +78,9 @@ impl GgufHeader {
                 .ok_or_else(|| Error::Invalid("general.alignment is not an integer".into()))?,
         };
         if a == 0 || !a.is_power_of_two() || a > 1 << 20 {
-            return Err(Error::Invalid(format!("general.alignment {a} is not a sane power of two")));
+            return Err(Error::Invalid(format!(
+                "general.alignment {a} is not a sane power of two"
+            )));
         }
         Ok(a)
     }
@@ -118,7 +120,8 @@ impl GgufHeader {
         }
         let pad = (h.len() as u64).div_ceil(align) * align - h.len() as u64;
         h.resize(h.len() + pad as usize, 0);
-        w.write_all(&h).map_err(|e| Error::Io("cannot write the GGUF header".into(), e))?;
+        w.write_all(&h)
+            .map_err(|e| Error::Io("cannot write the GGUF header".into(), e))?;
         Ok(GgufDataWriter {
             w,
             names: self.tensors.iter().map(|t| t.name.clone()).collect(),
@@ -156,7 +159,9 @@ impl<W: Write> GgufDataWriter<W> {
     /// the next one begins; a piece may not run past the end of the current tensor.
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
         let Some(&size) = self.sizes.get(self.cur) else {
-            return Err(Error::Invalid("more tensor data than the header lists".into()));
+            return Err(Error::Invalid(
+                "more tensor data than the header lists".into(),
+            ));
         };
         if self.done + bytes.len() as u64 > size {
             return Err(Error::Invalid(format!(
@@ -171,7 +176,9 @@ impl<W: Write> GgufDataWriter<W> {
         self.total += bytes.len() as u64;
         while self.cur < self.sizes.len() && self.done == self.sizes[self.cur] {
             let pad = self.done.div_ceil(self.align) * self.align - self.done;
-            self.w.write_all(&vec![0u8; pad as usize]).map_err(|e| self.io(e))?;
+            self.w
+                .write_all(&vec![0u8; pad as usize])
+                .map_err(|e| self.io(e))?;
             self.total += pad;
             self.cur += 1;
             self.done = 0;
@@ -267,17 +274,35 @@ mod tests {
             ("a.u64", Value::U64(1 << 40)),
             ("a.i64", Value::I64(-(1 << 40))),
             ("a.f64", Value::F64(-2.25)),
-            ("a.arr_s", Value::Array(vec![Value::Str("x".into()), Value::Str("".into())])),
+            (
+                "a.arr_s",
+                Value::Array(vec![Value::Str("x".into()), Value::Str("".into())]),
+            ),
             ("a.arr_i", Value::Array(vec![Value::I32(1), Value::I32(-2)])),
-            ("a.nested", Value::Array(vec![Value::Array(vec![Value::F32(0.5)])])),
+            (
+                "a.nested",
+                Value::Array(vec![Value::Array(vec![Value::F32(0.5)])]),
+            ),
         ];
         for (k, v) in vals {
             h.set(k, v);
         }
         h.tensors = vec![
-            TensorSpec { name: "t0".into(), shape: vec![3, 32], dtype: DType::Q8_0 },
-            TensorSpec { name: "t1".into(), shape: vec![5], dtype: DType::F32 },
-            TensorSpec { name: "t2".into(), shape: vec![2, 256], dtype: DType::Q4_K },
+            TensorSpec {
+                name: "t0".into(),
+                shape: vec![3, 32],
+                dtype: DType::Q8_0,
+            },
+            TensorSpec {
+                name: "t1".into(),
+                shape: vec![5],
+                dtype: DType::F32,
+            },
+            TensorSpec {
+                name: "t2".into(),
+                shape: vec![2, 256],
+                dtype: DType::Q4_K,
+            },
         ];
         h
     }
@@ -294,7 +319,11 @@ mod tests {
                 .tensors
                 .iter()
                 .enumerate()
-                .map(|(i, t)| (0..t.bytes().unwrap()).map(|b| (b as usize * 7 + i) as u8).collect())
+                .map(|(i, t)| {
+                    (0..t.bytes().unwrap())
+                        .map(|b| (b as usize * 7 + i) as u8)
+                        .collect()
+                })
                 .collect();
             for d in &datas {
                 // in two pieces, to exercise streaming
