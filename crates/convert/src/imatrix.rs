@@ -107,10 +107,10 @@ impl Imatrix {
             m.entries.insert(name.to_string(), v);
         }
         for t in &ts {
-            if let Some(name) = t.name.strip_suffix(".counts") {
-                if !m.entries.contains_key(name) {
-                    return Err(Error::Format(format!("{name} has counts but no sums")));
-                }
+            if let Some(name) = t.name.strip_suffix(".counts")
+                && !m.entries.contains_key(name)
+            {
+                return Err(Error::Format(format!("{name} has counts but no sums")));
             }
         }
         Ok(m)
@@ -163,12 +163,11 @@ impl Imatrix {
         }
         if pos + 4 <= b.len() {
             m.chunk_count = int(&mut pos, "the chunk count")?.max(0) as u64;
-            if let Ok(len) = int(&mut pos, "the dataset name") {
-                if len > 0 {
-                    if let Ok(r) = rd(&mut pos, len as usize, "the dataset name") {
-                        m.datasets.push(String::from_utf8_lossy(&b[r]).into_owned());
-                    }
-                }
+            if let Ok(len) = int(&mut pos, "the dataset name")
+                && len > 0
+                && let Ok(r) = rd(&mut pos, len as usize, "the dataset name")
+            {
+                m.datasets.push(String::from_utf8_lossy(&b[r]).into_owned());
             }
         }
         Ok(m)

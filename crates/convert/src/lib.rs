@@ -88,7 +88,7 @@ impl Input {
         let n_kv = if n_kv == 0 { n_head } else { n_kv };
         ModelFacts {
             n_layer: num("block_count"),
-            n_gqa: if n_kv > 0 { n_head / n_kv } else { 0 },
+            n_gqa: n_head.checked_div(n_kv).unwrap_or(0),
             n_expert: num("expert_count"),
             tied_embeddings: !self.tensors.iter().any(|t| t.name == "output.weight"),
             n_attention_wv: self
@@ -218,7 +218,7 @@ pub fn plan(input: &Input, opts: &Options) -> Result<Vec<Planned>> {
 /// `j * hd/2 + i` (llama.cpp's converter, `LlamaModel.permute`).
 fn src_row(r: usize, n_rows: usize, heads: Option<usize>) -> usize {
     match heads {
-        Some(h) if h > 0 && n_rows % h == 0 && (n_rows / h) % 2 == 0 => {
+        Some(h) if h > 0 && n_rows.is_multiple_of(h) && (n_rows / h).is_multiple_of(2) => {
             let hd = n_rows / h;
             let (head, k) = (r / hd, r % hd);
             let (i, j) = (k / 2, k % 2);

@@ -347,7 +347,7 @@ impl Planner {
         );
         if cat == Output || (self.facts.tied_embeddings && cat == TokenEmbd) {
             let nx = *shape.last().unwrap_or(&0);
-            if falcon || nx % t.block_size() != 0 {
+            if falcon || !nx.is_multiple_of(t.block_size()) {
                 t = D::Q8_0;
             } else if matches!(
                 f,
@@ -442,11 +442,7 @@ impl Planner {
             let imx = self.has_imatrix;
             match f {
                 F::Q2_K => t = D::Q3_K,
-                F::Q2_K_S => {
-                    if i < n / 8 {
-                        t = D::Q4_K
-                    }
-                }
+                F::Q2_K_S if i < n / 8 => t = D::Q4_K,
                 F::IQ3_XXS if !imx => t = if i < n / 8 { D::Q4_K } else { D::Q3_K },
                 F::Q3_K_M => {
                     t = if i < n / 16 {
@@ -543,7 +539,7 @@ impl Planner {
     fn fallback(&mut self, t: DType, shape: &[usize]) -> DType {
         use DType as D;
         let ncols = *shape.last().unwrap_or(&0);
-        if ncols % t.block_size() == 0 {
+        if ncols.is_multiple_of(t.block_size()) {
             return t;
         }
         self.n_fallback += 1;
@@ -562,7 +558,7 @@ impl Planner {
             D::Q6_K => D::Q8_0,
             other => other,
         };
-        if ncols % r.block_size() != 0 {
+        if !ncols.is_multiple_of(r.block_size()) {
             D::F16
         } else {
             r

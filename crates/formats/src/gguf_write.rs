@@ -29,7 +29,7 @@ impl TensorSpec {
             .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
             .ok_or_else(|| Error::Invalid(format!("tensor {}: size overflows", self.name)))?;
         let row = *self.shape.last().unwrap_or(&1);
-        if row % self.dtype.block_size() != 0 {
+        if !row.is_multiple_of(self.dtype.block_size()) {
             return Err(Error::Invalid(format!(
                 "tensor {}: rows of {row} are not whole {} blocks of {}",
                 self.name,

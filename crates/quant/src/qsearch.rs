@@ -5,6 +5,8 @@
 //! `make_q3_quants`, `make_qkx2_quants`/`make_qkx3_quants`, `make_qp_quants`), which define
 //! what "as good as llama.cpp" means for the k-quants. The arithmetic is f32 in the same order
 //! so that the chosen quants match, but the code is written anew.
+// The loops index several arrays in step, as the formulas read.
+#![allow(clippy::needless_range_loop)]
 
 /// Values smaller than this in magnitude count as an all-zero group.
 pub const GROUP_MAX_EPS: f32 = 1e-15;

@@ -158,9 +158,9 @@ fn bad_arguments() {
     let x = vec![0.5f32; 256];
     let mut out = vec![0u8; 10];
     assert!(quantize_row(DType::Q4_K, &x, None, &mut out).is_err());
-    assert!(quantize_row(DType::Q4_K, &x[..100], None, &mut vec![0u8; 144]).is_err());
+    assert!(quantize_row(DType::Q4_K, &x[..100], None, &mut [0u8; 144]).is_err());
     let mut out = vec![0u8; 144];
     assert!(quantize_row(DType::Q4_K, &x, Some(&[1.0; 3]), &mut out).is_err());
     assert!(quantize_row(DType::Q4_K, &x, Some(&[f32::NAN; 256]), &mut out).is_err());
-    assert!(quantize_row(DType::TQ1_0, &x, None, &mut vec![0u8; 54]).is_err());
+    assert!(quantize_row(DType::TQ1_0, &x, None, &mut [0u8; 54]).is_err());
 }
