@@ -11,10 +11,13 @@
 /// Values smaller than this in magnitude count as an all-zero group.
 pub const GROUP_MAX_EPS: f32 = 1e-15;
 
-/// Round to the nearest integer, ties to even (ggml's `nearest_int`, which adds 1.5 * 2^23).
+/// Round to the nearest integer, ties to even, as ggml's `nearest_int` does it: add 1.5 * 2^23
+/// so that the integer lands in the low mantissa bits (exact for |v| < 2^22, which every caller
+/// keeps to; larger values give ggml's same meaningless result, never a panic). A plain
+/// `round_ties_even` is a library call on baseline x86-64.
 #[inline(always)]
 pub fn nearest_int(v: f32) -> i32 {
-    v.round_ties_even() as i32
+    ((v + 12582912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
 /// The value with the largest magnitude (the first one on ties), and that magnitude.
@@ -40,7 +43,11 @@ pub fn make_qx(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<&[f32]>) -> f3
         l_out[..n].fill(0);
         return 0.0;
     }
-    let w = |i: usize| qw.map_or(x[i] * x[i], |q| q[i]);
+    let mut wbuf = [0f32; 256];
+    for i in 0..n {
+        wbuf[i] = qw.map_or(x[i] * x[i], |q| q[i]);
+    }
+    let w = |i: usize| wbuf[i];
     let quant = |iscale: f32, i: usize| nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
     let mut iscale = -(nmax as f32) / max;
     let (mut sumlx, mut suml2) = (0f32, 0f32);
@@ -149,7 +156,11 @@ pub fn make_qkx(
     o: AsymSearch,
 ) -> (f32, f32) {
     let n = x.len();
-    let wt = |i: usize| w.map_or(x[i] * x[i], |w| w[i]);
+    let mut wbuf = [0f32; 256];
+    for i in 0..n {
+        wbuf[i] = w.map_or(x[i] * x[i], |w| w[i]);
+    }
+    let wt = |i: usize| wbuf[i];
     let (mut min, mut max) = (x[0], x[0]);
     let (mut sum_w, mut sum_x) = (wt(0), wt(0) * x[0]);
     for i in 1..n {
