@@ -47,7 +47,19 @@ kld() { # model -> mean KLD, or FAIL when llama.cpp cannot load/run it
   fi
 }
 
-printf '%-8s %10s %12s %12s %8s %12s %12s\n' type size_ratio kld_hearth kld_llama ratio hearth_MiB llama_MiB
+same() { # how many tensors of hearth's file are byte-identical to llama's (gguf-py reads both)
+  python3 - "$1" "$2" <<'PY' 2>/dev/null || echo "?"
+import sys, numpy as np
+from gguf import GGUFReader
+a, b = GGUFReader(sys.argv[1]), GGUFReader(sys.argv[2])
+tb = {t.name: t for t in b.tensors}
+n = sum(1 for t in a.tensors if t.name in tb and t.tensor_type == tb[t.name].tensor_type
+        and np.array_equal(np.asarray(t.data).view(np.uint8), np.asarray(tb[t.name].data).view(np.uint8)))
+print(f"{n}/{len(a.tensors)}")
+PY
+}
+
+printf '%-8s %10s %12s %12s %8s %12s %12s %10s\n' type size_ratio kld_hearth kld_llama ratio hearth_MiB llama_MiB identical
 for t in $TYPES; do
   l=$WORK/llama_$t.gguf
   h=$WORK/hearth_$t.gguf
@@ -55,9 +67,10 @@ for t in $TYPES; do
   "$HEARTH" quantize "$f16" "$h" "$t" -t "$THREADS" >"$WORK/hearth_$t.log" 2>&1
   sh=$(stat -c %s "$h"); sl=$(stat -c %s "$l")
   kh=$(kld "$h"); kl=$(kld "$l")
-  awk -v t="$t" -v sh="$sh" -v sl="$sl" -v kh="$kh" -v kl="$kl" 'BEGIN {
+  id=$(same "$h" "$l")
+  awk -v t="$t" -v sh="$sh" -v sl="$sl" -v kh="$kh" -v kl="$kl" -v id="$id" 'BEGIN {
     r = (kh == "FAIL" || kl == "FAIL" || kl == 0) ? "n/a" : sprintf("%.3f", kh / kl);
-    printf "%-8s %10.4f %12s %12s %8s %12.2f %12.2f\n", t, sh / sl, kh, kl, r, sh / 1048576, sl / 1048576 }'
+    printf "%-8s %10.4f %12s %12s %8s %12.2f %12.2f %10s\n", t, sh / sl, kh, kl, r, sh / 1048576, sl / 1048576, id }'
 done
 for t in IQ3_XXS IQ2_XS; do
   if [ ! -x "$LLAMA_BIN/llama-imatrix" ]; then
