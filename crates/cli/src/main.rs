@@ -1,6 +1,7 @@
 //! The `hearth` command line.
 mod hub;
 mod pull;
+mod quantize;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -89,6 +90,8 @@ enum Cmd {
     },
     /// Serve an OpenAI-compatible HTTP API (chat/completions, completions, models, ...).
     Serve(ServeArgs),
+    /// Quantize a GGUF or Hugging Face model to a GGUF of a type or llama.cpp mix.
+    Quantize(quantize::QuantizeArgs),
 }
 
 #[derive(Args)]
@@ -314,6 +317,7 @@ fn main() {
         Cmd::Devices { check } => devices(check),
         Cmd::Bench(a) => bench(a),
         Cmd::Serve(a) => serve(a),
+        Cmd::Quantize(a) => quantize::quantize(a),
         Cmd::Pull { model } => match pull::hub_spec(&model) {
             Some(spec) => hub::pull_cmd(&spec),
             None => pull::resolve(&model).map(|p| println!("{}", p.display())),

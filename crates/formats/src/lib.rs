@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 pub mod gguf;
+pub mod gguf_write;
 pub mod hf;
 pub mod names;
 

@@ -16,6 +16,10 @@ pub mod kquants;
 pub mod kv;
 pub mod legacy;
 pub mod pack;
+pub mod qkquants;
+pub mod qlegacy;
+pub mod qsearch;
+pub mod quantize;
 pub mod tables;
 pub mod ternary;
 #[cfg(target_arch = "x86_64")]

@@ -1,0 +1,427 @@
+//! Hugging Face directories as input: the metadata, tokenizer and tensor names llama.cpp's
+//! converter (`convert_hf_to_gguf.py`) writes, for the llama family (Llama, Mistral, SmolLM),
+//! Qwen2 and Qwen3. Other architectures are refused with a clear error.
+//!
+//! The facts mirrored here (key names, the q/k row permutation of `LlamaModel.permute`, the
+//! llama3 `rope_freqs` factors, token types) are the converter's.
+use crate::{Input, SrcTensor};
+use hearth_core::{DType, Error, Result, Tensor};
+use hearth_formats::{HfDir, Value, names::canonical_from_hf};
+use serde_json::Value as J;
+use std::path::Path;
+
+/// An opened Hugging Face directory.
+pub struct HfInput {
+    dir: HfDir,
+    tensors: Vec<Tensor>,
+}
+
+fn bad(m: String) -> Error {
+    Error::Unsupported(m)
+}
+
+impl HfInput {
+    /// Open and memory-map the directory.
+    pub fn open(p: &Path) -> Result<HfInput> {
+        let dir = HfDir::open(p)?;
+        let tensors = dir.tensors()?;
+        Ok(HfInput { dir, tensors })
+    }
+
+    /// The model as GGUF metadata and tensors.
+    pub fn input(&self) -> Result<Input> {
+        let c = &self.dir.config;
+        let archs: Vec<&str> = c
+            .get("architectures")
+            .and_then(J::as_array)
+            .map(|a| a.iter().filter_map(J::as_str).collect())
+            .unwrap_or_default();
+        let hf_arch = archs.first().copied().unwrap_or("(none)");
+        let arch = match hf_arch {
+            "LlamaForCausalLM" | "LLaMAForCausalLM" | "MistralForCausalLM" => "llama",
+            "Qwen2ForCausalLM" => "qwen2",
+            "Qwen3ForCausalLM" => "qwen3",
+            other => {
+                return Err(bad(format!(
+                    "{}: converting architecture {other} from Hugging Face is not supported yet (hearth maps Llama, Mistral, Qwen2 and Qwen3; convert with llama.cpp's convert_hf_to_gguf.py and quantize the GGUF)",
+                    self.dir.dir.display()
+                )));
+            }
+        };
+        let u = |k: &str| c.get(k).and_then(J::as_u64);
+        let need = |k: &str| u(k).ok_or_else(|| Error::Format(format!("config.json has no {k}")));
+        let n_embd = need("hidden_size")?;
+        let n_head = need("num_attention_heads")?;
+        let n_kv = u("num_key_value_heads").unwrap_or(n_head);
+        let n_layer = need("num_hidden_layers")?;
+        let head_dim = u("head_dim").unwrap_or(n_embd / n_head.max(1));
+        let rope = c
+            .get("rope_scaling")
+            .filter(|v| !v.is_null())
+            .or_else(|| c.get("rope_parameters"));
+        let rope_theta = c
+            .get("rope_theta")
+            .and_then(J::as_f64)
+            .or_else(|| rope.and_then(|r| r.get("rope_theta")).and_then(J::as_f64))
+            .unwrap_or(10000.0);
+        let mut md: Vec<(String, Value)> = Vec::new();
+        let mut set = |k: &str, v: Value| md.push((k.to_string(), v));
+        let a = |k: &str| format!("{arch}.{k}");
+        set("general.architecture", Value::Str(arch.into()));
+        set("general.type", Value::Str("model".into()));
+        let name = self
+            .dir
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        set("general.name", Value::Str(name));
+        set(&a("block_count"), Value::U32(n_layer as u32));
+        if let Some(v) = u("max_position_embeddings") {
+            set(&a("context_length"), Value::U32(v as u32));
+        }
+        set(&a("embedding_length"), Value::U32(n_embd as u32));
+        set(
+            &a("feed_forward_length"),
+            Value::U32(need("intermediate_size")? as u32),
+        );
+        set(&a("attention.head_count"), Value::U32(n_head as u32));
+        set(&a("attention.head_count_kv"), Value::U32(n_kv as u32));
+        set(&a("rope.freq_base"), Value::F32(rope_theta as f32));
+        let eps = c.get("rms_norm_eps").and_then(J::as_f64).unwrap_or(1e-6);
+        set(
+            &a("attention.layer_norm_rms_epsilon"),
+            Value::F32(eps as f32),
+        );
+        if u("head_dim").is_some() {
+            set(&a("attention.key_length"), Value::U32(head_dim as u32));
+            set(&a("attention.value_length"), Value::U32(head_dim as u32));
+        }
+        let mut extra = Vec::new();
+        let rope_type = rope
+            .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
+            .and_then(J::as_str);
+        match rope_type {
+            None | Some("default") => {}
+            Some("linear") => {
+                let f = rope
+                    .and_then(|r| r.get("factor"))
+                    .and_then(J::as_f64)
+                    .unwrap_or(1.0);
+                set(&a("rope.scaling.type"), Value::Str("linear".into()));
+                set(&a("rope.scaling.factor"), Value::F32(f as f32));
+            }
+            Some("llama3") if arch == "llama" => {
+                let r = rope.expect("rope_type came from it");
+                extra.push(llama3_rope_freqs(r, rope_theta, head_dim as usize)?);
+            }
+            Some(t) => {
+                return Err(bad(format!(
+                    "rope scaling type {t} is not supported for conversion yet"
+                )));
+            }
+        }
+        let tok = self.tokenizer_metadata()?;
+        let vocab_len = match tok.iter().find(|(k, _)| k == "tokenizer.ggml.tokens") {
+            Some((_, Value::Array(t))) => t.len(),
+            _ => 0,
+        };
+        set(&a("vocab_size"), Value::U32(vocab_len as u32));
+        set(&a("rope.dimension_count"), Value::U32(head_dim as u32));
+        md.extend(tok);
+
+        let tied = c
+            .get("tie_word_embeddings")
+            .and_then(J::as_bool)
+            .unwrap_or(false);
+        let mut tensors: Vec<SrcTensor> = extra;
+        for t in &self.tensors {
+            let Some(name) = canonical_from_hf(&t.name) else {
+                if t.name.contains("rotary_emb.inv_freq") {
+                    continue;
+                }
+                return Err(bad(format!(
+                    "tensor {} has no GGUF name hearth knows",
+                    t.name
+                )));
+            };
+            if tied && name == "output.weight" {
+                continue;
+            }
+            if !matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) {
+                return Err(bad(format!(
+                    "tensor {} is {}: only f32, f16 and bf16 checkpoints convert",
+                    t.name, t.dtype
+                )));
+            }
+            let permute_heads = if arch == "llama" && name.ends_with("attn_q.weight") {
+                Some(n_head as usize)
+            } else if arch == "llama" && name.ends_with("attn_k.weight") {
+                Some(n_kv as usize)
+            } else {
+                None
+            };
+            let keep_as = (t.shape.len() <= 1 || t.shape.iter().filter(|&&d| d > 1).count() <= 1)
+                .then_some(DType::F32);
+            let keep_as = keep_as.or(if t.dtype == DType::F32 {
+                None
+            } else {
+                Some(DType::F16)
+            });
+            tensors.push(SrcTensor {
+                name,
+                tensor: t.clone(),
+                permute_heads,
+                keep_as,
+            });
+        }
+        Ok(Input {
+            metadata: md,
+            tensors,
+        })
+    }
+
+    fn tokenizer_metadata(&self) -> Result<Vec<(String, Value)>> {
+        let p = self.dir.tokenizer_json.as_ref().ok_or_else(|| {
+            bad(format!(
+                "{} has no tokenizer.json (only BPE tokenizer.json vocabularies convert)",
+                self.dir.dir.display()
+            ))
+        })?;
+        let s = std::fs::read_to_string(p)
+            .map_err(|e| Error::Io(format!("cannot read {}", p.display()), e))?;
+        let tj: J =
+            serde_json::from_str(&s).map_err(|e| Error::Format(format!("{}: {e}", p.display())))?;
+        tokenizer_kvs(
+            &tj,
+            self.dir.tokenizer_config.as_ref(),
+            &self.dir.config,
+            self.dir.chat_template.as_deref(),
+        )
+    }
+}
+
+/// llama3's per-frequency rope factors as the converter computes them (`rope_freqs.weight`).
+fn llama3_rope_freqs(r: &J, base: f64, dim: usize) -> Result<SrcTensor> {
+    let g = |k: &str, d: f64| r.get(k).and_then(J::as_f64).unwrap_or(d);
+    let (factor, lo, hi) = (
+        g("factor", 8.0),
+        g("low_freq_factor", 1.0),
+        g("high_freq_factor", 4.0),
+    );
+    let old = g("original_max_position_embeddings", 8192.0);
+    let (lo_wl, hi_wl) = (old / lo, old / hi);
+    let mut v = Vec::with_capacity(dim / 2);
+    for i in (0..dim).step_by(2) {
+        let freq = 1.0f32 / (base as f32).powf(i as f32 / dim as f32);
+        let wl = 2.0 * std::f64::consts::PI / freq as f64;
+        let f = if wl < hi_wl {
+            1.0
+        } else if wl > lo_wl {
+            factor
+        } else {
+            let smooth = (old / wl - lo) / (hi - lo);
+            1.0 / ((1.0 - smooth) / factor + smooth)
+        };
+        v.push(f as f32);
+    }
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let n = v.len();
+    let storage = hearth_core::Storage::new(std::sync::Arc::new(bytes), 0, n * 4)?;
+    let tensor = Tensor::new("rope_freqs.weight".into(), DType::F32, vec![n], storage)?;
+    Ok(SrcTensor {
+        name: "rope_freqs.weight".into(),
+        tensor,
+        permute_heads: None,
+        keep_as: None,
+    })
+}
+
+/// llama.cpp's name for a tokenizer.json pre-tokenizer (`tokenizer.ggml.pre`), for the
+/// byte-level BPE shapes hearth recognizes.
+fn pre_name(pre: &J) -> Option<&'static str> {
+    fn ty(v: &J) -> &str {
+        v.get("type").and_then(J::as_str).unwrap_or("")
+    }
+    let byte_level_regex =
+        |v: &J| ty(v) == "ByteLevel" && v.get("use_regex").and_then(J::as_bool).unwrap_or(true);
+    if byte_level_regex(pre) {
+        return Some("gpt-2");
+    }
+    let seq = pre.get("pretokenizers").and_then(J::as_array)?;
+    match seq.as_slice() {
+        [d, b]
+            if ty(d) == "Digits"
+                && d.get("individual_digits").and_then(J::as_bool) == Some(true)
+                && byte_level_regex(b) =>
+        {
+            Some("smollm")
+        }
+        [s, b] if ty(s) == "Split" && ty(b) == "ByteLevel" => {
+            let re = s
+                .get("pattern")
+                .and_then(|p| p.get("Regex"))
+                .and_then(J::as_str)?;
+            if re.contains(r"\p{N}{1,3}") {
+                Some("llama-bpe")
+            } else if re.contains(r"\p{N}|") || re.ends_with(r"\p{N}") {
+                Some("qwen2")
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+fn looks_special(t: &str) -> bool {
+    (t.starts_with("<|") && t.ends_with("|>"))
+        || (t.starts_with("<｜") && t.ends_with("｜>"))
+        || [
+            "<pad>", "<mask>", "<2mass>", "[@BOS@]", "<s>", "</s>", "<unk>", "<bos>", "<eos>",
+        ]
+        .contains(&t)
+}
+
+/// The `tokenizer.*` metadata of a byte-level BPE tokenizer.json, as the converter writes it.
+fn tokenizer_kvs(
+    tj: &J,
+    tc: Option<&J>,
+    config: &J,
+    template: Option<&str>,
+) -> Result<Vec<(String, Value)>> {
+    let model = tj
+        .get("model")
+        .ok_or_else(|| Error::Format("tokenizer.json has no model".into()))?;
+    if model.get("type").and_then(J::as_str) != Some("BPE") {
+        return Err(bad(
+            "only BPE tokenizer.json vocabularies convert (this one is not BPE)".into(),
+        ));
+    }
+    let pre_j = tj.get("pre_tokenizer").unwrap_or(&J::Null);
+    let pre = pre_name(pre_j).ok_or_else(|| {
+        bad(format!(
+            "tokenizer.json's pre-tokenizer is not one hearth can name for llama.cpp: {}",
+            serde_json::to_string(pre_j)
+                .unwrap_or_default()
+                .chars()
+                .take(200)
+                .collect::<String>()
+        ))
+    })?;
+    let vocab = model
+        .get("vocab")
+        .and_then(J::as_object)
+        .ok_or_else(|| Error::Format("tokenizer.json has no vocab".into()))?;
+    let mut by_id: std::collections::BTreeMap<u64, (String, i32)> =
+        std::collections::BTreeMap::new();
+    for (tok, id) in vocab {
+        let id = id
+            .as_u64()
+            .ok_or_else(|| Error::Format(format!("token {tok:?} has a bad id")))?;
+        by_id.insert(id, (tok.clone(), 1));
+    }
+    for at in tj
+        .get("added_tokens")
+        .and_then(J::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let (Some(id), Some(content)) = (
+            at.get("id").and_then(J::as_u64),
+            at.get("content").and_then(J::as_str),
+        ) else {
+            continue;
+        };
+        let special = at.get("special").and_then(J::as_bool).unwrap_or(false);
+        let ty = if special || looks_special(content) {
+            3
+        } else {
+            4
+        };
+        by_id.insert(id, (content.to_string(), ty));
+    }
+    let n = by_id.keys().next_back().map_or(0, |m| m + 1);
+    let n = n.max(config.get("vocab_size").and_then(J::as_u64).unwrap_or(0));
+    if n > 10_000_000 {
+        return Err(Error::Format(format!("vocabulary of {n} tokens")));
+    }
+    let (mut tokens, mut types) = (
+        Vec::with_capacity(n as usize),
+        Vec::with_capacity(n as usize),
+    );
+    for i in 0..n {
+        match by_id.get(&i) {
+            Some((t, ty)) => {
+                tokens.push(Value::Str(t.clone()));
+                types.push(Value::I32(*ty));
+            }
+            None => {
+                tokens.push(Value::Str(format!("[PAD{i}]")));
+                types.push(Value::I32(4));
+            }
+        }
+    }
+    let merges: Vec<Value> = model
+        .get("merges")
+        .and_then(J::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m {
+            J::String(s) => Some(Value::Str(s.clone())),
+            J::Array(p) if p.len() == 2 => {
+                Some(Value::Str(format!("{} {}", p[0].as_str()?, p[1].as_str()?)))
+            }
+            _ => None,
+        })
+        .collect();
+    let find = |content: &str| -> Option<u64> {
+        tj.get("added_tokens")
+            .and_then(J::as_array)
+            .into_iter()
+            .flatten()
+            .find(|t| t.get("content").and_then(J::as_str) == Some(content))
+            .and_then(|t| t.get("id").and_then(J::as_u64))
+            .or_else(|| vocab.get(content).and_then(J::as_u64))
+    };
+    let mut kv = vec![
+        (
+            "tokenizer.ggml.model".to_string(),
+            Value::Str("gpt2".into()),
+        ),
+        ("tokenizer.ggml.pre".to_string(), Value::Str(pre.into())),
+        ("tokenizer.ggml.tokens".to_string(), Value::Array(tokens)),
+        ("tokenizer.ggml.token_type".to_string(), Value::Array(types)),
+        ("tokenizer.ggml.merges".to_string(), Value::Array(merges)),
+    ];
+    for typ in ["bos", "eos", "unk", "sep", "pad"] {
+        let from_tc = tc
+            .and_then(|t| t.get(format!("{typ}_token")))
+            .and_then(|v| match v {
+                J::String(s) => Some(s.as_str()),
+                J::Object(o) => o.get("content").and_then(J::as_str),
+                _ => None,
+            });
+        let id = from_tc
+            .and_then(find)
+            .or_else(|| config.get(format!("{typ}_token_id")).and_then(J::as_u64));
+        if let Some(id) = id.filter(|&i| i < n) {
+            kv.push((
+                format!("tokenizer.ggml.{typ}_token_id"),
+                Value::U32(id as u32),
+            ));
+        }
+    }
+    for k in ["add_bos_token", "add_eos_token"] {
+        if let Some(b) = tc.and_then(|t| t.get(k)).and_then(J::as_bool) {
+            kv.push((format!("tokenizer.ggml.{k}"), Value::Bool(b)));
+        }
+    }
+    if let Some(t) = template {
+        kv.push((
+            "tokenizer.chat_template".to_string(),
+            Value::Str(t.to_string()),
+        ));
+    }
+    Ok(kv)
+}
