@@ -1,5 +1,6 @@
 //! The `hearth` command line.
 mod hub;
+mod perplexity;
 mod pull;
 
 use anyhow::{Context, Result, bail};
@@ -85,6 +86,9 @@ enum Cmd {
     },
     /// Serve an OpenAI-compatible HTTP API (chat/completions, completions, models, ...).
     Serve(ServeArgs),
+    /// Perplexity of a text, as llama-perplexity computes it; KL divergence against saved
+    /// log-probabilities.
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 #[derive(Args)]
@@ -276,6 +280,7 @@ fn main() {
         Cmd::Devices { check } => devices(check),
         Cmd::Bench(a) => bench(a),
         Cmd::Serve(a) => serve(a),
+        Cmd::Perplexity(a) => perplexity::run(a),
         Cmd::Pull { model } => match pull::hub_spec(&model) {
             Some(spec) => hub::pull_cmd(&spec),
             None => pull::resolve(&model).map(|p| println!("{}", p.display())),

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod grammar;
 mod pages;
+pub mod ppl;
 pub mod sampling;
 pub mod sched;
 
