@@ -1,5 +1,6 @@
 //! The `hearth` command line.
 mod hub;
+mod imatrix;
 mod perplexity;
 mod pull;
 
@@ -89,6 +90,8 @@ enum Cmd {
     /// Perplexity of a text, as llama-perplexity computes it; KL divergence against saved
     /// log-probabilities.
     Perplexity(perplexity::PerplexityArgs),
+    /// Compute an importance matrix (llama-imatrix's GGUF format) for quantizing.
+    Imatrix(imatrix::ImatrixArgs),
 }
 
 #[derive(Args)]
@@ -281,6 +284,7 @@ fn main() {
         Cmd::Bench(a) => bench(a),
         Cmd::Serve(a) => serve(a),
         Cmd::Perplexity(a) => perplexity::run(a),
+        Cmd::Imatrix(a) => imatrix::run(a),
         Cmd::Pull { model } => match pull::hub_spec(&model) {
             Some(spec) => hub::pull_cmd(&spec),
             None => pull::resolve(&model).map(|p| println!("{}", p.display())),

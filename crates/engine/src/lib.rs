@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod grammar;
+pub mod imatrix;
 mod pages;
 pub mod ppl;
 pub mod sampling;
