@@ -37,7 +37,8 @@ pub struct ImatrixArgs {
 }
 
 pub fn run(a: ImatrixArgs) -> Result<()> {
-    let text = std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    let text =
+        std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
     let text = String::from_utf8(text)
         .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", a.file.display()))?;
     let path = crate::pull::resolve(&a.model)?;
@@ -66,11 +67,7 @@ pub fn run(a: ImatrixArgs) -> Result<()> {
         let _ = std::io::stderr().flush();
     })?;
     eprintln!();
-    let m = col.imatrix(
-        vec![a.file.display().to_string()],
-        n as u32,
-        a.ctx as u32,
-    );
+    let m = col.imatrix(vec![a.file.display().to_string()], n as u32, a.ctx as u32);
     if m.entries.is_empty() {
         bail!("no weight matrix was seen: nothing to write");
     }

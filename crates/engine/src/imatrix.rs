@@ -8,8 +8,8 @@
 //! change. The rules are llama.cpp's: only `blk.*` matrices (`output.weight` on request),
 //! dense matmuls of fewer than 16 tokens are skipped, expert matmuls never are.
 use crate::Engine;
-use hearth_core::{AttnParams, AttnSeg, KvDest, RopeArgs, RowCopy};
 use hearth_core::linear::{RecSeg, SlotLayout};
+use hearth_core::{AttnParams, AttnSeg, KvDest, RopeArgs, RowCopy};
 use hearth_core::{
     Backend, Buf, DType, DeltaJob, Error, Glu, LightningJob, MatJob, MoeJob, Result, Routing,
     Tensor, View, ViewMut,
@@ -139,9 +139,7 @@ impl Collector {
             for &id in row {
                 let e = id as usize;
                 if id < 0.0 || e >= n_as || e as f32 != id {
-                    return Err(Error::Invalid(format!(
-                        "imatrix: expert id {id} of {n_as}"
-                    )));
+                    return Err(Error::Invalid(format!("imatrix: expert id {id} of {n_as}")));
                 }
                 routed[e].push(t);
             }
