@@ -252,6 +252,10 @@ struct BenchArgs {
     /// Repetitions
     #[arg(short = 'r', long, default_value_t = 5)]
     reps: usize,
+    /// Tokens already in the KV cache when each test starts, prefilled before the timing
+    /// (llama-bench's -d): attention speed at depth
+    #[arg(short = 'd', long, default_value_t = 0)]
+    depth: usize,
 }
 
 #[derive(Args)]
@@ -585,6 +589,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         n_gen: a.n_gen,
         reps: a.reps,
         threads,
+        depth: a.depth,
     };
     Ok(hearth_engine::bench::run(&model, &name, &opts)?)
 }
