@@ -51,7 +51,7 @@ compare() { # label model [llama extra args...]
   echo "-- hearth judged by llama.cpp (llama-perplexity --kl-divergence, hearth's base file):"
   "$LLAMA_BIN/llama-perplexity" -m "$m" -c "$CTX" -b "$CTX" -t "$THREADS" "$@" \
     --kl-divergence-base "$W/hearth.kld" --kl-divergence >"$W/judge.log" 2>&1
-  grep -E "Mean PPL\(base\)|Mean +KLD|99.0% +KLD|Same top p" "$W/judge.log" | sed 's/^[0-9.]* I //'
+  grep -E "Mean PPL\(base\)|Mean +KLD|99.0% +KLD|Same top p:" "$W/judge.log" | sed 's/^[0-9.]* I //'
   echo "-- llama.cpp judged by hearth (hearth perplexity --kl-divergence, llama.cpp's base file):"
   "$HEARTH" perplexity "$m" -t "$THREADS" --kl-divergence "$W/llama.kld" 2>/dev/null |
     grep -E "Mean PPL\(base\)|Mean KLD|99.0%|Same top p"
