@@ -53,17 +53,17 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
         Some(p) => Some(LogitsBase::open(p)?),
         None => None,
     };
-    if let (Some(b), Some(c)) = (&base, a.ctx) {
-        if b.n_ctx != c {
-            bail!(
-                "{} was computed with windows of {} tokens, not --ctx {c}",
-                a.kl_divergence
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                b.n_ctx
-            );
-        }
+    if let (Some(b), Some(c)) = (&base, a.ctx)
+        && b.n_ctx != c
+    {
+        bail!(
+            "{} was computed with windows of {} tokens, not --ctx {c}",
+            a.kl_divergence
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            b.n_ctx
+        );
     }
     let text = match (&a.file, &base) {
         (Some(f), _) => Some(read_text(f)?),

@@ -565,7 +565,7 @@ pub fn perplexity(
     let ppl_cov = ppl * ppl_base * cov;
     klds.sort_by(f32::total_cmp);
     let n = klds.len();
-    let median = if n % 2 == 0 {
+    let median = if n.is_multiple_of(2) {
         0.5 * (klds[n / 2] + klds[n / 2 - 1]) as f64
     } else {
         klds[n / 2] as f64

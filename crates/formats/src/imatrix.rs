@@ -211,10 +211,10 @@ pub fn parse_legacy(b: &[u8]) -> Result<Imatrix> {
         m.chunk_count = i32_at(c).max(0) as u32;
         if let Ok(l) = take(4, "the dataset name length") {
             let l = i32_at(l);
-            if l > 0 {
-                if let Ok(s) = take(l as usize, "the dataset name") {
-                    m.datasets.push(String::from_utf8_lossy(s).into_owned());
-                }
+            if l > 0
+                && let Ok(s) = take(l as usize, "the dataset name")
+            {
+                m.datasets.push(String::from_utf8_lossy(s).into_owned());
             }
         }
     }
@@ -356,13 +356,14 @@ pub fn imatrix_name(canonical: &str) -> Option<(String, Option<usize>)> {
     }
     let parts: Vec<&str> = canonical.split('.').collect();
     // blk.N.ffn_X_exps.E.weight
-    if parts.len() == 5 && parts[2].ends_with("_exps") {
-        if let Ok(e) = parts[3].parse::<usize>() {
-            return Some((
-                format!("{}.{}.{}.{}", parts[0], parts[1], parts[2], parts[4]),
-                Some(e),
-            ));
-        }
+    if parts.len() == 5
+        && parts[2].ends_with("_exps")
+        && let Ok(e) = parts[3].parse::<usize>()
+    {
+        return Some((
+            format!("{}.{}.{}.{}", parts[0], parts[1], parts[2], parts[4]),
+            Some(e),
+        ));
     }
     Some((canonical.to_string(), None))
 }
