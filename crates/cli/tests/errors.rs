@@ -514,3 +514,21 @@ fn perplexity_prints_the_summary_lines_scripts_parse() {
         "windows of 64 tokens",
     );
 }
+
+#[test]
+fn bench_at_depth_labels_its_tests_and_refuses_an_absurd_depth() {
+    let m = tiny_gguf();
+    let out = hearth(&[
+        "bench", &m, "-p", "16", "-n", "4", "-r", "1", "-d", "40", "-t", "1",
+    ]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{s}");
+    assert!(
+        s.contains("| pp16 @ d40 |") && s.contains("| tg4 @ d40 |"),
+        "{s}"
+    );
+    fails_cleanly(
+        &["bench", &m, "-p", "16", "-n", "4", "-d", "999999999999"],
+        "the largest -d plus -p / -n that fits",
+    );
+}

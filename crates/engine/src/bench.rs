@@ -89,7 +89,11 @@ pub fn run(model: &Model, name: &str, o: &BenchOpts) -> Result<()> {
     let n_ctx = o.depth + o.n_prompt.max(o.n_gen).max(16);
     crate::check_fits(
         &format!("a KV cache for {n_ctx} tokens"),
-        "-p / -n / -d",
+        if o.depth > 0 {
+            "-d plus -p / -n"
+        } else {
+            "-p / -n"
+        },
         n_ctx,
         model.kv_pool_bytes_per_token(),
     )?;
