@@ -1,5 +1,7 @@
 //! The `hearth` command line.
 mod hub;
+mod imatrix;
+mod perplexity;
 mod pull;
 mod quantize;
 
@@ -92,6 +94,11 @@ enum Cmd {
     Serve(ServeArgs),
     /// Quantize a GGUF or Hugging Face model to a GGUF of a type or llama.cpp mix.
     Quantize(quantize::QuantizeArgs),
+    /// Perplexity of a text, as llama-perplexity computes it; KL divergence against saved
+    /// log-probabilities.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Compute an importance matrix (llama-imatrix's GGUF format) for quantizing.
+    Imatrix(imatrix::ImatrixArgs),
 }
 
 #[derive(Args)]
@@ -285,6 +292,10 @@ struct BenchArgs {
     /// Repetitions
     #[arg(short = 'r', long, default_value_t = 5)]
     reps: usize,
+    /// Tokens already in the KV cache when each test starts, prefilled before the timing
+    /// (llama-bench's -d): attention speed at depth
+    #[arg(short = 'd', long, default_value_t = 0)]
+    depth: usize,
 }
 
 #[derive(Args)]
@@ -318,6 +329,8 @@ fn main() {
         Cmd::Bench(a) => bench(a),
         Cmd::Serve(a) => serve(a),
         Cmd::Quantize(a) => quantize::quantize(a),
+        Cmd::Perplexity(a) => perplexity::run(a),
+        Cmd::Imatrix(a) => imatrix::run(a),
         Cmd::Pull { model } => match pull::hub_spec(&model) {
             Some(spec) => hub::pull_cmd(&spec),
             None => pull::resolve(&model).map(|p| println!("{}", p.display())),
@@ -625,6 +638,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         n_gen: a.n_gen,
         reps: a.reps,
         threads,
+        depth: a.depth,
     };
     Ok(hearth_engine::bench::run(&model, &name, &opts)?)
 }

@@ -409,3 +409,126 @@ fn nan_logits_stop_generation_with_an_error() {
         "non-finite logit",
     );
 }
+
+fn tiny_gguf() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tiny/llama/model.gguf")
+        .display()
+        .to_string()
+}
+
+fn fixture_text() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/smollm2/text.txt")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn perplexity_and_imatrix_refuse_bad_input() {
+    let m = tiny_gguf();
+    fails_cleanly(&["perplexity", &m], "--file");
+    fails_cleanly(
+        &["perplexity", &m, "--file", "/nonexistent/text"],
+        "cannot read",
+    );
+    let bin = tmp("binary.txt");
+    std::fs::write(&bin, [0xffu8, 0xfe, 0x00, 0x80]).unwrap();
+    let bin = bin.display().to_string();
+    fails_cleanly(&["perplexity", &m, "--file", &bin], "not UTF-8");
+    let t = fixture_text();
+    fails_cleanly(
+        &["perplexity", &m, "--file", &t, "-c", "4096"],
+        "at least 8192 tokens",
+    );
+    let junk = tmp("junk.kld");
+    std::fs::write(
+        &junk,
+        b"_logits_\xff\xff\xff\x7f\x01\x00\x00\x00\x01\x00\x00\x00",
+    )
+    .unwrap();
+    let junk = junk.display().to_string();
+    fails_cleanly(&["perplexity", &m, "--kl-divergence", &junk], "truncated");
+    fails_cleanly(
+        &["imatrix", &m, "--file", &t, "-c", "4096", "-o", &bin],
+        "at least 8192 tokens",
+    );
+}
+
+#[test]
+fn perplexity_prints_the_summary_lines_scripts_parse() {
+    let (m, t) = (tiny_gguf(), fixture_text());
+    let base = tmp("base.kld").display().to_string();
+    let out = hearth(&[
+        "perplexity",
+        &m,
+        "--file",
+        &t,
+        "-c",
+        "64",
+        "--chunks",
+        "3",
+        "-t",
+        "1",
+        "--save-logits",
+        &base,
+    ]);
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("[1]") && s.contains("[3]"), "{s}");
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("PPL: ") && l.contains(" +/- ")),
+        "{s}"
+    );
+    let out = hearth(&[
+        "perplexity",
+        &m,
+        "--kl-divergence",
+        &base,
+        "--file",
+        &t,
+        "-t",
+        "1",
+    ]);
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    let kld: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("Mean KLD: "))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Mean KLD line: {s}"));
+    assert!(kld.abs() < 1e-5, "{kld}");
+    assert!(s.contains("Same top p: 100.000"), "{s}");
+    // another text does not tokenize to the file's tokens
+    let other = tmp("other.txt");
+    std::fs::write(&other, "something else entirely ".repeat(100)).unwrap();
+    let other = other.display().to_string();
+    fails_cleanly(
+        &["perplexity", &m, "--kl-divergence", &base, "--file", &other],
+        "does not tokenize to",
+    );
+    fails_cleanly(
+        &["perplexity", &m, "--kl-divergence", &base, "-c", "32"],
+        "windows of 64 tokens",
+    );
+}
+
+#[test]
+fn bench_at_depth_labels_its_tests_and_refuses_an_absurd_depth() {
+    let m = tiny_gguf();
+    let out = hearth(&[
+        "bench", &m, "-p", "16", "-n", "4", "-r", "1", "-d", "40", "-t", "1",
+    ]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{s}");
+    assert!(
+        s.contains("| pp16 @ d40 |") && s.contains("| tg4 @ d40 |"),
+        "{s}"
+    );
+    fails_cleanly(
+        &["bench", &m, "-p", "16", "-n", "4", "-d", "999999999999"],
+        "the largest -d plus -p / -n that fits",
+    );
+}

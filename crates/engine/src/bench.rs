@@ -15,6 +15,9 @@ pub struct BenchOpts {
     pub reps: usize,
     /// Worker threads in use.
     pub threads: usize,
+    /// Tokens already in the KV cache when each test starts (llama-bench's `-d`), prefilled
+    /// before the timing.
+    pub depth: usize,
 }
 
 fn mean_sd(v: &[f64]) -> (f64, f64) {
@@ -83,38 +86,60 @@ pub fn run(model: &Model, name: &str, o: &BenchOpts) -> Result<()> {
     println!("|---|---|---|---|");
     // warm-up: page the weights in, and fill the state's KV cache once, so that no timed
     // run pays for first touching its memory (every run then starts from an empty state)
-    let n_ctx = o.n_prompt.max(o.n_gen).max(16);
+    let n_ctx = o.depth + o.n_prompt.max(o.n_gen).max(16);
     crate::check_fits(
         &format!("a KV cache for {n_ctx} tokens"),
-        "-p / -n",
+        if o.depth > 0 {
+            "-d plus -p / -n"
+        } else {
+            "-p / -n"
+        },
         n_ctx,
         model.kv_pool_bytes_per_token(),
     )?;
     let mut st = model.new_state(n_ctx)?;
     let fill: Vec<u32> = (0..n_ctx).map(|_| tok()).collect();
     model.forward(&fill, &mut st, false, &mut logits)?;
+    // the depth: its tokens stay in the cache, and each run starts after them. Truncating
+    // back to it keeps a KV cache's rows; a recurrent layer's state cannot be rewound, so
+    // such models prefill the depth again before every run.
+    let depth_tokens: Vec<u32> = fill[..o.depth].to_vec();
+    let rewinds = model.state_bytes_per_seq() == 0;
+    let to_depth = |st: &mut hearth_models::State, logits: &mut Vec<f32>| -> Result<()> {
+        if rewinds || o.depth == 0 {
+            st.truncate(o.depth);
+            return Ok(());
+        }
+        st.truncate(0);
+        model.forward(&depth_tokens, st, false, logits)
+    };
+    let at = if o.depth > 0 {
+        format!(" @ d{}", o.depth)
+    } else {
+        String::new()
+    };
     // the profile covers the timed runs only
     let _ = model.backend().profile_report();
     if o.n_prompt > 0 {
         let mut speeds = Vec::new();
         for _ in 0..o.reps {
             let prompt: Vec<u32> = (0..o.n_prompt).map(|_| tok()).collect();
-            st.truncate(0);
+            to_depth(&mut st, &mut logits)?;
             let t0 = Instant::now();
             model.forward(&prompt, &mut st, false, &mut logits)?;
             speeds.push(o.n_prompt as f64 / t0.elapsed().as_secs_f64());
         }
         let (m, sd) = mean_sd(&speeds);
         println!(
-            "| {name} | {} | pp{} | {m:.2} ± {sd:.2} |",
+            "| {name} | {} | pp{}{at} | {m:.2} ± {sd:.2} |",
             o.threads, o.n_prompt
         );
-        profile(model, &format!("pp{}", o.n_prompt));
+        profile(model, &format!("pp{}{at}", o.n_prompt));
     }
     if o.n_gen > 0 {
         let mut speeds = Vec::new();
         for _ in 0..o.reps {
-            st.truncate(0);
+            to_depth(&mut st, &mut logits)?;
             let mut t = tok();
             let t0 = Instant::now();
             for _ in 0..o.n_gen {
@@ -125,10 +150,10 @@ pub fn run(model: &Model, name: &str, o: &BenchOpts) -> Result<()> {
         }
         let (m, sd) = mean_sd(&speeds);
         println!(
-            "| {name} | {} | tg{} | {m:.2} ± {sd:.2} |",
+            "| {name} | {} | tg{}{at} | {m:.2} ± {sd:.2} |",
             o.threads, o.n_gen
         );
-        profile(model, &format!("tg{}", o.n_gen));
+        profile(model, &format!("tg{}{at}", o.n_gen));
         let gbs = model.bytes_per_token() as f64 * m / 1e9;
         let bw = bandwidth_probe(o.threads);
         println!();

@@ -3,7 +3,9 @@
 
 pub mod bench;
 pub mod grammar;
+pub mod imatrix;
 mod pages;
+pub mod ppl;
 pub mod sampling;
 pub mod sched;
 

@@ -5,10 +5,12 @@
 pub mod gguf;
 pub mod gguf_write;
 pub mod hf;
+pub mod imatrix;
 pub mod names;
 
 pub use gguf::{GgufFile, Value};
 pub use hf::HfDir;
+pub use imatrix::{Imatrix, ImatrixEntry, read_imatrix};
 
 use hearth_core::{Error, Result, Tensor};
 use std::collections::HashMap;
