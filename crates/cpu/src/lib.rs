@@ -956,11 +956,14 @@ impl Cpu {
         } else {
             // one token at a time, with as many of a group's query heads per task as leave
             // at least two tasks per thread (decoding: 4 heads of a group of 8 share the
-            // keys they read)
+            // keys they read); one task per thread where reading the cache dominates (long
+            // contexts, and typed caches, whose chunks are converted once per task)
             let toks: usize = jobs.iter().map(|j| j.n_tok).sum();
+            let long = jobs.iter().any(|j| j.pos0 + j.n_tok >= 1024);
+            let per_thread = if long || !p.kv.is_f32() { 1 } else { 2 };
             let d = (1..=g)
                 .rev()
-                .find(|&d| g % d == 0 && (nh / d) * toks >= 2 * threads)
+                .find(|&d| g % d == 0 && (nh / d) * toks >= per_thread * threads)
                 .unwrap_or(1);
             (1, d)
         };
