@@ -1,5 +1,5 @@
-//! Quantizers for the lattice i-quants below 4 bits: IQ2_XS (8-value grid points, 9-bit
-//! index + 7 sign bits per 8) and IQ3_XXS (4-value grid points, 8-bit index, signs per 8).
+//! Quantizers for the lattice i-quants below 4 bits: IQ2_XXS and IQ2_XS (8-value grid points,
+//! 8- or 9-bit index + 7 sign bits per 8) and IQ3_XXS (4-value grid points, 8-bit index).
 //!
 //! These follow llama.cpp's `quantize_row_iq2_xs_impl` / `quantize_row_iq3_xxs_impl`: per
 //! group of 8 values the signs are split off (with an even number of minus signs, flipping the
@@ -14,8 +14,8 @@
 // The loops index several arrays in step, as the formulas read.
 #![allow(clippy::needless_range_loop)]
 use crate::qlegacy::f16_bytes;
-use crate::qsearch::{GROUP_MAX_EPS, nearest_int};
-use crate::tables::{IQ2XS_GRID, IQ3XXS_GRID};
+use crate::qsearch::{GROUP_MAX_EPS, make_qp, nearest_int};
+use crate::tables::{IQ2XS_GRID, IQ2XXS_GRID, IQ3XXS_GRID};
 use std::sync::OnceLock;
 
 /// IQ3_XXS treats groups smaller than this as zero (ggml's `GROUP_MAX_EPS_IQ3_XXS`).
@@ -184,6 +184,12 @@ impl Lattice {
     }
 }
 
+/// IQ2_XXS's lattice: 256 points of 8 values on 3 levels.
+pub fn iq2xxs_lattice() -> &'static Lattice {
+    static L: OnceLock<Lattice> = OnceLock::new();
+    L.get_or_init(|| Lattice::new(&IQ2XXS_GRID, &[8, 25, 43], 2, 2, 43692))
+}
+
 /// IQ2_XS's lattice: 512 points of 8 values on 3 levels.
 pub fn iq2xs_lattice() -> &'static Lattice {
     static L: OnceLock<Lattice> = OnceLock::new();
@@ -225,19 +231,29 @@ fn split_signs(xb: &[f32], w: &[f32], xval: &mut [f32]) -> u8 {
     s & 127
 }
 
-/// One group's search (16 values of IQ2_XS, 32 of IQ3_XXS): fill `idx` with a grid index per
-/// `lat.dim` values and return the group's scale (>= 0; the signs are flipped when the best
-/// fit is negative). `max` is the largest of `xval`, above the group's epsilon. `nlev` levels per coordinate; candidate inverse scales
-/// `(2 nlev - 1 + step * is) / max` for `is` in `-nsteps..=nsteps`.
-#[allow(clippy::too_many_arguments)]
+/// How a group's scale is searched.
+struct Search {
+    /// levels per coordinate
+    nlev: i32,
+    /// candidate inverse scales `(2 nlev - 1 + step * is) / top` for `is` in `-nsteps..=nsteps`
+    nsteps: i32,
+    step: f32,
+    /// after the search, round every point again at the best scale (IQ2_XXS), not only those
+    /// that fell off the grid
+    all_again: bool,
+}
+
+/// One group's search (16 values of IQ2_XS, 32 of IQ2_XXS and IQ3_XXS): fill `idx` with a grid
+/// index per `lat.dim` values and return the group's scale (>= 0; the signs are flipped when
+/// the best fit is negative). `top` is the magnitude the candidate scales are relative to (the
+/// group's max, above its epsilon), `scale` the scale kept when no candidate fits.
 fn search_group(
     lat: &Lattice,
     xval: &[f32],
     weight: &[f32],
-    nlev: i32,
-    nsteps: i32,
-    step: f32,
-    max: f32,
+    o: &Search,
+    top: f32,
+    mut scale: f32,
     idx: &mut [usize],
     signs: &mut [u8],
 ) -> f32 {
@@ -261,10 +277,10 @@ fn search_group(
     let (mut on, mut on_aux) = ([true; 8], [true; 8]);
     let mut iaux = [0usize; 8];
     idx[..ng].fill(lat.map[0] as usize);
+    let nlev = o.nlev;
     let mut best = 0f32;
-    let mut scale = max / (2 * nlev - 1) as f32;
-    for is in -nsteps..=nsteps {
-        let id = ((2 * nlev - 1) as f32 + is as f32 * step) / max;
+    for is in -o.nsteps..=o.nsteps {
+        let id = ((2 * nlev - 1) as f32 + is as f32 * o.step) / top;
         let this_scale = 1.0 / id;
         for k in 0..ng {
             let r = dim * k..dim * k + dim;
@@ -288,10 +304,10 @@ fn search_group(
             idx[..ng].copy_from_slice(&iaux[..ng]);
         }
     }
-    if on[..ng].iter().any(|&o| !o) && scale > 0.0 {
+    if (o.all_again || on[..ng].iter().any(|&o| !o)) && scale > 0.0 {
         let id = 1.0 / scale;
         for k in 0..ng {
-            if on[k] {
+            if on[k] && !o.all_again {
                 continue;
             }
             let r = dim * k..dim * k + dim;
@@ -339,6 +355,75 @@ fn sum_squares(x: &[f32]) -> f32 {
     x.iter().fold(0f32, |s, v| s + v * v)
 }
 
+/// IQ2_XXS: 66 bytes per 256 (f16 d, then per 32 values a u32 of 4 grid indices and a u32 of
+/// scale << 28 | 4 x 7 sign bits). `qw` is required, as in ggml. The search starts from the
+/// scale `make_qp` fits to the magnitudes on 4 levels, and rounds every point again at the end.
+pub fn iq2_xxs(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    let lat = iq2xxs_lattice();
+    let (mut w, mut xval) = ([0f32; 32], [0f32; 32]);
+    let mut scales = [0f32; 8];
+    let mut q2 = [0u32; 16];
+    let mut lq = [0u8; 32];
+    for (ibl, (xs, y)) in x
+        .chunks_exact(256)
+        .zip(out.chunks_exact_mut(66))
+        .enumerate()
+    {
+        y.fill(0);
+        q2.fill(0);
+        let sigma2 = sum_squares(xs) / 256.0;
+        let mut max_scale = 0f32;
+        for ib in 0..8 {
+            let xb = &xs[32 * ib..32 * ib + 32];
+            let q = &qw[256 * ibl + 32 * ib..256 * ibl + 32 * ib + 32];
+            group_weights(xb, Some(q), sigma2, &mut w);
+            let mut signs = [0u8; 4];
+            for k in 0..4 {
+                let r = 8 * k..8 * k + 8;
+                signs[k] = split_signs(&xb[r.clone()], &w[r.clone()], &mut xval[r]);
+            }
+            let max = vmax(&xval);
+            if max < GROUP_MAX_EPS {
+                scales[ib] = 0.0;
+                continue;
+            }
+            let scale0 = make_qp(&xval, 4, &mut lq, &w);
+            let eff_max = scale0 * 3.0;
+            if eff_max <= 0.0 || eff_max.is_nan() {
+                scales[ib] = 0.0;
+                continue;
+            }
+            let mut idx = [0usize; 4];
+            let o = Search {
+                nlev: 3,
+                nsteps: 6,
+                step: 0.1,
+                all_again: true,
+            };
+            let scale = search_group(lat, &xval, &w, &o, eff_max, scale0, &mut idx, &mut signs);
+            for k in 0..4 {
+                q2[2 * ib] |= (idx[k] as u32) << (8 * k);
+                q2[2 * ib + 1] |= (signs[k] as u32) << (7 * k);
+            }
+            scales[ib] = scale;
+            max_scale = max_scale.max(scale);
+        }
+        if max_scale == 0.0 {
+            continue;
+        }
+        let d = max_scale / 31.0;
+        y[..2].copy_from_slice(&f16_bytes(d));
+        let id = 1.0 / d;
+        for ib in 0..8 {
+            let l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 15) as u32;
+            q2[2 * ib + 1] |= l << 28;
+        }
+        for (o, v) in y[2..66].chunks_exact_mut(4).zip(&q2) {
+            o.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
 /// IQ2_XS: 74 bytes per 256 (f16 d, 32 u16 of grid index | signs << 9, 16 4-bit scales).
 /// `qw` (one importance weight per value) is required, as in ggml.
 pub fn iq2_xs(x: &[f32], qw: &[f32], out: &mut [u8]) {
@@ -370,7 +455,13 @@ pub fn iq2_xs(x: &[f32], qw: &[f32], out: &mut [u8]) {
                 continue;
             }
             let mut idx = [0usize; 2];
-            let scale = search_group(lat, &xval, &w, 3, 9, 0.1, max, &mut idx, &mut signs);
+            let o = Search {
+                nlev: 3,
+                nsteps: 9,
+                step: 0.1,
+                all_again: false,
+            };
+            let scale = search_group(lat, &xval, &w, &o, max, max / 5.0, &mut idx, &mut signs);
             for k in 0..2 {
                 q2[2 * ib + k] = idx[k] as u16 | ((signs[k] as u16) << 9);
             }
@@ -426,7 +517,13 @@ pub fn iq3_xxs(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
                 continue;
             }
             let mut idx = [0usize; 8];
-            let scale = search_group(lat, &xval, &w, 8, 15, 0.2, max, &mut idx, &mut signs);
+            let o = Search {
+                nlev: 8,
+                nsteps: 15,
+                step: 0.2,
+                all_again: false,
+            };
+            let scale = search_group(lat, &xval, &w, &o, max, max / 15.0, &mut idx, &mut signs);
             for k in 0..8 {
                 q3[8 * ib + k] = idx[k] as u8;
             }
@@ -497,6 +594,13 @@ mod tests {
     }
 
     #[test]
+    fn iq2xxs_lattice_tables() {
+        let lat = iq2xxs_lattice();
+        assert_eq!(lat.len(), 256);
+        check(lat, 43692, 3);
+    }
+
+    #[test]
     fn iq2xs_lattice_tables() {
         let lat = iq2xs_lattice();
         assert_eq!(lat.len(), 512);
@@ -514,18 +618,25 @@ mod tests {
     /// reproduces x except at most one value, the least important one.
     #[test]
     fn signs_keep_even_parity() {
-        let xb = [0.5, -1.0, 2.0, -0.1, 0.3, 0.7, -0.9, 1.1];
         let w = [1.0; 8];
         let mut xval = [0f32; 8];
+        // four negatives (1, 3, 5, 6): all stored, nothing flipped
+        let xb = [0.5, -1.0, 2.0, -0.1, 0.3, -0.7, -0.9, 1.1];
         let s = split_signs(&xb, &w, &mut xval);
-        // four negatives: all stored, nothing flipped
-        assert_eq!(s, 0b0100_1010);
+        assert_eq!(s, 0b0110_1010);
         assert!(xval.iter().all(|&v| v >= 0.0));
-        let xb = [0.5, -1.0, 2.0, -0.1, 0.3, 0.7, 0.9, 1.1];
+        // three negatives (1, 3, 6): the least important one (-0.1) keeps a wrong sign
+        let xb = [0.5, -1.0, 2.0, -0.1, 0.3, 0.7, -0.9, 1.1];
         let s = split_signs(&xb, &w, &mut xval);
-        // two negatives left after flipping the smallest one (-0.1) back
-        assert_eq!(s, 0b0000_0010);
+        assert_eq!(s, 0b0100_0010);
         assert_eq!(xval[3], -0.1);
+        // the same with a weight that makes 0.3 the least important: its sign flips instead
+        let mut w2 = w;
+        w2[4] = 0.01;
+        let s = split_signs(&xb, &w2, &mut xval);
+        assert_eq!(s, 0b0101_1010);
+        assert_eq!(xval[4], -0.3);
+        assert_eq!(xval[3], 0.1);
     }
 
     /// Every grid index the quantizers write is in range of its grid, and the groups the
@@ -540,14 +651,36 @@ mod tests {
             seed ^= seed << 17;
             (seed >> 40) as f32 / (1u64 << 24) as f32
         };
-        let x: Vec<f32> = (0..256 * 8).map(|_| (next() - 0.5) * (next() * 4.0).exp()).collect();
+        let x: Vec<f32> = (0..256 * 8)
+            .map(|_| (next() - 0.5) * (next() * 4.0).exp())
+            .collect();
         let w: Vec<f32> = (0..256 * 8).map(|_| next() * next() * 10.0).collect();
         let (l2, l3) = (iq2xs_lattice(), iq3xxs_lattice());
         let mut o2 = vec![0u8; 74 * 8];
         iq2_xs(&x, &w, &mut o2);
+        let l1 = iq2xxs_lattice();
+        let mut o1 = vec![0u8; 66 * 8];
+        iq2_xxs(&x, &w, &mut o1);
+        let mut seen = std::collections::HashSet::new();
+        for b in o1.chunks_exact(66) {
+            for g in 0..8 {
+                for &gi in &b[2 + 8 * g..6 + 8 * g] {
+                    let gi = gi as usize;
+                    assert!(gi < l1.len());
+                    let lv: Vec<i8> = l1.point(gi).iter().map(|p| (p - 1) / 2).collect();
+                    assert_eq!(l1.map[l1.pack(&lv)], gi as i32);
+                    seen.insert(gi);
+                }
+            }
+        }
+        assert!(
+            seen.len() > 20,
+            "only {} distinct IQ2_XXS points",
+            seen.len()
+        );
         let mut o3 = vec![0u8; 98 * 8];
         iq3_xxs(&x, Some(&w), &mut o3);
-        let mut seen = std::collections::HashSet::new();
+        seen.clear();
         for b in o2.chunks_exact(74) {
             for g in 0..32 {
                 let gi = (u16::from_le_bytes([b[2 + 2 * g], b[3 + 2 * g]]) & 511) as usize;
@@ -557,7 +690,11 @@ mod tests {
                 seen.insert(gi);
             }
         }
-        assert!(seen.len() > 20, "only {} distinct IQ2_XS points", seen.len());
+        assert!(
+            seen.len() > 20,
+            "only {} distinct IQ2_XS points",
+            seen.len()
+        );
         seen.clear();
         for b in o3.chunks_exact(98) {
             for &gi in &b[2..66] {
@@ -568,6 +705,10 @@ mod tests {
                 seen.insert(gi);
             }
         }
-        assert!(seen.len() > 20, "only {} distinct IQ3_XXS points", seen.len());
+        assert!(
+            seen.len() > 20,
+            "only {} distinct IQ3_XXS points",
+            seen.len()
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! Quantization: f32 rows -> ggml blocks, for every type hearth can write.
 //!
 //! [`quantize_row`] is the entry point. The block types' search algorithms live in `qsearch`,
-//! `qlegacy` (32-element blocks and IQ4_XS), `qkquants` (Q2_K..Q6_K) and `qiquants` (IQ2_XS,
-//! IQ3_XXS). Every result decodes with the dequantizers of this crate; the tests check that
+//! `qlegacy` (32-element blocks and IQ4_XS), `qkquants` (Q2_K..Q6_K) and `qiquants` (IQ2_XXS,
+//! IQ2_XS, IQ3_XXS). Every result decodes with the dequantizers of this crate; the tests check that
 //! round trip per type.
 use crate::{qiquants as iq, qkquants as k, qlegacy as l};
 use hearth_core::{DType, Error, Result};
@@ -26,15 +26,16 @@ pub fn can_quantize(dtype: DType) -> bool {
             | DType::Q6_K
             | DType::IQ4_NL
             | DType::IQ4_XS
+            | DType::IQ2_XXS
             | DType::IQ2_XS
             | DType::IQ3_XXS
     )
 }
 
-/// Whether `dtype` cannot be written without an importance matrix (as in ggml, whose IQ2_XS
-/// quantizer has no fallback weights).
+/// Whether `dtype` cannot be written without an importance matrix (as in ggml, whose IQ2_XXS
+/// and IQ2_XS quantizers have no fallback weights).
 pub fn needs_imatrix(dtype: DType) -> bool {
-    matches!(dtype, DType::IQ2_XS)
+    matches!(dtype, DType::IQ2_XXS | DType::IQ2_XS)
 }
 
 /// Whether an importance matrix changes the result for `dtype` (Q8_0 and the float types ignore it).
@@ -111,6 +112,7 @@ pub fn quantize_row(
         DType::Q4_K => k::q4_k(x, qw, out),
         DType::Q5_K => k::q5_k(x, qw, out),
         DType::Q6_K => k::q6_k(x, qw, out),
+        DType::IQ2_XXS => iq::iq2_xxs(x, qw.unwrap_or_default(), out),
         DType::IQ2_XS => iq::iq2_xs(x, qw.unwrap_or_default(), out),
         DType::IQ3_XXS => iq::iq3_xxs(x, qw, out),
         _ => unreachable!("checked by can_quantize"),

@@ -179,7 +179,7 @@ fn gaussian_and_imatrix(n: usize, rows: usize, seed: u64) -> (Vec<f32>, Vec<f32>
 fn iquant_roundtrip_budgets_with_imatrix() {
     let n = 512;
     let (x, w) = gaussian_and_imatrix(n, 16, 0x51);
-    for (name, budget) in [("IQ3_XXS", 0.21), ("IQ2_XS", 0.36)] {
+    for (name, budget) in [("IQ3_XXS", 0.21), ("IQ2_XS", 0.36), ("IQ2_XXS", 0.42)] {
         let t = DType::from_name(name).unwrap();
         let e = rel_err(&x, &roundtrip(t, &x, Some(&w), n), Some(&w), n);
         eprintln!("{name}: weighted relative RMS error {e:.5} (budget {budget})");
@@ -187,10 +187,14 @@ fn iquant_roundtrip_budgets_with_imatrix() {
     }
     let e3 = rel_err(&x, &roundtrip(DType::IQ3_XXS, &x, Some(&w), n), Some(&w), n);
     let e2 = rel_err(&x, &roundtrip(DType::IQ2_XS, &x, Some(&w), n), Some(&w), n);
-    assert!(e3 < e2, "IQ3_XXS {e3} !< IQ2_XS {e2}");
+    let e1 = rel_err(&x, &roundtrip(DType::IQ2_XXS, &x, Some(&w), n), Some(&w), n);
+    assert!(
+        e3 < e2 && e2 < e1,
+        "IQ3_XXS {e3}, IQ2_XS {e2}, IQ2_XXS {e1}"
+    );
 }
 
-/// IQ2_XS cannot be written without an importance matrix (as in llama.cpp); IQ3_XXS falls
+/// IQ2_XXS and IQ2_XS cannot be written without an importance matrix (as in llama.cpp); IQ3_XXS falls
 /// back to x^2 weights, as ggml does. Degenerate rows stay finite.
 #[test]
 fn iquant_imatrix_required_and_degenerate_rows() {
@@ -198,16 +202,24 @@ fn iquant_imatrix_required_and_degenerate_rows() {
     let mut out = vec![0u8; DType::IQ2_XS.row_bytes(256).unwrap()];
     let e = quantize_row(DType::IQ2_XS, &x, None, &mut out).unwrap_err();
     assert!(e.to_string().contains("importance matrix"), "{e}");
+    let mut out1 = vec![0u8; DType::IQ2_XXS.row_bytes(256).unwrap()];
+    let e = quantize_row(DType::IQ2_XXS, &x, None, &mut out1).unwrap_err();
+    assert!(e.to_string().contains("importance matrix"), "{e}");
     let mut out3 = vec![0u8; DType::IQ3_XXS.row_bytes(256).unwrap()];
     quantize_row(DType::IQ3_XXS, &x, None, &mut out3).unwrap();
     let w = vec![1.0f32; 256];
-    for name in ["IQ2_XS", "IQ3_XXS"] {
+    for name in ["IQ2_XXS", "IQ2_XS", "IQ3_XXS"] {
         let t = DType::from_name(name).unwrap();
-        for x in [vec![0f32; 256], vec![1.5f32; 256], {
-            let mut v = vec![1e-3f32; 256];
-            v[17] = 1e4;
-            v
-        }, vec![0.3f32; 256]] {
+        for x in [
+            vec![0f32; 256],
+            vec![1.5f32; 256],
+            {
+                let mut v = vec![1e-3f32; 256];
+                v[17] = 1e4;
+                v
+            },
+            vec![0.3f32; 256],
+        ] {
             let y = roundtrip(t, &x, Some(&w), 256);
             assert!(y.iter().all(|v| v.is_finite()), "{name}");
             let e = rel_err(&x, &y, None, 256);
@@ -234,7 +246,7 @@ fn iquant_imatrix_lowers_weighted_error() {
         .map(|i| if i % 7 == 0 { 50.0 } else { 0.5 + r.next() })
         .collect();
     let flat = vec![1.0f32; n];
-    for name in ["IQ2_XS", "IQ3_XXS"] {
+    for name in ["IQ2_XXS", "IQ2_XS", "IQ3_XXS"] {
         let t = DType::from_name(name).unwrap();
         let plain = rel_err(&x, &roundtrip(t, &x, Some(&flat), n), Some(&w), n);
         let with = rel_err(&x, &roundtrip(t, &x, Some(&w), n), Some(&w), n);
