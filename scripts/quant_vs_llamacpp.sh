@@ -18,7 +18,7 @@ WORK=${WORK:-/tmp/q_cmp}
 CHUNKS=${CHUNKS:-8}
 THREADS=${THREADS:-2}
 TYPES=${TYPES-"Q8_0 Q6_K Q4_K_M Q3_K_M Q2_K IQ4_XS"}
-IQTYPES=${IQTYPES-"IQ3_XXS IQ2_XS"}
+IQTYPES=${IQTYPES-"IQ3_XXS IQ2_XS IQ2_XXS"}
 mkdir -p "$WORK"
 
 # An English text that is on every Debian/Ubuntu system; else the first long license text

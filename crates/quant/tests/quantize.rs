@@ -210,21 +210,21 @@ fn iquant_imatrix_required_and_degenerate_rows() {
     let w = vec![1.0f32; 256];
     for name in ["IQ2_XXS", "IQ2_XS", "IQ3_XXS"] {
         let t = DType::from_name(name).unwrap();
-        for x in [
-            vec![0f32; 256],
-            vec![1.5f32; 256],
-            {
-                let mut v = vec![1e-3f32; 256];
-                v[17] = 1e4;
-                v
-            },
-            vec![0.3f32; 256],
-        ] {
+        for x in [vec![0f32; 256], vec![1.5f32; 256], vec![0.3f32; 256]] {
             let y = roundtrip(t, &x, Some(&w), 256);
             assert!(y.iter().all(|v| v.is_finite()), "{name}");
             let e = rel_err(&x, &y, None, 256);
             assert!(e.is_nan() || e < 0.35, "{name}: {e}");
         }
+        // one huge value: it is kept within 10% (the stored grid magnitudes 8:25:43 are only
+        // close to the 1:3:5 the search fits, and the group scale has 4 bits). (The grids have no zero level, so the small
+        // values sharing its scale come out at a fraction of it, up to 1/5 on the 2-bit grids:
+        // the row's relative error is no measure here.)
+        let mut x = vec![1e-3f32; 256];
+        x[17] = 1e4;
+        let y = roundtrip(t, &x, Some(&w), 256);
+        assert!(y.iter().all(|v| v.is_finite()), "{name}");
+        assert!((y[17] - 1e4).abs() < 1e3, "{name}: {}", y[17]);
         // an all-zero imatrix and non-finite input are not panics
         let y = roundtrip(t, &vec![0.7f32; 256], Some(&[0.0; 256]), 256);
         assert_eq!(y.len(), 256);
