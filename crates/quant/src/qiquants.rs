@@ -247,6 +247,7 @@ struct Search {
 /// index per `lat.dim` values and return the group's scale (>= 0; the signs are flipped when
 /// the best fit is negative). `top` is the magnitude the candidate scales are relative to (the
 /// group's max, above its epsilon), `scale` the scale kept when no candidate fits.
+#[allow(clippy::too_many_arguments)]
 fn search_group(
     lat: &Lattice,
     xval: &[f32],
