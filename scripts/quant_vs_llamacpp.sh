@@ -5,9 +5,11 @@
 #
 #   scripts/quant_vs_llamacpp.sh            # the default types
 #   TYPES="Q8_0 Q4_K_M" scripts/quant_vs_llamacpp.sh
+#   TYPES= IQTYPES="IQ2_XS" IMATRIX=im.gguf scripts/quant_vs_llamacpp.sh   # i-quants only
 #
 # Env: LLAMA_BIN (llama.cpp's build/bin), HEARTH (the hearth binary), WORK (scratch directory),
-# TEXT (an English text file), CHUNKS (512-token chunks to evaluate), THREADS.
+# IQTYPES (types quantized with an importance matrix), IMATRIX (its file; default a synthetic
+# one), TEXT (an English text file), CHUNKS (512-token chunks to evaluate), THREADS.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 LLAMA_BIN=${LLAMA_BIN:-/work/main/.llama.cpp/build/bin}
@@ -15,7 +17,8 @@ HEARTH=${HEARTH:-$here/target/release/hearth}
 WORK=${WORK:-/tmp/q_cmp}
 CHUNKS=${CHUNKS:-8}
 THREADS=${THREADS:-2}
-TYPES=${TYPES:-"Q8_0 Q6_K Q4_K_M Q3_K_M Q2_K IQ4_XS"}
+TYPES=${TYPES-"Q8_0 Q6_K Q4_K_M Q3_K_M Q2_K IQ4_XS"}
+IQTYPES=${IQTYPES-"IQ3_XXS IQ2_XS IQ2_XXS"}
 mkdir -p "$WORK"
 
 # An English text that is on every Debian/Ubuntu system; else the first long license text
@@ -59,23 +62,35 @@ print(f"{n}/{len(a.tensors)}")
 PY
 }
 
-printf '%-8s %10s %12s %12s %8s %12s %12s %10s\n' type size_ratio kld_hearth kld_llama ratio hearth_MiB llama_MiB identical
-for t in $TYPES; do
-  l=$WORK/llama_$t.gguf
-  h=$WORK/hearth_$t.gguf
-  [ -f "$l" ] || "$LLAMA_BIN/llama-quantize" "$f16" "$l" "$t" "$THREADS" >"$WORK/llama_$t.log" 2>&1
-  "$HEARTH" quantize "$f16" "$h" "$t" -t "$THREADS" >"$WORK/hearth_$t.log" 2>&1
+row() { # label hearth_file llama_file -> one table row
+  local t=$1 h=$2 l=$3 sh sl kh kl id
   sh=$(stat -c %s "$h"); sl=$(stat -c %s "$l")
   kh=$(kld "$h"); kl=$(kld "$l")
   id=$(same "$h" "$l")
   awk -v t="$t" -v sh="$sh" -v sl="$sl" -v kh="$kh" -v kl="$kl" -v id="$id" 'BEGIN {
     r = (kh == "FAIL" || kl == "FAIL" || kl == 0) ? "n/a" : sprintf("%.3f", kh / kl);
-    printf "%-8s %10.4f %12s %12s %8s %12.2f %12.2f %10s\n", t, sh / sl, kh, kl, r, sh / 1048576, sl / 1048576, id }'
+    printf "%-10s %10.4f %12s %12s %8s %12.2f %12.2f %10s\n", t, sh / sl, kh, kl, r, sh / 1048576, sl / 1048576, id }'
+}
+
+printf '%-10s %10s %12s %12s %8s %12s %12s %10s\n' type size_ratio kld_hearth kld_llama ratio hearth_MiB llama_MiB identical
+for t in $TYPES; do
+  l=$WORK/llama_$t.gguf
+  h=$WORK/hearth_$t.gguf
+  [ -f "$l" ] || "$LLAMA_BIN/llama-quantize" "$f16" "$l" "$t" "$THREADS" >"$WORK/llama_$t.log" 2>&1
+  "$HEARTH" quantize "$f16" "$h" "$t" -t "$THREADS" >"$WORK/hearth_$t.log" 2>&1
+  row "$t" "$h" "$l"
 done
-for t in IQ3_XXS IQ2_XS; do
-  if [ ! -x "$LLAMA_BIN/llama-imatrix" ]; then
-    echo "$t: skipped (llama-imatrix is not built in $LLAMA_BIN, and hearth does not write $t yet)"
-  else
-    echo "$t: skipped (hearth does not write $t yet)"
-  fi
-done
+# The i-quants below 4 bits need an importance matrix: IMATRIX when given, else a synthetic
+# one (scripts/synthetic_imatrix.py). Both tools get the same file; rows named im_TYPE.
+if [ -n "$IQTYPES" ]; then
+  im=${IMATRIX:-$WORK/synthetic_imatrix.gguf}
+  [ -f "$im" ] || python3 "$here/scripts/synthetic_imatrix.py" "$f16" "$im" "$WORK/synthetic_imatrix.dat"
+  echo "imatrix: $im"
+  for t in $IQTYPES; do
+    l=$WORK/llama_im_$t.gguf
+    h=$WORK/hearth_im_$t.gguf
+    [ -f "$l" ] || "$LLAMA_BIN/llama-quantize" --imatrix "$im" "$f16" "$l" "$t" "$THREADS" >"$WORK/llama_im_$t.log" 2>&1
+    "$HEARTH" quantize --imatrix "$im" "$f16" "$h" "$t" -t "$THREADS" >"$WORK/hearth_im_$t.log" 2>&1
+    row "im_$t" "$h" "$l"
+  done
+fi

@@ -225,7 +225,11 @@ pub fn make_qkx(
 
 /// Quantize non-negative values (sub-block scales or mins) to `0..=nmax` with importance
 /// weights `qw`: try 9 inverse scales around `nmax/max`, then move single quants while the
-/// weighted fit improves. Returns the scale.
+/// weighted fit improves. Returns the scale. At most 32 values.
+///
+/// The quants are kept in bytes as ggml's `make_qp_quants` keeps them: a negative value (which
+/// only IQ2_XXS passes, where one value per 8 may carry a flipped sign) rounds to a negative
+/// quant that wraps around in its byte, and the search goes on with the wrapped value.
 pub fn make_qp(x: &[f32], nmax: i32, l_out: &mut [u8], qw: &[f32]) -> f32 {
     let n = x.len();
     let max = x.iter().fold(0f32, |m, &v| m.max(v));
@@ -237,7 +241,7 @@ pub fn make_qp(x: &[f32], nmax: i32, l_out: &mut [u8], qw: &[f32]) -> f32 {
     let scale0 = 1.0 / iscale;
     let mut best = 0f32;
     for i in 0..n {
-        let l = nearest_int(iscale * x[i]);
+        let l = nearest_int(iscale * x[i]) as u8;
         let d = x[i] - scale0 * l as f32;
         best += qw[i] * d * d;
     }
@@ -259,25 +263,26 @@ pub fn make_qp(x: &[f32], nmax: i32, l_out: &mut [u8], qw: &[f32]) -> f32 {
         }
     }
     let (mut sumlx, mut suml2) = (0f32, 0f32);
-    let mut l = [0i32; 32];
+    let mut l = [0u8; 32];
     for i in 0..n {
-        l[i] = nearest_int(iscale * x[i]).min(nmax);
-        sumlx += qw[i] * x[i] * l[i] as f32;
-        suml2 += qw[i] * l[i] as f32 * l[i] as f32;
+        let li = nearest_int(iscale * x[i]).min(nmax);
+        l[i] = li as u8;
+        sumlx += qw[i] * x[i] * li as f32;
+        suml2 += qw[i] * li as f32 * li as f32;
     }
     for _ in 0..5 {
         let mut changed = 0;
         for i in 0..n {
-            let w = qw[i];
-            let mut slx = sumlx - w * x[i] * l[i] as f32;
-            let mut sl2 = suml2 - w * l[i] as f32 * l[i] as f32;
+            let (w, li) = (qw[i], l[i] as f32);
+            let mut slx = sumlx - w * x[i] * li;
+            let mut sl2 = suml2 - w * li * li;
             if slx > 0.0 && sl2 > 0.0 {
                 let nl = nearest_int(x[i] * sl2 / slx).min(nmax);
-                if nl != l[i] {
+                if nl != l[i] as i32 {
                     slx += w * x[i] * nl as f32;
                     sl2 += w * nl as f32 * nl as f32;
                     if slx * slx * suml2 > sumlx * sumlx * sl2 {
-                        l[i] = nl;
+                        l[i] = nl as u8;
                         sumlx = slx;
                         suml2 = sl2;
                         changed += 1;
@@ -289,9 +294,7 @@ pub fn make_qp(x: &[f32], nmax: i32, l_out: &mut [u8], qw: &[f32]) -> f32 {
             break;
         }
     }
-    for i in 0..n {
-        l_out[i] = l[i].max(0) as u8;
-    }
+    l_out[..n].copy_from_slice(&l[..n]);
     if suml2 > 0.0 { sumlx / suml2 } else { 0.0 }
 }
 

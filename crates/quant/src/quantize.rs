@@ -1,9 +1,10 @@
 //! Quantization: f32 rows -> ggml blocks, for every type hearth can write.
 //!
 //! [`quantize_row`] is the entry point. The block types' search algorithms live in `qsearch`,
-//! `qlegacy` (32-element blocks and IQ4_XS) and `qkquants` (Q2_K..Q6_K). Every result decodes
-//! with the dequantizers of this crate; the tests check that round trip per type.
-use crate::{qkquants as k, qlegacy as l};
+//! `qlegacy` (32-element blocks and IQ4_XS), `qkquants` (Q2_K..Q6_K) and `qiquants` (IQ2_XXS,
+//! IQ2_XS, IQ3_XXS). Every result decodes with the dequantizers of this crate; the tests check that
+//! round trip per type.
+use crate::{qiquants as iq, qkquants as k, qlegacy as l};
 use hearth_core::{DType, Error, Result};
 
 /// Whether hearth can write `dtype`.
@@ -25,7 +26,16 @@ pub fn can_quantize(dtype: DType) -> bool {
             | DType::Q6_K
             | DType::IQ4_NL
             | DType::IQ4_XS
+            | DType::IQ2_XXS
+            | DType::IQ2_XS
+            | DType::IQ3_XXS
     )
+}
+
+/// Whether `dtype` cannot be written without an importance matrix (as in ggml, whose IQ2_XXS
+/// and IQ2_XS quantizers have no fallback weights).
+pub fn needs_imatrix(dtype: DType) -> bool {
+    matches!(dtype, DType::IQ2_XXS | DType::IQ2_XS)
 }
 
 /// Whether an importance matrix changes the result for `dtype` (Q8_0 and the float types ignore it).
@@ -69,6 +79,11 @@ pub fn quantize_row(
         }
     }
     let qw = if uses_imatrix(dtype) { imatrix } else { None };
+    if needs_imatrix(dtype) && qw.is_none() {
+        return Err(Error::Invalid(format!(
+            "quantizing to {dtype} needs an importance matrix (--imatrix)"
+        )));
+    }
     match dtype {
         DType::F32 => {
             for (o, v) in out.chunks_exact_mut(4).zip(x) {
@@ -97,6 +112,9 @@ pub fn quantize_row(
         DType::Q4_K => k::q4_k(x, qw, out),
         DType::Q5_K => k::q5_k(x, qw, out),
         DType::Q6_K => k::q6_k(x, qw, out),
+        DType::IQ2_XXS => iq::iq2_xxs(x, qw.unwrap_or_default(), out),
+        DType::IQ2_XS => iq::iq2_xs(x, qw.unwrap_or_default(), out),
+        DType::IQ3_XXS => iq::iq3_xxs(x, qw, out),
         _ => unreachable!("checked by can_quantize"),
     }
     Ok(())

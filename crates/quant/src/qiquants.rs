@@ -1,0 +1,715 @@
+//! Quantizers for the lattice i-quants below 4 bits: IQ2_XXS and IQ2_XS (8-value grid points,
+//! 8- or 9-bit index + 7 sign bits per 8) and IQ3_XXS (4-value grid points, 8-bit index).
+//!
+//! These follow llama.cpp's `quantize_row_iq2_xs_impl` / `quantize_row_iq3_xxs_impl`: per
+//! group of 8 values the signs are split off (with an even number of minus signs, flipping the
+//! least important value when needed), the magnitudes are rounded onto the lattice at a range
+//! of candidate scales, points that fall off the grid are moved to the best of their nearest
+//! grid neighbours, and the scale with the best weighted fit wins. The arithmetic is f32 in
+//! ggml's order so that the bytes match `llama-quantize`; the code is written anew.
+//!
+//! A lattice point is kept in ggml's "odd" coordinates `2l + 1` (l = the level index), so that
+//! distances between points are small integers; the dequantization tables hold the same points
+//! scaled to their real magnitudes.
+// The loops index several arrays in step, as the formulas read.
+#![allow(clippy::needless_range_loop)]
+use crate::qlegacy::f16_bytes;
+use crate::qsearch::{GROUP_MAX_EPS, make_qp, nearest_int};
+use crate::tables::{IQ2XS_GRID, IQ2XXS_GRID, IQ3XXS_GRID};
+use std::sync::OnceLock;
+
+/// IQ3_XXS treats groups smaller than this as zero (ggml's `GROUP_MAX_EPS_IQ3_XXS`).
+const GROUP_MAX_EPS_IQ3: f32 = 1e-8;
+
+/// A grid (codebook) of lattice points with the lookup tables the quantizer needs: the map from
+/// every packed level vector to its grid index, and for points that are not on the grid the
+/// list of grid points nearest to them.
+pub struct Lattice {
+    /// values per point (8 or 4)
+    pub dim: usize,
+    /// bits per level in a packed level vector (2 or 3)
+    pub bits: usize,
+    /// grid points in odd coordinates, `dim` per point
+    pub points: Vec<i8>,
+    /// packed level vector -> grid index (>= 0), or `-(offset + 1)` into `neighbours`
+    pub map: Vec<i32>,
+    /// for each off-grid vector: the count n, then n grid indices (nearest first, by index on ties)
+    pub neighbours: Vec<u16>,
+}
+
+impl Lattice {
+    /// Build from a dequantization grid whose coordinates take the sorted `levels` values,
+    /// keeping neighbours up to the `nwant`-th distinct distance, for level vectors `0..map_size`.
+    fn new<const D: usize>(
+        grid: &[[u8; D]],
+        levels: &[u8],
+        bits: usize,
+        nwant: usize,
+        map_size: usize,
+    ) -> Self {
+        let mut points = Vec::with_capacity(grid.len() * D);
+        let mut map = vec![-1i32; map_size];
+        for (gi, g) in grid.iter().enumerate() {
+            let mut u = 0usize;
+            for (k, v) in g.iter().enumerate() {
+                let l = levels
+                    .iter()
+                    .position(|x| x == v)
+                    .expect("grid value is a level");
+                points.push(2 * l as i8 + 1);
+                u |= l << (bits * k);
+            }
+            map[u] = gi as i32;
+        }
+        let mask = (1usize << bits) - 1;
+        let mut neighbours = Vec::new();
+        let mut dist: Vec<u32> = Vec::with_capacity(grid.len());
+        for u in 0..map_size {
+            if map[u] >= 0 {
+                continue;
+            }
+            let pos: Vec<i32> = (0..D)
+                .map(|k| 2 * ((u >> (bits * k)) & mask) as i32 + 1)
+                .collect();
+            dist.clear();
+            for j in 0..grid.len() {
+                let p = &points[D * j..D * j + D];
+                let d2: i32 = (0..D).map(|k| (p[k] as i32 - pos[k]).pow(2)).sum();
+                dist.push(((d2 as u32) << 16) | j as u32);
+            }
+            dist.sort_unstable();
+            map[u] = -(neighbours.len() as i32 + 1);
+            let start = neighbours.len();
+            neighbours.push(0);
+            let (mut d2, mut nhave) = (dist[0] >> 16, 1);
+            for &e in &dist {
+                if e >> 16 > d2 {
+                    if nhave == nwant {
+                        break;
+                    }
+                    d2 = e >> 16;
+                    nhave += 1;
+                }
+                neighbours.push((e & 0xffff) as u16);
+            }
+            neighbours[start] = (neighbours.len() - start - 1) as u16;
+        }
+        Lattice {
+            dim: D,
+            bits,
+            points,
+            map,
+            neighbours,
+        }
+    }
+
+    /// Grid points in all.
+    pub fn len(&self) -> usize {
+        self.points.len() / self.dim
+    }
+
+    /// Whether the grid is empty (never, for the built-in grids).
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    /// The grid point in odd coordinates.
+    pub fn point(&self, i: usize) -> &[i8] {
+        &self.points[self.dim * i..self.dim * (i + 1)]
+    }
+
+    /// The nearest grid points of an off-grid packed level vector (empty for one on the grid).
+    pub fn neighbours_of(&self, u: usize) -> &[u16] {
+        let m = self.map[u];
+        if m >= 0 {
+            return &[];
+        }
+        let o = (-m - 1) as usize;
+        let n = self.neighbours[o] as usize;
+        &self.neighbours[o + 1..o + 1 + n]
+    }
+
+    /// Pack levels `l` (one per coordinate) into a level vector.
+    fn pack(&self, l: &[i8]) -> usize {
+        l.iter()
+            .enumerate()
+            .fold(0, |u, (k, &v)| u | ((v as usize) << (self.bits * k)))
+    }
+
+    /// Round `xval / scale` (odd coordinates) onto the levels `0..nlev`, and onto the grid:
+    /// returns the grid index and whether the rounded point was on the grid; `l` gets the levels.
+    fn snap(
+        &self,
+        xval: &[f32],
+        waux: &[f32],
+        id: f32,
+        scale: f32,
+        nlev: i32,
+        l: &mut [i8],
+    ) -> (usize, bool) {
+        for i in 0..self.dim {
+            l[i] = nearest_int(0.5 * (id * xval[i] - 1.0)).clamp(0, nlev - 1) as i8;
+        }
+        let u = self.pack(l);
+        let m = self.map[u];
+        if m >= 0 {
+            return (m as usize, true);
+        }
+        let gi = self.best_neighbour(u, xval, waux, scale);
+        for (i, &p) in self.point(gi).iter().enumerate() {
+            l[i] = (p - 1) / 2;
+        }
+        (gi, false)
+    }
+
+    /// Of the neighbours of off-grid vector `u`, the one nearest to `xval` at `scale`, by the
+    /// error weighted with `w` (the first one on ties, and when the errors are not numbers).
+    fn best_neighbour(&self, u: usize, xval: &[f32], w: &[f32], scale: f32) -> usize {
+        let nb = self.neighbours_of(u);
+        let mut best = f32::MAX;
+        let mut gi = nb[0] as usize;
+        for &j in nb {
+            let p = self.point(j as usize);
+            let mut d2 = 0f32;
+            for i in 0..self.dim {
+                let diff = scale * p[i] as f32 - xval[i];
+                d2 += w[i] * diff * diff;
+            }
+            if d2 < best {
+                best = d2;
+                gi = j as usize;
+            }
+        }
+        gi
+    }
+}
+
+/// IQ2_XXS's lattice: 256 points of 8 values on 3 levels.
+pub fn iq2xxs_lattice() -> &'static Lattice {
+    static L: OnceLock<Lattice> = OnceLock::new();
+    L.get_or_init(|| Lattice::new(&IQ2XXS_GRID, &[8, 25, 43], 2, 2, 43692))
+}
+
+/// IQ2_XS's lattice: 512 points of 8 values on 3 levels.
+pub fn iq2xs_lattice() -> &'static Lattice {
+    static L: OnceLock<Lattice> = OnceLock::new();
+    L.get_or_init(|| Lattice::new(&IQ2XS_GRID, &[8, 25, 43], 2, 2, 43692))
+}
+
+/// IQ3_XXS's lattice: 256 points of 4 values on 8 levels.
+pub fn iq3xxs_lattice() -> &'static Lattice {
+    static L: OnceLock<Lattice> = OnceLock::new();
+    L.get_or_init(|| Lattice::new(&IQ3XXS_GRID, &[4, 12, 20, 28, 36, 44, 52, 62], 3, 2, 4096))
+}
+
+/// Split the signs off 8 values: `xval` gets the magnitudes, the result the 7 stored sign
+/// bits. The 8th sign is implied by even parity, so with an odd count of negatives the value
+/// with the least weighted square `w x^2` keeps a wrong sign (its `xval` turns negative).
+fn split_signs(xb: &[f32], w: &[f32], xval: &mut [f32]) -> u8 {
+    let mut s = 0u8;
+    for i in 0..8 {
+        if xb[i] >= 0.0 {
+            xval[i] = xb[i];
+        } else {
+            xval[i] = -xb[i];
+            s |= 1 << i;
+        }
+    }
+    if s.count_ones() % 2 == 1 {
+        let mut imin = 0;
+        let mut min = w[0] * xb[0] * xb[0];
+        for i in 1..8 {
+            let a = w[i] * xb[i] * xb[i];
+            if a < min {
+                min = a;
+                imin = i;
+            }
+        }
+        xval[imin] = -xval[imin];
+        s ^= 1 << imin;
+    }
+    s & 127
+}
+
+/// How a group's scale is searched.
+struct Search {
+    /// levels per coordinate
+    nlev: i32,
+    /// candidate inverse scales `(2 nlev - 1 + step * is) / top` for `is` in `-nsteps..=nsteps`
+    nsteps: i32,
+    step: f32,
+    /// after the search, round every point again at the best scale (IQ2_XXS), not only those
+    /// that fell off the grid
+    all_again: bool,
+}
+
+/// One group's search (16 values of IQ2_XS, 32 of IQ2_XXS and IQ3_XXS): fill `idx` with a grid
+/// index per `lat.dim` values and return the group's scale (>= 0; the signs are flipped when
+/// the best fit is negative). `top` is the magnitude the candidate scales are relative to (the
+/// group's max, above its epsilon), `scale` the scale kept when no candidate fits.
+#[allow(clippy::too_many_arguments)]
+fn search_group(
+    lat: &Lattice,
+    xval: &[f32],
+    weight: &[f32],
+    o: &Search,
+    top: f32,
+    mut scale: f32,
+    idx: &mut [usize],
+    signs: &mut [u8],
+) -> f32 {
+    let n = xval.len();
+    let dim = lat.dim;
+    let ng = n / dim;
+    let mut waux = [0f32; 32];
+    for i in 0..n {
+        waux[i] = weight[i].sqrt();
+    }
+    let fit = |l: &[i8]| {
+        let (mut sqx, mut sq2) = (0f32, 0f32);
+        for i in 0..n {
+            let q = (2 * l[i] as i32 + 1) as f32;
+            sqx += weight[i] * xval[i] * q;
+            sq2 += weight[i] * q * q;
+        }
+        (sqx, sq2)
+    };
+    let (mut l, mut laux) = ([0i8; 32], [0i8; 32]);
+    let (mut on, mut on_aux) = ([true; 8], [true; 8]);
+    let mut iaux = [0usize; 8];
+    idx[..ng].fill(lat.map[0] as usize);
+    let nlev = o.nlev;
+    let mut best = 0f32;
+    for is in -o.nsteps..=o.nsteps {
+        let id = ((2 * nlev - 1) as f32 + is as f32 * o.step) / top;
+        let this_scale = 1.0 / id;
+        for k in 0..ng {
+            let r = dim * k..dim * k + dim;
+            let (gi, ok) = lat.snap(
+                &xval[r.clone()],
+                &waux[r.clone()],
+                id,
+                this_scale,
+                nlev,
+                &mut laux[r],
+            );
+            iaux[k] = gi;
+            on_aux[k] = ok;
+        }
+        let (sqx, sq2) = fit(&laux);
+        if sq2 > 0.0 && sqx * sqx > best * sq2 {
+            scale = sqx / sq2;
+            best = scale * sqx;
+            l = laux;
+            on = on_aux;
+            idx[..ng].copy_from_slice(&iaux[..ng]);
+        }
+    }
+    if (o.all_again || on[..ng].iter().any(|&o| !o)) && scale > 0.0 {
+        let id = 1.0 / scale;
+        for k in 0..ng {
+            if on[k] && !o.all_again {
+                continue;
+            }
+            let r = dim * k..dim * k + dim;
+            idx[k] = lat
+                .snap(
+                    &xval[r.clone()],
+                    &waux[r.clone()],
+                    id,
+                    scale,
+                    nlev,
+                    &mut l[r],
+                )
+                .0;
+        }
+        let (sqx, sq2) = fit(&l);
+        if sq2 > 0.0 {
+            scale = sqx / sq2;
+        }
+    }
+    if scale < 0.0 {
+        scale = -scale;
+        for s in signs.iter_mut() {
+            *s = !*s & 127;
+        }
+    }
+    scale
+}
+
+/// The importance weights of one group: `qw * sqrt(sigma2 + x^2)`, or `x^2` without `qw`.
+fn group_weights(xb: &[f32], qw: Option<&[f32]>, sigma2: f32, w: &mut [f32]) {
+    for i in 0..xb.len() {
+        w[i] = match qw {
+            Some(q) => q[i] * (sigma2 + xb[i] * xb[i]).sqrt(),
+            None => xb[i] * xb[i],
+        };
+    }
+}
+
+/// The largest value, as ggml's `MAX` loop picks it.
+fn vmax(x: &[f32]) -> f32 {
+    x.iter().fold(x[0], |m, &v| if m > v { m } else { v })
+}
+
+fn sum_squares(x: &[f32]) -> f32 {
+    x.iter().fold(0f32, |s, v| s + v * v)
+}
+
+/// IQ2_XXS: 66 bytes per 256 (f16 d, then per 32 values a u32 of 4 grid indices and a u32 of
+/// scale << 28 | 4 x 7 sign bits). `qw` is required, as in ggml. The search starts from the
+/// scale `make_qp` fits to the magnitudes on 4 levels, and rounds every point again at the end.
+pub fn iq2_xxs(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    let lat = iq2xxs_lattice();
+    let (mut w, mut xval) = ([0f32; 32], [0f32; 32]);
+    let mut scales = [0f32; 8];
+    let mut q2 = [0u32; 16];
+    let mut lq = [0u8; 32];
+    for (ibl, (xs, y)) in x
+        .chunks_exact(256)
+        .zip(out.chunks_exact_mut(66))
+        .enumerate()
+    {
+        y.fill(0);
+        q2.fill(0);
+        let sigma2 = sum_squares(xs) / 256.0;
+        let mut max_scale = 0f32;
+        for ib in 0..8 {
+            let xb = &xs[32 * ib..32 * ib + 32];
+            let q = &qw[256 * ibl + 32 * ib..256 * ibl + 32 * ib + 32];
+            group_weights(xb, Some(q), sigma2, &mut w);
+            let mut signs = [0u8; 4];
+            for k in 0..4 {
+                let r = 8 * k..8 * k + 8;
+                signs[k] = split_signs(&xb[r.clone()], &w[r.clone()], &mut xval[r]);
+            }
+            let max = vmax(&xval);
+            if max < GROUP_MAX_EPS {
+                scales[ib] = 0.0;
+                continue;
+            }
+            let scale0 = make_qp(&xval, 4, &mut lq, &w);
+            let eff_max = scale0 * 3.0;
+            if eff_max <= 0.0 || eff_max.is_nan() {
+                scales[ib] = 0.0;
+                continue;
+            }
+            let mut idx = [0usize; 4];
+            let o = Search {
+                nlev: 3,
+                nsteps: 6,
+                step: 0.1,
+                all_again: true,
+            };
+            let scale = search_group(lat, &xval, &w, &o, eff_max, scale0, &mut idx, &mut signs);
+            for k in 0..4 {
+                q2[2 * ib] |= (idx[k] as u32) << (8 * k);
+                q2[2 * ib + 1] |= (signs[k] as u32) << (7 * k);
+            }
+            scales[ib] = scale;
+            max_scale = max_scale.max(scale);
+        }
+        if max_scale == 0.0 {
+            continue;
+        }
+        let d = max_scale / 31.0;
+        y[..2].copy_from_slice(&f16_bytes(d));
+        let id = 1.0 / d;
+        for ib in 0..8 {
+            let l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 15) as u32;
+            q2[2 * ib + 1] |= l << 28;
+        }
+        for (o, v) in y[2..66].chunks_exact_mut(4).zip(&q2) {
+            o.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// IQ2_XS: 74 bytes per 256 (f16 d, 32 u16 of grid index | signs << 9, 16 4-bit scales).
+/// `qw` (one importance weight per value) is required, as in ggml.
+pub fn iq2_xs(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    let lat = iq2xs_lattice();
+    let (mut w, mut xval) = ([0f32; 16], [0f32; 16]);
+    let mut scales = [0f32; 16];
+    let mut q2 = [0u16; 32];
+    for (ibl, (xs, y)) in x
+        .chunks_exact(256)
+        .zip(out.chunks_exact_mut(74))
+        .enumerate()
+    {
+        y.fill(0);
+        let sigma2 = sum_squares(xs) / 256.0;
+        let mut max_scale = 0f32;
+        q2.fill(0);
+        for ib in 0..16 {
+            let xb = &xs[16 * ib..16 * ib + 16];
+            let q = &qw[256 * ibl + 16 * ib..256 * ibl + 16 * ib + 16];
+            group_weights(xb, Some(q), sigma2, &mut w);
+            let mut signs = [0u8; 2];
+            for k in 0..2 {
+                let r = 8 * k..8 * k + 8;
+                signs[k] = split_signs(&xb[r.clone()], &w[r.clone()], &mut xval[r]);
+            }
+            let max = vmax(&xval);
+            if max < GROUP_MAX_EPS {
+                scales[ib] = 0.0;
+                continue;
+            }
+            let mut idx = [0usize; 2];
+            let o = Search {
+                nlev: 3,
+                nsteps: 9,
+                step: 0.1,
+                all_again: false,
+            };
+            let scale = search_group(lat, &xval, &w, &o, max, max / 5.0, &mut idx, &mut signs);
+            for k in 0..2 {
+                q2[2 * ib + k] = idx[k] as u16 | ((signs[k] as u16) << 9);
+            }
+            scales[ib] = scale;
+            max_scale = max_scale.max(scale);
+        }
+        if max_scale == 0.0 {
+            continue;
+        }
+        let d = max_scale / 31.0;
+        y[..2].copy_from_slice(&f16_bytes(d));
+        let id = 1.0 / d;
+        for ib in 0..16 {
+            let l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 15) as u8;
+            y[66 + ib / 2] |= l << (4 * (ib % 2));
+        }
+        for (o, v) in y[2..66].chunks_exact_mut(2).zip(&q2) {
+            o.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// IQ3_XXS: 98 bytes per 256 (f16 d, 64 grid indices, 8 u32 of scale << 28 | 4 x 7 sign bits).
+/// Without `qw` the weights are x^2, as in ggml.
+pub fn iq3_xxs(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
+    let lat = iq3xxs_lattice();
+    let (mut w, mut xval) = ([0f32; 32], [0f32; 32]);
+    let mut scales = [0f32; 8];
+    let mut q3 = [0u8; 64];
+    let mut sas = [0u32; 8];
+    for (ibl, (xs, y)) in x
+        .chunks_exact(256)
+        .zip(out.chunks_exact_mut(98))
+        .enumerate()
+    {
+        y.fill(0);
+        q3.fill(0);
+        sas.fill(0);
+        let sigma2 = 2.0 * sum_squares(xs) / 256.0;
+        let mut max_scale = 0f32;
+        for ib in 0..8 {
+            let xb = &xs[32 * ib..32 * ib + 32];
+            let q = qw.map(|q| &q[256 * ibl + 32 * ib..256 * ibl + 32 * ib + 32]);
+            group_weights(xb, q, sigma2, &mut w);
+            let mut signs = [0u8; 4];
+            for k in 0..4 {
+                let r = 8 * k..8 * k + 8;
+                signs[k] = split_signs(&xb[r.clone()], &w[r.clone()], &mut xval[r]);
+            }
+            let max = vmax(&xval);
+            if max < GROUP_MAX_EPS_IQ3 {
+                scales[ib] = 0.0;
+                continue;
+            }
+            let mut idx = [0usize; 8];
+            let o = Search {
+                nlev: 8,
+                nsteps: 15,
+                step: 0.2,
+                all_again: false,
+            };
+            let scale = search_group(lat, &xval, &w, &o, max, max / 15.0, &mut idx, &mut signs);
+            for k in 0..8 {
+                q3[8 * ib + k] = idx[k] as u8;
+            }
+            sas[ib] = signs[0] as u32
+                | (signs[1] as u32) << 7
+                | (signs[2] as u32) << 14
+                | (signs[3] as u32) << 21;
+            scales[ib] = scale;
+            max_scale = max_scale.max(scale);
+        }
+        if max_scale == 0.0 {
+            continue;
+        }
+        let d = max_scale / 31.0;
+        y[..2].copy_from_slice(&f16_bytes(d * 1.0125));
+        let id = 1.0 / d;
+        for ib in 0..8 {
+            let l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 15) as u32;
+            sas[ib] |= l << 28;
+        }
+        y[2..66].copy_from_slice(&q3);
+        for (o, v) in y[66..98].chunks_exact_mut(4).zip(&sas) {
+            o.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every grid point maps to itself; every other level vector has a non-empty neighbour
+    /// list of valid grid indices, sorted by distance, whose first entry is a nearest grid point
+    /// (checked by brute force).
+    fn check(lat: &Lattice, map_size: usize, nlev: usize) {
+        for gi in 0..lat.len() {
+            let l: Vec<i8> = lat.point(gi).iter().map(|p| (p - 1) / 2).collect();
+            assert_eq!(lat.map[lat.pack(&l)], gi as i32);
+        }
+        let dist = |u: usize, gi: usize| -> i32 {
+            let p = lat.point(gi);
+            (0..lat.dim)
+                .map(|k| {
+                    let l = ((u >> (lat.bits * k)) & ((1 << lat.bits) - 1)) as i32;
+                    (p[k] as i32 - (2 * l + 1)).pow(2)
+                })
+                .sum()
+        };
+        let mut off = 0;
+        for u in 0..map_size {
+            if (0..lat.dim).any(|k| (u >> (lat.bits * k)) & ((1 << lat.bits) - 1) >= nlev) {
+                continue;
+            }
+            if lat.map[u] >= 0 {
+                assert!((lat.map[u] as usize) < lat.len());
+                continue;
+            }
+            off += 1;
+            let nb = lat.neighbours_of(u);
+            assert!(!nb.is_empty(), "vector {u} has no neighbours");
+            assert!(nb.iter().all(|&j| (j as usize) < lat.len()));
+            let d: Vec<i32> = nb.iter().map(|&j| dist(u, j as usize)).collect();
+            assert!(d.windows(2).all(|w| w[0] <= w[1]), "vector {u}: {d:?}");
+            let nearest = (0..lat.len()).map(|j| dist(u, j)).min().unwrap();
+            assert_eq!(d[0], nearest, "vector {u}");
+        }
+        assert!(off > 0);
+    }
+
+    #[test]
+    fn iq2xxs_lattice_tables() {
+        let lat = iq2xxs_lattice();
+        assert_eq!(lat.len(), 256);
+        check(lat, 43692, 3);
+    }
+
+    #[test]
+    fn iq2xs_lattice_tables() {
+        let lat = iq2xs_lattice();
+        assert_eq!(lat.len(), 512);
+        check(lat, 43692, 3);
+    }
+
+    #[test]
+    fn iq3xxs_lattice_tables() {
+        let lat = iq3xxs_lattice();
+        assert_eq!(lat.len(), 256);
+        check(lat, 4096, 8);
+    }
+
+    /// The stored signs have even parity with the flipped magnitude: sign(x) * xval
+    /// reproduces x except at most one value, the least important one.
+    #[test]
+    fn signs_keep_even_parity() {
+        let w = [1.0; 8];
+        let mut xval = [0f32; 8];
+        // four negatives (1, 3, 5, 6): all stored, nothing flipped
+        let xb = [0.5, -1.0, 2.0, -0.1, 0.3, -0.7, -0.9, 1.1];
+        let s = split_signs(&xb, &w, &mut xval);
+        assert_eq!(s, 0b0110_1010);
+        assert!(xval.iter().all(|&v| v >= 0.0));
+        // three negatives (1, 3, 6): the least important one (-0.1) keeps a wrong sign
+        let xb = [0.5, -1.0, 2.0, -0.1, 0.3, 0.7, -0.9, 1.1];
+        let s = split_signs(&xb, &w, &mut xval);
+        assert_eq!(s, 0b0100_0010);
+        assert_eq!(xval[3], -0.1);
+        // the same with a weight that makes 0.3 the least important: its sign flips instead
+        let mut w2 = w;
+        w2[4] = 0.01;
+        let s = split_signs(&xb, &w2, &mut xval);
+        assert_eq!(s, 0b0101_1010);
+        assert_eq!(xval[4], -0.3);
+        assert_eq!(xval[3], 0.1);
+    }
+
+    /// Every grid index the quantizers write is in range of its grid, and the groups the
+    /// search leaves off-grid are moved onto it: the decoded level vector of every index is a
+    /// grid point (the map sends it back to the same index), on varied data and weights.
+    #[test]
+    fn written_grid_indices_are_valid() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let x: Vec<f32> = (0..256 * 8)
+            .map(|_| (next() - 0.5) * (next() * 4.0).exp())
+            .collect();
+        let w: Vec<f32> = (0..256 * 8).map(|_| next() * next() * 10.0).collect();
+        let (l2, l3) = (iq2xs_lattice(), iq3xxs_lattice());
+        let mut o2 = vec![0u8; 74 * 8];
+        iq2_xs(&x, &w, &mut o2);
+        let l1 = iq2xxs_lattice();
+        let mut o1 = vec![0u8; 66 * 8];
+        iq2_xxs(&x, &w, &mut o1);
+        let mut seen = std::collections::HashSet::new();
+        for b in o1.chunks_exact(66) {
+            for g in 0..8 {
+                for &gi in &b[2 + 8 * g..6 + 8 * g] {
+                    let gi = gi as usize;
+                    assert!(gi < l1.len());
+                    let lv: Vec<i8> = l1.point(gi).iter().map(|p| (p - 1) / 2).collect();
+                    assert_eq!(l1.map[l1.pack(&lv)], gi as i32);
+                    seen.insert(gi);
+                }
+            }
+        }
+        assert!(
+            seen.len() > 20,
+            "only {} distinct IQ2_XXS points",
+            seen.len()
+        );
+        let mut o3 = vec![0u8; 98 * 8];
+        iq3_xxs(&x, Some(&w), &mut o3);
+        seen.clear();
+        for b in o2.chunks_exact(74) {
+            for g in 0..32 {
+                let gi = (u16::from_le_bytes([b[2 + 2 * g], b[3 + 2 * g]]) & 511) as usize;
+                assert!(gi < l2.len());
+                let lv: Vec<i8> = l2.point(gi).iter().map(|p| (p - 1) / 2).collect();
+                assert_eq!(l2.map[l2.pack(&lv)], gi as i32);
+                seen.insert(gi);
+            }
+        }
+        assert!(
+            seen.len() > 20,
+            "only {} distinct IQ2_XS points",
+            seen.len()
+        );
+        seen.clear();
+        for b in o3.chunks_exact(98) {
+            for &gi in &b[2..66] {
+                let gi = gi as usize;
+                assert!(gi < l3.len());
+                let lv: Vec<i8> = l3.point(gi).iter().map(|p| (p - 1) / 2).collect();
+                assert_eq!(l3.map[l3.pack(&lv)], gi as i32);
+                seen.insert(gi);
+            }
+        }
+        assert!(
+            seen.len() > 20,
+            "only {} distinct IQ3_XXS points",
+            seen.len()
+        );
+    }
+}
