@@ -17,6 +17,8 @@ bash scripts/build_llamacpp.sh --src-only >/dev/null  # llama.cpp's tokenizer te
 cargo test --release --locked --workspace 2>&1 | tee -a "$log"
 # every architecture's fixtures and SmolLM2's agreement with transformers on Vulkan
 HEARTH_TEST_BACKEND=vulkan cargo test --release --locked -p hearth-models --test tiny_hf 2>&1 | tee -a "$log"
+# every KV-cache type through the Vulkan shaders that store and read them
+HEARTH_TEST_BACKEND=vulkan cargo test --release --locked -p hearth-models --test kv_types 2>&1 | tee -a "$log"
 HEARTH_TEST_BACKEND=vulkan cargo test --release --locked -p hearth --test smollm2 smollm2_top1 2>&1 | tee -a "$log"
 # the portable (non-AVX2) kernels against the same references
 HEARTH_CPU_BASELINE=1 cargo test --release --locked -p hearth-quant -p hearth-models -p hearth-cpu 2>&1 | tee -a "$log"

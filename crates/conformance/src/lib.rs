@@ -7,6 +7,7 @@
 //! backend can grow op by op; [`Report::skipped`] says which.
 #![deny(missing_docs)]
 
+mod kv;
 use hearth_core::{
     AttnParams, AttnSeg, Backend, Buf, DType, Error, Glu, Pages, Result, RopeArgs, RopeStyle,
     RowCopy, Storage, Tensor,
@@ -236,6 +237,7 @@ pub fn run(be: &dyn Backend) -> Report {
     quant(&mut s);
     moe(&mut s);
     linear(&mut s);
+    kv::cases(&mut s);
     s.r
 }
 

@@ -644,6 +644,45 @@ pub fn check_rows(src: usize, dst: usize, rows: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// An error unless every position `0..=last` of each `(last, pages)` has its key and value row
+/// (every head's part) lies inside caches of `k_words` and `v_words` words (what each
+/// backend's attention checks before it reads a cache).
+pub fn check_attn_rows<'a>(
+    p: &AttnParams<'_>,
+    k_words: usize,
+    v_words: usize,
+    seqs: impl Iterator<Item = (usize, Option<Pages<'a>>)>,
+) -> Result<()> {
+    let kw = p.kv.k.row_words(p.n_kv_head * p.head_dim);
+    let vw = p.kv.v.row_words(p.n_kv_head * p.v_dim);
+    if p.k_stride < kw || p.v_stride < vw {
+        return Err(Error::Invalid(format!(
+            "attention: cache rows of {} and {} words are narrower than {} keys and {} values",
+            p.k_stride,
+            p.v_stride,
+            p.kv.k.name(),
+            p.kv.v.name()
+        )));
+    }
+    let n_rows = (k_words / p.k_stride.max(1)).min(v_words / p.v_stride.max(1));
+    for (last, pages) in seqs {
+        let bad = match pages {
+            None => last >= n_rows,
+            Some(pg) => (0..=last / pg.page_size.max(1)).any(|i| {
+                pg.table
+                    .get(i)
+                    .is_none_or(|&t| (t as usize + 1) * pg.page_size > n_rows)
+            }),
+        };
+        if bad {
+            return Err(Error::Invalid(format!(
+                "attention: position {last} lies outside a cache of {n_rows} rows"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The reference of [`Backend::glu`].
 pub fn glu_ref(act: Glu, g: &mut [f32], u: &[f32]) {
     match act {

@@ -75,6 +75,10 @@ impl KvType {
             KvType::Tq3 => "tq3",
         }
     }
+    /// Its index in [`KV_TYPES`] (how a device kernel is told the type).
+    pub fn code(self) -> u32 {
+        KV_TYPES.iter().position(|&t| t == self).unwrap_or(0) as u32
+    }
     /// The ggml type with the same block layout (none for [`KvType::Tq3`]).
     pub fn dtype(self) -> Option<DType> {
         Some(match self {
@@ -174,12 +178,20 @@ fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-/// The fixed signs of the randomized Hadamard rotation: sign of element `i` of a chunk
-/// (a 64-bit constant from splitmix64, repeated; any fixed pattern of mixed signs serves).
+/// The fixed signs of the randomized Hadamard rotation: bit `i % 64` set makes element `i`
+/// of a chunk negative (a 64-bit constant from splitmix64; any fixed pattern of mixed signs
+/// serves). Backends that rotate on a device take it from here.
+pub const SIGN_BITS: u64 = 0x9E37_79B9_7F4A_7C15 ^ 0xBF58_476D_1CE4_E5B9;
+
+/// The factor that makes a chunk's Walsh-Hadamard transform orthonormal (`1/sqrt(rot)`,
+/// computed as [`rotate`] computes it).
+pub fn rot_scale(rot: usize) -> f32 {
+    (rot as f32).sqrt().recip()
+}
+
 #[inline]
 fn sign(i: usize) -> f32 {
-    const BITS: u64 = 0x9E37_79B9_7F4A_7C15 ^ 0xBF58_476D_1CE4_E5B9;
-    if (BITS >> (i % 64)) & 1 == 1 {
+    if (SIGN_BITS >> (i % 64)) & 1 == 1 {
         -1.0
     } else {
         1.0
@@ -200,7 +212,7 @@ fn fwht(x: &mut [f32]) {
         }
         h *= 2;
     }
-    let s = (n as f32).sqrt().recip();
+    let s = rot_scale(n);
     for v in x {
         *v *= s;
     }

@@ -16,7 +16,7 @@ mod tensor;
 
 pub use backend::{
     AttnParams, AttnSeg, Backend, DeltaJob, KvDest, LightningJob, MAX_ROPE_PAIRS, MatJob, MoeJob,
-    Pages, RopeArgs, RopeStyle, RowCopy, check_rows, glu_ref, store_rows,
+    Pages, RopeArgs, RopeStyle, RowCopy, check_attn_rows, check_rows, glu_ref, store_rows,
 };
 pub use buf::{Buf, DevMem, View, ViewMut};
 pub use dtype::DType;

@@ -54,7 +54,7 @@ impl Chunks for QRows<'_> {
                 row * p.k_stride * 4 + self.kh * kb,
                 row * p.v_stride * 4 + self.kh * vb,
             );
-            // (rows and sizes were checked by `check_rows`; a failure leaves zeros)
+            // (rows and sizes were checked by `check_attn_rows`; a failure leaves zeros)
             let _ = dequantize_row(p.kv.k, &self.k[ks..ks + kb], &mut t.k[i * hd..(i + 1) * hd]);
             let _ = dequantize_row(p.kv.v, &self.v[vs..vs + vb], &mut t.v[i * vd..(i + 1) * vd]);
         }
@@ -67,44 +67,6 @@ impl Chunks for QRows<'_> {
             v_off: 0,
         }
     }
-}
-
-/// Check that every position `0..=last` of each `(last, pages)` has its key and value row
-/// (every head's part) inside caches of `k_words` and `v_words` words.
-pub(crate) fn check_rows<'a>(
-    p: &AttnParams<'_>,
-    k_words: usize,
-    v_words: usize,
-    seqs: impl Iterator<Item = (usize, Option<Pages<'a>>)>,
-) -> Result<()> {
-    let kw = p.kv.k.row_words(p.n_kv_head * p.head_dim);
-    let vw = p.kv.v.row_words(p.n_kv_head * p.v_dim);
-    if p.k_stride < kw || p.v_stride < vw {
-        return Err(Error::Invalid(format!(
-            "attention: cache rows of {} and {} words are narrower than {} keys and {} values",
-            p.k_stride,
-            p.v_stride,
-            p.kv.k.name(),
-            p.kv.v.name()
-        )));
-    }
-    let n_rows = (k_words / p.k_stride.max(1)).min(v_words / p.v_stride.max(1));
-    for (last, pages) in seqs {
-        let bad = match pages {
-            None => last >= n_rows,
-            Some(pg) => (0..=last / pg.page_size.max(1)).any(|i| {
-                pg.table
-                    .get(i)
-                    .is_none_or(|&t| (t as usize + 1) * pg.page_size > n_rows)
-            }),
-        };
-        if bad {
-            return Err(Error::Invalid(format!(
-                "attention: position {last} lies outside a cache of {n_rows} rows"
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// A copy of the queries `[rows, n_head, head_dim]`, rotated as the keys were stored.

@@ -592,7 +592,7 @@ impl Backend for Cpu {
         let seqs = jobs
             .iter()
             .map(|j| ((j.pos0 + j.n_tok).saturating_sub(1), j.pages));
-        attn_q::check_rows(p, k.len(), v.len(), seqs)?;
+        hearth_core::check_attn_rows(p, k.len(), v.len(), seqs)?;
         self.attention_many_h(k, v, p, sinks, &mut jobs)?;
         if p.kv.v.rotated() {
             for j in &mut jobs {

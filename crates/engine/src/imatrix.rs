@@ -9,7 +9,7 @@
 //! dense matmuls of fewer than 16 tokens are skipped, expert matmuls never are.
 use crate::Engine;
 use hearth_core::linear::{RecSeg, SlotLayout};
-use hearth_core::{AttnParams, AttnSeg, KvDest, RopeArgs, RowCopy};
+use hearth_core::{AttnParams, AttnSeg, KvDest, KvType, RopeArgs, RowCopy};
 use hearth_core::{
     Backend, Buf, DType, DeltaJob, Error, Glu, LightningJob, MatJob, MoeJob, Result, Routing,
     Tensor, View, ViewMut,
@@ -406,6 +406,19 @@ impl Backend for Collector {
     }
     fn store_rows(&self, src: View<'_>, dst: ViewMut<'_>, rows: &[usize]) -> Result<()> {
         self.inner.store_rows(src, dst, rows)
+    }
+    fn store_kv(
+        &self,
+        src: View<'_>,
+        dst: ViewMut<'_>,
+        rows: &[usize],
+        ty: KvType,
+        rot: usize,
+    ) -> Result<()> {
+        self.inner.store_kv(src, dst, rows, ty, rot)
+    }
+    fn supports_kv(&self, t: KvType) -> bool {
+        self.inner.supports_kv(t)
     }
     fn moe_route(
         &self,

@@ -622,7 +622,7 @@ impl Model {
                 for t in [k, v] {
                     if !be.supports_kv(t) {
                         return Err(Error::Unsupported(format!(
-                            "the {} backend keeps its KV cache in f32 only (cache type {}); \
+                            "the {} backend cannot keep a KV cache of type {}; \
                              run attention on the CPU or use the default cache type",
                             be.name(),
                             t.name()

@@ -2,13 +2,24 @@
 //! type against transformers' (float32 cache), decode through the cache against the batch,
 //! the bytes each type takes, and clear errors where a model's heads are not whole blocks.
 //! (That attention over a typed cache is exactly attention over the values it holds is
-//! `hearth-cpu`'s attn_q test; these check the model's use of it.)
+//! `hearth-cpu`'s attn_q test and the conformance suite's; these check the model's use of
+//! it.) `HEARTH_TEST_BACKEND=vulkan` runs them on the Vulkan backend.
 use hearth_core::KvType;
 use hearth_core::kv::KV_TYPES;
 use hearth_formats::ModelFiles;
 use hearth_models::Model;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// The backend under test: the CPU, or with `HEARTH_TEST_BACKEND=vulkan` the first Vulkan
+/// device (whose shaders store and read every type).
+fn backend() -> Arc<dyn hearth_core::Backend> {
+    match std::env::var("HEARTH_TEST_BACKEND").as_deref() {
+        Ok("vulkan") => Arc::new(hearth_vulkan::Vulkan::new(0).expect("a Vulkan device")),
+        Ok("cpu") | Err(_) => Arc::new(hearth_cpu::Cpu::new(2).unwrap()),
+        Ok(other) => panic!("HEARTH_TEST_BACKEND={other}: cpu or vulkan"),
+    }
+}
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -19,8 +30,7 @@ fn fixture(name: &str) -> PathBuf {
 fn load(name: &str) -> (ModelFiles, Model, Vec<u32>, Vec<f32>) {
     let dir = fixture(name);
     let files = ModelFiles::open(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let model = Model::load(&files, Arc::new(hearth_cpu::Cpu::new(2).unwrap()))
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let model = Model::load(&files, backend()).unwrap_or_else(|e| panic!("{name}: {e}"));
     let exp: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let tokens = exp["tokens"]

@@ -5,10 +5,14 @@
 // `sinks - 1` (0: none).
 // Each chunk of WG positions: every thread scores one key, then every thread adds the chunk's
 // values to the output elements it owns (d = l, l + WG, ...).
+// The caches are of KV types `kt` and `vt` (kv.glsl; rows of k_stride and v_stride words),
+// read value by value; the rotated types' queries come rotated, and their output is rotated
+// back afterwards (hadamard.comp).
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
-layout(std430, binding = 0) readonly buffer K { float k[]; };
-layout(std430, binding = 1) readonly buffer V { float v[]; };
+#include "kv.glsl"
+layout(std430, binding = 0) readonly buffer K { uint k[]; };
+layout(std430, binding = 1) readonly buffer V { uint v[]; };
 layout(std430, binding = 2) readonly buffer Q { float q[]; };
 layout(std430, binding = 3) buffer O { float o[]; };
 layout(std430, binding = 4) readonly buffer T { uint tab[]; };
@@ -17,7 +21,22 @@ layout(push_constant) uniform P {
     uint n_tok; uint n_head; uint n_kv_head; uint head_dim; uint v_dim;
     uint k_stride; uint v_stride; float scale; uint window;
     uint ko; uint vo; uint qo; uint oo; uint to; uint page_size; uint sinks;
+    uint kt; uint vt;
 } p;
+#define KV_BUF k
+#define KV_FN load_k
+#define KV_U8 k_u8
+#define KV_U16 k_u16
+#include "kv_load.glsl"
+#undef KV_BUF
+#undef KV_FN
+#undef KV_U8
+#undef KV_U16
+#define KV_BUF v
+#define KV_FN load_v
+#define KV_U8 v_u8
+#define KV_U16 v_u16
+#include "kv_load.glsl"
 const uint MAXV = 16;
 shared float qs[1024];
 shared float sc[WG];
@@ -54,9 +73,15 @@ void main() {
         uint j = c0 + l;
         float s = ninf;
         if (j <= pos) {
-            uint kb = p.ko + cache_row(tbase, j) * p.k_stride + kh * p.head_dim;
+            uint kb = p.ko + cache_row(tbase, j) * p.k_stride;
             float d = 0.0;
-            for (uint i = 0; i < p.head_dim; i++) d += qs[i] * k[kb + i];
+            if (p.kt == KV_F32) {
+                kb += kh * p.head_dim;
+                for (uint i = 0; i < p.head_dim; i++) d += qs[i] * uintBitsToFloat(k[kb + i]);
+            } else {
+                uint e0 = kh * p.head_dim;
+                for (uint i = 0; i < p.head_dim; i++) d += qs[i] * load_k(kb, e0 + i, p.kt);
+            }
             s = d * p.scale;
         }
         sc[l] = s;
@@ -74,10 +99,12 @@ void main() {
         for (uint jj = 0; jj < cn; jj++) {
             float pj = exp(sc[jj] - mn);
             lsum += pj;
-            uint vb = p.vo + cache_row(tbase, c0 + jj) * p.v_stride + kh * p.v_dim;
+            uint vb = p.vo + cache_row(tbase, c0 + jj) * p.v_stride;
+            uint e0 = kh * p.v_dim;
             uint i = 0;
             for (uint d = l; d < p.v_dim; d += WG) {
-                acc[i] += pj * v[vb + d];
+                float x = p.vt == KV_F32 ? uintBitsToFloat(v[vb + e0 + d]) : load_v(vb, e0 + d, p.vt);
+                acc[i] += pj * x;
                 i++;
             }
         }

@@ -20,8 +20,8 @@ use ctx::{Ctx, RawBuf};
 use hearth_core::dsa::DsaJob;
 use hearth_core::linear::{RecSeg, SlotLayout};
 use hearth_core::{
-    AttnParams, AttnSeg, Backend, Buf, DType, DeltaJob, DevMem, Error, Glu, LightningJob, MoeJob,
-    Result, RopeArgs, Tensor, View, ViewMut,
+    AttnParams, AttnSeg, Backend, Buf, DType, DeltaJob, DevMem, Error, Glu, KvType, LightningJob,
+    MoeJob, Result, RopeArgs, Tensor, View, ViewMut,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -339,6 +339,89 @@ impl Vulkan {
         self.run(spv!("rope"), &[x, &tb], &pc, self.groups(n))
     }
 
+    /// The KV rotation (`mode` 0, [`hearth_core::kv::rotate`]) or its inverse (`mode` 1) in
+    /// place on the `n` values at `x[x0..]`, in chunks of `rot`.
+    fn rotate_raw(&self, x: &RawBuf, x0: u32, n: usize, rot: usize, mode: u32) -> Result<()> {
+        if !rot.is_power_of_two() || rot > 128 || !n.is_multiple_of(rot) {
+            return Err(Error::Invalid(format!(
+                "KV rotation: {n} values in chunks of {rot}"
+            )));
+        }
+        let bits = hearth_core::kv::SIGN_BITS;
+        let scale = hearth_core::kv::rot_scale(rot);
+        let chunks = n / rot;
+        let pc = [
+            u(chunks)?,
+            u(rot)?,
+            x0,
+            mode,
+            bits as u32,
+            (bits >> 32) as u32,
+            scale.to_bits(),
+        ];
+        self.run(spv!("hadamard"), &[x], &pc, self.groups(chunks))
+    }
+
+    /// Row `t` of `src` (rows of `width` at `src[s0..]`) into cache row `rows[t]` of `dst`
+    /// (at `dst[d0..]`) as `ty`, rotated first in a scratch copy where the type is (the
+    /// caller checked the sizes).
+    #[allow(clippy::too_many_arguments)]
+    fn store_kv_raw(
+        &self,
+        src: &RawBuf,
+        s0: u32,
+        width: usize,
+        dst: &RawBuf,
+        d0: u32,
+        rows: &[usize],
+        ty: KvType,
+        rot: usize,
+    ) -> Result<()> {
+        if ty == KvType::F32 {
+            return self.scatter_raw(src, s0, dst, d0, width, rows);
+        }
+        if !width.is_multiple_of(ty.block()) {
+            return Err(Error::Invalid(format!(
+                "KV store: rows of {width} values are not whole blocks of {}",
+                ty.name()
+            )));
+        }
+        let n = rows.len() * width;
+        let rotated;
+        let (src, s0) = match ty.rotated() {
+            true => {
+                rotated = self.tmp(2, n * 4)?;
+                let c = hearth_core::RowCopy {
+                    n_rows: 1,
+                    width: n,
+                };
+                self.copy_raw(src, s0, n, &rotated, 0, n, c)?;
+                self.rotate_raw(&rotated, 0, n, rot, 0)?;
+                (&*rotated, 0)
+            }
+            false => (src, s0),
+        };
+        // a unit: one word of a 16-bit type, two blocks of a block type
+        let units = match ty.block() {
+            1 => ty.row_words(width),
+            _ => (width / 32).div_ceil(2),
+        };
+        let tab: Vec<u32> = rows.iter().map(|&r| u(r)).collect::<Result<_>>()?;
+        let (tb, to) = self.ctx.stage(&tab)?;
+        let total = rows.len() * units;
+        let pc = [
+            u(total)?,
+            u(units)?,
+            u(width)?,
+            s0,
+            d0,
+            u(ty.row_words(width))?,
+            ty.code(),
+            to,
+        ];
+        self.run(spv!("kv_store"), &[src, dst, &tb], &pc, self.groups(total))
+    }
+
     /// A scratch buffer of at least `bytes` (the old one, if replaced, is kept until the
     /// commands that use it ran).
     fn tmp(&self, slot: usize, bytes: usize) -> Result<Arc<RawBuf>> {
@@ -617,12 +700,14 @@ impl Backend for Vulkan {
         let n = dest.rows.len();
         let kw = n_kv_head * r.head_dim;
         let vw = vn.checked_div(n).unwrap_or(0);
+        let f = dest.fmt;
+        let (kr, vr) = (f.k.row_words(kw), f.v.row_words(vw));
         if kn != n * kw
             || vw * n != vn
             || dest
                 .rows
                 .iter()
-                .any(|&row| (row + 1) * kw > kcn || (row + 1) * vw > vcn)
+                .any(|&row| (row + 1) * kr > kcn || (row + 1) * vr > vcn)
         {
             return Err(Error::Invalid(
                 "rope_qk_store: rows do not fit the cache".into(),
@@ -637,8 +722,34 @@ impl Backend for Vulkan {
         };
         self.copy_raw(&km.raw, ko, kn, &tmp, 0, kn, c)?;
         self.rope_raw(&tmp, 0, n, n_kv_head, r)?;
-        self.scatter_raw(&tmp, 0, &kcm.raw, kco, kw, dest.rows)?;
-        self.scatter_raw(&vm.raw, vo, &vcm.raw, vco, vw, dest.rows)
+        self.store_kv_raw(&tmp, 0, kw, &kcm.raw, kco, dest.rows, f.k, f.rot)?;
+        self.store_kv_raw(&vm.raw, vo, vw, &vcm.raw, vco, dest.rows, f.v, f.rot)
+    }
+
+    fn store_kv(
+        &self,
+        src: View<'_>,
+        dst: ViewMut<'_>,
+        rows: &[usize],
+        ty: KvType,
+        rot: usize,
+    ) -> Result<()> {
+        let (sm, so, sn) = dev(src)?;
+        let (dm, d0, dn) = dev_mut(dst)?;
+        let width = sn.checked_div(rows.len()).unwrap_or(0);
+        let rw = ty.row_words(width);
+        if width * rows.len() != sn || rows.iter().any(|&r| (r + 1) * rw > dn) {
+            return Err(Error::Invalid(format!(
+                "KV store: {sn} values in {} rows do not fit a cache of {dn} words as {}",
+                rows.len(),
+                ty.name()
+            )));
+        }
+        self.store_kv_raw(&sm.raw, so, width, &dm.raw, d0, rows, ty, rot)
+    }
+
+    fn supports_kv(&self, _t: KvType) -> bool {
+        true
     }
 
     fn attention_many(
@@ -650,15 +761,8 @@ impl Backend for Vulkan {
         out: ViewMut<'_>,
         segs: &[AttnSeg<'_>],
     ) -> Result<()> {
-        if !p.kv.is_f32() {
-            return Err(Error::Unsupported(format!(
-                "the vulkan backend keeps its KV cache in f32 only (cache types {} and {})",
-                p.kv.k.name(),
-                p.kv.v.name()
-            )));
-        }
-        let (km, ko, _) = dev(k)?;
-        let (vm, vo, _) = dev(v)?;
+        let (km, ko, kn) = dev(k)?;
+        let (vm, vo, vn) = dev(v)?;
         let (qm, qo, qn) = dev(q)?;
         let (om, oo, on) = dev_mut(out)?;
         let n_tok: usize = segs.iter().map(|s| s.n_tok).sum();
@@ -676,6 +780,26 @@ impl Backend for Vulkan {
             )));
         }
         let (tab, ps) = attn_table("attention", segs)?;
+        let seqs = segs
+            .iter()
+            .map(|s| ((s.pos0 + s.n_tok).saturating_sub(1), s.pages));
+        hearth_core::check_attn_rows(p, kn, vn, seqs)?;
+        // rotated keys take rotated queries (hearth_core::kv), in a scratch copy
+        let qrot;
+        let (qb, qo) = match p.kv.k.rotated() {
+            true => {
+                let nq = n_tok * p.n_head * p.head_dim;
+                qrot = self.tmp(3, nq * 4)?;
+                let c = hearth_core::RowCopy {
+                    n_rows: 1,
+                    width: nq,
+                };
+                self.copy_raw(&qm.raw, qo, nq, &qrot, 0, nq, c)?;
+                self.rotate_raw(&qrot, 0, nq, p.kv.rot, 0)?;
+                (&*qrot, 0)
+            }
+            false => (&qm.raw, qo),
+        };
         // sinks stay on the device: their buffer and offset + 1 (0: none)
         let sinks = p.sinks.map(dev).transpose()?;
         if sinks.is_some_and(|s| s.2 < p.n_head) {
@@ -699,20 +823,27 @@ impl Backend for Vulkan {
             to,
             u(ps)?,
             sinks.map_or(0, |s| s.1 + 1),
+            p.kv.k.code(),
+            p.kv.v.code(),
         ];
         self.run(
             spv!("attn"),
             &[
                 &km.raw,
                 &vm.raw,
-                &qm.raw,
+                qb,
                 &om.raw,
                 &tb,
                 sinks.map_or(&km.raw, |s| &s.0.raw),
             ],
             &pc,
             (n_tok * p.n_head) as u64,
-        )
+        )?;
+        // rotated values give rotated outputs: rotated back in place
+        match p.kv.v.rotated() {
+            true => self.rotate_raw(&om.raw, oo, n_tok * p.n_head * p.v_dim, p.kv.rot, 1),
+            false => Ok(()),
+        }
     }
 
     fn glu(&self, act: Glu, gate: ViewMut<'_>, up: View<'_>) -> Result<()> {
