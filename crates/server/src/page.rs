@@ -40,7 +40,7 @@ fn hashes(html: &str, tag: &str) -> String {
         let Some(j) = body.find(&close) else { break };
         out.push(format!(
             "'sha256-{}'",
-            base64(&Sha256::digest(body[..j].as_bytes()))
+            base64(&Sha256::digest(&body.as_bytes()[..j]))
         ));
         rest = &body[j + close.len()..];
     }
