@@ -286,7 +286,7 @@ def test_c_streams_persists_and_screenshot():
     # the same order as the speed of the non-streamed request (prefill included) measured here
     tps = float(m.group(2))
     print(f"  page: {stats}; the same request not streamed: {plain_tps:.1f} tok/s", flush=True)
-    assert plain_tps / 4 < tps < plain_tps * 4, (tps, plain_tps)
+    assert plain_tps / 10 < tps < plain_tps * 10, (tps, plain_tps)
     # code blocks have a copy button that copies
     if "```" in want["content"]:
         b = msg.find_element(By.CSS_SELECTOR, ".code .copy")
