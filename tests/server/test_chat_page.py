@@ -29,6 +29,7 @@ URL_LIMITED = os.environ["HEARTH_URL_LIMITED"].rstrip("/")
 URL_THINK = os.environ["HEARTH_URL_THINK"].rstrip("/")
 KEY = os.environ["HEARTH_KEY"]
 SHOT = os.environ.get("HEARTH_SCREENSHOT", "target/chat_page.png")
+SHOT_REASONING = re.sub(r"(\.png)?$", "_reasoning.png", SHOT, count=1)
 MODEL = "smollm2"
 PROMPT = "Write a Python function that checks whether a number is prime."
 MAX_TOKENS = 96
@@ -381,11 +382,13 @@ def test_f_reasoning_is_collapsed():
     det = msg.find_element(By.CSS_SELECTOR, "details.reasoning")
     assert det.is_displayed() and det.get_attribute("open") is None, "reasoning not collapsed"
     body = js("return arguments[0].querySelector('.reasoning-body').textContent", det)
-    assert body == want["reasoning_content"], (body, want)
+    assert body == want["reasoning_content"].strip(), (body, want)
     states = js("return window.__states")
     assert len({s["r"] for s in states if s["st"] == "streaming" and s["r"]}) >= 2, states
     det.find_element(By.TAG_NAME, "summary").click()
     assert det.get_attribute("open") is not None
+    os.makedirs(os.path.dirname(os.path.abspath(SHOT_REASONING)), exist_ok=True)
+    assert browser().save_screenshot(SHOT_REASONING)
 
 
 def test_g_api_key_and_busy_server():
@@ -462,6 +465,7 @@ if __name__ == "__main__":
     finally:
         if driver is not None:
             driver.quit()
-    if os.path.exists(SHOT):
-        print(f"chat page screenshot: {os.path.abspath(SHOT)}")
+    for path in (SHOT, SHOT_REASONING):
+        if os.path.exists(path):
+            print(f"chat page screenshot: {os.path.abspath(path)}")
     report(passed, failed)
