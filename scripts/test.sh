@@ -27,7 +27,8 @@ HEARTH_CPU_BASELINE=1 cargo test --release --locked -p hearth-quant -p hearth-mo
 if grep -q avx512_vnni /proc/cpuinfo 2>/dev/null; then
   HEARTH_NO_AVX512=1 cargo test --release --locked -p hearth-quant 2>&1 | tee -a "$log"
 fi
-# `hearth serve smollm2` against the official openai client, on the CPU and on Vulkan
+# `hearth serve smollm2` against the official openai client, on the CPU and on Vulkan, and
+# (on the CPU run) the chat page at / in Chromium, installed by scripts/install_chromium.sh
 bash scripts/test_server.sh 2>&1 | tee -a "$log"
 # the same with a quantized KV cache (q8_0 keys and values) on the CPU
 kv="--cache-type-k q8_0 --cache-type-v q8_0"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Integration tests of `hearth serve smollm2` with the official `openai` Python client
 # (tests/server/test_openai.py, test_responses.py) and the official `anthropic` client
-# (test_anthropic.py).
+# (test_anthropic.py), and the chat page at / in Chromium (test_chat_page.py, on the CPU run
+# only; scripts/install_chromium.sh installs Chromium and ChromeDriver from apt).
 # Installs openai + anthropic + jsonschema into .venv-tests (git-ignored) on first use, starts
 # four servers on free ports (a plain one; one with an API key, one slot and a queue of one;
 # one whose KV pool is too small for its four slots; one whose template opens <think>), runs
@@ -13,8 +14,11 @@ venv=.venv-tests
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" 2>/dev/null || { rm -rf "$venv"; python3 -m pip install --user -q virtualenv && python3 -m virtualenv -q "$venv"; }
 fi
-"$venv/bin/python" -c "import openai, jsonschema, anthropic" 2>/dev/null ||
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check "openai>=1.40" jsonschema "anthropic>=0.40"
+"$venv/bin/python" -c "import openai, jsonschema, anthropic, selenium" 2>/dev/null ||
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "openai>=1.40" jsonschema "anthropic>=0.40" "selenium>=4.20"
+if [ -z "${HEARTH_SERVE_ARGS:-}" ]; then
+  bash scripts/install_chromium.sh
+fi
 bin="$PWD/target/release/hearth"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 p1=$(free_port); p2=$(free_port); p3=$(free_port); p4=$(free_port)
@@ -49,6 +53,12 @@ HEARTH_URL="http://127.0.0.1:$p1" HEARTH_URL_LIMITED="http://127.0.0.1:$p2" HEAR
 # the Responses API with the official openai client
 HEARTH_URL="http://127.0.0.1:$p1" HEARTH_URL_THINK="http://127.0.0.1:$p4" \
   "$venv/bin/python" tests/server/test_responses.py "$@" || status=$?
+if [ -z "${HEARTH_SERVE_ARGS:-}" ]; then
+  # the chat page at / in Chromium (screenshot: target/chat_page.png)
+  HEARTH_URL="http://127.0.0.1:$p1" HEARTH_URL_LIMITED="http://127.0.0.1:$p2" HEARTH_KEY="$key" \
+    HEARTH_URL_THINK="http://127.0.0.1:$p4" \
+    "$venv/bin/python" tests/server/test_chat_page.py "$@" || status=$?
+fi
 if [ -n "${HEARTH_SERVE_ARGS:-}" ]; then
   # the hardening tests start servers of their own, on the CPU
   trap - EXIT

@@ -254,7 +254,8 @@ pub async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Resp
         // Anthropic's clients send the key as x-api-key
         let x_key = h.get("x-api-key").and_then(|v| v.to_str().ok());
         let ok = bearer.or(x_key).is_some_and(|k| k.trim() == key);
-        if !ok && req.uri().path() != "/health" {
+        // the page (GET /) has no secrets: it asks for the key and sends it with its requests
+        if !ok && req.uri().path() != "/health" && req.uri().path() != "/" {
             let e = ApiError::new(StatusCode::UNAUTHORIZED, "invalid or missing API key")
                 .code("invalid_api_key");
             if crate::messages::is_anthropic(req.uri().path()) {

@@ -3,6 +3,7 @@
 pub mod api;
 mod chat;
 mod messages;
+mod page;
 mod responses;
 pub mod tools;
 pub use hearth_engine::{grammar, sched};
@@ -127,6 +128,7 @@ pub fn router(app: Arc<App>, body_limit: usize, body_timeout: std::time::Duratio
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models", get(api::models))
         .route("/v1/models/{id}", get(api::model))
+        .route("/", get(page::index))
         .route("/health", get(api::health))
         .route("/metrics", get(api::metrics))
         .route("/tokenize", post(api::tokenize))
