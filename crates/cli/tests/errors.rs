@@ -453,6 +453,61 @@ fn perplexity_and_imatrix_refuse_bad_input() {
         &["imatrix", &m, "--file", &t, "-c", "4096", "-o", &bin],
         "at least 8192 tokens",
     );
+    fails_cleanly(&["imatrix", &m, "-o", &bin], "--in-file");
+    fails_cleanly(&["imatrix", &m, "--in-file", &bin, "-o", &bin], "--in-file");
+}
+
+#[test]
+fn imatrix_in_files_merge_into_one() {
+    let (m, t) = (tiny_gguf(), fixture_text());
+    let one = tmp("one.gguf").display().to_string();
+    let two = tmp("two.gguf").display().to_string();
+    let out = hearth(&[
+        "imatrix", &m, "--file", &t, "-c", "64", "--chunks", "2", "-o", &one,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // the file with itself, then with a fresh run over the text: chunks add up
+    let out = hearth(&[
+        "imatrix",
+        &m,
+        "--in-file",
+        &one,
+        "--in-file",
+        &one,
+        "-o",
+        &two,
+    ]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && s.contains("from 4 chunks of 64"),
+        "{s}"
+    );
+    let out = hearth(&[
+        "imatrix",
+        &m,
+        "--in-file",
+        &two,
+        "--file",
+        &t,
+        "-c",
+        "64",
+        "--chunks",
+        "2",
+        "-o",
+        &two,
+    ]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && s.contains("from 6 chunks of 64"),
+        "{s}"
+    );
+    for p in [one, two] {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 #[test]

@@ -69,6 +69,52 @@ pub struct Imatrix {
     pub chunk_size: u32,
 }
 
+impl Imatrix {
+    /// Add `o`'s statistics to these (llama-imatrix's `--in-file`, given several times): sums
+    /// and counts add per matrix, chunks add, datasets are listed once each. An error when a
+    /// matrix has another shape in `o`; nothing changes then.
+    pub fn merge(&mut self, o: &Imatrix) -> Result<()> {
+        for (name, e) in &o.entries {
+            if let Some(mine) = self.entries.get(name)
+                && (mine.sums.len() != e.sums.len() || mine.counts.len() != e.counts.len())
+            {
+                return Err(Error::Invalid(format!(
+                    "imatrix: {name} has {} values over {} matrices in one file and {} over {} in another",
+                    mine.sums.len(),
+                    mine.counts.len(),
+                    e.sums.len(),
+                    e.counts.len()
+                )));
+            }
+        }
+        for (name, e) in &o.entries {
+            match self.entries.get_mut(name) {
+                Some(mine) => {
+                    for (a, b) in mine.sums.iter_mut().zip(&e.sums) {
+                        *a += b;
+                    }
+                    for (a, b) in mine.counts.iter_mut().zip(&e.counts) {
+                        *a += b;
+                    }
+                }
+                None => {
+                    self.entries.insert(name.clone(), e.clone());
+                }
+            }
+        }
+        for d in &o.datasets {
+            if !self.datasets.contains(d) {
+                self.datasets.push(d.clone());
+            }
+        }
+        self.chunk_count += o.chunk_count;
+        if self.chunk_size == 0 {
+            self.chunk_size = o.chunk_size;
+        }
+        Ok(())
+    }
+}
+
 /// Read an importance matrix in either format (GGUF, else legacy `.dat`).
 pub fn read_imatrix(path: &Path) -> Result<Imatrix> {
     let mut magic = [0u8; 4];
@@ -394,6 +440,40 @@ mod tests {
             },
         );
         m
+    }
+
+    #[test]
+    fn merging_adds_sums_counts_and_chunks() {
+        let mut a = sample();
+        let mut b = sample();
+        b.datasets = vec!["other.txt".into()];
+        b.entries.insert(
+            "blk.1.attn_k.weight".into(),
+            ImatrixEntry {
+                sums: vec![2.0],
+                counts: vec![1.0],
+            },
+        );
+        a.merge(&b).unwrap();
+        let q = &a.entries["blk.0.attn_q.weight"];
+        assert_eq!(q.sums, vec![2.0, 5.0, 6.0, 48.0]);
+        assert_eq!(q.counts, vec![48.0]);
+        // the means of a matrix seen twice as often with twice the sums are unchanged
+        assert_eq!(q.means(), sample().entries["blk.0.attn_q.weight"].means());
+        assert_eq!(
+            a.entries["blk.0.ffn_down_exps.weight"].counts,
+            vec![8.0, 0.0, 20.0]
+        );
+        assert_eq!(a.entries["blk.1.attn_k.weight"].sums, vec![2.0]);
+        assert_eq!((a.chunk_count, a.chunk_size), (6, 8));
+        assert_eq!(a.datasets, vec!["calib.txt", "other.txt"]);
+        // another shape is an error that changes nothing
+        let mut c = sample();
+        c.entries.get_mut("blk.0.attn_q.weight").unwrap().sums.pop();
+        let before = a.clone();
+        let err = a.merge(&c).unwrap_err().to_string();
+        assert!(err.contains("blk.0.attn_q.weight"), "{err}");
+        assert_eq!(a, before);
     }
 
     fn tmp(name: &str) -> std::path::PathBuf {
