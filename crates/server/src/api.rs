@@ -50,6 +50,8 @@ pub struct App {
     pub thinks: bool,
     /// How a forced tool call is written in its syntax (None: the Hermes form).
     pub frame: Option<Frame>,
+    /// How the model pools an embedding (or why it gives none).
+    pub pooling: Result<hearth_engine::Pooling, String>,
     /// Longest text of any one token, in bytes: a prompt text longer than the context times
     /// four times this is refused before it is tokenized (tokenizing megabytes only to refuse
     /// them costs seconds of CPU and memory the allocator keeps).
@@ -74,14 +76,14 @@ impl ApiError {
             code: None,
         }
     }
-    fn bad(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
     pub(crate) fn param(mut self, p: &'static str) -> ApiError {
         self.param = Some(p);
         self
     }
-    fn code(mut self, c: &'static str) -> ApiError {
+    pub(crate) fn code(mut self, c: &'static str) -> ApiError {
         self.code = Some(c);
         self
     }
@@ -655,7 +657,7 @@ fn stops(c: &Common) -> ApiResult<Vec<String>> {
 
 /// Refuse a prompt text that cannot fit the context whatever its tokens: one with more than
 /// four times as many bytes as the context's worth of the longest tokens.
-fn check_text_len(app: &App, text: &str) -> ApiResult<()> {
+pub(crate) fn check_text_len(app: &App, text: &str) -> ApiResult<()> {
     let most = app
         .n_ctx
         .saturating_mul(app.max_token_bytes.max(1))
@@ -1096,7 +1098,8 @@ pub(crate) struct Piece {
     pub(crate) tokens: Vec<(u32, Option<TokenLogprob>)>,
 }
 
-pub(crate) fn submit(app: &App, g: Gen) -> ApiResult<Run> {
+/// Count a request in, or refuse it with 429 when every slot and queue place is taken.
+pub(crate) fn admit(app: &App) -> ApiResult<()> {
     // a request waits only when every slot is busy: a burst of parallel + queue requests is
     // always accepted, however far the scheduler has got with admitting them
     let limit = (app.parallel + app.max_queue) as u64;
@@ -1109,19 +1112,11 @@ pub(crate) fn submit(app: &App, g: Gen) -> ApiResult<Run> {
         )
         .code("rate_limit_exceeded"));
     }
-    let (tx, rx) = mpsc::unbounded_channel();
-    let n_prompt = g.prompt.len();
-    let job = Job {
-        prompt: g.prompt,
-        max_tokens: g.max_tokens,
-        sampling: g.sampling,
-        top_logprobs: g.top_logprobs,
-        prompt_logprobs: g.prompt_logprobs,
-        grammar: g.grammar,
-        logit_bias: g.logit_bias,
-        events: tx,
-        received: Instant::now(),
-    };
+    Ok(())
+}
+
+/// Hand `job` (already counted in `in_flight`) to the scheduler.
+pub(crate) fn send_job(app: &App, job: Job) -> ApiResult<()> {
     app.metrics.waiting.fetch_add(1, Relaxed);
     // a poisoned lock still holds a working sender
     let sent = match app.tx.lock() {
@@ -1136,6 +1131,26 @@ pub(crate) fn submit(app: &App, g: Gen) -> ApiResult<Run> {
             "the scheduler has stopped",
         ));
     }
+    Ok(())
+}
+
+pub(crate) fn submit(app: &App, g: Gen) -> ApiResult<Run> {
+    admit(app)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let n_prompt = g.prompt.len();
+    let job = Job {
+        prompt: g.prompt,
+        max_tokens: g.max_tokens,
+        sampling: g.sampling,
+        top_logprobs: g.top_logprobs,
+        prompt_logprobs: g.prompt_logprobs,
+        grammar: g.grammar,
+        logit_bias: g.logit_bias,
+        embed: None,
+        events: tx,
+        received: Instant::now(),
+    };
+    send_job(app, job)?;
     Ok(Run {
         rx,
         dec: StreamDecoder::default(),
@@ -1194,6 +1209,12 @@ impl Run {
                 }
                 Some(Event::Refused(e)) => {
                     return Err(ApiError::bad(e).param("response_format"));
+                }
+                Some(Event::Embedding(_)) => {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the scheduler answered a generation with an embedding",
+                    ));
                 }
                 None => {
                     return Err(ApiError::new(
@@ -1591,6 +1612,7 @@ pub fn fuzz_request(path: &str, body: &[u8], output: &[u8]) {
         }
         "/v1/messages" => crate::messages::fuzz(raw),
         "/v1/responses" => crate::responses::fuzz(raw),
+        "/v1/embeddings" => crate::embeddings::fuzz(raw),
         "/output" => crate::tools::fuzz_output(output),
         "/tokenize" => {
             let _ = parse::<TokenizeReq>(body());

@@ -2,6 +2,7 @@
 //! batching, a paged KV pool with prefix reuse, and constrained decoding.
 pub mod api;
 mod chat;
+mod embeddings;
 mod messages;
 mod responses;
 pub mod tools;
@@ -122,6 +123,7 @@ pub fn router(app: Arc<App>, body_limit: usize, body_timeout: std::time::Duratio
     Router::new()
         .route("/v1/chat/completions", post(chat::chat))
         .route("/v1/completions", post(api::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/messages", post(messages::messages))
         .route("/v1/responses", post(responses::responses))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
@@ -220,6 +222,7 @@ pub fn serve(eng: Engine, opts: Options) -> std::io::Result<()> {
         frame: tools::Frame::of(family, &source),
         family,
         thinks,
+        pooling: eng.pooling().map_err(|e| e.to_string()),
         eng,
         template,
         model_id: opts.model_id.clone(),
