@@ -905,7 +905,7 @@ fn chat_plan(req: &ChatReq, n_vocab: usize, frame: Option<&Frame>) -> ApiResult<
                 .collect();
             let g = match frame {
                 // in the family's own syntax
-                Some(f) => Grammar::tool_call_framed(&list, f.open, f.close, &|n| f.around(n)),
+                Some(f) => f.grammar(&list),
                 None => Grammar::tool_call(&list),
             };
             Some(g.map_err(|e| ApiError::bad(format!("tool parameters: {e}")).param("tools"))?)
