@@ -2,6 +2,7 @@
 //! batching, a paged KV pool with prefix reuse, and constrained decoding.
 pub mod api;
 mod chat;
+mod completions;
 mod embeddings;
 mod messages;
 mod responses;
@@ -122,7 +123,7 @@ async fn body_in_time(
 pub fn router(app: Arc<App>, body_limit: usize, body_timeout: std::time::Duration) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat))
-        .route("/v1/completions", post(api::completions))
+        .route("/v1/completions", post(completions::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/messages", post(messages::messages))
         .route("/v1/responses", post(responses::responses))
