@@ -177,7 +177,9 @@ pub async fn completions(
                 "token_ids",
             ] {
                 let extra = gen_v[k].as_array().cloned().unwrap_or_default();
-                v[k].as_array_mut().map(|a| a.extend(extra));
+                if let Some(a) = v[k].as_array_mut() {
+                    a.extend(extra);
+                }
             }
             v
         } else {

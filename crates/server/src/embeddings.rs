@@ -186,34 +186,19 @@ fn check(app: &App, body: Result<Bytes, BytesRejection>) -> ApiResult<Plan> {
 
 /// The embedding of one job's answer.
 async fn answer(rx: &mut mpsc::UnboundedReceiver<Event>) -> ApiResult<Vec<f32>> {
-    loop {
-        match rx.recv().await {
-            Some(Event::Embedding(v)) => {
-                if v.iter().any(|x| !x.is_finite()) {
-                    return Err(ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "the model produced a non-finite embedding: its weights or the computation are broken",
-                    ));
-                }
-                return Ok(v);
-            }
-            Some(Event::Error(e)) => {
-                return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e));
-            }
-            Some(Event::Refused(e)) => return Err(ApiError::bad(e)),
-            Some(Event::Prompt(_) | Event::Token(..) | Event::Done { .. }) => {
-                return Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the scheduler answered an embedding request with a generation",
-                ));
-            }
-            None => {
-                return Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the scheduler dropped the request",
-                ));
-            }
+    let internal = |m: String| Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m));
+    match rx.recv().await {
+        Some(Event::Embedding(v)) if v.iter().all(|x| x.is_finite()) => Ok(v),
+        Some(Event::Embedding(_)) => internal(
+            "the model produced a non-finite embedding: its weights or the computation are broken"
+                .into(),
+        ),
+        Some(Event::Error(e)) => internal(e),
+        Some(Event::Refused(e)) => Err(ApiError::bad(e)),
+        Some(Event::Prompt(_) | Event::Token(..) | Event::Done { .. }) => {
+            internal("the scheduler answered an embedding request with a generation".into())
         }
+        None => internal("the scheduler dropped the request".into()),
     }
 }
 

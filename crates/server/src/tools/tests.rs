@@ -703,7 +703,7 @@ fn sample_forced(
         // first closing tag allowed)
         let markup: Vec<&str> = ok.iter().copied().filter(|p| p.len() > 1).collect();
         let r = rng();
-        let pick = if !markup.is_empty() && r % 2 == 0 {
+        let pick = if !markup.is_empty() && r.is_multiple_of(2) {
             markup[(r / 2) as usize % markup.len()]
         } else {
             ok[(r / 2) as usize % ok.len()]
