@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Integration tests of `hearth serve smollm2` with the official `openai` Python client
-# (tests/server/test_openai.py, test_responses.py) and the official `anthropic` client
-# (test_anthropic.py), and the chat page at / in Chromium (test_chat_page.py, on the CPU run
-# only; scripts/install_chromium.sh installs Chromium and ChromeDriver from apt).
+# (tests/server/test_openai.py, test_responses.py, test_embeddings.py) and the official
+# `anthropic` client (test_anthropic.py), and the chat page at / in Chromium
+# (test_chat_page.py, on the CPU run only; scripts/install_chromium.sh installs Chromium and
+# ChromeDriver from apt).
 # Installs openai + anthropic + jsonschema into .venv-tests (git-ignored) on first use, starts
 # four servers on free ports (a plain one; one with an API key, one slot and a queue of one;
 # one whose KV pool is too small for its four slots; one whose template opens <think>), runs
@@ -46,6 +47,9 @@ status=0
 HEARTH_URL="http://127.0.0.1:$p1" HEARTH_URL_LIMITED="http://127.0.0.1:$p2" HEARTH_KEY="$key" \
   HEARTH_URL_SMALL_POOL="http://127.0.0.1:$p3" \
   HEARTH_BIN="$bin" "$venv/bin/python" tests/server/test_openai.py "$@" || status=$?
+# embeddings with the official openai client
+HEARTH_URL="http://127.0.0.1:$p1" HEARTH_URL_LIMITED="http://127.0.0.1:$p2" HEARTH_KEY="$key" \
+  "$venv/bin/python" tests/server/test_embeddings.py "$@" || status=$?
 # the Anthropic Messages API with the official anthropic client
 HEARTH_URL="http://127.0.0.1:$p1" HEARTH_URL_LIMITED="http://127.0.0.1:$p2" HEARTH_KEY="$key" \
   HEARTH_URL_THINK="http://127.0.0.1:$p4" \

@@ -33,6 +33,9 @@ enum Cmd {
     Logits(LogitsArgs),
     /// Print the token ids of a text as a JSON array.
     Tokenize(TokenizeArgs),
+    /// Print the embedding of each text (pooled as the model defines, L2-normalised), as
+    /// JSON lines.
+    Embed(EmbedArgs),
     /// Describe a model file.
     Inspect {
         /// .gguf file, HF directory, alias (smollm2) or ORG/REPO[:QUANT] from the Hugging Face hub
@@ -280,6 +283,15 @@ struct LogitsArgs {
 }
 
 #[derive(Args)]
+struct EmbedArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The texts (BOS/EOS added as the model's rules say)
+    #[arg(required = true)]
+    texts: Vec<String>,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     #[command(flatten)]
     common: Common,
@@ -318,6 +330,7 @@ fn main() {
         Cmd::Run(a) => run(a),
         Cmd::Logits(a) => logits(a),
         Cmd::Tokenize(a) => tokenize(a),
+        Cmd::Embed(a) => embed(a),
         Cmd::Inspect {
             model,
             device,
@@ -672,6 +685,27 @@ fn logits(a: LogitsArgs) -> Result<()> {
         let idx = hearth_engine::top_k(row, a.top);
         let top: Vec<(u32, f32)> = idx.iter().map(|&i| (i, row[i as usize])).collect();
         let line = serde_json::json!({"pos": pos, "token": tok, "top": top, "logsumexp": lse});
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+fn embed(a: EmbedArgs) -> Result<()> {
+    let eng = load(&a.common)?;
+    let pooling = eng.pooling()?;
+    eprintln!(
+        "hearth: {} pooling, {} dimensions",
+        pooling.name(),
+        eng.model.cfg.n_embd
+    );
+    let mut out = std::io::stdout().lock();
+    for (i, text) in a.texts.iter().enumerate() {
+        let tokens = eng.tokenizer.encode(text, true)?;
+        if tokens.is_empty() {
+            bail!("text {i} has no tokens");
+        }
+        let v = eng.embed(&tokens)?;
+        let line = serde_json::json!({"index": i, "tokens": tokens.len(), "embedding": v});
         writeln!(out, "{line}")?;
     }
     Ok(())

@@ -231,6 +231,7 @@ fn bad_arguments() {
         "outside the vocabulary",
     );
     fails_cleanly(&["run", "smollm2", "--top-p", "0", "hi"], "top_p");
+    fails_cleanly(&["embed", "smollm2", "hi", ""], "text 1 has no tokens");
     let long = "word ".repeat(200);
     fails_cleanly(
         &["run", "smollm2", &long, "--ctx", "64"],

@@ -59,6 +59,18 @@ enum Node {
     Literal(Vec<u8>),
     /// Raw text, no whitespace before it (the wrapper around a tool call).
     Raw(Vec<u8>),
+    /// Any text up to and including the first occurrence of the stop text (a raw string
+    /// value in a tool call's markup, ended by its closing tag).
+    Text(Vec<u8>),
+    /// One of several raw texts: a trie of `tries`, no whitespace before it.
+    RawTrie(usize),
+    /// The value, or nothing.
+    Opt(usize),
+    /// One of several markup texts: an [`Node::AnyOf`] with no whitespace before it.
+    Alt(Vec<usize>),
+    /// The value, in whose text the stop text must not appear (a JSON value between markup
+    /// tags, which would end it early).
+    Guard(usize, Vec<u8>),
     /// One of several JSON texts (an `enum`, or `const` alternatives): a trie of `tries`.
     Trie(usize),
     AnyOf(Vec<usize>),
@@ -126,6 +138,41 @@ impl Trie {
     }
 }
 
+/// How a model family writes a tool call whose arguments are key/value pairs (Qwen3-Coder's
+/// `<parameter=K>`, GLM's `<arg_key>`, MiniMax's `<parameter name="K">`): the call is `open`,
+/// `call_open` (with `{name}` the tool's name), each parameter as `key` (with `{key}` its
+/// name), its value and `after`, then `call_close` and `close`. A free string value is raw
+/// text that ends with `val_close`; any other value is followed by `pad` and `val_close`.
+#[derive(Clone, Debug)]
+pub struct KvSyntax {
+    /// Before the call.
+    pub open: &'static str,
+    /// After the call.
+    pub close: &'static str,
+    /// Before the parameters (`{name}`: the tool's name).
+    pub call_open: &'static str,
+    /// After the parameters.
+    pub call_close: &'static str,
+    /// Before a value (`{key}`: the parameter's name).
+    pub key: &'static str,
+    /// Between a value that is not free text and `val_close`.
+    pub pad: &'static str,
+    /// What ends a value.
+    pub val_close: &'static str,
+    /// After each value's `val_close`.
+    pub after: &'static str,
+}
+
+/// Whether a parameter's schema makes its value a string in the key/value syntaxes (its type
+/// is string, or a list of types with string among them), as the output parser reads it.
+pub fn is_string(schema: &Value) -> bool {
+    match schema.get("type") {
+        Some(Value::String(t)) => t == "string",
+        Some(Value::Array(ts)) => ts.iter().any(|t| t == "string"),
+        _ => false,
+    }
+}
+
 /// A compiled grammar.
 #[derive(Debug)]
 pub struct Grammar {
@@ -181,6 +228,13 @@ enum Frame {
     Str {
         esc: u8,
     },
+    /// The end of a [`Node::Guard`]'s value.
+    EndGuard,
+    /// Inside a [`Node::Text`]: `m` bytes of its stop text are matched so far.
+    Text {
+        node: usize,
+        m: usize,
+    },
     Num {
         integer: bool,
         st: NumSt,
@@ -193,6 +247,17 @@ struct Stack {
     ws: u8,
     /// The current whitespace run has its one newline.
     nl: bool,
+    /// Inside a [`Node::Guard`]: that node, and how much of its stop text the text ends with.
+    guard: Option<(usize, usize)>,
+}
+
+/// How much of `stop` a text ends with after `b`, when it ended with `m` bytes of it before
+/// (`stop.len()`: the stop text is complete).
+fn stop_next(stop: &[u8], m: usize, b: u8) -> usize {
+    (1..=m + 1)
+        .rev()
+        .find(|&k| k <= stop.len() && stop[k - 1] == b && stop[..k - 1] == stop[m + 1 - k..m])
+        .unwrap_or(0)
 }
 
 fn is_ws(b: u8) -> bool {
@@ -236,9 +301,15 @@ impl<'a> Compiler<'a> {
 
     /// One trie node for all of `values` (JSON texts).
     fn trie<'v>(&mut self, values: impl Iterator<Item = &'v Value>) -> Result<usize, String> {
+        let id = self.trie_of(values.map(|v| v.to_string()))?;
+        Ok(self.push(Node::Trie(id)))
+    }
+
+    /// A trie of `texts`; its index in `tries`.
+    fn trie_of(&mut self, texts: impl Iterator<Item = String>) -> Result<usize, String> {
         let mut t = Trie::new();
-        for v in values {
-            t.insert(v.to_string().as_bytes());
+        for v in texts {
+            t.insert(v.as_bytes());
             if self.trie_states + t.len() > MAX_TRIE_STATES {
                 return Err(too_large(&format!(
                     "its enum and const values exceed {MAX_TRIE_STATES} bytes"
@@ -247,8 +318,7 @@ impl<'a> Compiler<'a> {
         }
         self.trie_states += t.len();
         self.tries.push(t);
-        let id = self.tries.len() - 1;
-        Ok(self.push(Node::Trie(id)))
+        Ok(self.tries.len() - 1)
     }
 
     fn compile(&mut self, s: &'a Value) -> Result<usize, String> {
@@ -473,7 +543,8 @@ impl Compiler<'_> {
         // the nodes a value may continue to without consuming a byte
         let eps = |i: usize| -> &[usize] {
             match &self.nodes[i] {
-                Node::AnyOf(alts) => alts,
+                Node::AnyOf(alts) | Node::Alt(alts) => alts,
+                Node::Opt(v) | Node::Guard(v, _) => std::slice::from_ref(v),
                 Node::Seq(parts) => &parts[..parts.len().min(1)],
                 _ => &[],
             }
@@ -512,9 +583,11 @@ impl Compiler<'_> {
                     continue;
                 }
                 fan[node] = match &self.nodes[node] {
-                    Node::AnyOf(_) | Node::Seq(_) => {
+                    Node::AnyOf(_) | Node::Alt(_) | Node::Seq(_) => {
                         kids.iter().fold(0usize, |a, &k| a.saturating_add(fan[k]))
                     }
+                    Node::Opt(v) => fan[*v].saturating_add(1),
+                    Node::Guard(v, _) => fan[*v],
                     Node::Pending => {
                         return Err("internal error: an unresolved $ref".into());
                     }
@@ -608,9 +681,85 @@ impl Grammar {
         c.finish(root)
     }
 
+    /// One tool call in a family's key/value markup (`syn`): for one of `tools` (`(name,
+    /// parameters schema)`), each of its parameters in the schema's order, the required ones
+    /// always and the others when the model writes them. A string parameter's value is raw
+    /// text (one of its `enum` members when it has them), a boolean's `true` or `false` (or
+    /// Python's `True` / `False`); any other is JSON text its schema accepts.
+    pub fn tool_call_kv(tools: &[(String, Value)], syn: &KvSyntax) -> Result<Grammar, String> {
+        let none = Value::Null;
+        let mut c = Compiler::new(&none);
+        let raw = |c: &mut Compiler, parts: &mut Vec<usize>, t: &str| {
+            if !t.is_empty() {
+                parts.push(c.push(Node::Raw(t.as_bytes().to_vec())));
+            }
+        };
+        let mut alts = Vec::new();
+        let close = syn.val_close.as_bytes().to_vec();
+        for (name, params) in tools {
+            // (a $ref points into this tool's own parameters)
+            c.root = params;
+            c.refs.clear();
+            let mut parts = Vec::new();
+            raw(&mut c, &mut parts, &syn.call_open.replace("{name}", name));
+            let required: Vec<&str> = params
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let props = params.get("properties").and_then(Value::as_object);
+            for (key, schema) in props.into_iter().flatten() {
+                let mut p = Vec::new();
+                raw(&mut c, &mut p, &syn.key.replace("{key}", key));
+                let strings = schema.get("enum").and_then(Value::as_array).and_then(|e| {
+                    e.iter()
+                        .map(|v| v.as_str().map(str::to_string))
+                        .collect::<Option<Vec<String>>>()
+                });
+                if is_string(schema) {
+                    match strings {
+                        Some(e) if !e.is_empty() => {
+                            let t = c.trie_of(e.into_iter())?;
+                            p.push(c.push(Node::RawTrie(t)));
+                            raw(&mut c, &mut p, &format!("{}{}", syn.pad, syn.val_close));
+                        }
+                        _ => p.push(c.push(Node::Text(syn.val_close.as_bytes().to_vec()))),
+                    }
+                } else {
+                    if schema.get("type").and_then(Value::as_str) == Some("boolean") {
+                        // also as Python writes them (Qwen3-Coder's template does)
+                        let t = ["true", "false", "True", "False"].map(String::from);
+                        let t = c.trie_of(t.into_iter())?;
+                        p.push(c.push(Node::RawTrie(t)));
+                    } else {
+                        // (its text must not hold the closing tag, which would end it early)
+                        let v = c.compile(schema)?;
+                        p.push(c.push(Node::Guard(v, close.clone())));
+                    }
+                    raw(&mut c, &mut p, &format!("{}{}", syn.pad, syn.val_close));
+                }
+                raw(&mut c, &mut p, syn.after);
+                let one = c.push(Node::Seq(p));
+                parts.push(if required.contains(&key.as_str()) {
+                    one
+                } else {
+                    c.push(Node::Opt(one))
+                });
+            }
+            raw(&mut c, &mut parts, syn.call_close);
+            alts.push(c.push(Node::Seq(parts)));
+        }
+        let mut parts = Vec::new();
+        raw(&mut c, &mut parts, syn.open);
+        parts.push(c.push(Node::Alt(alts)));
+        raw(&mut c, &mut parts, syn.close);
+        let root = c.push(Node::Seq(parts));
+        c.finish(root)
+    }
+
     fn lit(&self, node: usize) -> &[u8] {
         match &self.nodes[node] {
-            Node::Literal(b) | Node::Raw(b) => b,
+            Node::Literal(b) | Node::Raw(b) | Node::Text(b) => b,
             _ => &[],
         }
     }
@@ -653,13 +802,31 @@ impl Grammar {
     /// Feed `b` to `st`, adding every surviving continuation to `out`; each unit of work
     /// takes one from `fuel`, and none is done without it.
     fn step(&self, st: Stack, b: u8, out: &mut Vec<Stack>, fuel: &mut u64) {
+        let start = out.len();
         let mut todo = vec![st];
         while let Some(st) = todo.pop() {
             if out.len() >= MAX_STACKS || *fuel == 0 {
-                return;
+                break;
             }
             *fuel -= 1;
             self.step_one(st, b, out, &mut todo);
+        }
+        // `b` went into the text of the guarded values: those it completes a stop text in die
+        let mut i = start;
+        while i < out.len() {
+            if let Some((node, m)) = out[i].guard {
+                let Node::Guard(_, stop) = &self.nodes[node] else {
+                    i += 1;
+                    continue;
+                };
+                let k = stop_next(stop, m, b);
+                if k == stop.len() {
+                    out.remove(i);
+                    continue;
+                }
+                out[i].guard = Some((node, k));
+            }
+            i += 1;
         }
     }
 
@@ -674,7 +841,15 @@ impl Grammar {
         };
         if is_ws(b) {
             let between_tokens = match &top {
-                Frame::Value(n) => !matches!(self.nodes[*n], Node::Raw(_) | Node::Seq(_)),
+                Frame::Value(n) => !matches!(
+                    self.nodes[*n],
+                    Node::Raw(_)
+                        | Node::Seq(_)
+                        | Node::Text(_)
+                        | Node::RawTrie(_)
+                        | Node::Opt(_)
+                        | Node::Alt(_)
+                ),
                 Frame::Obj { st, .. } => *st != ObjSt::Key,
                 Frame::Arr { .. } => true,
                 _ => false,
@@ -696,7 +871,7 @@ impl Grammar {
         }
         match top {
             Frame::Value(n) => match &self.nodes[n] {
-                Node::AnyOf(alts) => {
+                Node::AnyOf(alts) | Node::Alt(alts) => {
                     // the work list is a stack: push the last first, so the first is tried first
                     for &a in alts.iter().rev() {
                         let mut s2 = st.clone();
@@ -755,12 +930,28 @@ impl Grammar {
                     st.frames.push(Frame::Lit { node: n, pos: 0 });
                     todo.push(st);
                 }
-                Node::Trie(t) => {
+                Node::Trie(t) | Node::RawTrie(t) => {
                     st.frames.push(Frame::Trie {
                         trie: *t as u32,
                         st: 0,
                     });
                     todo.push(st);
+                }
+                Node::Text(_) => {
+                    st.frames.push(Frame::Text { node: n, m: 0 });
+                    todo.push(st);
+                }
+                Node::Guard(v, _) => {
+                    st.frames.push(Frame::EndGuard);
+                    st.frames.push(Frame::Value(*v));
+                    st.guard = Some((n, 0));
+                    todo.push(st);
+                }
+                Node::Opt(v) => {
+                    let mut s2 = st.clone();
+                    s2.frames.push(Frame::Value(*v));
+                    todo.push(st);
+                    todo.push(s2);
                 }
                 Node::Pending => {}
             },
@@ -801,6 +992,17 @@ impl Grammar {
                 };
                 if let Some(e) = next {
                     st.frames.push(Frame::Str { esc: e });
+                }
+                out.push(st);
+            }
+            Frame::EndGuard => {
+                st.guard = None;
+                todo.push(st);
+            }
+            Frame::Text { node, m } => {
+                let k = stop_next(self.lit(node), m, b);
+                if k < self.lit(node).len() {
+                    st.frames.push(Frame::Text { node, m: k });
                 }
                 out.push(st);
             }
@@ -960,6 +1162,7 @@ impl Matcher {
                 frames: vec![Frame::Value(root)],
                 ws: 0,
                 nl: false,
+                guard: None,
             }],
             fuel: Cell::new(TOKEN_FUEL),
             steps: Cell::new(0),
@@ -1045,6 +1248,42 @@ mod tests {
 
     fn full(mut mt: Matcher, text: &str) -> bool {
         mt.accept(text.as_bytes()) && mt.is_complete()
+    }
+
+    #[test]
+    fn kv_calls_free_text_ends_at_the_closing_tag_and_json_never_holds_it() {
+        let syn = KvSyntax {
+            open: "<c>",
+            close: "</c>",
+            call_open: "{name}:",
+            call_close: "",
+            key: "[{key}]",
+            pad: "",
+            val_close: "</v>",
+            after: ";",
+        };
+        let tools = vec![(
+            "f".to_string(),
+            json!({"type": "object", "properties": {"s": {"type": "string"}, "n": {"type": "integer"},
+                "b": {"type": "boolean"}, "o": {"type": "object"}}, "required": ["s"]}),
+        )];
+        let g = Arc::new(Grammar::tool_call_kv(&tools, &syn).unwrap());
+        let ok = |t: &str| full(Matcher::new(g.clone()), t);
+        // free text with near misses of its closing tag
+        assert!(ok("<c>f:[s]a </v x<</</v>;</c>"));
+        assert!(ok("<c>f:[s]</v>;[n]42</v>;</c>"));
+        assert!(ok("<c>f:[s]x</v>;[b]True</v>;</c>"));
+        assert!(!ok("<c>f:[s]x</v>;[b]yes</v>;</c>"));
+        // s is required, n an integer, and the parameters come in the schema's order
+        assert!(!ok("<c>f:[n]42</v>;</c>"));
+        assert!(!ok("<c>f:[s]x</v>;[n]4.5</v>;</c>"));
+        assert!(!ok("<c>f:[s]x</v>;[o]{}</v>;[n]1</v>;</c>"));
+        // the closing tag inside JSON text would end the value early
+        assert!(ok(r#"<c>f:[s]x</v>;[o]{"k": "<\/v>"}</v>;</c>"#));
+        assert!(!ok(r#"<c>f:[s]x</v>;[o]{"k": "</v>"}</v>;</c>"#));
+        // no whitespace inside the markup
+        assert!(!ok("<c> f:[s]x</v>;</c>"));
+        assert!(!ok("<c>f:[s]x</v>; </c>"));
     }
 
     #[test]

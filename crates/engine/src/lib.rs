@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod embed;
 pub mod grammar;
 pub mod imatrix;
 mod pages;
@@ -9,6 +10,7 @@ pub mod ppl;
 pub mod sampling;
 pub mod sched;
 
+pub use embed::{Pooler, Pooling};
 pub use sampling::{Rng, Sampler, SamplingParams, argmax, logsumexp, top_k};
 
 use hearth_core::{Backend, Error, Result};

@@ -9,7 +9,7 @@
 //! recomputation. A request whose client went away is dropped at the next step.
 use crate::grammar::{Grammar, Matcher, TOKEN_FUEL};
 use crate::pages::Pages;
-use crate::{Engine, Sampler, SamplingParams, logsumexp, top_k};
+use crate::{Engine, Pooler, Pooling, Sampler, SamplingParams, logsumexp, top_k};
 use hearth_core::{Error, Result};
 use hearth_models::{BatchSeq, KvPool, Scratch, Want};
 use std::collections::VecDeque;
@@ -34,6 +34,9 @@ pub struct Job {
     pub grammar: Option<Arc<Grammar>>,
     /// Added to the logits of these tokens before sampling.
     pub logit_bias: Vec<(u32, f32)>,
+    /// Embed the prompt with this pooling instead of generating: the answer is one
+    /// [`Event::Embedding`] (and `max_tokens` is not used).
+    pub embed: Option<Pooling>,
     /// Where results go; dropping the receiver cancels the request.
     pub events: UnboundedSender<Event>,
     /// When the server received it.
@@ -74,6 +77,9 @@ pub enum Event {
         /// Prompt tokens taken from the prefix cache.
         cached_tokens: usize,
     },
+    /// An embedding request's answer: the prompt's pooled, L2-normalised hidden states. It
+    /// ends the request.
+    Embedding(Vec<f32>),
     /// The request failed (a server-side fault: 500).
     Error(String),
     /// The request asks for more than the server will do (a client fault: 400), found only
@@ -255,11 +261,14 @@ struct Seq {
     slot: Option<usize>,
     /// Recurrent models: its state at the last page boundary it reached, (positions, state).
     ckpt: Option<(usize, Vec<f32>)>,
+    /// An embedding request's pooling so far.
+    pooler: Option<Pooler>,
 }
 
 impl Seq {
-    fn new(job: Job) -> Seq {
+    fn new(job: Job, n_embd: usize) -> Seq {
         Seq {
+            pooler: job.embed.map(|p| Pooler::new(p, n_embd)),
             sampler: Sampler::new(job.sampling.clone()),
             matcher: job.grammar.clone().map(Matcher::new),
             tokens: job.prompt.clone(),
@@ -364,12 +373,15 @@ impl Scheduler {
         loop {
             if self.waiting.is_empty() && self.running.is_empty() {
                 match rx.recv() {
-                    Ok(j) => self.waiting.push_back(Seq::new(j)),
+                    Ok(j) => self
+                        .waiting
+                        .push_back(Seq::new(j, self.eng.model.cfg.n_embd)),
                     Err(_) => return,
                 }
             }
             while let Ok(j) = rx.try_recv() {
-                self.waiting.push_back(Seq::new(j));
+                self.waiting
+                    .push_back(Seq::new(j, self.eng.model.cfg.n_embd));
             }
             // a bug anywhere in a step (sampling, a grammar, the bookkeeping) fails the
             // requests it held, with an error each, and the scheduler goes on: no accepted
@@ -409,6 +421,9 @@ impl Scheduler {
         }
         s.cached = 0;
         s.registered = 0;
+        if let Some(p) = &mut s.pooler {
+            p.reset(); // (recomputed from the start when it is admitted again)
+        }
         if let Some(slot) = s.slot.take() {
             self.free_slots.push(slot);
         }
@@ -479,7 +494,7 @@ impl Scheduler {
                 break;
             };
             // reuse whole cached pages, always leaving at least one token to compute
-            let max_hit = if s.job.prompt_logprobs {
+            let max_hit = if s.job.prompt_logprobs || s.pooler.is_some() {
                 0
             } else {
                 (s.tokens.len() - 1) / ps
@@ -614,7 +629,9 @@ impl Scheduler {
             .iter()
             .map(|&(i, n)| {
                 let s = &self.running[i];
-                if s.job.prompt_logprobs && s.cached + n <= s.prompt_len {
+                if s.pooler.is_some() {
+                    Want::Hidden
+                } else if s.job.prompt_logprobs && s.cached + n <= s.prompt_len {
                     Want::All
                 } else if s.cached + n == s.tokens.len() {
                     Want::Last
@@ -671,7 +688,18 @@ impl Scheduler {
             return;
         }
         let nv = self.eng.model.cfg.n_vocab;
+        let ne = self.eng.model.cfg.n_embd;
         let mut off = 0;
+        // the hidden states come after every logits row
+        let mut hoff: usize = kept
+            .iter()
+            .zip(&wants)
+            .map(|(&(_, n), &w)| match w {
+                Want::Last => nv,
+                Want::All => n * nv,
+                Want::None | Want::Hidden => 0,
+            })
+            .sum();
         let mut done: Vec<(usize, Event)> = Vec::new();
         let mut n_decoded = 0u64;
         for (&(i, n), &want) in kept.iter().zip(&wants) {
@@ -693,8 +721,19 @@ impl Scheduler {
                     .register(s.pages[s.registered], s.registered, &s.tokens);
                 s.registered += 1;
             }
+            if want == Want::Hidden {
+                let rows = &logits[hoff..hoff + n * ne];
+                hoff += n * ne;
+                if let Some(p) = &mut s.pooler {
+                    p.add(pos0, rows, s.tokens.len());
+                    if s.cached == s.tokens.len() {
+                        done.push((i, Event::Embedding(p.finish())));
+                    }
+                }
+                continue;
+            }
             let rows = match want {
-                Want::None => 0,
+                Want::None | Want::Hidden => 0,
                 Want::Last => 1,
                 Want::All => n,
             };

@@ -26,6 +26,7 @@ fn job(logit_bias: Vec<(u32, f32)>) -> (Job, UnboundedReceiver<Event>) {
         prompt_logprobs: false,
         grammar: None,
         logit_bias,
+        embed: None,
         events: tx,
         received: Instant::now(),
     };
@@ -204,4 +205,78 @@ fn a_hybrid_models_second_turn_reuses_the_first_turns_state() {
         gb.0, fresh_b,
         "batched with turn two, the other request differs"
     );
+}
+
+/// Embedding jobs through the scheduler, batched with each other and with a generation, in
+/// prompt chunks smaller than the inputs and with a pool small enough to preempt: each answer
+/// equals `Engine::embed` of its input alone (same pooling, same normalisation).
+#[test]
+fn embeddings_through_the_scheduler_equal_embedding_alone() {
+    for name in ["llama", "qwen3_next"] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny")
+            .join(name);
+        let cpu = Arc::new(hearth_cpu::Cpu::new(1).unwrap());
+        let eng = Arc::new(Engine::load(&dir, cpu).unwrap());
+        let metrics = Arc::new(Metrics::default());
+        let cfg = Config {
+            n_ctx: 128,
+            parallel: 3,
+            batch_tokens: 24,
+            n_pages: 12,
+            page_size: 16,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sch = Scheduler::new(eng.clone(), cfg, metrics.clone()).unwrap();
+        let th = std::thread::spawn(move || sch.run(rx));
+        let nv = eng.n_vocab() as u32;
+        let inputs: Vec<Vec<u32>> = [5usize, 40, 77, 1, 100]
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| {
+                (0..n as u32)
+                    .map(|i| (i * 7 + k as u32 * 13 + 3) % nv)
+                    .collect()
+            })
+            .collect();
+        let gen_rx = send(&tx, &metrics, &[4, 5, 6, 7], 40);
+        let rxs: Vec<_> = inputs
+            .iter()
+            .map(|inp| {
+                let (mut j, rx) = job(Vec::new());
+                j.prompt = inp.clone();
+                j.embed = Some(eng.pooling().unwrap());
+                metrics
+                    .in_flight
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tx.send(j).unwrap();
+                rx
+            })
+            .collect();
+        for (inp, mut rx) in inputs.iter().zip(rxs) {
+            let got = match outcome(&mut rx) {
+                Event::Embedding(v) => v,
+                ev => panic!("{name}: expected an embedding, got {ev:?}"),
+            };
+            let want = eng.embed(inp).unwrap();
+            assert_eq!(got.len(), eng.model.cfg.n_embd);
+            let norm: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5, "{name}: norm {norm}");
+            let diff = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-5, "{name}: {} tokens: max diff {diff}", inp.len());
+        }
+        let mut gen_rx = gen_rx;
+        let (toks, _) = collect(&mut gen_rx);
+        assert_eq!(toks.len(), 40, "{name}: the generation alongside finished");
+        drop(tx);
+        th.join().unwrap();
+        assert_eq!(
+            metrics.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    }
 }

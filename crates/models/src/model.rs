@@ -267,15 +267,18 @@ pub(crate) fn sized<'a>(be: &dyn Backend, b: &'a mut Buf, n: usize) -> Result<Vi
     Ok(b.head_mut(n))
 }
 
-/// Which logits a sequence of a batch wants back.
+/// Which results a sequence of a batch wants back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Want {
     /// None (a prompt chunk before the last).
     None,
-    /// The last token's.
+    /// The last token's logits.
     Last,
-    /// Every token's.
+    /// Every token's logits.
     All,
+    /// Every token's final hidden state `[n_embd]`: after the output norm, before the LM
+    /// head (for embeddings).
+    Hidden,
 }
 
 /// One sequence's part of a batched forward pass.
@@ -887,6 +890,33 @@ impl Model {
         all_logits: bool,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
+        let want = if all_logits { Want::All } else { Want::Last };
+        self.forward_chunks(tokens, state, want, logits)?;
+        debug_assert_eq!(logits.len() % self.cfg.n_vocab, 0);
+        Ok(())
+    }
+
+    /// Run `tokens` through the model like [`Model::forward`], but `hidden` receives every
+    /// token's final hidden state `[tokens.len(), n_embd]` (after the output norm, before the
+    /// LM head) instead of logits.
+    pub fn forward_hidden(
+        &self,
+        tokens: &[u32],
+        state: &mut State,
+        hidden: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.forward_chunks(tokens, state, Want::Hidden, hidden)
+    }
+
+    /// [`Model::forward`] in chunks of at most 512 tokens, each wanting `want` (`Last`: only
+    /// the last chunk).
+    fn forward_chunks(
+        &self,
+        tokens: &[u32],
+        state: &mut State,
+        want: Want,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         const MAX_BATCH: usize = 512;
         if tokens.is_empty() {
             return Err(Error::Invalid("no tokens to process".into()));
@@ -900,16 +930,12 @@ impl Model {
                 n_ctx
             )));
         }
-        let nv = self.cfg.n_vocab;
-        logits.clear();
+        out.clear();
         let n_chunks = tokens.len().div_ceil(MAX_BATCH);
         for (ci, chunk) in tokens.chunks(MAX_BATCH).enumerate() {
-            let want = if all_logits {
-                Want::All
-            } else if ci + 1 == n_chunks {
-                Want::Last
-            } else {
-                Want::None
+            let want = match want {
+                Want::Last if ci + 1 < n_chunks => Want::None,
+                w => w,
             };
             let seq = BatchSeq {
                 tokens: chunk,
@@ -918,17 +944,17 @@ impl Model {
                 slot: 0,
                 want,
             };
-            self.forward_batch(&mut state.pool, &mut state.scratch, &[seq], logits)?;
+            self.forward_batch(&mut state.pool, &mut state.scratch, &[seq], out)?;
             state.len += chunk.len();
         }
-        debug_assert_eq!(logits.len() % nv, 0);
         Ok(())
     }
 
     /// Run several sequences' new tokens as one batch: the weights are read once for all of
     /// them, attention runs per sequence over its own pages of `pool`. Each row's result is
     /// the same whichever other rows share the batch. The wanted rows' `[n_vocab]` logits (a
-    /// sequence's last token, or all its tokens) are appended to `logits` in order.
+    /// sequence's last token, or all its tokens) are appended to `logits` in order, and after
+    /// them the `[n_embd]` hidden states of the sequences that want [`Want::Hidden`], in order.
     pub fn forward_batch(
         &self,
         pool: &mut KvPool,
@@ -1001,26 +1027,27 @@ impl Model {
         }
         let be = self.dev(d);
         let ds = s.dev(d);
-        let n_want: usize = seqs
-            .iter()
-            .zip(&segs)
-            .map(|(sq, sg)| match sq.want {
-                Want::None => 0,
-                Want::Last => 1,
-                Want::All => sg.n,
-            })
-            .sum();
-        if n_want == 0 {
+        // the rows each sequence wants: logits rows first, then hidden-state rows
+        let rows_of = |sq: &BatchSeq, sg: &Seg| match sq.want {
+            Want::None => 0..0,
+            Want::Last => sg.row0 + sg.n - 1..sg.row0 + sg.n,
+            Want::All | Want::Hidden => sg.row0..sg.row0 + sg.n,
+        };
+        let wanted = |hidden: bool| {
+            seqs.iter()
+                .zip(&segs)
+                .filter(move |(sq, _)| (sq.want == Want::Hidden) == hidden)
+                .map(|(sq, sg)| rows_of(sq, sg))
+                .filter(|r| !r.is_empty())
+        };
+        let n_logits: usize = wanted(false).map(|r| r.len()).sum();
+        let n_hidden: usize = wanted(true).map(|r| r.len()).sum();
+        if n_logits + n_hidden == 0 {
             return Ok(());
         }
-        let mut h = sized(be, &mut ds.h, n_want * e)?;
+        let mut h = sized(be, &mut ds.h, (n_logits + n_hidden) * e)?;
         let mut m = 0;
-        for (sq, sg) in seqs.iter().zip(&segs) {
-            let rows = match sq.want {
-                Want::None => continue,
-                Want::Last => sg.row0 + sg.n - 1..sg.row0 + sg.n,
-                Want::All => sg.row0..sg.row0 + sg.n,
-            };
+        for rows in wanted(false).chain(wanted(true)) {
             let width = rows.len() * e;
             be.copy_rows(
                 ds.x.view().slice(rows.start * e..rows.end * e),
@@ -1033,11 +1060,24 @@ impl Model {
         }
         be.rms_norm(h.reborrow(), self.output_norm.view(), self.cfg.rms_eps)?;
         let nv = self.cfg.n_vocab;
-        let mut lg = sized(be, &mut ds.logits, m * nv)?;
-        be.matmul(&self.output, h.view(), m, lg.reborrow())?;
-        let start = logits.len();
-        logits.resize(start + m * nv, 0.0);
-        be.download(lg.view(), &mut logits[start..])
+        if n_logits > 0 {
+            let mut lg = sized(be, &mut ds.logits, n_logits * nv)?;
+            be.matmul(
+                &self.output,
+                h.view().slice(0..n_logits * e),
+                n_logits,
+                lg.reborrow(),
+            )?;
+            let start = logits.len();
+            logits.resize(start + n_logits * nv, 0.0);
+            be.download(lg.view(), &mut logits[start..])?;
+        }
+        if n_hidden > 0 {
+            let start = logits.len();
+            logits.resize(start + n_hidden * e, 0.0);
+            be.download(h.view().slice(n_logits * e..m * e), &mut logits[start..])?;
+        }
+        Ok(())
     }
 
     /// The transformer body over a batch's rows; leaves the last hidden states in the `x` of

@@ -50,6 +50,8 @@ pub struct App {
     pub thinks: bool,
     /// How a forced tool call is written in its syntax (None: the Hermes form).
     pub frame: Option<Frame>,
+    /// How the model pools an embedding (or why it gives none).
+    pub pooling: Result<hearth_engine::Pooling, String>,
     /// Longest text of any one token, in bytes: a prompt text longer than the context times
     /// four times this is refused before it is tokenized (tokenizing megabytes only to refuse
     /// them costs seconds of CPU and memory the allocator keeps).
@@ -74,14 +76,14 @@ impl ApiError {
             code: None,
         }
     }
-    fn bad(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
     pub(crate) fn param(mut self, p: &'static str) -> ApiError {
         self.param = Some(p);
         self
     }
-    fn code(mut self, c: &'static str) -> ApiError {
+    pub(crate) fn code(mut self, c: &'static str) -> ApiError {
         self.code = Some(c);
         self
     }
@@ -193,7 +195,6 @@ pub(crate) const CHAT_FIELDS: &[&str] = &[
     "verbosity",
     "chat_template_kwargs",
 ];
-const COMPLETION_FIELDS: &[&str] = &["prompt", "echo", "logprobs", "suffix", "best_of"];
 
 /// Parse a generation request: like OpenAI, a field the endpoint does not know is a 400.
 pub(crate) fn parse_checked<T: for<'de> Deserialize<'de>>(
@@ -216,7 +217,7 @@ pub(crate) fn parse_checked<T: for<'de> Deserialize<'de>>(
 }
 
 /// `logit_bias`: token id (as a string key) -> bias in [-100, 100].
-fn logit_bias(
+pub(crate) fn logit_bias(
     v: &Option<std::collections::HashMap<String, f32>>,
     n_vocab: usize,
 ) -> ApiResult<Vec<(u32, f32)>> {
@@ -547,26 +548,6 @@ struct Function {
     parameters: Option<Value>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Prompt {
-    Text(String),
-    Ids(Vec<u32>),
-    Texts(Vec<String>),
-    IdLists(Vec<Vec<u32>>),
-}
-
-#[derive(Deserialize)]
-struct CompletionReq {
-    #[serde(flatten)]
-    common: Common,
-    prompt: Prompt,
-    #[serde(default)]
-    echo: bool,
-    logprobs: Option<u32>,
-    suffix: Option<String>,
-}
-
 /// What a validated request asks of the generator.
 pub(crate) struct Gen {
     pub(crate) prompt: Vec<u32>,
@@ -579,7 +560,7 @@ pub(crate) struct Gen {
     pub(crate) logit_bias: Vec<(u32, f32)>,
 }
 
-fn sampling(c: &Common) -> ApiResult<SamplingParams> {
+pub(crate) fn sampling(c: &Common) -> ApiResult<SamplingParams> {
     let mut p = SamplingParams::default();
     if let Some(t) = c.temperature {
         if !(0.0..=2.0).contains(&t) {
@@ -633,7 +614,7 @@ fn sampling(c: &Common) -> ApiResult<SamplingParams> {
 /// Longest stop sequence accepted.
 const MAX_STOP_BYTES: usize = 1024;
 
-fn stops(c: &Common) -> ApiResult<Vec<String>> {
+pub(crate) fn stops(c: &Common) -> ApiResult<Vec<String>> {
     let v = match &c.stop {
         None => Vec::new(),
         Some(Stop::One(s)) => vec![s.clone()],
@@ -656,7 +637,7 @@ fn stops(c: &Common) -> ApiResult<Vec<String>> {
 
 /// Refuse a prompt text that cannot fit the context whatever its tokens: one with more than
 /// four times as many bytes as the context's worth of the longest tokens.
-fn check_text_len(app: &App, text: &str) -> ApiResult<()> {
+pub(crate) fn check_text_len(app: &App, text: &str) -> ApiResult<()> {
     let most = app
         .n_ctx
         .saturating_mul(app.max_token_bytes.max(1))
@@ -673,7 +654,7 @@ fn check_text_len(app: &App, text: &str) -> ApiResult<()> {
 }
 
 /// Check the prompt's length against the context and settle `max_tokens`.
-fn budget(
+pub(crate) fn budget(
     app: &App,
     n_prompt: usize,
     requested: Option<u64>,
@@ -904,7 +885,7 @@ fn chat_plan(req: &ChatReq, n_vocab: usize, frame: Option<&Frame>) -> ApiResult<
                 .collect();
             let g = match frame {
                 // in the family's own syntax
-                Some(f) => Grammar::tool_call_framed(&list, f.open, f.close, &|n| f.around(n)),
+                Some(f) => f.grammar(&list),
                 None => Grammar::tool_call(&list),
             };
             Some(g.map_err(|e| ApiError::bad(format!("tool parameters: {e}")).param("tools"))?)
@@ -1097,7 +1078,8 @@ pub(crate) struct Piece {
     pub(crate) tokens: Vec<(u32, Option<TokenLogprob>)>,
 }
 
-pub(crate) fn submit(app: &App, g: Gen) -> ApiResult<Run> {
+/// Count a request in, or refuse it with 429 when every slot and queue place is taken.
+pub(crate) fn admit(app: &App) -> ApiResult<()> {
     // a request waits only when every slot is busy: a burst of parallel + queue requests is
     // always accepted, however far the scheduler has got with admitting them
     let limit = (app.parallel + app.max_queue) as u64;
@@ -1110,19 +1092,11 @@ pub(crate) fn submit(app: &App, g: Gen) -> ApiResult<Run> {
         )
         .code("rate_limit_exceeded"));
     }
-    let (tx, rx) = mpsc::unbounded_channel();
-    let n_prompt = g.prompt.len();
-    let job = Job {
-        prompt: g.prompt,
-        max_tokens: g.max_tokens,
-        sampling: g.sampling,
-        top_logprobs: g.top_logprobs,
-        prompt_logprobs: g.prompt_logprobs,
-        grammar: g.grammar,
-        logit_bias: g.logit_bias,
-        events: tx,
-        received: Instant::now(),
-    };
+    Ok(())
+}
+
+/// Hand `job` (already counted in `in_flight`) to the scheduler.
+pub(crate) fn send_job(app: &App, job: Job) -> ApiResult<()> {
     app.metrics.waiting.fetch_add(1, Relaxed);
     // a poisoned lock still holds a working sender
     let sent = match app.tx.lock() {
@@ -1137,6 +1111,26 @@ pub(crate) fn submit(app: &App, g: Gen) -> ApiResult<Run> {
             "the scheduler has stopped",
         ));
     }
+    Ok(())
+}
+
+pub(crate) fn submit(app: &App, g: Gen) -> ApiResult<Run> {
+    admit(app)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let n_prompt = g.prompt.len();
+    let job = Job {
+        prompt: g.prompt,
+        max_tokens: g.max_tokens,
+        sampling: g.sampling,
+        top_logprobs: g.top_logprobs,
+        prompt_logprobs: g.prompt_logprobs,
+        grammar: g.grammar,
+        logit_bias: g.logit_bias,
+        embed: None,
+        events: tx,
+        received: Instant::now(),
+    };
+    send_job(app, job)?;
     Ok(Run {
         rx,
         dec: StreamDecoder::default(),
@@ -1196,6 +1190,12 @@ impl Run {
                 Some(Event::Refused(e)) => {
                     return Err(ApiError::bad(e).param("response_format"));
                 }
+                Some(Event::Embedding(_)) => {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the scheduler answered a generation with an embedding",
+                    ));
+                }
                 None => {
                     return Err(ApiError::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
@@ -1250,6 +1250,20 @@ impl Run {
         let tokens = self.tokens[self.tokens_sent..].to_vec();
         self.tokens_sent = self.tokens.len();
         Piece { text, tokens }
+    }
+
+    /// All of the output, through `parser`: its events (for the answers that are not streamed).
+    pub(crate) async fn parse_all(
+        &mut self,
+        eng: &Engine,
+        parser: &mut OutputParser,
+    ) -> ApiResult<Vec<crate::tools::Ev>> {
+        let mut evs = Vec::new();
+        while let Some(p) = self.next(eng).await? {
+            evs.extend(parser.push(&p.text));
+        }
+        evs.extend(parser.finish());
+        Ok(evs)
     }
 
     pub(crate) fn usage(&self) -> Value {
@@ -1311,6 +1325,25 @@ impl Sink {
         }
     }
 
+    /// While streaming: the events `parser` makes of the run's next piece, and whether the
+    /// output is complete (the parser flushed); an error when the run failed; None when the
+    /// client left.
+    pub(crate) async fn parsed(
+        &self,
+        run: &mut Run,
+        eng: &Engine,
+        parser: &mut OutputParser,
+    ) -> Option<ApiResult<(Vec<crate::tools::Ev>, bool)>> {
+        let r = tokio::select! {
+            r = run.next(eng) => r,
+            _ = self.0.closed() => return None,
+        };
+        Some(r.map(|p| match p {
+            Some(p) => (parser.push(&p.text), false),
+            None => (parser.finish(), true),
+        }))
+    }
+
     /// The usage chunk (when `usage_head` is given: the chunk fields to put it in), then
     /// `[DONE]`.
     pub(crate) async fn close(&self, usage_head: Option<Value>, run: &Run) {
@@ -1350,206 +1383,6 @@ pub(crate) fn chat_logprobs(eng: &Engine, toks: &[(u32, Option<TokenLogprob>)]) 
     json!({"content": content})
 }
 
-fn completion_gen(app: &App, req: &CompletionReq) -> ApiResult<Gen> {
-    let c = &req.common;
-    if c.n.unwrap_or(1) != 1 {
-        return Err(ApiError::bad("only n = 1 is supported").param("n"));
-    }
-    if c.best_of.unwrap_or(1) != 1 {
-        return Err(ApiError::bad("only best_of = 1 is supported").param("best_of"));
-    }
-    if req.suffix.is_some() {
-        return Err(ApiError::bad("suffix is not supported").param("suffix"));
-    }
-    let tk = &app.eng.tokenizer;
-    let enc = |s: &str| {
-        check_text_len(app, s)?;
-        tk.encode(s, true).map_err(|e| ApiError::bad(e.to_string()))
-    };
-    let prompt = match &req.prompt {
-        Prompt::Text(s) => enc(s)?,
-        Prompt::Ids(v) => v.clone(),
-        Prompt::Texts(v) if v.len() == 1 => enc(&v[0])?,
-        Prompt::IdLists(v) if v.len() == 1 => v[0].clone(),
-        _ => return Err(ApiError::bad("one prompt per request is supported").param("prompt")),
-    };
-    let nv = app.eng.n_vocab();
-    if let Some(bad) = prompt.iter().find(|&&t| t as usize >= nv) {
-        return Err(
-            ApiError::bad(format!("token id {bad} is outside the vocabulary of {nv}"))
-                .param("prompt"),
-        );
-    }
-    let top = match req.logprobs {
-        Some(k) if k > 5 => {
-            return Err(ApiError::bad("logprobs must be in [0, 5]").param("logprobs"));
-        }
-        k => k.map(|k| k as usize),
-    };
-    let max = budget(app, prompt.len(), c.max_tokens, Some(16))?;
-    Ok(Gen {
-        prompt,
-        max_tokens: max,
-        sampling: sampling(c)?,
-        stops: stops(c)?,
-        top_logprobs: top,
-        prompt_logprobs: req.echo && top.is_some(),
-        grammar: None,
-        logit_bias: logit_bias(&c.logit_bias, nv)?,
-    })
-}
-
-/// Legacy completions logprobs for `toks` whose text starts at `offset`.
-fn completion_logprobs(
-    eng: &Engine,
-    toks: &[(u32, Option<TokenLogprob>)],
-    mut offset: usize,
-) -> Value {
-    let mut tokens = Vec::new();
-    let mut lps = Vec::new();
-    let mut tops = Vec::new();
-    let mut offs = Vec::new();
-    for (t, lp) in toks {
-        let s = token_str(eng, *t);
-        offs.push(offset);
-        offset += s.len();
-        tokens.push(s);
-        match lp {
-            Some(lp) => {
-                lps.push(json!(lp.logprob));
-                let m: serde_json::Map<String, Value> = lp
-                    .top
-                    .iter()
-                    .map(|&(t, l)| (token_str(eng, t), json!(l)))
-                    .collect();
-                tops.push(Value::Object(m));
-            }
-            None => {
-                lps.push(Value::Null);
-                tops.push(Value::Null);
-            }
-        }
-    }
-    let ids: Vec<u32> = toks.iter().map(|(t, _)| *t).collect();
-    // `token_ids` is hearth's addition: the strings alone cannot name tokens exactly
-    json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offs, "token_ids": ids})
-}
-
-/// POST /v1/completions
-pub async fn completions(
-    State(app): State<Arc<App>>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    let app2 = app.clone();
-    let (req, g) = off_runtime(move || {
-        let req: CompletionReq = parse_checked(body, COMPLETION_FIELDS)?;
-        check_model(&app2, req.common.model.as_deref())?;
-        let g = completion_gen(&app2, &req)?;
-        Ok((req, g))
-    })
-    .await?;
-    let prompt = g.prompt.clone();
-    let want_lp = g.top_logprobs.is_some();
-    let include_usage = req
-        .common
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage);
-    let echo = req.echo;
-    let mut run = submit(&app, g)?;
-    let id = new_id("cmpl");
-    let created = now();
-    let model = app.model_id.clone();
-    let prompt_text = if echo {
-        app.eng.tokenizer.decode(&prompt)
-    } else {
-        String::new()
-    };
-    if !req.common.stream {
-        let mut toks = Vec::new();
-        while let Some(p) = run.next(&app.eng).await? {
-            toks.extend(p.tokens);
-        }
-        let lp = if want_lp {
-            let mut all: Vec<(u32, Option<TokenLogprob>)> = Vec::new();
-            if echo {
-                all.push((prompt[0], None));
-                for (i, lp) in run.prompt_lps.iter().enumerate() {
-                    all.push((prompt[i + 1], Some(lp.clone())));
-                }
-            }
-            let off = all
-                .iter()
-                .map(|(t, _)| token_str(&app.eng, *t).len())
-                .sum::<usize>();
-            let mut v = completion_logprobs(&app.eng, &all, 0);
-            let gen_v = completion_logprobs(&app.eng, &toks, off);
-            for k in [
-                "tokens",
-                "token_logprobs",
-                "top_logprobs",
-                "text_offset",
-                "token_ids",
-            ] {
-                let extra = gen_v[k].as_array().cloned().unwrap_or_default();
-                v[k].as_array_mut().map(|a| a.extend(extra));
-            }
-            v
-        } else {
-            Value::Null
-        };
-        return Ok(axum::Json(json!({
-            "id": id, "object": "text_completion", "created": created, "model": model,
-            "system_fingerprint": "hearth",
-            "choices": [{"index": 0, "text": format!("{prompt_text}{}", run.text), "logprobs": lp, "finish_reason": run.finish.unwrap_or("stop")}],
-            "usage": run.usage(),
-        }))
-        .into_response());
-    }
-    let (sink, resp) = Sink::new();
-    let app2 = app.clone();
-    tokio::spawn(async move {
-        let head =
-            json!({"id": id, "object": "text_completion", "created": created, "model": model});
-        let chunk = |text: String, lp: Value, finish: Value| {
-            let mut c = head.clone();
-            c["choices"] =
-                json!([{"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}]);
-            c
-        };
-        if echo
-            && !sink
-                .send(chunk(prompt_text, Value::Null, Value::Null))
-                .await
-        {
-            return;
-        }
-        while let Some(p) = sink.next(&mut run, &app2.eng).await {
-            let lp = if want_lp {
-                completion_logprobs(&app2.eng, &p.tokens, 0)
-            } else {
-                Value::Null
-            };
-            if p.text.is_empty() && p.tokens.is_empty() {
-                continue;
-            }
-            if !sink.send(chunk(p.text, lp, Value::Null)).await {
-                return;
-            }
-        }
-        let Some(finish) = run.finish else {
-            return; // failed or abandoned
-        };
-        if sink
-            .send(chunk(String::new(), Value::Null, json!(finish)))
-            .await
-        {
-            sink.close(include_usage.then(|| head.clone()), &run).await;
-        }
-    });
-    Ok(resp)
-}
-
 /// Every check a request body of `path` gets that needs no model: JSON parsing into the API
 /// types, the sampling and tool settings, message contents and the constrained-decoding
 /// grammar (compiled, then fed `output`). For the fuzzers; errors are the normal outcome.
@@ -1583,15 +1416,10 @@ pub fn fuzz_request(path: &str, body: &[u8], output: &[u8]) {
                 let _ = m.is_complete();
             }
         }
-        "/v1/completions" => {
-            if let Ok(req) = parse_checked::<CompletionReq>(body(), COMPLETION_FIELDS) {
-                let _ = sampling(&req.common);
-                let _ = stops(&req.common);
-                let _ = logit_bias(&req.common.logit_bias, N_VOCAB);
-            }
-        }
+        "/v1/completions" => crate::completions::fuzz(raw, N_VOCAB),
         "/v1/messages" => crate::messages::fuzz(raw),
         "/v1/responses" => crate::responses::fuzz(raw),
+        "/v1/embeddings" => crate::embeddings::fuzz(raw),
         "/output" => crate::tools::fuzz_output(output),
         "/tokenize" => {
             let _ = parse::<TokenizeReq>(body());

@@ -2,6 +2,8 @@
 //! batching, a paged KV pool with prefix reuse, and constrained decoding.
 pub mod api;
 mod chat;
+mod completions;
+mod embeddings;
 mod messages;
 mod page;
 mod responses;
@@ -122,7 +124,8 @@ async fn body_in_time(
 pub fn router(app: Arc<App>, body_limit: usize, body_timeout: std::time::Duration) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat))
-        .route("/v1/completions", post(api::completions))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/messages", post(messages::messages))
         .route("/v1/responses", post(responses::responses))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
@@ -222,6 +225,7 @@ pub fn serve(eng: Engine, opts: Options) -> std::io::Result<()> {
         frame: tools::Frame::of(family, &source),
         family,
         thinks,
+        pooling: eng.pooling().map_err(|e| e.to_string()),
         eng,
         template,
         model_id: opts.model_id.clone(),

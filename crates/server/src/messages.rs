@@ -363,11 +363,7 @@ async fn messages_inner(app: Arc<App>, body: Result<Bytes, BytesRejection>) -> A
     let id = format!("msg_{}", new_id("").trim_start_matches('-'));
     let model = app.model_id.clone();
     if !stream {
-        let mut evs = Vec::new();
-        while let Some(p) = run.next(&app.eng).await? {
-            evs.extend(parser.push(&p.text));
-        }
-        evs.extend(parser.finish());
+        let evs = run.parse_all(&app.eng, &mut parser).await?;
         let content = blocks(&evs);
         let calls = content.iter().any(|b| b["type"] == "tool_use");
         let reason = stop_reason(run.finish, &run.stopped_by, calls);
@@ -397,14 +393,10 @@ async fn messages_inner(app: Arc<App>, body: Result<Bytes, BytesRejection>) -> A
             return;
         }
         loop {
-            let r = tokio::select! {
-                r = run.next(&app.eng) => r,
-                _ = sink.0.closed() => return,
-            };
-            let (evs, done) = match r {
-                Ok(Some(p)) => (parser.push(&p.text), false),
-                Ok(None) => (parser.finish(), true),
-                Err(e) => {
+            let (evs, done) = match sink.parsed(&mut run, &app.eng, &mut parser).await {
+                None => return,
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
                     let _ = sink.event("error", error_json(&e)).await;
                     return;
                 }

@@ -365,11 +365,7 @@ pub async fn responses(
     let created = now();
     let mut obj = response_obj(&id, created, &app.model_id, &req);
     if !stream {
-        let mut evs = Vec::new();
-        while let Some(p) = run.next(&app.eng).await? {
-            evs.extend(parser.push(&p.text));
-        }
-        evs.extend(parser.finish());
+        let evs = run.parse_all(&app.eng, &mut parser).await?;
         let (reasoning, text, calls) = collect(&evs);
         let mut out = Vec::new();
         if !reasoning.is_empty() {
@@ -424,14 +420,10 @@ pub async fn responses(
             return;
         }
         loop {
-            let r = tokio::select! {
-                r = run.next(&app.eng) => r,
-                _ = sink.0.closed() => return,
-            };
-            let (evs, done) = match r {
-                Ok(Some(p)) => (parser.push(&p.text), false),
-                Ok(None) => (parser.finish(), true),
-                Err(e) => {
+            let (evs, done) = match sink.parsed(&mut run, &app.eng, &mut parser).await {
+                None => return,
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
                     let mut f = obj.clone();
                     f["status"] = json!("failed");
                     f["error"] = json!({"code": "server_error", "message": e.message});

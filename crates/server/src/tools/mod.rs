@@ -15,6 +15,7 @@ mod special;
 mod tests;
 mod xml;
 
+use crate::grammar::{Grammar, KvSyntax};
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -100,23 +101,63 @@ impl Family {
     }
 }
 
-/// How a family writes one forced tool call with JSON arguments, for constrained decoding
-/// (`tool_choice` required or named): `open`, then `pre` (with the call's name for `{name}`),
-/// the arguments, `post`, then `close`.
+/// How a family writes one forced tool call, for constrained decoding (`tool_choice`
+/// required or named).
 #[derive(Clone, Debug)]
-pub struct Frame {
-    pub open: &'static str,
-    pub close: &'static str,
-    pub pre: &'static str,
-    pub post: &'static str,
+pub enum Frame {
+    /// JSON arguments: `open`, then `pre` (with the call's name for `{name}`), the arguments,
+    /// `post`, then `close`.
+    Json {
+        open: &'static str,
+        close: &'static str,
+        pre: &'static str,
+        post: &'static str,
+    },
+    /// Key/value arguments in the family's markup (the XML families).
+    Kv(KvSyntax),
 }
 
+/// Qwen3-Coder and Qwen3.5, as their templates write a call.
+const QWEN_KV: KvSyntax = KvSyntax {
+    open: "<tool_call>\n",
+    close: "</tool_call>",
+    call_open: "<function={name}>\n",
+    call_close: "</function>\n",
+    key: "<parameter={key}>\n",
+    pad: "\n",
+    val_close: "</parameter>",
+    after: "\n",
+};
+
+/// GLM-4.5 and later.
+const GLM_KV: KvSyntax = KvSyntax {
+    open: "<tool_call>",
+    close: "</tool_call>",
+    call_open: "{name}\n",
+    call_close: "",
+    key: "<arg_key>{key}</arg_key>\n<arg_value>",
+    pad: "",
+    val_close: "</arg_value>",
+    after: "\n",
+};
+
+/// MiniMax M2.
+const MINIMAX_KV: KvSyntax = KvSyntax {
+    open: "<minimax:tool_call>\n",
+    close: "</minimax:tool_call>",
+    call_open: "<invoke name=\"{name}\">\n",
+    call_close: "</invoke>\n",
+    key: "<parameter name=\"{key}\">",
+    pad: "",
+    val_close: "</parameter>",
+    after: "\n",
+};
+
 impl Frame {
-    /// The family's frame; None for the families whose arguments are not JSON (the forced
-    /// call is then written in the Hermes form, and read as such).
+    /// The family's frame; None for Hermes, whose forced call is the Hermes JSON form.
     pub fn of(family: Family, template: &str) -> Option<Frame> {
         let f = |open, pre, post, close| {
-            Some(Frame {
+            Some(Frame::Json {
                 open,
                 close,
                 pre,
@@ -148,13 +189,26 @@ impl Frame {
                 "",
                 "",
             ),
-            _ => None,
+            Family::QwenXml => Some(Frame::Kv(QWEN_KV)),
+            Family::Glm => Some(Frame::Kv(GLM_KV)),
+            Family::MiniMax => Some(Frame::Kv(MINIMAX_KV)),
+            Family::Hermes => None,
         }
     }
 
-    /// The text around a call of `name`'s arguments.
-    pub fn around(&self, name: &str) -> (String, String) {
-        (self.pre.replace("{name}", name), self.post.to_string())
+    /// The grammar of one call of one of `tools` (`(name, parameters schema)`) in this frame.
+    pub fn grammar(&self, tools: &[(String, Value)]) -> Result<Grammar, String> {
+        match self {
+            Frame::Json {
+                open,
+                close,
+                pre,
+                post,
+            } => Grammar::tool_call_framed(tools, open, close, &|n| {
+                (pre.replace("{name}", n), post.to_string())
+            }),
+            Frame::Kv(syn) => Grammar::tool_call_kv(tools, syn),
+        }
     }
 }
 
@@ -176,10 +230,11 @@ pub fn param_types<'a>(
         let mut m = HashMap::new();
         if let Some(Value::Object(props)) = params.and_then(|p| p.get("properties")) {
             for (k, v) in props {
+                // ["string", "null"] and the like: a string if it may be one (as the forced
+                // call's grammar writes it)
                 let t = match v.get("type") {
+                    _ if crate::grammar::is_string(v) => "string".into(),
                     Some(Value::String(t)) => t.clone(),
-                    // ["string", "null"] and the like: a string if it may be one
-                    Some(Value::Array(ts)) if ts.iter().any(|t| t == "string") => "string".into(),
                     _ => "any".into(),
                 };
                 m.insert(k.clone(), t);

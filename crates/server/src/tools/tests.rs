@@ -513,7 +513,14 @@ fn forced_calls_are_written_in_the_familys_syntax() {
     let mut framed = 0;
     for c in CASES {
         let src = fixture(c.template);
-        let Some(f) = Frame::of(c.family, &src) else {
+        let frame = Frame::of(c.family, &src);
+        let Some(Frame::Json {
+            open,
+            close,
+            pre,
+            post,
+        }) = frame.clone()
+        else {
             assert!(
                 matches!(
                     c.family,
@@ -525,11 +532,9 @@ fn forced_calls_are_written_in_the_familys_syntax() {
             continue;
         };
         framed += 1;
-        let g = std::sync::Arc::new(
-            Grammar::tool_call_framed(&list, f.open, f.close, &|n| f.around(n)).unwrap(),
-        );
-        let (pre, post) = f.around("get_weather");
-        let text = format!("{}{pre}{args}{post}{}", f.open, f.close);
+        let g = std::sync::Arc::new(frame.unwrap().grammar(&list).unwrap());
+        let pre = pre.replace("{name}", "get_weather");
+        let text = format!("{open}{pre}{args}{post}{close}");
         assert!(accepts(&g, &text), "{}: {text}", c.template);
         let hermes = format!(
             "<tool_call>\n{}\n</tool_call>",
@@ -537,7 +542,7 @@ fn forced_calls_are_written_in_the_familys_syntax() {
         );
         assert!(!accepts(&g, &hermes), "{}", c.template);
         // arguments that break the schema are refused
-        let bad = format!("{}{pre}{{\"city\": 3}}{post}{}", f.open, f.close);
+        let bad = format!("{open}{pre}{{\"city\": 3}}{post}{close}");
         assert!(!accepts(&g, &bad), "{}: {bad}", c.template);
         let mut p = OutputParser::new(c.family, false, false, Some(types()));
         let (_, t, calls) = collect(&parse(&mut p, &text, 5));
@@ -576,6 +581,238 @@ fn hermes_arguments_stream_and_other_shapes_are_read_whole() {
             (t.as_str(), c),
             ("", vec![("add".to_string(), json!({"a": 1}))]),
             "{text}"
+        );
+    }
+}
+
+/// A tool whose parameters have every kind of type, some required.
+fn booking_tool() -> (String, Value) {
+    (
+        "book".into(),
+        json!({"type": "object", "properties": {
+            "city": {"type": "string"},
+            "nights": {"type": "integer"},
+            "price": {"type": "number"},
+            "breakfast": {"type": "boolean"},
+            "prefs": {"type": "object", "properties": {"floor": {"type": "integer"}, "view": {"type": "string"}},
+                      "required": ["floor"], "additionalProperties": false},
+            "kind": {"type": "string", "enum": ["single", "double"]},
+            "note": {"type": ["string", "null"]}
+        }, "required": ["city", "nights", "breakfast", "prefs"]}),
+    )
+}
+
+/// The call block (from the family's opening marker to its closing one) of `args` for `name`
+/// as the template `src` renders a past assistant turn.
+fn rendered_call(src: &str, family: Family, name: &str, args: &Value) -> String {
+    let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
+    let (open, close) = match family {
+        Family::MiniMax => ("<minimax:tool_call>", "</minimax:tool_call>"),
+        _ => ("<tool_call>", "</tool_call>"),
+    };
+    let msgs = vec![
+        json!({"role": "user", "content": "Book it."}),
+        json!({"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_0", "type": "function", "function": {"name": name, "arguments": args}}]}),
+        json!({"role": "tool", "tool_call_id": "call_0", "content": "done"}),
+    ];
+    let tools = vec![
+        json!({"type": "function", "function": {"name": name, "parameters": booking_tool().1}}),
+    ];
+    let full = t.render_with(&msgs, Some(&tools), false).unwrap();
+    // the last opening marker: the system prompt may show the format with an example
+    let i = full.rfind(open).unwrap();
+    let j = full[i..].find(close).unwrap();
+    full[i..i + j + close.len()].to_string()
+}
+
+/// Sample a forced call the way a model does: token after token, each one of `pieces` that
+/// the grammar allows, chosen by `rng`, until the grammar is finished.
+fn sample_forced(
+    g: &std::sync::Arc<crate::grammar::Grammar>,
+    rng: &mut impl FnMut() -> u64,
+) -> String {
+    const PIECES: &[&str] = &[
+        "<tool_call>",
+        "</tool_call>",
+        "<function=",
+        "</function>",
+        "<parameter=",
+        "</parameter>",
+        "<arg_key>",
+        "</arg_key>",
+        "<arg_value>",
+        "</arg_value>",
+        "<minimax:tool_call>",
+        "</minimax:tool_call>",
+        "<invoke name=\"",
+        "</invoke>",
+        "<parameter name=\"",
+        "\">",
+        ">",
+        "\n",
+        "book",
+        "city",
+        "nights",
+        "price",
+        "breakfast",
+        "prefs",
+        "kind",
+        "note",
+        "floor",
+        "view",
+        "single",
+        "double",
+        "true",
+        "True",
+        "false",
+        "null",
+        "{\"",
+        "\": ",
+        ", \"",
+        "}",
+        "\n</parameter>\n",
+        "</parameter>\n",
+        "</arg_value>\n",
+        "\n</function>",
+        "é",
+        "日本",
+        " ",
+        // what a model trained on Hermes JSON would rather write
+        "<tool_call>\n{\"name\": \"book\", \"arguments\": {",
+    ];
+    let ascii: Vec<String> = (0x20u8..0x7f).map(|b| (b as char).to_string()).collect();
+    let vocab: Vec<&str> = PIECES
+        .iter()
+        .copied()
+        .chain(ascii.iter().map(String::as_str))
+        .collect();
+    let mut m = crate::grammar::Matcher::new(g.clone());
+    let mut out = String::new();
+    for _ in 0..20_000 {
+        if m.is_finished() {
+            return out;
+        }
+        let ok: Vec<&str> = vocab
+            .iter()
+            .copied()
+            .filter(|p| m.allows(p.as_bytes()))
+            .collect();
+        assert!(!ok.is_empty(), "nothing allowed after {out:?}");
+        // a markup piece when one fits, half the time: values stay short (numbers end at the
+        // first closing tag allowed)
+        let markup: Vec<&str> = ok.iter().copied().filter(|p| p.len() > 1).collect();
+        let r = rng();
+        let pick = if !markup.is_empty() && r.is_multiple_of(2) {
+            markup[(r / 2) as usize % markup.len()]
+        } else {
+            ok[(r / 2) as usize % ok.len()]
+        };
+        assert!(m.accept(pick.as_bytes()));
+        out.push_str(pick);
+    }
+    panic!("no complete call after 20000 pieces: {out}");
+}
+
+/// Qwen3-Coder/Qwen3.5, GLM and MiniMax: a forced call is written in the family's own
+/// key/value syntax. The grammar accepts the call as the family's real template writes it;
+/// calls sampled under the grammar start with the family's marker, parse back to exactly one
+/// call of the tool, with arguments the tool's schema accepts, whatever the sampling chose.
+#[test]
+fn forced_calls_in_the_xml_families_are_their_own_syntax_and_match_the_schema() {
+    use crate::grammar::{Grammar, Matcher};
+    let tool = booking_tool();
+    let list = vec![
+        tool.clone(),
+        (
+            "add".to_string(),
+            json!({"type": "object", "properties": {"a": {"type": "number"}}, "required": ["a"]}),
+        ),
+    ];
+    let schema = std::sync::Arc::new(Grammar::json_schema(&tool.1).unwrap());
+    let accepts = |g: &std::sync::Arc<Grammar>, text: &str| {
+        let mut m = Matcher::new(g.clone());
+        m.accept(text.as_bytes()) && m.is_complete()
+    };
+    let args = json!({"city": "Saint-Étienne \"centre\"\n<b>old town</b>", "nights": 3, "price": 89.5,
+        "breakfast": true, "prefs": {"floor": 2, "view": "park"}, "kind": "double"});
+    let types = param_types(list.iter().map(|(n, p)| (n.as_str(), Some(p))));
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rng = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for (template, family, marker) in [
+        (
+            "Qwen3-Coder",
+            Family::QwenXml,
+            "<tool_call>\n<function=book>",
+        ),
+        (
+            "Qwen3.5-4B",
+            Family::QwenXml,
+            "<tool_call>\n<function=book>",
+        ),
+        ("GLM-4.6", Family::Glm, "<tool_call>book"),
+        (
+            "MiniMax-M2",
+            Family::MiniMax,
+            "<minimax:tool_call>\n<invoke name=\"book\">",
+        ),
+    ] {
+        let src = fixture(template);
+        assert_eq!(Family::detect(&src, ""), family);
+        let frame = Frame::of(family, &src).unwrap();
+        assert!(matches!(frame, Frame::Kv(_)), "{template}");
+        let g = std::sync::Arc::new(frame.grammar(&list).unwrap());
+        // the template's own rendering of the call
+        let golden = rendered_call(&src, family, "book", &args);
+        assert!(accepts(&g, &golden), "{template}: {golden}");
+        let mut p = OutputParser::new(family, false, false, Some(types.clone()));
+        let (_, _, calls) = collect(&parse(&mut p, &golden, 3));
+        assert_eq!(
+            serde_json::from_str::<Value>(&calls[0].2).unwrap(),
+            args,
+            "{template}"
+        );
+        // not the Hermes form, and not a call that leaves out a required parameter
+        let hermes = format!(
+            "<tool_call>\n{}\n</tool_call>",
+            json!({"name": "book", "arguments": args})
+        );
+        assert!(!accepts(&g, &hermes), "{template}");
+        let mut short = args.clone();
+        short.as_object_mut().unwrap().remove("nights");
+        let short = rendered_call(&src, family, "book", &short);
+        assert!(!accepts(&g, &short), "{template}: {short}");
+        let mut n_book = 0;
+        for round in 0..12 {
+            let out = sample_forced(&g, &mut rng);
+            let mut p = OutputParser::new(family, false, false, Some(types.clone()));
+            let (_, text, calls) = collect(&parse(&mut p, &out, round + 1));
+            assert_eq!(text.trim(), "", "{template}: {out}");
+            assert_eq!(calls.len(), 1, "{template}: {out}");
+            let (_, name, a) = &calls[0];
+            let a: Value =
+                serde_json::from_str(a).unwrap_or_else(|e| panic!("{template}: {a}: {e}\n{out}"));
+            if name == "add" {
+                assert!(a["a"].is_number(), "{template}: {a}\n{out}");
+                continue;
+            }
+            n_book += 1;
+            assert!(out.starts_with(marker), "{template}: {out}");
+            assert_eq!(name, "book");
+            let mut m = Matcher::new(schema.clone());
+            assert!(
+                m.accept(a.to_string().as_bytes()) && m.is_complete(),
+                "{template}: arguments {a} break the schema\n{out}"
+            );
+        }
+        assert!(
+            n_book > 0,
+            "{template}: the sampling never chose the booking tool"
         );
     }
 }

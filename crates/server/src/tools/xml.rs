@@ -79,6 +79,8 @@ pub struct Xml {
     st: St,
     name: String,
     n_params: usize,
+    /// The value being read is a boolean parameter's.
+    boolean: bool,
 }
 
 /// Longest name or key.
@@ -107,6 +109,7 @@ impl Xml {
             st: St::Text,
             name: String::new(),
             n_params: 0,
+            boolean: false,
         }
     }
 
@@ -131,6 +134,10 @@ impl Xml {
             let t = v.trim();
             match serde_json::from_str::<serde_json::Value>(t) {
                 Ok(j) => out.args(&j.to_string()),
+                // Qwen3-Coder's template writes booleans as Python does
+                Err(_) if self.boolean && (t == "True" || t == "False") => {
+                    out.args(if t == "True" { "true" } else { "false" })
+                }
                 Err(_) => out.args(&serde_json::Value::String(v.to_string()).to_string()),
             }
         }
@@ -265,7 +272,9 @@ impl ToolSyntax for Xml {
                             + syn.key_close.len()
                             + (rest.len() - rest_t.len())
                             + syn.val_open.len();
-                        let string = out.param_type(&self.name, &key) == "string";
+                        let ty = out.param_type(&self.name, &key);
+                        let string = ty == "string";
+                        self.boolean = ty == "boolean";
                         let sep = if self.n_params == 0 { "{" } else { ", " };
                         self.n_params += 1;
                         let k = serde_json::Value::String(key).to_string();
