@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden i-quant blocks from llama.cpp itself, for hearth-quant's byte-identity tests.
+"""Golden i-quant (and MXFP4) blocks from llama.cpp itself, for hearth-quant's byte-identity tests.
 
 gguf-py cannot quantize the i-quants, so this writes the test rows as one F32 tensor of a
 minimal llama GGUF (plus an importance matrix in llama-imatrix's GGUF format, counts 1 so
@@ -21,7 +21,7 @@ OUT = "crates/quant/tests/data/"
 N = 512
 # tensor type -> the llama-quantize file type whose --pure default it is
 TYPES = {"IQ1_S": "IQ1_S", "IQ1_M": "IQ1_M", "IQ2_XXS": "IQ2_XXS", "IQ2_XS": "IQ2_XS",
-         "IQ2_S": "IQ2_M", "IQ3_XXS": "IQ3_XXS", "IQ3_S": "IQ3_S"}
+         "IQ2_S": "IQ2_M", "IQ3_XXS": "IQ3_XXS", "IQ3_S": "IQ3_S", "MXFP4": "MXFP4_MOE"}
 # ggml quantizes these without an importance matrix too; llama-quantize insists on one for
 # IQ3_XXS and IQ1_M except in output.weight, so the rows go there for the runs without one
 NOIM = ["IQ3_S", "IQ3_XXS", "IQ1_M"]

@@ -33,6 +33,7 @@ pub fn can_quantize(dtype: DType) -> bool {
             | DType::IQ2_S
             | DType::IQ1_S
             | DType::IQ1_M
+            | DType::MXFP4
     )
 }
 
@@ -42,9 +43,14 @@ pub fn needs_imatrix(dtype: DType) -> bool {
     matches!(dtype, DType::IQ2_XXS | DType::IQ2_XS | DType::IQ1_S)
 }
 
-/// Whether an importance matrix changes the result for `dtype` (Q8_0 and the float types ignore it).
+/// Whether an importance matrix changes the result for `dtype` (Q8_0, MXFP4 and the float types
+/// ignore it).
 pub fn uses_imatrix(dtype: DType) -> bool {
-    can_quantize(dtype) && !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0)
+    can_quantize(dtype)
+        && !matches!(
+            dtype,
+            DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::MXFP4
+        )
 }
 
 /// Encode one row `x` as `dtype` into `out` (exactly `dtype.row_bytes(x.len())` bytes).
@@ -109,6 +115,7 @@ pub fn quantize_row(
         DType::Q5_0 => l::q5_0(x, qw, out),
         DType::Q5_1 => l::q5_1(x, qw, out),
         DType::Q8_0 => l::q8_0(x, out),
+        DType::MXFP4 => l::mxfp4(x, out),
         DType::IQ4_NL => l::iq4_nl(x, qw, out),
         DType::IQ4_XS => l::iq4_xs(x, qw, out),
         DType::Q2_K => k::q2_k(x, qw, out),

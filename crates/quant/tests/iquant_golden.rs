@@ -1,4 +1,4 @@
-//! The lattice i-quants are byte-identical to llama.cpp's: the goldens are `llama-quantize
+//! The lattice i-quants and MXFP4 are byte-identical to llama.cpp's: the goldens are `llama-quantize
 //! --pure` of 16 rows x 512 (scripts/gen_iquant_golden.py: varied distributions, tied values,
 //! signed zeros, an outlier, near-zero groups, f16-rounded values), with an importance matrix
 //! and, where ggml allows it, without one.
@@ -58,4 +58,13 @@ fn iquants_match_llama_quantize_without_imatrix() {
     for name in ["IQ1_M", "IQ3_XXS", "IQ3_S"] {
         check(name, None, &format!("iq_{name}_noim.bin"));
     }
+}
+
+/// MXFP4 (`llama-quantize --pure` to MXFP4_MOE; ggml ignores the imatrix for it, and so does
+/// hearth: the same bytes with and without one).
+#[test]
+fn mxfp4_matches_llama_quantize() {
+    let im = floats("iq_imatrix.f32");
+    check("MXFP4", Some(&im), "iq_MXFP4.bin");
+    check("MXFP4", None, "iq_MXFP4.bin");
 }
