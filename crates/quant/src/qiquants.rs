@@ -408,57 +408,100 @@ fn sum_squares(x: &[f32]) -> f32 {
     x.iter().fold(0f32, |s, v| s + v * v)
 }
 
-/// IQ2_XXS: 66 bytes per 256 (f16 d, then per 32 values a u32 of 4 grid indices and a u32 of
-/// scale << 28 | 4 x 7 sign bits). `qw` is required, as in ggml. The search starts from the
-/// scale `make_qp` fits to the magnitudes on 4 levels, and rounds every point again at the end.
-pub fn iq2_xxs(x: &[f32], qw: &[f32], out: &mut [u8]) {
-    let lat = iq2xxs_lattice();
+/// The two 2-bit formats with parity signs (7 stored bits per 8 values).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parity2 {
+    /// IQ2_XXS: groups of 32, 256-point grid
+    Xxs,
+    /// IQ2_XS: groups of 16, 512-point grid
+    Xs,
+}
+
+fn or_u32(b: &mut [u8], at: usize, v: u32) {
+    let old = u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    b[at..at + 4].copy_from_slice(&(old | v).to_le_bytes());
+}
+
+/// IQ2_XXS and IQ2_XS (ggml's `quantize_row_iq2_xxs_impl` / `quantize_row_iq2_xs_impl`): the
+/// same per-group steps (weights, parity signs, grid search) and super-block scale, with the
+/// variant's group size, search and packing. `qw` is required, as in ggml.
+fn iq2_parity(x: &[f32], qw: &[f32], out: &mut [u8], v: Parity2) {
+    let (lat, g, bytes) = match v {
+        Parity2::Xxs => (iq2xxs_lattice(), 32, 66),
+        Parity2::Xs => (iq2xs_lattice(), 16, 74),
+    };
+    let ng = 256 / g;
     let (mut w, mut xval) = ([0f32; 32], [0f32; 32]);
-    let mut scales = [0f32; 8];
-    let mut q2 = [0u32; 16];
+    let mut scales = [0f32; 16];
     let mut lq = [0u8; 32];
     for (ibl, (xs, y)) in x
         .chunks_exact(256)
-        .zip(out.chunks_exact_mut(66))
+        .zip(out.chunks_exact_mut(bytes))
         .enumerate()
     {
         y.fill(0);
-        q2.fill(0);
+        // everything after d; written only when the block is not all zero
+        let mut body = [0u8; 72];
         let sigma2 = sum_squares(xs) / 256.0;
         let mut max_scale = 0f32;
-        for ib in 0..8 {
-            let xb = &xs[32 * ib..32 * ib + 32];
-            let q = &qw[256 * ibl + 32 * ib..256 * ibl + 32 * ib + 32];
-            group_weights(xb, Some(q), sigma2, &mut w);
+        for ib in 0..ng {
+            let xb = &xs[g * ib..g * ib + g];
+            let q = &qw[256 * ibl + g * ib..256 * ibl + g * ib + g];
+            let (w, xval) = (&mut w[..g], &mut xval[..g]);
+            group_weights(xb, Some(q), sigma2, w);
             let mut signs = [0u8; 4];
-            for k in 0..4 {
+            for k in 0..g / 8 {
                 let r = 8 * k..8 * k + 8;
                 signs[k] = split_signs(&xb[r.clone()], &w[r.clone()], &mut xval[r]);
             }
-            let max = vmax(&xval);
+            scales[ib] = 0.0;
+            let max = vmax(xval);
             if max < GROUP_MAX_EPS {
-                scales[ib] = 0.0;
                 continue;
             }
-            let scale0 = make_qp(&xval, 4, &mut lq, &w);
-            let eff_max = scale0 * 3.0;
-            if eff_max <= 0.0 || eff_max.is_nan() {
-                scales[ib] = 0.0;
-                continue;
-            }
-            let mut idx = [0usize; 4];
-            let o = Search {
-                nlev: 3,
-                nsteps: 6,
-                step: 0.1,
-                again: Again::All,
+            // IQ2_XXS starts from the scale make_qp fits to the magnitudes on 4 levels and
+            // rounds every point again at the end; IQ2_XS from the max.
+            let (top, scale0, o) = match v {
+                Parity2::Xxs => {
+                    let scale0 = make_qp(xval, 4, &mut lq, w);
+                    let eff_max = scale0 * 3.0;
+                    if eff_max <= 0.0 || eff_max.is_nan() {
+                        continue;
+                    }
+                    let o = Search {
+                        nlev: 3,
+                        nsteps: 6,
+                        step: 0.1,
+                        again: Again::All,
+                    };
+                    (eff_max, scale0, o)
+                }
+                Parity2::Xs => {
+                    let o = Search {
+                        nlev: 3,
+                        nsteps: 9,
+                        step: 0.1,
+                        again: Again::OffGrid,
+                    };
+                    (max, max / 5.0, o)
+                }
             };
-            let scale = search_group(
-                lat, &xval, &w, &o, eff_max, scale0, &mut idx, &mut signs, 127,
-            );
-            for k in 0..4 {
-                q2[2 * ib] |= (idx[k] as u32) << (8 * k);
-                q2[2 * ib + 1] |= (signs[k] as u32) << (7 * k);
+            let mut idx = [0usize; 4];
+            let scale = search_group(lat, xval, w, &o, top, scale0, &mut idx, &mut signs, 127);
+            for k in 0..g / 8 {
+                match v {
+                    // per group a u32 of 4 indices, a u32 of 4 x 7 sign bits (scale on top)
+                    Parity2::Xxs => {
+                        or_u32(&mut body, 8 * ib, (idx[k] as u32) << (8 * k));
+                        or_u32(&mut body, 8 * ib + 4, (signs[k] as u32) << (7 * k));
+                    }
+                    // per 8 values a u16 of index | signs << 9
+                    Parity2::Xs => {
+                        let e = idx[k] as u16 | ((signs[k] as u16) << 9);
+                        let at = 2 * (2 * ib + k);
+                        body[at..at + 2].copy_from_slice(&e.to_le_bytes());
+                    }
+                }
             }
             scales[ib] = scale;
             max_scale = max_scale.max(scale);
@@ -469,84 +512,27 @@ pub fn iq2_xxs(x: &[f32], qw: &[f32], out: &mut [u8]) {
         let d = max_scale / 31.0;
         y[..2].copy_from_slice(&f16_bytes(d));
         let id = 1.0 / d;
-        for ib in 0..8 {
+        for ib in 0..ng {
             let l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 15) as u32;
-            q2[2 * ib + 1] |= l << 28;
+            match v {
+                Parity2::Xxs => or_u32(&mut body, 8 * ib + 4, l << 28),
+                Parity2::Xs => body[64 + ib / 2] |= (l as u8) << (4 * (ib % 2)),
+            }
         }
-        for (o, v) in y[2..66].chunks_exact_mut(4).zip(&q2) {
-            o.copy_from_slice(&v.to_le_bytes());
-        }
+        y[2..].copy_from_slice(&body[..bytes - 2]);
     }
+}
+
+/// IQ2_XXS: 66 bytes per 256 (f16 d, then per 32 values a u32 of 4 grid indices and a u32 of
+/// scale << 28 | 4 x 7 sign bits). `qw` is required, as in ggml.
+pub fn iq2_xxs(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    iq2_parity(x, qw, out, Parity2::Xxs);
 }
 
 /// IQ2_XS: 74 bytes per 256 (f16 d, 32 u16 of grid index | signs << 9, 16 4-bit scales).
 /// `qw` (one importance weight per value) is required, as in ggml.
 pub fn iq2_xs(x: &[f32], qw: &[f32], out: &mut [u8]) {
-    let lat = iq2xs_lattice();
-    let (mut w, mut xval) = ([0f32; 16], [0f32; 16]);
-    let mut scales = [0f32; 16];
-    let mut q2 = [0u16; 32];
-    for (ibl, (xs, y)) in x
-        .chunks_exact(256)
-        .zip(out.chunks_exact_mut(74))
-        .enumerate()
-    {
-        y.fill(0);
-        let sigma2 = sum_squares(xs) / 256.0;
-        let mut max_scale = 0f32;
-        q2.fill(0);
-        for ib in 0..16 {
-            let xb = &xs[16 * ib..16 * ib + 16];
-            let q = &qw[256 * ibl + 16 * ib..256 * ibl + 16 * ib + 16];
-            group_weights(xb, Some(q), sigma2, &mut w);
-            let mut signs = [0u8; 2];
-            for k in 0..2 {
-                let r = 8 * k..8 * k + 8;
-                signs[k] = split_signs(&xb[r.clone()], &w[r.clone()], &mut xval[r]);
-            }
-            let max = vmax(&xval);
-            if max < GROUP_MAX_EPS {
-                scales[ib] = 0.0;
-                continue;
-            }
-            let mut idx = [0usize; 2];
-            let o = Search {
-                nlev: 3,
-                nsteps: 9,
-                step: 0.1,
-                again: Again::OffGrid,
-            };
-            let scale = search_group(
-                lat,
-                &xval,
-                &w,
-                &o,
-                max,
-                max / 5.0,
-                &mut idx,
-                &mut signs,
-                127,
-            );
-            for k in 0..2 {
-                q2[2 * ib + k] = idx[k] as u16 | ((signs[k] as u16) << 9);
-            }
-            scales[ib] = scale;
-            max_scale = max_scale.max(scale);
-        }
-        if max_scale == 0.0 {
-            continue;
-        }
-        let d = max_scale / 31.0;
-        y[..2].copy_from_slice(&f16_bytes(d));
-        let id = 1.0 / d;
-        for ib in 0..16 {
-            let l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 15) as u8;
-            y[66 + ib / 2] |= l << (4 * (ib % 2));
-        }
-        for (o, v) in y[2..66].chunks_exact_mut(2).zip(&q2) {
-            o.copy_from_slice(&v.to_le_bytes());
-        }
-    }
+    iq2_parity(x, qw, out, Parity2::Xs);
 }
 
 /// IQ3_XXS: 98 bytes per 256 (f16 d, 64 grid indices, 8 u32 of scale << 28 | 4 x 7 sign bits).
