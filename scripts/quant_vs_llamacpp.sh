@@ -7,6 +7,9 @@
 #   TYPES="Q8_0 Q4_K_M" scripts/quant_vs_llamacpp.sh
 #   TYPES= IQTYPES="IQ2_XS" IMATRIX=im.gguf scripts/quant_vs_llamacpp.sh   # i-quants only
 #
+# IQTYPES are llama-quantize's file types (mixes): IQ3_S/IQ3_XS/IQ3_M give IQ3_S tensors,
+# IQ2_M IQ2_S tensors (the IQ2_S mix is IQ2_XS tensors), IQ1_S/IQ1_M their own.
+#
 # Env: LLAMA_BIN (llama.cpp's build/bin), HEARTH (the hearth binary), WORK (scratch directory),
 # IQTYPES (types quantized with an importance matrix), IMATRIX (its file; default a synthetic
 # one), TEXT (an English text file), CHUNKS (512-token chunks to evaluate), THREADS.
@@ -18,7 +21,7 @@ WORK=${WORK:-/tmp/q_cmp}
 CHUNKS=${CHUNKS:-8}
 THREADS=${THREADS:-2}
 TYPES=${TYPES-"Q8_0 Q6_K Q4_K_M Q3_K_M Q2_K IQ4_XS"}
-IQTYPES=${IQTYPES-"IQ3_XXS IQ2_XS IQ2_XXS"}
+IQTYPES=${IQTYPES-"IQ3_M IQ3_S IQ3_XS IQ3_XXS IQ2_M IQ2_S IQ2_XS IQ2_XXS IQ1_M IQ1_S"}
 mkdir -p "$WORK"
 
 # An English text that is on every Debian/Ubuntu system; else the first long license text

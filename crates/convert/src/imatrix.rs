@@ -1,11 +1,8 @@
-//! llama.cpp's importance-matrix files: the GGUF format `llama-imatrix` writes now (tensors
-//! `NAME.in_sum2` and `NAME.counts`, metadata `imatrix.datasets` / `imatrix.chunk_count` /
-//! `imatrix.chunk_size`) and the legacy `.dat` format (entries of name, ncall, values).
-//!
-//! Values are normalized as llama-quantize does: GGUF sums are divided by their count per
-//! expert (1 where the count is 0), legacy values by ncall.
-use hearth_core::{DType, Error, Result};
-use hearth_formats::GgufFile;
+//! The importance matrix `hearth quantize --imatrix` weighs rounding errors with: llama.cpp's
+//! files in either format, read by `hearth_formats::imatrix` (the reader `hearth imatrix`'s
+//! files are tested with), normalized as llama-quantize does (GGUF sums divided by their count
+//! per expert, 1 where the count is 0; legacy values by ncall): `ImatrixEntry::means`.
+use hearth_core::{Error, Result};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -26,149 +23,37 @@ pub struct Imatrix {
 impl Imatrix {
     /// Read either format (GGUF when the file starts with the GGUF magic).
     pub fn load(path: &Path) -> Result<Imatrix> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::Io(format!("cannot read {}", path.display()), e))?;
-        let r = if bytes.starts_with(b"GGUF") {
-            let g = GgufFile::open(path)?;
-            Self::from_gguf(&g)
-        } else {
-            Self::from_legacy(&bytes)
-        };
-        let mut m = r.map_err(|e| Error::Invalid(format!("imatrix {}: {e}", path.display())))?;
-        m.file = path.display().to_string();
+        let f = hearth_formats::read_imatrix(path).map_err(|e| match e {
+            Error::Format(m) => Error::Invalid(format!("imatrix: {m}")),
+            e => e,
+        })?;
+        let m = Self::from_file(&f, path.display().to_string())?;
         if m.entries.is_empty() {
             return Err(Error::Invalid(format!(
                 "imatrix {} has no entries",
                 path.display()
             )));
         }
-        for (k, v) in &m.entries {
+        Ok(m)
+    }
+
+    /// The quantizer's weights from a read file; `file` names it in errors and metadata.
+    pub fn from_file(f: &hearth_formats::Imatrix, file: String) -> Result<Imatrix> {
+        let mut m = Imatrix {
+            datasets: f.datasets.clone(),
+            chunk_count: f.chunk_count as u64,
+            file,
+            ..Default::default()
+        };
+        for (k, e) in &f.entries {
+            let v = e.means();
             if v.iter().any(|x| !x.is_finite() || *x < 0.0) {
                 return Err(Error::Invalid(format!(
                     "imatrix {}: entry {k} has a negative or non-finite value",
-                    path.display()
+                    m.file
                 )));
             }
-        }
-        Ok(m)
-    }
-
-    /// The GGUF format.
-    pub fn from_gguf(g: &GgufFile) -> Result<Imatrix> {
-        let mut m = Imatrix::default();
-        if let Some(a) = g.get("imatrix.datasets").and_then(|v| v.as_array()) {
-            m.datasets = a
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect();
-        }
-        m.chunk_count = g
-            .get("imatrix.chunk_count")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
-        let ts = g.tensors()?;
-        let by_name: HashMap<&str, &hearth_core::Tensor> =
-            ts.iter().map(|t| (t.name.as_str(), t)).collect();
-        let f32s = |t: &hearth_core::Tensor| -> Result<Vec<f32>> {
-            if t.dtype != DType::F32 {
-                return Err(Error::Format(format!("{} is {}, not F32", t.name, t.dtype)));
-            }
-            Ok(t.bytes()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect())
-        };
-        for t in &ts {
-            let Some(name) = t.name.strip_suffix(".in_sum2") else {
-                continue;
-            };
-            let counts = by_name
-                .get(format!("{name}.counts").as_str())
-                .ok_or_else(|| Error::Format(format!("{name} has sums but no counts")))?;
-            let sums = f32s(t)?;
-            let counts = f32s(counts)?;
-            if counts.is_empty() || sums.len() % counts.len() != 0 {
-                return Err(Error::Format(format!(
-                    "{name}: {} sums do not split into {} counts",
-                    sums.len(),
-                    counts.len()
-                )));
-            }
-            let ne0 = sums.len() / counts.len();
-            let mut v = vec![1f32; sums.len()];
-            for (j, &c) in counts.iter().enumerate() {
-                let c = c.round();
-                if c > 0.0 {
-                    for i in 0..ne0 {
-                        v[j * ne0 + i] = sums[j * ne0 + i] / c;
-                    }
-                }
-            }
-            m.entries.insert(name.to_string(), v);
-        }
-        for t in &ts {
-            if let Some(name) = t.name.strip_suffix(".counts")
-                && !m.entries.contains_key(name)
-            {
-                return Err(Error::Format(format!("{name} has counts but no sums")));
-            }
-        }
-        Ok(m)
-    }
-
-    /// The legacy `.dat` format.
-    pub fn from_legacy(b: &[u8]) -> Result<Imatrix> {
-        let mut pos = 0usize;
-        let mut m = Imatrix::default();
-        let rd = |pos: &mut usize, len: usize, what: &str| -> Result<std::ops::Range<usize>> {
-            let end = pos.checked_add(len).filter(|&e| e <= b.len());
-            let end = end.ok_or_else(|| Error::Format(format!("truncated in {what}")))?;
-            let r = *pos..end;
-            *pos = end;
-            Ok(r)
-        };
-        let int = |pos: &mut usize, what: &str| -> Result<i32> {
-            let r = rd(pos, 4, what)?;
-            Ok(i32::from_le_bytes(b[r].try_into().unwrap()))
-        };
-        let n = int(&mut pos, "the entry count")?;
-        if n < 1 || n as usize > b.len() / 12 {
-            return Err(Error::Format(format!(
-                "not an imatrix file (it claims {n} entries)"
-            )));
-        }
-        for i in 0..n {
-            let len = int(&mut pos, "a name length")?;
-            if len < 0 {
-                return Err(Error::Format(format!("entry {i}: name length {len}")));
-            }
-            let r = rd(&mut pos, len as usize, "a name")?;
-            let name = String::from_utf8_lossy(&b[r]).into_owned();
-            let ncall = int(&mut pos, "ncall")?;
-            let nval = int(&mut pos, "nval")?;
-            if nval < 1 {
-                return Err(Error::Format(format!("entry {name}: {nval} values")));
-            }
-            let r = rd(&mut pos, nval as usize * 4, "values")?;
-            let mut v: Vec<f32> = b[r]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            if ncall > 0 {
-                for x in &mut v {
-                    *x /= ncall as f32;
-                }
-            }
-            m.entries.insert(name, v);
-        }
-        if pos + 4 <= b.len() {
-            m.chunk_count = int(&mut pos, "the chunk count")?.max(0) as u64;
-            if let Ok(len) = int(&mut pos, "the dataset name")
-                && len > 0
-                && let Ok(r) = rd(&mut pos, len as usize, "the dataset name")
-            {
-                m.datasets.push(String::from_utf8_lossy(&b[r]).into_owned());
-            }
+            m.entries.insert(k.clone(), v);
         }
         Ok(m)
     }
@@ -193,6 +78,7 @@ impl Imatrix {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hearth_core::DType;
 
     fn legacy(entries: &[(&str, i32, &[f32])], tail: bool) -> Vec<u8> {
         let mut b = Vec::new();
@@ -214,14 +100,22 @@ mod tests {
         b
     }
 
+    fn tmp(name: &str, b: &[u8]) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("hearth_cv_im_{}_{name}", std::process::id()));
+        std::fs::write(&p, b).unwrap();
+        p
+    }
+
     #[test]
     fn legacy_format() {
         let b = legacy(
             &[("blk.0.attn_q.weight", 4, &[4.0, 8.0]), ("x", 0, &[1.5])],
             true,
         );
-        let m = Imatrix::from_legacy(&b).unwrap();
+        let p = tmp("legacy.dat", &b);
+        let m = Imatrix::load(&p).unwrap();
         assert_eq!(m.entries["blk.0.attn_q.weight"], vec![1.0, 2.0]);
+        // no calls: the values are kept, as llama-quantize keeps them
         assert_eq!(m.entries["x"], vec![1.5]);
         assert_eq!(m.chunk_count, 10);
         assert_eq!(m.datasets, vec!["wiki".to_string()]);
@@ -229,12 +123,20 @@ mod tests {
         assert_eq!(m.for_tensor("y", 2, 1).unwrap(), None);
         // truncations anywhere are errors, never panics
         for cut in 0..b.len() - 12 {
-            let _ = Imatrix::from_legacy(&b[..cut]);
+            let _ = hearth_formats::imatrix::parse_legacy(&b[..cut]);
         }
-        assert!(Imatrix::from_legacy(&b[..20]).is_err());
+        let short = tmp("short.dat", &b[..20]);
+        assert!(Imatrix::load(&short).is_err());
         let mut huge = b.clone();
         huge[..4].copy_from_slice(&i32::MAX.to_le_bytes());
-        assert!(Imatrix::from_legacy(&huge).is_err());
+        let huge = tmp("huge.dat", &huge);
+        assert!(Imatrix::load(&huge).is_err());
+        let neg = tmp("neg.dat", &legacy(&[("a", 1, &[-1.0])], false));
+        let e = Imatrix::load(&neg).unwrap_err().to_string();
+        assert!(e.contains("negative"), "{e}");
+        for p in [p, short, huge, neg] {
+            std::fs::remove_file(p).ok();
+        }
     }
 
     #[test]
@@ -265,10 +167,13 @@ mod tests {
             w.write(&v.to_le_bytes()).unwrap();
         }
         let (buf, _) = w.finish().unwrap();
-        let g = GgufFile::parse(std::sync::Arc::new(buf)).unwrap();
-        let m = Imatrix::from_gguf(&g).unwrap();
+        let p = tmp("im.gguf", &buf);
+        let m = Imatrix::load(&p).unwrap();
+        std::fs::remove_file(&p).ok();
+        // the second expert saw no tokens: ones
         assert_eq!(m.entries["a.weight"], vec![1.0, 2.0, 1.0, 1.0]);
         assert_eq!(m.chunk_count, 3);
+        assert_eq!(m.datasets, vec!["t.txt".to_string()]);
         assert_eq!(m.for_tensor("a.weight", 2, 2).unwrap().unwrap().len(), 4);
     }
 }

@@ -167,7 +167,7 @@ pub fn plan(input: &Input, opts: &Options) -> Result<Vec<Planned>> {
         if to != from || s.permute_heads.is_some() {
             if !can_quantize(to) {
                 return Err(Error::Unsupported(format!(
-                    "tensor {} would be {to}, which hearth cannot write yet (it writes F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ2_XXS, IQ2_XS, IQ3_XXS, IQ4_NL, IQ4_XS)",
+                    "tensor {} would be {to}, which hearth cannot write yet (it writes F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS)",
                     s.name
                 )));
             }

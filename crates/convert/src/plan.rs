@@ -42,6 +42,7 @@ pub enum Ftype {
     IQ3_M,
     IQ1_S,
     IQ1_M,
+    MXFP4_MOE,
 }
 
 /// (file type, name, `general.file_type` id, default tensor type). From llama.h's
@@ -77,6 +78,7 @@ const FTYPES: &[(Ftype, &str, u32, DType)] = &[
     (Ftype::IQ4_XS, "IQ4_XS", 30, DType::IQ4_XS),
     (Ftype::IQ1_M, "IQ1_M", 31, DType::IQ1_M),
     (Ftype::BF16, "BF16", 32, DType::BF16),
+    (Ftype::MXFP4_MOE, "MXFP4_MOE", 38, DType::MXFP4),
 ];
 
 /// llama-quantize's aliases: a bare k-quant name means its _M mix.
@@ -347,7 +349,7 @@ impl Planner {
         );
         if cat == Output || (self.facts.tied_embeddings && cat == TokenEmbd) {
             let nx = *shape.last().unwrap_or(&0);
-            if falcon || !nx.is_multiple_of(t.block_size()) {
+            if f == F::MXFP4_MOE || falcon || !nx.is_multiple_of(t.block_size()) {
                 t = D::Q8_0;
             } else if matches!(
                 f,
@@ -357,6 +359,16 @@ impl Planner {
             } else if t != D::Q8_0 {
                 t = D::Q6_K;
             }
+        } else if f == F::MXFP4_MOE {
+            // expert tensors (3D) to MXFP4, everything else to Q8_0; on bailingmoe3 only the
+            // experts' ffn tensors (its MLA projections are 3D too)
+            let experts = shape.len() >= 3 && shape[shape.len() - 3] > 1;
+            let ffn = matches!(cat, FfnUp | FfnGate | FfnDown);
+            t = if experts && (self.facts.arch != "bailingmoe3" || ffn) {
+                D::MXFP4
+            } else {
+                D::Q8_0
+            };
         } else if cat == TokenEmbd {
             if matches!(f, F::IQ2_XXS | F::IQ2_XS | F::IQ1_S | F::IQ1_M) {
                 t = D::Q2_K;
@@ -681,5 +693,29 @@ mod tests {
         assert_eq!(Ftype::parse("Q8_0").unwrap().id(), 7);
         assert!(Ftype::parse("Q9_K").is_err());
         assert_eq!(Ftype::parse("F16").unwrap().default_type(), DType::F16);
+    }
+
+    /// MXFP4_MOE: the 3D expert tensors to MXFP4, every other weight (output included) to Q8_0,
+    /// 1D tensors kept.
+    #[test]
+    fn mxfp4_moe() {
+        let facts = ModelFacts {
+            n_expert: 8,
+            tied_embeddings: false,
+            ..smollm_like()
+        };
+        let mut p = Planner::new(Ftype::MXFP4_MOE, facts, vec![], false, false);
+        let mut c = |n: &str, s: &[usize]| p.choose(n, s, DType::F16).unwrap();
+        assert_eq!(c("token_embd.weight", &[49152, 576]), DType::Q8_0);
+        assert_eq!(c("blk.0.attn_norm.weight", &[576]), DType::F16);
+        assert_eq!(c("blk.0.attn_q.weight", &[576, 576]), DType::Q8_0);
+        assert_eq!(c("blk.0.ffn_gate_inp.weight", &[8, 576]), DType::F16);
+        assert_eq!(c("blk.0.ffn_up_exps.weight", &[8, 1536, 576]), DType::MXFP4);
+        assert_eq!(
+            c("blk.0.ffn_down_exps.weight", &[8, 576, 1536]),
+            DType::MXFP4
+        );
+        assert_eq!(c("output.weight", &[49152, 576]), DType::Q8_0);
+        assert_eq!(Ftype::parse("mxfp4_moe").unwrap().id(), 38);
     }
 }

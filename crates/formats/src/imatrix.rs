@@ -12,7 +12,11 @@
 //! - The legacy `.dat` format: `i32 n_entries`, then per entry `i32 len, name, i32 ncall,
 //!   i32 nval, f32 values[nval]` holding `sums / count * ncall`; then optionally
 //!   `i32 chunk_count, i32 len, dataset`. It reads back as sums `values` with one count
-//!   `ncall` (as llama.cpp's own loader does), which gives the same `sums / count`.
+//!   `ncall` (as llama.cpp's own loader does), which gives the same `sums / count` (an entry
+//!   of 0 calls counts 1, so that its values are kept, as llama-quantize keeps them).
+//!
+//! [`ImatrixEntry::means`] are the weights `llama-quantize --imatrix` quantizes with, from
+//! either format; `hearth quantize` reads its `--imatrix` through this module.
 use crate::gguf::GgufFile;
 use hearth_core::{DType, Error, Result};
 use std::collections::BTreeMap;
@@ -244,11 +248,13 @@ pub fn parse_legacy(b: &[u8]) -> Result<Imatrix> {
             )));
         }
         let vals = f32s(take(nval as usize * 4, "values")?);
+        // llama-quantize divides the values by ncall only when it is positive: an entry of
+        // no calls keeps its values, as one count does
         m.entries.insert(
             name,
             ImatrixEntry {
                 sums: vals,
-                counts: vec![ncall as f64],
+                counts: vec![ncall.max(1) as f64],
             },
         );
     }

@@ -16,6 +16,7 @@ pub mod kquants;
 pub mod kv;
 pub mod legacy;
 pub mod pack;
+pub mod qiq1;
 pub mod qiquants;
 pub mod qkquants;
 pub mod qlegacy;

@@ -4,7 +4,7 @@
 //! gguf-py's `gguf.quants.quantize`, which the tests check); with weights they use the weighted
 //! scale searches of `qsearch`, as llama.cpp's `quantize_q4_0` etc. do.
 use crate::qsearch::{AsymSearch, best_index, make_qkx, make_qx, nearest_int};
-use crate::tables::KVALUES_IQ4NL;
+use crate::tables::{KVALUES_IQ4NL, KVALUES_MXFP4};
 
 /// Encode an f32 as little-endian IEEE half (round to nearest even, as ggml's F16C path).
 #[inline(always)]
@@ -298,6 +298,46 @@ pub fn iq4_xs(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
         y[4..8].copy_from_slice(&sl);
         for i in 0..8 {
             pack_nibbles(&l[32 * i..32 * i + 32], &mut y[8 + 16 * i..8 + 16 * i + 16]);
+        }
+    }
+}
+/// MXFP4: 17 bytes per 32 (an E8M0 shared exponent, 32 E2M1 nibbles: values 0..16 low, 16..32
+/// high). ggml's `quantize_row_mxfp4_ref`: the exponent is `floor(log2(max |x|)) - 2` (biased by
+/// 127), and each value takes the nearest of the 16 doubled E2M1 values at half that scale (the
+/// first on ties). No importance weights, as in ggml.
+pub fn mxfp4(x: &[f32], out: &mut [u8]) {
+    for (xb, y) in x.chunks_exact(32).zip(out.chunks_exact_mut(17)) {
+        let amax = xb
+            .iter()
+            .fold(0f32, |m, v| if m < v.abs() { v.abs() } else { m });
+        // ggml casts the float to uint8_t; x86 converts through a 32-bit integer (out of range:
+        // 0x80000000), whose low byte is stored. The same here, without undefined behaviour.
+        let e = if amax > 0.0 {
+            let v = (amax.log2().floor() - 2.0 + 127.0) as f64;
+            if v.is_finite() && v.abs() < 2147483648.0 {
+                v as i32 as u8
+            } else {
+                0
+            }
+        } else {
+            0
+        };
+        let d = crate::ternary::e8m0_to_f32_half(e);
+        y[0] = e;
+        let best = |v: f32| -> u8 {
+            let mut bi = 0;
+            let mut be = (KVALUES_MXFP4[0] as f32 * d - v).abs();
+            for (i, &k) in KVALUES_MXFP4.iter().enumerate().skip(1) {
+                let err = (k as f32 * d - v).abs();
+                if err < be {
+                    bi = i;
+                    be = err;
+                }
+            }
+            bi as u8
+        };
+        for j in 0..16 {
+            y[1 + j] = best(xb[j]) | (best(xb[16 + j]) << 4);
         }
     }
 }

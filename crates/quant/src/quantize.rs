@@ -1,10 +1,10 @@
 //! Quantization: f32 rows -> ggml blocks, for every type hearth can write.
 //!
 //! [`quantize_row`] is the entry point. The block types' search algorithms live in `qsearch`,
-//! `qlegacy` (32-element blocks and IQ4_XS), `qkquants` (Q2_K..Q6_K) and `qiquants` (IQ2_XXS,
-//! IQ2_XS, IQ3_XXS). Every result decodes with the dequantizers of this crate; the tests check that
+//! `qlegacy` (32-element blocks and IQ4_XS), `qkquants` (Q2_K..Q6_K), `qiquants` (IQ2_XXS,
+//! IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S) and `qiq1` (IQ1_S, IQ1_M). Every result decodes with the dequantizers of this crate; the tests check that
 //! round trip per type.
-use crate::{qiquants as iq, qkquants as k, qlegacy as l};
+use crate::{qiq1, qiquants as iq, qkquants as k, qlegacy as l};
 use hearth_core::{DType, Error, Result};
 
 /// Whether hearth can write `dtype`.
@@ -29,18 +29,28 @@ pub fn can_quantize(dtype: DType) -> bool {
             | DType::IQ2_XXS
             | DType::IQ2_XS
             | DType::IQ3_XXS
+            | DType::IQ3_S
+            | DType::IQ2_S
+            | DType::IQ1_S
+            | DType::IQ1_M
+            | DType::MXFP4
     )
 }
 
-/// Whether `dtype` cannot be written without an importance matrix (as in ggml, whose IQ2_XXS
-/// and IQ2_XS quantizers have no fallback weights).
+/// Whether `dtype` cannot be written without an importance matrix (as in ggml, whose IQ2_XXS,
+/// IQ2_XS and IQ1_S quantizers have no fallback weights).
 pub fn needs_imatrix(dtype: DType) -> bool {
-    matches!(dtype, DType::IQ2_XXS | DType::IQ2_XS)
+    matches!(dtype, DType::IQ2_XXS | DType::IQ2_XS | DType::IQ1_S)
 }
 
-/// Whether an importance matrix changes the result for `dtype` (Q8_0 and the float types ignore it).
+/// Whether an importance matrix changes the result for `dtype` (Q8_0, MXFP4 and the float types
+/// ignore it).
 pub fn uses_imatrix(dtype: DType) -> bool {
-    can_quantize(dtype) && !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0)
+    can_quantize(dtype)
+        && !matches!(
+            dtype,
+            DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::MXFP4
+        )
 }
 
 /// Encode one row `x` as `dtype` into `out` (exactly `dtype.row_bytes(x.len())` bytes).
@@ -105,6 +115,7 @@ pub fn quantize_row(
         DType::Q5_0 => l::q5_0(x, qw, out),
         DType::Q5_1 => l::q5_1(x, qw, out),
         DType::Q8_0 => l::q8_0(x, out),
+        DType::MXFP4 => l::mxfp4(x, out),
         DType::IQ4_NL => l::iq4_nl(x, qw, out),
         DType::IQ4_XS => l::iq4_xs(x, qw, out),
         DType::Q2_K => k::q2_k(x, qw, out),
@@ -115,6 +126,10 @@ pub fn quantize_row(
         DType::IQ2_XXS => iq::iq2_xxs(x, qw.unwrap_or_default(), out),
         DType::IQ2_XS => iq::iq2_xs(x, qw.unwrap_or_default(), out),
         DType::IQ3_XXS => iq::iq3_xxs(x, qw, out),
+        DType::IQ3_S => iq::iq3_s(x, qw, out),
+        DType::IQ2_S => iq::iq2_s(x, qw, out),
+        DType::IQ1_S => qiq1::iq1_s(x, qw.unwrap_or_default(), out),
+        DType::IQ1_M => qiq1::iq1_m(x, qw, out),
         _ => unreachable!("checked by can_quantize"),
     }
     Ok(())

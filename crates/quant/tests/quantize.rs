@@ -172,30 +172,46 @@ fn gaussian_and_imatrix(n: usize, rows: usize, seed: u64) -> (Vec<f32>, Vec<f32>
     (x, w)
 }
 
-/// The 2- and 3-bit i-quants with an importance matrix: the imatrix-weighted round-trip
+/// The 1- to 3-bit i-quants with an importance matrix: the imatrix-weighted round-trip
 /// error stays within a budget a little above what their bits per weight allow (IQ3_XXS's
-/// 3.06 bpw near Q3_K's; IQ2_XS's 2.31 bpw near Q2_K's), and below Q2_K's for IQ3_XXS.
+/// 3.06 bpw near Q3_K's; IQ2_XS's 2.31 bpw near Q2_K's; the budgets about 1.25 times the
+/// error measured when each type was added), and falls with every step up in bits.
 #[test]
 fn iquant_roundtrip_budgets_with_imatrix() {
     let n = 512;
     let (x, w) = gaussian_and_imatrix(n, 16, 0x51);
-    for (name, budget) in [("IQ3_XXS", 0.21), ("IQ2_XS", 0.36), ("IQ2_XXS", 0.42)] {
+    for (name, budget) in [
+        ("IQ3_S", 0.16),
+        ("IQ3_XXS", 0.21),
+        ("IQ2_S", 0.30),
+        ("IQ2_XS", 0.36),
+        ("IQ2_XXS", 0.42),
+        ("IQ1_M", 0.53),
+        ("IQ1_S", 0.58),
+    ] {
         let t = DType::from_name(name).unwrap();
         let e = rel_err(&x, &roundtrip(t, &x, Some(&w), n), Some(&w), n);
         eprintln!("{name}: weighted relative RMS error {e:.5} (budget {budget})");
         assert!(e <= budget, "{name}: error {e} over budget {budget}");
     }
-    let e3 = rel_err(&x, &roundtrip(DType::IQ3_XXS, &x, Some(&w), n), Some(&w), n);
-    let e2 = rel_err(&x, &roundtrip(DType::IQ2_XS, &x, Some(&w), n), Some(&w), n);
-    let e1 = rel_err(&x, &roundtrip(DType::IQ2_XXS, &x, Some(&w), n), Some(&w), n);
-    assert!(
-        e3 < e2 && e2 < e1,
-        "IQ3_XXS {e3}, IQ2_XS {e2}, IQ2_XXS {e1}"
-    );
+    // more bits per weight, less error: IQ3_S 3.44, IQ3_XXS 3.06, IQ2_S 2.5, IQ2_XS 2.31,
+    // IQ2_XXS 2.06, IQ1_M 1.75, IQ1_S 1.56
+    let order = [
+        "IQ3_S", "IQ3_XXS", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S",
+    ];
+    let errs: Vec<f32> = order
+        .iter()
+        .map(|name| {
+            let t = DType::from_name(name).unwrap();
+            rel_err(&x, &roundtrip(t, &x, Some(&w), n), Some(&w), n)
+        })
+        .collect();
+    assert!(errs.windows(2).all(|e| e[0] < e[1]), "{order:?}: {errs:?}");
 }
 
-/// IQ2_XXS and IQ2_XS cannot be written without an importance matrix (as in llama.cpp); IQ3_XXS falls
-/// back to x^2 weights, as ggml does. Degenerate rows stay finite.
+/// IQ2_XXS, IQ2_XS and IQ1_S cannot be written without an importance matrix (as in ggml);
+/// IQ3_XXS, IQ3_S, IQ2_S and IQ1_M fall back to ggml's weights without one. Degenerate rows
+/// stay finite.
 #[test]
 fn iquant_imatrix_required_and_degenerate_rows() {
     let x = vec![0.5f32; 256];
@@ -205,10 +221,19 @@ fn iquant_imatrix_required_and_degenerate_rows() {
     let mut out1 = vec![0u8; DType::IQ2_XXS.row_bytes(256).unwrap()];
     let e = quantize_row(DType::IQ2_XXS, &x, None, &mut out1).unwrap_err();
     assert!(e.to_string().contains("importance matrix"), "{e}");
-    let mut out3 = vec![0u8; DType::IQ3_XXS.row_bytes(256).unwrap()];
-    quantize_row(DType::IQ3_XXS, &x, None, &mut out3).unwrap();
+    let mut out1s = vec![0u8; DType::IQ1_S.row_bytes(256).unwrap()];
+    let e = quantize_row(DType::IQ1_S, &x, None, &mut out1s).unwrap_err();
+    assert!(e.to_string().contains("importance matrix"), "{e}");
+    for name in ["IQ3_XXS", "IQ3_S", "IQ2_S", "IQ1_M"] {
+        let t = DType::from_name(name).unwrap();
+        let y = roundtrip(t, &x, None, 256);
+        let e = rel_err(&x, &y, None, 256);
+        assert!(e < 0.35, "{name} without an imatrix: {e}");
+    }
     let w = vec![1.0f32; 256];
-    for name in ["IQ2_XXS", "IQ2_XS", "IQ3_XXS"] {
+    for name in [
+        "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ3_S", "IQ2_S", "IQ1_S", "IQ1_M",
+    ] {
         let t = DType::from_name(name).unwrap();
         for x in [vec![0f32; 256], vec![1.5f32; 256], vec![0.3f32; 256]] {
             let y = roundtrip(t, &x, Some(&w), 256);
@@ -246,7 +271,9 @@ fn iquant_imatrix_lowers_weighted_error() {
         .map(|i| if i % 7 == 0 { 50.0 } else { 0.5 + r.next() })
         .collect();
     let flat = vec![1.0f32; n];
-    for name in ["IQ2_XXS", "IQ2_XS", "IQ3_XXS"] {
+    for name in [
+        "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ3_S", "IQ2_S", "IQ1_S", "IQ1_M",
+    ] {
         let t = DType::from_name(name).unwrap();
         let plain = rel_err(&x, &roundtrip(t, &x, Some(&flat), n), Some(&w), n);
         let with = rel_err(&x, &roundtrip(t, &x, Some(&w), n), Some(&w), n);
