@@ -1,8 +1,8 @@
 //! KV-cache types (`hearth_core::kv`): storing rows in each type, and attention over caches
 //! of every type in the key and in the value position, against the CPU backend.
-use super::{Suite, get, put};
+use super::{Suite, get, put, two_paged_seqs};
 use hearth_core::kv::KV_TYPES;
-use hearth_core::{AttnParams, AttnSeg, Backend, Error, KvFormat, KvType, Pages, Result};
+use hearth_core::{AttnParams, AttnSeg, Backend, Error, KvFormat, KvType, Result};
 use hearth_quant::kv::dequantize_row;
 
 /// The cache rows `rows` of `words` (rows of `ty.row_words(width)`), decoded (still rotated).
@@ -93,27 +93,7 @@ pub(crate) fn cases(s: &mut Suite) {
             s.cpu
                 .store_kv((&v[..]).into(), (&mut vc[..]).into(), &all, vt, kv.rot)?;
             let q = s.rng.vec(5 * nh * hd);
-            let (t1, t2): (Vec<u32>, Vec<u32>) = (vec![3, 1, 6], vec![7, 0, 2, 5]);
-            let segs = [
-                AttnSeg {
-                    row0: 0,
-                    n_tok: 2,
-                    pos0: 9,
-                    pages: Some(Pages {
-                        table: &t1,
-                        page_size: ps,
-                    }),
-                },
-                AttnSeg {
-                    row0: 2,
-                    n_tok: 3,
-                    pos0: 1,
-                    pages: Some(Pages {
-                        table: &t2,
-                        page_size: ps,
-                    }),
-                },
-            ];
+            let segs = two_paged_seqs(ps);
             let mut p = AttnParams::gqa(nh, nkv, hd, 1.0 / (hd as f32).sqrt());
             (p.kv, p.k_stride, p.v_stride) = (kv, kr, vr);
             attend(s, &kc, &vc, false, &p, &q, &segs)

@@ -515,27 +515,7 @@ fn others(s: &mut Suite) {
             let (k, v) = (s.rng.vec(rows * nkv * hd), s.rng.vec(rows * nkv * hd));
             let q = s.rng.vec(5 * nh * hd);
             let sk = s.rng.vec(nh);
-            let (t1, t2): (Vec<u32>, Vec<u32>) = (vec![3, 1, 6], vec![7, 0, 2, 5]);
-            let segs = [
-                AttnSeg {
-                    row0: 0,
-                    n_tok: 2,
-                    pos0: 9,
-                    pages: Some(Pages {
-                        table: &t1,
-                        page_size: ps,
-                    }),
-                },
-                AttnSeg {
-                    row0: 2,
-                    n_tok: 3,
-                    pos0: 1,
-                    pages: Some(Pages {
-                        table: &t2,
-                        page_size: ps,
-                    }),
-                },
-            ];
+            let segs = two_paged_seqs(ps);
             let mut p = AttnParams::gqa(nh, nkv, hd, 1.0 / (hd as f32).sqrt());
             p.window = window;
             let bs = put(s.be, &sk)?;
@@ -563,6 +543,24 @@ fn others(s: &mut Suite) {
             Ok((get(s.be, &out)?, want))
         });
     }
+}
+
+/// Page tables of the two sequences the attention cases run: 2 tokens at positions 9..=10 in
+/// pages 3, 1, 6, and 3 tokens at 1..=3 in pages 7, 0, 2, 5 (of a cache of 8 pages).
+const TABLES: [&[u32]; 2] = [&[3, 1, 6], &[7, 0, 2, 5]];
+
+/// The two sequences of [`TABLES`] as one batch of 5 query rows, in pages of `ps`.
+fn two_paged_seqs(ps: usize) -> [AttnSeg<'static>; 2] {
+    let seg = |row0, n_tok, pos0, table| AttnSeg {
+        row0,
+        n_tok,
+        pos0,
+        pages: Some(Pages {
+            table,
+            page_size: ps,
+        }),
+    };
+    [seg(0, 2, 9, TABLES[0]), seg(2, 3, 1, TABLES[1])]
 }
 
 /// Random bytes for a quantized tensor, with every 16-bit scale finite (the odd bytes'
