@@ -43,6 +43,22 @@ fn sorted_order<const N: usize>(xb: &[f32]) -> [usize; N] {
 }
 
 /// Max of |x|, as ggml's `MAX` loop picks it.
+/// Each value's level from a split of its group in sorted order (`order[j]` is the j-th
+/// smallest): the first `i1` take 0, those before `i2` take 1, the rest 2.
+fn split_labels<const N: usize>(order: &[usize; N], i1: usize, i2: usize) -> [i8; N] {
+    let mut l = [0i8; N];
+    for (j, &i) in order.iter().enumerate() {
+        l[i] = if j < i1 {
+            0
+        } else if j < i2 {
+            1
+        } else {
+            2
+        };
+    }
+    l
+}
+
 fn amax(x: &[f32]) -> f32 {
     x[1..]
         .iter()
@@ -160,16 +176,7 @@ pub fn iq1_s(x: &[f32], qw: &[f32], out: &mut [u8]) {
                 shifts[ib] = 1;
                 continue;
             };
-            let mut l = [0i8; 32];
-            for (j, &i) in order.iter().enumerate() {
-                l[i] = if j < i1 {
-                    0
-                } else if j < i2 {
-                    1
-                } else {
-                    2
-                };
-            }
+            let mut l = split_labels(&order, i1, i2);
             if scale < 0.0 {
                 l.iter_mut().for_each(|v| *v = 2 - *v);
                 scale = -scale;
@@ -315,16 +322,7 @@ pub fn iq1_m(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
                 shifts[ib] = 0;
                 continue;
             };
-            let mut l = [0i8; 16];
-            for (j, &i) in order.iter().enumerate() {
-                l[i] = if j < i1 {
-                    0
-                } else if j < i2 {
-                    1
-                } else {
-                    2
-                };
-            }
+            let mut l = split_labels(&order, i1, i2);
             if scale < 0.0 {
                 l.iter_mut().for_each(|v| *v = 2 - *v);
                 scale = -scale;
