@@ -390,12 +390,7 @@ impl Vulkan {
         let rotated;
         let (src, s0) = match ty.rotated() {
             true => {
-                rotated = self.tmp(2, n * 4)?;
-                let c = hearth_core::RowCopy {
-                    n_rows: 1,
-                    width: n,
-                };
-                self.copy_raw(src, s0, n, &rotated, 0, n, c)?;
+                rotated = self.scratch_copy(2, src, s0, n)?;
                 self.rotate_raw(&rotated, 0, n, rot, 0)?;
                 (&*rotated, 0)
             }
@@ -420,6 +415,17 @@ impl Vulkan {
             to,
         ];
         self.run(spv!("kv_store"), &[src, dst, &tb], &pc, self.groups(total))
+    }
+
+    /// The `n` values at `src[s0..]` copied to the start of scratch buffer `slot`.
+    fn scratch_copy(&self, slot: usize, src: &RawBuf, s0: u32, n: usize) -> Result<Arc<RawBuf>> {
+        let t = self.tmp(slot, n * 4)?;
+        let c = hearth_core::RowCopy {
+            n_rows: 1,
+            width: n,
+        };
+        self.copy_raw(src, s0, n, &t, 0, n, c)?;
+        Ok(t)
     }
 
     /// A scratch buffer of at least `bytes` (the old one, if replaced, is kept until the
@@ -715,12 +721,7 @@ impl Backend for Vulkan {
         }
         self.rope(q, n_head, r)?;
         // the keys rotated in a scratch copy, then both into their cache rows
-        let tmp = self.tmp(0, kn * 4)?;
-        let c = hearth_core::RowCopy {
-            n_rows: 1,
-            width: kn,
-        };
-        self.copy_raw(&km.raw, ko, kn, &tmp, 0, kn, c)?;
+        let tmp = self.scratch_copy(0, &km.raw, ko, kn)?;
         self.rope_raw(&tmp, 0, n, n_kv_head, r)?;
         self.store_kv_raw(&tmp, 0, kw, &kcm.raw, kco, dest.rows, f.k, f.rot)?;
         self.store_kv_raw(&vm.raw, vo, vw, &vcm.raw, vco, dest.rows, f.v, f.rot)
@@ -789,12 +790,7 @@ impl Backend for Vulkan {
         let (qb, qo) = match p.kv.k.rotated() {
             true => {
                 let nq = n_tok * p.n_head * p.head_dim;
-                qrot = self.tmp(3, nq * 4)?;
-                let c = hearth_core::RowCopy {
-                    n_rows: 1,
-                    width: nq,
-                };
-                self.copy_raw(&qm.raw, qo, nq, &qrot, 0, nq, c)?;
+                qrot = self.scratch_copy(3, &qm.raw, qo, nq)?;
                 self.rotate_raw(&qrot, 0, nq, p.kv.rot, 0)?;
                 (&*qrot, 0)
             }
