@@ -400,20 +400,26 @@ def test_11_fit_reads_only_headers_and_agrees_with_loading():
         a, _, b = rng[6:].partition("-")
         served += min(int(b), os.path.getsize(SMOL) - 1) - int(a) + 1
     assert served < os.path.getsize(SMOL) // 10, served
-    # the prediction against the memory a real run of SmolLM2 holds at its peak
-    r = hearth("fit", f"{SMOL_REPO}:Q4_1", "--ctx", "2048", HF_HOME=home)
-    m = re.search(r"= ([\d.]+) MiB", r.stdout)
-    predicted = float(m.group(1))
-    run = ["run", SMOL, "--ctx", "2048", "-n", "8", "--temp", "0", "hi"]
-    rss = max_rss_mib(run, HEARTH_REPACK="0")
-    packed = max_rss_mib(run)
-    print(
-        f"  SmolLM2 at --ctx 2048: predicted {predicted:.1f} MiB; peak RSS of a run {rss:.1f} MiB "
-        f"({packed:.1f} MiB with the CPU's packed weight copies)"
-    )
-    # with packing, the file's pages read once to pack stay in the RSS next to the packed copy
-    # (clean page cache the kernel can drop); without it the run holds what the plan says
-    assert abs(rss - predicted) <= 0.05 * predicted, (predicted, rss)
+    # the prediction against the memory a real run of SmolLM2 holds at its peak, with the
+    # context full (a prompt of about 1,900 tokens of the GPL, then 64 generated), with the
+    # CPU's packed weight copies (the default) and without them
+    text = open("/usr/share/common-licenses/GPL-3").read()
+    words = text.split(" ")
+    lo, hi = 0, len(words)
+    while lo < hi:  # the longest run of the text's words that tokenizes to at most 1,900 tokens
+        mid = (lo + hi + 1) // 2
+        if len(json.loads(hearth("tokenize", SMOL, " ".join(words[:mid])).stdout)) <= 1900:
+            lo = mid
+        else:
+            hi = mid - 1
+    prompt = " ".join(words[:lo])
+    for repack in ("1", "0"):
+        r = hearth("fit", f"{SMOL_REPO}:Q4_1", "--ctx", "2048", HF_HOME=home, HEARTH_REPACK=repack)
+        predicted = float(re.search(r"= ([\d.]+) MiB", r.stdout).group(1))
+        run = ["run", SMOL, "--ctx", "2048", "-n", "64", "--temp", "0", "--raw", prompt]
+        rss = max_rss_mib(run, HEARTH_REPACK=repack)
+        print(f"  SmolLM2 at --ctx 2048, HEARTH_REPACK={repack}: predicted {predicted:.1f} MiB; peak RSS of a run {rss:.1f} MiB")
+        assert abs(rss - predicted) <= 0.05 * predicted, (repack, predicted, rss)
 
 
 def test_11c_fit_plans_a_gpu_with_the_placement_flags():

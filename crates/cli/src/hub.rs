@@ -114,6 +114,15 @@ pub fn rm(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
+/// This process's resident memory (Linux: `/proc/self/statm`).
+fn resident_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages.saturating_mul(u64::try_from(page).ok()?))
+}
+
 /// Bytes free for an unprivileged user on the file system that holds `p` (or its nearest
 /// existing ancestor).
 fn free_disk(p: &Path) -> Option<u64> {
@@ -137,40 +146,68 @@ fn free_disk(p: &Path) -> Option<u64> {
 }
 
 /// A backend for planning: the device's name, memory and bytes per weight, its other
-/// operations as they are, but `prepare` does nothing, so no weight is copied or uploaded (the
-/// weights of a skeleton are holes). Nothing runs on it.
-struct PlanOnly(Arc<dyn Backend>);
+/// operations as they are, but `prepare` copies and uploads nothing (the weights of a skeleton
+/// are holes): it asks the device what preparing would add ([`Backend::plan_prepare`], a
+/// packed copy) and counts that in the weight's bytes. Nothing runs on it.
+struct PlanOnly {
+    inner: Arc<dyn Backend>,
+    /// Bytes preparing would add, by the address of the weight's bytes.
+    extra: std::sync::Mutex<std::collections::HashMap<usize, usize>>,
+}
+
+impl PlanOnly {
+    fn wrap(inner: Arc<dyn Backend>) -> Arc<dyn Backend> {
+        Arc::new(PlanOnly {
+            inner,
+            extra: Default::default(),
+        })
+    }
+}
 
 impl Backend for PlanOnly {
     fn name(&self) -> String {
-        self.0.name()
+        self.inner.name()
     }
     fn supports(&self, dtype: DType) -> bool {
-        self.0.supports(dtype)
+        self.inner.supports(dtype)
     }
     fn memory(&self) -> Option<u64> {
-        self.0.memory()
+        self.inner.memory()
     }
     fn supports_kv(&self, t: hearth_core::KvType) -> bool {
-        self.0.supports_kv(t)
+        self.inner.supports_kv(t)
+    }
+    fn prepare(&self, w: &mut Tensor) {
+        let n = self.inner.plan_prepare(w);
+        if n > 0 {
+            let key = w.bytes().as_ptr() as usize;
+            *self
+                .extra
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key)
+                .or_default() += n;
+        }
     }
     fn weight_bytes(&self, w: &Tensor) -> usize {
-        self.0.weight_bytes(w)
+        let key = w.bytes().as_ptr() as usize;
+        let extra = self.extra.lock().unwrap_or_else(|e| e.into_inner());
+        self.inner.weight_bytes(w) + extra.get(&key).copied().unwrap_or(0)
     }
     fn matmul(&self, w: &Tensor, x: View<'_>, n_tok: usize, out: ViewMut<'_>) -> CoreResult<()> {
-        self.0.matmul(w, x, n_tok, out)
+        self.inner.matmul(w, x, n_tok, out)
     }
     fn dequantize(&self, t: &Tensor, out: &mut [f32]) -> CoreResult<()> {
-        self.0.dequantize(t, out)
+        self.inner.dequantize(t, out)
     }
     fn get_rows(&self, w: &Tensor, ids: &[u32], out: ViewMut<'_>) -> CoreResult<()> {
-        self.0.get_rows(w, ids, out)
+        self.inner.get_rows(w, ids, out)
     }
     fn rms_norm(&self, x: ViewMut<'_>, w: View<'_>, eps: f32) -> CoreResult<()> {
-        self.0.rms_norm(x, w, eps)
+        self.inner.rms_norm(x, w, eps)
     }
     fn rope(&self, x: ViewMut<'_>, n_heads: usize, r: &RopeArgs<'_>) -> CoreResult<()> {
-        self.0.rope(x, n_heads, r)
+        self.inner.rope(x, n_heads, r)
     }
     fn attention_many(
         &self,
@@ -181,10 +218,10 @@ impl Backend for PlanOnly {
         out: ViewMut<'_>,
         segs: &[AttnSeg<'_>],
     ) -> CoreResult<()> {
-        self.0.attention_many(k, v, p, q, out, segs)
+        self.inner.attention_many(k, v, p, q, out, segs)
     }
     fn moe_experts(&self, job: MoeJob<'_>) -> CoreResult<()> {
-        self.0.moe_experts(job)
+        self.inner.moe_experts(job)
     }
 }
 
@@ -257,10 +294,6 @@ fn remote_skeleton(
 
 /// `hearth fit ORG/REPO[:QUANT] --ctx N`.
 pub fn fit(model: &str, ctx: usize, c: &crate::Common) -> Result<()> {
-    // Planning needs only the tensors' places, not their values: packed copies of weights
-    // (which the files' holes would make zeros of) are not made. Set before any thread runs.
-    // SAFETY: the process is still single-threaded here.
-    unsafe { std::env::set_var("HEARTH_REPACK", "0") };
     let local = Path::new(model).exists() || crate::pull::ALIASES.iter().any(|a| a.name == model);
     let spec = hearth_hub::parse_spec(model);
     let hub = Hub::from_env();
@@ -338,12 +371,18 @@ fn plan_and_print(
     chosen_quant: Option<&str>,
 ) -> Result<()> {
     let files = ModelFiles::open(path).with_context(|| format!("{model}: reading its headers"))?;
+    // the program and its tokenizer, measured: this process holds both once it is built
+    // (a safetensors plan without tokenizer.json measures the program alone)
+    let tok = hearth_tokenizer::Tokenizer::from_files(&files).ok();
+    hearth_engine::release_free_heap();
+    let base = resident_bytes().unwrap_or(0);
+    drop(tok);
     let arch = match &files.source {
         Source::Gguf(g) => g.architecture().unwrap_or("?").to_string(),
         Source::Hf(h) => h.config["model_type"].as_str().unwrap_or("?").to_string(),
     };
     // the placement loading uses, on backends that prepare nothing
-    let (devs, place) = crate::placement_wrapped(c, |b| Arc::new(PlanOnly(b)) as Arc<dyn Backend>)?;
+    let (devs, place) = crate::placement_wrapped(c, PlanOnly::wrap)?;
     let devs: Vec<Arc<dyn Backend>> = devs
         .into_iter()
         .enumerate()
@@ -352,7 +391,7 @@ fn plan_and_print(
                 b
             } else {
                 // the CPU the placement flags add: wrapped too
-                Arc::new(PlanOnly(b)) as Arc<dyn Backend>
+                PlanOnly::wrap(b)
             }
         })
         .collect();
@@ -364,9 +403,12 @@ fn plan_and_print(
     let weights: u64 = plan.iter().map(|d| d.weight_bytes as u64).sum();
     let kv_tok: u64 = plan.iter().map(|d| d.kv_bytes_per_token as u64).sum();
     let state: u64 = plan.iter().map(|d| d.state_bytes_per_seq as u64).sum();
+    // the activations of one prompt chunk (engine's batch of 512 tokens)
+    let runtime = base.saturating_add(m.batch_bytes(512.min(ctx.max(1))) as u64);
     let need = weights
         .saturating_add(kv_tok.saturating_mul(ctx as u64))
-        .saturating_add(state);
+        .saturating_add(state)
+        .saturating_add(runtime);
     println!(
         "architecture:  {arch}, {} parameters ({} active per token), {:.1} MiB of files",
         crate::human(m.n_params() as f64),
@@ -374,7 +416,7 @@ fn plan_and_print(
         mib(files.file_size())
     );
     println!(
-        "memory:        {:.1} MiB of weights + {} B/token of KV cache x {ctx} tokens{} = {:.1} MiB",
+        "memory:        {:.1} MiB of weights + {} B/token of KV cache x {ctx} tokens{} + {:.1} MiB to run (the program and tokenizer, {:.1} MiB measured here, and the activations of a prompt chunk) = {:.1} MiB",
         mib(weights),
         kv_tok,
         if state > 0 {
@@ -382,13 +424,15 @@ fn plan_and_print(
         } else {
             String::new()
         },
+        mib(runtime),
+        mib(base),
         mib(need)
     );
     let ram = hearth_engine::available_memory();
     crate::print_plan(&plan, ctx);
     // each device against its memory (the host's: what the system can still hand out)
     let mut fits = Some(true);
-    let mut host_need = 0u64;
+    let mut host_need = runtime;
     for d in &plan {
         let n = (d.weight_bytes as u64)
             .saturating_add((d.kv_bytes_per_token as u64).saturating_mul(ctx as u64))

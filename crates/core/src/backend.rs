@@ -232,6 +232,14 @@ pub trait Backend: Send + Sync {
     /// of its own ([`Tensor::packed`]) or on its device. Results must not change.
     fn prepare(&self, _w: &mut Tensor) {}
 
+    /// Planning without loading: the bytes [`Backend::prepare`] would add for `w` beyond what
+    /// [`Backend::weight_bytes`] counts before it (a packed copy), reserved from the same
+    /// limits as `prepare` reserves them, so that planning a whole model in load order gives
+    /// loading's numbers. Nothing is copied.
+    fn plan_prepare(&self, _w: &Tensor) -> usize {
+        0
+    }
+
     /// Time spent per operation since the last call, as a Markdown table, when the backend
     /// keeps such accounts (the CPU backend with `HEARTH_PROFILE=1`); the accounts restart.
     fn profile_report(&self) -> Option<String> {
@@ -244,7 +252,8 @@ pub trait Backend: Send + Sync {
         None
     }
 
-    /// Bytes this backend holds for a weight once prepared (its own copy, or the file's pages).
+    /// Bytes this backend holds for a weight once prepared (its own copies, and the file's
+    /// pages where it reads them).
     fn weight_bytes(&self, w: &Tensor) -> usize {
         w.bytes().len()
     }

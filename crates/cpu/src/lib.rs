@@ -158,6 +158,26 @@ impl Cpu {
         }
     }
 
+    /// The bytes of `w`'s packed copy, taken from the packing budget; None where it is not
+    /// packed (a type without integer kernels, no AVX2, not on the CPU, or over the budget).
+    fn reserve_pack(&self, w: &Tensor) -> Option<usize> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if w.device != Device::Cpu
+            || w.shape.len() < 2
+            || !pack::packable(w.dtype)
+            || !hearth_quant::has_avx2()
+        {
+            return None;
+        }
+        let rows = w.shape[w.shape.len() - 2];
+        let slices = w.n_rows() / rows.max(1);
+        let len = pack::packed_len(w.dtype, w.row_bytes(), rows) * slices;
+        self.pack_budget
+            .fetch_update(Relaxed, Relaxed, |b| b.checked_sub(len))
+            .ok()?;
+        Some(len)
+    }
+
     /// `f(rows)` over `0..total` rows in one parallel step: tasks of whole packed groups,
     /// about four per thread (eight for batches of `n_tok` of 16 or more, where a task is long
     /// enough that the threads' wait for the last one shows), taken in turn from a shared
@@ -363,15 +383,12 @@ impl Backend for Cpu {
     /// hearth-quant) while the budget lasts, with the AVX2 kernels only; each slice of a
     /// stacked tensor (an expert) is packed on its own.
     fn prepare(&self, w: &mut Tensor) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if w.packed.is_some()
-            || w.device != Device::Cpu
-            || w.shape.len() < 2
-            || !pack::packable(w.dtype)
-            || !hearth_quant::has_avx2()
-        {
+        if w.packed.is_some() {
             return;
         }
+        let Some(len) = self.reserve_pack(w) else {
+            return;
+        };
         // each slice of a stacked tensor packs on its own; a slice's whole groups are split
         // between the threads, the rows after the last group going with the last part
         let (dtype, rb) = (w.dtype, w.row_bytes());
@@ -381,14 +398,7 @@ impl Backend for Cpu {
             pack::packed_len(dtype, rb, rows),
             pack::group_bytes(dtype, rb),
         );
-        let len = plen * slices;
-        if self
-            .pack_budget
-            .fetch_update(Relaxed, Relaxed, |b| b.checked_sub(len))
-            .is_err()
-        {
-            return;
-        }
+        debug_assert_eq!(len, plen * slices);
         let Some(mut out) = anon(len) else {
             return;
         };
@@ -432,6 +442,15 @@ impl Backend for Cpu {
         if let Ok(st) = hearth_core::Storage::new(std::sync::Arc::new(out), 0, len) {
             w.packed = Some(st);
         }
+    }
+
+    fn plan_prepare(&self, w: &Tensor) -> usize {
+        self.reserve_pack(w).unwrap_or(0)
+    }
+
+    /// The file's pages (batches read them) and the packed copy (decoding reads it).
+    fn weight_bytes(&self, w: &Tensor) -> usize {
+        w.bytes().len() + w.packed.as_ref().map_or(0, |p| p.bytes().len())
     }
 
     fn matmul(&self, w: &Tensor, x: View<'_>, n_tok: usize, out: ViewMut<'_>) -> Result<()> {

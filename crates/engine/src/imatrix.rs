@@ -290,6 +290,9 @@ impl Backend for Collector {
     fn prepare(&self, w: &mut Tensor) {
         self.inner.prepare(w)
     }
+    fn plan_prepare(&self, w: &Tensor) -> usize {
+        self.inner.plan_prepare(w)
+    }
     fn profile_report(&self) -> Option<String> {
         self.inner.profile_report()
     }

@@ -224,6 +224,7 @@ impl Engine {
     ) -> Result<Engine> {
         let files = ModelFiles::open(path)?;
         let tokenizer = Tokenizer::from_files(&files)?;
+        release_free_heap();
         let model = Model::load_placed(&files, devs, place)?;
         Ok(Engine {
             files,
@@ -293,6 +294,18 @@ impl Engine {
         stats.gen_tokens = out.len();
         stats.gen_time = t1.elapsed();
         Ok((out, stats))
+    }
+}
+
+/// Hand the heap's free memory back to the system. Building a tokenizer from a GGUF's
+/// vocabulary allocates and frees tens of MiB in small pieces (about 75 MiB at its peak for a
+/// 49k vocabulary), which glibc's allocator otherwise keeps: the process would hold them for
+/// its whole life, beside the weights.
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas to the system.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

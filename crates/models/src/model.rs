@@ -519,11 +519,18 @@ impl Model {
                 state_bytes_per_seq: 0,
             })
             .collect();
+        let tied = std::ptr::eq(self.output.bytes().as_ptr(), self.tok_embd.bytes().as_ptr())
+            && self.dev_out == self.dev_embd;
+        if tied {
+            // one file range; the output, as a matmul weight, may also have a packed copy
+            let be = &self.devs[self.dev_embd];
+            p[self.dev_embd].weight_bytes += be
+                .weight_bytes(&self.tok_embd)
+                .max(be.weight_bytes(&self.output));
+        }
         let mut add = |d: usize, t: &Tensor| p[d].weight_bytes += self.devs[d].weight_bytes(t);
-        add(self.dev_embd, &self.tok_embd);
-        if !std::ptr::eq(self.output.bytes().as_ptr(), self.tok_embd.bytes().as_ptr())
-            || self.dev_out != self.dev_embd
-        {
+        if !tied {
+            add(self.dev_embd, &self.tok_embd);
             add(self.dev_out, &self.output);
         }
         for l in &self.layers {
@@ -791,6 +798,49 @@ impl Model {
         };
         let floats = 6 * c.n_embd + 4 * heads * head + 3 * ffn + c.n_vocab;
         floats * 4
+    }
+
+    /// An estimate of the forward pass's buffers for a batch of `n_tok` tokens that wants
+    /// one row of logits (a prompt chunk): per token the hidden states, attention's
+    /// projections, the largest FFN's intermediates (a MoE layer's router scores, and its
+    /// routed copies of the inputs, gate, up and outputs), and their 16-bit forms for the
+    /// integer kernels. Unlike [`Model::activation_bytes_per_token`], which bounds the
+    /// worst case, this is what planning (`hearth fit`) adds for the activations.
+    pub fn batch_bytes(&self, n_tok: usize) -> usize {
+        let c = &self.cfg;
+        let e = c.n_embd;
+        let (qd, kvd) = match &c.mla {
+            Some(m) => (
+                c.n_head * (m.nope + m.rope).max(m.v_dim),
+                m.kv_lora_rank + m.rope + c.n_head * (m.nope + m.v_dim),
+            ),
+            None => (c.n_head * c.head_dim, c.n_kv_head * c.head_dim),
+        };
+        let rows = |t: &Tensor| t.shape.get(t.shape.len().saturating_sub(2)).copied();
+        let ffn = self
+            .layers
+            .iter()
+            .map(|l| match &l.ffn {
+                Ffn::Dense(m) => 2 * rows(&m.up).unwrap_or(c.n_ff),
+                Ffn::Moe(m) => {
+                    let k = c.moe.as_ref().map_or(1, |r| r.n_used);
+                    let ff = m
+                        .experts
+                        .first()
+                        .and_then(|x| rows(&x.up))
+                        .unwrap_or(c.n_ff);
+                    let shared = m
+                        .shared
+                        .as_ref()
+                        .map_or(0, |s| 2 * rows(&s.up).unwrap_or(0));
+                    m.experts.len() + 2 * k + e + k * (2 * e + 2 * ff) + shared
+                }
+            })
+            .max()
+            .unwrap_or(0);
+        // f32 values, and about half as many bytes again as 16-bit copies
+        let per_tok = (4 * e + 2 * qd + 2 * kvd + ffn) * 4;
+        n_tok * (per_tok + per_tok / 2) + c.n_vocab * 4
     }
 
     /// Bytes of weights read for one decoded token: every matrix once (of MoE layers, only
