@@ -502,23 +502,49 @@ fn plan_and_print(
         ),
         None => println!("disk:          {:.1} MiB to download", mib(download)),
     }
+    // each device reads its own weights and KV cache at its own bandwidth, measured here
     let bw_threads = hearth_cpu::Cpu::threads_for(c.threads);
-    let bw = hearth_engine::bench::bandwidth_probe(bw_threads);
+    let cpu_bw = hearth_engine::bench::bandwidth_probe(bw_threads);
+    let by_dev = m.bytes_per_token_by_device();
+    let (mut t0, mut t_ctx) = (0f64, 0f64);
+    let mut bws = Vec::new();
+    for (d, p) in plan.iter().enumerate() {
+        let bytes = by_dev.get(d).copied().unwrap_or(0) as f64;
+        let kv = p.kv_bytes_per_token as f64 * ctx as f64;
+        if bytes + kv == 0.0 {
+            continue;
+        }
+        let vk_index = p
+            .name
+            .strip_prefix("vulkan:")
+            .and_then(|r| r.split(' ').next()?.parse::<usize>().ok());
+        let bw = match vk_index {
+            Some(i) => match hearth_vulkan::bandwidth(i) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("hearth: measuring vulkan:{i}'s bandwidth: {e}; using the CPU's");
+                    cpu_bw
+                }
+            },
+            None => cpu_bw,
+        };
+        bws.push(format!(
+            "{}: {:.1} MiB at {bw:.1} GB/s",
+            p.name.split(' ').next().unwrap_or(&p.name),
+            bytes / 1048576.0
+        ));
+        t0 += bytes / (bw * 1e9).max(1.0);
+        t_ctx += (bytes + kv) / (bw * 1e9).max(1.0);
+    }
     let per_tok = m.bytes_per_token() as f64;
-    let at_ctx = per_tok + kv_tok as f64 * ctx as f64;
     println!(
-        "decode speed:  at most {:.1} tokens/s at the start of the context, {:.1} at {ctx} tokens ({:.1} MiB of weights{} read per token, memory bandwidth {:.1} GB/s measured)",
-        bw * 1e9 / per_tok.max(1.0),
-        bw * 1e9 / at_ctx.max(1.0),
+        "decode speed:  at most {:.1} tokens/s at the start of the context, {:.1} at {ctx} tokens ({:.1} MiB of the file's weights{} read per token; each device's copy and its bandwidth, measured: {})",
+        1.0 / t0.max(1e-12),
+        1.0 / t_ctx.max(1e-12),
         per_tok / 1048576.0,
         if kv_tok > 0 { " plus the KV cache" } else { "" },
-        bw
+        bws.join(", ")
     );
-    if plan.iter().any(|d| d.memory.is_some()) {
-        println!(
-            "               (the CPU's bandwidth: the GPU's is not measured yet, so a GPU plan decodes faster than this)"
-        );
-    }
     if others.len() > 1
         && let Some(r) = ram
     {

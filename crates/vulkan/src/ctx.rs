@@ -562,6 +562,55 @@ impl Ctx {
         Ok(std::mem::take(&mut cmd.keep))
     }
 
+    /// Memory bandwidth in GB/s as the device sees it in the memory its buffers use: a buffer
+    /// of `bytes` copied into another `reps` times (`vkCmdCopyBuffer` reads and writes every
+    /// byte), timed from submission to completion, after one copy that touches both.
+    pub fn copy_bandwidth(self: &Arc<Self>, bytes: usize, reps: usize) -> Result<f64> {
+        let bytes = bytes.min(self.info.max_alloc as usize).max(4) & !3;
+        let (a, b) = (self.alloc(bytes)?, self.alloc(bytes)?);
+        let d = &self.device;
+        let run = |n: usize| -> Result<f64> {
+            self.flush()?;
+            let mut cmd = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
+            let region = [vk::BufferCopy::default().size(bytes as u64)];
+            let mb = [vk::MemoryBarrier::default()
+                .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+                .dst_access_mask(vk::AccessFlags::TRANSFER_WRITE)];
+            // SAFETY: the command buffer is ours under the lock and not recording (flushed);
+            // both buffers live until the submission below has completed.
+            unsafe {
+                d.begin_command_buffer(
+                    cmd.buf,
+                    &vk::CommandBufferBeginInfo::default()
+                        .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
+                )
+                .map_err(vk_err("recording"))?;
+                cmd.open = true;
+                for _ in 0..n {
+                    d.cmd_pipeline_barrier(
+                        cmd.buf,
+                        vk::PipelineStageFlags::TRANSFER,
+                        vk::PipelineStageFlags::TRANSFER,
+                        vk::DependencyFlags::empty(),
+                        &mb,
+                        &[],
+                        &[],
+                    );
+                    d.cmd_copy_buffer(cmd.buf, a.buffer, b.buffer, &region);
+                }
+            }
+            let t = std::time::Instant::now();
+            let keep = self.submit(&mut cmd)?;
+            let s = t.elapsed().as_secs_f64();
+            drop(cmd);
+            drop(keep);
+            Ok(s)
+        };
+        run(1)?;
+        let s = run(reps.max(1))?;
+        Ok(2.0 * bytes as f64 * reps.max(1) as f64 / s.max(1e-9) / 1e9)
+    }
+
     /// Keep `b` alive until the commands recorded so far have run.
     pub fn keep(&self, b: Arc<RawBuf>) {
         let mut cmd = self.cmd.lock().unwrap_or_else(|e| e.into_inner());

@@ -35,6 +35,12 @@ pub fn devices() -> Result<Vec<DeviceInfo>> {
         .collect())
 }
 
+/// Device `index`'s memory bandwidth in GB/s, measured by copying 256 MiB (less where its
+/// largest allocation is smaller) between two of the buffers the backend uses, 8 times.
+pub fn bandwidth(index: usize) -> Result<f64> {
+    Ctx::new(index)?.copy_bandwidth(256 << 20, 8)
+}
+
 /// A buffer of f32 values in a Vulkan device's memory.
 struct VkMem {
     raw: RawBuf,
