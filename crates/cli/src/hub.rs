@@ -177,6 +177,9 @@ impl Backend for PlanOnly {
     fn supports_kv(&self, t: hearth_core::KvType) -> bool {
         self.inner.supports_kv(t)
     }
+    fn host_weights(&self, bytes: usize) {
+        self.inner.host_weights(bytes)
+    }
     fn prepare(&self, w: &mut Tensor) {
         let n = self.inner.plan_prepare(w);
         if n > 0 {

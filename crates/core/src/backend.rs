@@ -232,6 +232,11 @@ pub trait Backend: Send + Sync {
     /// of its own ([`Tensor::packed`]) or on its device. Results must not change.
     fn prepare(&self, _w: &mut Tensor) {}
 
+    /// Before a model's weights are prepared: they take `bytes` of the host's memory (its
+    /// files' pages, once read), so that the backend sizes its own copies of them
+    /// ([`Backend::prepare`]) to what is left.
+    fn host_weights(&self, _bytes: usize) {}
+
     /// Planning without loading: the bytes [`Backend::prepare`] would add for `w` beyond what
     /// [`Backend::weight_bytes`] counts before it (a packed copy), reserved from the same
     /// limits as `prepare` reserves them, so that planning a whole model in load order gives

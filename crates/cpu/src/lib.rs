@@ -58,6 +58,8 @@ pub struct Cpu {
     acts_many: std::sync::Mutex<Vec<QuantizedActs>>,
     /// Bytes of packed weight copies still allowed ([`Backend::prepare`]).
     pack_budget: std::sync::atomic::AtomicUsize,
+    /// The memory available when the backend started (None: unknown, or packing is off).
+    avail: Option<usize>,
 }
 
 /// Zeroed anonymous memory for a packed copy, in transparent huge pages where the system
@@ -69,31 +71,39 @@ fn anon(len: usize) -> Option<memmap2::MmapMut> {
     Some(m)
 }
 
-/// Bytes the packed weight copies may take: half the memory available at startup, so that
-/// a model near the size of RAM keeps only its memory-mapped original (0: packing is off,
-/// `HEARTH_REPACK=0`; no limit where the memory cannot be read).
-fn pack_budget() -> usize {
+/// The memory available now (`MemAvailable`), unless packing is off (`HEARTH_REPACK=0`: 0);
+/// None where it cannot be read.
+fn pack_memory() -> Option<usize> {
     if std::env::var("HEARTH_REPACK").is_ok_and(|v| v == "0") {
-        return 0;
+        return Some(0);
     }
-    let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        let l = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
-        l.split_whitespace().nth(1)?.parse::<usize>().ok()
-    });
-    avail.map_or(usize::MAX, |kb| kb.saturating_mul(1024) / 2)
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let l = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb = l.split_whitespace().nth(1)?.parse::<usize>().ok()?;
+    Some(kb.saturating_mul(1024))
+}
+
+/// Bytes the packed weight copies may take: half the memory available beside the model's
+/// files (`files`, told by [`Backend::host_weights`]; the rest is left for the KV cache and
+/// the activations), so that a model near the size of RAM keeps only its memory-mapped
+/// original; no limit where the memory cannot be read.
+fn pack_budget(avail: Option<usize>, files: usize) -> usize {
+    avail.map_or(usize::MAX, |a| a.saturating_sub(files) / 2)
 }
 
 impl Cpu {
     /// A backend with `threads` worker threads (0: one per core).
     pub fn new(threads: usize) -> Result<Cpu> {
         let threads = Cpu::threads_for(threads);
+        let avail = pack_memory();
         let pool = pool::Pool::new(threads)
             .map_err(|e| Error::Invalid(format!("cannot start the thread pool: {e}")))?;
         Ok(Cpu {
             pool,
             acts: Default::default(),
             acts_many: Default::default(),
-            pack_budget: pack_budget().into(),
+            pack_budget: pack_budget(avail, 0).into(),
+            avail,
         })
     }
 
@@ -442,6 +452,14 @@ impl Backend for Cpu {
         if let Ok(st) = hearth_core::Storage::new(std::sync::Arc::new(out), 0, len) {
             w.packed = Some(st);
         }
+    }
+
+    fn host_weights(&self, bytes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let b = pack_budget(self.avail, bytes);
+        let _ = self
+            .pack_budget
+            .fetch_update(Relaxed, Relaxed, |cur| Some(cur.min(b)));
     }
 
     fn plan_prepare(&self, w: &Tensor) -> usize {

@@ -287,6 +287,9 @@ impl Backend for Collector {
     fn supports(&self, dtype: DType) -> bool {
         self.inner.supports(dtype)
     }
+    fn host_weights(&self, bytes: usize) {
+        self.inner.host_weights(bytes)
+    }
     fn prepare(&self, w: &mut Tensor) {
         self.inner.prepare(w)
     }

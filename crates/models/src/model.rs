@@ -385,6 +385,10 @@ impl Model {
             return Err(Error::Invalid("a model needs at least one device".into()));
         }
         let tensors = &files.tensors;
+        let file_bytes: usize = tensors.values().map(|t| t.bytes().len()).sum();
+        for d in &devs {
+            d.host_weights(file_bytes);
+        }
         let embd = tensors
             .get("token_embd.weight")
             .ok_or_else(|| Error::Format("tensor token_embd.weight is missing".into()))?;
