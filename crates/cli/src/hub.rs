@@ -551,12 +551,16 @@ fn plan_and_print(
     if others.len() > 1
         && let Some(r) = ram
     {
-        println!("quants of this repository with a context of {ctx} tokens (files + KV cache):");
+        // another quant's copies (packed) in the planned one's proportion to its files
+        let copies = weights as f64 / files.file_size().max(1) as f64;
+        println!(
+            "quants of this repository with a context of {ctx} tokens (files and the CPU's copies in the planned quant's proportion, {copies:.2}x, + KV cache + running):"
+        );
         for s in others {
-            let n = s
-                .size()
+            let n = ((s.size() as f64 * copies) as u64)
                 .saturating_add(kv_tok.saturating_mul(ctx as u64))
-                .saturating_add(state);
+                .saturating_add(state)
+                .saturating_add(runtime);
             println!(
                 "  {:<14} {:>10}  {}{}",
                 s.quant,
