@@ -289,6 +289,15 @@ def test_09_offline_uses_the_cache():
     assert read(r.stdout.strip()) == read(SMOL)
     r = hearth("pull", MOE_REPO, check=False, HF_HUB_OFFLINE="1")
     assert r.returncode != 0 and "HF_HUB_OFFLINE" in r.stderr and "not in the cache" in r.stderr, r.stderr
+    # a revision named by its commit: what the cache holds, offline too; an unknown one is
+    # the hub's "not found"
+    commit = read(os.path.join(repo_dir(SMOL_REPO), "refs", "main")).decode()
+    r = hearth("pull", f"{SMOL_REPO}@{commit}:Q4_1", HF_HUB_OFFLINE="1")
+    assert read(r.stdout.strip()) == read(SMOL)
+    r = hearth("pull", f"{SMOL_REPO}@{commit}:Q4_1")
+    assert read(r.stdout.strip()) == read(SMOL)
+    r = hearth("pull", f"{SMOL_REPO}@no-such-branch", check=False)
+    assert r.returncode != 0 and "revision no-such-branch not found" in r.stderr, r.stderr
     # no network at all: the cached model still runs, with a note, and fit plans it
     out = logits(SMOL_REPO, HF_ENDPOINT="http://127.0.0.1:9")
     assert out == logits(SMOL)

@@ -67,22 +67,26 @@ pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Erro
     move |e| Error::Io(w, e)
 }
 
-/// A model named on the command line: `ORG/REPO[:QUANT]`.
+/// A model named on the command line: `ORG/REPO[@REVISION][:QUANT]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spec {
     /// `ORG/REPO`.
     pub repo: String,
     /// The quant, if named.
     pub quant: Option<String>,
-    /// The revision (`main`).
+    /// The revision: a branch or tag name, or a commit (`main` unless named).
     pub revision: String,
 }
 
 impl std::fmt::Display for Spec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.repo)?;
+        if self.revision != "main" {
+            write!(f, "@{}", self.revision)?;
+        }
         match &self.quant {
-            Some(q) => write!(f, "{}:{q}", self.repo),
-            None => f.write_str(&self.repo),
+            Some(q) => write!(f, ":{q}"),
+            None => Ok(()),
         }
     }
 }
@@ -97,8 +101,9 @@ fn valid_name_part(s: &str) -> bool {
         && !s.contains("--")
 }
 
-/// Parse `ORG/REPO[:QUANT]` (an `hf.co/` or `huggingface.co/` prefix is allowed); None when
-/// the text is not of that shape.
+/// Parse `ORG/REPO[@REVISION][:QUANT]` (an `hf.co/` or `huggingface.co/` prefix is
+/// allowed; a revision is a branch or tag name without `/`, or a commit); None when the text
+/// is not of that shape.
 pub fn parse_spec(s: &str) -> Option<Spec> {
     let s = s
         .strip_prefix("https://")
@@ -109,6 +114,13 @@ pub fn parse_spec(s: &str) -> Option<Spec> {
         Some((r, q)) => (r, Some(q)),
         None => (s, None),
     };
+    let (repo, revision) = match repo.split_once('@') {
+        Some((r, rev)) => (r, rev),
+        None => (repo, "main"),
+    };
+    if !valid_name_part(revision) {
+        return None;
+    }
     let (org, name) = repo.split_once('/')?;
     if !valid_name_part(org) || !valid_name_part(name) {
         return None;
@@ -133,7 +145,7 @@ pub fn parse_spec(s: &str) -> Option<Spec> {
     Some(Spec {
         repo: repo.to_string(),
         quant: quant.map(str::to_string),
-        revision: "main".into(),
+        revision: revision.to_string(),
     })
 }
 
@@ -572,8 +584,15 @@ mod tests {
         assert_eq!(s.repo, "unsloth/Qwen3-8B-GGUF");
         assert_eq!(s.quant.as_deref(), Some("UD-Q2_K_XL"));
         assert_eq!(parse_spec("hf.co/a/b").unwrap().repo, "a/b");
+        assert_eq!(s.revision, "main");
+        let r = parse_spec("a/b@v1.2:Q4_K_M").unwrap();
+        assert_eq!((r.repo.as_str(), r.revision.as_str()), ("a/b", "v1.2"));
+        assert_eq!(r.quant.as_deref(), Some("Q4_K_M"));
+        assert_eq!(r.to_string(), "a/b@v1.2:Q4_K_M");
+        assert_eq!(parse_spec("a/b:Q8_0").unwrap().to_string(), "a/b:Q8_0");
         for bad in [
             "a", "a/b/c", "../b", "a/..", "a/b:", "a/b:x/y", "/a/b", "a/.b", "./x.gguf", "a//b",
+            "a/b@", "a/b@..", "a/b@x/y", "a/b@.x", "a@b/c",
         ] {
             assert!(parse_spec(bad).is_none(), "{bad}");
         }
