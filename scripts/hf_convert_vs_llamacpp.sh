@@ -3,6 +3,10 @@
 # tiny fixture (MoE, MLA, float8; tests/fixtures/tiny), hearth's F32 file must give, under
 # llama-perplexity on the same text, the perplexity llama.cpp's converter's own file
 # (model.gguf) gives, and hearth's Q8_0 and Q4_K_M files must load and give a finite one.
+# It also prints how many tensors of hearth's Q4_K_M file differ (type or bytes) from
+# llama-quantize's Q4_K_M of the converter's file (scripts/gguf_diff.py). (qwen2_moe's two
+# ffn_gate_inp_shexp tensors "differ" only in shape: same bytes, but llama-quantize writes the
+# converter's {64, 1} as {64}, and hearth keeps the converter's shape.)
 #
 #   scripts/hf_convert_vs_llamacpp.sh [FIXTURE...]
 #
@@ -41,7 +45,7 @@ ppl() { # model -> PPL. llama.cpp's logging thread sometimes loses the last line
 }
 
 fail=0
-printf '%-16s %12s %12s %12s %12s\n' fixture converter hearth-F32 hearth-Q8_0 hearth-Q4_K_M
+printf '%-16s %12s %12s %12s %12s  %s\n' fixture converter hearth-F32 hearth-Q8_0 hearth-Q4_K_M "Q4_K_M vs llama-quantize"
 for f in "${FIXTURES[@]}"; do
   d=tests/fixtures/tiny/$f
   for t in F32 Q8_0 Q4_K_M; do
@@ -51,7 +55,10 @@ for f in "${FIXTURES[@]}"; do
   a=$(ppl "$W/$f-F32.gguf")
   b=$(ppl "$W/$f-Q8_0.gguf")
   c=$(ppl "$W/$f-Q4_K_M.gguf")
-  printf '%-16s %12s %12s %12s %12s\n' "$f" "$ref" "$a" "$b" "$c"
+  "$LLAMA_BIN/llama-quantize" "$d/model.gguf" "$W/$f-lq.gguf" Q4_K_M 2 >/dev/null 2>&1
+  diff=$(PYTHONPATH=.llama.cpp/src/gguf-py python3 scripts/gguf_diff.py "$W/$f-Q4_K_M.gguf" "$W/$f-lq.gguf" \
+    | grep -oE '^tensors [0-9]+ [0-9]+ differ [0-9]+' | awk '{print $5 " of " $2 " tensors differ"}')
+  printf '%-16s %12s %12s %12s %12s  %s\n' "$f" "$ref" "$a" "$b" "$c" "$diff"
   [ "$ref" = "$a" ] && [ "$a" != FAIL ] || { echo "  $f: F32 differs from the converter's" >&2; fail=1; }
   [ "$b" != FAIL ] && [ "$c" != FAIL ] || fail=1
 done
