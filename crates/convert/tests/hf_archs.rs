@@ -221,12 +221,30 @@ fn broken_copy(
     drop: &[&str],
     config: &dyn Fn(&mut serde_json::Value),
 ) -> PathBuf {
+    copy_fixture(name, tag, drop, config, 1)
+}
+
+/// As `broken_copy`, the tensors dealt round-robin (in name order) into `shards` files named
+/// by a model.safetensors.index.json when more than one.
+fn copy_fixture(
+    name: &str,
+    tag: &str,
+    drop: &[&str],
+    config: &dyn Fn(&mut serde_json::Value),
+    shards: usize,
+) -> PathBuf {
     let src = fixture(name);
     let d = tmp(&format!("{name}_{tag}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(src.join(f), d.join(f)).unwrap();
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ] {
+        if src.join(f).exists() {
+            std::fs::copy(src.join(f), d.join(f)).unwrap();
+        }
     }
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
@@ -238,27 +256,62 @@ fn broken_copy(
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&st[8..8 + n]).unwrap();
     let data = &st[8 + n..];
-    let (mut h, mut body) = (serde_json::Map::new(), Vec::new());
-    for (k, v) in header {
-        if k == "__metadata__" || drop.contains(&k.as_str()) {
-            continue;
+    let mut names: Vec<&String> = header
+        .keys()
+        .filter(|k| *k != "__metadata__" && !drop.contains(&k.as_str()))
+        .collect();
+    names.sort();
+    let file = |i: usize| {
+        if shards == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{shards:05}.safetensors", i + 1)
         }
-        let o = v["data_offsets"].as_array().unwrap();
-        let (a, b) = (
-            o[0].as_u64().unwrap() as usize,
-            o[1].as_u64().unwrap() as usize,
-        );
-        let mut v = v.clone();
-        v["data_offsets"] = serde_json::json!([body.len(), body.len() + b - a]);
-        body.extend_from_slice(&data[a..b]);
-        h.insert(k, v);
+    };
+    let mut weight_map = serde_json::Map::new();
+    for i in 0..shards {
+        let (mut h, mut body) = (serde_json::Map::new(), Vec::new());
+        for k in names.iter().skip(i).step_by(shards) {
+            let v = &header[k.as_str()];
+            let o = v["data_offsets"].as_array().unwrap();
+            let (a, b) = (
+                o[0].as_u64().unwrap() as usize,
+                o[1].as_u64().unwrap() as usize,
+            );
+            let mut v = v.clone();
+            v["data_offsets"] = serde_json::json!([body.len(), body.len() + b - a]);
+            body.extend_from_slice(&data[a..b]);
+            h.insert(k.to_string(), v);
+            weight_map.insert(k.to_string(), file(i).into());
+        }
+        let hj = serde_json::Value::Object(h).to_string().into_bytes();
+        let mut out = (hj.len() as u64).to_le_bytes().to_vec();
+        out.extend(hj);
+        out.extend(body);
+        std::fs::write(d.join(file(i)), out).unwrap();
     }
-    let hj = serde_json::Value::Object(h).to_string().into_bytes();
-    let mut out = (hj.len() as u64).to_le_bytes().to_vec();
-    out.extend(hj);
-    out.extend(body);
-    std::fs::write(d.join("model.safetensors"), out).unwrap();
+    if shards > 1 {
+        let idx = serde_json::json!({ "weight_map": weight_map });
+        std::fs::write(d.join("model.safetensors.index.json"), idx.to_string()).unwrap();
+    }
     d
+}
+
+/// Each layer's experts spread over three shards (and float8 weights apart from their scales)
+/// stack into the same tensors as from one file.
+#[test]
+fn sharded_checkpoints_convert_the_same() {
+    for name in ["qwen3_moe", "deepseek_v3-fp8"] {
+        let dir = copy_fixture(name, "sharded", &[], &|_| {}, 3);
+        assert!(dir.join("model-00003-of-00003.safetensors").exists());
+        // the converted directory's name is the file's general.name, which is not compared
+        let out = convert(&dir, "F32");
+        let ours = GgufFile::open(&out).unwrap();
+        let theirs = GgufFile::open(&fixture(name).join("model.gguf")).unwrap();
+        same_as_converter(name, &ours, &theirs, true);
+        let _ = std::fs::remove_file(out);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// Broken or unsupported checkpoints are clear errors that leave no output behind, and
