@@ -22,15 +22,15 @@ TEXT=${TEXT:-README.md}
 FIXTURES=("$@")
 # (deepseek_v2, MLA without q_lora_rank, is left out: this llama.cpp refuses even its own
 # converter's file of it, "key not found in model: deepseek2.attention.q_lora_rank")
-[ ${#FIXTURES[@]} -gt 0 ] || FIXTURES=(qwen3_moe qwen2_moe mixtral deepseek_v3 glm4_moe qwen3-fp8 deepseek_v3-fp8)
+[ ${#FIXTURES[@]} -gt 0 ] || FIXTURES=(qwen3_moe qwen2_moe mixtral deepseek_v3 glm4_moe glm4_moe-mtp qwen3-fp8 deepseek_v3-fp8)
 W=$(mktemp -d /tmp/hfconv.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 head -c 6000 "$TEXT" >"$W/text.txt"
 
 ppl() { # model -> PPL. llama.cpp's logging thread sometimes loses the last lines at exit
-  # (exit status 0, "Final estimate" missing): such runs are repeated, up to 5 times.
+  # (exit status 0, "Final estimate" missing): such runs are repeated, up to 10 times.
   local rc
-  for _ in 1 2 3 4 5; do
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
     rc=0
     "$LLAMA_BIN/llama-perplexity" -m "$1" -f "$W/text.txt" -c 64 -b 64 --chunks 8 -t 2 >"$W/log" 2>&1 || rc=$?
     [ $rc = 0 ] || break

@@ -80,9 +80,10 @@ impl Arch {
         }
     }
 
-    /// Layers past `num_hidden_layers` (multi-token prediction) are dropped.
+    /// Layers past `num_hidden_layers` (multi-token prediction) are dropped, as the converter
+    /// drops DeepSeek's (GLM's it keeps, as `blk.L.nextn.*` after the decoder layers).
     fn drops_mtp(self) -> bool {
-        matches!(self, Arch::Deepseek2 | Arch::Glm4Moe)
+        matches!(self, Arch::Deepseek2)
     }
 }
 
@@ -202,10 +203,13 @@ pub(crate) fn metadata(
             if let Some(b) = c.get("norm_topk_prob").and_then(J::as_bool) {
                 md.a("expert_weights_norm", Value::Bool(b));
             }
-            // the multi-token-prediction layers are not converted (see `drops_mtp`), so the
-            // file says it has none
-            if u(c, "num_nextn_predict_layers").is_some() {
-                md.a("nextn_predict_layers", Value::U32(0));
+            // the multi-token-prediction layers follow the decoder's in the block count
+            if let Some(n) = u(c, "num_nextn_predict_layers") {
+                md.a(
+                    "block_count",
+                    Value::U32((need("num_hidden_layers")? + n) as u32),
+                );
+                md.a("nextn_predict_layers", Value::U32(n as u32));
             }
         }
     }
@@ -296,7 +300,10 @@ pub(crate) fn tensors(arch: Arch, c: &J, raw: &[(Tensor, bool)]) -> Result<Vec<S
                 t.name
             )));
         }
-        let Some(mut name) = canonical_from_hf(&t.name) else {
+        let nextn = (arch == Arch::Glm4Moe)
+            .then(|| nextn_name(&t.name))
+            .flatten();
+        let Some(mut name) = nextn.or_else(|| canonical_from_hf(&t.name)) else {
             if t.name.contains("rotary_emb.inv_freq") {
                 continue;
             }
@@ -389,6 +396,25 @@ pub(crate) fn tensors(arch: Arch, c: &J, raw: &[(Tensor, bool)]) -> Result<Vec<S
         out.push(stack_experts(&stem, parts, n_expert)?);
     }
     Ok(out)
+}
+
+/// A multi-token-prediction layer's own tensors (gguf-py's `NEXTN_*`): `model.layers.L.eh_proj.weight`
+/// -> `blk.L.nextn.eh_proj.weight`, and so on.
+fn nextn_name(name: &str) -> Option<String> {
+    const NEXTN: &[(&str, &str)] = &[
+        ("eh_proj", "eh_proj"),
+        ("embed_tokens", "embed_tokens"),
+        ("enorm", "enorm"),
+        ("hnorm", "hnorm"),
+        ("shared_head.head", "shared_head_head"),
+        ("shared_head.norm", "shared_head_norm"),
+    ];
+    let rest = name.strip_prefix("model.layers.")?;
+    let (l, rest) = rest.split_once('.')?;
+    let l: usize = l.parse().ok()?;
+    let (stem, suffix) = rest.rsplit_once('.')?;
+    let (_, g) = NEXTN.iter().find(|(h, _)| *h == stem)?;
+    Some(format!("blk.{l}.nextn.{g}.{suffix}"))
 }
 
 /// `blk.L.ffn_X_exps.E.weight` -> (`blk.L.ffn_X_exps`, E)

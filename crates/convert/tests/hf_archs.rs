@@ -25,6 +25,7 @@ const ARCHS: &[&str] = &[
     "deepseek_v2",
     "deepseek_v3",
     "glm4_moe",
+    "glm4_moe-mtp",
     "qwen3-fp8",
     "deepseek_v3-fp8",
 ];
