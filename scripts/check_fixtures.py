@@ -21,8 +21,12 @@ for name in sorted(os.listdir(root)):
     want = struct.unpack(f"<{len(raw) // 4}f", raw)
     nv = len(want) // len(tokens)
     scale = max(abs(v) for v in want)
+    # float8 checkpoints (the *-fp8 fixtures) load only through `hearth quantize`: their GGUF
+    # is checked, their HF directory not
+    cfg = json.load(open(os.path.join(d, "config.json"))) if os.path.exists(os.path.join(d, "config.json")) else {}
+    fp8 = (cfg.get("quantization_config") or {}).get("quant_method") == "fp8"
     for src in [d, os.path.join(d, "model.gguf")]:
-        if not os.path.exists(src) or (src == d and not os.path.exists(os.path.join(d, "config.json"))):
+        if not os.path.exists(src) or (src == d and (fp8 or not os.path.exists(os.path.join(d, "config.json")))):
             continue
         r = subprocess.run([hearth, "logits", src, "--tokens", ",".join(map(str, tokens)),
                             "--top", "20", *extra], capture_output=True, text=True)

@@ -1,22 +1,27 @@
 //! Hugging Face directories as input: the metadata, tokenizer and tensor names llama.cpp's
-//! converter (`convert_hf_to_gguf.py`) writes, for the llama family (Llama, Mistral, SmolLM),
-//! Qwen2 and Qwen3. Other architectures are refused with a clear error.
+//! converter (`convert_hf_to_gguf.py` and its `conversion/*.py`) writes, for the llama family
+//! (Llama, Mistral, SmolLM, Mixtral), Qwen2, Qwen3, Qwen2-MoE, Qwen3-MoE, DeepSeek-V2/V3
+//! (`deepseek2`) and GLM-4.5 (`glm4moe`); block-quantized float8 checkpoints are dequantized
+//! as they are read. Other architectures are refused with a clear error. The per-architecture
+//! facts are in `hf_arch`.
 //!
 //! The facts mirrored here (key names, the q/k row permutation of `LlamaModel.permute`, the
 //! llama3 `rope_freqs` factors, token types) are the converter's.
+use crate::hf_arch::{self, Arch, Md};
 use crate::{Input, SrcTensor};
 use hearth_core::{DType, Error, Result, Tensor};
-use hearth_formats::{HfDir, Value, names::canonical_from_hf};
+use hearth_formats::{HfDir, Value};
 use serde_json::Value as J;
 use std::path::Path;
 
 /// An opened Hugging Face directory.
 pub struct HfInput {
     dir: HfDir,
-    tensors: Vec<Tensor>,
+    /// Its tensors; float8 ones typed I8 and flagged.
+    tensors: Vec<(Tensor, bool)>,
 }
 
-fn bad(m: String) -> Error {
+pub(crate) fn bad(m: String) -> Error {
     Error::Unsupported(m)
 }
 
@@ -24,7 +29,7 @@ impl HfInput {
     /// Open and memory-map the directory.
     pub fn open(p: &Path) -> Result<HfInput> {
         let dir = HfDir::open(p)?;
-        let tensors = dir.tensors()?;
+        let tensors = dir.tensors_with_fp8()?;
         Ok(HfInput { dir, tensors })
     }
 
@@ -37,17 +42,13 @@ impl HfInput {
             .map(|a| a.iter().filter_map(J::as_str).collect())
             .unwrap_or_default();
         let hf_arch = archs.first().copied().unwrap_or("(none)");
-        let arch = match hf_arch {
-            "LlamaForCausalLM" | "LLaMAForCausalLM" | "MistralForCausalLM" => "llama",
-            "Qwen2ForCausalLM" => "qwen2",
-            "Qwen3ForCausalLM" => "qwen3",
-            other => {
-                return Err(bad(format!(
-                    "{}: converting architecture {other} from Hugging Face is not supported yet (hearth maps Llama, Mistral, Qwen2 and Qwen3; convert with llama.cpp's convert_hf_to_gguf.py and quantize the GGUF)",
-                    self.dir.dir.display()
-                )));
-            }
-        };
+        let arch = Arch::from_hf(hf_arch).ok_or_else(|| {
+            bad(format!(
+                "{}: converting architecture {hf_arch} from Hugging Face is not supported yet (hearth maps {}; convert with llama.cpp's convert_hf_to_gguf.py and quantize the GGUF)",
+                self.dir.dir.display(),
+                Arch::SUPPORTED
+            ))
+        })?;
         let u = |k: &str| c.get(k).and_then(J::as_u64);
         let need = |k: &str| u(k).ok_or_else(|| Error::Format(format!("config.json has no {k}")));
         let n_embd = need("hidden_size")?;
@@ -55,63 +56,81 @@ impl HfInput {
         let n_kv = u("num_key_value_heads").unwrap_or(n_head);
         let n_layer = need("num_hidden_layers")?;
         let head_dim = u("head_dim").unwrap_or(n_embd / n_head.max(1));
-        let rope = c
-            .get("rope_scaling")
-            .filter(|v| !v.is_null())
-            .or_else(|| c.get("rope_parameters"));
+        let rope = rope_params(c);
         let rope_theta = c
             .get("rope_theta")
             .and_then(J::as_f64)
             .or_else(|| rope.and_then(|r| r.get("rope_theta")).and_then(J::as_f64))
             .unwrap_or(10000.0);
-        let mut md: Vec<(String, Value)> = Vec::new();
-        let mut set = |k: &str, v: Value| md.push((k.to_string(), v));
-        let a = |k: &str| format!("{arch}.{k}");
-        set("general.architecture", Value::Str(arch.into()));
-        set("general.type", Value::Str("model".into()));
+        let g = arch.gguf();
+        let mut md = Md {
+            arch: g,
+            kv: Vec::new(),
+        };
+        md.set("general.architecture", Value::Str(g.into()));
+        md.set("general.type", Value::Str("model".into()));
         let name = self
             .dir
             .dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        set("general.name", Value::Str(name));
-        set(&a("block_count"), Value::U32(n_layer as u32));
+        md.set("general.name", Value::Str(name));
+        // TextModel.set_gguf_parameters
+        md.a("block_count", Value::U32(n_layer as u32));
         if let Some(v) = u("max_position_embeddings") {
-            set(&a("context_length"), Value::U32(v as u32));
+            md.a("context_length", Value::U32(v as u32));
         }
-        set(&a("embedding_length"), Value::U32(n_embd as u32));
-        set(
-            &a("feed_forward_length"),
+        md.a("embedding_length", Value::U32(n_embd as u32));
+        md.a(
+            "feed_forward_length",
             Value::U32(need("intermediate_size")? as u32),
         );
-        set(&a("attention.head_count"), Value::U32(n_head as u32));
-        set(&a("attention.head_count_kv"), Value::U32(n_kv as u32));
-        set(&a("rope.freq_base"), Value::F32(rope_theta as f32));
-        let eps = c.get("rms_norm_eps").and_then(J::as_f64).unwrap_or(1e-6);
-        set(
-            &a("attention.layer_norm_rms_epsilon"),
-            Value::F32(eps as f32),
-        );
-        if u("head_dim").is_some() {
-            set(&a("attention.key_length"), Value::U32(head_dim as u32));
-            set(&a("attention.value_length"), Value::U32(head_dim as u32));
+        md.a("attention.head_count", Value::U32(n_head as u32));
+        if u("num_key_value_heads").is_some() {
+            md.a("attention.head_count_kv", Value::U32(n_kv as u32));
         }
         let mut extra = Vec::new();
         let rope_type = rope
             .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
             .and_then(J::as_str);
+        let rf = |k: &str| rope.and_then(|r| r.get(k)).and_then(J::as_f64);
         match rope_type {
             None | Some("default") => {}
             Some("linear") => {
-                let f = rope
-                    .and_then(|r| r.get("factor"))
-                    .and_then(J::as_f64)
-                    .unwrap_or(1.0);
-                set(&a("rope.scaling.type"), Value::Str("linear".into()));
-                set(&a("rope.scaling.factor"), Value::F32(f as f32));
+                if let Some(f) = rf("factor") {
+                    md.a("rope.scaling.type", Value::Str("linear".into()));
+                    md.a("rope.scaling.factor", Value::F32(f as f32));
+                }
             }
-            Some("llama3") if arch == "llama" => {
+            Some("yarn") => {
+                if let Some(f) = rf("factor") {
+                    md.a("rope.scaling.type", Value::Str("yarn".into()));
+                    md.a("rope.scaling.factor", Value::F32(f as f32));
+                    let orig = rf("original_max_position_embeddings").ok_or_else(|| {
+                        Error::Format(
+                            "yarn rope scaling without original_max_position_embeddings".into(),
+                        )
+                    })?;
+                    md.a(
+                        "rope.scaling.original_context_length",
+                        Value::U32(orig as u32),
+                    );
+                    if let Some(v) = rf("extrapolation_factor") {
+                        md.a("rope.scaling.yarn_ext_factor", Value::F32(v as f32));
+                    }
+                    if let Some(v) = rf("attention_factor").or_else(|| rf("attn_factor")) {
+                        md.a("rope.scaling.yarn_attn_factor", Value::F32(v as f32));
+                    }
+                    if let Some(v) = rf("beta_fast") {
+                        md.a("rope.scaling.yarn_beta_fast", Value::F32(v as f32));
+                    }
+                    if let Some(v) = rf("beta_slow") {
+                        md.a("rope.scaling.yarn_beta_slow", Value::F32(v as f32));
+                    }
+                }
+            }
+            Some("llama3") if g == "llama" => {
                 let r = rope.expect("rope_type came from it");
                 extra.push(llama3_rope_freqs(r, rope_theta, head_dim as usize)?);
             }
@@ -121,60 +140,50 @@ impl HfInput {
                 )));
             }
         }
+        md.a("rope.freq_base", Value::F32(rope_theta as f32));
+        let eps = c.get("rms_norm_eps").and_then(J::as_f64).unwrap_or(1e-6);
+        md.a("attention.layer_norm_rms_epsilon", Value::F32(eps as f32));
+        if let Some(n) = ["num_local_experts", "num_experts", "n_routed_experts"]
+            .iter()
+            .find_map(|k| u(k))
+        {
+            md.a("expert_count", Value::U32(n as u32));
+        }
+        if let Some(n) = u("num_experts_per_tok") {
+            md.a("expert_used_count", Value::U32(n as u32));
+        }
+        if let Some(n) = u("n_group") {
+            md.a("expert_group_count", Value::U32(n as u32));
+        }
+        if let Some(n) = u("topk_group") {
+            md.a("expert_group_used_count", Value::U32(n as u32));
+        }
+        if let Some(f) = c.get("scoring_func").and_then(J::as_str) {
+            // gguf-py's ExpertGatingFuncType
+            let id = match f {
+                "softmax" => 1,
+                "sigmoid" => 2,
+                "sqrtsoftplus" => 4,
+                other => {
+                    return Err(bad(format!("expert scoring function {other}")));
+                }
+            };
+            md.a("expert_gating_func", Value::U32(id));
+        }
+        if u("head_dim").is_some() {
+            md.a("attention.key_length", Value::U32(head_dim as u32));
+            md.a("attention.value_length", Value::U32(head_dim as u32));
+        }
         let tok = self.tokenizer_metadata()?;
         let vocab_len = match tok.iter().find(|(k, _)| k == "tokenizer.ggml.tokens") {
             Some((_, Value::Array(t))) => t.len(),
             _ => 0,
         };
-        set(&a("vocab_size"), Value::U32(vocab_len as u32));
-        set(&a("rope.dimension_count"), Value::U32(head_dim as u32));
+        hf_arch::metadata(arch, c, rope, &mut md, vocab_len, head_dim)?;
+        let mut md = md.kv;
         md.extend(tok);
-
-        let tied = c
-            .get("tie_word_embeddings")
-            .and_then(J::as_bool)
-            .unwrap_or(false);
         let mut tensors: Vec<SrcTensor> = extra;
-        for t in &self.tensors {
-            let Some(name) = canonical_from_hf(&t.name) else {
-                if t.name.contains("rotary_emb.inv_freq") {
-                    continue;
-                }
-                return Err(bad(format!(
-                    "tensor {} has no GGUF name hearth knows",
-                    t.name
-                )));
-            };
-            if tied && name == "output.weight" {
-                continue;
-            }
-            if !matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) {
-                return Err(bad(format!(
-                    "tensor {} is {}: only f32, f16 and bf16 checkpoints convert",
-                    t.name, t.dtype
-                )));
-            }
-            let permute_heads = if arch == "llama" && name.ends_with("attn_q.weight") {
-                Some(n_head as usize)
-            } else if arch == "llama" && name.ends_with("attn_k.weight") {
-                Some(n_kv as usize)
-            } else {
-                None
-            };
-            let keep_as = (t.shape.len() <= 1 || t.shape.iter().filter(|&&d| d > 1).count() <= 1)
-                .then_some(DType::F32);
-            let keep_as = keep_as.or(if t.dtype == DType::F32 {
-                None
-            } else {
-                Some(DType::F16)
-            });
-            tensors.push(SrcTensor {
-                name,
-                tensor: t.clone(),
-                permute_heads,
-                keep_as,
-            });
-        }
+        tensors.extend(hf_arch::tensors(arch, c, &self.tensors)?);
         Ok(Input {
             metadata: md,
             tensors,
@@ -229,12 +238,14 @@ fn llama3_rope_freqs(r: &J, base: f64, dim: usize) -> Result<SrcTensor> {
     let n = v.len();
     let storage = hearth_core::Storage::new(std::sync::Arc::new(bytes), 0, n * 4)?;
     let tensor = Tensor::new("rope_freqs.weight".into(), DType::F32, vec![n], storage)?;
-    Ok(SrcTensor {
-        name: "rope_freqs.weight".into(),
-        tensor,
-        permute_heads: None,
-        keep_as: None,
-    })
+    Ok(SrcTensor::plain("rope_freqs.weight".into(), tensor))
+}
+
+/// The rope parameters: `rope_scaling` (transformers 4) or `rope_parameters` (5).
+fn rope_params(c: &J) -> Option<&J> {
+    c.get("rope_scaling")
+        .filter(|v| !v.is_null())
+        .or_else(|| c.get("rope_parameters"))
 }
 
 /// llama.cpp's name for a tokenizer.json pre-tokenizer (`tokenizer.ggml.pre`), for the

@@ -5,33 +5,22 @@
 #![deny(missing_docs)]
 
 pub mod hf;
+mod hf_arch;
 pub mod imatrix;
 pub mod plan;
+pub mod source;
 
-use hearth_core::{DType, Error, Result, Tensor};
+use hearth_core::{DType, Error, Result};
 use hearth_formats::Value;
 use hearth_formats::gguf_write::{GgufHeader, TensorSpec};
 use hearth_quant::quantize::{can_quantize, quantize_row};
 pub use imatrix::Imatrix;
 pub use plan::{Ftype, ModelFacts, Planner};
+pub use source::{BlockScale, Part, Source, SrcTensor};
 use std::path::Path;
 
 /// llama.cpp's `GGML_QNT_VERSION`, written as `general.quantization_version`.
 pub const QUANTIZATION_VERSION: u32 = 2;
-
-/// One input tensor, under its GGUF name.
-pub struct SrcTensor {
-    /// GGUF name.
-    pub name: String,
-    /// The tensor (type, shape outermost first, bytes).
-    pub tensor: Tensor,
-    /// Reorder the rows of each head for GGUF's rotary layout (llama's q/k from Hugging Face):
-    /// the number of heads, when set.
-    pub permute_heads: Option<usize>,
-    /// Write as this type when the tensor is not quantized (1D tensors from Hugging Face
-    /// become F32, as llama.cpp's converter does).
-    pub keep_as: Option<DType>,
-}
 
 /// A model to convert: GGUF metadata and tensors in file order.
 pub struct Input {
@@ -53,12 +42,7 @@ impl Input {
         let tensors = g
             .tensors()?
             .into_iter()
-            .map(|t| SrcTensor {
-                name: t.name.clone(),
-                tensor: t,
-                permute_heads: None,
-                keep_as: None,
-            })
+            .map(|t| SrcTensor::plain(t.name.clone(), t))
             .collect();
         Ok(Input { metadata, tensors })
     }
@@ -160,10 +144,9 @@ pub fn plan(input: &Input, opts: &Options) -> Result<Vec<Planned>> {
     );
     let mut out = Vec::with_capacity(input.tensors.len());
     for s in &input.tensors {
-        let t = &s.tensor;
-        let from = t.dtype;
+        let from = s.dtype;
         let src = s.keep_as.unwrap_or(from);
-        let to = p.choose(&s.name, &t.shape, src)?;
+        let to = p.choose(&s.name, &s.shape, src)?;
         if to != from || s.permute_heads.is_some() {
             if !can_quantize(to) {
                 return Err(Error::Unsupported(format!(
@@ -184,8 +167,8 @@ pub fn plan(input: &Input, opts: &Options) -> Result<Vec<Planned>> {
                 )));
             }
         }
-        let n_cols = *t.shape.last().unwrap_or(&1);
-        let n_expert = if t.shape.len() == 3 { t.shape[0] } else { 1 };
+        let n_cols = *s.shape.last().unwrap_or(&1);
+        let n_expert = if s.shape.len() == 3 { s.shape[0] } else { 1 };
         let qw = match &opts.imatrix {
             Some(m) if plan::category(&s.name) != plan::Category::TokenEmbd => {
                 m.for_tensor(&s.name, n_cols, n_expert)?
@@ -205,7 +188,7 @@ pub fn plan(input: &Input, opts: &Options) -> Result<Vec<Planned>> {
         }
         out.push(Planned {
             name: s.name.clone(),
-            shape: t.shape.clone(),
+            shape: s.shape.clone(),
             from,
             to,
         });
@@ -316,26 +299,27 @@ fn convert_tensor(
     sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     progress: &(dyn Fn(Event) + Sync),
 ) -> Result<()> {
-    let t = &s.tensor;
-    let bytes = t.bytes();
-    let n_el: usize = t.shape.iter().product();
-    if p.to == p.from && s.permute_heads.is_none() {
-        for c in bytes.chunks(16 << 20) {
-            sink(c)?;
+    let made = s.materialize()?;
+    let s = made.as_ref().unwrap_or(s);
+    let n_el: usize = s.shape.iter().product();
+    if s.copies_to(p.to) {
+        for b in s.stored_bytes() {
+            for c in b.chunks(16 << 20) {
+                sink(c)?;
+            }
         }
         progress(Event::Done(n_el as u64));
         return Ok(());
     }
-    let n_cols = (*t.shape.last().unwrap_or(&1)).max(1);
+    let n_cols = (*s.shape.last().unwrap_or(&1)).max(1);
     let n_rows = n_el / n_cols;
-    let rows_per_matrix = if t.shape.len() >= 2 {
-        t.shape[t.shape.len() - 2]
+    let rows_per_matrix = if s.shape.len() >= 2 {
+        s.shape[s.shape.len() - 2]
     } else {
         1
     };
-    let src_rb = p.from.row_bytes(n_cols)?;
     let dst_rb = p.to.row_bytes(n_cols)?;
-    let n_expert = if t.shape.len() == 3 { t.shape[0] } else { 1 };
+    let n_expert = if s.shape.len() == 3 { s.shape[0] } else { 1 };
     let qw_all = match &opts.imatrix {
         Some(m) if plan::category(&s.name) != plan::Category::TokenEmbd => {
             m.for_tensor(&s.name, n_cols, n_expert)?
@@ -363,11 +347,7 @@ fn convert_tensor(
                             let (m, rr) = (r / rows_per_matrix, r % rows_per_matrix);
                             let sr =
                                 m * rows_per_matrix + src_row(rr, rows_per_matrix, s.permute_heads);
-                            hearth_quant::dequantize(
-                                p.from,
-                                &bytes[sr * src_rb..(sr + 1) * src_rb],
-                                &mut row,
-                            )?;
+                            s.read_row(sr, &mut row)?;
                             let qw = qw_all.map(|w| {
                                 let e = if n_expert > 1 { m } else { 0 };
                                 &w[e * n_cols..(e + 1) * n_cols]

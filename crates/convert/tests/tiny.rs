@@ -189,7 +189,7 @@ fn bad_input_is_an_error() {
     assert!(run(&cut, &tmp("cut_out.gguf"), &opts("Q8_0")).is_err());
     assert!(!tmp("cut_out.gguf").exists() && !tmp("cut_out.partial").exists());
     // an architecture the HF conversion cannot map
-    let e = run(&fixture().join("../deepseek_v2"), &out, &opts("Q8_0"))
+    let e = run(&fixture().join("../gpt_oss"), &out, &opts("Q8_0"))
         .unwrap_err()
         .to_string();
     assert!(e.contains("not supported"), "{e}");

@@ -128,16 +128,34 @@ impl HfDir {
         }
         Ok(out)
     }
+
+    /// As `tensors`, but float8 E4M3 tensors are returned too, typed I8 (their raw bytes) and
+    /// flagged `true`, for a converter that dequantizes them.
+    pub fn tensors_with_fp8(&self) -> Result<Vec<(Tensor, bool)>> {
+        let mut out = Vec::new();
+        for p in &self.shards {
+            out.extend(read_safetensors(
+                map_file(p)?,
+                &p.display().to_string(),
+                true,
+            )?);
+        }
+        Ok(out)
+    }
 }
 
-/// Memory-map one safetensors file and return views of its tensors.
-pub fn safetensors_file(p: &Path) -> Result<Vec<Tensor>> {
+fn map_file(p: &Path) -> Result<Arc<memmap2::Mmap>> {
     let f =
         std::fs::File::open(p).map_err(|e| Error::Io(format!("cannot open {}", p.display()), e))?;
     // SAFETY: read-only map; the file must not be truncated while in use.
     let map = unsafe { memmap2::Mmap::map(&f) }
         .map_err(|e| Error::Io(format!("cannot map {}", p.display()), e))?;
-    safetensors_bytes(Arc::new(map), &p.display().to_string())
+    Ok(Arc::new(map))
+}
+
+/// Memory-map one safetensors file and return views of its tensors.
+pub fn safetensors_file(p: &Path) -> Result<Vec<Tensor>> {
+    safetensors_bytes(map_file(p)?, &p.display().to_string())
 }
 
 /// The tensors of a safetensors file already in memory (`label` names it in errors).
@@ -145,6 +163,18 @@ pub fn safetensors_bytes(
     map: Arc<dyn AsRef<[u8]> + Send + Sync>,
     label: &str,
 ) -> Result<Vec<Tensor>> {
+    Ok(read_safetensors(map, label, false)?
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect())
+}
+
+/// The tensors of a safetensors file; with `fp8`, float8 E4M3 ones as raw I8 bytes, flagged.
+fn read_safetensors(
+    map: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    label: &str,
+    fp8: bool,
+) -> Result<Vec<(Tensor, bool)>> {
     let bytes: &[u8] = (*map).as_ref();
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| Error::Format(format!("{label}: {e}")))?;
@@ -160,6 +190,12 @@ pub fn safetensors_bytes(
             safetensors::Dtype::I16 => DType::I16,
             safetensors::Dtype::I32 => DType::I32,
             safetensors::Dtype::I64 => DType::I64,
+            safetensors::Dtype::F8_E4M3 if fp8 => DType::I8,
+            safetensors::Dtype::F8_E4M3 => {
+                return Err(Error::Unsupported(format!(
+                    "{label}: tensor {name} is float8 (F8_E4M3): hearth does not run float8 checkpoints directly; convert the directory with `hearth quantize DIR OUT.gguf TYPE`, which dequantizes it"
+                )));
+            }
             d => {
                 return Err(Error::Unsupported(format!(
                     "{label}: tensor {name} has dtype {d:?}"
@@ -170,7 +206,8 @@ pub fn safetensors_bytes(
         let offset = data.as_ptr() as usize - base;
         let storage = Storage::new(map.clone(), offset, data.len())?;
         let shape = view.shape().to_vec();
-        out.push(Tensor::new(name, dtype, shape, storage)?);
+        let is_fp8 = view.dtype() == safetensors::Dtype::F8_E4M3;
+        out.push((Tensor::new(name, dtype, shape, storage)?, is_fp8));
     }
     Ok(out)
 }
