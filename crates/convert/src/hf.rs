@@ -8,6 +8,7 @@
 //! The facts mirrored here (key names, the q/k row permutation of `LlamaModel.permute`, the
 //! llama3 `rope_freqs` factors, token types) are the converter's.
 use crate::hf_arch::{self, Arch, Md};
+use crate::pre_hashes::{CHECK_TEXT, PRE_HASHES};
 use crate::{Input, SrcTensor};
 use hearth_core::{DType, Error, Result, Tensor};
 use hearth_formats::{HfDir, Value};
@@ -201,8 +202,10 @@ impl HfInput {
             .map_err(|e| Error::Io(format!("cannot read {}", p.display()), e))?;
         let tj: J =
             serde_json::from_str(&s).map_err(|e| Error::Format(format!("{}: {e}", p.display())))?;
+        let by_hash = pre_by_hash(&s, self.dir.tokenizer_config.as_ref());
         tokenizer_kvs(
             &tj,
+            by_hash,
             self.dir.tokenizer_config.as_ref(),
             &self.dir.config,
             self.dir.chat_template.as_deref(),
@@ -248,8 +251,64 @@ fn rope_params(c: &J) -> Option<&J> {
         .or_else(|| c.get("rope_parameters"))
 }
 
+/// llama.cpp's name for the pre-tokenizer of `tokenizer_json`, found as its converter finds
+/// it: the sha256 of the ids [`CHECK_TEXT`] tokenizes to, in the converter's table
+/// ([`PRE_HASHES`]). The converter encodes with `transformers`, which adds the special tokens
+/// the tokenizer's config asks for; hearth tries the ids with the post-processor's special
+/// tokens, without them, and with the configured BOS in front, since no two of those can hash
+/// alike by chance.
+fn pre_by_hash(tokenizer_json: &str, tc: Option<&J>) -> Option<&'static str> {
+    check_hashes(tokenizer_json, tc).iter().find_map(|hex| {
+        PRE_HASHES
+            .iter()
+            .rev()
+            .find(|(k, _)| k == hex)
+            .map(|(_, n)| *n)
+    })
+}
+
+/// The hashes [`pre_by_hash`] looks up (sha256 of the ids' Python list repr, in hex).
+fn check_hashes(tokenizer_json: &str, tc: Option<&J>) -> Vec<String> {
+    use sha2::Digest;
+    use std::str::FromStr;
+    let Ok(tok) = tokenizers::Tokenizer::from_str(tokenizer_json) else {
+        return Vec::new();
+    };
+    let ids = |special: bool| -> Option<Vec<u32>> {
+        Some(tok.encode(CHECK_TEXT, special).ok()?.get_ids().to_vec())
+    };
+    let (Some(with), Some(without)) = (ids(true), ids(false)) else {
+        return Vec::new();
+    };
+    let mut tries = vec![with, without];
+    let bos = tc
+        .filter(|c| c.get("add_bos_token").and_then(J::as_bool) == Some(true))
+        .and_then(|c| match c.get("bos_token")? {
+            J::String(s) => Some(s.as_str()),
+            o => o.get("content")?.as_str(),
+        })
+        .and_then(|b| tok.token_to_id(b));
+    if let Some(b) = bos {
+        let mut v = vec![b];
+        v.extend(tries[1].iter().copied());
+        tries.push(v);
+    }
+    tries
+        .iter()
+        .map(|v| {
+            // Python's str() of a list of ints
+            let repr = format!(
+                "[{}]",
+                v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            );
+            let h = sha2::Sha256::digest(repr.as_bytes());
+            h.iter().map(|b| format!("{b:02x}")).collect()
+        })
+        .collect()
+}
+
 /// llama.cpp's name for a tokenizer.json pre-tokenizer (`tokenizer.ggml.pre`), for the
-/// byte-level BPE shapes hearth recognizes.
+/// byte-level BPE shapes hearth recognizes (when its hash is not in the converter's table).
 fn pre_name(pre: &J) -> Option<&'static str> {
     fn ty(v: &J) -> &str {
         v.get("type").and_then(J::as_str).unwrap_or("")
@@ -297,6 +356,7 @@ fn looks_special(t: &str) -> bool {
 /// The `tokenizer.*` metadata of a byte-level BPE tokenizer.json, as the converter writes it.
 fn tokenizer_kvs(
     tj: &J,
+    by_hash: Option<&'static str>,
     tc: Option<&J>,
     config: &J,
     template: Option<&str>,
@@ -310,7 +370,7 @@ fn tokenizer_kvs(
         ));
     }
     let pre_j = tj.get("pre_tokenizer").unwrap_or(&J::Null);
-    let pre = pre_name(pre_j).ok_or_else(|| {
+    let pre = by_hash.or_else(|| pre_name(pre_j)).ok_or_else(|| {
         bad(format!(
             "tokenizer.json's pre-tokenizer is not one hearth can name for llama.cpp: {}",
             serde_json::to_string(pre_j)
@@ -435,4 +495,31 @@ fn tokenizer_kvs(
         ));
     }
     Ok(kv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// hearth hashes a tokenizer's ids of the check text as llama.cpp's converter does
+    /// (`transformers`' ids, `scripts/gen_pre_hashes.py`), and looks the hash up in its table.
+    #[test]
+    fn pre_tokenizer_hash_is_the_converters() {
+        let fx = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/tiny/llama"
+        );
+        let json = std::fs::read_to_string(format!("{fx}/tokenizer.json")).unwrap();
+        let want = std::fs::read_to_string(format!("{fx}/chkhsh.txt")).unwrap();
+        let got = check_hashes(&json, None);
+        assert!(got.contains(&want.trim().to_string()), "{got:?} vs {want}");
+        // the fixture's vocabulary is none of the converter's, so the name comes from the
+        // pre-tokenizer's shape
+        assert_eq!(pre_by_hash(&json, None), None);
+        assert!(
+            PRE_HASHES
+                .iter()
+                .all(|(k, n)| k.len() == 64 && !n.is_empty())
+        );
+    }
 }

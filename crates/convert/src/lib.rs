@@ -8,6 +8,7 @@ pub mod hf;
 mod hf_arch;
 pub mod imatrix;
 pub mod plan;
+mod pre_hashes;
 pub mod source;
 
 use hearth_core::{DType, Error, Result};
