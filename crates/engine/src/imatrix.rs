@@ -58,6 +58,9 @@ impl Collector {
         if n_tok < 16 {
             return Ok(());
         }
+        if let Some((name, h)) = mla_head(&w.name) {
+            return self.head(&name, h, w.row_len(), x, n_tok);
+        }
         let Some((name, None)) = imatrix_name(&w.name) else {
             return Ok(());
         };
@@ -91,6 +94,46 @@ impl Collector {
         }
         e.counts[0] += n_tok as u64;
         check_finite(&name, &e.sums)
+    }
+
+    /// Add the rows entering head `h` of MLA's per-head matrix `name` (`attn_k_b`, `attn_v_b`,
+    /// 3-D in llama.cpp's files): one entry of `n_head * n_in` sums and a single count of
+    /// tokens, as llama-imatrix keeps a dense 3-D matrix (each head sees every token).
+    fn head(&self, name: &str, h: usize, n_in: usize, x: View<'_>, n_tok: usize) -> Result<()> {
+        if !self.wanted(name) || h >= 1 << 16 {
+            return Ok(());
+        }
+        let x = self.host(x)?;
+        if x.len() != n_tok * n_in {
+            return Err(Error::Invalid(format!(
+                "imatrix: {} inputs for {n_tok} tokens of {n_in} into head {h} of {name}",
+                x.len()
+            )));
+        }
+        let mut st = self.stats.lock().map_err(|_| poisoned())?;
+        let e = st.entry(name.to_string()).or_default();
+        if e.counts.is_empty() {
+            e.counts = vec![0];
+        }
+        if e.sums.len() % n_in.max(1) != 0 || e.counts.len() != 1 {
+            return Err(Error::Invalid(format!(
+                "imatrix: {name} seen with two shapes"
+            )));
+        }
+        if e.sums.len() < (h + 1) * n_in {
+            e.sums.resize((h + 1) * n_in, 0.0);
+        }
+        let acc = &mut e.sums[h * n_in..(h + 1) * n_in];
+        for row in x.chunks_exact(n_in) {
+            for (s, &v) in acc.iter_mut().zip(row) {
+                *s += (v as f64) * (v as f64);
+            }
+        }
+        // every head sees the same tokens: count them once
+        if h == 0 {
+            e.counts[0] += n_tok as u64;
+        }
+        check_finite(name, acc)
     }
 
     /// Add `rows` (each `n_in` wide) as expert `ex` of `n_as` of the merged tensor `name`.
@@ -203,6 +246,25 @@ impl Collector {
 
 fn poisoned() -> Error {
     Error::Backend("imatrix: a thread panicked while collecting".into())
+}
+
+/// MLA's per-head matrices as the loader names them, and the entry and head they belong to:
+/// `X.attn_k_b.weight[h]` and `X.attn_v_b.weight[h]` (slices of llama.cpp's split tensors),
+/// `X.attn_kv_b.weight.k_b[h]` and `X.attn_kv_b.weight.v_b[h]` (made from `kv_b`, which
+/// llama.cpp's converter splits into those two).
+fn mla_head(name: &str) -> Option<(String, usize)> {
+    let (base, rest) = name.split_once('[')?;
+    let h: usize = rest.strip_suffix(']')?.parse().ok()?;
+    let blk = base
+        .strip_suffix(".attn_k_b.weight")
+        .or_else(|| base.strip_suffix(".attn_kv_b.weight.k_b"))
+        .map(|b| (b, "attn_k_b"))
+        .or_else(|| {
+            base.strip_suffix(".attn_v_b.weight")
+                .or_else(|| base.strip_suffix(".attn_kv_b.weight.v_b"))
+                .map(|b| (b, "attn_v_b"))
+        })?;
+    Some((format!("{}.{}.weight", blk.0, blk.1), h))
 }
 
 fn check_finite(name: &str, v: &[f64]) -> Result<()> {
@@ -460,5 +522,23 @@ impl Backend for Collector {
     }
     fn lightning(&self, j: LightningJob<'_>) -> Result<()> {
         self.inner.lightning(j)
+    }
+}
+
+#[cfg(test)]
+mod mla_tests {
+    use super::mla_head;
+
+    #[test]
+    fn mla_heads_map_to_llama_cpps_split_tensors() {
+        let k = Some(("blk.3.attn_k_b.weight".to_string(), 5));
+        let v = Some(("blk.3.attn_v_b.weight".to_string(), 0));
+        assert_eq!(mla_head("blk.3.attn_k_b.weight[5]"), k);
+        assert_eq!(mla_head("blk.3.attn_kv_b.weight.k_b[5]"), k);
+        assert_eq!(mla_head("blk.3.attn_v_b.weight[0]"), v);
+        assert_eq!(mla_head("blk.3.attn_kv_b.weight.v_b[0]"), v);
+        assert_eq!(mla_head("blk.3.ffn_up_exps.weight[5]"), None);
+        assert_eq!(mla_head("blk.3.attn_k_b.weight"), None);
+        assert_eq!(mla_head("blk.3.attn_k_b.weight[x]"), None);
     }
 }

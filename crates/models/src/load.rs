@@ -427,7 +427,9 @@ fn load_mla(l: &Loader, cfg: &ModelConfig, m: &crate::config::MlaConfig, i: usiz
                 nope,
                 kvl,
             )?);
-            vb.push(kvb.rows(h * (nope + vd) + nope, vd)?);
+            let mut v = kvb.rows(h * (nope + vd) + nope, vd)?;
+            v.name = format!("{}.v_b[{h}]", kvb.name);
+            vb.push(v);
         }
         (kb, vb)
     };
