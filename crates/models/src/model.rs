@@ -13,6 +13,8 @@ use crate::load::{Placer, load_layer, vector, weight};
 use crate::mla::{Mla, MlaBufs, MlaCall, MlaQ};
 use crate::moe::{Mlp, Moe};
 use crate::{arch_for_gguf, arch_for_hf, supported_names};
+
+mod v4;
 use hearth_core::linear::LightningShape;
 use hearth_core::{
     AttnParams, AttnSeg, Backend, Buf, DType, Error, KvFormat, KvType, MatJob, Pages, Result,
@@ -83,6 +85,8 @@ pub struct Model {
     moves: Mutex<BTreeMap<&'static str, (usize, usize)>>,
     /// The KV caches' types (keys, values) of the pools it makes.
     kv: (KvType, KvType),
+    /// DeepSeek-V4's body, which replaces `layers` (all on device 0).
+    v4: Option<Box<crate::dsv4::V4>>,
 }
 
 /// One device's share of a model ([`Model::plan`]).
@@ -177,11 +181,11 @@ impl KvPool {
     /// such layers), downloaded from the devices.
     pub fn save_slot(&self, devs: &Model, slot: usize) -> Result<Vec<f32>> {
         let mut out = Vec::new();
-        for (l, lc) in devs.layers.iter().zip(&self.layers) {
+        for (i, lc) in self.layers.iter().enumerate() {
             if let LayerCache::Recurrent { s, size } = lc {
                 let start = out.len();
                 out.resize(start + size, 0.0);
-                devs.dev(l.dev_attn).download(
+                devs.dev(devs.attn_dev(i)).download(
                     s.view().slice(slot * size..(slot + 1) * size),
                     &mut out[start..],
                 )?;
@@ -192,12 +196,12 @@ impl KvPool {
     /// Put a copy made by [`KvPool::save_slot`] into slot `slot`.
     pub fn restore_slot(&mut self, devs: &Model, slot: usize, saved: &[f32]) -> Result<()> {
         let mut off = 0;
-        for (l, lc) in devs.layers.iter().zip(&mut self.layers) {
+        for (i, lc) in self.layers.iter_mut().enumerate() {
             if let LayerCache::Recurrent { s, size } = lc {
                 let src = saved.get(off..off + *size).ok_or_else(|| {
                     Error::Invalid("a saved state does not fit this model".into())
                 })?;
-                devs.dev(l.dev_attn)
+                devs.dev(devs.attn_dev(i))
                     .upload(src, s.view_mut().slice(slot * *size..(slot + 1) * *size))?;
                 off += *size;
             }
@@ -318,6 +322,15 @@ pub(crate) struct Seg<'a> {
 impl<'a> Seg<'a> {
     /// The segment as the recurrent ops take it: a sequence starting at position 0 starts
     /// from a zero state.
+    pub fn v4(&self) -> crate::dsv4_attn::V4Seg {
+        crate::dsv4_attn::V4Seg {
+            row0: self.row0,
+            n: self.n,
+            pos0: self.pos0,
+            slot: self.slot,
+        }
+    }
+
     pub fn rec(&self) -> hearth_core::linear::RecSeg {
         hearth_core::linear::RecSeg {
             row0: self.row0,
@@ -362,6 +375,11 @@ impl Model {
     /// Device `d`'s backend.
     pub(crate) fn dev(&self, d: usize) -> &dyn Backend {
         &*self.devs[d]
+    }
+
+    /// The device of layer `i`'s attention (and its state).
+    fn attn_dev(&self, i: usize) -> usize {
+        self.layers.get(i).map_or(0, |l| l.dev_attn)
     }
 
     /// Build a model on one backend. Fails with a clear message on an unknown architecture,
@@ -462,8 +480,16 @@ impl Model {
                 .get("blk.0.ffn_gate.weight")
                 .map_or(0, |t| t.shape[0]);
         }
+        let v4 = match (&files.source, cfg.arch.as_str()) {
+            (Source::Hf(h), "deepseek_v4") => {
+                let c = crate::dsv4::V4Cfg::from_hf(&h.config, &cfg)?;
+                cfg.n_ff = c.n_ff;
+                Some(Box::new(crate::dsv4::V4::load(&*devs[0], tensors, c)?))
+            }
+            _ => None,
+        };
         let mut layers = Vec::with_capacity(cfg.n_layer.min(4096));
-        for i in 0..cfg.n_layer {
+        for i in (0..cfg.n_layer).filter(|_| v4.is_none()) {
             let l = load_layer(tensors, &pl, &cfg, i)?;
             for (d, t) in l.tensors() {
                 check_type(&*devs[d], t)?;
@@ -501,6 +527,7 @@ impl Model {
             dev_out,
             moves: Mutex::new(BTreeMap::new()),
             kv: (KvType::F32, KvType::F32),
+            v4,
         })
     }
 
@@ -530,6 +557,13 @@ impl Model {
             for (d, t) in l.tensors() {
                 add(d, t);
             }
+        }
+        if let Some(v4) = &self.v4 {
+            for t in v4.tensors(true) {
+                p[0].weight_bytes += self.devs[0].weight_bytes(t);
+            }
+            p[0].kv_bytes_per_token += v4.kv_bytes_per_token();
+            p[0].state_bytes_per_seq += v4.state_bytes_per_seq();
         }
         let (kw, vw) = self.kv_row_words();
         for l in &self.layers {
@@ -665,6 +699,9 @@ impl Model {
     /// of its attention (in the types of [`Model::set_kv_types`]; host memory is zero-filled
     /// on demand by the OS, so an unused pool costs little).
     pub fn new_pool(&self, n_pages: usize, page_size: usize, n_slots: usize) -> Result<KvPool> {
+        if let Some(v4) = &self.v4 {
+            return self.v4_pool(v4, n_pages, page_size, n_slots);
+        }
         let (kw, vw) = self.kv_row_words();
         let rows = n_pages
             .checked_mul(page_size)
@@ -707,6 +744,9 @@ impl Model {
 
     /// Bytes of KV cache per position (all layers that keep one, in their types).
     pub fn kv_pool_bytes_per_token(&self) -> usize {
+        if let Some(v4) = &self.v4 {
+            return v4.kv_bytes_per_token();
+        }
         let (kw, vw) = self.kv_row_words();
         let ik: usize = self.layers.iter().map(|l| self.ik_width(l)).sum();
         (self.n_kv_layers() * (kw + vw) + ik) * 4
@@ -748,19 +788,22 @@ impl Model {
     /// Bytes of fixed-size state one sequence keeps (linear-attention layers, f32), whatever
     /// its length.
     pub fn state_bytes_per_seq(&self) -> usize {
-        4 * self
-            .layers
-            .iter()
-            .filter_map(|l| self.slot_len(l))
-            .sum::<usize>()
+        self.v4.as_ref().map_or(0, |v| v.state_bytes_per_seq())
+            + 4 * self
+                .layers
+                .iter()
+                .filter_map(|l| self.slot_len(l))
+                .sum::<usize>()
     }
 
     /// How many layers are mixtures of experts.
     pub fn n_moe_layers(&self) -> usize {
-        self.layers
-            .iter()
-            .filter(|l| matches!(l.ffn, Ffn::Moe(_)))
-            .count()
+        self.v4.as_ref().map_or(0, |v| v.layers.len())
+            + self
+                .layers
+                .iter()
+                .filter(|l| matches!(l.ffn, Ffn::Moe(_)))
+                .count()
     }
 
     /// Parameter count.
@@ -812,7 +855,10 @@ impl Model {
 
     /// Sum `f` over the layers' matrices: all experts, or only `n_used` of each MoE layer's.
     fn count(&self, f: impl Fn(&Tensor) -> usize, all_experts: bool) -> usize {
-        let mut n = 0;
+        let mut n = self
+            .v4
+            .as_ref()
+            .map_or(0, |v| v.tensors(all_experts).into_iter().map(&f).sum());
         for l in &self.layers {
             let mut ts = match &l.attn {
                 Attn::Gqa(a) => vec![&a.wq, &a.wk, &a.wv, &a.wo],
@@ -843,7 +889,7 @@ impl Model {
     /// Norm weights and biases (kept in f32).
     fn vector_params(&self) -> usize {
         let len = |v: &Option<Buf>| v.as_ref().map_or(0, |v| v.len());
-        let mut n = self.output_norm.len();
+        let mut n = self.output_norm.len() + self.v4.as_ref().map_or(0, |v| v.vector_params());
         for l in &self.layers {
             n += l.attn_norm.len() + l.ffn_norm.len();
             match &l.attn {
@@ -1101,6 +1147,9 @@ impl Model {
             for t in 0..sg.n {
                 s.rows[sg.row0 + t] = sg.pages.row(sg.pos0 + t);
             }
+        }
+        if let Some(v4) = &self.v4 {
+            return self.v4_rows(v4, tokens, pool, s, segs);
         }
         let (pos, rows) = (std::mem::take(&mut s.pos), std::mem::take(&mut s.rows));
         let r = self.layers_rows(tokens, pool, s, segs, &pos, &rows);

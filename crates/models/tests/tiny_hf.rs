@@ -29,7 +29,7 @@ fn fixture(name: &str) -> PathBuf {
 /// conversion knows only the remote-code classes and their config keys (layernorm_*_alpha,
 /// rotary_dim), and requires every residual beta to be 1. Its DeepSeek-V3.2 conversion needs a
 /// tokenizer that says add_bos_token, which the fixtures' does not (scripts/gen_tiny_issue17.py).
-const HF_ONLY: &[&str] = &["mistral", "minimax", "deepseek_v32"];
+const HF_ONLY: &[&str] = &["mistral", "minimax", "deepseek_v32", "deepseek_v4"];
 
 /// The fixture's HF directory and its GGUF conversion, with labels.
 fn sources(name: &str) -> Vec<(String, PathBuf)> {
@@ -277,7 +277,9 @@ fn batched_paged_sequences_equal_each_alone() {
     }
     // DSA: sequences longer than top-k (48 and 40), so queries attend to chosen positions,
     // whose cache rows come from the pages
-    for name in ["deepseek_v32", "glm_moe_dsa"] {
+    // DeepSeek-V4: past its window (32), several CSA and HCA windows, and an indexer top-k
+    // (12 of the 70 / 4 entries) that chooses
+    for name in ["deepseek_v32", "glm_moe_dsa", "deepseek_v4"] {
         batched_equals_alone(
             name,
             [70, 30, 55],
