@@ -13,17 +13,24 @@ from HF transformers in float64 (like scripts/gen_tiny_issue17.py, whose helpers
   - attention sinks, the grouped low-rank output projection (2 groups), partial interleaved
     RoPE on the trailing slice of each head, yarn on the compressed layers' RoPE.
 
-save_pretrained writes the released checkpoints' layout (layers.N.attn.wq_a, ffn.experts.E.w1,
-hc_attn_fn, embed, head...): transformers reverses its load-time renames.
+save_pretrained writes the released checkpoints' names (layers.N.attn.wq_a, ffn.experts.E.w1,
+hc_attn_fn, head...; with a `model.` prefix, and the attention's kv norm as attn.norm): transformers
+reverses its load-time renames. The routed experts' weights are drawn on the MXFP4 grid (FP4 E2M1
+values times a power of two per 32 inputs), as the released V4-Flash experts are FP4.
+
+The GGUF comes from llama.cpp's converter (conversion/deepseek.py, DeepseekV4Model), which reads
+the released layout only: a converter copy of the checkpoint has the released names (no prefix,
+attn.kv_norm, embed, hc_head_fn), the experts as packed FP4 codes plus E8M0 scales, and the
+released config keys (num_hash_layers, compress_ratios, qk_rope_head_dim, rope_scaling).
 
 Run: python3 scripts/gen_tiny_deepseek_v4.py
 """
-import copy, os, shutil, sys
+import copy, json, os, re, shutil, sys, tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from gen_tiny_models import save_fixture  # noqa: E402
-from gen_tiny_moe import out_root  # noqa: E402
+from gen_tiny_moe import convert, out_root  # noqa: E402
 from gen_tiny_hybrid import prompt_ids, save_float64_expectations, well_conditioned  # noqa: E402
 from gen_tiny_issue17 import base, build  # noqa: E402
 
@@ -88,9 +95,71 @@ def router_margin(m64, ids):
     return min(gaps)
 
 
+FP4 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
+
+
+def fp4_codes(w):
+    """w [rows, cols] (cols a multiple of 32) as FP4 E2M1 codes [rows, cols] and E8M0 exponents
+    [rows, cols / 32] (biased by 127), by rounding to the nearest grid value."""
+    rows, cols = w.shape
+    g = w.reshape(rows, cols // 32, 32)
+    e = torch.ceil(torch.log2(g.abs().amax(-1).clamp_min(1e-30) / 6.0))
+    scaled = g / torch.exp2(e)[..., None]
+    codes = (scaled[..., None] - FP4).abs().argmin(-1)
+    return codes.reshape(rows, cols), (e + 127).to(torch.uint8)
+
+
+def snap_experts(model):
+    """Round the routed experts' weights to the MXFP4 grid (per row, 32 inputs per scale)."""
+    with torch.no_grad():
+        for n_, p in model.named_parameters():
+            if n_.endswith("experts.gate_up_proj") or n_.endswith("experts.down_proj"):
+                for e in range(p.shape[0]):
+                    codes, ex = fp4_codes(p[e])
+                    v = FP4[codes].reshape(p.shape[1], -1, 32) * torch.exp2(ex.float() - 127)[..., None]
+                    p[e].copy_(v.reshape(p.shape[1], p.shape[2]))
+
+
+def released_copy(d, out):
+    """The converter copy of fixture d in out (see the module doc)."""
+    from safetensors.torch import load_file, save_file
+    t = load_file(os.path.join(d, "model.safetensors"))
+    r = {}
+    glob = {"embed_tokens.weight": "embed.weight", "hc_head.hc_fn": "hc_head_fn",
+            "hc_head.hc_base": "hc_head_base", "hc_head.hc_scale": "hc_head_scale"}
+    for k, v in t.items():
+        k = k.removeprefix("model.")
+        k = glob.get(k, k)
+        k = re.sub(r"^(layers\.\d+)\.attn\.norm\.weight$", r"\1.attn.kv_norm.weight", k)
+        m = re.match(r"^(layers\.\d+\.ffn\.experts\.\d+\.w[123])\.weight$", k)
+        if m:
+            codes, ex = fp4_codes(v)
+            assert torch.equal(FP4[codes] * torch.exp2(ex.float() - 127).repeat_interleave(32, 1), v), k
+            r[m.group(1) + ".weight"] = (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8).contiguous()
+            r[m.group(1) + ".scale"] = ex.contiguous()
+            continue
+        r[k] = v.contiguous()
+    save_file(r, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    c = json.load(open(os.path.join(d, "config.json")))
+    rates = {"sliding_attention": 0, **c["compress_rates"]}
+    c.update(num_hash_layers=c["mlp_layer_types"].count("hash_moe"),
+             compress_ratios=[rates[t] for t in c["layer_types"]], qk_rope_head_dim=CFG_ROPE_DIM,
+             rope_scaling={k: v for k, v in c["rope_parameters"]["compress"].items()
+                           if k not in ("rope_theta", "partial_rotary_factor", "attention_factor")})
+    c["rope_scaling"]["type"] = c["rope_scaling"].pop("rope_type")
+    json.dump(c, open(os.path.join(out, "config.json"), "w"), indent=2)
+    for f in os.listdir(d):
+        if f.startswith("tokenizer") or f.endswith(".jinja"):
+            shutil.copy(os.path.join(d, f), out)
+
+
+CFG_ROPE_DIM = int(32 * 0.25)
+
+
 def make(ids):
     while True:
         model = build(NAME, CFG)
+        snap_experts(model)
         with torch.no_grad():
             for n_, b_ in model.named_buffers():
                 if n_.endswith("tid2eid"):  # distinct experts per token
@@ -114,7 +183,11 @@ def main():
     model, m64, seed, noise = well_conditioned(NAME, lambda: make(ids), ids)
     save_fixture(model, ids, d)
     save_float64_expectations(m64, ids, d, seed, noise)
-    print(NAME, "ok (HF)", sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)), "bytes")
+    with tempfile.TemporaryDirectory() as tmp:
+        released_copy(d, tmp)
+        convert(NAME, tmp)
+        shutil.move(os.path.join(tmp, "model.gguf"), os.path.join(d, "model.gguf"))
+    print(NAME, "ok", sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)), "bytes")
 
 
 if __name__ == "__main__":

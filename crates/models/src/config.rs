@@ -622,6 +622,8 @@ impl ModelConfig {
                 let gating = match gusize(g, arch, "expert_gating_func") {
                     Ok(2) => Gating::Sigmoid,
                     Ok(1) => Gating::Softmax,
+                    // sqrt-softplus (DeepSeek-V4): crate::dsv4 routes its own experts
+                    Ok(4) if arch == "deepseek4" => Gating::Softmax,
                     Ok(o) => return Err(Error::Unsupported(format!("expert gating function {o}"))),
                     // llama.cpp assumes sigmoid for GLM-5 and MiniMax-M2 files without the key
                     // (DeepSeek-V3.2 routes by sigmoid too)

@@ -194,6 +194,137 @@ impl V4Cfg {
             inv_main: rope_of("main", f("rope_theta", 10000.0))?,
             inv_comp: rope_of("compress", f("compress_rope_theta", 160000.0))?,
         };
+        cfg.checked(base)
+    }
+
+    /// The configuration of a GGUF file of llama.cpp's `deepseek4` (keys as its converter,
+    /// conversion/deepseek.py, writes them); `has` says which tensors the file holds (CSA layers
+    /// are those with an indexer).
+    pub fn from_gguf(
+        g: &hearth_formats::GgufFile,
+        base: &crate::ModelConfig,
+        has: &dyn Fn(&str) -> bool,
+    ) -> Result<V4Cfg> {
+        use hearth_formats::gguf::Value;
+        let get = |k: &str| g.get(&format!("deepseek4.{k}"));
+        let u = |k: &str| -> Result<usize> {
+            get(k)
+                .and_then(Value::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| Error::Format(format!("GGUF metadata deepseek4.{k} is missing")))
+        };
+        let f = |k: &str| get(k).and_then(Value::as_f64).map(|v| v as f32);
+        let arr = |k: &str| -> Result<Vec<f64>> {
+            get(k)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .ok_or_else(|| Error::Format(format!("GGUF metadata deepseek4.{k} is missing")))
+        };
+        let n_layer = base.n_layer;
+        let ratios = arr("attention.compress_ratios")?;
+        if ratios.len() != n_layer {
+            return Err(Error::Format(format!(
+                "deepseek4.attention.compress_ratios has {} entries for {n_layer} layers",
+                ratios.len()
+            )));
+        }
+        let (mut rate_csa, mut rate_hca) = (None, None);
+        let mut kinds = Vec::with_capacity(n_layer);
+        for (i, &r) in ratios.iter().enumerate() {
+            let r = r as usize;
+            let (k, slot) = match (r, has(&format!("blk.{i}.indexer.proj.weight"))) {
+                (0, _) => (Kind::Sliding, None),
+                (_, true) => (Kind::Csa, Some(&mut rate_csa)),
+                (_, false) => (Kind::Hca, Some(&mut rate_hca)),
+            };
+            if let Some(slot) = slot {
+                if slot.is_some_and(|x| x != r) {
+                    return Err(Error::Unsupported(format!(
+                        "deepseek4: layers of one kind with compress ratios {} and {r}",
+                        slot.unwrap_or(0)
+                    )));
+                }
+                *slot = Some(r);
+            }
+            kinds.push(k);
+        }
+        let n_hash = u("hash_layer_count")?;
+        let clamp = arr("swiglu_clamp_exp")?;
+        let limit = clamp.first().copied().unwrap_or(f64::INFINITY) as f32;
+        if clamp
+            .iter()
+            .chain(&arr("swiglu_clamp_shexp")?)
+            .any(|&x| x as f32 != limit)
+        {
+            return Err(Error::Unsupported(
+                "deepseek4: SwiGLU clamps that differ between layers".into(),
+            ));
+        }
+        if u("expert_gating_func")? != 4 {
+            return Err(Error::Unsupported(
+                "deepseek4 routing other than sqrt-softplus".into(),
+            ));
+        }
+        let rope_dim = u("rope.dimension_count")?;
+        let mut main = base.rope.clone();
+        main.dim = rope_dim;
+        main.freq_factors = None;
+        main.scaling = crate::RopeScaling::None;
+        let mut comp = main.clone();
+        comp.theta = f("attention.compress_rope_freq_base").unwrap_or(160000.0);
+        if let crate::RopeScaling::Yarn { .. } = base.rope.scaling {
+            comp.scaling = base.rope.scaling.clone();
+            if let crate::RopeScaling::Yarn {
+                attention_factor, ..
+            } = &mut comp.scaling
+            {
+                // V4 does not scale cos/sin by YaRN's mscale
+                *attention_factor = Some(1.0);
+            }
+        }
+        let moe = base
+            .moe
+            .as_ref()
+            .ok_or_else(|| Error::Format("deepseek4: no experts".into()))?;
+        let cfg = V4Cfg {
+            n_embd: base.n_embd,
+            n_head: base.n_head,
+            head_dim: base.head_dim,
+            rope_dim,
+            q_lora: u("attention.q_lora_rank")?,
+            o_groups: u("attention.output_group_count")?,
+            o_lora: u("attention.output_lora_rank")?,
+            n_hc: u("hyper_connection.count")?,
+            sinkhorn_iters: u("hyper_connection.sinkhorn_iterations")?,
+            hc_eps: f("hyper_connection.epsilon").unwrap_or(1e-6),
+            eps: base.rms_eps,
+            window: u("attention.sliding_window")?,
+            hash: (0..n_layer).map(|i| i < n_hash).collect(),
+            kinds,
+            rate_csa: rate_csa.unwrap_or(4),
+            rate_hca: rate_hca.unwrap_or(128),
+            idx_heads: u("attention.indexer.head_count")?,
+            idx_dim: u("attention.indexer.key_length")?,
+            idx_topk: u("attention.indexer.top_k")?,
+            n_expert: moe.n_expert,
+            n_used: moe.n_used,
+            n_ff: u("expert_feed_forward_length")?,
+            routed_scale: f("expert_weights_scale").unwrap_or(1.0),
+            swiglu_limit: limit,
+            n_vocab: base.n_vocab,
+            inv_main: main.inv_freq().0,
+            inv_comp: comp.inv_freq().0,
+        };
+        if u("expert_shared_count").unwrap_or(1) != 1 {
+            return Err(Error::Unsupported(
+                "deepseek4 with other than one shared expert".into(),
+            ));
+        }
+        cfg.checked(base)
+    }
+
+    fn checked(self, base: &crate::ModelConfig) -> Result<V4Cfg> {
+        let cfg = self;
         let bad = |what: &str| Err(Error::Format(format!("deepseek_v4: {what}")));
         if cfg.n_hc == 0 || cfg.window == 0 || cfg.rate_csa == 0 || cfg.rate_hca == 0 {
             return bad("hc_mult, sliding_window and the compress rates must be positive");
@@ -435,9 +566,28 @@ impl V4 {
                 true => None,
                 false => Some(host(be, t, &n("exp_probs_b.bias"), c.n_expert)?),
             };
-            let experts = (0..c.n_expert)
-                .map(|x| expert(be, t, &format!("blk.{i}.{{}}_exps.{x}.weight"), c))
-                .collect::<Result<Vec<_>>>()?;
+            let experts = match t.contains_key(&n("ffn_gate_exps.weight")) {
+                // a GGUF file's merged [n_expert, rows, cols] tensors
+                true => {
+                    let m = |p: &str, r: usize, k: usize| -> Result<Vec<Tensor>> {
+                        let w = mat(be, t, &n(&format!("{p}_exps.weight")), &[c.n_expert, r, k])?;
+                        (0..c.n_expert).map(|x| w.slice_outer(x)).collect()
+                    };
+                    let (g, u, d) = (
+                        m("ffn_gate", c.n_ff, e)?,
+                        m("ffn_up", c.n_ff, e)?,
+                        m("ffn_down", e, c.n_ff)?,
+                    );
+                    g.into_iter()
+                        .zip(u)
+                        .zip(d)
+                        .map(|((gate, up), down)| Expert { gate, up, down })
+                        .collect()
+                }
+                false => (0..c.n_expert)
+                    .map(|x| expert(be, t, &format!("blk.{i}.{{}}_exps.{x}.weight"), c))
+                    .collect::<Result<Vec<_>>>()?,
+            };
             let ffn = V4Ffn {
                 router: mat(be, t, &n("ffn_gate_inp.weight"), &[c.n_expert, e])?,
                 bias,

@@ -90,7 +90,13 @@ pub const ARCHS: &[ArchSpec] = &[
     arch("minimax", &["minimax"], &[], Neox, Neox),
     arch("kimi_k25", &["kimi_k25"], &[], Normal, Normal),
     // DeepSeek-V4 (Flash, Pro): hyper-connections, sliding/CSA/HCA attention, hash routing
-    arch("deepseek_v4", &["deepseek_v4"], &[], Normal, Normal),
+    arch(
+        "deepseek_v4",
+        &["deepseek_v4"],
+        &["deepseek4"],
+        Normal,
+        Normal,
+    ),
     // DeepSeek-V3.2 and GLM-5/5.1/5.2: MLA with DeepSeek Sparse Attention
     arch(
         "deepseek_v32",

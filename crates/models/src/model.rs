@@ -480,14 +480,7 @@ impl Model {
                 .get("blk.0.ffn_gate.weight")
                 .map_or(0, |t| t.shape[0]);
         }
-        let v4 = match (&files.source, cfg.arch.as_str()) {
-            (Source::Hf(h), "deepseek_v4") => {
-                let c = crate::dsv4::V4Cfg::from_hf(&h.config, &cfg)?;
-                cfg.n_ff = c.n_ff;
-                Some(Box::new(crate::dsv4::V4::load(&*devs[0], tensors, c)?))
-            }
-            _ => None,
-        };
+        let v4 = v4::load(files, &mut cfg, &*devs[0])?;
         let mut layers = Vec::with_capacity(cfg.n_layer.min(4096));
         for i in (0..cfg.n_layer).filter(|_| v4.is_none()) {
             let l = load_layer(tensors, &pl, &cfg, i)?;

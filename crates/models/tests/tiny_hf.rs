@@ -29,7 +29,7 @@ fn fixture(name: &str) -> PathBuf {
 /// conversion knows only the remote-code classes and their config keys (layernorm_*_alpha,
 /// rotary_dim), and requires every residual beta to be 1. Its DeepSeek-V3.2 conversion needs a
 /// tokenizer that says add_bos_token, which the fixtures' does not (scripts/gen_tiny_issue17.py).
-const HF_ONLY: &[&str] = &["mistral", "minimax", "deepseek_v32", "deepseek_v4"];
+const HF_ONLY: &[&str] = &["mistral", "minimax", "deepseek_v32"];
 
 /// The fixture's HF directory and its GGUF conversion, with labels.
 fn sources(name: &str) -> Vec<(String, PathBuf)> {

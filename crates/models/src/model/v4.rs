@@ -1,14 +1,35 @@
 //! DeepSeek-V4's place in [`Model`]: its pool of per-sequence state and its body
 //! ([`crate::dsv4`]) over a batch's rows.
 use super::{KvPool, LayerCache, Model, Scratch, Seg, sized};
-use hearth_core::{Error, Result};
+use crate::ModelConfig;
+use crate::dsv4::{V4, V4Cfg};
+use hearth_core::{Backend, Error, Result};
+use hearth_formats::{ModelFiles, Source};
+
+/// DeepSeek-V4's body when `files` hold one (HF `deepseek_v4`, GGUF `deepseek4`), on `be`.
+pub(super) fn load(
+    files: &ModelFiles,
+    cfg: &mut ModelConfig,
+    be: &dyn Backend,
+) -> Result<Option<Box<V4>>> {
+    if !matches!(cfg.arch.as_str(), "deepseek_v4" | "deepseek4") {
+        return Ok(None);
+    }
+    let t = &files.tensors;
+    let c = match &files.source {
+        Source::Hf(h) => V4Cfg::from_hf(&h.config, cfg)?,
+        Source::Gguf(g) => V4Cfg::from_gguf(g, cfg, &|n| t.contains_key(n))?,
+    };
+    cfg.n_ff = c.n_ff;
+    Ok(Some(Box::new(V4::load(be, t, c)?)))
+}
 
 impl Model {
     /// A pool for DeepSeek-V4: one slot of state per sequence and layer, each for contexts of
     /// up to the pool's positions.
     pub(super) fn v4_pool(
         &self,
-        v4: &crate::dsv4::V4,
+        v4: &V4,
         n_pages: usize,
         page_size: usize,
         n_slots: usize,
@@ -28,7 +49,7 @@ impl Model {
     /// device 0, where it leaves the hidden states.
     pub(super) fn v4_rows(
         &self,
-        v4: &crate::dsv4::V4,
+        v4: &V4,
         tokens: &[u32],
         pool: &mut KvPool,
         s: &mut Scratch,
@@ -52,5 +73,56 @@ impl Model {
         let be = self.dev(0);
         be.upload(&y, sized(be, &mut s.dev(0).x, n * e)?)?;
         Ok(0)
+    }
+}
+
+impl Model {
+    /// `hearth inspect`'s description of a DeepSeek-V4 model (None for other models): its
+    /// experts, attention kinds, hyper-connections and per-sequence state.
+    pub fn v4_summary(&self) -> Option<Vec<String>> {
+        use crate::dsv4::Kind;
+        let v = self.v4.as_ref()?;
+        let c = &v.cfg;
+        let n = |k: Kind| c.kinds.iter().filter(|&&x| x == k).count();
+        let n_hash = c.hash.iter().filter(|&&h| h).count();
+        Some(vec![
+            format!(
+                "experts:       {} routed, {} used per token, sqrt-softplus scores, renormalised, \
+                 scaled by {}; hash-routed (token -> experts table) in {n_hash} of {} MoE layers; \
+                 SwiGLU clamped at {}",
+                c.n_expert,
+                c.n_used,
+                c.routed_scale,
+                c.kinds.len(),
+                c.swiglu_limit
+            ),
+            format!(
+                "attention:     one shared K=V head, sinks, sliding window of {} on every layer; \
+                 {} CSA layers (an entry per {} positions, of which the indexer keeps {}: {} heads \
+                 of {}), {} HCA layers (an entry per {} positions), {} sliding only; output in {} \
+                 groups of rank {}",
+                c.window,
+                n(Kind::Csa),
+                c.rate_csa,
+                c.idx_topk,
+                c.idx_heads,
+                c.idx_dim,
+                n(Kind::Hca),
+                c.rate_hca,
+                n(Kind::Sliding),
+                c.o_groups,
+                c.o_lora
+            ),
+            format!(
+                "hyper-conn:    {} residual streams (mHC, {} Sinkhorn iterations)",
+                c.n_hc, c.sinkhorn_iters
+            ),
+            format!(
+                "KV cache:      {} bytes/token in f32 (the compressed entries); per sequence {} \
+                 bytes of windows and compressor rows in f32, whatever its length",
+                v.kv_bytes_per_token(),
+                v.state_bytes_per_seq()
+            ),
+        ])
     }
 }
