@@ -11,7 +11,7 @@
 //!
 //! The matrices run on the backend (`matmul`); the per-token logic (streams, compressors,
 //! sparse attention over a few rows, routing) runs on the host over downloaded rows.
-use crate::dsv4_attn::{Compressor, Layout, V4Attn, V4Indexer};
+use crate::dsv4_attn::{Compressor, Layout, V4Attn, V4Indexer, V4State, rows_per_page};
 use hearth_core::{Backend, DType, Error, Result, Tensor};
 use serde_json::Value as Json;
 use std::collections::HashMap;
@@ -610,27 +610,37 @@ impl V4 {
         Ok(V4 { cfg, layers, head })
     }
 
-    /// Each layer's per-sequence state: `n_slots` slots for contexts of up to `ctx` positions.
+    /// The per-sequence state: each layer's `n_slots` slots (windows and compressor rows),
+    /// then each layer's paged compressed entries (compressor, indexer) for `n_pages` pages of
+    /// `page_size` positions.
     pub fn caches(
         &self,
         be: &dyn Backend,
-        ctx: usize,
+        n_pages: usize,
+        page_size: usize,
         n_slots: usize,
     ) -> Result<Vec<crate::LayerCache>> {
-        self.cfg
-            .kinds
-            .iter()
-            .map(|&k| {
-                let size = Layout::new(&self.cfg, k, ctx)?.size;
-                let total = size
-                    .checked_mul(n_slots)
-                    .ok_or_else(|| Error::Invalid(format!("{n_slots} state slots overflow")))?;
-                Ok(crate::LayerCache::Recurrent {
-                    s: be.alloc(total)?,
-                    size,
-                })
-            })
-            .collect()
+        let c = &self.cfg;
+        let over = || Error::Invalid(format!("{n_pages} pages or {n_slots} slots overflow"));
+        let mut v = Vec::with_capacity(2 * c.kinds.len());
+        for &k in &c.kinds {
+            let size = Layout::new(c, k).size;
+            v.push(crate::LayerCache::Recurrent {
+                s: be.alloc(size.checked_mul(n_slots).ok_or_else(over)?)?,
+                size,
+            });
+        }
+        for &k in &c.kinds {
+            let rows = rows_per_page(page_size, c.rate(k))
+                .checked_mul(n_pages)
+                .ok_or_else(over)?;
+            let iw = if k == Kind::Csa { c.idx_dim } else { 0 };
+            v.push(crate::LayerCache::Latent {
+                c: be.alloc(rows.checked_mul(c.head_dim).ok_or_else(over)?)?,
+                ik: be.alloc(rows * iw)?,
+            });
+        }
+        Ok(v)
     }
 
     /// Bytes per position of context: the compressed entries (f32), rounded up.
@@ -781,7 +791,7 @@ impl V4 {
         tokens: &[u32],
         emb: &[f32],
         segs: &[crate::dsv4_attn::V4Seg],
-        states: &mut [(&mut hearth_core::Buf, usize)],
+        states: &mut [V4State],
     ) -> Result<Vec<f32>> {
         let c = &self.cfg;
         let (n, e, nh) = (tokens.len(), c.n_embd, c.n_hc);

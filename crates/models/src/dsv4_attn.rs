@@ -8,18 +8,45 @@
 //! whole; CSA over windows of `rate_csa` that overlap the previous one, of which a lightning
 //! indexer (its own compressor at `index_head_dim`) keeps the `index_topk` best per query.
 //!
-//! The per-sequence state of a layer is one slot of floats (see [`Layout`]): the last
-//! `sliding_window` K=V rows, the compressors' last source rows, and the compressed entries
-//! (one per `rate` positions, for a context of up to the pool's positions).
+//! The per-sequence state of a layer: one slot of floats (see [`Layout`]) with the last
+//! `sliding_window` K=V rows and the compressors' last source rows, and the compressed entries
+//! in the sequence's pages (see [`entry_row`]).
 use crate::dsv4::{Kind, V4Cfg, mm, rms_rows, rope_tail};
-use hearth_core::{Backend, Buf, Error, Result, Tensor};
+use hearth_core::{Backend, Buf, Error, Pages, Result, Tensor};
 
 /// One sequence's rows of a batch.
-pub(crate) struct V4Seg {
+pub(crate) struct V4Seg<'a> {
     pub row0: usize,
     pub n: usize,
     pub pos0: usize,
     pub slot: usize,
+    pub pages: Pages<'a>,
+}
+
+/// One layer's state in a pool: the slots (`size` floats each) and the paged compressed
+/// entries of the compressor (`head_dim` wide) and of the indexer (`index_head_dim` wide).
+pub(crate) struct V4State<'a> {
+    pub slots: &'a mut Buf,
+    pub size: usize,
+    pub ent: &'a mut Buf,
+    pub ient: &'a mut Buf,
+}
+
+/// Rows of compressed entries a page of `page_size` positions holds at `rate`.
+pub(crate) fn rows_per_page(page_size: usize, rate: usize) -> usize {
+    if rate == 0 {
+        0
+    } else {
+        page_size.div_ceil(rate)
+    }
+}
+
+/// The row of entry `w` (windows of `rate`): in the page of the window's last position, so
+/// that it is written while that page is the sequence's own and shared only with its
+/// tokens; distinct last positions of a page are `rate` apart, so their rows differ.
+pub(crate) fn entry_row(pages: &Pages<'_>, rate: usize, w: usize) -> usize {
+    let (e, ps) = (w * rate + rate - 1, pages.page_size);
+    pages.table[e / ps] as usize * rows_per_page(ps, rate) + (e % ps) / rate
 }
 
 /// A compressor's weights: `kv`, `gate [w, n_embd]` with `w = 2 * dim` for overlapping
@@ -67,93 +94,55 @@ pub(crate) struct V4Attn {
     pub idx: Option<V4Indexer>,
 }
 
-/// Where a layer's state lies in its slot (offsets in floats).
+/// Where a layer's state lies in its slot (offsets in floats): the window of K=V rows, then
+/// the compressor's source rows, then the indexer's.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Layout {
-    /// Compressed entries per compressor (the context's positions / rate, rounded up).
-    pub n_ent: usize,
     pub comp_src: usize,
-    pub comp_ent: usize,
     pub idx_src: usize,
-    pub idx_ent: usize,
     pub size: usize,
 }
 
 impl Layout {
-    /// The slot of a layer of `kind` for contexts of up to `max_ctx` positions.
-    pub fn new(c: &V4Cfg, kind: Kind, max_ctx: usize) -> Result<Layout> {
-        let ring = c.window * c.head_dim;
+    pub fn new(c: &V4Cfg, kind: Kind) -> Layout {
         let rate = c.rate(kind);
-        let n_ent = if rate == 0 { 0 } else { max_ctx.div_ceil(rate) };
         let ov = kind == Kind::Csa;
         let src = |dim: usize| {
             let w = if ov { 2 * dim } else { dim };
             (if ov { 2 } else { 1 }) * rate * 2 * w
         };
-        let over = || {
-            Error::Invalid(format!(
-                "deepseek_v4 state for {max_ctx} positions overflows"
-            ))
-        };
-        let comp_src = ring;
-        let comp_ent = comp_src + src(c.head_dim);
-        let idx_src = n_ent
-            .checked_mul(c.head_dim)
-            .and_then(|v| v.checked_add(comp_ent))
-            .ok_or_else(over)?;
-        let (idx_ent, size) = match kind {
-            Kind::Csa => {
-                let e = idx_src + src(c.idx_dim);
-                (
-                    e,
-                    n_ent
-                        .checked_mul(c.idx_dim)
-                        .and_then(|v| v.checked_add(e))
-                        .ok_or_else(over)?,
-                )
-            }
-            _ => (idx_src, idx_src),
-        };
-        Ok(Layout {
-            n_ent,
+        let comp_src = c.window * c.head_dim;
+        let idx_src = comp_src + src(c.head_dim);
+        let size = idx_src + if ov { src(c.idx_dim) } else { 0 };
+        Layout {
             comp_src,
-            comp_ent,
             idx_src,
-            idx_ent,
             size,
-        })
+        }
     }
 
     /// Floats per position of context (the compressed entries) and fixed floats per
     /// sequence (the window and the compressors' source rows).
     pub fn per_token_and_fixed(c: &V4Cfg, kind: Kind) -> (f64, usize) {
-        let l = Layout::new(c, kind, 0).unwrap_or(Layout {
-            n_ent: 0,
-            comp_src: 0,
-            comp_ent: 0,
-            idx_src: 0,
-            idx_ent: 0,
-            size: 0,
-        });
-        let rate = c.rate(kind);
         let per = match kind {
             Kind::Sliding => 0.0,
-            Kind::Hca => c.head_dim as f64 / rate as f64,
-            Kind::Csa => (c.head_dim + c.idx_dim) as f64 / rate as f64,
+            Kind::Hca => c.head_dim as f64 / c.rate_hca as f64,
+            Kind::Csa => (c.head_dim + c.idx_dim) as f64 / c.rate_csa as f64,
         };
-        (per, l.size)
+        (per, Layout::new(c, kind).size)
     }
 }
 
 /// Feed source position `p`'s projections (`kv`, `gate`, each `width` wide) to a compressor
-/// whose source rows start at `st[src..]` and entries at `st[ent..]`; when `p` closes a window,
-/// the window's entry is made (pooled, normalised, rotated to the window's first position).
+/// whose source rows start at `st[src..]`; when `p` closes a window, the window's entry is
+/// made (pooled, normalised, rotated to the window's first position) and appended to `ents`.
 #[allow(clippy::too_many_arguments)]
 fn compress_push(
     cp: &Compressor,
     c: &V4Cfg,
     st: &mut [f32],
-    (src, ent, n_ent): (usize, usize, usize),
+    src: usize,
+    ents: &mut Vec<f32>,
     p: usize,
     kv: &[f32],
     gate: &[f32],
@@ -167,10 +156,10 @@ fn compress_push(
         return Ok(());
     }
     let win = p / r;
-    if win >= n_ent {
+    if ents.len() != win * d {
         return Err(Error::Invalid(format!(
-            "deepseek_v4: position {p} is past the state's {} compressed entries",
-            n_ent
+            "deepseek_v4: position {p} closes window {win} after {} entries",
+            ents.len() / d
         )));
     }
     let mut out = vec![0f32; d];
@@ -197,7 +186,7 @@ fn compress_push(
     }
     rms_rows(&mut out, d, &cp.norm, c.eps);
     rope_tail(&mut out, &c.inv_comp, win * r, 1.0);
-    st[ent + win * d..ent + (win + 1) * d].copy_from_slice(&out);
+    ents.extend_from_slice(&out);
     Ok(())
 }
 
@@ -234,7 +223,7 @@ impl V4Attn {
         kind: Kind,
         h: &[f32],
         segs: &[V4Seg],
-        (state, size): &mut (&mut Buf, usize),
+        state: &mut V4State,
     ) -> Result<Vec<f32>> {
         let n = h.len() / c.n_embd;
         let (hd, nh) = (c.head_dim, c.n_head);
@@ -284,25 +273,38 @@ impl V4Attn {
                 (Some(proj(&ix.comp)?), iq, mm(be, &ix.proj, h, n)?)
             }
         };
-        // the slot holds the fixed part and then `per_ent` floats per compressed entry
-        let fixed = Layout::new(c, kind, 0)?.size;
-        let per_ent = hd + if kind == Kind::Csa { c.idx_dim } else { 0 };
-        let n_ent = match c.rate(kind) {
-            0 => 0,
-            _ => size.saturating_sub(fixed) / per_ent,
-        };
-        let lay = Layout::new(c, kind, n_ent * c.rate(kind))?;
-        if lay.size != *size {
+        let lay = Layout::new(c, kind);
+        let size = state.size;
+        if lay.size != size {
             return Err(Error::Invalid(
                 "deepseek_v4: a state slot of the wrong size".into(),
             ));
         }
+        let (rate, id) = (c.rate(kind), c.idx_dim);
         let mut att = vec![0f32; n * nh * hd];
-        let mut st = vec![0f32; *size];
+        let mut st = vec![0f32; size];
         let scale = 1.0 / (hd as f32).sqrt();
+        let (mut ents, mut iets) = (Vec::new(), Vec::new());
         for sg in segs {
-            let off = sg.slot * *size;
-            be.download(state.view().slice(off..off + *size), &mut st)?;
+            let off = sg.slot * size;
+            be.download(state.slots.view().slice(off..off + size), &mut st)?;
+            // the entries of the windows closed before this step, from the pages
+            let done0 = sg.pos0.checked_div(rate).unwrap_or(0);
+            ents.resize(done0 * hd, 0.0);
+            iets.resize(if self.idx.is_some() { done0 * id } else { 0 }, 0.0);
+            for w in 0..done0 {
+                let r = entry_row(&sg.pages, rate, w);
+                be.download(
+                    state.ent.view().slice(r * hd..(r + 1) * hd),
+                    &mut ents[w * hd..][..hd],
+                )?;
+                if self.idx.is_some() {
+                    be.download(
+                        state.ient.view().slice(r * id..(r + 1) * id),
+                        &mut iets[w * id..][..id],
+                    )?;
+                }
+            }
             for i in 0..sg.n {
                 let (t, p) = (sg.row0 + i, sg.pos0 + i);
                 let ro = (p % c.window) * hd;
@@ -314,7 +316,8 @@ impl V4Attn {
                         cp,
                         c,
                         &mut st,
-                        (lay.comp_src, lay.comp_ent, lay.n_ent),
+                        lay.comp_src,
+                        &mut ents,
                         p,
                         &ck[r.clone()],
                         &cg[r],
@@ -327,7 +330,8 @@ impl V4Attn {
                         &ix.comp,
                         c,
                         &mut st,
-                        (lay.idx_src, lay.idx_ent, lay.n_ent),
+                        lay.idx_src,
+                        &mut iets,
                         p,
                         &ck[r.clone()],
                         &cg[r],
@@ -344,7 +348,7 @@ impl V4Attn {
                         let (ss, ws) = (1.0 / (id as f32).sqrt(), 1.0 / (ih as f32).sqrt());
                         let sc: Vec<f32> = (0..ready)
                             .map(|w| {
-                                let k = &st[lay.idx_ent + w * id..][..id];
+                                let k = &iets[w * id..][..id];
                                 (0..ih)
                                     .map(|hh| {
                                         let qh = &iq[(t * ih + hh) * id..][..id];
@@ -363,7 +367,7 @@ impl V4Attn {
                 let lo = (p + 1).saturating_sub(c.window);
                 let keys: Vec<&[f32]> = (lo..=p)
                     .map(|j| &st[(j % c.window) * hd..][..hd])
-                    .chain(chosen.iter().map(|&w| &st[lay.comp_ent + w * hd..][..hd]))
+                    .chain(chosen.iter().map(|&w| &ents[w * hd..][..hd]))
                     .collect();
                 for hh in 0..nh {
                     let qh = &q[(t * nh + hh) * hd..][..hd];
@@ -379,7 +383,21 @@ impl V4Attn {
                     rope_tail(o, inv, p, -1.0);
                 }
             }
-            be.upload(&st, state.view_mut().slice(off..off + *size))?;
+            be.upload(&st, state.slots.view_mut().slice(off..off + size))?;
+            // the windows this step closed, into the pages
+            for w in done0..ents.len() / hd {
+                let r = entry_row(&sg.pages, rate, w);
+                be.upload(
+                    &ents[w * hd..][..hd],
+                    state.ent.view_mut().slice(r * hd..(r + 1) * hd),
+                )?;
+                if self.idx.is_some() {
+                    be.upload(
+                        &iets[w * id..][..id],
+                        state.ient.view_mut().slice(r * id..(r + 1) * id),
+                    )?;
+                }
+            }
         }
         // grouped low-rank output: each group of heads through its own block of o_a
         let (g, ol) = (c.o_groups, c.o_lora);

@@ -322,12 +322,16 @@ pub(crate) struct Seg<'a> {
 impl<'a> Seg<'a> {
     /// The segment as the recurrent ops take it: a sequence starting at position 0 starts
     /// from a zero state.
-    pub fn v4(&self) -> crate::dsv4_attn::V4Seg {
+    pub fn v4(&self) -> crate::dsv4_attn::V4Seg<'a> {
         crate::dsv4_attn::V4Seg {
             row0: self.row0,
             n: self.n,
             pos0: self.pos0,
             slot: self.slot,
+            pages: Pages {
+                table: self.pages.table,
+                page_size: self.pages.page_size,
+            },
         }
     }
 

@@ -3,6 +3,7 @@
 use super::{KvPool, LayerCache, Model, Scratch, Seg, sized};
 use crate::ModelConfig;
 use crate::dsv4::{V4, V4Cfg};
+use crate::dsv4_attn::V4State;
 use hearth_core::{Backend, Error, Result};
 use hearth_formats::{ModelFiles, Source};
 
@@ -34,11 +35,8 @@ impl Model {
         page_size: usize,
         n_slots: usize,
     ) -> Result<KvPool> {
-        let ctx = n_pages
-            .checked_mul(page_size)
-            .ok_or_else(|| Error::Invalid(format!("{n_pages} pages of {page_size} overflow")))?;
         Ok(KvPool {
-            layers: v4.caches(self.dev(0), ctx, n_slots.max(1))?,
+            layers: v4.caches(self.dev(0), n_pages, page_size, n_slots.max(1))?,
             page_size,
             n_pages,
             n_slots: n_slots.max(1),
@@ -61,11 +59,22 @@ impl Model {
         be.get_rows(&self.tok_embd, tokens, sized(be, &mut s.dev(d).x, n * e)?)?;
         be.download(s.dev(d).x.head(n * e), &mut emb)?;
         let vs: Vec<_> = segs.iter().map(|g| g.v4()).collect();
-        let mut states = pool
-            .layers
+        // the slots, then the paged entries, of each layer
+        let nl = v4.layers.len();
+        if pool.layers.len() != 2 * nl {
+            return Err(Error::Invalid("a pool of another model".into()));
+        }
+        let (slots, ents) = pool.layers.split_at_mut(nl);
+        let mut states = slots
             .iter_mut()
-            .map(|l| match l {
-                LayerCache::Recurrent { s, size } => Ok((s, *size)),
+            .zip(ents.iter_mut())
+            .map(|(a, b)| match (a, b) {
+                (LayerCache::Recurrent { s, size }, LayerCache::Latent { c, ik }) => Ok(V4State {
+                    slots: s,
+                    size: *size,
+                    ent: c,
+                    ient: ik,
+                }),
                 _ => Err(Error::Invalid("a pool of another model".into())),
             })
             .collect::<Result<Vec<_>>>()?;
