@@ -654,6 +654,18 @@ impl V4 {
         (4.0 * per).ceil() as usize
     }
 
+    /// Bytes of compressed entries a pool allocates per page of `page_size` positions.
+    pub fn kv_bytes_per_page(&self, page_size: usize) -> usize {
+        let c = &self.cfg;
+        c.kinds
+            .iter()
+            .map(|&k| {
+                let iw = if k == Kind::Csa { c.idx_dim } else { 0 };
+                4 * rows_per_page(page_size, c.rate(k)) * (c.head_dim + iw)
+            })
+            .sum()
+    }
+
     /// Bytes per sequence whatever its length: the windows of K=V rows and the compressors'
     /// source rows.
     pub fn state_bytes_per_seq(&self) -> usize {

@@ -135,3 +135,16 @@ impl Model {
         ])
     }
 }
+
+impl Model {
+    /// Bytes of KV cache one page of `page_size` positions takes in a pool
+    /// ([`Model::new_pool`]): [`Model::kv_pool_bytes_per_token`] per position, except that
+    /// DeepSeek-V4 keeps whole rows of compressed entries per page (one per `rate` positions,
+    /// rounded up), so that a page of fewer positions than a window still holds one.
+    pub fn kv_pool_bytes_per_page(&self, page_size: usize) -> usize {
+        match &self.v4 {
+            None => self.kv_pool_bytes_per_token().saturating_mul(page_size),
+            Some(v) => v.kv_bytes_per_page(page_size),
+        }
+    }
+}
