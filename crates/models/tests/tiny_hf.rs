@@ -378,8 +378,13 @@ type Edit = fn(&mut serde_json::Value);
 
 /// The minimax fixture's files with its config.json edited by `edit`, in a scratch folder.
 fn minimax_with_config(tag: &str, edit: Edit) -> PathBuf {
-    let src = fixture("minimax");
-    let dir = std::env::temp_dir().join(format!("hearth-minimax-{tag}-{}", std::process::id()));
+    fixture_with_config("minimax", tag, edit)
+}
+
+/// Fixture `name`'s files with its config.json edited by `edit`, in a scratch folder.
+fn fixture_with_config(name: &str, tag: &str, edit: Edit) -> PathBuf {
+    let src = fixture(name);
+    let dir = std::env::temp_dir().join(format!("hearth-{name}-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for f in [
         "model.safetensors",
@@ -408,6 +413,36 @@ fn minimax_files_that_do_not_fit_are_errors() {
     ];
     for (tag, edit) in edits {
         let dir = minimax_with_config(tag, edit);
+        let files = ModelFiles::open(&dir).unwrap();
+        let r = Model::load(&files, backend());
+        assert!(r.is_err(), "{tag}: loaded");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn deepseek_v4_files_that_do_not_fit_are_errors() {
+    // layer kinds or hash layers the tensors do not have, schedules shorter than the layers,
+    // output groups that do not divide the heads, other routing, an empty window, more experts
+    // per token than experts: errors, not panics
+    let edits: [(&str, Edit); 8] = [
+        ("csa", |c| {
+            c["layer_types"][0] = "compressed_sparse_attention".into()
+        }),
+        ("hca", |c| {
+            c["layer_types"][1] = "heavily_compressed_attention".into()
+        }),
+        ("short", |c| {
+            c["layer_types"].as_array_mut().unwrap().pop();
+        }),
+        ("hash", |c| c["mlp_layer_types"][2] = "hash_moe".into()),
+        ("groups", |c| c["o_groups"] = 3.into()),
+        ("score", |c| c["scoring_func"] = "softmax".into()),
+        ("window", |c| c["sliding_window"] = 0.into()),
+        ("topk", |c| c["num_experts_per_tok"] = 9.into()),
+    ];
+    for (tag, edit) in edits {
+        let dir = fixture_with_config("deepseek_v4", tag, edit);
         let files = ModelFiles::open(&dir).unwrap();
         let r = Model::load(&files, backend());
         assert!(r.is_err(), "{tag}: loaded");
