@@ -57,6 +57,8 @@ pub(crate) struct V4Cfg {
     /// Inverse frequencies of sliding layers (`main`) and of compressed ones (`compress`).
     pub inv_main: Vec<f32>,
     pub inv_comp: Vec<f32>,
+    /// The compressed layers' RoPE (for descriptions; `inv_comp` is what runs).
+    pub rope_comp: crate::Rope,
 }
 
 impl V4Cfg {
@@ -124,7 +126,7 @@ impl V4Cfg {
         let partial = f("partial_rotary_factor", 0.125);
         let rope_dim = (head_dim as f32 * partial) as usize;
         let rp = c.get("rope_parameters");
-        let rope_of = |key: &str, theta: f32| -> Result<Vec<f32>> {
+        let rope_of = |key: &str, theta: f32| -> Result<(Vec<f32>, crate::Rope)> {
             let mut r = base.rope.clone();
             r.dim = rope_dim;
             r.theta = theta;
@@ -160,8 +162,9 @@ impl V4Cfg {
             if ms != 1.0 {
                 return Err(Error::Unsupported("deepseek_v4 rope with an mscale".into()));
             }
-            Ok(inv)
+            Ok((inv, r))
         };
+        let (inv_comp, rope_comp) = rope_of("compress", f("compress_rope_theta", 160000.0))?;
         let cfg = V4Cfg {
             n_embd: base.n_embd,
             n_head: base.n_head,
@@ -191,8 +194,9 @@ impl V4Cfg {
             routed_scale: f("routed_scaling_factor", 1.0),
             swiglu_limit: f("swiglu_limit", f32::INFINITY),
             n_vocab: base.n_vocab,
-            inv_main: rope_of("main", f("rope_theta", 10000.0))?,
-            inv_comp: rope_of("compress", f("compress_rope_theta", 160000.0))?,
+            inv_main: rope_of("main", f("rope_theta", 10000.0))?.0,
+            inv_comp,
+            rope_comp,
         };
         cfg.checked(base)
     }
@@ -314,6 +318,7 @@ impl V4Cfg {
             n_vocab: base.n_vocab,
             inv_main: main.inv_freq().0,
             inv_comp: comp.inv_freq().0,
+            rope_comp: comp,
         };
         if u("expert_shared_count").unwrap_or(1) != 1 {
             return Err(Error::Unsupported(

@@ -22,6 +22,9 @@ pub(super) fn load(
         Source::Gguf(g) => V4Cfg::from_gguf(g, cfg, &|n| t.contains_key(n))?,
     };
     cfg.n_ff = c.n_ff;
+    // the file's RoPE scaling is the compressed layers' (described with them)
+    cfg.rope.dim = c.rope_dim;
+    cfg.rope.scaling = crate::RopeScaling::None;
     Ok(Some(Box::new(V4::load(be, t, c)?)))
 }
 
@@ -109,7 +112,7 @@ impl Model {
                 "attention:     one shared K=V head, sinks, sliding window of {} on every layer; \
                  {} CSA layers (an entry per {} positions, of which the indexer keeps {}: {} heads \
                  of {}), {} HCA layers (an entry per {} positions), {} sliding only; output in {} \
-                 groups of rank {}",
+                 groups of rank {}; compressed layers' RoPE theta {}, {:?}",
                 c.window,
                 n(Kind::Csa),
                 c.rate_csa,
@@ -120,7 +123,9 @@ impl Model {
                 c.rate_hca,
                 n(Kind::Sliding),
                 c.o_groups,
-                c.o_lora
+                c.o_lora,
+                c.rope_comp.theta,
+                c.rope_comp.scaling
             ),
             format!(
                 "hyper-conn:    {} residual streams (mHC, {} Sinkhorn iterations)",
