@@ -555,13 +555,7 @@ impl Model {
                 add(d, t);
             }
         }
-        if let Some(v4) = &self.v4 {
-            for t in v4.tensors(true) {
-                p[0].weight_bytes += self.devs[0].weight_bytes(t);
-            }
-            p[0].kv_bytes_per_token += v4.kv_bytes_per_token();
-            p[0].state_bytes_per_seq += v4.state_bytes_per_seq();
-        }
+        self.v4_plan(&mut p);
         let (kw, vw) = self.kv_row_words();
         for l in &self.layers {
             match self.slot_len(l) {
@@ -648,6 +642,11 @@ impl Model {
         let old = self.kv;
         self.kv = (k, v);
         let r = self.kv_format().and_then(|_| {
+            if self.v4.is_some() && (k, v) != (KvType::F32, KvType::F32) {
+                return Err(Error::Unsupported(
+                    "DeepSeek-V4 keeps its caches in f32 only".into(),
+                ));
+            }
             for l in &self.layers {
                 if self.slot_len(l).is_some() {
                     continue;

@@ -441,6 +441,13 @@ fn deepseek_v4_files_that_do_not_fit_are_errors() {
         ("window", |c| c["sliding_window"] = 0.into()),
         ("topk", |c| c["num_experts_per_tok"] = 9.into()),
     ];
+    // its caches are f32 only: another type is an error, not ignored
+    let (_f, mut model, _, _) = load("deepseek_v4");
+    assert!(
+        model
+            .set_kv_types(hearth_core::KvType::Q8_0, hearth_core::KvType::Q8_0)
+            .is_err()
+    );
     for (tag, edit) in edits {
         let dir = fixture_with_config("deepseek_v4", tag, edit);
         let files = ModelFiles::open(&dir).unwrap();

@@ -1,6 +1,6 @@
 //! DeepSeek-V4's place in [`Model`]: its pool of per-sequence state and its body
 //! ([`crate::dsv4`]) over a batch's rows.
-use super::{KvPool, LayerCache, Model, Scratch, Seg, sized};
+use super::{DevicePlan, KvPool, LayerCache, Model, Scratch, Seg, sized};
 use crate::ModelConfig;
 use crate::dsv4::{V4, V4Cfg};
 use crate::dsv4_attn::V4State;
@@ -150,6 +150,19 @@ impl Model {
         match &self.v4 {
             None => self.kv_pool_bytes_per_token().saturating_mul(page_size),
             Some(v) => v.kv_bytes_per_page(page_size),
+        }
+    }
+}
+
+impl Model {
+    /// DeepSeek-V4's share of [`Model::plan`] (all on device 0).
+    pub(super) fn v4_plan(&self, p: &mut [DevicePlan]) {
+        if let Some(v4) = &self.v4 {
+            for t in v4.tensors(true) {
+                p[0].weight_bytes += self.devs[0].weight_bytes(t);
+            }
+            p[0].kv_bytes_per_token += v4.kv_bytes_per_token();
+            p[0].state_bytes_per_seq += v4.state_bytes_per_seq();
         }
     }
 }
