@@ -857,7 +857,8 @@ fn inspect(model: &str, device: &str, ctx: usize, place: PlaceArgs, kv: KvArgs) 
             }
         );
     }
-    if let Some(e) = &c.moe {
+    let v4 = m.v4_summary();
+    if let Some(e) = c.moe.as_ref().filter(|_| v4.is_none()) {
         println!(
             "experts:       {} routed, {} used per token, {:?} scores{}{}{}, {} MoE layers of {}",
             e.n_expert,
@@ -882,7 +883,7 @@ fn inspect(model: &str, device: &str, ctx: usize, place: PlaceArgs, kv: KvArgs) 
         );
     }
     println!("context:       {} tokens (training)", c.n_ctx_train);
-    if let Some(w) = c.sliding_window {
+    if let Some(w) = c.sliding_window.filter(|_| v4.is_none()) {
         let n = (0..c.n_layer).filter(|&i| c.window(i).is_some()).count();
         println!(
             "attention:     sliding window of {w} on {n} of {} layers",
@@ -893,11 +894,14 @@ fn inspect(model: &str, device: &str, ctx: usize, place: PlaceArgs, kv: KvArgs) 
         "rope:          theta {}, dim {}, {:?}, {:?}",
         c.rope.theta, c.rope.dim, c.rope.style, c.rope.scaling
     );
-    println!(
-        "KV cache:      {} bytes/token in f32, {} bytes/token in 16-bit",
-        c.kv_bytes_per_token(4),
-        c.kv_bytes_per_token(2)
-    );
+    match &v4 {
+        Some(lines) => lines.iter().for_each(|l| println!("{l}")),
+        None => println!(
+            "KV cache:      {} bytes/token in f32, {} bytes/token in 16-bit",
+            c.kv_bytes_per_token(4),
+            c.kv_bytes_per_token(2)
+        ),
+    }
     let per_tok = m.kv_pool_bytes_per_token();
     println!(
         "KV cache:      {per_tok} bytes/token as keys {} / values {}: {:.1} MiB at {ctx} tokens",
@@ -905,7 +909,7 @@ fn inspect(model: &str, device: &str, ctx: usize, place: PlaceArgs, kv: KvArgs) 
         vt.name(),
         per_tok as f64 * ctx as f64 / 1048576.0
     );
-    if c.linear.is_none() && m.state_bytes_per_seq() > 0 {
+    if c.linear.is_none() && v4.is_none() && m.state_bytes_per_seq() > 0 {
         println!(
             "linear attn:   {} bytes of fixed-size state per sequence in f32 (lightning \
              attention), whatever its length",

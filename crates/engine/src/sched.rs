@@ -161,7 +161,7 @@ impl Limits {
     /// How many KV pages these limits give: the budget's worth, but never less than one full
     /// context (plus a page) so that any single admitted request can finish.
     pub fn pool_pages(&self, eng: &Engine) -> usize {
-        let per_page = eng.model.kv_pool_bytes_per_token() * self.page_size.max(1);
+        let per_page = eng.model.kv_pool_bytes_per_page(self.page_size.max(1));
         let budget = self.kv_bytes / per_page.max(1);
         let want = self
             .n_ctx
@@ -189,7 +189,7 @@ impl Limits {
         }
         eng.check_context(self.n_ctx, "--ctx")?;
         let pages = self.pool_pages(eng);
-        let per_page = eng.model.kv_pool_bytes_per_token() * self.page_size;
+        let per_page = eng.model.kv_pool_bytes_per_page(self.page_size);
         let pool_mib = pages.saturating_mul(per_page).div_ceil(1 << 20);
         crate::check_fits(
             &format!(

@@ -95,9 +95,100 @@ const HF_GLOBAL: &[(&str, &str)] = &[
     ("lm_head.weight", "output.weight"),
 ];
 
+/// DeepSeek-V4's released checkpoints keep DeepSeek's own names (`layers.{i}.attn.wq_a`,
+/// `layers.{i}.ffn.experts.{e}.w1`, `hc_head_fn`...; transformers' save_pretrained writes them
+/// with a `model.` prefix) -> canonical names, as llama.cpp's deepseek4 GGUF names them
+/// (gguf-py/gguf/constants.py, MODEL_ARCH.DEEPSEEK4).
+const V4_LAYER: &[(&str, &str)] = &[
+    ("attn_norm.weight", "attn_norm.weight"),
+    ("ffn_norm.weight", "ffn_norm.weight"),
+    ("attn.attn_sink", "attn_sinks.weight"),
+    ("attn.wq_a.weight", "attn_q_a.weight"),
+    ("attn.q_norm.weight", "attn_q_a_norm.weight"),
+    ("attn.wq_b.weight", "attn_q_b.weight"),
+    ("attn.wkv.weight", "attn_kv.weight"),
+    ("attn.norm.weight", "attn_kv_a_norm.weight"),
+    ("attn.wo_a.weight", "attn_output_a.weight"),
+    ("attn.wo_b.weight", "attn_output_b.weight"),
+    ("hc_attn_fn", "hc_attn_fn.weight"),
+    ("hc_attn_base", "hc_attn_base.weight"),
+    ("hc_attn_scale", "hc_attn_scale.weight"),
+    ("hc_ffn_fn", "hc_ffn_fn.weight"),
+    ("hc_ffn_base", "hc_ffn_base.weight"),
+    ("hc_ffn_scale", "hc_ffn_scale.weight"),
+    ("attn.compressor.wkv.weight", "attn_compressor_kv.weight"),
+    (
+        "attn.compressor.wgate.weight",
+        "attn_compressor_gate.weight",
+    ),
+    ("attn.compressor.ape", "attn_compressor_ape.weight"),
+    ("attn.compressor.norm.weight", "attn_compressor_norm.weight"),
+    ("attn.indexer.weights_proj.weight", "indexer.proj.weight"),
+    ("attn.indexer.wq_b.weight", "indexer.attn_q_b.weight"),
+    (
+        "attn.indexer.compressor.wkv.weight",
+        "indexer_compressor_kv.weight",
+    ),
+    (
+        "attn.indexer.compressor.wgate.weight",
+        "indexer_compressor_gate.weight",
+    ),
+    (
+        "attn.indexer.compressor.ape",
+        "indexer_compressor_ape.weight",
+    ),
+    (
+        "attn.indexer.compressor.norm.weight",
+        "indexer_compressor_norm.weight",
+    ),
+    ("ffn.gate.weight", "ffn_gate_inp.weight"),
+    ("ffn.gate.tid2eid", "ffn_gate_tid2eid.weight"),
+    ("ffn.gate.bias", "exp_probs_b.bias"),
+    ("ffn.shared_experts.w1.weight", "ffn_gate_shexp.weight"),
+    ("ffn.shared_experts.w3.weight", "ffn_up_shexp.weight"),
+    ("ffn.shared_experts.w2.weight", "ffn_down_shexp.weight"),
+];
+
+/// DeepSeek-V4's global names (see [`V4_LAYER`]).
+const V4_GLOBAL: &[(&str, &str)] = &[
+    ("embed.weight", "token_embd.weight"),
+    ("norm.weight", "output_norm.weight"),
+    ("head.weight", "output.weight"),
+    ("hc_head_fn", "output_hc_fn.weight"),
+    ("hc_head_base", "output_hc_base.weight"),
+    ("hc_head_scale", "output_hc_scale.weight"),
+    ("hc_head.hc_fn", "output_hc_fn.weight"),
+    ("hc_head.hc_base", "output_hc_base.weight"),
+    ("hc_head.hc_scale", "output_hc_scale.weight"),
+];
+
+/// A DeepSeek-V4 name (with or without transformers' `model.` prefix), or None.
+fn canonical_from_v4(name: &str) -> Option<String> {
+    let name = name.strip_prefix("model.").unwrap_or(name);
+    if let Some((_, c)) = V4_GLOBAL.iter().find(|(h, _)| *h == name) {
+        return Some(c.to_string());
+    }
+    let rest = name.strip_prefix("layers.")?;
+    let (idx, rest) = rest.split_once('.')?;
+    let layer: usize = idx.parse().ok()?;
+    if let Some((_, c)) = V4_LAYER.iter().find(|(h, _)| *h == rest) {
+        return Some(format!("blk.{layer}.{c}"));
+    }
+    let ex = rest.strip_prefix("ffn.experts.")?;
+    let (e, proj) = ex.split_once('.')?;
+    let e: usize = e.parse().ok()?;
+    let (proj, suffix) = proj.rsplit_once('.')?;
+    let (_, c) = HF_EXPERT.iter().find(|(h, _)| *h == proj)?;
+    Some(format!("blk.{layer}.{c}.{e}.{suffix}"))
+}
+
 /// The canonical name of a Hugging Face tensor name, or `None` when it is not one hearth uses
 /// (rotary caches and the like).
 pub fn canonical_from_hf(name: &str) -> Option<String> {
+    canonical_from_hf_std(name).or_else(|| canonical_from_v4(name))
+}
+
+fn canonical_from_hf_std(name: &str) -> Option<String> {
     // multimodal checkpoints keep the text model under model.language_model.* (Qwen3.5/3.6)
     // or language_model.model.* and language_model.lm_head (Kimi K2.5, as released); their
     // vision towers and projectors are not read
@@ -145,6 +236,35 @@ pub fn canonical_from_gguf(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn deepseek_v4_names_map() {
+        // as released, and as transformers' save_pretrained writes them
+        for (hf, c) in [
+            ("embed.weight", "token_embd.weight"),
+            ("model.embed_tokens.weight", "token_embd.weight"),
+            ("head.weight", "output.weight"),
+            ("hc_head_fn", "output_hc_fn.weight"),
+            ("model.hc_head.hc_scale", "output_hc_scale.weight"),
+            ("layers.2.attn.wq_a.weight", "blk.2.attn_q_a.weight"),
+            (
+                "model.layers.1.attn.indexer.compressor.ape",
+                "blk.1.indexer_compressor_ape.weight",
+            ),
+            (
+                "model.layers.0.ffn.gate.tid2eid",
+                "blk.0.ffn_gate_tid2eid.weight",
+            ),
+            (
+                "layers.3.ffn.experts.5.w3.weight",
+                "blk.3.ffn_up_exps.5.weight",
+            ),
+            ("model.layers.3.hc_ffn_base", "blk.3.hc_ffn_base.weight"),
+        ] {
+            assert_eq!(canonical_from_hf(hf).as_deref(), Some(c), "{hf}");
+        }
+        assert_eq!(canonical_from_hf("mtp.0.attn.wq_a.weight"), None);
+    }
+
     #[test]
     fn hf_names_map() {
         assert_eq!(

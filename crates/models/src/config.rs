@@ -421,6 +421,11 @@ fn hf_moe(c: &Json, arch: &str) -> Result<Option<MoeConfig>> {
             m.gating = Gating::Sigmoid;
             m.norm = true;
         }
+        // sqrt-softplus scores and hash routing: crate::dsv4 routes its own experts
+        "deepseek_v4" => {
+            m.norm = true;
+            m.scale = fl("routed_scaling_factor").unwrap_or(1.0);
+        }
         "gpt_oss" => {
             // softmax over the top-k logits == renormalised softmax over all of them
             m.norm = true;
@@ -617,6 +622,8 @@ impl ModelConfig {
                 let gating = match gusize(g, arch, "expert_gating_func") {
                     Ok(2) => Gating::Sigmoid,
                     Ok(1) => Gating::Softmax,
+                    // sqrt-softplus (DeepSeek-V4): crate::dsv4 routes its own experts
+                    Ok(4) if arch == "deepseek4" => Gating::Softmax,
                     Ok(o) => return Err(Error::Unsupported(format!("expert gating function {o}"))),
                     // llama.cpp assumes sigmoid for GLM-5 and MiniMax-M2 files without the key
                     // (DeepSeek-V3.2 routes by sigmoid too)
@@ -886,21 +893,22 @@ impl ModelConfig {
             None => sliding_window,
         };
         let moe = hf_moe(c, arch)?;
-        let mla = if arch.starts_with("deepseek") || arch == "glm_moe_dsa" {
-            Some(MlaConfig {
-                q_lora_rank: c
-                    .get("q_lora_rank")
-                    .and_then(Json::as_u64)
-                    .map(|v| v as usize),
-                kv_lora_rank: u("kv_lora_rank")?,
-                nope: u("qk_nope_head_dim")?,
-                rope: u("qk_rope_head_dim")?,
-                v_dim: u("v_head_dim")?,
-                dsa: hf_dsa(c, arch, n_layer)?,
-            })
-        } else {
-            None
-        };
+        let mla =
+            if (arch.starts_with("deepseek") && arch != "deepseek_v4") || arch == "glm_moe_dsa" {
+                Some(MlaConfig {
+                    q_lora_rank: c
+                        .get("q_lora_rank")
+                        .and_then(Json::as_u64)
+                        .map(|v| v as usize),
+                    kv_lora_rank: u("kv_lora_rank")?,
+                    nope: u("qk_nope_head_dim")?,
+                    rope: u("qk_rope_head_dim")?,
+                    v_dim: u("v_head_dim")?,
+                    dsa: hf_dsa(c, arch, n_layer)?,
+                })
+            } else {
+                None
+            };
         let rope_style = match c.get("rope_interleave").and_then(Json::as_bool) {
             Some(false) => RopeStyle::Neox,
             _ => rope_style,

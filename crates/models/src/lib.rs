@@ -9,6 +9,8 @@
 
 pub mod config;
 mod delta;
+mod dsv4;
+mod dsv4_attn;
 mod lightning;
 mod load;
 mod mla;
@@ -87,6 +89,14 @@ pub const ARCHS: &[ArchSpec] = &[
     // only: llama.cpp's minimax-01 conversion reads the original remote-code config.
     arch("minimax", &["minimax"], &[], Neox, Neox),
     arch("kimi_k25", &["kimi_k25"], &[], Normal, Normal),
+    // DeepSeek-V4 (Flash, Pro): hyper-connections, sliding/CSA/HCA attention, hash routing
+    arch(
+        "deepseek_v4",
+        &["deepseek_v4"],
+        &["deepseek4"],
+        Normal,
+        Normal,
+    ),
     // DeepSeek-V3.2 and GLM-5/5.1/5.2: MLA with DeepSeek Sparse Attention
     arch(
         "deepseek_v32",

@@ -15,6 +15,8 @@ use crate::load::{Placer, load_layer, vector, weight};
 use crate::mla::{Mla, MlaBufs, MlaCall};
 use crate::moe::{Mlp, Moe};
 use crate::{arch_for_gguf, arch_for_hf, supported_names};
+
+mod v4;
 use hearth_core::linear::LightningShape;
 use hearth_core::{
     AttnParams, AttnSeg, Backend, Buf, Error, KvFormat, KvType, MatJob, Pages, Result, Tensor,
@@ -85,6 +87,8 @@ pub struct Model {
     moves: Mutex<BTreeMap<&'static str, (usize, usize)>>,
     /// The KV caches' types (keys, values) of the pools it makes.
     kv: (KvType, KvType),
+    /// DeepSeek-V4's body, which replaces `layers` (all on device 0).
+    v4: Option<Box<crate::dsv4::V4>>,
 }
 
 /// One device's share of a model ([`Model::plan`]).
@@ -179,11 +183,11 @@ impl KvPool {
     /// such layers), downloaded from the devices.
     pub fn save_slot(&self, devs: &Model, slot: usize) -> Result<Vec<f32>> {
         let mut out = Vec::new();
-        for (l, lc) in devs.layers.iter().zip(&self.layers) {
+        for (i, lc) in self.layers.iter().enumerate() {
             if let LayerCache::Recurrent { s, size } = lc {
                 let start = out.len();
                 out.resize(start + size, 0.0);
-                devs.dev(l.dev_attn).download(
+                devs.dev(devs.attn_dev(i)).download(
                     s.view().slice(slot * size..(slot + 1) * size),
                     &mut out[start..],
                 )?;
@@ -194,12 +198,12 @@ impl KvPool {
     /// Put a copy made by [`KvPool::save_slot`] into slot `slot`.
     pub fn restore_slot(&mut self, devs: &Model, slot: usize, saved: &[f32]) -> Result<()> {
         let mut off = 0;
-        for (l, lc) in devs.layers.iter().zip(&mut self.layers) {
+        for (i, lc) in self.layers.iter_mut().enumerate() {
             if let LayerCache::Recurrent { s, size } = lc {
                 let src = saved.get(off..off + *size).ok_or_else(|| {
                     Error::Invalid("a saved state does not fit this model".into())
                 })?;
-                devs.dev(l.dev_attn)
+                devs.dev(devs.attn_dev(i))
                     .upload(src, s.view_mut().slice(slot * *size..(slot + 1) * *size))?;
                 off += *size;
             }
@@ -320,6 +324,19 @@ pub(crate) struct Seg<'a> {
 impl<'a> Seg<'a> {
     /// The segment as the recurrent ops take it: a sequence starting at position 0 starts
     /// from a zero state.
+    pub fn v4(&self) -> crate::dsv4_attn::V4Seg<'a> {
+        crate::dsv4_attn::V4Seg {
+            row0: self.row0,
+            n: self.n,
+            pos0: self.pos0,
+            slot: self.slot,
+            pages: Pages {
+                table: self.pages.table,
+                page_size: self.pages.page_size,
+            },
+        }
+    }
+
     pub fn rec(&self) -> hearth_core::linear::RecSeg {
         hearth_core::linear::RecSeg {
             row0: self.row0,
@@ -364,6 +381,11 @@ impl Model {
     /// Device `d`'s backend.
     pub(crate) fn dev(&self, d: usize) -> &dyn Backend {
         &*self.devs[d]
+    }
+
+    /// The device of layer `i`'s attention (and its state).
+    fn attn_dev(&self, i: usize) -> usize {
+        self.layers.get(i).map_or(0, |l| l.dev_attn)
     }
 
     /// Build a model on one backend. Fails with a clear message on an unknown architecture,
@@ -468,8 +490,9 @@ impl Model {
                 .get("blk.0.ffn_gate.weight")
                 .map_or(0, |t| t.shape[0]);
         }
+        let v4 = v4::load(files, &mut cfg, &*devs[0])?;
         let mut layers = Vec::with_capacity(cfg.n_layer.min(4096));
-        for i in 0..cfg.n_layer {
+        for i in (0..cfg.n_layer).filter(|_| v4.is_none()) {
             let l = load_layer(tensors, &pl, &cfg, i)?;
             for (d, t) in l.tensors() {
                 check_type(&*devs[d], t)?;
@@ -507,6 +530,7 @@ impl Model {
             dev_out,
             moves: Mutex::new(BTreeMap::new()),
             kv: (KvType::F32, KvType::F32),
+            v4,
         })
     }
 
@@ -586,6 +610,11 @@ impl Model {
         let old = self.kv;
         self.kv = (k, v);
         let r = self.kv_format().and_then(|_| {
+            if self.v4.is_some() && (k, v) != (KvType::F32, KvType::F32) {
+                return Err(Error::Unsupported(
+                    "DeepSeek-V4 keeps its caches in f32 only".into(),
+                ));
+            }
             for l in &self.layers {
                 if self.slot_len(l).is_some() {
                     continue;
@@ -634,6 +663,9 @@ impl Model {
     /// of its attention (in the types of [`Model::set_kv_types`]; host memory is zero-filled
     /// on demand by the OS, so an unused pool costs little).
     pub fn new_pool(&self, n_pages: usize, page_size: usize, n_slots: usize) -> Result<KvPool> {
+        if let Some(v4) = &self.v4 {
+            return self.v4_pool(v4, n_pages, page_size, n_slots);
+        }
         let (kw, vw) = self.kv_row_words();
         let rows = n_pages
             .checked_mul(page_size)
@@ -676,6 +708,9 @@ impl Model {
 
     /// Bytes of KV cache per position (all layers that keep one, in their types).
     pub fn kv_pool_bytes_per_token(&self) -> usize {
+        if let Some(v4) = &self.v4 {
+            return v4.kv_bytes_per_token();
+        }
         let (kw, vw) = self.kv_row_words();
         let ik: usize = self.layers.iter().map(|l| self.ik_width(l)).sum();
         (self.n_kv_layers() * (kw + vw) + ik) * 4
@@ -717,11 +752,12 @@ impl Model {
     /// Bytes of fixed-size state one sequence keeps (linear-attention layers, f32), whatever
     /// its length.
     pub fn state_bytes_per_seq(&self) -> usize {
-        4 * self
-            .layers
-            .iter()
-            .filter_map(|l| self.slot_len(l))
-            .sum::<usize>()
+        self.v4.as_ref().map_or(0, |v| v.state_bytes_per_seq())
+            + 4 * self
+                .layers
+                .iter()
+                .filter_map(|l| self.slot_len(l))
+                .sum::<usize>()
     }
 
     /// Run `tokens` through the model, appending them to `state`'s cache.
@@ -946,6 +982,9 @@ impl Model {
             for t in 0..sg.n {
                 s.rows[sg.row0 + t] = sg.pages.row(sg.pos0 + t);
             }
+        }
+        if let Some(v4) = &self.v4 {
+            return self.v4_rows(v4, tokens, pool, s, segs);
         }
         let (pos, rows) = (std::mem::take(&mut s.pos), std::mem::take(&mut s.rows));
         let r = self.layers_rows(tokens, pool, s, segs, &pos, &rows);

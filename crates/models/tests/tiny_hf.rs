@@ -124,14 +124,16 @@ fn every_architecture_prefill_in_pieces_equals_one_batch() {
         model
             .forward(&tokens[..5], &mut st, false, &mut got)
             .unwrap();
+        let mut worst = 0f32;
         for (i, &t) in tokens.iter().enumerate().skip(5) {
             model.forward(&[t], &mut st, false, &mut got).unwrap();
-            assert_close(
+            worst = worst.max(assert_close(
                 &format!("{label} decode pos {i}"),
                 &got,
                 &want[i * nv..(i + 1) * nv],
-            );
+            ));
         }
+        println!("{label:<22} decode: max |logit diff| {worst:.2e}");
     }
 }
 
@@ -277,7 +279,9 @@ fn batched_paged_sequences_equal_each_alone() {
     }
     // DSA: sequences longer than top-k (48 and 40), so queries attend to chosen positions,
     // whose cache rows come from the pages
-    for name in ["deepseek_v32", "glm_moe_dsa"] {
+    // DeepSeek-V4: past its window (32), several CSA and HCA windows, and an indexer top-k
+    // (12 of the 70 / 4 entries) that chooses
+    for name in ["deepseek_v32", "glm_moe_dsa", "deepseek_v4"] {
         batched_equals_alone(
             name,
             [70, 30, 55],
@@ -285,6 +289,18 @@ fn batched_paged_sequences_equal_each_alone() {
             [vec![9, 0, 4, 7, 2], vec![5, 10], vec![3, 8, 1, 6]],
         );
     }
+    // DeepSeek-V4 with pages of 8 positions, fewer than its HCA windows of 16: an HCA entry's
+    // page holds one row, a CSA one's two
+    batched_equals_alone(
+        "deepseek_v4",
+        [70, 30, 55],
+        8,
+        [
+            vec![17, 3, 9, 0, 12, 19, 5, 14, 1],
+            vec![8, 16, 2, 11],
+            vec![6, 18, 10, 4, 15, 7, 13],
+        ],
+    );
 }
 
 /// Three sequences of `lens` tokens, run batched in chunks over pages of `ps` positions from
@@ -362,8 +378,13 @@ type Edit = fn(&mut serde_json::Value);
 
 /// The minimax fixture's files with its config.json edited by `edit`, in a scratch folder.
 fn minimax_with_config(tag: &str, edit: Edit) -> PathBuf {
-    let src = fixture("minimax");
-    let dir = std::env::temp_dir().join(format!("hearth-minimax-{tag}-{}", std::process::id()));
+    fixture_with_config("minimax", tag, edit)
+}
+
+/// Fixture `name`'s files with its config.json edited by `edit`, in a scratch folder.
+fn fixture_with_config(name: &str, tag: &str, edit: Edit) -> PathBuf {
+    let src = fixture(name);
+    let dir = std::env::temp_dir().join(format!("hearth-{name}-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for f in [
         "model.safetensors",
@@ -392,6 +413,43 @@ fn minimax_files_that_do_not_fit_are_errors() {
     ];
     for (tag, edit) in edits {
         let dir = minimax_with_config(tag, edit);
+        let files = ModelFiles::open(&dir).unwrap();
+        let r = Model::load(&files, backend());
+        assert!(r.is_err(), "{tag}: loaded");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn deepseek_v4_files_that_do_not_fit_are_errors() {
+    // layer kinds or hash layers the tensors do not have, schedules shorter than the layers,
+    // output groups that do not divide the heads, other routing, an empty window, more experts
+    // per token than experts: errors, not panics
+    let edits: [(&str, Edit); 8] = [
+        ("csa", |c| {
+            c["layer_types"][0] = "compressed_sparse_attention".into()
+        }),
+        ("hca", |c| {
+            c["layer_types"][1] = "heavily_compressed_attention".into()
+        }),
+        ("short", |c| {
+            c["layer_types"].as_array_mut().unwrap().pop();
+        }),
+        ("hash", |c| c["mlp_layer_types"][2] = "hash_moe".into()),
+        ("groups", |c| c["o_groups"] = 3.into()),
+        ("score", |c| c["scoring_func"] = "softmax".into()),
+        ("window", |c| c["sliding_window"] = 0.into()),
+        ("topk", |c| c["num_experts_per_tok"] = 9.into()),
+    ];
+    // its caches are f32 only: another type is an error, not ignored
+    let (_f, mut model, _, _) = load("deepseek_v4");
+    assert!(
+        model
+            .set_kv_types(hearth_core::KvType::Q8_0, hearth_core::KvType::Q8_0)
+            .is_err()
+    );
+    for (tag, edit) in edits {
+        let dir = fixture_with_config("deepseek_v4", tag, edit);
         let files = ModelFiles::open(&dir).unwrap();
         let r = Model::load(&files, backend());
         assert!(r.is_err(), "{tag}: loaded");

@@ -41,6 +41,7 @@ impl Model {
                 add(d, t);
             }
         }
+        self.v4_plan(&mut p);
         let (kw, vw) = self.kv_row_words();
         for l in &self.layers {
             match self.slot_len(l) {
@@ -53,10 +54,12 @@ impl Model {
 
     /// How many layers are mixtures of experts.
     pub fn n_moe_layers(&self) -> usize {
-        self.layers
-            .iter()
-            .filter(|l| matches!(l.ffn, Ffn::Moe(_)))
-            .count()
+        self.v4.as_ref().map_or(0, |v| v.layers.len())
+            + self
+                .layers
+                .iter()
+                .filter(|l| matches!(l.ffn, Ffn::Moe(_)))
+                .count()
     }
 
     /// Parameter count.
@@ -159,6 +162,10 @@ impl Model {
     /// `f(device, matrix)` for the layers' matrices: all experts, or only `n_used` of each
     /// MoE layer's.
     fn each_matrix(&self, all_experts: bool, f: &mut dyn FnMut(usize, &Tensor)) {
+        // DeepSeek-V4's body runs on device 0
+        for t in self.v4.iter().flat_map(|v| v.tensors(all_experts)) {
+            f(0, t);
+        }
         for l in &self.layers {
             let attn = match &l.attn {
                 Attn::Gqa(a) => vec![&a.wq, &a.wk, &a.wv, &a.wo],
@@ -208,7 +215,7 @@ impl Model {
     /// Norm weights and biases (kept in f32).
     fn vector_params(&self) -> usize {
         let len = |v: &Option<Buf>| v.as_ref().map_or(0, |v| v.len());
-        let mut n = self.output_norm.len();
+        let mut n = self.output_norm.len() + self.v4.as_ref().map_or(0, |v| v.vector_params());
         for l in &self.layers {
             n += l.attn_norm.len() + l.ffn_norm.len();
             match &l.attn {
