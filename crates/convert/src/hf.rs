@@ -175,7 +175,7 @@ impl HfInput {
             md.a("attention.key_length", Value::U32(head_dim as u32));
             md.a("attention.value_length", Value::U32(head_dim as u32));
         }
-        let tok = self.tokenizer_metadata()?;
+        let tok = self.tokenizer_metadata(arch)?;
         let vocab_len = match tok.iter().find(|(k, _)| k == "tokenizer.ggml.tokens") {
             Some((_, Value::Array(t))) => t.len(),
             _ => 0,
@@ -191,7 +191,12 @@ impl HfInput {
         })
     }
 
-    fn tokenizer_metadata(&self) -> Result<Vec<(String, Value)>> {
+    fn tokenizer_metadata(&self, arch: Arch) -> Result<Vec<(String, Value)>> {
+        // the llama family tries SentencePiece first, as the converter's LlamaModel does
+        let spm = self.dir.dir.join("tokenizer.model");
+        if matches!(arch, Arch::Llama | Arch::Mixtral) && spm.is_file() {
+            return self.sentencepiece_metadata(&spm);
+        }
         let p = self.dir.tokenizer_json.as_ref().ok_or_else(|| {
             bad(format!(
                 "{} has no tokenizer.json (only BPE tokenizer.json vocabularies convert)",
@@ -211,6 +216,137 @@ impl HfInput {
             self.dir.chat_template.as_deref(),
         )
     }
+
+    /// The `tokenizer.*` metadata of a SentencePiece model (`tokenizer.model`), with the
+    /// special tokens the config and tokenizer.json name.
+    fn sentencepiece_metadata(&self, model: &Path) -> Result<Vec<(String, Value)>> {
+        let bytes = std::fs::read(model)
+            .map_err(|e| Error::Io(format!("cannot read {}", model.display()), e))?;
+        let read_json = |name: &str| -> Result<Option<J>> {
+            let p = self.dir.dir.join(name);
+            if !p.is_file() {
+                return Ok(None);
+            }
+            let s = std::fs::read_to_string(&p)
+                .map_err(|e| Error::Io(format!("cannot read {}", p.display()), e))?;
+            serde_json::from_str(&s)
+                .map(Some)
+                .map_err(|e| Error::Format(format!("{}: {e}", p.display())))
+        };
+        let added = read_json("added_tokens.json")?;
+        let tj = read_json("tokenizer.json")?.unwrap_or(J::Null);
+        let tc = self.dir.tokenizer_config.as_ref();
+        let c = &self.dir.config;
+        let mut kv = crate::spm::vocab_kvs(
+            &bytes,
+            c.get("vocab_size").and_then(J::as_u64),
+            added.as_ref(),
+            tc,
+            &looks_special,
+        )?;
+        let tokens: Vec<&str> = match kv.iter().find(|(k, _)| k == "tokenizer.ggml.tokens") {
+            Some((_, Value::Array(t))) => t
+                .iter()
+                .map(|v| match v {
+                    Value::Str(s) => s.as_str(),
+                    _ => "",
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let find = |content: &str| -> Option<u64> {
+            token_in_json(&tj, content)
+                .or_else(|| tokens.iter().position(|t| *t == content).map(|i| i as u64))
+        };
+        let specials = special_kvs(
+            tc,
+            c,
+            self.dir.chat_template.as_deref(),
+            tokens.len() as u64,
+            &find,
+            &crate::spm::post_processor_adds(&tj, tc),
+        );
+        kv.extend(specials);
+        Ok(kv)
+    }
+}
+
+/// A token's id in a tokenizer.json: its added tokens first, then the model's vocabulary.
+fn token_in_json(tj: &J, content: &str) -> Option<u64> {
+    tj.get("added_tokens")
+        .and_then(J::as_array)
+        .into_iter()
+        .flatten()
+        .find(|t| t.get("content").and_then(J::as_str) == Some(content))
+        .and_then(|t| t.get("id").and_then(J::as_u64))
+        .or_else(|| {
+            tj.get("model")?
+                .get("vocab")?
+                .as_object()?
+                .get(content)?
+                .as_u64()
+        })
+}
+
+/// The special tokens' ids (`bos`, `eos`, `unk`, `sep`, `pad`: the token the tokenizer
+/// config names, else the model config's id), whether each is added (the post-processor's
+/// `adds` first, then the tokenizer config's `add_*_token`), and the chat template, under
+/// gguf-py's key names.
+fn special_kvs(
+    tc: Option<&J>,
+    config: &J,
+    template: Option<&str>,
+    n: u64,
+    find: &dyn Fn(&str) -> Option<u64>,
+    adds: &[(&str, bool)],
+) -> Vec<(String, Value)> {
+    let mut kv = Vec::new();
+    for (typ, key) in [
+        ("bos", "bos"),
+        ("eos", "eos"),
+        ("unk", "unknown"),
+        ("sep", "seperator"),
+        ("pad", "padding"),
+    ] {
+        let from_tc = tc
+            .and_then(|t| t.get(format!("{typ}_token")))
+            .and_then(|v| match v {
+                J::String(s) => Some(s.as_str()),
+                J::Object(o) => o.get("content").and_then(J::as_str),
+                _ => None,
+            });
+        let id = from_tc
+            .and_then(find)
+            .or_else(|| config.get(format!("{typ}_token_id")).and_then(J::as_u64));
+        if let Some(id) = id.filter(|&i| i < n) {
+            kv.push((
+                format!("tokenizer.ggml.{key}_token_id"),
+                Value::U32(id as u32),
+            ));
+        }
+    }
+    let mut added: Vec<(&str, bool)> = adds.to_vec();
+    for typ in ["bos", "eos", "sep"] {
+        if added.iter().any(|(t, _)| *t == typ) {
+            continue;
+        }
+        if let Some(b) = tc
+            .and_then(|t| t.get(format!("add_{typ}_token")))
+            .and_then(J::as_bool)
+        {
+            added.push((typ, b));
+        }
+    }
+    for (typ, b) in added {
+        kv.push((format!("tokenizer.ggml.add_{typ}_token"), Value::Bool(b)));
+    }
+    if let Some(t) = template {
+        kv.push((
+            "tokenizer.chat_template".to_string(),
+            Value::Str(t.to_string()),
+        ));
+    }
+    kv
 }
 
 /// llama3's per-frequency rope factors as the converter computes them (`rope_freqs.weight`).
@@ -446,15 +582,7 @@ fn tokenizer_kvs(
             _ => None,
         })
         .collect();
-    let find = |content: &str| -> Option<u64> {
-        tj.get("added_tokens")
-            .and_then(J::as_array)
-            .into_iter()
-            .flatten()
-            .find(|t| t.get("content").and_then(J::as_str) == Some(content))
-            .and_then(|t| t.get("id").and_then(J::as_u64))
-            .or_else(|| vocab.get(content).and_then(J::as_u64))
-    };
+    let find = |content: &str| token_in_json(tj, content);
     let mut kv = vec![
         (
             "tokenizer.ggml.model".to_string(),
@@ -465,35 +593,8 @@ fn tokenizer_kvs(
         ("tokenizer.ggml.token_type".to_string(), Value::Array(types)),
         ("tokenizer.ggml.merges".to_string(), Value::Array(merges)),
     ];
-    for typ in ["bos", "eos", "unk", "sep", "pad"] {
-        let from_tc = tc
-            .and_then(|t| t.get(format!("{typ}_token")))
-            .and_then(|v| match v {
-                J::String(s) => Some(s.as_str()),
-                J::Object(o) => o.get("content").and_then(J::as_str),
-                _ => None,
-            });
-        let id = from_tc
-            .and_then(find)
-            .or_else(|| config.get(format!("{typ}_token_id")).and_then(J::as_u64));
-        if let Some(id) = id.filter(|&i| i < n) {
-            kv.push((
-                format!("tokenizer.ggml.{typ}_token_id"),
-                Value::U32(id as u32),
-            ));
-        }
-    }
-    for k in ["add_bos_token", "add_eos_token"] {
-        if let Some(b) = tc.and_then(|t| t.get(k)).and_then(J::as_bool) {
-            kv.push((format!("tokenizer.ggml.{k}"), Value::Bool(b)));
-        }
-    }
-    if let Some(t) = template {
-        kv.push((
-            "tokenizer.chat_template".to_string(),
-            Value::Str(t.to_string()),
-        ));
-    }
+    let adds = crate::spm::post_processor_adds(tj, tc);
+    kv.extend(special_kvs(tc, config, template, n, &find, &adds));
     Ok(kv)
 }
 

@@ -10,6 +10,7 @@ pub mod imatrix;
 pub mod plan;
 mod pre_hashes;
 pub mod source;
+mod spm;
 
 use hearth_core::{DType, Error, Result};
 use hearth_formats::Value;

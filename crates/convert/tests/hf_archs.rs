@@ -17,6 +17,7 @@ use std::sync::Arc;
 /// transformers' on the dequantized weights and whose model.gguf the converter made of them.
 const ARCHS: &[&str] = &[
     "llama",
+    "llama-spm",
     "qwen2",
     "qwen3",
     "qwen3_moe",
