@@ -479,15 +479,7 @@ impl Ctx {
         // SAFETY: the command buffer is ours under the lock; every handle is valid, and every
         // buffer outlives the submission (dropping one flushes first; op tables are kept).
         unsafe {
-            if !cmd.open {
-                d.begin_command_buffer(
-                    cmd.buf,
-                    &vk::CommandBufferBeginInfo::default()
-                        .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
-                )
-                .map_err(vk_err("recording"))?;
-                cmd.open = true;
-            }
+            self.begin(&mut cmd)?;
             // each dispatch sees what the ones before it wrote
             let mb = [vk::MemoryBarrier::default()
                 .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::HOST_WRITE)
@@ -523,6 +515,27 @@ impl Ctx {
             let keep = self.submit(&mut cmd)?;
             drop(cmd);
             drop(keep);
+        }
+        Ok(())
+    }
+
+    /// Start recording into `cmd` unless it is recording already.
+    ///
+    /// # Safety
+    /// The caller holds the lock of `cmd` (it is this context's command buffer).
+    unsafe fn begin(&self, cmd: &mut Cmd) -> Result<()> {
+        if !cmd.open {
+            // SAFETY: the command buffer is ours under the caller's lock and not recording.
+            unsafe {
+                self.device
+                    .begin_command_buffer(
+                        cmd.buf,
+                        &vk::CommandBufferBeginInfo::default()
+                            .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
+                    )
+                    .map_err(vk_err("recording"))?;
+            }
+            cmd.open = true;
         }
         Ok(())
     }
@@ -579,13 +592,7 @@ impl Ctx {
             // SAFETY: the command buffer is ours under the lock and not recording (flushed);
             // both buffers live until the submission below has completed.
             unsafe {
-                d.begin_command_buffer(
-                    cmd.buf,
-                    &vk::CommandBufferBeginInfo::default()
-                        .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
-                )
-                .map_err(vk_err("recording"))?;
-                cmd.open = true;
+                self.begin(&mut cmd)?;
                 for _ in 0..n {
                     d.cmd_pipeline_barrier(
                         cmd.buf,
