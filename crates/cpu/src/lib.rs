@@ -58,7 +58,7 @@ pub struct Cpu {
     acts_many: std::sync::Mutex<Vec<QuantizedActs>>,
     /// Bytes of packed weight copies still allowed ([`Backend::prepare`]).
     pack_budget: std::sync::atomic::AtomicUsize,
-    /// The memory available when the backend started (None: unknown, or packing is off).
+    /// The memory available when the backend started (None: unknown; 0: packing is off).
     avail: Option<usize>,
 }
 
