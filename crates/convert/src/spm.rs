@@ -37,8 +37,12 @@ fn varint(b: &[u8], i: &mut usize) -> Result<u64> {
     Err(bad("varint longer than 64 bits"))
 }
 
-/// The fields of one protobuf message: (field number, wire type, value or bytes).
-fn fields(b: &[u8]) -> Result<Vec<(u64, u8, u64, &[u8])>> {
+/// One protobuf field: its number, wire type, value (a varint or fixed field; a length) and
+/// bytes (a fixed or length-delimited field's).
+type Field<'a> = (u64, u8, u64, &'a [u8]);
+
+/// The fields of one protobuf message.
+fn fields(b: &[u8]) -> Result<Vec<Field<'_>>> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
