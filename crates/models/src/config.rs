@@ -331,6 +331,14 @@ impl LightningConfig {
 /// MiniMax's lightning layers and residual scales from an HF config.json: transformers'
 /// `layer_types` and `*_alpha_factor`/`*_beta_factor`, or the original checkpoints'
 /// `attn_type_list` (1: softmax attention) and `layernorm_*_alpha`/`_beta`.
+/// The integer `k` of a config.json, or a clear error when it is missing or not one.
+pub(crate) fn json_usize(c: &Json, k: &str) -> Result<usize> {
+    c.get(k)
+        .and_then(Json::as_u64)
+        .map(|v| v as usize)
+        .ok_or_else(|| Error::Format(format!("config.json: {k} is missing or not an integer")))
+}
+
 fn hf_lightning(c: &Json, n_layer: usize) -> Result<LightningConfig> {
     let layers: Vec<bool> = if let Some(a) = c.get("layer_types").and_then(Json::as_array) {
         a.iter()
@@ -800,14 +808,7 @@ impl ModelConfig {
             }
             None => c,
         };
-        let u = |k: &str| -> Result<usize> {
-            c.get(k)
-                .and_then(Json::as_u64)
-                .map(|v| v as usize)
-                .ok_or_else(|| {
-                    Error::Format(format!("config.json: {k} is missing or not an integer"))
-                })
-        };
+        let u = |k: &str| json_usize(c, k);
         let f = |j: &Json, k: &str| j.get(k).and_then(Json::as_f64).map(|v| v as f32);
         let n_embd = u("hidden_size")?;
         let n_head = u("num_attention_heads")?;

@@ -11,6 +11,7 @@
 //!
 //! The matrices run on the backend (`matmul`); the per-token logic (streams, compressors,
 //! sparse attention over a few rows, routing) runs on the host over downloaded rows.
+use crate::config::json_usize;
 use crate::dsv4_attn::{Compressor, Layout, V4Attn, V4Indexer, V4State, rows_per_page};
 use hearth_core::{Backend, DType, Error, Result, Tensor};
 use serde_json::Value as Json;
@@ -63,14 +64,7 @@ pub(crate) struct V4Cfg {
 
 impl V4Cfg {
     pub fn from_hf(c: &Json, base: &crate::ModelConfig) -> Result<V4Cfg> {
-        let u = |k: &str| -> Result<usize> {
-            c.get(k)
-                .and_then(Json::as_u64)
-                .map(|v| v as usize)
-                .ok_or_else(|| {
-                    Error::Format(format!("config.json: {k} is missing or not an integer"))
-                })
-        };
+        let u = |k: &str| json_usize(c, k);
         let f = |k: &str, d: f32| c.get(k).and_then(Json::as_f64).map_or(d, |v| v as f32);
         let n_layer = base.n_layer;
         let strs = |k: &str| -> Result<Vec<String>> {
