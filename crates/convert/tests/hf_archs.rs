@@ -4,7 +4,10 @@
 //! made of each): the F32 file hearth writes has llama.cpp's converter's metadata, tensor
 //! names, shapes, types and bytes, the F16 file the converter's types, and both give
 //! transformers' logits.
-use hearth_convert::{Event, Ftype, Options, quantize};
+mod common;
+
+use common::opts;
+use hearth_convert::{Event, quantize};
 use hearth_core::{DType, Tensor};
 use hearth_formats::{GgufFile, ModelFiles};
 use hearth_models::Model;
@@ -38,18 +41,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("hfa_{}_{name}", std::process::id()))
-}
-
-fn opts(t: &str) -> Options {
-    Options {
-        ftype: Ftype::parse(t).unwrap(),
-        overrides: vec![],
-        imatrix: None,
-        allow_requantize: false,
-        pure: false,
-        threads: 2,
-    }
+    common::tmp("hfa", name)
 }
 
 fn convert(dir: &Path, t: &str) -> PathBuf {

@@ -1,5 +1,8 @@
 //! `hearth quantize` end to end on the tiny llama fixture (tests/fixtures/tiny/llama: a random
 //! model built with transformers, and the GGUF llama.cpp's converter made of it).
+mod common;
+
+use common::opts;
 use hearth_convert::{Event, Ftype, Imatrix, Options, quantize};
 
 use hearth_core::DType;
@@ -13,18 +16,7 @@ fn fixture() -> PathBuf {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("q_{}_{name}", std::process::id()))
-}
-
-fn opts(t: &str) -> Options {
-    Options {
-        ftype: Ftype::parse(t).unwrap(),
-        overrides: vec![],
-        imatrix: None,
-        allow_requantize: false,
-        pure: false,
-        threads: 2,
-    }
+    common::tmp("q", name)
 }
 
 fn run(input: &Path, out: &Path, o: &Options) -> hearth_core::Result<Vec<hearth_convert::Planned>> {
