@@ -1724,7 +1724,7 @@ unsafe fn rows_q16_packed_impl(
             let mut g = rows.start / 8 * 8;
             while g < rows.end.min(full) {
                 let grp = bytes.as_ptr().add(g / 8 * gb);
-                if g + PF_AHEAD * 8 < rows.end.min(full) {
+                if super::sw_prefetch() && g + PF_AHEAD * 8 < rows.end.min(full) {
                     let a = grp.add(PF_AHEAD * gb);
                     let mut o = 0;
                     while o < gb {
@@ -2051,7 +2051,7 @@ fast! {
             // the next rows' lines, requested while these are summed (a router's few rows
             // come from memory each token, too few for the hardware prefetcher to ramp up)
             let next = (r0 + nr)..(r0 + 2 * nr).min(rows.end);
-            if !next.is_empty() {
+            if super::sw_prefetch() && !next.is_empty() {
                 let (a, b) = (bytes.as_ptr().add(next.start * rb), next.len() * rb);
                 let mut o = 0;
                 while o < b {

@@ -473,6 +473,9 @@ pub unsafe fn transpose16(v: &[__m512; 16]) -> [__m512; 16] {
 /// be brought into L2 while the tiles compute: the decoding loop alone waits on memory.
 #[inline(always)]
 unsafe fn prefetch_rows(bytes: &[u8], rb: usize, rows: std::ops::Range<usize>) {
+    if !super::sw_prefetch() {
+        return;
+    }
     if rows.is_empty() {
         return;
     }
