@@ -127,9 +127,10 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=1024, help="context per sequence")
     ap.add_argument("--rounds", type=int, default=1, help="repeat each level, report the median")
+    ap.add_argument("--hearth", help="hearth binary (default: target/release/hearth, built if missing)")
     a = ap.parse_args()
-    hearth = os.path.join(ROOT, "target/release/hearth")
-    if not os.path.exists(hearth):
+    hearth = a.hearth or os.path.join(ROOT, "target/release/hearth")
+    if not a.hearth and not os.path.exists(hearth):
         subprocess.run(["cargo", "build", "--release"], cwd=ROOT, check=True)
     model = a.model or subprocess.run([hearth, "pull", "smollm2"], check=True, capture_output=True,
                                       text=True).stdout.strip()

@@ -22,7 +22,7 @@ use hearth_core::{
     AttnParams, AttnSeg, Backend, DType, Device, Error, Glu, KvDest, MatJob, MoeJob, Pages, Result,
     RopeArgs, RopeStyle, Tensor, View, ViewMut,
 };
-use hearth_quant::acts::{QuantizedActs, T8_MIN, supports_q16};
+use hearth_quant::acts::{QuantizedActs, supports_q16};
 use hearth_quant::{dequantize, dot_f32, dot_row, pack, rows_q16, rows_q16_packed};
 
 /// One matmul of [`Cpu::matmul_many_h`], on host slices.
@@ -302,9 +302,14 @@ impl RowJob<'_> {
             n_tok,
         };
         if let Some(acts) = acts {
-            // the packed layout serves the one-row kernels (a few tokens); batches read the
-            // original rows with tokens in lanes. Both give the same bits.
-            if let Some(p) = self.w.packed.as_ref().filter(|_| n_tok < T8_MIN) {
+            // the packed layout serves decode steps (up to 15 tokens, a few at once); larger
+            // batches read the original rows with tokens in lanes. Both give the same bits.
+            if let Some(p) = self
+                .w
+                .packed
+                .as_ref()
+                .filter(|_| n_tok < hearth_quant::pack::PACKED_BELOW)
+            {
                 return rows_q16_packed(dtype, p.bytes(), rb, n_out, rows, acts, n_tok, put);
             }
             return rows_q16(dtype, bytes, rb, rows, acts, n_tok, put);

@@ -130,7 +130,7 @@ fn packed_rows_equal_single_rows_bit_for_bit() {
                     "{dtype:?} n={n} row {r} round trip"
                 );
             }
-            for n_tok in [1usize, 2, 5] {
+            for n_tok in [1usize, 2, 3, 5, 7, 15] {
                 let x: Vec<f32> = (0..n * n_tok)
                     .map(|_| (rnd() % 20001) as f32 / 10000.0 - 1.0)
                     .collect();
