@@ -2,17 +2,33 @@
 //! briefly between jobs (a decode step runs hundreds of short parallel sections, and waking a
 //! sleeping thread costs more than most of them), then park until the next job.
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-type Job = *const (dyn Fn(usize) + Sync);
+type Job = &'static (dyn Fn(usize) + Sync);
+
+/// A value alone on its cache lines (128 bytes: adjacent-line prefetchers pair lines), so
+/// that the workers' reads of one counter are not invalidated by writes to another.
+#[repr(align(128))]
+struct Line<T>(T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
 
 struct Inner {
-    epoch: AtomicUsize,
-    pending: AtomicUsize,
+    /// Bumped once per job; every worker spins on it.
+    epoch: Line<AtomicUsize>,
+    /// Workers still running the current job; each decrements it once.
+    pending: Line<AtomicUsize>,
+    /// The current job: a pointer to the caller's `&dyn Fn`, read by each worker once it has
+    /// seen a new epoch (no lock: a mutex here serialised every worker on every step).
+    job: Line<AtomicPtr<Job>>,
     stop: AtomicBool,
-    job: Mutex<Option<SendJob>>,
     wake: Condvar,
     park: Mutex<()>,
     /// Workers parked on `wake` (notifying costs a system call; skipped when none are).
@@ -20,11 +36,6 @@ struct Inner {
     /// The first panic of the current job's workers, re-raised by `run`.
     panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
-
-#[derive(Clone, Copy)]
-struct SendJob(Job);
-// SAFETY: the pointee is Sync, and `run` keeps it alive until every worker is done with it.
-unsafe impl Send for SendJob {}
 
 /// The pool. `run(f)` calls `f(i)` once for each thread index `i` in `0..threads()`.
 pub struct Pool {
@@ -42,10 +53,10 @@ impl Pool {
     pub fn new(threads: usize) -> std::io::Result<Pool> {
         let n = threads.max(1);
         let inner = Arc::new(Inner {
-            epoch: AtomicUsize::new(0),
-            pending: AtomicUsize::new(0),
+            epoch: Line(AtomicUsize::new(0)),
+            pending: Line(AtomicUsize::new(0)),
+            job: Line(AtomicPtr::new(std::ptr::null_mut())),
             stop: AtomicBool::new(false),
-            job: Mutex::new(None),
             wake: Condvar::new(),
             park: Mutex::new(()),
             parked: AtomicUsize::new(0),
@@ -80,15 +91,18 @@ impl Pool {
             f(0);
             return;
         }
+        let _t = crate::prof::Timer::op(crate::prof::Op::Step);
         // One job at a time (a second caller waits here).
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the 'static lifetime is a lie that `run` makes true by not returning before
         // every worker has finished with the job.
-        let job: Job = unsafe {
-            std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), Job>(f as *const _)
-        };
-        *self.inner.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(SendJob(job));
-        self.inner.pending.store(self.n - 1, Ordering::Release);
+        let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync + '_), Job>(f) };
+        // the workers read the job through this pointer to a local, which outlives them too
+        self.inner
+            .job
+            .store(&job as *const Job as *mut Job, Ordering::Relaxed);
+        self.inner.pending.store(self.n - 1, Ordering::Relaxed);
+        // publishes the job and the count with it (workers load the epoch with Acquire)
         self.inner.epoch.fetch_add(1, Ordering::SeqCst);
         // a worker about to park counts itself first, then re-checks the epoch under `park`
         if self.inner.parked.load(Ordering::SeqCst) > 0 {
@@ -96,6 +110,7 @@ impl Pool {
             self.inner.wake.notify_all();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
+        let _w = crate::prof::Timer::op(crate::prof::Op::Wait);
         let mut spins = 0u32;
         while self.inner.pending.load(Ordering::Acquire) != 0 {
             spin_or_yield(&mut spins);
@@ -153,14 +168,13 @@ fn worker(inner: &Inner, i: usize) {
                 inner.parked.fetch_sub(1, Ordering::SeqCst);
             }
         }
-        let job = *inner.job.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(SendJob(j)) = job {
-            // SAFETY: `run` keeps the job alive until `pending` reaches zero.
-            let f = unsafe { &*j };
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(i))) {
-                let mut slot = inner.panic.lock().unwrap_or_else(|e| e.into_inner());
-                slot.get_or_insert(p);
-            }
+        let j = inner.job.load(Ordering::Relaxed);
+        // SAFETY: the epoch this worker saw was published after the job pointer, and `run`
+        // keeps the pointee (and the job) alive until `pending` reaches zero.
+        let f: Job = unsafe { *j };
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(i))) {
+            let mut slot = inner.panic.lock().unwrap_or_else(|e| e.into_inner());
+            slot.get_or_insert(p);
         }
         inner.pending.fetch_sub(1, Ordering::AcqRel);
     }

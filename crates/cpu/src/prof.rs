@@ -16,16 +16,25 @@ pub(crate) enum Op {
     SiluMul,
     GetRow,
     Quantize,
+    Step,
+    Wait,
 }
 
-const OPS: [&str; 6] = [
+const OPS: [&str; 8] = [
     "attention",
     "rms_norm",
     "rope",
     "silu_mul",
     "get_row",
     "(within matmuls) quantize activations",
+    "(within the above) parallel steps",
+    "(within the steps) the caller waiting for the workers",
 ];
+
+/// Slots that are parts of other operations' time (not added to the total again).
+fn within(i: usize) -> bool {
+    i == Op::Quantize as usize || i == Op::Step as usize || i == Op::Wait as usize
+}
 /// Slots: the operations above, then `matmul` and `matmul_many` per weight type (by the first
 /// job's type).
 const TYPES: usize = 40;
@@ -66,7 +75,9 @@ impl Drop for Timer {
 
 /// The table of time per operation since the last reset, largest first (`None` when
 /// profiling is off), then reset. The activations' quantization is part of the matmuls that
-/// do it: its share is of the same total, which counts it once.
+/// do it, and the parallel steps (the pool's jobs: their count, the caller's time in them, and
+/// its time waiting for the last worker) are parts of the operations that run them: their
+/// shares are of the same total, which counts them once.
 pub(crate) fn report() -> Option<String> {
     if !on() {
         return None;
@@ -87,12 +98,9 @@ pub(crate) fn report() -> Option<String> {
         .filter(|r| r.1 > 0)
         .collect();
     rows.sort_by(|a, b| b.0.cmp(&a.0));
-    // the quantization is inside matmuls: not in the total again
-    let total: u64 = rows
-        .iter()
-        .filter(|r| r.2 != Op::Quantize as usize)
-        .map(|r| r.0)
-        .sum();
+    // the quantization and the parallel steps are inside other operations: not in the total
+    // again
+    let total: u64 = rows.iter().filter(|r| !within(r.2)).map(|r| r.0).sum();
     let mut s = String::from("| operation | calls | ms | share |\n|---|---|---|---|\n");
     for (ns, calls, i) in rows {
         s += &format!(
