@@ -4,8 +4,10 @@ total and 0.35B active (64 experts, 8 used per token, hidden 1024, 16 layers), b
 transformers, converted by llama.cpp's convert_hf_to_gguf.py and quantized by its
 llama-quantize to Q4_K_M.
 
-Run: python3 scripts/gen_moe_bench_model.py [OUT_DIR]   (default: $HEARTH_MODELS or
-     ~/.cache/hearth/models). Needs torch, transformers, and scripts/build_llamacpp.sh's build.
+Run: python3 scripts/gen_moe_bench_model.py [OUT_DIR [LLAMA_SRC LLAMA_QUANTIZE]]
+     (OUT_DIR default: $HEARTH_MODELS or ~/.cache/hearth/models; llama.cpp default:
+     scripts/build_llamacpp.sh's source and build; scripts/cpu_scaling.sh passes the copies
+     it carries to the device machine). Needs torch and transformers.
 Writes OUT_DIR/qwen3moe-1.8b-random.Q4_K_M.gguf (about 1.1 GB); intermediates go to a
 temporary directory next to it and are removed.
 """
@@ -25,4 +27,6 @@ shape = dict(
     max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=0,
     eos_token_id=2, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
 quantize = os.path.join(root, ".llama.cpp", "build", "bin", "llama-quantize")
+if len(sys.argv) > 3:
+    llama_src, quantize = sys.argv[2], sys.argv[3]
 print(build(out_dir, "qwen3moe-1.8b-random", "Q4_K_M", shape, llama_src, quantize))
