@@ -59,9 +59,23 @@ impl DevMem for VkMem {
     }
 }
 
+/// Which shader runs matmuls (`shaders/matmul.glsl`); each gives a row's result in an order
+/// that does not depend on the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// A thread per (row, tile of tokens), no reductions: the default on a CPU (lavapipe).
+    Rows,
+    /// A workgroup per (row, tile), its threads' sums added in shared memory.
+    Workgroup,
+    /// [`MatmulKernel::Workgroup`] adding with subgroup operations: the default on a GPU that
+    /// has them.
+    Subgroup,
+}
+
 /// The Vulkan backend on one device.
 pub struct Vulkan {
     ctx: Arc<Ctx>,
+    mm: MatmulKernel,
     /// Weights copied to the device, by the address and length of their bytes (see
     /// [`weights`]: as the file stores them where the shaders decode the type, else f32).
     /// Each entry keeps the weight's storage alive, so that its address cannot be reused by
@@ -197,8 +211,15 @@ mod weights;
 impl Vulkan {
     /// The backend on device `index` (see [`devices`]).
     pub fn new(index: usize) -> Result<Vulkan> {
+        let ctx = Ctx::new(index)?;
+        let mm = match (ctx.info.kind == "CPU", ctx.info.subgroup_arith) {
+            (true, _) => MatmulKernel::Rows,
+            (false, true) => MatmulKernel::Subgroup,
+            (false, false) => MatmulKernel::Workgroup,
+        };
         Ok(Vulkan {
-            ctx: Ctx::new(index)?,
+            ctx,
+            mm,
             weights: Mutex::new(HashMap::new()),
             tmp: Mutex::new(Default::default()),
             packs: Mutex::new(HashMap::new()),
@@ -208,6 +229,24 @@ impl Vulkan {
     /// What the device is.
     pub fn info(&self) -> &DeviceInfo {
         &self.ctx.info
+    }
+
+    /// The kernel that runs matmuls.
+    pub fn matmul_kernel(&self) -> MatmulKernel {
+        self.mm
+    }
+
+    /// The backend with matmuls on kernel `k` instead of the device's default (tests run
+    /// each); an error where the device lacks what `k` needs.
+    pub fn with_matmul_kernel(mut self, k: MatmulKernel) -> Result<Vulkan> {
+        if k == MatmulKernel::Subgroup && !self.ctx.info.subgroup_arith {
+            return Err(Error::Unsupported(format!(
+                "{} has no subgroup arithmetic",
+                self.ctx.info.name
+            )));
+        }
+        self.mm = k;
+        Ok(self)
     }
 
     fn run(
@@ -516,15 +555,12 @@ impl Backend for Vulkan {
         let bufs = [&*dw.buf, &xm.raw, &om.raw];
         // a workgroup (or, on lavapipe, a thread) per row and tile of 8 tokens (matmul.glsl)
         let items = n_out * n_tok.div_ceil(8);
-        if self.ctx.info.kind == "CPU" {
-            let g = self.groups(items);
-            return self.run_q(spv!("matmul_rows"), dw.code, &bufs, &pc, g);
-        }
-        let shader = match self.ctx.info.subgroup_arith {
-            true => spv!("matmul_sg"),
-            false => spv!("matmul"),
+        let (shader, groups) = match self.mm {
+            MatmulKernel::Rows => (spv!("matmul_rows"), self.groups(items)),
+            MatmulKernel::Workgroup => (spv!("matmul"), items as u64),
+            MatmulKernel::Subgroup => (spv!("matmul_sg"), items as u64),
         };
-        self.run_q(shader, dw.code, &bufs, &pc, items as u64)
+        self.run_q(shader, dw.code, &bufs, &pc, groups)
     }
 
     fn dequantize(&self, t: &Tensor, out: &mut [f32]) -> Result<()> {
