@@ -10,7 +10,7 @@ use hearth_core::moe::Expert;
 use hearth_core::{Backend, DType, Glu, Result, Storage, Tensor};
 
 /// Every type the suite gives weights in.
-const TYPES: [DType; 16] = [
+const TYPES: [DType; 21] = [
     DType::F16,
     DType::BF16,
     DType::Q4_0,
@@ -26,6 +26,11 @@ const TYPES: [DType; 16] = [
     DType::IQ4_NL,
     DType::IQ4_XS,
     DType::MXFP4,
+    DType::IQ2_XXS,
+    DType::IQ2_XS,
+    DType::IQ2_S,
+    DType::IQ3_XXS,
+    DType::IQ3_S,
     DType::Q8_K,
 ];
 
@@ -129,7 +134,7 @@ pub(crate) fn cases(s: &mut Suite) {
     }
     // routed experts: a Q4_K_M-like layer (Q4_K gate and up, Q6_K down), one type for all,
     // and a layer whose experts differ in type
-    let mixes: [(&str, [DType; 3], Option<DType>); 4] = [
+    let mixes: [(&str, [DType; 3], Option<DType>); 5] = [
         (
             "Q4_K, Q4_K, Q6_K",
             [DType::Q4_K, DType::Q4_K, DType::Q6_K],
@@ -137,6 +142,11 @@ pub(crate) fn cases(s: &mut Suite) {
         ),
         ("Q8_0", [DType::Q8_0; 3], None),
         ("MXFP4", [DType::MXFP4; 3], None),
+        (
+            "IQ2_XXS, IQ3_S, IQ2_S",
+            [DType::IQ2_XXS, DType::IQ3_S, DType::IQ2_S],
+            None,
+        ),
         (
             "Q4_0 with one Q8_0 gate",
             [DType::Q4_0; 3],

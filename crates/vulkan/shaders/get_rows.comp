@@ -8,6 +8,7 @@ layout(std430, binding = 0) readonly buffer Wt { uint w[]; };
 layout(std430, binding = 1) buffer O { float o[]; };
 layout(std430, binding = 2) readonly buffer T { uint tab[]; };
 layout(push_constant) uniform P { uint n; uint width; uint oo; uint to; uint row_bytes; } p;
+#define GRID_BINDING 3
 #include "quant.glsl"
 void main() {
     uint i = flat_group() * WG + gl_LocalInvocationID.x;

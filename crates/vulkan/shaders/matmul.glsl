@@ -16,6 +16,7 @@ layout(std430, binding = 2) buffer O { float o[]; };
 layout(push_constant) uniform P {
     uint n_in; uint n_out; uint n_tok; uint row_bytes; uint xo; uint oo;
 } p;
+#define GRID_BINDING 3
 #include "quant.glsl"
 const uint TILE = 8;
 

@@ -16,6 +16,7 @@ layout(push_constant) uniform P {
     uint n_in; uint n_out; uint n_slots; uint k; uint per_slot; uint has_b;
     uint xo; uint io; uint oo; uint row_bytes;
 } p;
+#define GRID_BINDING 5
 #include "quant.glsl"
 shared float red[WG];
 void main() {

@@ -1,6 +1,7 @@
 // Weights as the file stores them, decoded in registers: the shared block decoders of the
 // matmul, moe_mm and get_rows shaders. The includer declares `uint w[]` (the weight's bytes,
-// padded with at least 4 bytes past the end); specialization constant 1 says the type.
+// padded with at least 4 bytes past the end) and defines GRID_BINDING, where the i-quants'
+// grids are (crates/vulkan/src/weights.rs `grids`); specialization constant 1 says the type.
 //
 // Block layouts: llama.cpp's ggml-common.h (the GGUF format spec), as crates/quant's reference
 // dequantizers read them; each decoder below computes what that crate's `dequant` computes.
@@ -9,7 +10,31 @@
 layout(constant_id = 1) const uint QT = 0;
 const uint QT_F32 = 0, QT_F16 = 1, QT_BF16 = 2, QT_Q4_0 = 3, QT_Q4_1 = 4, QT_Q5_0 = 5,
     QT_Q5_1 = 6, QT_Q8_0 = 7, QT_Q2_K = 8, QT_Q3_K = 9, QT_Q4_K = 10, QT_Q5_K = 11,
-    QT_Q6_K = 12, QT_IQ4_NL = 13, QT_IQ4_XS = 14, QT_MXFP4 = 15;
+    QT_Q6_K = 12, QT_IQ4_NL = 13, QT_IQ4_XS = 14, QT_MXFP4 = 15, QT_IQ2_XXS = 16,
+    QT_IQ2_XS = 17, QT_IQ2_S = 18, QT_IQ3_XXS = 19, QT_IQ3_S = 20;
+
+// ggml-common.h's i-quant grids, as words (weights.rs `grids`): the rows of iq2xxs_grid,
+// iq2xs_grid and iq2s_grid (8 bytes each), iq3xxs_grid and iq3s_grid (4 bytes each), then
+// ksigns_iq2xs (a byte each)
+layout(std430, binding = GRID_BINDING) readonly buffer G { uint gr[]; };
+const uint G_IQ2XXS = 0u, G_IQ2XS = 512u, G_IQ2S = 1536u, G_IQ3XXS = 3584u, G_IQ3S = 3840u,
+    G_KSIGNS = 4352u;
+// Value j (0..7) of row `row` of an 8-byte grid at word `g`.
+float grid8(uint g, uint row, uint j) {
+    return float((gr[g + 2u * row + (j >> 2)] >> (8u * (j & 3u))) & 0xFFu);
+}
+// Value j (0..3) of row `row` of a 4-byte grid at word `g`.
+float grid4(uint g, uint row, uint j) {
+    return float((gr[g + row] >> (8u * j)) & 0xFFu);
+}
+// ksigns_iq2xs[i]: 7 sign bits and their parity.
+uint ksigns(uint i) {
+    return (gr[G_KSIGNS + (i >> 2)] >> (8u * (i & 3u))) & 0xFFu;
+}
+// -1 where bit j of `bits` is set, else 1.
+float sgn(uint bits, uint j) {
+    return ((bits >> j) & 1u) == 1u ? -1.0 : 1.0;
+}
 
 // ggml-common.h: kvalues_iq4nl and kvalues_mxfp4 (the E2M1 values, doubled)
 const float KV_IQ4NL[16] = float[16](-127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0,
@@ -55,11 +80,16 @@ uint q_block_bytes() {
     case QT_Q4_K: return 144u;
     case QT_Q5_K: return 176u;
     case QT_Q6_K: return 210u;
+    case QT_IQ2_XXS: return 66u;
+    case QT_IQ2_XS: return 74u;
+    case QT_IQ2_S: return 82u;
+    case QT_IQ3_XXS: return 98u;
+    case QT_IQ3_S: return 110u;
     default: return 136u; // IQ4_XS
     }
 }
 uint q_block_values() {
-    return QT >= QT_Q2_K && QT <= QT_Q6_K || QT == QT_IQ4_XS ? 256u : 32u;
+    return QT >= QT_Q2_K && QT <= QT_Q6_K || QT == QT_IQ4_XS || QT >= QT_IQ2_XXS ? 256u : 32u;
 }
 
 // Value i of the row at byte rb, for the float types.
@@ -226,6 +256,63 @@ void q_chunk(uint rb, uint c, out float v[32]) {
                         uint hi = (bk(qh, k) >> (2u * t)) & 3u;
                         v[l + k] = dl * float(int(lo | (hi << 4)) - 32);
                     }
+                }
+            }
+        } else if (QT == QT_IQ2_XXS || QT == QT_IQ3_XXS) {
+            // d, then per sub-block: grid indices (IQ2_XXS: 4 bytes, then a word of 4 x 7 sign
+            // bits and a 4-bit scale; IQ3_XXS: 8 bytes, the words after all 64 index bytes)
+            float d = f16at(b);
+            uint aux = QT == QT_IQ2_XXS ? u32at(b + 6u + 8u * s) : u32at(b + 66u + 4u * s);
+            float db = d * (0.5 + float(aux >> 28)) * (QT == QT_IQ2_XXS ? 0.25 : 0.5);
+            for (uint l = 0u; l < 4u; l++) {
+                uint sg = ksigns((aux >> (7u * l)) & 127u);
+                if (QT == QT_IQ2_XXS) {
+                    uint row = u8at(b + 2u + 8u * s + l);
+                    for (uint j = 0u; j < 8u; j++) {
+                        v[8u * l + j] = db * grid8(G_IQ2XXS, row, j) * sgn(sg, j);
+                    }
+                } else {
+                    uint r1 = u8at(b + 2u + 8u * s + 2u * l), r2 = u8at(b + 3u + 8u * s + 2u * l);
+                    for (uint j = 0u; j < 4u; j++) {
+                        v[8u * l + j] = db * grid4(G_IQ3XXS, r1, j) * sgn(sg, j);
+                        v[8u * l + 4u + j] = db * grid4(G_IQ3XXS, r2, j) * sgn(sg, j + 4u);
+                    }
+                }
+            }
+        } else if (QT == QT_IQ2_XS || QT == QT_IQ2_S) {
+            // groups of 8 values 4s..4s+4, a 4-bit scale per two groups. IQ2_XS: d, qs[32]
+            // (u16: 9-bit index, 7-bit sign code), scales[8]. IQ2_S: d, qs[32], signs[32],
+            // qh[8] (2 index bits a group), scales[8]
+            float d = f16at(b);
+            for (uint gi = 0u; gi < 4u; gi++) {
+                uint g = 4u * s + gi;
+                uint sc = (u8at(b + (QT == QT_IQ2_XS ? 66u : 74u) + (g >> 2)) >> (4u * ((g >> 1) & 1u))) & 15u;
+                float db = d * (0.5 + float(sc)) * 0.25;
+                uint row, sg, grid;
+                if (QT == QT_IQ2_XS) {
+                    uint q = u16at(b + 2u + 2u * g);
+                    row = q & 511u;
+                    sg = ksigns(q >> 9);
+                    grid = G_IQ2XS;
+                } else {
+                    row = u8at(b + 2u + g) | (((u8at(b + 66u + (g >> 2)) >> (2u * (g & 3u))) & 3u) << 8);
+                    sg = u8at(b + 34u + g);
+                    grid = G_IQ2S;
+                }
+                for (uint j = 0u; j < 8u; j++) v[8u * gi + j] = db * grid8(grid, row, j) * sgn(sg, j);
+            }
+        } else if (QT == QT_IQ3_S) {
+            // d, qs[64], qh[8], signs[32], scales[4]: index i (4 values) = qs[i] | bit i of qh
+            float d = f16at(b);
+            uint sc = (u8at(b + 106u + (s >> 1)) >> (4u * (s & 1u))) & 15u;
+            float db = d * float(1u + 2u * sc);
+            uint qh = u8at(b + 66u + s);
+            for (uint ii = 0u; ii < 8u; ii++) {
+                uint i = 8u * s + ii;
+                uint row = u8at(b + 2u + i) | (((qh >> ii) & 1u) << 8);
+                uint sg = u8at(b + 74u + (i >> 1));
+                for (uint j = 0u; j < 4u; j++) {
+                    v[4u * ii + j] = db * grid4(G_IQ3S, row, j) * sgn(sg, 4u * (ii & 1u) + j);
                 }
             }
         } else {

@@ -7,8 +7,8 @@
 //! pipeline is built once per (shader, weight type), its workgroup size specialization
 //! constant 0 and the weight's type constant 1.
 //!
-//! Weights of F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS and
-//! MXFP4 stay on the device as the file stores them and are decoded in registers by the
+//! Weights of F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS,
+//! MXFP4, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S stay on the device as the file stores them and are decoded in registers by the
 //! matmul, expert and embedding shaders (`weights`, `shaders/quant.glsl`); other types are
 //! decoded to f32 once at load. Every op is checked against the CPU backend by the
 //! conformance suite; ops without a shader return an `Unsupported` error naming the op.
@@ -76,6 +76,8 @@ pub enum MatmulKernel {
 pub struct Vulkan {
     ctx: Arc<Ctx>,
     mm: MatmulKernel,
+    /// The i-quants' grids, bound to every shader that decodes weights.
+    grids: RawBuf,
     /// Weights copied to the device, by the address and length of their bytes (see
     /// [`weights`]: as the file stores them where the shaders decode the type, else f32).
     /// Each entry keeps the weight's storage alive, so that its address cannot be reused by
@@ -217,9 +219,14 @@ impl Vulkan {
             (false, true) => MatmulKernel::Subgroup,
             (false, false) => MatmulKernel::Workgroup,
         };
+        let g = weights::grids();
+        let grids = ctx.alloc(g.len() * 4)?;
+        // SAFETY: the new mapping holds `g.len()` words.
+        unsafe { std::ptr::copy_nonoverlapping(g.as_ptr(), grids.ptr as *mut u32, g.len()) };
         Ok(Vulkan {
             ctx,
             mm,
+            grids,
             weights: Mutex::new(HashMap::new()),
             tmp: Mutex::new(Default::default()),
             packs: Mutex::new(HashMap::new()),
@@ -552,7 +559,7 @@ impl Backend for Vulkan {
         }
         let dw = self.weight(w)?;
         let pc = [u(n_in)?, u(n_out)?, u(n_tok)?, u(dw.row_bytes)?, xo, oo];
-        let bufs = [&*dw.buf, &xm.raw, &om.raw];
+        let bufs = [&*dw.buf, &xm.raw, &om.raw, &self.grids];
         // a workgroup (or, on lavapipe, a thread) per row and tile of 8 tokens (matmul.glsl)
         let items = n_out * n_tok.div_ceil(8);
         let (shader, groups) = match self.mm {
@@ -583,7 +590,8 @@ impl Backend for Vulkan {
         let pc = [u(ids.len())?, u(width)?, oo, to, u(dw.row_bytes)?];
         // a thread per (row, chunk of 32 values)
         let g = self.groups(ids.len() * width.div_ceil(32));
-        self.run_q(spv!("get_rows"), dw.code, &[&dw.buf, &om.raw, &tb], &pc, g)
+        let bufs = [&*dw.buf, &om.raw, &tb, &self.grids];
+        self.run_q(spv!("get_rows"), dw.code, &bufs, &pc, g)
     }
 
     fn rms_norm(&self, x: ViewMut<'_>, w: View<'_>, eps: f32) -> Result<()> {

@@ -26,8 +26,33 @@ pub(crate) fn code(d: DType) -> Option<u32> {
         DType::IQ4_NL => 13,
         DType::IQ4_XS => 14,
         DType::MXFP4 => 15,
+        DType::IQ2_XXS => 16,
+        DType::IQ2_XS => 17,
+        DType::IQ2_S => 18,
+        DType::IQ3_XXS => 19,
+        DType::IQ3_S => 20,
         _ => return None,
     })
+}
+
+/// The i-quants' grids as quant.glsl reads them (its `G_*` offsets): the rows of
+/// ggml-common.h's iq2xxs_grid, iq2xs_grid and iq2s_grid (two words each), iq3xxs_grid and
+/// iq3s_grid (a word each), then ksigns_iq2xs (four a word), from `hearth_quant::tables`.
+pub(crate) fn grids() -> Vec<u32> {
+    use hearth_quant::tables::*;
+    let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let mut g = Vec::with_capacity(4384);
+    for rows in [&IQ2XXS_GRID[..], &IQ2XS_GRID[..], &IQ2S_GRID[..]] {
+        for r in rows {
+            g.extend([word(&r[..4]), word(&r[4..])]);
+        }
+    }
+    for rows in [&IQ3XXS_GRID[..], &IQ3S_GRID[..]] {
+        g.extend(rows.iter().map(|r| word(r)));
+    }
+    g.extend(KSIGNS_IQ2XS.chunks_exact(4).map(word));
+    debug_assert_eq!(g.len(), 4384);
+    g
 }
 
 /// Bytes the device holds for a weight: its file's bytes for a type the shaders decode,
@@ -227,7 +252,7 @@ impl Vulkan {
         self.run_q(
             spv!("moe_mm"),
             w.code,
-            &[wb, x.0, ids.0, out, b.unwrap_or(wb)],
+            &[wb, x.0, ids.0, out, b.unwrap_or(wb), &self.grids],
             &pc,
             (n_slots * n_out) as u64,
         )
