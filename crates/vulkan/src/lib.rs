@@ -219,10 +219,7 @@ impl Vulkan {
             (false, true) => MatmulKernel::Subgroup,
             (false, false) => MatmulKernel::Workgroup,
         };
-        let g = weights::grids();
-        let grids = ctx.alloc(g.len() * 4)?;
-        // SAFETY: the new mapping holds `g.len()` words.
-        unsafe { std::ptr::copy_nonoverlapping(g.as_ptr(), grids.ptr as *mut u32, g.len()) };
+        let grids = weights::upload_grids(&ctx)?;
         Ok(Vulkan {
             ctx,
             mm,

@@ -3,7 +3,7 @@
 //! moe_mm and get_rows shaders, one pipeline per (shader, type) through specialization
 //! constant 1; every other type is decoded to f32 once at load.
 use super::{Vulkan, too_big, u};
-use crate::ctx::RawBuf;
+use crate::ctx::{Ctx, RawBuf};
 use hearth_core::{Buf, DType, Error, Result, Tensor};
 use std::sync::Arc;
 
@@ -93,22 +93,28 @@ fn check_size(bytes: usize) -> Result<()> {
     }
 }
 
-impl Vulkan {
-    /// A buffer holding `parts` one after another, padded to whole words plus one (the
-    /// shaders read a word past an unaligned value's first).
-    fn upload_bytes(&self, parts: &[&[u8]]) -> Result<RawBuf> {
-        let n: usize = parts.iter().map(|p| p.len()).sum();
-        check_size(n)?;
-        let raw = self.ctx.alloc(n.next_multiple_of(4) + 4)?;
-        let mut at = 0;
-        for p in parts {
-            // SAFETY: the new mapping holds at least `n` bytes.
-            unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), raw.ptr.add(at), p.len()) };
-            at += p.len();
-        }
-        Ok(raw)
+/// A buffer holding `parts` one after another, padded to whole words plus one (the shaders
+/// read a word past an unaligned value's first).
+pub(crate) fn upload_bytes(ctx: &Arc<Ctx>, parts: &[&[u8]]) -> Result<RawBuf> {
+    let n: usize = parts.iter().map(|p| p.len()).sum();
+    check_size(n)?;
+    let raw = ctx.alloc(n.next_multiple_of(4) + 4)?;
+    let mut at = 0;
+    for p in parts {
+        // SAFETY: the new mapping holds at least `n` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), raw.ptr.add(at), p.len()) };
+        at += p.len();
     }
+    Ok(raw)
+}
 
+/// The i-quants' grids ([`grids`]) on the device.
+pub(crate) fn upload_grids(ctx: &Arc<Ctx>) -> Result<RawBuf> {
+    let g: Vec<u8> = grids().iter().flat_map(|w| w.to_le_bytes()).collect();
+    upload_bytes(ctx, &[&g])
+}
+
+impl Vulkan {
     /// `parts` decoded to f32 one after another (`per` values each).
     fn upload_f32(&self, parts: &[&Tensor], per: usize) -> Result<RawBuf> {
         let n = parts.len() * per;
@@ -134,7 +140,7 @@ impl Vulkan {
         }
         let dw = match code(w.dtype) {
             Some(code) => DevWeight {
-                buf: Arc::new(self.upload_bytes(&[b])?),
+                buf: Arc::new(upload_bytes(&self.ctx, &[b])?),
                 code,
                 row_bytes: w.row_bytes(),
             },
@@ -171,7 +177,7 @@ impl Vulkan {
                 Some(code) => {
                     let parts: Vec<&[u8]> = ts.iter().map(|t| t.bytes()).collect();
                     DevWeight {
-                        buf: Arc::new(self.upload_bytes(&parts)?),
+                        buf: Arc::new(upload_bytes(&self.ctx, &parts)?),
                         code,
                         row_bytes: t0.row_bytes(),
                     }
