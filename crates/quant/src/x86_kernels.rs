@@ -1361,11 +1361,12 @@ unsafe fn legacy_p8<const KIND: u8, const N: usize>(
     let five = KIND == Q50 || KIND == Q51;
     let m4 = _mm256_set1_epi32(0x000F_000F);
     let b5 = _mm256_set1_epi32(0x0010_0010);
-    let off = _mm256_set1_epi16(match KIND {
+    // the codes' offset (Q4_0 8, Q5_0 16; the types with mins have none)
+    let off: i32 = match KIND {
         Q40 => 8,
         Q50 => 16,
         _ => 0,
-    });
+    };
     let mut acc = [[_mm256_setzero_ps(); 4]; N];
     for i0 in (0..nb).step_by(4) {
         for j in 0..4 {
@@ -1413,12 +1414,23 @@ unsafe fn legacy_p8<const KIND: u8, const N: usize>(
                             } else {
                                 _mm256_srl_epi32(h, _mm_cvtsi32_si128((p - 4) as i32))
                             };
-                            w = _mm256_or_si256(w, _mm256_and_si256(hb, b5));
-                        }
-                        if KIND == Q40 || KIND == Q50 {
-                            w = _mm256_sub_epi16(w, off);
+                            w = if VNNI {
+                                // w | (hb & b5) in one instruction
+                                _mm256_ternarylogic_epi32::<0xF8>(w, hb, b5)
+                            } else {
+                                _mm256_or_si256(w, _mm256_and_si256(hb, b5))
+                            };
                         }
                         madd_pair!(w, p);
+                    }
+                }
+                if KIND == Q40 || KIND == Q50 {
+                    // sum((w - off) x) = sum(w x) - off sum(x), both exact in i32: the
+                    // offset comes off once per block instead of once per pair
+                    for k in 0..N {
+                        let s16 = x[k].s16.as_ptr().add(2 * i);
+                        let sx = *s16 + *s16.add(1);
+                        is[k] = _mm256_sub_epi32(is[k], _mm256_set1_epi32(off * sx));
                     }
                 }
             }
