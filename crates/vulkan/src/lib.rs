@@ -13,8 +13,9 @@
 #![deny(missing_docs)]
 
 mod ctx;
+mod pieces;
 
-pub use ctx::DeviceInfo;
+pub use ctx::{DeviceInfo, Options};
 
 use ctx::{Ctx, RawBuf};
 use hearth_core::dsa::DsaJob;
@@ -38,7 +39,7 @@ pub fn devices() -> Result<Vec<DeviceInfo>> {
 /// Device `index`'s memory bandwidth in GB/s, measured by copying 256 MiB (less where its
 /// largest allocation is smaller) between two of the buffers the backend uses, 8 times.
 pub fn bandwidth(index: usize) -> Result<f64> {
-    Ctx::new(index)?.copy_bandwidth(256 << 20, 8)
+    Ctx::new(index, &Options::from_env()?)?.copy_bandwidth(256 << 20, 8)
 }
 
 /// A buffer of f32 values in a Vulkan device's memory.
@@ -64,8 +65,8 @@ pub struct Vulkan {
     /// Each entry keeps the weight's storage alive, so that its address cannot be reused by
     /// another tensor while the entry exists.
     weights: Mutex<WeightMap>,
-    /// Scratch buffers (rotated keys, MoE intermediates), by use.
-    tmp: Mutex<[Option<Arc<RawBuf>>; 4]>,
+    /// Scratch buffers (rotated keys, MoE intermediates, split matmuls' outputs), by use.
+    tmp: Mutex<[Option<Arc<RawBuf>>; 5]>,
     /// Each MoE layer's experts in one buffer per matrix kind, by the address of its first
     /// expert's gate bytes and the number of experts (the pack keeps that storage alive).
     packs: Mutex<HashMap<(usize, usize), Arc<Pack>>>,
@@ -73,7 +74,14 @@ pub struct Vulkan {
 
 /// Device copies of weights by (address, length, type) of their bytes: the buffer, how it holds
 /// them, and the storage they came from (kept alive).
-type WeightMap = HashMap<(usize, usize, DType), (Arc<RawBuf>, u32, hearth_core::Storage)>;
+type WeightMap = HashMap<(usize, usize, DType), (Arc<DevWeight>, hearth_core::Storage)>;
+
+/// A weight on the device: its rows in pieces of at most the largest allocation, each
+/// (buffer, first row, rows), and how they hold it (0: f32, 1: f16).
+struct DevWeight {
+    pieces: Vec<(RawBuf, usize, usize)>,
+    tag: u32,
+}
 
 /// A MoE layer's experts on the device: all gate, up and down matrices `[E, rows, cols]`
 /// in f32, and their biases (or none).
@@ -179,6 +187,18 @@ fn attn_table(op: &str, segs: &[AttnSeg]) -> Result<(Vec<u32>, usize)> {
     Ok((tab, ps))
 }
 
+/// Bytes (a buffer's, 4-aligned) as f32 values.
+fn floats(b: &mut [u8]) -> &mut [f32] {
+    // SAFETY: callers pass buffer contents, which start aligned; every bit pattern is a
+    // valid f32, and the length is rounded down to whole values.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut f32, b.len() / 4) }
+}
+
+fn as_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 values viewed as their bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
 fn foreign() -> Error {
     Error::Invalid("an op on the Vulkan backend got another device's memory".into())
 }
@@ -199,12 +219,19 @@ macro_rules! spv {
         )
     };
 }
+pub(crate) use spv;
 
 impl Vulkan {
-    /// The backend on device `index` (see [`devices`]).
+    /// The backend on device `index` (see [`devices`]), with the [`Options`] of the
+    /// environment.
     pub fn new(index: usize) -> Result<Vulkan> {
+        Vulkan::with_options(index, &Options::from_env()?)
+    }
+
+    /// The backend on device `index` with `opts`.
+    pub fn with_options(index: usize, opts: &Options) -> Result<Vulkan> {
         Ok(Vulkan {
-            ctx: Ctx::new(index)?,
+            ctx: Ctx::new(index, opts)?,
             weights: Mutex::new(HashMap::new()),
             tmp: Mutex::new(Default::default()),
             packs: Mutex::new(HashMap::new()),
@@ -214,6 +241,16 @@ impl Vulkan {
     /// What the device is.
     pub fn info(&self) -> &DeviceInfo {
         &self.ctx.info
+    }
+
+    /// Whether buffers live in device-local memory reached through staging copies.
+    pub fn staging(&self) -> bool {
+        self.ctx.staging
+    }
+
+    /// The largest buffer, in bytes (weights larger than it are split by rows).
+    pub fn max_alloc(&self) -> u64 {
+        self.ctx.max_alloc
     }
 
     fn run(
@@ -235,32 +272,34 @@ impl Vulkan {
     /// The device copy of a weight, made on first use: F32 and F16 as they are, every other
     /// type decoded to f32 exactly (correct, and as large as f32; types get kernels of their
     /// own in turn).
-    fn weight(&self, w: &Tensor) -> Result<(Arc<RawBuf>, u32)> {
+    fn weight(&self, w: &Tensor) -> Result<Arc<DevWeight>> {
         let b = w.bytes();
         let key = (b.as_ptr() as usize, b.len(), w.dtype);
         let mut ws = self.weights.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = ws.get(&key) {
-            return Ok((r.0.clone(), r.1));
+            return Ok(r.0.clone());
         }
-        let (raw, tag) = match w.dtype {
+        let (rows, rb) = (w.n_rows(), w.row_bytes());
+        let src = |r0: usize, n: usize| &b[r0 * rb..(r0 + n) * rb];
+        let (pieces, tag) = match w.dtype {
             DType::F32 | DType::F16 => {
-                let raw = self.ctx.alloc(b.len())?;
-                // SAFETY: the new mapping holds at least `b.len()` bytes.
-                unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), raw.ptr, b.len()) };
-                (raw, u32::from(w.dtype == DType::F16))
+                let p = self.ctx.alloc_rows(rb, rows, |r0, n, o| {
+                    o.copy_from_slice(src(r0, n));
+                    Ok(())
+                })?;
+                (p, u32::from(w.dtype == DType::F16))
             }
             _ => {
-                let n = w.numel();
-                let raw = self.ctx.alloc(n.checked_mul(4).ok_or_else(too_big)?)?;
-                // SAFETY: the new mapping holds `n` floats, aligned (allocations are).
-                let out = unsafe { std::slice::from_raw_parts_mut(raw.ptr as *mut f32, n) };
-                hearth_quant::dequantize(w.dtype, b, out)?;
-                (raw, 0)
+                let row = w.row_len().checked_mul(4).ok_or_else(too_big)?;
+                let p = self.ctx.alloc_rows(row, rows, |r0, n, o| {
+                    hearth_quant::dequantize(w.dtype, src(r0, n), floats(o))
+                })?;
+                (p, 0)
             }
         };
-        let raw = Arc::new(raw);
-        ws.insert(key, (raw.clone(), tag, w.storage.clone()));
-        Ok((raw, tag))
+        let dw = Arc::new(DevWeight { pieces, tag });
+        ws.insert(key, (dw.clone(), w.storage.clone()));
+        Ok(dw)
     }
 
     fn elementwise(&self, x: ViewMut<'_>, y: View<'_>, mode: u32, bw: usize) -> Result<()> {
@@ -466,18 +505,17 @@ impl Vulkan {
         let (n_ff, e) = (first.gate.shape[0], first.gate.shape[1]);
         let whole = |f: &dyn Fn(&hearth_core::Expert) -> &Tensor| -> Result<RawBuf> {
             let per = n_ff * e;
-            let raw = self.ctx.alloc(ex.len() * per * 4)?;
-            // SAFETY: the new mapping holds `ex.len() * per` floats.
-            let all =
-                unsafe { std::slice::from_raw_parts_mut(raw.ptr as *mut f32, ex.len() * per) };
-            for (x, o) in ex.iter().zip(all.chunks_exact_mut(per)) {
-                let t = f(x);
-                if t.numel() != per {
-                    return Err(Error::Invalid("moe: experts of different shapes".into()));
+            self.ctx.alloc_with(ex.len() * per * 4, |o| {
+                let all = floats(o);
+                for (x, o) in ex.iter().zip(all.chunks_exact_mut(per)) {
+                    let t = f(x);
+                    if t.numel() != per {
+                        return Err(Error::Invalid("moe: experts of different shapes".into()));
+                    }
+                    hearth_quant::dequantize(t.dtype, t.bytes(), o)?;
                 }
-                hearth_quant::dequantize(t.dtype, t.bytes(), o)?;
-            }
-            Ok(raw)
+                Ok(())
+            })
         };
         let bias = |f: &dyn Fn(&hearth_core::Expert) -> &Option<Buf>,
                     len: usize|
@@ -485,21 +523,16 @@ impl Vulkan {
             if ex.iter().all(|x| f(x).is_none()) {
                 return Ok(None);
             }
-            let raw = self.ctx.alloc(ex.len() * len * 4)?;
-            for (i, x) in ex.iter().enumerate() {
+            let mut h = vec![0f32; ex.len() * len];
+            for (x, o) in ex.iter().zip(h.chunks_exact_mut(len)) {
                 if let Some(b) = f(x) {
-                    let mut h = vec![0f32; len];
-                    self.download(b.view(), &mut h)?;
-                    // SAFETY: the new mapping holds `ex.len() * len` floats.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            h.as_ptr(),
-                            (raw.ptr as *mut f32).add(i * len),
-                            len,
-                        )
-                    };
+                    self.download(b.view(), o)?;
                 }
             }
+            let raw = self.ctx.alloc_with(h.len() * 4, |o| {
+                floats(o).copy_from_slice(&h);
+                Ok(())
+            })?;
             Ok(Some(raw))
         };
         let p = Arc::new(Pack {
@@ -591,68 +624,43 @@ impl Backend for Vulkan {
 
     fn upload(&self, src: &[f32], dst: ViewMut<'_>) -> Result<()> {
         let (m, off, len) = dev_mut(dst)?;
-        self.ctx.flush()?;
         if len != src.len() {
             return Err(Error::Invalid(format!(
                 "upload: {} values into {len}",
                 src.len()
             )));
         }
-        // SAFETY: the range lies in the mapping (views are checked against their buffer) and
-        // no command runs (every op waits for its work).
-        unsafe {
-            let p = (m.raw.ptr as *mut f32).add(off as usize);
-            std::ptr::copy_nonoverlapping(src.as_ptr(), p, len);
-        }
-        Ok(())
+        self.ctx.write(&m.raw, off as usize * 4, as_bytes(src))
     }
 
     fn download(&self, src: View<'_>, dst: &mut [f32]) -> Result<()> {
         let (m, off, len) = dev(src)?;
-        self.ctx.flush()?;
         if len != dst.len() {
             return Err(Error::Invalid(format!(
                 "download: {len} values into {}",
                 dst.len()
             )));
         }
-        // SAFETY: as in upload.
-        unsafe {
-            let p = (m.raw.ptr as *const f32).add(off as usize);
-            std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), len);
-        }
-        Ok(())
+        // SAFETY: f32 values viewed as their bytes (every bit pattern is a valid f32).
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, std::mem::size_of_val(dst))
+        };
+        self.ctx.read(&m.raw, off as usize * 4, out)
     }
 
     fn matmul(&self, w: &Tensor, x: View<'_>, n_tok: usize, out: ViewMut<'_>) -> Result<()> {
         let (n_in, n_out) = (w.row_len(), w.n_rows());
         let (xm, xo, xn) = dev(x)?;
         let (om, oo, on) = dev_mut(out)?;
-        let (wb, dtype) = self.weight(w)?;
-        if xn != n_tok * n_in || on != n_tok * n_out || (dtype == 1 && n_in % 2 != 0) {
+        let dw = self.weight(w)?;
+        if xn != n_tok * n_in || on != n_tok * n_out || (dw.tag == 1 && n_in % 2 != 0) {
             return Err(Error::Invalid(format!(
                 "matmul {}: weight [{n_out}, {n_in}], x has {xn} values for {n_tok} tokens, \
                  out {on}",
                 w.name
             )));
         }
-        let pc = [u(n_in)?, u(n_out)?, u(n_tok)?, 0, xo, oo, dtype];
-        if self.ctx.info.kind == "CPU" {
-            // lavapipe: a thread per output value
-            let n = n_out * n_tok;
-            return self.run(
-                spv!("matmul_rows"),
-                &[&wb, &xm.raw, &om.raw],
-                &pc,
-                self.groups(n),
-            );
-        }
-        self.run(
-            spv!("matmul"),
-            &[&wb, &xm.raw, &om.raw],
-            &pc,
-            (n_out * n_tok) as u64,
-        )
+        self.matmul_pieces(&dw, (n_in, n_out, n_tok), (&xm.raw, xo), (&om.raw, oo))
     }
 
     fn dequantize(&self, t: &Tensor, out: &mut [f32]) -> Result<()> {
@@ -670,10 +678,8 @@ impl Backend for Vulkan {
                 w.n_rows()
             )));
         }
-        let (wb, dtype) = self.weight(w)?;
-        let (tb, to) = self.ctx.stage(ids)?;
-        let pc = [u(on)?, u(width)?, oo, to, dtype];
-        self.run(spv!("get_rows"), &[&wb, &om.raw, &tb], &pc, self.groups(on))
+        let dw = self.weight(w)?;
+        self.get_rows_pieces(&dw, width, ids, (&om.raw, oo))
     }
 
     fn rms_norm(&self, x: ViewMut<'_>, w: View<'_>, eps: f32) -> Result<()> {
