@@ -493,14 +493,21 @@ fn devices(check: bool) -> Result<()> {
         Ok(ds) if ds.is_empty() => println!("(no Vulkan devices)"),
         Ok(ds) => {
             for d in ds {
+                let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
                 println!(
-                    "vulkan:{:<5} {} ({}, {:.1} GiB device memory, subgroups of {}, largest buffer {:.1} GiB)",
+                    "vulkan:{:<5} {} ({}, {:.1} GiB device memory, {:.1} GiB free{}, subgroups of {}, largest buffer {:.1} GiB)",
                     d.index,
                     d.name,
                     d.kind,
-                    d.memory as f64 / (1u64 << 30) as f64,
+                    gib(d.memory),
+                    gib(d.free),
+                    if d.budget {
+                        ""
+                    } else {
+                        " (no memory budget: the heap's size)"
+                    },
                     d.subgroup,
-                    d.max_alloc as f64 / (1u64 << 30) as f64
+                    gib(d.max_alloc)
                 );
                 if check {
                     let v = hearth_vulkan::Vulkan::new(d.index)?;

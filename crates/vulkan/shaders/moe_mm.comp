@@ -2,7 +2,9 @@
 // A MoE layer's expert matmuls without grouping: for every token t, chosen slot j and output
 // row r, out[(t*k + j), r] = dot(W[e, r, :], x[row, :]) (+ bias[e, r]) with e = ids[t*k + j]
 // and row = t (per_slot 0: the layer's input) or t*k + j (per_slot 1: the slot's own input).
-// W holds all experts [E, n_out, n_in] in f32. One workgroup per (t, j, r).
+// W holds experts e0 .. e0 + ne of [E, n_out, n_in] in f32 (a layer's experts may be split
+// over several buffers; slots of other experts are left to their piece's dispatch). One
+// workgroup per (t, j, r).
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 layout(std430, binding = 0) readonly buffer Wt { float w[]; };
@@ -12,7 +14,7 @@ layout(std430, binding = 3) buffer O { float o[]; };
 layout(std430, binding = 4) readonly buffer B { float b[]; };
 layout(push_constant) uniform P {
     uint n_in; uint n_out; uint n_slots; uint k; uint per_slot; uint has_b;
-    uint xo; uint io; uint oo;
+    uint xo; uint io; uint oo; uint e0; uint ne;
 } p;
 shared float red[WG];
 void main() {
@@ -21,8 +23,10 @@ void main() {
     uint sl = g / p.n_out;
     if (sl >= p.n_slots) return;
     uint e = uint(ids[p.io + sl]);
+    // the same for the whole workgroup: no barrier is skipped by part of it
+    if (e < p.e0 || e >= p.e0 + p.ne) return;
     uint row = p.per_slot == 1u ? sl : sl / p.k;
-    uint wb = (e * p.n_out + r) * p.n_in;
+    uint wb = ((e - p.e0) * p.n_out + r) * p.n_in;
     uint xb = p.xo + row * p.n_in;
     uint l = gl_LocalInvocationID.x;
     float acc = 0.0;

@@ -23,6 +23,12 @@ pub struct DeviceInfo {
     pub kind: String,
     /// Bytes of its largest device-local heap.
     pub memory: u64,
+    /// Bytes of that heap this process may still use: VK_EXT_memory_budget's budget less
+    /// its usage where the driver has the extension (when the device was opened), else the
+    /// heap's size.
+    pub free: u64,
+    /// Whether `free` comes from VK_EXT_memory_budget.
+    pub budget: bool,
     /// Threads of a subgroup.
     pub subgroup: u32,
     /// Largest single allocation, in bytes (the smaller of the driver's allocation limit and
@@ -39,11 +45,14 @@ pub struct Options {
     /// A lower largest allocation than the device's, in bytes (at least 4096): weights
     /// larger than it are split.
     pub max_alloc: Option<u64>,
+    /// Free device memory to report instead of the driver's, in bytes (to try automatic
+    /// placement against a smaller GPU).
+    pub budget: Option<u64>,
 }
 
 impl Options {
-    /// The options the environment sets: `HEARTH_VK_STAGING=1` or `0`, and
-    /// `HEARTH_VK_MAX_ALLOC=bytes`.
+    /// The options the environment sets: `HEARTH_VK_STAGING=1` or `0`,
+    /// `HEARTH_VK_MAX_ALLOC=bytes` and `HEARTH_VK_BUDGET=bytes`.
     pub fn from_env() -> Result<Options> {
         let staging = match std::env::var("HEARTH_VK_STAGING").as_deref() {
             Ok("1") => Some(true),
@@ -63,7 +72,17 @@ impl Options {
             })?),
             Err(_) => None,
         };
-        Ok(Options { staging, max_alloc })
+        let budget = match std::env::var("HEARTH_VK_BUDGET") {
+            Ok(v) => Some(v.trim().parse().map_err(|_| {
+                Error::Invalid(format!("HEARTH_VK_BUDGET={v}: expected a number of bytes"))
+            })?),
+            Err(_) => None,
+        };
+        Ok(Options {
+            staging,
+            max_alloc,
+            budget,
+        })
     }
 }
 
@@ -119,13 +138,33 @@ impl Instance {
         unsafe { i.get_physical_device_properties2(pd, &mut p2) };
         let props = p2.properties;
         // SAFETY: a device of this instance.
-        let mem = unsafe { i.get_physical_device_memory_properties(pd) };
-        let memory = mem.memory_heaps[..mem.memory_heap_count as usize]
+        let budget = unsafe { i.enumerate_device_extension_properties(pd) }
+            .unwrap_or_default()
             .iter()
-            .filter(|h| h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL))
-            .map(|h| h.size)
-            .max()
-            .unwrap_or(0);
+            .any(|e| e.extension_name_as_c_str() == Ok(ash::ext::memory_budget::NAME));
+        let mut mb = vk::PhysicalDeviceMemoryBudgetPropertiesEXT::default();
+        let mut m2 = vk::PhysicalDeviceMemoryProperties2::default();
+        if budget {
+            m2 = m2.push_next(&mut mb);
+        }
+        // SAFETY: a device of this instance; the chained struct outlives the call.
+        unsafe { i.get_physical_device_memory_properties2(pd, &mut m2) };
+        let mem = m2.memory_properties;
+        let heap = (0..mem.memory_heap_count as usize)
+            .filter(|&h| {
+                mem.memory_heaps[h]
+                    .flags
+                    .contains(vk::MemoryHeapFlags::DEVICE_LOCAL)
+            })
+            .max_by_key(|&h| mem.memory_heaps[h].size);
+        let memory = heap.map_or(0, |h| mem.memory_heaps[h].size);
+        let free = match heap {
+            Some(h) if budget && mb.heap_budget[h] > 0 => {
+                mb.heap_budget[h].saturating_sub(mb.heap_usage[h])
+            }
+            _ => memory,
+        };
+        let budget = budget && heap.is_some_and(|h| mb.heap_budget[h] > 0);
         let name = props
             .device_name_as_c_str()
             .map(|c| c.to_string_lossy().into_owned())
@@ -142,6 +181,8 @@ impl Instance {
             name,
             kind: kind.into(),
             memory,
+            free,
+            budget,
             subgroup: sub.subgroup_size,
             max_alloc: m3
                 .max_memory_allocation_size
@@ -260,11 +301,15 @@ impl Ctx {
         let inst = Arc::new(Instance::new()?);
         let devs = inst.devices()?;
         let n = devs.len();
-        let (pd, info) = devs.into_iter().nth(index).ok_or_else(|| {
+        let (pd, mut info) = devs.into_iter().nth(index).ok_or_else(|| {
             Error::Unsupported(format!(
                 "Vulkan device {index} does not exist ({n} found; see `hearth devices`)"
             ))
         })?;
+        if let Some(b) = opts.budget {
+            info.free = b;
+            info.budget = true;
+        }
         let i = &inst.instance;
         // SAFETY: a device of this instance.
         let qfs = unsafe { i.get_physical_device_queue_family_properties(pd) };

@@ -27,12 +27,19 @@ use hearth_core::{
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// The Vulkan devices the loader reports.
+/// The Vulkan devices the loader reports (free memory as `HEARTH_VK_BUDGET` says, where set).
 pub fn devices() -> Result<Vec<DeviceInfo>> {
+    let budget = Options::from_env()?.budget;
     Ok(ctx::Instance::new()?
         .devices()?
         .into_iter()
-        .map(|(_, i)| i)
+        .map(|(_, mut i)| {
+            if let Some(b) = budget {
+                i.free = b;
+                i.budget = true;
+            }
+            i
+        })
         .collect())
 }
 
@@ -83,12 +90,16 @@ struct DevWeight {
     tag: u32,
 }
 
+/// One matrix kind of a layer's experts `[E, rows, cols]` in f32, in pieces of at most the
+/// largest allocation: (buffer, first expert, experts).
+type Experts = Vec<(RawBuf, usize, usize)>;
+
 /// A MoE layer's experts on the device: all gate, up and down matrices `[E, rows, cols]`
 /// in f32, and their biases (or none).
 struct Pack {
-    gate: RawBuf,
-    up: RawBuf,
-    down: RawBuf,
+    gate: Experts,
+    up: Experts,
+    down: Experts,
     bias: [Option<RawBuf>; 3],
     n_ff: usize,
     _pin: hearth_core::Storage,
@@ -503,11 +514,11 @@ impl Vulkan {
             return Ok(p.clone());
         }
         let (n_ff, e) = (first.gate.shape[0], first.gate.shape[1]);
-        let whole = |f: &dyn Fn(&hearth_core::Expert) -> &Tensor| -> Result<RawBuf> {
+        let whole = |f: &dyn Fn(&hearth_core::Expert) -> &Tensor| -> Result<Experts> {
             let per = n_ff * e;
-            self.ctx.alloc_with(ex.len() * per * 4, |o| {
+            self.ctx.alloc_rows(per * 4, ex.len(), |e0, n, o| {
                 let all = floats(o);
-                for (x, o) in ex.iter().zip(all.chunks_exact_mut(per)) {
+                for (x, o) in ex[e0..e0 + n].iter().zip(all.chunks_exact_mut(per)) {
                     let t = f(x);
                     if t.numel() != per {
                         return Err(Error::Invalid("moe: experts of different shapes".into()));
@@ -555,7 +566,7 @@ impl Vulkan {
     #[allow(clippy::too_many_arguments)]
     fn moe_mm(
         &self,
-        w: &RawBuf,
+        w: &Experts,
         b: Option<&RawBuf>,
         x: (&RawBuf, u32),
         ids: (&RawBuf, u32),
@@ -564,23 +575,29 @@ impl Vulkan {
         per_slot: bool,
     ) -> Result<()> {
         let (n_in, n_out, n_slots, k) = shape;
-        let pc = [
-            u(n_in)?,
-            u(n_out)?,
-            u(n_slots)?,
-            u(k)?,
-            u32::from(per_slot),
-            u32::from(b.is_some()),
-            x.1,
-            ids.1,
-            0,
-        ];
-        self.run(
-            spv!("moe_mm"),
-            &[w, x.0, ids.0, out, b.unwrap_or(w)],
-            &pc,
-            (n_slots * n_out) as u64,
-        )
+        // each piece computes the slots whose expert it holds
+        for (wb, e0, ne) in w {
+            let pc = [
+                u(n_in)?,
+                u(n_out)?,
+                u(n_slots)?,
+                u(k)?,
+                u32::from(per_slot),
+                u32::from(b.is_some()),
+                x.1,
+                ids.1,
+                0,
+                u(*e0)?,
+                u(*ne)?,
+            ];
+            self.run(
+                spv!("moe_mm"),
+                &[wb, x.0, ids.0, out, b.unwrap_or(wb)],
+                &pc,
+                (n_slots * n_out) as u64,
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -603,7 +620,9 @@ impl Backend for Vulkan {
     }
 
     fn memory(&self) -> Option<u64> {
-        Some(self.ctx.info.memory)
+        // what was free when the device was opened (the weights it holds since then are
+        // counted by the plan)
+        Some(self.ctx.info.free)
     }
 
     fn weight_bytes(&self, w: &Tensor) -> usize {

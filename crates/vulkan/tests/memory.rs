@@ -51,12 +51,17 @@ fn staged_and_split_weights_give_the_logits_of_mapped_whole_ones() {
     let mapped = Options {
         staging: Some(false),
         max_alloc: None,
+        ..Default::default()
     };
     let Some(whole) = vulkan(&mapped) else { return };
     assert!(!whole.staging());
     let whole: Arc<dyn Backend> = Arc::new(whole);
-    // F32 from a GGUF, F16 from sharded safetensors
-    for name in ["llama/model.gguf", "qwen2-f16-sharded"] {
+    // F32 from a GGUF, F16 from sharded safetensors, a MoE (its experts split too)
+    for name in [
+        "llama/model.gguf",
+        "qwen2-f16-sharded",
+        "qwen3_moe/model.gguf",
+    ] {
         let f = ModelFiles::open(&fixture(name)).unwrap();
         let want = logits(&f, whole.clone());
         let cpu = logits(&f, Arc::new(hearth_cpu::Cpu::new(2).unwrap()));
@@ -71,6 +76,7 @@ fn staged_and_split_weights_give_the_logits_of_mapped_whole_ones() {
             let opts = Options {
                 staging: Some(staging),
                 max_alloc,
+                ..Default::default()
             };
             let v = vulkan(&opts).unwrap();
             assert_eq!(v.staging(), staging);
@@ -96,6 +102,7 @@ fn a_buffer_larger_than_the_largest_allocation_is_a_clear_error() {
     let opts = Options {
         staging: Some(true),
         max_alloc: Some(SPLIT),
+        ..Default::default()
     };
     let Some(v) = vulkan(&opts) else { return };
     assert!(v.alloc(SPLIT as usize / 4).is_ok());
@@ -104,4 +111,20 @@ fn a_buffer_larger_than_the_largest_allocation_is_a_clear_error() {
         e.contains("16388 bytes") && e.contains("largest allocation of 16384 bytes"),
         "{e}"
     );
+}
+
+#[test]
+fn free_memory_is_the_budget_given_or_at_most_the_heap() {
+    let Some(v) = vulkan(&Options::default()) else {
+        return;
+    };
+    let i = v.info().clone();
+    assert!(i.free > 0 && i.free <= i.memory, "{i:?}");
+    assert_eq!(v.memory(), Some(i.free));
+    let opts = Options {
+        budget: Some(123 << 20),
+        ..Default::default()
+    };
+    let v = vulkan(&opts).unwrap();
+    assert_eq!(v.memory(), Some(123 << 20));
 }
