@@ -8,17 +8,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD/.llama.cpp"
 bin="$root/build/bin"
-src_only=0; [ "${1:-}" = "--src-only" ] && src_only=1
-[ "${1:-}" = "--avx2" ] && src_only=2
-if [ $src_only = 0 ] && [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-quantize" ] && [ -x "$bin/llama-server" ]; then echo "$bin"; exit 0; fi
+case "${1:-}" in --src-only) mode=src ;; --avx2) mode=avx2 ;; *) mode=tools ;; esac
+if [ $mode = tools ] && [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-quantize" ] && [ -x "$bin/llama-server" ]; then echo "$bin"; exit 0; fi
 mkdir -p "$root"
 if [ ! -d "$root/src" ]; then
   pip download --no-deps --no-binary llama-cpp-python llama-cpp-python -d "$root/dl" >&2
   tar -xzf "$root"/dl/llama_cpp_python-*.tar.gz -C "$root"
   mv "$root"/llama_cpp_python-*/vendor/llama.cpp "$root/src"
 fi
-if [ $src_only = 1 ]; then echo "$root/src"; exit 0; fi
-if [ $src_only = 2 ]; then
+if [ $mode = src ]; then echo "$root/src"; exit 0; fi
+command -v cmake >/dev/null || { echo "cmake is needed: apt-get install -y cmake" >&2; exit 1; }
+if [ $mode = avx2 ]; then
   # llama-bench for AVX2 CPUs without AVX-512 (Intel desktops, Zen 2/3): issue 23's comparison
   # against HEARTH_NO_AVX512=1
   b="$root/build-avx2"
@@ -30,7 +30,6 @@ if [ $src_only = 2 ]; then
   fi
   echo "$b/bin"; exit 0
 fi
-command -v cmake >/dev/null || { echo "cmake is needed: apt-get install -y cmake" >&2; exit 1; }
 cmake -S "$root/src" -B "$root/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >&2
 cmake --build "$root/build" -j"$(nproc)" --target llama-bench llama-quantize llama-perplexity llama-server >&2

@@ -1730,6 +1730,7 @@ unsafe fn rows_q16_packed_impl(
     let gb = crate::pack::group_bytes(dtype, rb);
     let nb = rb / dtype.type_size();
     let tail = full / 8 * gb;
+    let prefetch = super::sw_prefetch();
     // a group's rows against tokens t..t + N at once: the weights are decoded once for the N
     // tokens (a decode step of several sequences), each token in its own accumulators, so
     // every value is the one-token kernel's
@@ -1751,7 +1752,7 @@ unsafe fn rows_q16_packed_impl(
             let mut g = rows.start / 8 * 8;
             while g < rows.end.min(full) {
                 let grp = bytes.as_ptr().add(g / 8 * gb);
-                if super::sw_prefetch() && g + PF_AHEAD * 8 < rows.end.min(full) {
+                if prefetch && g + PF_AHEAD * 8 < rows.end.min(full) {
                     let a = grp.add(PF_AHEAD * gb);
                     let mut o = 0;
                     while o < gb {
@@ -2080,13 +2081,14 @@ fast! {
         let n = rb / 4;
         let wrow = |r: usize| bytes.as_ptr().add(r * rb) as *const f32;
         let xrow = |t: usize| x.as_ptr().add(t * n);
+        let prefetch = super::sw_prefetch();
         let mut r0 = rows.start;
         while r0 < rows.end {
             let nr = (rows.end - r0).min(R);
             // the next rows' lines, requested while these are summed (a router's few rows
             // come from memory each token, too few for the hardware prefetcher to ramp up)
             let next = (r0 + nr)..(r0 + 2 * nr).min(rows.end);
-            if super::sw_prefetch() && !next.is_empty() {
+            if prefetch && !next.is_empty() {
                 let (a, b) = (bytes.as_ptr().add(next.start * rb), next.len() * rb);
                 let mut o = 0;
                 while o < b {
