@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 mod kv;
+mod quant;
 use hearth_core::{
     AttnParams, AttnSeg, Backend, Buf, DType, Error, Glu, Pages, Result, RopeArgs, RopeStyle,
     RowCopy, Storage, Tensor,
@@ -234,7 +235,7 @@ pub fn run(be: &dyn Backend) -> Report {
         }
     }
     others(&mut s);
-    quant(&mut s);
+    quant::cases(&mut s);
     moe(&mut s);
     linear(&mut s);
     kv::cases(&mut s);
@@ -561,56 +562,6 @@ fn two_paged_seqs(ps: usize) -> [AttnSeg<'static>; 2] {
         }),
     };
     [seg(0, 2, 9, TABLES[0]), seg(2, 3, 1, TABLES[1])]
-}
-
-/// Random bytes for a quantized tensor, with every 16-bit scale finite (the odd bytes'
-/// exponent bits kept low).
-fn quant_tensor(rng: &mut Rng, dtype: DType, n_out: usize, n_in: usize) -> Tensor {
-    let n = dtype.row_bytes(n_in).expect("a whole number of blocks") * n_out;
-    let bytes: Vec<u8> = (0..n)
-        .map(|i| {
-            let b = ((rng.f() + 1.0) * 127.9) as u8;
-            if i % 2 == 1 { b & 0x3B } else { b }
-        })
-        .collect();
-    Tensor::new("wq".into(), dtype, vec![n_out, n_in], Storage::owned(bytes))
-        .expect("a well-formed test tensor")
-}
-
-/// Matmuls and embedding rows of quantized types (the CPU quantizes the activations of most
-/// of them to integers, hence the looser bound).
-fn quant(s: &mut Suite) {
-    for dtype in [
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q5_0,
-        DType::Q8_0,
-        DType::Q2_K,
-        DType::Q4_K,
-        DType::Q6_K,
-        DType::IQ4_NL,
-        DType::BF16,
-    ] {
-        let (n_out, n_in, n_tok) = (19usize, 512usize, 3usize);
-        s.case(
-            format!("matmul {dtype} [{n_out}, {n_in}] x {n_tok}"),
-            5e-3,
-            |s| {
-                let t = quant_tensor(&mut s.rng, dtype, n_out, n_in);
-                let x = s.rng.vec(n_tok * n_in);
-                s.matmul(&t, &x, n_tok)
-            },
-        );
-        s.case(format!("get_rows {dtype} 3 of [19, 512]"), 0.0, |s| {
-            let t = quant_tensor(&mut s.rng, dtype, 19, 512);
-            let ids = [18u32, 0, 7];
-            let mut out = s.be.alloc(3 * 512)?;
-            s.be.get_rows(&t, &ids, out.view_mut())?;
-            let mut want = vec![0f32; 3 * 512];
-            s.cpu.get_rows(&t, &ids, (&mut want[..]).into())?;
-            Ok((get(s.be, &out)?, want))
-        });
-    }
 }
 
 /// Routing and routed experts.

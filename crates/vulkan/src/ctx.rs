@@ -25,6 +25,8 @@ pub struct DeviceInfo {
     pub memory: u64,
     /// Threads of a subgroup.
     pub subgroup: u32,
+    /// Whether compute shaders have subgroup arithmetic (`subgroupAdd`).
+    pub subgroup_arith: bool,
     /// Largest single allocation, in bytes.
     pub max_alloc: u64,
 }
@@ -105,6 +107,10 @@ impl Instance {
             kind: kind.into(),
             memory,
             subgroup: sub.subgroup_size,
+            subgroup_arith: sub
+                .supported_operations
+                .contains(vk::SubgroupFeatureFlags::ARITHMETIC)
+                && sub.supported_stages.contains(vk::ShaderStageFlags::COMPUTE),
             max_alloc: m3.max_memory_allocation_size,
         }
     }
@@ -159,7 +165,8 @@ pub(crate) struct Ctx {
     queue: vk::Queue,
     mem_props: vk::PhysicalDeviceMemoryProperties,
     cmd: Mutex<Cmd>,
-    pipelines: Mutex<HashMap<&'static str, Arc<Pipeline>>>,
+    /// By shader and the value of its specialization constant 1 (a weight's type).
+    pipelines: Mutex<HashMap<(&'static str, u32), Arc<Pipeline>>>,
     pub wg: u32,
 }
 
@@ -359,10 +366,18 @@ impl Ctx {
         }
     }
 
-    /// The pipeline of a shader (compiled once, on first use).
-    pub fn pipeline(&self, name: &'static str, spv: &[u8], bindings: u32) -> Result<Arc<Pipeline>> {
+    /// The pipeline of a shader with specialization constant 1 set to `qt` (compiled once,
+    /// on first use; constant 0 is the workgroup size, and shaders that declare no constant 1
+    /// ignore it).
+    pub fn pipeline(
+        &self,
+        name: &'static str,
+        spv: &[u8],
+        bindings: u32,
+        qt: u32,
+    ) -> Result<Arc<Pipeline>> {
         let mut ps = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = ps.get(name) {
+        if let Some(p) = ps.get(&(name, qt)) {
             return Ok(p.clone());
         }
         let d = &self.device;
@@ -377,11 +392,15 @@ impl Ctx {
                     .stage_flags(vk::ShaderStageFlags::COMPUTE)
             })
             .collect();
-        let spec_entry = [vk::SpecializationMapEntry::default()
-            .constant_id(0)
-            .offset(0)
-            .size(4)];
-        let spec_data = self.wg.to_ne_bytes();
+        let spec_entry = [0, 1].map(|i| {
+            vk::SpecializationMapEntry::default()
+                .constant_id(i)
+                .offset(4 * i)
+                .size(4)
+        });
+        let mut spec_data = [0u8; 8];
+        spec_data[..4].copy_from_slice(&self.wg.to_ne_bytes());
+        spec_data[4..].copy_from_slice(&qt.to_ne_bytes());
         let spec = vk::SpecializationInfo::default()
             .map_entries(&spec_entry)
             .data(&spec_data);
@@ -431,7 +450,7 @@ impl Ctx {
             }
         };
         let p = Arc::new(p);
-        ps.insert(name, p.clone());
+        ps.insert((name, qt), p.clone());
         Ok(p)
     }
 

@@ -4,12 +4,14 @@
 //! The loader is opened at run time ([`devices`], [`Vulkan::new`] fail with a clear error on a
 //! machine without one). Shaders are GLSL in `shaders/`, compiled to the SPIR-V committed in
 //! `spv/` by `scripts/build_shaders.sh` (a test fails when a committed module is stale); each
-//! pipeline is built once, its workgroup size a specialization constant.
+//! pipeline is built once per (shader, weight type), its workgroup size specialization
+//! constant 0 and the weight's type constant 1.
 //!
-//! This is the first step of the backend: buffers, transfers, and the element-wise ops, RMS
-//! norm and F32/F16 matmuls, each checked against the CPU backend by the conformance suite.
-//! Ops that have no shader yet return an `Unsupported` error naming the op, and [`Vulkan`]
-//! reports only F32 and F16 weights as supported, so no model loads onto it yet.
+//! Weights of F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS,
+//! MXFP4, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS and IQ3_S stay on the device as the file stores them and are decoded in registers by the
+//! matmul, expert and embedding shaders (`weights`, `shaders/quant.glsl`); other types are
+//! decoded to f32 once at load. Every op is checked against the CPU backend by the
+//! conformance suite; ops without a shader return an `Unsupported` error naming the op.
 #![deny(missing_docs)]
 
 mod ctx;
@@ -25,6 +27,7 @@ use hearth_core::{
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use weights::{DevWeight, Pack};
 
 /// The Vulkan devices the loader reports.
 pub fn devices() -> Result<Vec<DeviceInfo>> {
@@ -56,11 +59,27 @@ impl DevMem for VkMem {
     }
 }
 
+/// Which shader runs matmuls (`shaders/matmul.glsl`); each gives a row's result in an order
+/// that does not depend on the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// A thread per (row, tile of tokens), no reductions: the default on a CPU (lavapipe).
+    Rows,
+    /// A workgroup per (row, tile), its threads' sums added in shared memory.
+    Workgroup,
+    /// [`MatmulKernel::Workgroup`] adding with subgroup operations: the default on a GPU that
+    /// has them.
+    Subgroup,
+}
+
 /// The Vulkan backend on one device.
 pub struct Vulkan {
     ctx: Arc<Ctx>,
-    /// Weights copied to the device, by the address and length of their bytes: the buffer
-    /// and how it holds them (0: f32, 1: f16; other types are decoded to f32 once).
+    mm: MatmulKernel,
+    /// The i-quants' grids, bound to every shader that decodes weights.
+    grids: RawBuf,
+    /// Weights copied to the device, by the address and length of their bytes (see
+    /// [`weights`]: as the file stores them where the shaders decode the type, else f32).
     /// Each entry keeps the weight's storage alive, so that its address cannot be reused by
     /// another tensor while the entry exists.
     weights: Mutex<WeightMap>,
@@ -71,20 +90,9 @@ pub struct Vulkan {
     packs: Mutex<HashMap<(usize, usize), Arc<Pack>>>,
 }
 
-/// Device copies of weights by (address, length, type) of their bytes: the buffer, how it holds
-/// them, and the storage they came from (kept alive).
-type WeightMap = HashMap<(usize, usize, DType), (Arc<RawBuf>, u32, hearth_core::Storage)>;
-
-/// A MoE layer's experts on the device: all gate, up and down matrices `[E, rows, cols]`
-/// in f32, and their biases (or none).
-struct Pack {
-    gate: RawBuf,
-    up: RawBuf,
-    down: RawBuf,
-    bias: [Option<RawBuf>; 3],
-    n_ff: usize,
-    _pin: hearth_core::Storage,
-}
+/// Device copies of weights by (address, length, type) of their bytes, with the storage they
+/// came from (kept alive).
+type WeightMap = HashMap<(usize, usize, DType), (DevWeight, hearth_core::Storage)>;
 
 impl Drop for Vulkan {
     fn drop(&mut self) {
@@ -200,11 +208,22 @@ macro_rules! spv {
     };
 }
 
+mod weights;
+
 impl Vulkan {
     /// The backend on device `index` (see [`devices`]).
     pub fn new(index: usize) -> Result<Vulkan> {
+        let ctx = Ctx::new(index)?;
+        let mm = match (ctx.info.kind == "CPU", ctx.info.subgroup_arith) {
+            (true, _) => MatmulKernel::Rows,
+            (false, true) => MatmulKernel::Subgroup,
+            (false, false) => MatmulKernel::Workgroup,
+        };
+        let grids = weights::upload_grids(&ctx)?;
         Ok(Vulkan {
-            ctx: Ctx::new(index)?,
+            ctx,
+            mm,
+            grids,
             weights: Mutex::new(HashMap::new()),
             tmp: Mutex::new(Default::default()),
             packs: Mutex::new(HashMap::new()),
@@ -216,6 +235,24 @@ impl Vulkan {
         &self.ctx.info
     }
 
+    /// The kernel that runs matmuls.
+    pub fn matmul_kernel(&self) -> MatmulKernel {
+        self.mm
+    }
+
+    /// The backend with matmuls on kernel `k` instead of the device's default (tests run
+    /// each); an error where the device lacks what `k` needs.
+    pub fn with_matmul_kernel(mut self, k: MatmulKernel) -> Result<Vulkan> {
+        if k == MatmulKernel::Subgroup && !self.ctx.info.subgroup_arith {
+            return Err(Error::Unsupported(format!(
+                "{} has no subgroup arithmetic",
+                self.ctx.info.name
+            )));
+        }
+        self.mm = k;
+        Ok(self)
+    }
+
     fn run(
         &self,
         shader: (&'static str, &[u8]),
@@ -223,44 +260,27 @@ impl Vulkan {
         pc: &[u32],
         groups: u64,
     ) -> Result<()> {
-        let p = self.ctx.pipeline(shader.0, shader.1, bufs.len() as u32)?;
+        self.run_q(shader, 0, bufs, pc, groups)
+    }
+
+    /// [`Vulkan::run`] with specialization constant 1 (a weight's type) set to `spec`.
+    fn run_q(
+        &self,
+        shader: (&'static str, &[u8]),
+        spec: u32,
+        bufs: &[&RawBuf],
+        pc: &[u32],
+        groups: u64,
+    ) -> Result<()> {
+        let p = self
+            .ctx
+            .pipeline(shader.0, shader.1, bufs.len() as u32, spec)?;
         self.ctx.dispatch(&p, bufs, pc, groups)
     }
 
     /// Workgroups that cover `n` elements.
     fn groups(&self, n: usize) -> u64 {
         n.div_ceil(self.ctx.wg as usize) as u64
-    }
-
-    /// The device copy of a weight, made on first use: F32 and F16 as they are, every other
-    /// type decoded to f32 exactly (correct, and as large as f32; types get kernels of their
-    /// own in turn).
-    fn weight(&self, w: &Tensor) -> Result<(Arc<RawBuf>, u32)> {
-        let b = w.bytes();
-        let key = (b.as_ptr() as usize, b.len(), w.dtype);
-        let mut ws = self.weights.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = ws.get(&key) {
-            return Ok((r.0.clone(), r.1));
-        }
-        let (raw, tag) = match w.dtype {
-            DType::F32 | DType::F16 => {
-                let raw = self.ctx.alloc(b.len())?;
-                // SAFETY: the new mapping holds at least `b.len()` bytes.
-                unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), raw.ptr, b.len()) };
-                (raw, u32::from(w.dtype == DType::F16))
-            }
-            _ => {
-                let n = w.numel();
-                let raw = self.ctx.alloc(n.checked_mul(4).ok_or_else(too_big)?)?;
-                // SAFETY: the new mapping holds `n` floats, aligned (allocations are).
-                let out = unsafe { std::slice::from_raw_parts_mut(raw.ptr as *mut f32, n) };
-                hearth_quant::dequantize(w.dtype, b, out)?;
-                (raw, 0)
-            }
-        };
-        let raw = Arc::new(raw);
-        ws.insert(key, (raw.clone(), tag, w.storage.clone()));
-        Ok((raw, tag))
     }
 
     fn elementwise(&self, x: ViewMut<'_>, y: View<'_>, mode: u32, bw: usize) -> Result<()> {
@@ -452,105 +472,6 @@ impl Vulkan {
     }
 }
 
-impl Vulkan {
-    /// A layer's experts packed on the device (made on first use).
-    fn pack(&self, ex: &[hearth_core::Expert]) -> Result<Arc<Pack>> {
-        let first = ex
-            .first()
-            .ok_or_else(|| Error::Invalid("a MoE layer without experts".into()))?;
-        let key = (first.gate.bytes().as_ptr() as usize, ex.len());
-        let mut ps = self.packs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = ps.get(&key) {
-            return Ok(p.clone());
-        }
-        let (n_ff, e) = (first.gate.shape[0], first.gate.shape[1]);
-        let whole = |f: &dyn Fn(&hearth_core::Expert) -> &Tensor| -> Result<RawBuf> {
-            let per = n_ff * e;
-            let raw = self.ctx.alloc(ex.len() * per * 4)?;
-            // SAFETY: the new mapping holds `ex.len() * per` floats.
-            let all =
-                unsafe { std::slice::from_raw_parts_mut(raw.ptr as *mut f32, ex.len() * per) };
-            for (x, o) in ex.iter().zip(all.chunks_exact_mut(per)) {
-                let t = f(x);
-                if t.numel() != per {
-                    return Err(Error::Invalid("moe: experts of different shapes".into()));
-                }
-                hearth_quant::dequantize(t.dtype, t.bytes(), o)?;
-            }
-            Ok(raw)
-        };
-        let bias = |f: &dyn Fn(&hearth_core::Expert) -> &Option<Buf>,
-                    len: usize|
-         -> Result<Option<RawBuf>> {
-            if ex.iter().all(|x| f(x).is_none()) {
-                return Ok(None);
-            }
-            let raw = self.ctx.alloc(ex.len() * len * 4)?;
-            for (i, x) in ex.iter().enumerate() {
-                if let Some(b) = f(x) {
-                    let mut h = vec![0f32; len];
-                    self.download(b.view(), &mut h)?;
-                    // SAFETY: the new mapping holds `ex.len() * len` floats.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            h.as_ptr(),
-                            (raw.ptr as *mut f32).add(i * len),
-                            len,
-                        )
-                    };
-                }
-            }
-            Ok(Some(raw))
-        };
-        let p = Arc::new(Pack {
-            gate: whole(&|x| &x.gate)?,
-            up: whole(&|x| &x.up)?,
-            down: whole(&|x| &x.down)?,
-            bias: [
-                bias(&|x| &x.gate_b, n_ff)?,
-                bias(&|x| &x.up_b, n_ff)?,
-                bias(&|x| &x.down_b, e)?,
-            ],
-            n_ff,
-            _pin: first.gate.storage.clone(),
-        });
-        ps.insert(key, p.clone());
-        Ok(p)
-    }
-
-    /// One of the pack's matmuls over every (token, slot).
-    #[allow(clippy::too_many_arguments)]
-    fn moe_mm(
-        &self,
-        w: &RawBuf,
-        b: Option<&RawBuf>,
-        x: (&RawBuf, u32),
-        ids: (&RawBuf, u32),
-        out: &RawBuf,
-        shape: (usize, usize, usize, usize),
-        per_slot: bool,
-    ) -> Result<()> {
-        let (n_in, n_out, n_slots, k) = shape;
-        let pc = [
-            u(n_in)?,
-            u(n_out)?,
-            u(n_slots)?,
-            u(k)?,
-            u32::from(per_slot),
-            u32::from(b.is_some()),
-            x.1,
-            ids.1,
-            0,
-        ];
-        self.run(
-            spv!("moe_mm"),
-            &[w, x.0, ids.0, out, b.unwrap_or(w)],
-            &pc,
-            (n_slots * n_out) as u64,
-        )
-    }
-}
-
 impl Backend for Vulkan {
     fn name(&self) -> String {
         format!("vulkan:{} ({})", self.ctx.info.index, self.ctx.info.name)
@@ -574,11 +495,8 @@ impl Backend for Vulkan {
     }
 
     fn weight_bytes(&self, w: &Tensor) -> usize {
-        match w.dtype {
-            DType::F32 | DType::F16 => w.bytes().len(),
-            // decoded to f32 (routed experts too, in their layer's pack)
-            _ => w.numel() * 4,
-        }
+        // routed experts too, in their layer's pack
+        weights::held_bytes(w)
     }
 
     fn alloc(&self, n: usize) -> Result<Buf> {
@@ -625,34 +543,28 @@ impl Backend for Vulkan {
     }
 
     fn matmul(&self, w: &Tensor, x: View<'_>, n_tok: usize, out: ViewMut<'_>) -> Result<()> {
+        // W [n_out, n_in] @ x [n_tok, n_in] -> out [n_tok, n_out]
         let (n_in, n_out) = (w.row_len(), w.n_rows());
         let (xm, xo, xn) = dev(x)?;
         let (om, oo, on) = dev_mut(out)?;
-        let (wb, dtype) = self.weight(w)?;
-        if xn != n_tok * n_in || on != n_tok * n_out || (dtype == 1 && n_in % 2 != 0) {
+        if xn != n_tok * n_in || on != n_tok * n_out {
             return Err(Error::Invalid(format!(
                 "matmul {}: weight [{n_out}, {n_in}], x has {xn} values for {n_tok} tokens, \
                  out {on}",
                 w.name
             )));
         }
-        let pc = [u(n_in)?, u(n_out)?, u(n_tok)?, 0, xo, oo, dtype];
-        if self.ctx.info.kind == "CPU" {
-            // lavapipe: a thread per output value
-            let n = n_out * n_tok;
-            return self.run(
-                spv!("matmul_rows"),
-                &[&wb, &xm.raw, &om.raw],
-                &pc,
-                self.groups(n),
-            );
-        }
-        self.run(
-            spv!("matmul"),
-            &[&wb, &xm.raw, &om.raw],
-            &pc,
-            (n_out * n_tok) as u64,
-        )
+        let dw = self.weight(w)?;
+        let pc = [u(n_in)?, u(n_out)?, u(n_tok)?, u(dw.row_bytes)?, xo, oo];
+        let bufs = [&*dw.buf, &xm.raw, &om.raw, &self.grids];
+        // a workgroup (or, on lavapipe, a thread) per row and tile of 8 tokens (matmul.glsl)
+        let items = n_out * n_tok.div_ceil(8);
+        let (shader, groups) = match self.mm {
+            MatmulKernel::Rows => (spv!("matmul_rows"), self.groups(items)),
+            MatmulKernel::Workgroup => (spv!("matmul"), items as u64),
+            MatmulKernel::Subgroup => (spv!("matmul_sg"), items as u64),
+        };
+        self.run_q(shader, dw.code, &bufs, &pc, groups)
     }
 
     fn dequantize(&self, t: &Tensor, out: &mut [f32]) -> Result<()> {
@@ -670,10 +582,13 @@ impl Backend for Vulkan {
                 w.n_rows()
             )));
         }
-        let (wb, dtype) = self.weight(w)?;
+        let dw = self.weight(w)?;
         let (tb, to) = self.ctx.stage(ids)?;
-        let pc = [u(on)?, u(width)?, oo, to, dtype];
-        self.run(spv!("get_rows"), &[&wb, &om.raw, &tb], &pc, self.groups(on))
+        let pc = [u(ids.len())?, u(width)?, oo, to, u(dw.row_bytes)?];
+        // a thread per (row, chunk of 32 values)
+        let g = self.groups(ids.len() * width.div_ceil(32));
+        let bufs = [&*dw.buf, &om.raw, &tb, &self.grids];
+        self.run_q(spv!("get_rows"), dw.code, &bufs, &pc, g)
     }
 
     fn rms_norm(&self, x: ViewMut<'_>, w: View<'_>, eps: f32) -> Result<()> {

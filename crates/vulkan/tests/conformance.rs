@@ -25,6 +25,24 @@ fn every_op_agrees_with_the_cpu_backend() {
 }
 
 #[test]
+fn every_matmul_kernel_agrees_with_the_cpu_backend() {
+    use hearth_vulkan::MatmulKernel::*;
+    for k in [Rows, Workgroup, Subgroup] {
+        let Some(vk) = backend() else { return };
+        if vk.matmul_kernel() == k {
+            continue; // every_op_agrees_with_the_cpu_backend runs it
+        }
+        match vk.with_matmul_kernel(k) {
+            Ok(vk) => {
+                eprintln!("matmul kernel {k:?}");
+                hearth_conformance::check(&vk);
+            }
+            Err(e) => eprintln!("matmul kernel {k:?} skipped: {e}"),
+        }
+    }
+}
+
+#[test]
 fn devices_are_listed_with_their_limits() {
     if backend().is_some() {
         let d = hearth_vulkan::devices().unwrap();

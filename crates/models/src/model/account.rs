@@ -198,8 +198,9 @@ impl Model {
 
     /// [`Model::bytes_per_token`] per device (the model's devices, in order): what each one
     /// reads from its memory for a decoded token. A device with memory of its own reads its
-    /// copy of the weights ([`hearth_core::Backend::weight_bytes`]: the Vulkan backend's are f32 for most
-    /// types); the host reads the file's bytes (or a packed copy of about their size).
+    /// copy of the weights ([`hearth_core::Backend::weight_bytes`]: the Vulkan backend keeps the
+    /// file's bytes of the types its shaders decode, f32 for the rest); the host reads the
+    /// file's bytes (or a packed copy of about their size).
     pub fn bytes_per_token_by_device(&self) -> Vec<usize> {
         let mut v = vec![0; self.devs.len()];
         let held = |d: usize, t: &Tensor| match self.devs[d].memory() {

@@ -1,0 +1,231 @@
+//! Weights of quantized (and 16-bit float) types: matmuls over batches of 1 to 40 tokens and
+//! odd shapes, embedding rows, and routed experts, against the CPU backend.
+//!
+//! Two references per matmul: the CPU backend's own kernel for the type (which quantizes the
+//! activations of most types to integers, hence the looser bound), and the CPU's f32 matmul of
+//! the weight decoded by `hearth_quant` (exact up to the order of the sums: a backend that
+//! decodes the blocks itself must decode them to the same values).
+use super::{Rng, Suite, get, put};
+use hearth_core::moe::Expert;
+use hearth_core::{Backend, DType, Glu, Result, Storage, Tensor};
+
+/// Every type the suite gives weights in.
+const TYPES: [DType; 21] = [
+    DType::F16,
+    DType::BF16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q2_K,
+    DType::Q3_K,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+    DType::IQ4_NL,
+    DType::IQ4_XS,
+    DType::MXFP4,
+    DType::IQ2_XXS,
+    DType::IQ2_XS,
+    DType::IQ2_S,
+    DType::IQ3_XXS,
+    DType::IQ3_S,
+    DType::Q8_K,
+];
+
+/// Random bytes for a quantized tensor, with every 16-bit scale finite (the odd bytes'
+/// exponent bits kept low) and MXFP4's shared exponents near 1.
+fn quant_tensor(rng: &mut Rng, dtype: DType, n_out: usize, n_in: usize) -> Tensor {
+    let n = dtype.row_bytes(n_in).expect("a whole number of blocks") * n_out;
+    let bytes: Vec<u8> = (0..n)
+        .map(|i| {
+            let b = ((rng.f() + 1.0) * 127.9) as u8;
+            if dtype == DType::MXFP4 && i % 17 == 0 {
+                120 + b % 16
+            } else if i % 2 == 1 {
+                b & 0x3B
+            } else {
+                b
+            }
+        })
+        .collect();
+    Tensor::new("wq".into(), dtype, vec![n_out, n_in], Storage::owned(bytes))
+        .expect("a well-formed test tensor")
+}
+
+/// `t` decoded to f32 by the reference dequantizers.
+fn decoded(t: &Tensor) -> Result<Tensor> {
+    let mut v = vec![0f32; t.numel()];
+    hearth_quant::dequantize(t.dtype, t.bytes(), &mut v)?;
+    let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    Tensor::new(
+        "wd".into(),
+        DType::F32,
+        t.shape.clone(),
+        Storage::owned(bytes),
+    )
+}
+
+/// Matmuls, embedding rows and experts of every type in [`TYPES`].
+pub(crate) fn cases(s: &mut Suite) {
+    // (n_out, n_in, n_tok): one token and small batches, a single row, rows that are not a
+    // multiple of a workgroup or of a tile of tokens, one and several super-blocks per row,
+    // and a prompt of several tiles
+    let shapes = [
+        (19usize, 512usize, 1usize),
+        (19, 512, 2),
+        (1, 256, 5),
+        (67, 768, 17),
+        (33, 512, 40),
+    ];
+    for dtype in TYPES {
+        for (n_out, n_in, n_tok) in shapes {
+            s.case(
+                format!("matmul {dtype} [{n_out}, {n_in}] x {n_tok} against its f32 decoding"),
+                1e-5,
+                |s| {
+                    let t = quant_tensor(&mut s.rng, dtype, n_out, n_in);
+                    let x = s.rng.vec(n_tok * n_in);
+                    let (got, _) = s.matmul(&t, &x, n_tok)?;
+                    let (_, want) = s.matmul(&decoded(&t)?, &x, n_tok)?;
+                    Ok((got, want))
+                },
+            );
+        }
+        // the CPU's own kernel, where enough outputs share the normalisation for the error of
+        // its quantized activations to stay under the bound
+        let (n_out, n_in, n_tok) = (19, 512, 3);
+        s.case(
+            format!("matmul {dtype} [{n_out}, {n_in}] x {n_tok}"),
+            5e-3,
+            |s| {
+                let t = quant_tensor(&mut s.rng, dtype, n_out, n_in);
+                let x = s.rng.vec(n_tok * n_in);
+                s.matmul(&t, &x, n_tok)
+            },
+        );
+        s.case(format!("get_rows {dtype} 3 of [19, 512]"), 0.0, |s| {
+            let t = quant_tensor(&mut s.rng, dtype, 19, 512);
+            let ids = [18u32, 0, 7];
+            let mut out = s.be.alloc(3 * 512)?;
+            s.be.get_rows(&t, &ids, out.view_mut())?;
+            let mut want = vec![0f32; 3 * 512];
+            s.cpu.get_rows(&t, &ids, (&mut want[..]).into())?;
+            Ok((get(s.be, &out)?, want))
+        });
+    }
+    // a row's result alone and in a batch of 16 (temperature 0 must not see the batch)
+    for dtype in [DType::Q4_K, DType::Q8_0, DType::F16] {
+        s.case(
+            format!("matmul {dtype}: a row alone = in a batch"),
+            0.0,
+            |s| {
+                let t = quant_tensor(&mut s.rng, dtype, 40, 512);
+                let x = s.rng.vec(16 * 512);
+                let (batch, _) = s.matmul(&t, &x, 16)?;
+                let mut alone = Vec::new();
+                for r in 0..16 {
+                    alone.extend(s.matmul(&t, &x[r * 512..(r + 1) * 512], 1)?.0);
+                }
+                Ok((batch, alone))
+            },
+        );
+    }
+    // routed experts: a Q4_K_M-like layer (Q4_K gate and up, Q6_K down), one type for all,
+    // and a layer whose experts differ in type
+    let mixes: [(&str, [DType; 3], Option<DType>); 5] = [
+        (
+            "Q4_K, Q4_K, Q6_K",
+            [DType::Q4_K, DType::Q4_K, DType::Q6_K],
+            None,
+        ),
+        ("Q8_0", [DType::Q8_0; 3], None),
+        ("MXFP4", [DType::MXFP4; 3], None),
+        (
+            "IQ2_XXS, IQ3_S, IQ2_S",
+            [DType::IQ2_XXS, DType::IQ3_S, DType::IQ2_S],
+            None,
+        ),
+        (
+            "Q4_0 with one Q8_0 gate",
+            [DType::Q4_0; 3],
+            Some(DType::Q8_0),
+        ),
+    ];
+    for (label, types, odd) in mixes {
+        s.case(
+            format!("moe_experts {label}: 6 experts, 3 tokens, 2 each"),
+            1e-5,
+            |s| moe_case(s, types, odd),
+        );
+    }
+}
+
+/// Routed experts of `types` (gate, up, down; expert 0's gate `odd` where given) on the
+/// backend, and on the CPU decoded to f32.
+fn moe_case(s: &mut Suite, types: [DType; 3], odd: Option<DType>) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (ne, e, ff, n, k) = (6usize, 256usize, 512usize, 3usize, 2usize);
+    let mut mats = Vec::new();
+    for i in 0..ne {
+        let gt = odd.filter(|_| i == 0).unwrap_or(types[0]);
+        mats.push([
+            quant_tensor(&mut s.rng, gt, ff, e),
+            quant_tensor(&mut s.rng, types[1], ff, e),
+            quant_tensor(&mut s.rng, types[2], e, ff),
+        ]);
+    }
+    let make = |be: &dyn Backend, f32: bool| -> Result<Vec<Expert>> {
+        let conv = |t: &Tensor| if f32 { decoded(t) } else { Ok(t.clone()) };
+        mats.iter()
+            .map(|[g, u, d]| {
+                let mut ex = Expert {
+                    gate: conv(g)?,
+                    up: conv(u)?,
+                    down: conv(d)?,
+                    gate_b: None,
+                    up_b: None,
+                    down_b: None,
+                };
+                for (w, name) in [
+                    (&mut ex.gate, "ffn_gate_exps"),
+                    (&mut ex.up, "ffn_up_exps"),
+                    (&mut ex.down, "ffn_down_exps"),
+                ] {
+                    w.name = name.into();
+                    be.prepare(w);
+                }
+                Ok(ex)
+            })
+            .collect()
+    };
+    let x: Vec<f32> = s.rng.vec(n * e);
+    let ids: Vec<f32> = vec![5.0, 0.0, 2.0, 5.0, 1.0, 3.0];
+    let w: Vec<f32> = s.rng.vec(n * k);
+    let ex_b = make(s.be, false)?;
+    let mut out = s.be.alloc(n * e)?;
+    let (bx, bi, bw) = (put(s.be, &x)?, put(s.be, &ids)?, put(s.be, &w)?);
+    s.be.moe_experts(hearth_core::MoeJob {
+        experts: &ex_b,
+        act: Glu::Silu,
+        n_tok: n,
+        n_used: k,
+        x: bx.view(),
+        ids: bi.view(),
+        weights: bw.view(),
+        out: out.view_mut(),
+    })?;
+    let ex_c = make(&s.cpu, true)?;
+    let mut want = vec![0f32; n * e];
+    s.cpu.moe_experts(hearth_core::MoeJob {
+        experts: &ex_c,
+        act: Glu::Silu,
+        n_tok: n,
+        n_used: k,
+        x: (&x[..]).into(),
+        ids: (&ids[..]).into(),
+        weights: (&w[..]).into(),
+        out: (&mut want[..]).into(),
+    })?;
+    Ok((get(s.be, &out)?, want))
+}
