@@ -1,10 +1,7 @@
 //! Models from the Hugging Face hub: `pull ORG/REPO[:QUANT]`, `list`, `rm`, and `fit`, which
 //! plans a model from its headers (read with range requests) before anything is downloaded.
 use anyhow::{Context, Result};
-use hearth_core::{
-    AttnParams, AttnSeg, Backend, DType, MoeJob, Result as CoreResult, RopeArgs, Tensor, View,
-    ViewMut,
-};
+use hearth_core::Backend;
 use hearth_formats::{ModelFiles, Source};
 use hearth_hub::{Hub, Kind, RepoFile, Spec, remote};
 use std::path::{Path, PathBuf};
@@ -143,89 +140,6 @@ fn free_disk(p: &Path) -> Option<u64> {
     }
     #[cfg(not(unix))]
     None
-}
-
-/// A backend for planning: the device's name, memory and bytes per weight, its other
-/// operations as they are, but `prepare` copies and uploads nothing (the weights of a skeleton
-/// are holes): it asks the device what preparing would add ([`Backend::plan_prepare`], a
-/// packed copy) and counts that in the weight's bytes. Nothing runs on it.
-struct PlanOnly {
-    inner: Arc<dyn Backend>,
-    /// Bytes preparing would add, by the address of the weight's bytes.
-    extra: std::sync::Mutex<std::collections::HashMap<usize, usize>>,
-}
-
-impl PlanOnly {
-    fn wrap(inner: Arc<dyn Backend>) -> Arc<dyn Backend> {
-        Arc::new(PlanOnly {
-            inner,
-            extra: Default::default(),
-        })
-    }
-}
-
-impl Backend for PlanOnly {
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-    fn supports(&self, dtype: DType) -> bool {
-        self.inner.supports(dtype)
-    }
-    fn memory(&self) -> Option<u64> {
-        self.inner.memory()
-    }
-    fn supports_kv(&self, t: hearth_core::KvType) -> bool {
-        self.inner.supports_kv(t)
-    }
-    fn host_weights(&self, bytes: usize) {
-        self.inner.host_weights(bytes)
-    }
-    fn prepare(&self, w: &mut Tensor) {
-        let n = self.inner.plan_prepare(w);
-        if n > 0 {
-            let key = w.bytes().as_ptr() as usize;
-            *self
-                .extra
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(key)
-                .or_default() += n;
-        }
-    }
-    fn weight_bytes(&self, w: &Tensor) -> usize {
-        let key = w.bytes().as_ptr() as usize;
-        let extra = self.extra.lock().unwrap_or_else(|e| e.into_inner());
-        self.inner.weight_bytes(w) + extra.get(&key).copied().unwrap_or(0)
-    }
-    fn matmul(&self, w: &Tensor, x: View<'_>, n_tok: usize, out: ViewMut<'_>) -> CoreResult<()> {
-        self.inner.matmul(w, x, n_tok, out)
-    }
-    fn dequantize(&self, t: &Tensor, out: &mut [f32]) -> CoreResult<()> {
-        self.inner.dequantize(t, out)
-    }
-    fn get_rows(&self, w: &Tensor, ids: &[u32], out: ViewMut<'_>) -> CoreResult<()> {
-        self.inner.get_rows(w, ids, out)
-    }
-    fn rms_norm(&self, x: ViewMut<'_>, w: View<'_>, eps: f32) -> CoreResult<()> {
-        self.inner.rms_norm(x, w, eps)
-    }
-    fn rope(&self, x: ViewMut<'_>, n_heads: usize, r: &RopeArgs<'_>) -> CoreResult<()> {
-        self.inner.rope(x, n_heads, r)
-    }
-    fn attention_many(
-        &self,
-        k: View<'_>,
-        v: View<'_>,
-        p: &AttnParams<'_>,
-        q: View<'_>,
-        out: ViewMut<'_>,
-        segs: &[AttnSeg<'_>],
-    ) -> CoreResult<()> {
-        self.inner.attention_many(k, v, p, q, out, segs)
-    }
-    fn moe_experts(&self, job: MoeJob<'_>) -> CoreResult<()> {
-        self.inner.moe_experts(job)
-    }
 }
 
 /// A directory removed when dropped.
@@ -385,8 +299,10 @@ fn plan_and_print(
         Source::Hf(h) => h.config["model_type"].as_str().unwrap_or("?").to_string(),
     };
     // the placement loading uses, on backends that prepare nothing
-    let (devs, place) = crate::placement_wrapped(c, PlanOnly::wrap)?;
-    let devs: Vec<Arc<dyn Backend>> = devs
+    let pl = crate::placement_wrapped(c, &files, ctx, hearth_engine::PlanOnly::wrap)?;
+    let place = pl.place;
+    let devs: Vec<Arc<dyn Backend>> = pl
+        .devs
         .into_iter()
         .enumerate()
         .map(|(i, b)| {
@@ -394,7 +310,7 @@ fn plan_and_print(
                 b
             } else {
                 // the CPU the placement flags add: wrapped too
-                PlanOnly::wrap(b)
+                hearth_engine::PlanOnly::wrap(b)
             }
         })
         .collect();

@@ -8,7 +8,7 @@ mod quantize;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use hearth_core::Backend;
-use hearth_engine::{Engine, Sampler, SamplingParams};
+use hearth_engine::{Engine, Placement, Sampler, SamplingParams};
 use hearth_formats::{ModelFiles, Source};
 use hearth_tokenizer::{ChatMessage, Tokenizer};
 use std::io::{BufRead, Write};
@@ -84,8 +84,8 @@ enum Cmd {
         /// Threads for the bandwidth probe (0: all cores)
         #[arg(short = 't', long, default_value_t = 0)]
         threads: usize,
-        /// The device to plan for (cpu, vulkan, vulkan:N, auto: the CPU), with the placement
-        /// flags; nothing is uploaded to it
+        /// The device to plan for (cpu, vulkan, vulkan:N, auto: the first Vulkan GPU, else
+        /// the CPU), with the placement flags; nothing is uploaded to it
         #[arg(long, default_value = "auto")]
         device: String,
         #[command(flatten)]
@@ -156,8 +156,9 @@ struct Common {
     /// Worker threads (0: all cores)
     #[arg(short = 't', long, default_value_t = 0)]
     threads: usize,
-    /// Where to run: cpu, vulkan or vulkan:N (see `hearth devices`), or auto (the CPU for
-    /// now: the Vulkan backend does not yet run every architecture)
+    /// Where to run: cpu, vulkan or vulkan:N (see `hearth devices`), or auto (the first
+    /// Vulkan device that is a GPU, else the CPU). On a GPU, what the placement flags leave
+    /// open is fitted to its free memory: routed experts to RAM first, then whole layers
     #[arg(long, default_value = "auto")]
     device: String,
     #[command(flatten)]
@@ -380,14 +381,40 @@ fn main() {
     }
 }
 
-/// The backend `--device` names.
+/// The backend `--device` names; `auto` is the first Vulkan device that is a GPU (discrete
+/// or integrated: a CPU-type device such as lavapipe is slower than the CPU backend), else
+/// the CPU, with a one-line notice.
 fn backend(device: &str, threads: usize) -> Result<Arc<dyn Backend>> {
     let vulkan = |i: usize| -> Result<Arc<dyn Backend>> {
         let v = hearth_vulkan::Vulkan::new(i).with_context(|| format!("--device {device}"))?;
         Ok(Arc::new(v))
     };
+    let cpu = || -> Result<Arc<dyn Backend>> { Ok(Arc::new(hearth_cpu::Cpu::new(threads)?)) };
     match device {
-        "auto" | "cpu" => Ok(Arc::new(hearth_cpu::Cpu::new(threads)?)),
+        "cpu" => cpu(),
+        "auto" => {
+            let gpu = hearth_vulkan::devices().map(|ds| {
+                ds.into_iter()
+                    .find(|d| d.kind == "discrete GPU" || d.kind == "integrated GPU")
+            });
+            match gpu {
+                Ok(Some(d)) => match hearth_vulkan::Vulkan::new(d.index) {
+                    Ok(v) => Ok(Arc::new(v)),
+                    Err(e) => {
+                        eprintln!("hearth: running on the CPU (vulkan:{}: {e})", d.index);
+                        cpu()
+                    }
+                },
+                Ok(None) => {
+                    eprintln!("hearth: running on the CPU (no Vulkan GPU found)");
+                    cpu()
+                }
+                Err(e) => {
+                    eprintln!("hearth: running on the CPU ({e})");
+                    cpu()
+                }
+            }
+        }
         "vulkan" => vulkan(0),
         d => match d.strip_prefix("vulkan:").map(str::parse::<usize>) {
             Some(Ok(i)) => vulkan(i),
@@ -396,89 +423,121 @@ fn backend(device: &str, threads: usize) -> Result<Arc<dyn Backend>> {
     }
 }
 
-/// Whether any placement flag asks for RAM.
-fn wants_cpu(p: &PlaceArgs) -> bool {
-    p.cpu_moe || p.n_cpu_moe > 0 || p.gpu_layers.is_some() || !p.override_tensor.is_empty()
+/// The placement flags as the engine takes them.
+fn placement_flags(c: &Common) -> Result<Placement> {
+    let p = &c.place;
+    let mut pl = Placement {
+        cpu_moe: p.cpu_moe,
+        n_cpu_moe: p.n_cpu_moe,
+        gpu_layers: p.gpu_layers,
+        overrides: Vec::new(),
+    };
+    let dev = c.device.to_ascii_lowercase();
+    let names = ["gpu", "vulkan", "auto", dev.as_str()];
+    for o in &p.override_tensor {
+        pl.add_override(o, &names)?;
+    }
+    Ok(pl)
 }
 
-/// The devices (the --device first, then the CPU when the placement uses it) and the
-/// placement function of the flags.
-#[allow(clippy::type_complexity)]
-fn placement(c: &Common) -> Result<(Vec<Arc<dyn Backend>>, Box<dyn Fn(&str, usize) -> usize>)> {
-    placement_wrapped(c, |b| b)
+/// The device of each block ([`hearth_engine::Model::load_placed`]'s `place`).
+type PlaceFn = Box<dyn Fn(&str, usize) -> usize>;
+
+/// Where a model's blocks go.
+struct Placed {
+    /// The --device first, then the CPU when the placement uses it.
+    devs: Vec<Arc<dyn Backend>>,
+    /// The device of each block.
+    place: PlaceFn,
+    /// What the automatic fit decided, for a GPU.
+    fit: Option<hearth_engine::Fitted>,
 }
 
-/// [`placement`] with the --device's backend passed through `wrap` (`hearth fit` plans with
-/// one that prepares nothing).
-#[allow(clippy::type_complexity)]
+/// [`placement_wrapped`] of backends as they are.
+fn placement(c: &Common, files: &ModelFiles, ctx: usize) -> Result<Placed> {
+    placement_wrapped(c, files, ctx, |b| b)
+}
+
+/// The devices and placement of the flags for a context of `ctx` tokens of the model in
+/// `files`, with the --device's backend passed through `wrap` (`hearth fit` plans with one
+/// that prepares nothing). On a GPU, what the flags leave open is fitted to its free memory
+/// ([`Placement::fit`]).
 fn placement_wrapped(
     c: &Common,
+    files: &ModelFiles,
+    ctx: usize,
     wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>,
-) -> Result<(Vec<Arc<dyn Backend>>, Box<dyn Fn(&str, usize) -> usize>)> {
-    let main_cpu = matches!(c.device.as_str(), "auto" | "cpu");
-    let mut devs = vec![wrap(backend(&c.device, c.threads)?)];
-    let p = c.place.clone();
-    if main_cpu || !wants_cpu(&p) {
-        return Ok((devs, Box::new(|_, _| 0)));
+) -> Result<Placed> {
+    let main = backend(&c.device, c.threads)?;
+    let flags = placement_flags(c)?;
+    let Some(budget) = main.memory() else {
+        // the CPU holds everything
+        return Ok(Placed {
+            devs: vec![wrap(main)],
+            place: Box::new(|_, _| 0),
+            fit: None,
+        });
+    };
+    let (costs, n_layer, reserve) =
+        hearth_engine::place::block_costs(files, main.clone(), c.kv.types()?, ctx)?;
+    let fit = flags.fit(&costs, n_layer, ctx, reserve as u64, budget);
+    let p = fit.placement.clone();
+    let mut devs = vec![wrap(main)];
+    if p.wants_cpu() {
+        devs.push(Arc::new(hearth_cpu::Cpu::new(c.threads)?));
     }
-    devs.push(Arc::new(hearth_cpu::Cpu::new(c.threads)?));
-    let mut rules = Vec::new();
-    for o in &p.override_tensor {
-        let (re, dev) = o
-            .rsplit_once('=')
-            .with_context(|| format!("--override-tensor {o}: expected REGEX=DEVICE"))?;
-        let re = regex::Regex::new(re).with_context(|| format!("--override-tensor {o}"))?;
-        let d = match dev.to_ascii_lowercase().as_str() {
-            "cpu" => 1,
-            d if d == c.device
-                || d == "gpu"
-                || (d == "vulkan" && c.device.starts_with("vulkan")) =>
-            {
-                0
-            }
-            d => bail!(
-                "--override-tensor {o}: device {d} is not cpu or the --device ({})",
-                c.device
-            ),
-        };
-        rules.push((re, d));
+    if p.n_cpu_moe != flags.n_cpu_moe || p.gpu_layers != flags.gpu_layers || !fit.fits {
+        eprintln!("hearth: {}", fit_summary(&fit, budget));
     }
-    let layer =
-        |b: &str| -> Option<usize> { b.strip_prefix("blk.")?.split('.').next()?.parse().ok() };
-    Ok((
+    Ok(Placed {
         devs,
-        Box::new(move |b: &str, n_layer: usize| {
-            if let Some((_, d)) = rules.iter().find(|(re, _)| re.is_match(b)) {
-                return *d;
-            }
-            if let Some(g) = p.gpu_layers {
-                let first_gpu = n_layer.saturating_sub(g);
-                let on_cpu = match layer(b) {
-                    Some(i) => i < first_gpu,
-                    None => b == "token_embd" || (b == "output" && g <= n_layer),
-                };
-                if on_cpu {
-                    return 1;
-                }
-            }
-            if b.ends_with(".ffn_exps") && (p.cpu_moe || layer(b).is_some_and(|i| i < p.n_cpu_moe))
-            {
-                return 1;
-            }
-            0
-        }),
-    ))
+        place: Box::new(move |b, n| p.place(b, n)),
+        fit: Some(fit),
+    })
 }
+
+/// One line on an automatic fit: what went to RAM.
+fn fit_summary(f: &hearth_engine::Fitted, budget: u64) -> String {
+    let p = &f.placement;
+    let mut what = Vec::new();
+    if p.cpu_moe {
+        what.push("every layer's routed experts in RAM".to_string());
+    } else if p.n_cpu_moe > 0 {
+        what.push(format!(
+            "the routed experts of the first {} layers in RAM",
+            p.n_cpu_moe
+        ));
+    }
+    if let Some(g) = p.gpu_layers {
+        what.push(format!("only the last {g} layers on the GPU"));
+    }
+    if what.is_empty() {
+        what.push("everything on the GPU".into());
+    }
+    format!(
+        "placement: {} ({:.1} of {:.1} MiB of free GPU memory{})",
+        what.join(", "),
+        f.gpu_bytes as f64 / 1048576.0,
+        budget as f64 / 1048576.0,
+        if f.fits { "" } else { ": DOES NOT FIT" }
+    )
+}
+
+/// The context automatic placement plans for where a command sets none.
+const FIT_CTX: usize = 4096;
 
 fn load(c: &Common) -> Result<Engine> {
-    load_path(c, &pull::resolve(&c.model)?)
+    load_path(c, &pull::resolve(&c.model)?, FIT_CTX)
 }
 
-/// [`load`] of a MODEL already resolved to `path`.
-fn load_path(c: &Common, path: &std::path::Path) -> Result<Engine> {
+/// [`load`] of a MODEL already resolved to `path`, placed for a context of `ctx` tokens.
+fn load_path(c: &Common, path: &std::path::Path, ctx: usize) -> Result<Engine> {
     let (k, v) = c.kv.types()?;
-    let (devs, place) = placement(c)?;
-    let mut eng = Engine::load_placed(path, devs, &*place)
+    let files =
+        ModelFiles::open(path).with_context(|| format!("cannot load {}", path.display()))?;
+    let pl = placement(c, &files, ctx)?;
+    drop(files);
+    let mut eng = Engine::load_placed(path, pl.devs, &*pl.place)
         .with_context(|| format!("cannot load {}", path.display()))?;
     eng.set_kv_types(k, v)?;
     Ok(eng)
@@ -493,14 +552,21 @@ fn devices(check: bool) -> Result<()> {
         Ok(ds) if ds.is_empty() => println!("(no Vulkan devices)"),
         Ok(ds) => {
             for d in ds {
+                let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
                 println!(
-                    "vulkan:{:<5} {} ({}, {:.1} GiB device memory, subgroups of {}, largest buffer {:.1} GiB)",
+                    "vulkan:{:<5} {} ({}, {:.1} GiB device memory, {:.1} GiB free{}, subgroups of {}, largest buffer {:.1} GiB)",
                     d.index,
                     d.name,
                     d.kind,
-                    d.memory as f64 / (1u64 << 30) as f64,
+                    gib(d.memory),
+                    gib(d.free),
+                    if d.budget {
+                        ""
+                    } else {
+                        " (no memory budget: the heap's size)"
+                    },
                     d.subgroup,
-                    d.max_alloc as f64 / (1u64 << 30) as f64
+                    gib(d.max_alloc)
                 );
                 if check {
                     let v = hearth_vulkan::Vulkan::new(d.index)?;
@@ -526,7 +592,7 @@ fn devices(check: bool) -> Result<()> {
 }
 
 fn run(a: RunArgs) -> Result<()> {
-    let eng = load(&a.common)?;
+    let eng = load_path(&a.common, &pull::resolve(&a.common.model)?, a.ctx)?;
     let params = SamplingParams {
         temperature: a.temp,
         top_k: a.top_k,
@@ -638,9 +704,9 @@ fn bench(a: BenchArgs) -> Result<()> {
         _ => 0,
     };
     let (kt, vt) = a.common.kv.types()?;
-    let (devs, place) = placement(&a.common)?;
     let files = ModelFiles::open(&path)?;
-    let mut model = hearth_engine::load_model_placed(&files, devs, &*place)?;
+    let pl = placement(&a.common, &files, (a.n_prompt + a.n_gen).max(1))?;
+    let mut model = hearth_engine::load_model_placed(&files, pl.devs, &*pl.place)?;
     model.set_kv_types(kt, vt)?;
     let name = path
         .file_name()
@@ -810,8 +876,9 @@ fn inspect(model: &str, device: &str, ctx: usize, place: PlaceArgs, kv: KvArgs) 
         place,
         kv: kv.clone(),
     };
-    let (devs, place) = placement(&common)?;
-    let mut m = hearth_engine::load_model_placed(&files, devs, &*place)?;
+    let pl = placement(&common, &files, ctx)?;
+    let fit = pl.fit.clone();
+    let mut m = hearth_engine::load_model_placed(&files, pl.devs, &*pl.place)?;
     m.set_kv_types(kt, vt)?;
     let c = &m.cfg;
     println!(
@@ -933,6 +1000,9 @@ fn inspect(model: &str, device: &str, ctx: usize, place: PlaceArgs, kv: KvArgs) 
         "read/token:    {:.1} MiB of weights per decoded token",
         m.bytes_per_token() as f64 / 1048576.0
     );
+    if let (Some(f), Some(b)) = (&fit, m.plan().first().and_then(|d| d.memory)) {
+        println!("{}", fit_summary(f, b));
+    }
     print_plan(&m.plan(), ctx);
     Ok(())
 }
@@ -977,7 +1047,7 @@ fn print_plan(plan: &[hearth_engine::DevicePlan], ctx: usize) {
 
 fn serve(a: ServeArgs) -> Result<()> {
     let path = pull::resolve(&a.common.model)?;
-    let eng = load_path(&a.common, &path)?;
+    let eng = load_path(&a.common, &path, if a.ctx == 0 { FIT_CTX } else { a.ctx })?;
     let train_ctx = eng.model.cfg.n_ctx_train;
     let n_ctx = match a.ctx {
         0 if train_ctx > 0 => train_ctx.min(4096),

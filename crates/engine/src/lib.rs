@@ -6,16 +6,20 @@ pub mod embed;
 pub mod grammar;
 pub mod imatrix;
 mod pages;
+pub mod place;
+mod plan_only;
 pub mod ppl;
 pub mod sampling;
 pub mod sched;
 
 pub use embed::{Pooler, Pooling};
+pub use place::{Fitted, Placement};
+pub use plan_only::PlanOnly;
 pub use sampling::{Rng, Sampler, SamplingParams, argmax, logsumexp, top_k};
 
 use hearth_core::{Backend, Error, Result};
 use hearth_formats::ModelFiles;
-pub use hearth_models::{DevicePlan, Model, State};
+pub use hearth_models::{BlockCost, DevicePlan, Model, State};
 use hearth_tokenizer::{StreamDecoder, Tokenizer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

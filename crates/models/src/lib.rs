@@ -21,7 +21,7 @@ pub use config::{
     ExpertAct, Gating, GroupScore, LightningConfig, LinearConfig, MlaConfig, ModelConfig,
     MoeConfig, Rope, RopeScaling,
 };
-pub use model::{BatchSeq, DevicePlan, KvPool, LayerCache, Model, Scratch, State, Want};
+pub use model::{BatchSeq, BlockCost, DevicePlan, KvPool, LayerCache, Model, Scratch, State, Want};
 
 use hearth_core::RopeStyle;
 

@@ -106,6 +106,21 @@ pub struct DevicePlan {
     pub state_bytes_per_seq: usize,
 }
 
+/// What one placeable block of a model ([`Model::load_placed`]'s names: `token_embd`,
+/// `output`, `blk.N.attn`, `blk.N.ffn`, `blk.N.ffn_exps`) takes on device 0
+/// ([`Model::block_costs`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockCost {
+    /// The block's name.
+    pub name: String,
+    /// Bytes of its weights as device 0 holds them.
+    pub weight_bytes: usize,
+    /// Bytes of per-sequence state per token of context (an attention block's KV rows).
+    pub kv_bytes_per_token: usize,
+    /// Bytes of fixed-size state per sequence (linear-attention layers).
+    pub state_bytes_per_seq: usize,
+}
+
 /// One layer's part of the state a sequence keeps: the kind depends on the layer.
 pub enum LayerCache {
     /// Paged key and value rows, `[n_pages * page_size, width]` each.

@@ -2,7 +2,9 @@
 // A MoE layer's expert matmuls without grouping: for every token t, chosen slot j and output
 // row r, out[(t*k + j), r] = dot(W[e, r, :], x[row, :]) (+ bias[e, r]) with e = ids[t*k + j]
 // and row = t (per_slot 0: the layer's input) or t*k + j (per_slot 1: the slot's own input).
-// W holds all experts [E, n_out, n_in] in one type (quant.glsl), rows of `row_bytes` bytes.
+// W holds experts e0 .. e0 + ne of [E, n_out, n_in] in one type (quant.glsl), rows of
+// `row_bytes` bytes (a layer's experts may be split over several buffers; slots of other
+// experts are left to their piece's dispatch).
 // One workgroup per (t, j, r); thread l sums chunks l, l + WG, ... (the order per output
 // does not depend on the batch).
 #extension GL_GOOGLE_include_directive : require
@@ -14,7 +16,7 @@ layout(std430, binding = 3) buffer O { float o[]; };
 layout(std430, binding = 4) readonly buffer B { float b[]; };
 layout(push_constant) uniform P {
     uint n_in; uint n_out; uint n_slots; uint k; uint per_slot; uint has_b;
-    uint xo; uint io; uint oo; uint row_bytes;
+    uint xo; uint io; uint oo; uint row_bytes; uint e0; uint ne;
 } p;
 #define GRID_BINDING 5
 #include "quant.glsl"
@@ -25,8 +27,10 @@ void main() {
     uint sl = g / p.n_out;
     if (sl >= p.n_slots) return;
     uint e = uint(ids[p.io + sl]);
+    // the same for the whole workgroup: no barrier is skipped by part of it
+    if (e < p.e0 || e >= p.e0 + p.ne) return;
     uint row = p.per_slot == 1u ? sl : sl / p.k;
-    uint rb = (e * p.n_out + r) * p.row_bytes;
+    uint rb = ((e - p.e0) * p.n_out + r) * p.row_bytes;
     uint xb = p.xo + row * p.n_in;
     uint l = gl_LocalInvocationID.x;
     float acc = 0.0;

@@ -23,12 +23,69 @@ pub struct DeviceInfo {
     pub kind: String,
     /// Bytes of its largest device-local heap.
     pub memory: u64,
+    /// Bytes of that heap this process may still use: VK_EXT_memory_budget's budget less
+    /// its usage where the driver has the extension (when the device was opened), else the
+    /// heap's size.
+    pub free: u64,
+    /// Whether `free` comes from VK_EXT_memory_budget.
+    pub budget: bool,
     /// Threads of a subgroup.
     pub subgroup: u32,
     /// Whether compute shaders have subgroup arithmetic (`subgroupAdd`).
     pub subgroup_arith: bool,
-    /// Largest single allocation, in bytes.
+    /// Largest single allocation, in bytes (the smaller of the driver's allocation limit and
+    /// its largest storage-buffer binding).
     pub max_alloc: u64,
+}
+
+/// Settings of a device's context that tests (and users, through the environment) change.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Keep buffers in device-local memory reached through staging copies (true), or in
+    /// memory the host maps (false); None: staging on a discrete GPU only.
+    pub staging: Option<bool>,
+    /// A lower largest allocation than the device's, in bytes (at least 4096): weights
+    /// larger than it are split.
+    pub max_alloc: Option<u64>,
+    /// Free device memory to report instead of the driver's, in bytes (to try automatic
+    /// placement against a smaller GPU).
+    pub budget: Option<u64>,
+}
+
+impl Options {
+    /// The options the environment sets: `HEARTH_VK_STAGING=1` or `0`,
+    /// `HEARTH_VK_MAX_ALLOC=bytes` and `HEARTH_VK_BUDGET=bytes`.
+    pub fn from_env() -> Result<Options> {
+        let staging = match std::env::var("HEARTH_VK_STAGING").as_deref() {
+            Ok("1") => Some(true),
+            Ok("0") => Some(false),
+            Ok("") | Err(_) => None,
+            Ok(v) => {
+                return Err(Error::Invalid(format!(
+                    "HEARTH_VK_STAGING={v}: expected 1 or 0"
+                )));
+            }
+        };
+        let max_alloc = match std::env::var("HEARTH_VK_MAX_ALLOC") {
+            Ok(v) => Some(v.trim().parse().map_err(|_| {
+                Error::Invalid(format!(
+                    "HEARTH_VK_MAX_ALLOC={v}: expected a number of bytes"
+                ))
+            })?),
+            Err(_) => None,
+        };
+        let budget = match std::env::var("HEARTH_VK_BUDGET") {
+            Ok(v) => Some(v.trim().parse().map_err(|_| {
+                Error::Invalid(format!("HEARTH_VK_BUDGET={v}: expected a number of bytes"))
+            })?),
+            Err(_) => None,
+        };
+        Ok(Options {
+            staging,
+            max_alloc,
+            budget,
+        })
+    }
 }
 
 /// The loader and an instance.
@@ -83,13 +140,33 @@ impl Instance {
         unsafe { i.get_physical_device_properties2(pd, &mut p2) };
         let props = p2.properties;
         // SAFETY: a device of this instance.
-        let mem = unsafe { i.get_physical_device_memory_properties(pd) };
-        let memory = mem.memory_heaps[..mem.memory_heap_count as usize]
+        let budget = unsafe { i.enumerate_device_extension_properties(pd) }
+            .unwrap_or_default()
             .iter()
-            .filter(|h| h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL))
-            .map(|h| h.size)
-            .max()
-            .unwrap_or(0);
+            .any(|e| e.extension_name_as_c_str() == Ok(ash::ext::memory_budget::NAME));
+        let mut mb = vk::PhysicalDeviceMemoryBudgetPropertiesEXT::default();
+        let mut m2 = vk::PhysicalDeviceMemoryProperties2::default();
+        if budget {
+            m2 = m2.push_next(&mut mb);
+        }
+        // SAFETY: a device of this instance; the chained struct outlives the call.
+        unsafe { i.get_physical_device_memory_properties2(pd, &mut m2) };
+        let mem = m2.memory_properties;
+        let heap = (0..mem.memory_heap_count as usize)
+            .filter(|&h| {
+                mem.memory_heaps[h]
+                    .flags
+                    .contains(vk::MemoryHeapFlags::DEVICE_LOCAL)
+            })
+            .max_by_key(|&h| mem.memory_heaps[h].size);
+        let memory = heap.map_or(0, |h| mem.memory_heaps[h].size);
+        let free = match heap {
+            Some(h) if budget && mb.heap_budget[h] > 0 => {
+                mb.heap_budget[h].saturating_sub(mb.heap_usage[h])
+            }
+            _ => memory,
+        };
+        let budget = budget && heap.is_some_and(|h| mb.heap_budget[h] > 0);
         let name = props
             .device_name_as_c_str()
             .map(|c| c.to_string_lossy().into_owned())
@@ -106,12 +183,16 @@ impl Instance {
             name,
             kind: kind.into(),
             memory,
+            free,
+            budget,
             subgroup: sub.subgroup_size,
             subgroup_arith: sub
                 .supported_operations
                 .contains(vk::SubgroupFeatureFlags::ARITHMETIC)
                 && sub.supported_stages.contains(vk::ShaderStageFlags::COMPUTE),
-            max_alloc: m3.max_memory_allocation_size,
+            max_alloc: m3
+                .max_memory_allocation_size
+                .min(u64::from(props.limits.max_storage_buffer_range)),
         }
     }
 }
@@ -148,12 +229,21 @@ struct Cmd {
     used: usize,
     /// Buffers the recorded commands use that nothing else holds.
     keep: Vec<Arc<RawBuf>>,
+    /// Bytes of the staging buffers in `keep` (uploads wait once they pass [`MAX_STAGED`]).
+    staged: usize,
+    /// Host-visible buffer that downloads from device-local memory copy through.
+    down: Option<Arc<RawBuf>>,
 }
 
 /// Bytes of the staging arena.
 const ARENA: usize = 8 << 20;
 /// Dispatches after which a step is submitted without waiting to be asked.
 const MAX_RECORDED: usize = 4096;
+/// Bytes of upload staging buffers after which the recorded commands are submitted (so
+/// loading a model holds at most this much pinned host memory beside it).
+const MAX_STAGED: usize = 256 << 20;
+/// Largest upload written into one staging buffer.
+const STAGE_CHUNK: usize = 64 << 20;
 
 /// A logical device with one compute queue.
 pub(crate) struct Ctx {
@@ -168,6 +258,12 @@ pub(crate) struct Ctx {
     /// By shader and the value of its specialization constant 1 (a weight's type).
     pipelines: Mutex<HashMap<(&'static str, u32), Arc<Pipeline>>>,
     pub wg: u32,
+    /// Whether buffers live in device-local memory the host does not map, reached through
+    /// staging copies recorded in the command stream (a discrete GPU), rather than in memory
+    /// both see (an integrated GPU, lavapipe). `HEARTH_VK_STAGING=1` (or `0`) forces it.
+    pub staging: bool,
+    /// Largest buffer, in bytes: the device's, or less where `HEARTH_VK_MAX_ALLOC` says.
+    pub max_alloc: u64,
 }
 
 // SAFETY: the raw Vulkan handles are used under the `cmd` lock for recording and submission;
@@ -175,11 +271,14 @@ pub(crate) struct Ctx {
 unsafe impl Send for Ctx {}
 unsafe impl Sync for Ctx {}
 
-/// A buffer in host-visible memory, mapped for its whole life.
+/// A buffer: in host-visible memory mapped for its whole life, or (on a device that stages
+/// its transfers) in device-local memory that only the device reads and writes.
 pub(crate) struct RawBuf {
     pub buffer: vk::Buffer,
     mem: vk::DeviceMemory,
-    pub ptr: *mut u8,
+    /// The mapping, or null where the host cannot see the memory (reach it through
+    /// [`Ctx::write`] and [`Ctx::read`]).
+    ptr: *mut u8,
     pub bytes: usize,
     ctx: Arc<Ctx>,
 }
@@ -196,22 +295,28 @@ impl Drop for RawBuf {
         // SAFETY: no command uses the buffer any more.
         unsafe {
             self.ctx.device.destroy_buffer(self.buffer, None);
-            self.ctx.device.unmap_memory(self.mem);
+            if !self.ptr.is_null() {
+                self.ctx.device.unmap_memory(self.mem);
+            }
             self.ctx.device.free_memory(self.mem, None);
         }
     }
 }
 
 impl Ctx {
-    pub fn new(index: usize) -> Result<Arc<Ctx>> {
+    pub fn new(index: usize, opts: &Options) -> Result<Arc<Ctx>> {
         let inst = Arc::new(Instance::new()?);
         let devs = inst.devices()?;
         let n = devs.len();
-        let (pd, info) = devs.into_iter().nth(index).ok_or_else(|| {
+        let (pd, mut info) = devs.into_iter().nth(index).ok_or_else(|| {
             Error::Unsupported(format!(
                 "Vulkan device {index} does not exist ({n} found; see `hearth devices`)"
             ))
         })?;
+        if let Some(b) = opts.budget {
+            info.free = b;
+            info.budget = true;
+        }
         let i = &inst.instance;
         // SAFETY: a device of this instance.
         let qfs = unsafe { i.get_physical_device_queue_family_properties(pd) };
@@ -276,8 +381,16 @@ impl Ctx {
                 arena: None,
                 used: 0,
                 keep: Vec::new(),
+                staged: 0,
+                down: None,
             }
         };
+        let staging = opts
+            .staging
+            .unwrap_or_else(|| staging_default(&info, &mem_props));
+        let max_alloc = opts
+            .max_alloc
+            .map_or(info.max_alloc, |n| n.clamp(4096, info.max_alloc));
         // a workgroup of at least 64 threads, a whole number of subgroups
         let wg = info.subgroup.clamp(1, 128).max(64).next_power_of_two();
         Ok(Arc::new(Ctx {
@@ -290,16 +403,55 @@ impl Ctx {
             cmd: Mutex::new(cmd),
             pipelines: Mutex::new(HashMap::new()),
             wg,
+            staging,
+            max_alloc,
         }))
     }
 
-    /// A host-visible, coherent buffer of `bytes` (at least 4).
+    /// A buffer of `bytes` (at least 4) for the device's work, zeroed: device-local where the
+    /// context stages its transfers, else host-visible and mapped.
     pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<RawBuf> {
+        let b = self.alloc_in(bytes, !self.staging, false)?;
+        if b.ptr.is_null() {
+            // zeroed by the device, in order with the commands that follow
+            self.record(|d, cb| {
+                // SAFETY: recording under the lock; the buffer outlives the submission (its
+                // Drop flushes first).
+                unsafe { d.cmd_fill_buffer(cb, b.buffer, 0, vk::WHOLE_SIZE, 0) }
+            })?;
+        }
+        Ok(b)
+    }
+
+    /// A host-visible, coherent, mapped buffer of `bytes` (at least 4), zeroed, for staging
+    /// (the device's own largest allocation applies, not a lowered one).
+    pub fn alloc_host(self: &Arc<Self>, bytes: usize) -> Result<RawBuf> {
+        self.alloc_in(bytes, true, true)
+    }
+
+    /// A buffer in mapped host-visible memory (`host`) or device-local memory, for staging
+    /// (`staging`) or for ops.
+    fn alloc_in(self: &Arc<Self>, bytes: usize, host: bool, staging: bool) -> Result<RawBuf> {
         let bytes = bytes.max(4);
-        if bytes as u64 > self.info.max_alloc {
+        // a lowered limit applies to the buffers ops use; staging buffers keep the device's
+        let limit = if staging {
+            self.info.max_alloc
+        } else {
+            self.max_alloc
+        };
+        if bytes as u64 > limit {
             return Err(Error::Unsupported(format!(
-                "a buffer of {bytes} bytes exceeds {}'s largest allocation of {} bytes",
-                self.info.name, self.info.max_alloc
+                "a buffer of {bytes} bytes ({:.2} GiB) exceeds {}'s largest allocation of {} \
+                 bytes ({:.2} GiB{})",
+                bytes as f64 / (1u64 << 30) as f64,
+                self.info.name,
+                limit,
+                limit as f64 / (1u64 << 30) as f64,
+                if limit < self.info.max_alloc {
+                    ", lowered by HEARTH_VK_MAX_ALLOC"
+                } else {
+                    ""
+                }
             )));
         }
         let d = &self.device;
@@ -318,17 +470,26 @@ impl Ctx {
                 .create_buffer(&bci, None)
                 .map_err(vk_err("creating a buffer"))?;
             let req = d.get_buffer_memory_requirements(buffer);
-            let want =
-                vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
             let mp = &self.mem_props;
-            let Some(ti) = (0..mp.memory_type_count).find(|&t| {
-                req.memory_type_bits & (1 << t) != 0
-                    && mp.memory_types[t as usize].property_flags.contains(want)
-            }) else {
+            let find = |want: vk::MemoryPropertyFlags| {
+                (0..mp.memory_type_count).find(|&t| {
+                    req.memory_type_bits & (1 << t) != 0
+                        && mp.memory_types[t as usize].property_flags.contains(want)
+                })
+            };
+            let ti = match host {
+                true => find(
+                    vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT,
+                ),
+                false => find(vk::MemoryPropertyFlags::DEVICE_LOCAL)
+                    .or_else(|| find(vk::MemoryPropertyFlags::empty())),
+            };
+            let Some(ti) = ti else {
                 d.destroy_buffer(buffer, None);
                 return Err(Error::Unsupported(format!(
-                    "{} has no host-visible memory for buffers",
-                    self.info.name
+                    "{} has no {} memory for buffers",
+                    self.info.name,
+                    if host { "host-visible" } else { "usable" }
                 )));
             };
             let mai = vk::MemoryAllocateInfo::default()
@@ -344,18 +505,23 @@ impl Ctx {
                     )));
                 }
             };
-            let ptr = d
-                .bind_buffer_memory(buffer, mem, 0)
-                .and_then(|_| d.map_memory(mem, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()));
-            let ptr = match ptr {
-                Ok(p) => p as *mut u8,
-                Err(e) => {
-                    d.destroy_buffer(buffer, None);
-                    d.free_memory(mem, None);
-                    return Err(Error::Backend(format!("vulkan: mapping a buffer: {e}")));
+            if let Err(e) = d.bind_buffer_memory(buffer, mem, 0) {
+                d.destroy_buffer(buffer, None);
+                d.free_memory(mem, None);
+                return Err(Error::Backend(format!("vulkan: binding a buffer: {e}")));
+            }
+            let mut ptr = std::ptr::null_mut();
+            if host {
+                match d.map_memory(mem, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()) {
+                    Ok(p) => ptr = p as *mut u8,
+                    Err(e) => {
+                        d.destroy_buffer(buffer, None);
+                        d.free_memory(mem, None);
+                        return Err(Error::Backend(format!("vulkan: mapping a buffer: {e}")));
+                    }
                 }
-            };
-            std::ptr::write_bytes(ptr, 0, bytes);
+                std::ptr::write_bytes(ptr, 0, bytes);
+            }
             Ok(RawBuf {
                 buffer,
                 mem,
@@ -364,6 +530,221 @@ impl Ctx {
                 ctx: self.clone(),
             })
         }
+    }
+
+    /// A buffer of `bytes` for the device's work whose contents `fill` writes (through a
+    /// staging buffer where the device's memory is not mapped).
+    pub fn alloc_with(
+        self: &Arc<Self>,
+        bytes: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<RawBuf> {
+        if !self.staging {
+            let b = self.alloc_in(bytes, true, false)?;
+            // SAFETY: a new mapping of at least `bytes`, which no command uses yet.
+            fill(unsafe { std::slice::from_raw_parts_mut(b.ptr, bytes) })?;
+            return Ok(b);
+        }
+        let b = self.alloc_in(bytes, false, false)?;
+        if bytes <= STAGE_CHUNK {
+            let s = self.alloc_host(bytes)?;
+            // SAFETY: a new mapping of at least `bytes`, which no command uses yet.
+            fill(unsafe { std::slice::from_raw_parts_mut(s.ptr, bytes) })?;
+            self.copy_staged(Arc::new(s), &b, 0, bytes)?;
+        } else {
+            // words, so that the bytes are aligned as a mapping's are
+            let mut h = vec![0u32; bytes.div_ceil(4)];
+            // SAFETY: plain words viewed as their bytes.
+            let hb = unsafe { std::slice::from_raw_parts_mut(h.as_mut_ptr() as *mut u8, bytes) };
+            fill(hb)?;
+            self.write(&b, 0, hb)?;
+        }
+        Ok(b)
+    }
+
+    /// Write `data` at byte `off` of `dst`: into its mapping once the recorded work ran, or
+    /// through staging copies recorded in order with it (nothing waits).
+    pub fn write(self: &Arc<Self>, dst: &RawBuf, off: usize, data: &[u8]) -> Result<()> {
+        if off.checked_add(data.len()).is_none_or(|e| e > dst.bytes) {
+            return Err(Error::Invalid(format!(
+                "vulkan: writing {} bytes at {off} of a buffer of {}",
+                data.len(),
+                dst.bytes
+            )));
+        }
+        if !dst.ptr.is_null() {
+            self.flush()?;
+            // SAFETY: the range lies in the mapping and no command runs.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst.ptr.add(off), data.len()) };
+            return Ok(());
+        }
+        if data.len() <= ARENA / 4 {
+            let (a, aoff) = self.stage_bytes(data)?;
+            return self.record_copy(&a, aoff, dst, off, data.len());
+        }
+        for (i, c) in data.chunks(STAGE_CHUNK).enumerate() {
+            let s = self.alloc_host(c.len())?;
+            // SAFETY: a new mapping of at least `c.len()`.
+            unsafe { std::ptr::copy_nonoverlapping(c.as_ptr(), s.ptr, c.len()) };
+            self.copy_staged(Arc::new(s), dst, off + i * STAGE_CHUNK, c.len())?;
+        }
+        Ok(())
+    }
+
+    /// Read `out.len()` bytes at byte `off` of `src`, once the recorded work ran.
+    pub fn read(self: &Arc<Self>, src: &RawBuf, off: usize, out: &mut [u8]) -> Result<()> {
+        let n = out.len();
+        if off.checked_add(n).is_none_or(|e| e > src.bytes) {
+            return Err(Error::Invalid(format!(
+                "vulkan: reading {n} bytes at {off} of a buffer of {}",
+                src.bytes
+            )));
+        }
+        if !src.ptr.is_null() {
+            self.flush()?;
+            // SAFETY: the range lies in the mapping and no command runs.
+            unsafe { std::ptr::copy_nonoverlapping(src.ptr.add(off), out.as_mut_ptr(), n) };
+            return Ok(());
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let mut cmd = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
+        let old = match &cmd.down {
+            Some(b) if b.bytes >= n => None,
+            _ => {
+                let size = n.next_power_of_two().min(self.max_alloc as usize).max(n);
+                cmd.down.replace(Arc::new(self.alloc_host(size)?))
+            }
+        };
+        let down = cmd.down.clone().expect("made above");
+        let d = &self.device;
+        let region = [vk::BufferCopy::default()
+            .src_offset(off as u64)
+            .dst_offset(0)
+            .size(n as u64)];
+        let to_host = [vk::MemoryBarrier::default()
+            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+            .dst_access_mask(vk::AccessFlags::HOST_READ)];
+        // SAFETY: the command buffer is ours under the lock; both buffers outlive the
+        // submission below, which completes before the mapping is read.
+        let keep = unsafe {
+            self.begin(&mut cmd)?;
+            self.barrier(cmd.buf);
+            d.cmd_copy_buffer(cmd.buf, src.buffer, down.buffer, &region);
+            d.cmd_pipeline_barrier(
+                cmd.buf,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::HOST,
+                vk::DependencyFlags::empty(),
+                &to_host,
+                &[],
+                &[],
+            );
+            let keep = self.submit(&mut cmd)?;
+            std::ptr::copy_nonoverlapping(down.ptr, out.as_mut_ptr(), n);
+            keep
+        };
+        drop(cmd);
+        drop((keep, old, down));
+        Ok(())
+    }
+
+    /// Record a copy of `n` bytes from the staging buffer `s` to byte `off` of `dst`, keeping
+    /// `s` until it ran.
+    fn copy_staged(
+        self: &Arc<Self>,
+        s: Arc<RawBuf>,
+        dst: &RawBuf,
+        off: usize,
+        n: usize,
+    ) -> Result<()> {
+        self.record_copy(&s, 0, dst, off, n)?;
+        let mut cmd = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
+        cmd.staged += s.bytes;
+        cmd.keep.push(s);
+        if cmd.staged > MAX_STAGED {
+            let keep = self.submit(&mut cmd)?;
+            drop(cmd);
+            drop(keep);
+        }
+        Ok(())
+    }
+
+    /// Record a copy of `n` bytes from byte `so` of `src` to byte `d0` of `dst`, after the
+    /// work recorded before it.
+    fn record_copy(
+        &self,
+        src: &RawBuf,
+        so: usize,
+        dst: &RawBuf,
+        d0: usize,
+        n: usize,
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let region = [vk::BufferCopy::default()
+            .src_offset(so as u64)
+            .dst_offset(d0 as u64)
+            .size(n as u64)];
+        self.record(|d, cb| {
+            // SAFETY: recording under the lock; the caller keeps both buffers alive until
+            // the submission (a RawBuf's Drop flushes first).
+            unsafe { d.cmd_copy_buffer(cb, src.buffer, dst.buffer, &region) }
+        })
+    }
+
+    /// Record what `f` records, after a barrier that orders it behind the work before it.
+    fn record(&self, f: impl FnOnce(&ash::Device, vk::CommandBuffer)) -> Result<()> {
+        let mut cmd = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the command buffer is ours under the lock.
+        unsafe {
+            self.begin(&mut cmd)?;
+            self.barrier(cmd.buf);
+        }
+        f(&self.device, cmd.buf);
+        cmd.recorded += 1;
+        if cmd.recorded >= MAX_RECORDED {
+            let keep = self.submit(&mut cmd)?;
+            drop(cmd);
+            drop(keep);
+        }
+        Ok(())
+    }
+
+    /// Record a barrier: what compute shaders, copies and the host wrote before it is seen by
+    /// the shaders and copies after it.
+    ///
+    /// # Safety
+    /// `cb` is this context's command buffer, recording, under the caller's lock.
+    unsafe fn barrier(&self, cb: vk::CommandBuffer) {
+        let mb = [vk::MemoryBarrier::default()
+            .src_access_mask(
+                vk::AccessFlags::SHADER_WRITE
+                    | vk::AccessFlags::TRANSFER_WRITE
+                    | vk::AccessFlags::HOST_WRITE,
+            )
+            .dst_access_mask(
+                vk::AccessFlags::SHADER_READ
+                    | vk::AccessFlags::SHADER_WRITE
+                    | vk::AccessFlags::TRANSFER_READ
+                    | vk::AccessFlags::TRANSFER_WRITE,
+            )];
+        // SAFETY: as the caller promises.
+        unsafe {
+            self.device.cmd_pipeline_barrier(
+                cb,
+                vk::PipelineStageFlags::COMPUTE_SHADER
+                    | vk::PipelineStageFlags::TRANSFER
+                    | vk::PipelineStageFlags::HOST,
+                vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
+                vk::DependencyFlags::empty(),
+                &mb,
+                &[],
+                &[],
+            )
+        };
     }
 
     /// The pipeline of a shader with specialization constant 1 set to `qt` (compiled once,
@@ -500,18 +881,7 @@ impl Ctx {
         unsafe {
             self.begin(&mut cmd)?;
             // each dispatch sees what the ones before it wrote
-            let mb = [vk::MemoryBarrier::default()
-                .src_access_mask(vk::AccessFlags::SHADER_WRITE | vk::AccessFlags::HOST_WRITE)
-                .dst_access_mask(vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE)];
-            d.cmd_pipeline_barrier(
-                cmd.buf,
-                vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::HOST,
-                vk::PipelineStageFlags::COMPUTE_SHADER,
-                vk::DependencyFlags::empty(),
-                &mb,
-                &[],
-                &[],
-            );
+            self.barrier(cmd.buf);
             d.cmd_bind_pipeline(cmd.buf, vk::PipelineBindPoint::COMPUTE, p.pipeline);
             self.push.cmd_push_descriptor_set(
                 cmd.buf,
@@ -577,6 +947,7 @@ impl Ctx {
         cmd.open = false;
         cmd.recorded = 0;
         cmd.used = 0;
+        cmd.staged = 0;
         // SAFETY: the command buffer is ours (the caller holds the lock) and recording.
         unsafe {
             d.end_command_buffer(cmd.buf).map_err(vk_err("recording"))?;
@@ -653,31 +1024,38 @@ impl Ctx {
     /// context, so it can go when the backend does).
     pub fn release(&self) {
         let _ = self.flush();
-        let arena = self
-            .cmd
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .arena
-            .take();
-        drop(arena);
+        let mut cmd = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
+        let held = (cmd.arena.take(), cmd.down.take());
+        drop(cmd);
+        drop(held);
     }
 
     /// Copy `data` into the staging arena for the commands being recorded: the buffer and
     /// the offset in words.
     pub fn stage(self: &Arc<Self>, data: &[u32]) -> Result<(Arc<RawBuf>, u32)> {
-        let bytes = data.len() * 4;
+        // SAFETY: plain words viewed as their bytes.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, data.len() * 4) };
+        let (b, off) = self.stage_bytes(bytes)?;
+        Ok((b, (off / 4) as u32))
+    }
+
+    /// Copy `data` into the host-visible staging arena (a buffer of its own where it is larger)
+    /// for the commands being recorded: the buffer and the byte offset (a multiple of 16).
+    fn stage_bytes(self: &Arc<Self>, data: &[u8]) -> Result<(Arc<RawBuf>, usize)> {
+        let bytes = data.len();
         if bytes > ARENA {
             // too large for the arena: a buffer of its own, kept until the submission
-            let b = Arc::new(self.alloc(bytes)?);
+            let b = Arc::new(self.alloc_host(bytes)?);
             // SAFETY: a new mapping of at least `bytes`.
-            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr() as *const u8, b.ptr, bytes) };
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), b.ptr, bytes) };
             let mut cmd = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
             cmd.keep.push(b.clone());
             return Ok((b, 0));
         }
         let mut cmd = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
         if cmd.arena.is_none() {
-            cmd.arena = Some(Arc::new(self.alloc(ARENA)?));
+            cmd.arena = Some(Arc::new(self.alloc_host(ARENA)?));
         }
         if cmd.used + bytes > ARENA {
             let keep = self.submit(&mut cmd)?;
@@ -688,9 +1066,22 @@ impl Ctx {
         let a = cmd.arena.clone().expect("the arena was made above");
         // SAFETY: `off..off + bytes` lies in the arena, and no recorded command reads it
         // (the arena is written only past what they use, and reset after a submission).
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr() as *const u8, a.ptr.add(off), bytes) };
-        Ok((a, (off / 4) as u32))
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), a.ptr.add(off), bytes) };
+        Ok((a, off))
     }
+}
+
+/// Whether a device's buffers belong in device-local memory reached through staging copies:
+/// a discrete GPU (whose host-visible device memory, where it has any, is a window over the
+/// bus), or any device without memory that is both device-local and host-visible.
+fn staging_default(info: &DeviceInfo, mp: &vk::PhysicalDeviceMemoryProperties) -> bool {
+    let both = vk::MemoryPropertyFlags::DEVICE_LOCAL
+        | vk::MemoryPropertyFlags::HOST_VISIBLE
+        | vk::MemoryPropertyFlags::HOST_COHERENT;
+    let uma = mp.memory_types[..mp.memory_type_count as usize]
+        .iter()
+        .any(|t| t.property_flags.contains(both));
+    info.kind == "discrete GPU" || !uma
 }
 
 impl Drop for Ctx {
@@ -714,6 +1105,7 @@ impl Drop for Ctx {
             let cmd = self.cmd.get_mut().unwrap_or_else(|e| e.into_inner());
             cmd.keep.clear();
             cmd.arena = None;
+            cmd.down = None;
             d.destroy_fence(cmd.fence, None);
             d.destroy_command_pool(cmd.pool, None);
             d.destroy_device(None);

@@ -15,8 +15,9 @@
 #![deny(missing_docs)]
 
 mod ctx;
+mod pieces;
 
-pub use ctx::DeviceInfo;
+pub use ctx::{DeviceInfo, Options};
 
 use ctx::{Ctx, RawBuf};
 use hearth_core::dsa::DsaJob;
@@ -29,19 +30,26 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use weights::{DevWeight, Pack};
 
-/// The Vulkan devices the loader reports.
+/// The Vulkan devices the loader reports (free memory as `HEARTH_VK_BUDGET` says, where set).
 pub fn devices() -> Result<Vec<DeviceInfo>> {
+    let budget = Options::from_env()?.budget;
     Ok(ctx::Instance::new()?
         .devices()?
         .into_iter()
-        .map(|(_, i)| i)
+        .map(|(_, mut i)| {
+            if let Some(b) = budget {
+                i.free = b;
+                i.budget = true;
+            }
+            i
+        })
         .collect())
 }
 
 /// Device `index`'s memory bandwidth in GB/s, measured by copying 256 MiB (less where its
 /// largest allocation is smaller) between two of the buffers the backend uses, 8 times.
 pub fn bandwidth(index: usize) -> Result<f64> {
-    Ctx::new(index)?.copy_bandwidth(256 << 20, 8)
+    Ctx::new(index, &Options::from_env()?)?.copy_bandwidth(256 << 20, 8)
 }
 
 /// A buffer of f32 values in a Vulkan device's memory.
@@ -83,8 +91,8 @@ pub struct Vulkan {
     /// Each entry keeps the weight's storage alive, so that its address cannot be reused by
     /// another tensor while the entry exists.
     weights: Mutex<WeightMap>,
-    /// Scratch buffers (rotated keys, MoE intermediates), by use.
-    tmp: Mutex<[Option<Arc<RawBuf>>; 4]>,
+    /// Scratch buffers (rotated keys, MoE intermediates, split matmuls' outputs), by use.
+    tmp: Mutex<[Option<Arc<RawBuf>>; 5]>,
     /// Each MoE layer's experts in one buffer per matrix kind, by the address of its first
     /// expert's gate bytes and the number of experts (the pack keeps that storage alive).
     packs: Mutex<HashMap<(usize, usize), Arc<Pack>>>,
@@ -92,7 +100,7 @@ pub struct Vulkan {
 
 /// Device copies of weights by (address, length, type) of their bytes, with the storage they
 /// came from (kept alive).
-type WeightMap = HashMap<(usize, usize, DType), (DevWeight, hearth_core::Storage)>;
+type WeightMap = HashMap<(usize, usize, DType), (Arc<DevWeight>, hearth_core::Storage)>;
 
 impl Drop for Vulkan {
     fn drop(&mut self) {
@@ -187,6 +195,18 @@ fn attn_table(op: &str, segs: &[AttnSeg]) -> Result<(Vec<u32>, usize)> {
     Ok((tab, ps))
 }
 
+/// Bytes (a buffer's, 4-aligned) as f32 values.
+fn floats(b: &mut [u8]) -> &mut [f32] {
+    // SAFETY: callers pass buffer contents, which start aligned; every bit pattern is a
+    // valid f32, and the length is rounded down to whole values.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut f32, b.len() / 4) }
+}
+
+fn as_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 values viewed as their bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
 fn foreign() -> Error {
     Error::Invalid("an op on the Vulkan backend got another device's memory".into())
 }
@@ -207,13 +227,20 @@ macro_rules! spv {
         )
     };
 }
+pub(crate) use spv;
 
 mod weights;
 
 impl Vulkan {
-    /// The backend on device `index` (see [`devices`]).
+    /// The backend on device `index` (see [`devices`]), with the [`Options`] of the
+    /// environment.
     pub fn new(index: usize) -> Result<Vulkan> {
-        let ctx = Ctx::new(index)?;
+        Vulkan::with_options(index, &Options::from_env()?)
+    }
+
+    /// The backend on device `index` with `opts`.
+    pub fn with_options(index: usize, opts: &Options) -> Result<Vulkan> {
+        let ctx = Ctx::new(index, opts)?;
         let mm = match (ctx.info.kind == "CPU", ctx.info.subgroup_arith) {
             (true, _) => MatmulKernel::Rows,
             (false, true) => MatmulKernel::Subgroup,
@@ -251,6 +278,16 @@ impl Vulkan {
         }
         self.mm = k;
         Ok(self)
+    }
+
+    /// Whether buffers live in device-local memory reached through staging copies.
+    pub fn staging(&self) -> bool {
+        self.ctx.staging
+    }
+
+    /// The largest buffer, in bytes (weights larger than it are split by rows).
+    pub fn max_alloc(&self) -> u64 {
+        self.ctx.max_alloc
     }
 
     fn run(
@@ -491,7 +528,9 @@ impl Backend for Vulkan {
     }
 
     fn memory(&self) -> Option<u64> {
-        Some(self.ctx.info.memory)
+        // what was free when the device was opened (the weights it holds since then are
+        // counted by the plan)
+        Some(self.ctx.info.free)
     }
 
     fn weight_bytes(&self, w: &Tensor) -> usize {
@@ -509,37 +548,28 @@ impl Backend for Vulkan {
 
     fn upload(&self, src: &[f32], dst: ViewMut<'_>) -> Result<()> {
         let (m, off, len) = dev_mut(dst)?;
-        self.ctx.flush()?;
         if len != src.len() {
             return Err(Error::Invalid(format!(
                 "upload: {} values into {len}",
                 src.len()
             )));
         }
-        // SAFETY: the range lies in the mapping (views are checked against their buffer) and
-        // no command runs (every op waits for its work).
-        unsafe {
-            let p = (m.raw.ptr as *mut f32).add(off as usize);
-            std::ptr::copy_nonoverlapping(src.as_ptr(), p, len);
-        }
-        Ok(())
+        self.ctx.write(&m.raw, off as usize * 4, as_bytes(src))
     }
 
     fn download(&self, src: View<'_>, dst: &mut [f32]) -> Result<()> {
         let (m, off, len) = dev(src)?;
-        self.ctx.flush()?;
         if len != dst.len() {
             return Err(Error::Invalid(format!(
                 "download: {len} values into {}",
                 dst.len()
             )));
         }
-        // SAFETY: as in upload.
-        unsafe {
-            let p = (m.raw.ptr as *const f32).add(off as usize);
-            std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), len);
-        }
-        Ok(())
+        // SAFETY: f32 values viewed as their bytes (every bit pattern is a valid f32).
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, std::mem::size_of_val(dst))
+        };
+        self.ctx.read(&m.raw, off as usize * 4, out)
     }
 
     fn matmul(&self, w: &Tensor, x: View<'_>, n_tok: usize, out: ViewMut<'_>) -> Result<()> {
@@ -555,16 +585,7 @@ impl Backend for Vulkan {
             )));
         }
         let dw = self.weight(w)?;
-        let pc = [u(n_in)?, u(n_out)?, u(n_tok)?, u(dw.row_bytes)?, xo, oo];
-        let bufs = [&*dw.buf, &xm.raw, &om.raw, &self.grids];
-        // a workgroup (or, on lavapipe, a thread) per row and tile of 8 tokens (matmul.glsl)
-        let items = n_out * n_tok.div_ceil(8);
-        let (shader, groups) = match self.mm {
-            MatmulKernel::Rows => (spv!("matmul_rows"), self.groups(items)),
-            MatmulKernel::Workgroup => (spv!("matmul"), items as u64),
-            MatmulKernel::Subgroup => (spv!("matmul_sg"), items as u64),
-        };
-        self.run_q(shader, dw.code, &bufs, &pc, groups)
+        self.matmul_pieces(&dw, (n_in, n_out, n_tok), (&xm.raw, xo), (&om.raw, oo))
     }
 
     fn dequantize(&self, t: &Tensor, out: &mut [f32]) -> Result<()> {
@@ -583,12 +604,7 @@ impl Backend for Vulkan {
             )));
         }
         let dw = self.weight(w)?;
-        let (tb, to) = self.ctx.stage(ids)?;
-        let pc = [u(ids.len())?, u(width)?, oo, to, u(dw.row_bytes)?];
-        // a thread per (row, chunk of 32 values)
-        let g = self.groups(ids.len() * width.div_ceil(32));
-        let bufs = [&*dw.buf, &om.raw, &tb, &self.grids];
-        self.run_q(spv!("get_rows"), dw.code, &bufs, &pc, g)
+        self.get_rows_pieces(&dw, width, ids, (&om.raw, oo))
     }
 
     fn rms_norm(&self, x: ViewMut<'_>, w: View<'_>, eps: f32) -> Result<()> {

@@ -64,10 +64,11 @@ pub(crate) fn held_bytes(w: &Tensor) -> usize {
     }
 }
 
-/// A weight on the device: its buffer, quant.glsl's type code and the bytes of a row.
-#[derive(Clone)]
+/// A weight on the device: its rows in pieces of at most the largest allocation, each
+/// (buffer, first row, rows), quant.glsl's type code and the bytes of a row. A MoE pack's
+/// matrix kind counts a whole expert as a row: its pieces hold whole experts.
 pub(crate) struct DevWeight {
-    pub buf: Arc<RawBuf>,
+    pub pieces: Vec<(RawBuf, usize, usize)>,
     pub code: u32,
     pub row_bytes: usize,
 }
@@ -83,79 +84,155 @@ pub(crate) struct Pack {
     pub _pin: hearth_core::Storage,
 }
 
-/// Byte offsets in the shaders are 32-bit: a weight must leave room for the padding word.
-fn check_size(bytes: usize) -> Result<()> {
-    match bytes < (u32::MAX as usize) - 8 {
-        true => Ok(()),
-        false => Err(Error::Unsupported(format!(
-            "vulkan: a weight of {bytes} bytes (at most 4 GiB)"
-        ))),
+/// Byte offsets in the shaders are 32-bit: a piece must leave room for the padding word.
+const MAX_PIECE: u64 = u32::MAX as u64 - 8;
+
+/// Buffers holding `n_rows` rows of `row_bytes` in order, split by rows so that each is at
+/// most the largest allocation, every one padded to whole words plus one (the shaders read a
+/// word past an unaligned value's first); `fill(first row, rows, bytes)` writes a piece's rows.
+pub(crate) fn upload_rows(
+    ctx: &Arc<Ctx>,
+    row_bytes: usize,
+    n_rows: usize,
+    mut fill: impl FnMut(usize, usize, &mut [u8]) -> Result<()>,
+) -> Result<Vec<(RawBuf, usize, usize)>> {
+    let limit = ctx.max_alloc.min(MAX_PIECE).saturating_sub(8) as usize;
+    let per = limit
+        .checked_div(row_bytes)
+        .unwrap_or(n_rows)
+        .min(n_rows.max(1));
+    if per == 0 {
+        return Err(Error::Unsupported(format!(
+            "vulkan: a row of {row_bytes} bytes does not fit {}'s largest buffer of {} bytes",
+            ctx.info.name, ctx.max_alloc
+        )));
     }
+    let mut v = Vec::new();
+    let mut r0 = 0;
+    while r0 < n_rows || v.is_empty() {
+        let n = per.min(n_rows - r0);
+        let bytes = n * row_bytes;
+        let b = ctx.alloc_with(bytes.next_multiple_of(4) + 4, |o| {
+            fill(r0, n, &mut o[..bytes])
+        })?;
+        v.push((b, r0, n));
+        r0 += n;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(v)
 }
 
-/// A buffer holding `parts` one after another, padded to whole words plus one (the shaders
-/// read a word past an unaligned value's first).
-pub(crate) fn upload_bytes(ctx: &Arc<Ctx>, parts: &[&[u8]]) -> Result<RawBuf> {
-    let n: usize = parts.iter().map(|p| p.len()).sum();
-    check_size(n)?;
-    let raw = ctx.alloc(n.next_multiple_of(4) + 4)?;
-    let mut at = 0;
-    for p in parts {
-        // SAFETY: the new mapping holds at least `n` bytes.
-        unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), raw.ptr.add(at), p.len()) };
-        at += p.len();
-    }
-    Ok(raw)
+/// A buffer holding `bytes` (padded as [`upload_rows`] pads), at most the largest allocation.
+pub(crate) fn upload_bytes(ctx: &Arc<Ctx>, bytes: &[u8]) -> Result<RawBuf> {
+    let mut v = upload_rows(ctx, bytes.len(), 1, |_, _, o| {
+        o.copy_from_slice(bytes);
+        Ok(())
+    })?;
+    Ok(v.remove(0).0)
 }
 
 /// The i-quants' grids ([`grids`]) on the device.
 pub(crate) fn upload_grids(ctx: &Arc<Ctx>) -> Result<RawBuf> {
     let g: Vec<u8> = grids().iter().flat_map(|w| w.to_le_bytes()).collect();
-    upload_bytes(ctx, &[&g])
+    upload_bytes(ctx, &g)
 }
 
 impl Vulkan {
-    /// `parts` decoded to f32 one after another (`per` values each).
-    fn upload_f32(&self, parts: &[&Tensor], per: usize) -> Result<RawBuf> {
-        let n = parts.len() * per;
-        let bytes = n.checked_mul(4).ok_or_else(too_big)?;
-        check_size(bytes)?;
-        let raw = self.ctx.alloc(bytes)?;
-        // SAFETY: the new mapping holds `n` floats, aligned (allocations are).
-        let all = unsafe { std::slice::from_raw_parts_mut(raw.ptr as *mut f32, n) };
-        for (t, o) in parts.iter().zip(all.chunks_exact_mut(per)) {
-            hearth_quant::dequantize(t.dtype, t.bytes(), o)?;
+    /// `parts` (each `rows` rows of one shape, one after another) on the device: as the
+    /// file stores them where the shaders decode their type and all share it, else decoded
+    /// to f32. A part is one matrix (`rows` its rows), or one expert of a MoE pack
+    /// (`rows` = 1: the expert is the unit the pieces split at).
+    fn upload_parts(&self, parts: &[&Tensor], whole_parts: bool) -> Result<DevWeight> {
+        let t0 = parts[0];
+        if parts.iter().any(|t| t.shape != t0.shape) {
+            return Err(Error::Invalid("moe: experts of different shapes".into()));
         }
-        Ok(raw)
+        let same = parts.iter().all(|t| t.dtype == t0.dtype);
+        // the unit of a piece: a row of the matrix, or a whole part
+        let (unit_rows, n_units) = if whole_parts {
+            (t0.n_rows(), parts.len())
+        } else {
+            (1, t0.n_rows())
+        };
+        // `f(tensor, its first row, rows)` for units u0 .. u0 + n, in order
+        let rows_of = |u0: usize, n: usize, f: &mut dyn FnMut(&Tensor, usize, usize)| {
+            if whole_parts {
+                for t in &parts[u0..u0 + n] {
+                    f(t, 0, unit_rows);
+                }
+            } else {
+                f(t0, u0, n);
+            }
+        };
+        match code(t0.dtype).filter(|_| same) {
+            Some(code) => {
+                let rb = t0.row_bytes();
+                let pieces = upload_rows(&self.ctx, rb * unit_rows, n_units, |u0, n, o| {
+                    let mut at = 0;
+                    rows_of(u0, n, &mut |t, r0, rows| {
+                        let src = &t.bytes()[r0 * rb..(r0 + rows) * rb];
+                        o[at..at + src.len()].copy_from_slice(src);
+                        at += src.len();
+                    });
+                    Ok(())
+                })?;
+                Ok(DevWeight {
+                    pieces,
+                    code,
+                    row_bytes: rb,
+                })
+            }
+            None => {
+                let len = t0.row_len();
+                let row = len.checked_mul(4).ok_or_else(too_big)?;
+                let pieces = upload_rows(&self.ctx, row * unit_rows, n_units, |u0, n, o| {
+                    let out = super::floats(o);
+                    let mut at = 0;
+                    let mut r = Ok(());
+                    rows_of(u0, n, &mut |t, r0, rows| {
+                        // the parts may differ in type here: each its own row bytes
+                        let trb = t.row_bytes();
+                        let src = &t.bytes()[r0 * trb..(r0 + rows) * trb];
+                        if r.is_ok() {
+                            r = hearth_quant::dequantize(
+                                t.dtype,
+                                src,
+                                &mut out[at..at + rows * len],
+                            );
+                        }
+                        at += rows * len;
+                    });
+                    r
+                })?;
+                Ok(DevWeight {
+                    pieces,
+                    code: 0,
+                    row_bytes: row,
+                })
+            }
+        }
     }
 
     /// The device copy of a weight, made on first use: as the file stores it where the
-    /// shaders decode its type, else decoded to f32 exactly.
-    pub(crate) fn weight(&self, w: &Tensor) -> Result<DevWeight> {
+    /// shaders decode its type, else decoded to f32 exactly; split by rows where it is larger
+    /// than the largest buffer.
+    pub(crate) fn weight(&self, w: &Tensor) -> Result<Arc<DevWeight>> {
         let b = w.bytes();
         let key = (b.as_ptr() as usize, b.len(), w.dtype);
         let mut ws = self.weights.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = ws.get(&key) {
             return Ok(r.0.clone());
         }
-        let dw = match code(w.dtype) {
-            Some(code) => DevWeight {
-                buf: Arc::new(upload_bytes(&self.ctx, &[b])?),
-                code,
-                row_bytes: w.row_bytes(),
-            },
-            None => DevWeight {
-                buf: Arc::new(self.upload_f32(&[w], w.numel())?),
-                code: 0,
-                row_bytes: w.row_len() * 4,
-            },
-        };
+        let dw = Arc::new(self.upload_parts(&[w], false)?);
         ws.insert(key, (dw.clone(), w.storage.clone()));
         Ok(dw)
     }
 
     /// A layer's experts packed on the device (made on first use): each matrix kind as its
-    /// file stores it where every expert has one type the shaders decode, else in f32.
+    /// file stores it where every expert has one type the shaders decode, else in f32; split
+    /// in whole experts where a kind is larger than the largest buffer.
     pub(crate) fn pack(&self, ex: &[hearth_core::Expert]) -> Result<Arc<Pack>> {
         let first = ex
             .first()
@@ -168,26 +245,7 @@ impl Vulkan {
         let n_ff = first.gate.shape[0];
         let whole = |f: &dyn Fn(&hearth_core::Expert) -> &Tensor| -> Result<DevWeight> {
             let ts: Vec<&Tensor> = ex.iter().map(f).collect();
-            let t0 = ts[0];
-            if ts.iter().any(|t| t.shape != t0.shape) {
-                return Err(Error::Invalid("moe: experts of different shapes".into()));
-            }
-            let same = ts.iter().all(|t| t.dtype == t0.dtype);
-            Ok(match code(t0.dtype).filter(|_| same) {
-                Some(code) => {
-                    let parts: Vec<&[u8]> = ts.iter().map(|t| t.bytes()).collect();
-                    DevWeight {
-                        buf: Arc::new(upload_bytes(&self.ctx, &parts)?),
-                        code,
-                        row_bytes: t0.row_bytes(),
-                    }
-                }
-                None => DevWeight {
-                    buf: Arc::new(self.upload_f32(&ts, t0.numel())?),
-                    code: 0,
-                    row_bytes: t0.row_len() * 4,
-                },
-            })
+            self.upload_parts(&ts, true)
         };
         let bias = |f: &dyn Fn(&hearth_core::Expert) -> &Option<Buf>,
                     len: usize|
@@ -195,21 +253,16 @@ impl Vulkan {
             if ex.iter().all(|x| f(x).is_none()) {
                 return Ok(None);
             }
-            let raw = self.ctx.alloc(ex.len() * len * 4)?;
-            for (i, x) in ex.iter().enumerate() {
+            let mut h = vec![0f32; ex.len() * len];
+            for (x, o) in ex.iter().zip(h.chunks_exact_mut(len)) {
                 if let Some(b) = f(x) {
-                    let mut h = vec![0f32; len];
-                    hearth_core::Backend::download(self, b.view(), &mut h)?;
-                    // SAFETY: the new mapping holds `ex.len() * len` floats.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            h.as_ptr(),
-                            (raw.ptr as *mut f32).add(i * len),
-                            len,
-                        )
-                    };
+                    hearth_core::Backend::download(self, b.view(), o)?;
                 }
             }
+            let raw = self.ctx.alloc_with(h.len() * 4, |o| {
+                super::floats(o).copy_from_slice(&h);
+                Ok(())
+            })?;
             Ok(Some(raw))
         };
         let gate = whole(&|x| &x.gate)?;
@@ -229,7 +282,8 @@ impl Vulkan {
         Ok(p)
     }
 
-    /// One of the pack's matmuls over every (token, slot).
+    /// One of the pack's matmuls over every (token, slot): a dispatch per piece, each
+    /// computing the slots whose expert it holds.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn moe_mm(
         &self,
@@ -242,25 +296,29 @@ impl Vulkan {
         per_slot: bool,
     ) -> Result<()> {
         let (n_in, n_out, n_slots, k) = shape;
-        let pc = [
-            u(n_in)?,
-            u(n_out)?,
-            u(n_slots)?,
-            u(k)?,
-            u32::from(per_slot),
-            u32::from(b.is_some()),
-            x.1,
-            ids.1,
-            0,
-            u(w.row_bytes)?,
-        ];
-        let wb = &*w.buf;
-        self.run_q(
-            spv!("moe_mm"),
-            w.code,
-            &[wb, x.0, ids.0, out, b.unwrap_or(wb), &self.grids],
-            &pc,
-            (n_slots * n_out) as u64,
-        )
+        for (wb, e0, ne) in &w.pieces {
+            let pc = [
+                u(n_in)?,
+                u(n_out)?,
+                u(n_slots)?,
+                u(k)?,
+                u32::from(per_slot),
+                u32::from(b.is_some()),
+                x.1,
+                ids.1,
+                0,
+                u(w.row_bytes)?,
+                u(*e0)?,
+                u(*ne)?,
+            ];
+            self.run_q(
+                spv!("moe_mm"),
+                w.code,
+                &[wb, x.0, ids.0, out, b.unwrap_or(wb), &self.grids],
+                &pc,
+                (n_slots * n_out) as u64,
+            )?;
+        }
+        Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! What a model holds and reads, counted: its plan per device, parameter counts, the bytes a
 //! decoded token reads, and the activations a batch takes.
-use super::{Attn, DevicePlan, Ffn, Model};
+use super::{Attn, BlockCost, DevicePlan, Ffn, Model};
 use crate::mla::MlaQ;
 use hearth_core::{Buf, DType, Tensor};
 use hearth_formats::ModelFiles;
@@ -50,6 +50,76 @@ impl Model {
             }
         }
         p
+    }
+
+    /// What each placeable block takes on device 0 (load the model with every block there,
+    /// on a [`hearth_core::Backend`] that uploads nothing, to plan a placement): the embedding
+    /// and output (one block, `token_embd`, when tied), then each layer's attention (with its
+    /// KV rows or state), FFN (a MoE layer's router and shared experts) and routed experts.
+    /// DeepSeek-V4's body, which runs on device 0 only, is one block `body`.
+    pub fn block_costs(&self) -> Vec<BlockCost> {
+        let be = &self.devs[0];
+        let cost = |name: String, ts: &[&Tensor]| BlockCost {
+            name,
+            weight_bytes: ts.iter().map(|t| be.weight_bytes(t)).sum(),
+            kv_bytes_per_token: 0,
+            state_bytes_per_seq: 0,
+        };
+        let mut v = Vec::new();
+        let tied = std::ptr::eq(self.output.bytes().as_ptr(), self.tok_embd.bytes().as_ptr());
+        if tied {
+            let mut c = cost("token_embd".into(), &[]);
+            c.weight_bytes = be
+                .weight_bytes(&self.tok_embd)
+                .max(be.weight_bytes(&self.output));
+            v.push(c);
+        } else {
+            v.push(cost("token_embd".into(), &[&self.tok_embd]));
+            v.push(cost("output".into(), &[&self.output]));
+        }
+        if let Some(v4) = &self.v4 {
+            let ts = v4.tensors(true);
+            let mut c = cost("body".into(), &ts);
+            c.kv_bytes_per_token = v4.kv_bytes_per_token();
+            c.state_bytes_per_seq = v4.state_bytes_per_seq();
+            v.push(c);
+        }
+        let (kw, vw) = self.kv_row_words();
+        for (i, l) in self.layers.iter().enumerate() {
+            let attn: Vec<&Tensor> = match &l.attn {
+                Attn::Gqa(a) => vec![&a.wq, &a.wk, &a.wv, &a.wo],
+                Attn::Mla(m) => m.tensors(),
+                Attn::Delta(d) => d.tensors(),
+                Attn::Lightning(g) => g.tensors(),
+            };
+            let mut a = cost(format!("blk.{i}.attn"), &attn);
+            match self.slot_len(l) {
+                Some(size) => a.state_bytes_per_seq = 4 * size,
+                None => a.kv_bytes_per_token = (kw + vw + self.ik_width(l)) * 4,
+            }
+            v.push(a);
+            match &l.ffn {
+                Ffn::Dense(m) => {
+                    let ts: Vec<&Tensor> = m.tensors().into_iter().collect();
+                    v.push(cost(format!("blk.{i}.ffn"), &ts));
+                }
+                Ffn::Moe(m) => {
+                    let mut ts = vec![&m.router];
+                    if let Some(s) = &m.shared {
+                        ts.extend(s.tensors());
+                    }
+                    ts.extend(m.shared_gate.iter());
+                    v.push(cost(format!("blk.{i}.ffn"), &ts));
+                    let ex: Vec<&Tensor> = m
+                        .experts
+                        .iter()
+                        .flat_map(|x| [&x.gate, &x.up, &x.down])
+                        .collect();
+                    v.push(cost(format!("blk.{i}.ffn_exps"), &ex));
+                }
+            }
+        }
+        v
     }
 
     /// How many layers are mixtures of experts.

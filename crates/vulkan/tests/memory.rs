@@ -1,0 +1,131 @@
+//! Issue 16's memory paths on whatever Vulkan device there is (lavapipe in CI): buffers in
+//! device-local memory reached through staging copies, and weights larger than the largest
+//! allocation split by rows. A whole model's logits must not change by a bit when its
+//! weights are split (every piece computes the same dot products), and must match the CPU
+//! backend's within the placement test's tolerance.
+use hearth_core::Backend;
+use hearth_formats::ModelFiles;
+use hearth_models::Model;
+use hearth_vulkan::{Options, Vulkan};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn vulkan(opts: &Options) -> Option<Vulkan> {
+    match Vulkan::with_options(0, opts) {
+        Ok(v) => Some(v),
+        Err(e) if std::env::var("HEARTH_REQUIRE_VULKAN").is_ok_and(|v| v == "1") => {
+            panic!("HEARTH_REQUIRE_VULKAN=1 but: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: no Vulkan device ({e})");
+            None
+        }
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tiny")
+        .join(name)
+}
+
+/// The logits of a 6-token prompt's last position and of one decoded token after it.
+fn logits(f: &ModelFiles, be: Arc<dyn Backend>) -> Vec<f32> {
+    let m = Model::load(f, be).unwrap();
+    let nv = m.cfg.n_vocab as u32;
+    let prompt: Vec<u32> = (0..6u32).map(|i| (i * 41 + 3) % nv).collect();
+    let mut st = m.new_state(8).unwrap();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    m.forward(&prompt, &mut st, false, &mut a).unwrap();
+    m.forward(&[7 % nv], &mut st, false, &mut b).unwrap();
+    a.extend(b);
+    a
+}
+
+/// Largest allocation for the split runs: below the tiny models' embedding and output
+/// matrices (384 x 64 values), above their activations and the i-quant grids (17.5 KiB).
+const SPLIT: u64 = 32768;
+
+#[test]
+fn staged_and_split_weights_give_the_logits_of_mapped_whole_ones() {
+    let mapped = Options {
+        staging: Some(false),
+        max_alloc: None,
+        ..Default::default()
+    };
+    let Some(whole) = vulkan(&mapped) else { return };
+    assert!(!whole.staging());
+    let whole: Arc<dyn Backend> = Arc::new(whole);
+    // F32 from a GGUF, F16 from sharded safetensors, a MoE (its experts split too)
+    for name in [
+        "llama/model.gguf",
+        "qwen2-f16-sharded",
+        "qwen3_moe/model.gguf",
+    ] {
+        let f = ModelFiles::open(&fixture(name)).unwrap();
+        let want = logits(&f, whole.clone());
+        let cpu = logits(&f, Arc::new(hearth_cpu::Cpu::new(2).unwrap()));
+        let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = cpu
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff <= 2e-5 * scale.max(1.0), "{name}: max |diff| {diff}");
+        for (staging, max_alloc) in [(true, None), (false, Some(SPLIT)), (true, Some(SPLIT))] {
+            let opts = Options {
+                staging: Some(staging),
+                max_alloc,
+                ..Default::default()
+            };
+            let v = vulkan(&opts).unwrap();
+            assert_eq!(v.staging(), staging);
+            if max_alloc.is_some() {
+                assert_eq!(v.max_alloc(), SPLIT);
+                let embd = &f.tensors["token_embd.weight"];
+                assert!(
+                    embd.numel() * 4 > 2 * SPLIT as usize,
+                    "{name}: nothing to split"
+                );
+            }
+            let got = logits(&f, Arc::new(v));
+            assert!(
+                got == want,
+                "{name}: staging {staging}, largest allocation {max_alloc:?}: logits differ"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_buffer_larger_than_the_largest_allocation_is_a_clear_error() {
+    let opts = Options {
+        staging: Some(true),
+        max_alloc: Some(SPLIT),
+        ..Default::default()
+    };
+    let Some(v) = vulkan(&opts) else { return };
+    assert!(v.alloc(SPLIT as usize / 4).is_ok());
+    let e = v.alloc(SPLIT as usize / 4 + 1).err().unwrap().to_string();
+    assert!(
+        e.contains(&format!("{} bytes", SPLIT + 4))
+            && e.contains(&format!("largest allocation of {SPLIT} bytes")),
+        "{e}"
+    );
+}
+
+#[test]
+fn free_memory_is_the_budget_given_or_at_most_the_heap() {
+    let Some(v) = vulkan(&Options::default()) else {
+        return;
+    };
+    let i = v.info().clone();
+    assert!(i.free > 0 && i.free <= i.memory, "{i:?}");
+    assert_eq!(v.memory(), Some(i.free));
+    let opts = Options {
+        budget: Some(123 << 20),
+        ..Default::default()
+    };
+    let v = vulkan(&opts).unwrap();
+    assert_eq!(v.memory(), Some(123 << 20));
+}
