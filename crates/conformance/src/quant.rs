@@ -87,6 +87,9 @@ pub(crate) fn cases(s: &mut Suite) {
                 |s| {
                     let t = quant_tensor(&mut s.rng, dtype, n_out, n_in);
                     let x = s.rng.vec(n_tok * n_in);
+                    if !s.f32_acts {
+                        return s.matmul(&t, &x, n_tok);
+                    }
                     let (got, _) = s.matmul(&t, &x, n_tok)?;
                     let (_, want) = s.matmul(&decoded(&t)?, &x, n_tok)?;
                     Ok((got, want))
@@ -163,7 +166,8 @@ pub(crate) fn cases(s: &mut Suite) {
 }
 
 /// Routed experts of `types` (gate, up, down; expert 0's gate `odd` where given) on the
-/// backend, and on the CPU decoded to f32.
+/// backend, and on the CPU decoded to f32 (as they are, for a backend that quantizes
+/// activations: see `Suite::f32_acts`).
 fn moe_case(s: &mut Suite, types: [DType; 3], odd: Option<DType>) -> Result<(Vec<f32>, Vec<f32>)> {
     let (ne, e, ff, n, k) = (6usize, 256usize, 512usize, 3usize, 2usize);
     let mut mats = Vec::new();
@@ -215,7 +219,7 @@ fn moe_case(s: &mut Suite, types: [DType; 3], odd: Option<DType>) -> Result<(Vec
         weights: bw.view(),
         out: out.view_mut(),
     })?;
-    let ex_c = make(&s.cpu, true)?;
+    let ex_c = make(&s.cpu, s.f32_acts)?;
     let mut want = vec![0f32; n * e];
     s.cpu.moe_experts(hearth_core::MoeJob {
         experts: &ex_c,
