@@ -50,6 +50,12 @@ impl Storage {
     pub fn bytes(&self) -> &[u8] {
         &(*self.buf).as_ref()[self.offset..self.offset + self.len]
     }
+
+    /// All the bytes of the buffer (the mapped file, or the owned bytes) these are a view of.
+    #[inline]
+    pub fn backing(&self) -> &[u8] {
+        (*self.buf).as_ref()
+    }
 }
 
 impl std::fmt::Debug for Storage {

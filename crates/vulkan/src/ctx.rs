@@ -50,22 +50,24 @@ pub struct Options {
     /// Free device memory to report instead of the driver's, in bytes (to try automatic
     /// placement against a smaller GPU).
     pub budget: Option<u64>,
+    /// Whether weights may be read in place from the host memory that holds them (the mapped
+    /// model file) where the device shares memory with the host (`VK_EXT_external_memory_host`);
+    /// None: yes where the driver has the extension.
+    pub import: Option<bool>,
 }
 
 impl Options {
     /// The options the environment sets: `HEARTH_VK_STAGING=1` or `0`,
-    /// `HEARTH_VK_MAX_ALLOC=bytes` and `HEARTH_VK_BUDGET=bytes`.
+    /// `HEARTH_VK_MAX_ALLOC=bytes`, `HEARTH_VK_BUDGET=bytes` and `HEARTH_VK_IMPORT=1` or `0`.
     pub fn from_env() -> Result<Options> {
-        let staging = match std::env::var("HEARTH_VK_STAGING").as_deref() {
-            Ok("1") => Some(true),
-            Ok("0") => Some(false),
-            Ok("") | Err(_) => None,
-            Ok(v) => {
-                return Err(Error::Invalid(format!(
-                    "HEARTH_VK_STAGING={v}: expected 1 or 0"
-                )));
-            }
+        let switch = |name: &str| match std::env::var(name).as_deref() {
+            Ok("1") => Ok(Some(true)),
+            Ok("0") => Ok(Some(false)),
+            Ok("") | Err(_) => Ok(None),
+            Ok(v) => Err(Error::Invalid(format!("{name}={v}: expected 1 or 0"))),
         };
+        let staging = switch("HEARTH_VK_STAGING")?;
+        let import = switch("HEARTH_VK_IMPORT")?;
         let max_alloc = match std::env::var("HEARTH_VK_MAX_ALLOC") {
             Ok(v) => Some(v.trim().parse().map_err(|_| {
                 Error::Invalid(format!(
@@ -84,6 +86,7 @@ impl Options {
             staging,
             max_alloc,
             budget,
+            import,
         })
     }
 }
@@ -253,7 +256,7 @@ pub(crate) struct Ctx {
     pub device: ash::Device,
     push: ash::khr::push_descriptor::Device,
     queue: vk::Queue,
-    mem_props: vk::PhysicalDeviceMemoryProperties,
+    pub(crate) mem_props: vk::PhysicalDeviceMemoryProperties,
     cmd: Mutex<Cmd>,
     /// By shader and the value of its specialization constant 1 (a weight's type).
     pipelines: Mutex<HashMap<(&'static str, u32), Arc<Pipeline>>>,
@@ -264,6 +267,9 @@ pub(crate) struct Ctx {
     pub staging: bool,
     /// Largest buffer, in bytes: the device's, or less where `HEARTH_VK_MAX_ALLOC` says.
     pub max_alloc: u64,
+    /// Importing host memory for weights ([`Ctx::import`]), where the device shares memory
+    /// with the host and has `VK_EXT_external_memory_host`.
+    pub(crate) import: Option<crate::import::HostImport>,
 }
 
 // SAFETY: the raw Vulkan handles are used under the `cmd` lock for recording and submission;
@@ -275,12 +281,16 @@ unsafe impl Sync for Ctx {}
 /// its transfers) in device-local memory that only the device reads and writes.
 pub(crate) struct RawBuf {
     pub buffer: vk::Buffer,
-    mem: vk::DeviceMemory,
+    pub(crate) mem: vk::DeviceMemory,
     /// The mapping, or null where the host cannot see the memory (reach it through
-    /// [`Ctx::write`] and [`Ctx::read`]).
-    ptr: *mut u8,
+    /// [`Ctx::write`] and [`Ctx::read`]) or the buffer is imported host memory that only
+    /// shaders read ([`Ctx::import`]).
+    pub(crate) ptr: *mut u8,
     pub bytes: usize,
-    ctx: Arc<Ctx>,
+    /// Where shaders see the buffer start, in bytes: 0, or for imported memory the data's
+    /// distance from the page the import starts at.
+    pub(crate) off: u64,
+    pub(crate) ctx: Arc<Ctx>,
 }
 
 // SAFETY: the mapping is only read or written while no command that uses the buffer runs
@@ -342,7 +352,18 @@ impl Ctx {
         let qci = [vk::DeviceQueueCreateInfo::default()
             .queue_family_index(qf)
             .queue_priorities(&prio)];
-        let ext_names = [ash::khr::push_descriptor::NAME.as_ptr()];
+        let staging = opts
+            .staging
+            .unwrap_or_else(|| staging_default(&info, &mem_props_of(i, pd)));
+        // host memory is read in place only where the device shares it (reading it across
+        // a bus would be slower than a copy in device memory)
+        let import = !staging
+            && opts.import != Some(false)
+            && has(ash::ext::external_memory_host::NAME);
+        let mut ext_names = vec![ash::khr::push_descriptor::NAME.as_ptr()];
+        if import {
+            ext_names.push(ash::ext::external_memory_host::NAME.as_ptr());
+        }
         let dci = vk::DeviceCreateInfo::default()
             .queue_create_infos(&qci)
             .enabled_extension_names(&ext_names);
@@ -385,9 +406,10 @@ impl Ctx {
                 down: None,
             }
         };
-        let staging = opts
-            .staging
-            .unwrap_or_else(|| staging_default(&info, &mem_props));
+        let import = match import {
+            true => Some(crate::import::HostImport::new(i, pd, &device)),
+            false => None,
+        };
         let max_alloc = opts
             .max_alloc
             .map_or(info.max_alloc, |n| n.clamp(4096, info.max_alloc));
@@ -405,6 +427,7 @@ impl Ctx {
             wg,
             staging,
             max_alloc,
+            import,
         }))
     }
 
@@ -527,6 +550,7 @@ impl Ctx {
                 mem,
                 ptr,
                 bytes,
+                off: 0,
                 ctx: self.clone(),
             })
         }
@@ -859,7 +883,7 @@ impl Ctx {
             .map(|b| {
                 [vk::DescriptorBufferInfo::default()
                     .buffer(b.buffer)
-                    .offset(0)
+                    .offset(b.off)
                     .range(vk::WHOLE_SIZE)]
             })
             .collect();
@@ -1069,6 +1093,12 @@ impl Ctx {
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), a.ptr.add(off), bytes) };
         Ok((a, off))
     }
+}
+
+/// A device's memory types and heaps.
+fn mem_props_of(i: &ash::Instance, pd: vk::PhysicalDevice) -> vk::PhysicalDeviceMemoryProperties {
+    // SAFETY: a device of this instance.
+    unsafe { i.get_physical_device_memory_properties(pd) }
 }
 
 /// Whether a device's buffers belong in device-local memory reached through staging copies:

@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 mod ctx;
+mod import;
 mod pieces;
 
 pub use ctx::{DeviceInfo, Options};
@@ -96,6 +97,8 @@ pub struct Vulkan {
     /// Each MoE layer's experts in one buffer per matrix kind, by the address of its first
     /// expert's gate bytes and the number of experts (the pack keeps that storage alive).
     packs: Mutex<HashMap<(usize, usize), Arc<Pack>>>,
+    /// Bytes of weights read in place from host memory ([`Vulkan::imported_bytes`]).
+    imported: std::sync::atomic::AtomicUsize,
 }
 
 /// Device copies of weights by (address, length, type) of their bytes, with the storage they
@@ -254,6 +257,7 @@ impl Vulkan {
             weights: Mutex::new(HashMap::new()),
             tmp: Mutex::new(Default::default()),
             packs: Mutex::new(HashMap::new()),
+            imported: Default::default(),
         })
     }
 
@@ -278,6 +282,19 @@ impl Vulkan {
         }
         self.mm = k;
         Ok(self)
+    }
+
+    /// Bytes of the weights loaded so far that the device reads in place from the host memory
+    /// holding them (the mapped model file), without a copy: on a device that shares memory
+    /// with the host and has `VK_EXT_external_memory_host`, unless `HEARTH_VK_IMPORT=0`.
+    pub fn imported_bytes(&self) -> usize {
+        self.imported.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether weights are read in place from host memory where their bytes allow it
+    /// ([`Vulkan::imported_bytes`]).
+    pub fn imports(&self) -> bool {
+        self.ctx.import.is_some()
     }
 
     /// Whether buffers live in device-local memory reached through staging copies.

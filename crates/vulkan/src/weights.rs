@@ -96,17 +96,7 @@ pub(crate) fn upload_rows(
     n_rows: usize,
     mut fill: impl FnMut(usize, usize, &mut [u8]) -> Result<()>,
 ) -> Result<Vec<(RawBuf, usize, usize)>> {
-    let limit = ctx.max_alloc.min(MAX_PIECE).saturating_sub(8) as usize;
-    let per = limit
-        .checked_div(row_bytes)
-        .unwrap_or(n_rows)
-        .min(n_rows.max(1));
-    if per == 0 {
-        return Err(Error::Unsupported(format!(
-            "vulkan: a row of {row_bytes} bytes does not fit {}'s largest buffer of {} bytes",
-            ctx.info.name, ctx.max_alloc
-        )));
-    }
+    let per = piece_rows(ctx, row_bytes, n_rows, 8)?;
     let mut v = Vec::new();
     let mut r0 = 0;
     while r0 < n_rows || v.is_empty() {
@@ -124,6 +114,54 @@ pub(crate) fn upload_rows(
     Ok(v)
 }
 
+/// Rows of `row_bytes` per piece of a weight of `n_rows`, leaving `slack` bytes of the
+/// largest allocation (and of the shaders' 32-bit offsets) free.
+fn piece_rows(ctx: &Ctx, row_bytes: usize, n_rows: usize, slack: u64) -> Result<usize> {
+    let limit = ctx.max_alloc.min(MAX_PIECE).saturating_sub(slack) as usize;
+    let per = limit
+        .checked_div(row_bytes)
+        .unwrap_or(n_rows)
+        .min(n_rows.max(1));
+    if per == 0 {
+        return Err(Error::Unsupported(format!(
+            "vulkan: a row of {row_bytes} bytes does not fit {}'s largest buffer of {} bytes",
+            ctx.info.name, ctx.max_alloc
+        )));
+    }
+    Ok(per)
+}
+
+/// `n_rows` rows of `row_bytes` read in place from `src` (which holds them one after
+/// another) in pieces as [`upload_rows`] makes them, or None where a piece cannot be imported
+/// ([`Ctx::import`]). `backing` is the whole buffer `src` lies in: the 4 bytes after the rows
+/// the shaders may read must lie in it too.
+fn import_rows(
+    ctx: &Arc<Ctx>,
+    src: &[u8],
+    backing: &[u8],
+    row_bytes: usize,
+    n_rows: usize,
+) -> Option<Vec<(RawBuf, usize, usize)>> {
+    let page = ctx.import.as_ref()?.page();
+    let end = src.as_ptr() as usize + src.len() + 4;
+    if src.len() != row_bytes * n_rows || end > backing.as_ptr() as usize + backing.len() {
+        return None;
+    }
+    let per = piece_rows(ctx, row_bytes, n_rows, 2 * page + 8).ok()?;
+    let mut v = Vec::new();
+    let mut r0 = 0;
+    while r0 < n_rows {
+        let n = per.min(n_rows - r0);
+        let bytes = &src[r0 * row_bytes..(r0 + n) * row_bytes];
+        // SAFETY: the rows and the 4 bytes after them lie in `backing`, whose storage the
+        // caller keeps alive with the weight's device copy, and weights are never written.
+        let b = unsafe { ctx.import(bytes.as_ptr(), bytes.len()) }?;
+        v.push((b, r0, n));
+        r0 += n;
+    }
+    (!v.is_empty()).then_some(v)
+}
+
 /// A buffer holding `bytes` (padded as [`upload_rows`] pads), at most the largest allocation.
 pub(crate) fn upload_bytes(ctx: &Arc<Ctx>, bytes: &[u8]) -> Result<RawBuf> {
     let mut v = upload_rows(ctx, bytes.len(), 1, |_, _, o| {
@@ -137,6 +175,22 @@ pub(crate) fn upload_bytes(ctx: &Arc<Ctx>, bytes: &[u8]) -> Result<RawBuf> {
 pub(crate) fn upload_grids(ctx: &Arc<Ctx>) -> Result<RawBuf> {
     let g: Vec<u8> = grids().iter().flat_map(|w| w.to_le_bytes()).collect();
     upload_bytes(ctx, &g)
+}
+
+/// The bytes of `parts` where each starts where the one before it ends, in one buffer.
+fn contiguous<'a>(parts: &[&'a Tensor]) -> Option<&'a [u8]> {
+    let first = parts[0].bytes();
+    let backing = parts[0].storage.backing();
+    let mut end = first.as_ptr() as usize + first.len();
+    for t in &parts[1..] {
+        let b = t.bytes();
+        if b.as_ptr() as usize != end || t.storage.backing().as_ptr() != backing.as_ptr() {
+            return None;
+        }
+        end += b.len();
+    }
+    let start = first.as_ptr() as usize - backing.as_ptr() as usize;
+    Some(&backing[start..start + (end - first.as_ptr() as usize)])
 }
 
 impl Vulkan {
@@ -169,6 +223,22 @@ impl Vulkan {
         match code(t0.dtype).filter(|_| same) {
             Some(code) => {
                 let rb = t0.row_bytes();
+                // the parts one after another in one buffer (a matrix, or a layer's experts
+                // as a GGUF file holds them): read in place where the device can
+                if let Some(src) = contiguous(parts) {
+                    let backing = t0.storage.backing();
+                    if let Some(pieces) =
+                        import_rows(&self.ctx, src, backing, rb * unit_rows, n_units)
+                    {
+                        self.imported
+                            .fetch_add(src.len(), std::sync::atomic::Ordering::Relaxed);
+                        return Ok(DevWeight {
+                            pieces,
+                            code,
+                            row_bytes: rb,
+                        });
+                    }
+                }
                 let pieces = upload_rows(&self.ctx, rb * unit_rows, n_units, |u0, n, o| {
                     let mut at = 0;
                     rows_of(u0, n, &mut |t, r0, rows| {

@@ -1,6 +1,7 @@
 //! Issue 16's memory paths on whatever Vulkan device there is (lavapipe in CI): buffers in
 //! device-local memory reached through staging copies, and weights larger than the largest
-//! allocation split by rows. A whole model's logits must not change by a bit when its
+//! allocation split by rows, and weights read in place from the mapped file where the device
+//! shares memory with the host. A whole model's logits must not change by a bit when its
 //! weights are split (every piece computes the same dot products), and must match the CPU
 //! backend's within the placement test's tolerance.
 use hearth_core::Backend;
@@ -48,9 +49,11 @@ const SPLIT: u64 = 32768;
 
 #[test]
 fn staged_and_split_weights_give_the_logits_of_mapped_whole_ones() {
+    // the reference: weights copied into mapped memory, whole
     let mapped = Options {
         staging: Some(false),
         max_alloc: None,
+        import: Some(false),
         ..Default::default()
     };
     let Some(whole) = vulkan(&mapped) else { return };
@@ -72,13 +75,20 @@ fn staged_and_split_weights_give_the_logits_of_mapped_whole_ones() {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(diff <= 2e-5 * scale.max(1.0), "{name}: max |diff| {diff}");
-        for (staging, max_alloc) in [(true, None), (false, Some(SPLIT)), (true, Some(SPLIT))] {
+        for (staging, max_alloc, import) in [
+            (true, None, None),
+            (false, Some(SPLIT), Some(false)),
+            (true, Some(SPLIT), None),
+            (false, None, Some(true)),
+            (false, Some(SPLIT), Some(true)),
+        ] {
             let opts = Options {
                 staging: Some(staging),
                 max_alloc,
+                import,
                 ..Default::default()
             };
-            let v = vulkan(&opts).unwrap();
+            let v = Arc::new(vulkan(&opts).unwrap());
             assert_eq!(v.staging(), staging);
             if max_alloc.is_some() {
                 assert_eq!(v.max_alloc(), SPLIT);
@@ -88,11 +98,31 @@ fn staged_and_split_weights_give_the_logits_of_mapped_whole_ones() {
                     "{name}: nothing to split"
                 );
             }
-            let got = logits(&f, Arc::new(v));
+            let got = logits(&f, v.clone());
             assert!(
                 got == want,
-                "{name}: staging {staging}, largest allocation {max_alloc:?}: logits differ"
+                "{name}: staging {staging}, largest allocation {max_alloc:?}, import \
+                 {import:?}: logits differ"
             );
+            // a GGUF's tensors start on 32-byte boundaries, which lavapipe's storage buffers
+            // accept (16): each matrix (a layer's experts as one) is read in place, the
+            // embeddings and the output too; a staging device copies them all
+            let held: usize = f
+                .tensors
+                .values()
+                .filter(|t| t.shape.len() > 1)
+                .map(|t| t.bytes().len())
+                .sum();
+            let imported = v.imported_bytes();
+            if staging || import == Some(false) {
+                assert_eq!(imported, 0, "{name}");
+            } else if name.ends_with(".gguf") && v.imports() {
+                // (norm weights the loader keeps as tensors count too)
+                assert!(
+                    imported >= held,
+                    "{name}: {imported} bytes in place, of {held} in matrices"
+                );
+            }
         }
     }
 }
