@@ -357,9 +357,8 @@ impl Ctx {
             .unwrap_or_else(|| staging_default(&info, &mem_props_of(i, pd)));
         // host memory is read in place only where the device shares it (reading it across
         // a bus would be slower than a copy in device memory)
-        let import = !staging
-            && opts.import != Some(false)
-            && has(ash::ext::external_memory_host::NAME);
+        let import =
+            !staging && opts.import != Some(false) && has(ash::ext::external_memory_host::NAME);
         let mut ext_names = vec![ash::khr::push_descriptor::NAME.as_ptr()];
         if import {
             ext_names.push(ash::ext::external_memory_host::NAME.as_ptr());

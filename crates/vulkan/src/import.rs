@@ -24,7 +24,11 @@ impl HostImport {
         let mut p2 = vk::PhysicalDeviceProperties2::default().push_next(&mut hp);
         // SAFETY: a device of this instance; the chained struct outlives the call.
         unsafe { i.get_physical_device_properties2(pd, &mut p2) };
-        let bind = p2.properties.limits.min_storage_buffer_offset_alignment.max(4);
+        let bind = p2
+            .properties
+            .limits
+            .min_storage_buffer_offset_alignment
+            .max(4);
         HostImport {
             ext: ash::ext::external_memory_host::Device::new(i, device),
             page: hp.min_imported_host_pointer_alignment.max(1),
