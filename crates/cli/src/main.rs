@@ -392,6 +392,11 @@ fn backend(device: &str, threads: usize) -> Result<Arc<dyn Backend>> {
     let cpu = || -> Result<Arc<dyn Backend>> { Ok(Arc::new(hearth_cpu::Cpu::new(threads)?)) };
     match device {
         "cpu" => cpu(),
+        "auto" if !hearth_vulkan::gpu_possible() => {
+            // no GPU device node: the loader is not opened (its drivers cost memory and time)
+            eprintln!("hearth: running on the CPU (no GPU device node in /dev)");
+            cpu()
+        }
         "auto" => {
             let gpu = hearth_vulkan::devices().map(|ds| {
                 ds.into_iter()

@@ -47,6 +47,24 @@ pub fn devices() -> Result<Vec<DeviceInfo>> {
         .collect())
 }
 
+/// Whether this machine may have a GPU that Vulkan drives, without opening the loader (which
+/// loads every installed driver, lavapipe's LLVM among them: tens of MB of memory and a
+/// noticeable start). On Linux a GPU driver needs a device node, `/dev/dri/renderD*` (Mesa's
+/// drivers) or `/dev/nvidia*` (NVIDIA's): without one, no device [`devices`] lists can be a
+/// GPU. Elsewhere, true.
+pub fn gpu_possible() -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    let has = |dir: &str, prefix: &str| {
+        std::fs::read_dir(dir).is_ok_and(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        })
+    };
+    has("/dev/dri", "renderD") || has("/dev", "nvidia")
+}
+
 /// Device `index`'s memory bandwidth in GB/s, measured by copying 256 MiB (less where its
 /// largest allocation is smaller) between two of the buffers the backend uses, 8 times.
 pub fn bandwidth(index: usize) -> Result<f64> {
