@@ -38,9 +38,10 @@ HEARTH_SERVE_ARGS="$kv" HEARTH_LOGITS_ARGS="$kv" bash scripts/test_server.sh 2>&
 bash scripts/test_hub.sh 2>&1 | tee -a "$log"
 # (on lavapipe, which decodes SmolLM2 at a few tokens a second, the tests that generate
 # little; batch invariance on Vulkan is tests/tiny_hf.rs's batched_paged_sequences test)
-HEARTH_SERVE_ARGS="--device vulkan" bash scripts/test_server.sh test_plain_chat_and_usage \
-  test_streaming_chat_matches_plain test_completions_and_tokenize_endpoints test_error_classes \
-  test_json_schema_constrained test_cancel_mid_stream_then_healthy 2>&1 | tee -a "$log"
+HEARTH_SERVE_ARGS="--device vulkan" HEARTH_LOGITS_ARGS="--device vulkan" bash scripts/test_server.sh \
+  test_plain_chat_and_usage test_streaming_chat_matches_plain test_completions_and_tokenize_endpoints \
+  test_error_classes test_json_schema_constrained test_cancel_mid_stream_then_healthy \
+  test_logprobs_agree_with_hearth_logits 2>&1 | tee -a "$log"
 # every fuzz target for 30 s from its committed corpus (installs cargo-fuzz on first use;
 # the first build of the instrumented targets takes about 15 minutes on 2 cores)
 bash scripts/fuzz.sh 30 2>&1 | tee -a "$log"

@@ -26,7 +26,7 @@ p1=$(free_port); p2=$(free_port); p3=$(free_port); p4=$(free_port)
 key="test-key-$RANDOM"
 log1=$(mktemp); log2=$(mktemp); log3=$(mktemp); log4=$(mktemp)
 # HEARTH_SERVE_ARGS: more arguments for these servers (test.sh: --device vulkan; a quantized KV
-# cache, with HEARTH_LOGITS_ARGS the same for `hearth logits`)
+# cache, with HEARTH_LOGITS_ARGS the same for `hearth logits`; --device vulkan for both)
 read -r -a extra <<<"${HEARTH_SERVE_ARGS:-}"
 "$bin" serve smollm2 --port "$p1" "${extra[@]}" >"$log1" 2>&1 & s1=$!
 "$bin" serve smollm2 --port "$p2" --parallel 1 --queue 1 --api-key "$key" "${extra[@]}" >"$log2" 2>&1 & s2=$!

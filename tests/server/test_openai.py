@@ -124,7 +124,7 @@ def test_concurrent_equals_alone():
 
 
 def hearth_logits(tokens, top):
-    # HEARTH_LOGITS_ARGS: the servers' cache types, so that both read the same cache
+    # HEARTH_LOGITS_ARGS: the servers' cache types and device, so that both compute alike
     extra = os.environ.get("HEARTH_LOGITS_ARGS", "").split()
     out = subprocess.run([HEARTH, "logits", "smollm2", "--tokens", ",".join(map(str, tokens)),
                           "--top", str(top)] + extra,
