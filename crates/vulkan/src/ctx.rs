@@ -646,23 +646,20 @@ impl Ctx {
             .src_offset(off as u64)
             .dst_offset(0)
             .size(n as u64)];
-        let to_host = [vk::MemoryBarrier::default()
+        let to_host = vk::MemoryBarrier::default()
             .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-            .dst_access_mask(vk::AccessFlags::HOST_READ)];
+            .dst_access_mask(vk::AccessFlags::HOST_READ);
         // SAFETY: the command buffer is ours under the lock; both buffers outlive the
         // submission below, which completes before the mapping is read.
         let keep = unsafe {
             self.begin(&mut cmd)?;
             self.barrier(cmd.buf);
             d.cmd_copy_buffer(cmd.buf, src.buffer, down.buffer, &region);
-            d.cmd_pipeline_barrier(
+            self.memory_barrier(
                 cmd.buf,
                 vk::PipelineStageFlags::TRANSFER,
                 vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &to_host,
-                &[],
-                &[],
+                to_host,
             );
             let keep = self.submit(&mut cmd)?;
             std::ptr::copy_nonoverlapping(down.ptr, out.as_mut_ptr(), n);
@@ -736,13 +733,38 @@ impl Ctx {
         Ok(())
     }
 
+    /// Record one memory barrier from `src` to `dst` stages.
+    ///
+    /// # Safety
+    /// `cb` must be this context's command buffer, recording, under the `cmd` lock.
+    unsafe fn memory_barrier(
+        &self,
+        cb: vk::CommandBuffer,
+        src: vk::PipelineStageFlags,
+        dst: vk::PipelineStageFlags,
+        mb: vk::MemoryBarrier<'_>,
+    ) {
+        // SAFETY: as the caller promises.
+        unsafe {
+            self.device.cmd_pipeline_barrier(
+                cb,
+                src,
+                dst,
+                vk::DependencyFlags::empty(),
+                &[mb],
+                &[],
+                &[],
+            )
+        }
+    }
+
     /// Record a barrier: what compute shaders, copies and the host wrote before it is seen by
     /// the shaders and copies after it.
     ///
     /// # Safety
     /// `cb` is this context's command buffer, recording, under the caller's lock.
     unsafe fn barrier(&self, cb: vk::CommandBuffer) {
-        let mb = [vk::MemoryBarrier::default()
+        let mb = vk::MemoryBarrier::default()
             .src_access_mask(
                 vk::AccessFlags::SHADER_WRITE
                     | vk::AccessFlags::TRANSFER_WRITE
@@ -753,19 +775,16 @@ impl Ctx {
                     | vk::AccessFlags::SHADER_WRITE
                     | vk::AccessFlags::TRANSFER_READ
                     | vk::AccessFlags::TRANSFER_WRITE,
-            )];
+            );
         // SAFETY: as the caller promises.
         unsafe {
-            self.device.cmd_pipeline_barrier(
+            self.memory_barrier(
                 cb,
                 vk::PipelineStageFlags::COMPUTE_SHADER
                     | vk::PipelineStageFlags::TRANSFER
                     | vk::PipelineStageFlags::HOST,
                 vk::PipelineStageFlags::COMPUTE_SHADER | vk::PipelineStageFlags::TRANSFER,
-                vk::DependencyFlags::empty(),
-                &mb,
-                &[],
-                &[],
+                mb,
             )
         };
     }
@@ -999,22 +1018,19 @@ impl Ctx {
             self.flush()?;
             let mut cmd = self.cmd.lock().unwrap_or_else(|e| e.into_inner());
             let region = [vk::BufferCopy::default().size(bytes as u64)];
-            let mb = [vk::MemoryBarrier::default()
+            let mb = vk::MemoryBarrier::default()
                 .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-                .dst_access_mask(vk::AccessFlags::TRANSFER_WRITE)];
+                .dst_access_mask(vk::AccessFlags::TRANSFER_WRITE);
             // SAFETY: the command buffer is ours under the lock and not recording (flushed);
             // both buffers live until the submission below has completed.
             unsafe {
                 self.begin(&mut cmd)?;
                 for _ in 0..n {
-                    d.cmd_pipeline_barrier(
+                    self.memory_barrier(
                         cmd.buf,
                         vk::PipelineStageFlags::TRANSFER,
                         vk::PipelineStageFlags::TRANSFER,
-                        vk::DependencyFlags::empty(),
-                        &mb,
-                        &[],
-                        &[],
+                        mb,
                     );
                     d.cmd_copy_buffer(cmd.buf, a.buffer, b.buffer, &region);
                 }
