@@ -417,7 +417,10 @@ def test_g_api_key_and_busy_server():
             c = http.client.HTTPConnection(host.hostname, host.port, timeout=60)
             c.request("POST", "/v1/chat/completions", json.dumps({
                 "model": MODEL, "max_tokens": 2000, "temperature": 0, "stream": True,
-                "messages": [{"role": "user", "content": f"Count to {i + 5}000, one by one."}]}),
+                # (answers that run to max_tokens at temperature 0: "Count to 5000, one by
+                # one." was answered in 34 tokens, so the slot could free before the page's
+                # request came, and it was served instead of refused)
+                "messages": [{"role": "user", "content": f"Repeat the word hello {i + 3}000 times."}]}),
                 {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
             conns.append(c)
         deadline = time.time() + 20
