@@ -724,6 +724,12 @@ impl Ctx {
             self.barrier(cmd.buf);
         }
         f(&self.device, cmd.buf);
+        self.count_recorded(cmd)
+    }
+
+    /// Count one command recorded under `cmd`, submitting the step once it holds
+    /// [`MAX_RECORDED`] (the lock is released before the buffers it kept are dropped).
+    fn count_recorded(&self, mut cmd: std::sync::MutexGuard<'_, Cmd>) -> Result<()> {
         cmd.recorded += 1;
         if cmd.recorded >= MAX_RECORDED {
             let keep = self.submit(&mut cmd)?;
@@ -941,13 +947,7 @@ impl Ctx {
             );
             d.cmd_dispatch(cmd.buf, gx, gy as u32, 1);
         }
-        cmd.recorded += 1;
-        if cmd.recorded >= MAX_RECORDED {
-            let keep = self.submit(&mut cmd)?;
-            drop(cmd);
-            drop(keep);
-        }
-        Ok(())
+        self.count_recorded(cmd)
     }
 
     /// Start recording into `cmd` unless it is recording already.

@@ -49,9 +49,9 @@ pub fn devices() -> Result<Vec<DeviceInfo>> {
 
 /// Whether this machine may have a GPU that Vulkan drives, without opening the loader (which
 /// loads every installed driver, lavapipe's LLVM among them: tens of MB of memory and a
-/// noticeable start). On Linux a GPU driver needs a device node, `/dev/dri/renderD*` (Mesa's
-/// drivers) or `/dev/nvidia*` (NVIDIA's): without one, no device [`devices`] lists can be a
-/// GPU. Elsewhere, true.
+/// noticeable start). On Linux a GPU driver needs a device node: `/dev/dri/renderD*` (Mesa's
+/// drivers), `/dev/nvidia*` (NVIDIA's) or `/dev/dxg` (WSL's GPUs). Without one, no device
+/// [`devices`] lists can be a GPU. Elsewhere, true.
 pub fn gpu_possible() -> bool {
     if !cfg!(target_os = "linux") {
         return true;
@@ -62,7 +62,7 @@ pub fn gpu_possible() -> bool {
                 .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
         })
     };
-    has("/dev/dri", "renderD") || has("/dev", "nvidia")
+    has("/dev/dri", "renderD") || has("/dev", "nvidia") || has("/dev", "dxg")
 }
 
 /// Device `index`'s memory bandwidth in GB/s, measured by copying 256 MiB (less where its
