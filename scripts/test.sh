@@ -20,6 +20,8 @@ HEARTH_TEST_BACKEND=vulkan cargo test --release --locked -p hearth-models --test
 # every KV-cache type through the Vulkan shaders that store and read them
 HEARTH_TEST_BACKEND=vulkan cargo test --release --locked -p hearth-models --test kv_types 2>&1 | tee -a "$log"
 HEARTH_TEST_BACKEND=vulkan cargo test --release --locked -p hearth --test smollm2 smollm2_top1 2>&1 | tee -a "$log"
+# the cooperative-matrix matmul kernel, on Mesa 26's lavapipe in a Debian 13 root (needs root)
+bash scripts/test_coop.sh 2>&1 | tee -a "$log"
 # the portable (non-AVX2) kernels against the same references
 HEARTH_CPU_BASELINE=1 cargo test --release --locked -p hearth-quant -p hearth-models -p hearth-cpu 2>&1 | tee -a "$log"
 # on CPUs with AVX-512 VNNI, the AVX2 build of the integer kernels too (the tests compare

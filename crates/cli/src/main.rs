@@ -559,7 +559,7 @@ fn devices(check: bool) -> Result<()> {
             for d in ds {
                 let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
                 println!(
-                    "vulkan:{:<5} {} ({}, {:.1} GiB device memory, {:.1} GiB free{}, subgroups of {}, largest buffer {:.1} GiB)",
+                    "vulkan:{:<5} {} ({}, {:.1} GiB device memory, {:.1} GiB free{}, subgroups of {}, largest buffer {:.1} GiB{})",
                     d.index,
                     d.name,
                     d.kind,
@@ -571,7 +571,11 @@ fn devices(check: bool) -> Result<()> {
                         " (no memory budget: the heap's size)"
                     },
                     d.subgroup,
-                    gib(d.max_alloc)
+                    gib(d.max_alloc),
+                    match d.coop {
+                        0 => String::new(),
+                        c => format!(", {c}x{c} f16 cooperative matrices"),
+                    }
                 );
                 if check {
                     let v = hearth_vulkan::Vulkan::new(d.index)?;

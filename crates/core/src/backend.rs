@@ -228,6 +228,13 @@ pub trait Backend: Send + Sync {
     /// Whether this backend can multiply by weights of `dtype`.
     fn supports(&self, dtype: DType) -> bool;
 
+    /// Whether [`Backend::matmul`] by weights of `dtype` rounds the decoded weights and the
+    /// activations to f16 (sums stay f32), as GPU cooperative-matrix kernels do: tests then
+    /// compare it with a reference that rounds the same way.
+    fn matmul_rounds_to_f16(&self, _dtype: DType) -> bool {
+        false
+    }
+
     /// Called once per matmul weight at load time: the backend may attach a copy in a layout
     /// of its own ([`Tensor::packed`]) or on its device. Results must not change.
     fn prepare(&self, _w: &mut Tensor) {}

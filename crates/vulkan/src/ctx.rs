@@ -33,6 +33,11 @@ pub struct DeviceInfo {
     pub subgroup: u32,
     /// Whether compute shaders have subgroup arithmetic (`subgroupAdd`).
     pub subgroup_arith: bool,
+    /// The side C of the cooperative-matrix products the matmul kernel uses: 16 or 8 where
+    /// the device multiplies C x C f16 matrices into f32 ones at subgroup scope
+    /// (`VK_KHR_cooperative_matrix`, with `shaderFloat16` and the Vulkan memory model, as
+    /// `shaders/matmul_coop.glsl` needs), else 0.
+    pub coop: u32,
     /// Largest single allocation, in bytes (the smaller of the driver's allocation limit and
     /// its largest storage-buffer binding).
     pub max_alloc: u64,
@@ -54,11 +59,14 @@ pub struct Options {
     /// model file) where the device shares memory with the host (`VK_EXT_external_memory_host`);
     /// None: yes where the driver has the extension.
     pub import: Option<bool>,
+    /// The matmul kernel instead of the device's default (`HEARTH_VK_MATMUL`).
+    pub matmul: Option<crate::MatmulKernel>,
 }
 
 impl Options {
     /// The options the environment sets: `HEARTH_VK_STAGING=1` or `0`,
-    /// `HEARTH_VK_MAX_ALLOC=bytes`, `HEARTH_VK_BUDGET=bytes` and `HEARTH_VK_IMPORT=1` or `0`.
+    /// `HEARTH_VK_MAX_ALLOC=bytes`, `HEARTH_VK_BUDGET=bytes`, `HEARTH_VK_IMPORT=1` or `0`, and
+    /// `HEARTH_VK_MATMUL=rows|workgroup|subgroup|coop`.
     pub fn from_env() -> Result<Options> {
         let switch = |name: &str| match std::env::var(name).as_deref() {
             Ok("1") => Ok(Some(true)),
@@ -82,11 +90,20 @@ impl Options {
             })?),
             Err(_) => None,
         };
+        let matmul = match std::env::var("HEARTH_VK_MATMUL").as_deref() {
+            Ok("") | Err(_) => None,
+            Ok(v) => Some(crate::MatmulKernel::parse(v).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "HEARTH_VK_MATMUL={v}: expected rows, workgroup, subgroup or coop"
+                ))
+            })?),
+        };
         Ok(Options {
             staging,
             max_alloc,
             budget,
             import,
+            matmul,
         })
     }
 }
@@ -143,10 +160,13 @@ impl Instance {
         unsafe { i.get_physical_device_properties2(pd, &mut p2) };
         let props = p2.properties;
         // SAFETY: a device of this instance.
-        let budget = unsafe { i.enumerate_device_extension_properties(pd) }
-            .unwrap_or_default()
-            .iter()
-            .any(|e| e.extension_name_as_c_str() == Ok(ash::ext::memory_budget::NAME));
+        let exts = unsafe { i.enumerate_device_extension_properties(pd) }.unwrap_or_default();
+        let has = |name: &CStr| exts.iter().any(|e| e.extension_name_as_c_str() == Ok(name));
+        let budget = has(ash::ext::memory_budget::NAME);
+        let coop = match props_api(&p2.properties) && has(ash::khr::cooperative_matrix::NAME) {
+            true => self.coop_size(pd),
+            false => 0,
+        };
         let mut mb = vk::PhysicalDeviceMemoryBudgetPropertiesEXT::default();
         let mut m2 = vk::PhysicalDeviceMemoryProperties2::default();
         if budget {
@@ -193,11 +213,52 @@ impl Instance {
                 .supported_operations
                 .contains(vk::SubgroupFeatureFlags::ARITHMETIC)
                 && sub.supported_stages.contains(vk::ShaderStageFlags::COMPUTE),
+            coop,
             max_alloc: m3
                 .max_memory_allocation_size
                 .min(u64::from(props.limits.max_storage_buffer_range)),
         }
     }
+}
+
+impl Instance {
+    /// The side C (16, else 8) of the C x C x C products of f16 matrices into f32 at subgroup
+    /// scope that device `pd` (which has `VK_KHR_cooperative_matrix`) reports, where it also
+    /// has what `matmul_coop.glsl` uses: the cooperative-matrix feature, `shaderFloat16` and
+    /// the Vulkan memory model; else 0.
+    fn coop_size(&self, pd: vk::PhysicalDevice) -> u32 {
+        let i = &self.instance;
+        let mut cf = vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default();
+        let mut f12 = vk::PhysicalDeviceVulkan12Features::default();
+        let mut f2 = vk::PhysicalDeviceFeatures2::default()
+            .push_next(&mut cf)
+            .push_next(&mut f12);
+        // SAFETY: a device of this instance (API 1.2); the chained structs outlive the call.
+        unsafe { i.get_physical_device_features2(pd, &mut f2) };
+        if cf.cooperative_matrix == 0 || f12.shader_float16 == 0 || f12.vulkan_memory_model == 0 {
+            return 0;
+        }
+        let cm = ash::khr::cooperative_matrix::Instance::new(&self._entry, i);
+        // SAFETY: a device of this instance that has the extension.
+        let props = unsafe { cm.get_physical_device_cooperative_matrix_properties(pd) };
+        let props = props.unwrap_or_default();
+        let has = |c: u32| {
+            props.iter().any(|p| {
+                (p.m_size, p.n_size, p.k_size) == (c, c, c)
+                    && p.a_type == vk::ComponentTypeKHR::FLOAT16
+                    && p.b_type == vk::ComponentTypeKHR::FLOAT16
+                    && p.c_type == vk::ComponentTypeKHR::FLOAT32
+                    && p.result_type == vk::ComponentTypeKHR::FLOAT32
+                    && p.scope == vk::ScopeKHR::SUBGROUP
+            })
+        };
+        [16, 8].into_iter().find(|&c| has(c)).unwrap_or(0)
+    }
+}
+
+/// Whether a device reports Vulkan 1.2 or later (whose feature structs the queries use).
+fn props_api(p: &vk::PhysicalDeviceProperties) -> bool {
+    vk::api_version_major(p.api_version) > 1 || vk::api_version_minor(p.api_version) >= 2
 }
 
 impl Drop for Instance {
@@ -363,9 +424,21 @@ impl Ctx {
         if import {
             ext_names.push(ash::ext::external_memory_host::NAME.as_ptr());
         }
-        let dci = vk::DeviceCreateInfo::default()
+        // what matmul_coop.comp needs, where the device has it
+        let mut cf = vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default();
+        let mut f12 = vk::PhysicalDeviceVulkan12Features::default();
+        if info.coop > 0 {
+            ext_names.push(ash::khr::cooperative_matrix::NAME.as_ptr());
+            cf.cooperative_matrix = vk::TRUE;
+            f12.shader_float16 = vk::TRUE;
+            f12.vulkan_memory_model = vk::TRUE;
+        }
+        let mut dci = vk::DeviceCreateInfo::default()
             .queue_create_infos(&qci)
             .enabled_extension_names(&ext_names);
+        if info.coop > 0 {
+            dci = dci.push_next(&mut cf).push_next(&mut f12);
+        }
         // SAFETY: the create info and what it points to live through the call.
         let device =
             unsafe { i.create_device(pd, &dci, None) }.map_err(vk_err("creating the device"))?;

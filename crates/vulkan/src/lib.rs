@@ -95,14 +95,35 @@ pub enum MatmulKernel {
     /// A workgroup per (row, tile), its threads' sums added in shared memory.
     Workgroup,
     /// [`MatmulKernel::Workgroup`] adding with subgroup operations: the default on a GPU that
-    /// has them.
+    /// has them and no cooperative matrices.
     Subgroup,
+    /// Cooperative matrices (`shaders/matmul_coop.glsl`) for the types [`Vulkan::coop_for`]
+    /// names, the others on the subgroup (or workgroup) kernel: weights and tokens rounded to f16,
+    /// products summed in f32, a token's result independent of the others. The default on a
+    /// GPU that has them ([`DeviceInfo::coop`]).
+    Coop,
+}
+
+impl MatmulKernel {
+    /// The kernel `rows`, `workgroup`, `subgroup` or `coop` names.
+    pub fn parse(name: &str) -> Option<MatmulKernel> {
+        Some(match name {
+            "rows" => MatmulKernel::Rows,
+            "workgroup" => MatmulKernel::Workgroup,
+            "subgroup" => MatmulKernel::Subgroup,
+            "coop" => MatmulKernel::Coop,
+            _ => return None,
+        })
+    }
 }
 
 /// The Vulkan backend on one device.
 pub struct Vulkan {
     ctx: Arc<Ctx>,
     mm: MatmulKernel,
+    /// Where `mm` is [`MatmulKernel::Coop`], the kernel for weights of float types, which it
+    /// leaves (see [`Vulkan::coop_for`]).
+    mm_float: MatmulKernel,
     /// The i-quants' grids, bound to every shader that decodes weights.
     grids: RawBuf,
     /// Weights copied to the device, by the address and length of their bytes (see
@@ -262,21 +283,32 @@ impl Vulkan {
     /// The backend on device `index` with `opts`.
     pub fn with_options(index: usize, opts: &Options) -> Result<Vulkan> {
         let ctx = Ctx::new(index, opts)?;
-        let mm = match (ctx.info.kind == "CPU", ctx.info.subgroup_arith) {
-            (true, _) => MatmulKernel::Rows,
-            (false, true) => MatmulKernel::Subgroup,
-            (false, false) => MatmulKernel::Workgroup,
+        let info = &ctx.info;
+        let mm = match (info.kind == "CPU", info.coop > 0, info.subgroup_arith) {
+            (true, _, _) => MatmulKernel::Rows,
+            (false, true, _) => MatmulKernel::Coop,
+            (false, false, true) => MatmulKernel::Subgroup,
+            (false, false, false) => MatmulKernel::Workgroup,
         };
         let grids = weights::upload_grids(&ctx)?;
-        Ok(Vulkan {
+        let mm_float = match info.subgroup_arith {
+            true => MatmulKernel::Subgroup,
+            false => MatmulKernel::Workgroup,
+        };
+        let vk = Vulkan {
             ctx,
             mm,
+            mm_float,
             grids,
             weights: Mutex::new(HashMap::new()),
             tmp: Mutex::new(Default::default()),
             packs: Mutex::new(HashMap::new()),
             imported: Default::default(),
-        })
+        };
+        match opts.matmul {
+            Some(k) => vk.with_matmul_kernel(k),
+            None => Ok(vk),
+        }
     }
 
     /// What the device is.
@@ -292,14 +324,29 @@ impl Vulkan {
     /// The backend with matmuls on kernel `k` instead of the device's default (tests run
     /// each); an error where the device lacks what `k` needs.
     pub fn with_matmul_kernel(mut self, k: MatmulKernel) -> Result<Vulkan> {
-        if k == MatmulKernel::Subgroup && !self.ctx.info.subgroup_arith {
-            return Err(Error::Unsupported(format!(
-                "{} has no subgroup arithmetic",
-                self.ctx.info.name
-            )));
+        let info = &self.ctx.info;
+        let lacks = match k {
+            MatmulKernel::Subgroup if !info.subgroup_arith => "subgroup arithmetic",
+            MatmulKernel::Coop if info.coop == 0 => {
+                "16x16 or 8x8 f16 cooperative matrices (VK_KHR_cooperative_matrix)"
+            }
+            _ => "",
+        };
+        if !lacks.is_empty() {
+            return Err(Error::Unsupported(format!("{} has no {lacks}", info.name)));
         }
         self.mm = k;
         Ok(self)
+    }
+
+    /// Whether matmuls by weights of `dtype` run on the cooperative-matrix kernel, which rounds
+    /// weights and activations to f16: on [`MatmulKernel::Coop`], the types whose CPU kernels
+    /// round activations to 16-bit integers too ([`hearth_quant::acts::supports_q16`]: Q4_0-Q8_0,
+    /// the K-quants, IQ4_XS). The others (float weights, the i-quants but IQ4_XS, MXFP4) keep
+    /// a kernel that multiplies f32 activations, as the CPU does for them, so that their
+    /// results stay within f32 rounding of the reference (the tests' bar for those types).
+    pub fn coop_for(&self, dtype: DType) -> bool {
+        self.mm == MatmulKernel::Coop && hearth_quant::acts::supports_q16(dtype)
     }
 
     /// Bytes of the weights loaded so far that the device reads in place from the host memory
@@ -549,6 +596,10 @@ impl Backend for Vulkan {
         format!("vulkan:{} ({})", self.ctx.info.index, self.ctx.info.name)
     }
 
+    fn matmul_rounds_to_f16(&self, dtype: DType) -> bool {
+        self.coop_for(dtype)
+    }
+
     fn supports(&self, _dtype: DType) -> bool {
         true
     }
@@ -620,7 +671,14 @@ impl Backend for Vulkan {
             )));
         }
         let dw = self.weight(w)?;
-        self.matmul_pieces(&dw, (n_in, n_out, n_tok), (&xm.raw, xo), (&om.raw, oo))
+        let coop = self.coop_for(w.dtype);
+        self.matmul_pieces(
+            &dw,
+            coop,
+            (n_in, n_out, n_tok),
+            (&xm.raw, xo),
+            (&om.raw, oo),
+        )
     }
 
     fn dequantize(&self, t: &Tensor, out: &mut [f32]) -> Result<()> {

@@ -12,6 +12,7 @@ impl Vulkan {
     pub(crate) fn matmul_pieces(
         &self,
         w: &DevWeight,
+        coop: bool,
         shape: (usize, usize, usize),
         x: (&RawBuf, u32),
         out: (&RawBuf, u32),
@@ -22,12 +23,12 @@ impl Vulkan {
             let (r0, rows) = (*r0, *rows);
             if whole || n_tok == 1 {
                 // the piece's outputs are contiguous
-                self.matmul_one(w, wb, (n_in, rows, n_tok), x, (out.0, out.1 + u(r0)?))?;
+                self.matmul_one(w, wb, coop, (n_in, rows, n_tok), x, (out.0, out.1 + u(r0)?))?;
                 continue;
             }
             // the piece's [n_tok, rows] in scratch, then into its columns of out
             let t = self.tmp(4, n_tok * rows * 4)?;
-            self.matmul_one(w, wb, (n_in, rows, n_tok), x, (&t, 0))?;
+            self.matmul_one(w, wb, coop, (n_in, rows, n_tok), x, (&t, 0))?;
             let c = RowCopy {
                 n_rows: n_tok,
                 width: rows,
@@ -37,11 +38,13 @@ impl Vulkan {
         Ok(())
     }
 
-    /// One dispatch of a matmul over the rows of `w` in one buffer.
+    /// One dispatch of a matmul over the rows of `w` in one buffer, on the cooperative-matrix
+    /// kernel where `coop` (see [`Vulkan::coop_for`]), else on the device's other kernel.
     fn matmul_one(
         &self,
         w: &DevWeight,
         wb: &RawBuf,
+        coop: bool,
         (n_in, n_out, n_tok): (usize, usize, usize),
         x: (&RawBuf, u32),
         out: (&RawBuf, u32),
@@ -50,10 +53,23 @@ impl Vulkan {
         let bufs = [wb, x.0, out.0, &self.grids];
         // a workgroup (or, on lavapipe, a thread) per row and tile of 8 tokens (matmul.glsl)
         let items = n_out * n_tok.div_ceil(8);
-        let (shader, groups) = match self.mm {
+        let mm = match (coop, self.mm) {
+            (true, _) => MatmulKernel::Coop,
+            (false, MatmulKernel::Coop) => self.mm_float,
+            (false, k) => k,
+        };
+        let (shader, groups) = match mm {
             MatmulKernel::Rows => (spv!("matmul_rows"), self.groups(items)),
             MatmulKernel::Workgroup => (spv!("matmul"), items as u64),
             MatmulKernel::Subgroup => (spv!("matmul_sg"), items as u64),
+            // a workgroup per 16 rows and 16 tokens
+            MatmulKernel::Coop => (
+                match self.ctx.info.coop {
+                    16 => spv!("matmul_coop"),
+                    _ => spv!("matmul_coop8"),
+                },
+                (n_out.div_ceil(16) * n_tok.div_ceil(16)) as u64,
+            ),
         };
         self.run_q(shader, w.code, &bufs, &pc, groups)
     }

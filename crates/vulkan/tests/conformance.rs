@@ -27,7 +27,7 @@ fn every_op_agrees_with_the_cpu_backend() {
 #[test]
 fn every_matmul_kernel_agrees_with_the_cpu_backend() {
     use hearth_vulkan::MatmulKernel::*;
-    for k in [Rows, Workgroup, Subgroup] {
+    for k in [Rows, Workgroup, Subgroup, Coop] {
         let Some(vk) = backend() else { return };
         if vk.matmul_kernel() == k {
             continue; // every_op_agrees_with_the_cpu_backend runs it
