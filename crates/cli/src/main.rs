@@ -1026,7 +1026,8 @@ fn print_plan(plan: &[hearth_engine::DevicePlan], ctx: usize) {
         let mem = d.memory.or_else(hearth_engine::available_memory);
         let fit = match mem {
             Some(m) => {
-                let free = m as f64 - d.weight_bytes as f64;
+                // weights read in place take host memory, not the device's
+                let free = m as f64 - d.weight_bytes.saturating_sub(d.in_place_bytes) as f64;
                 if d.kv_bytes_per_token > 0 {
                     let free = free - d.state_bytes_per_seq as f64;
                     let n = (free.max(0.0) / d.kv_bytes_per_token as f64) as usize;
@@ -1048,6 +1049,13 @@ fn print_plan(plan: &[hearth_engine::DevicePlan], ctx: usize) {
             mib(kv),
             d.kv_bytes_per_token
         );
+        if d.in_place_bytes > 0 {
+            println!(
+                "  {:<40} ({:.1} MiB of the weights read in place from the file in host memory)",
+                "",
+                mib(d.in_place_bytes as f64)
+            );
+        }
     }
     if let Some(n) = largest {
         println!("  largest context that fits: {n} tokens (one sequence)");

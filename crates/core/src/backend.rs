@@ -270,6 +270,14 @@ pub trait Backend: Send + Sync {
         w.bytes().len()
     }
 
+    /// Of [`Backend::weight_bytes`], the bytes a device with memory of its own
+    /// ([`Backend::memory`]) reads in place from the host memory that holds the weight (the
+    /// mapped file, on a GPU that shares the host's memory): they take host memory, not the
+    /// device's, so placement does not count them against the device.
+    fn weight_bytes_in_place(&self, _w: &Tensor) -> usize {
+        0
+    }
+
     /// A buffer of `n` zeros.
     fn alloc(&self, n: usize) -> Result<Buf> {
         Ok(Buf::host(n))

@@ -367,6 +367,9 @@ impl Backend for Collector {
     fn weight_bytes(&self, w: &Tensor) -> usize {
         self.inner.weight_bytes(w)
     }
+    fn weight_bytes_in_place(&self, w: &Tensor) -> usize {
+        self.inner.weight_bytes_in_place(w)
+    }
     fn alloc(&self, n: usize) -> Result<Buf> {
         self.inner.alloc(n)
     }

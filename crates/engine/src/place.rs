@@ -94,14 +94,15 @@ impl Placement {
         GPU
     }
 
-    /// Bytes this placement puts on the GPU: the weights of its blocks, their KV rows for
-    /// `ctx` tokens and fixed-size state, and `reserve` (activations).
+    /// Bytes this placement puts on the GPU: the weights of its blocks (but those the GPU
+    /// reads in place from host memory), their KV rows for `ctx` tokens and fixed-size state,
+    /// and `reserve` (activations).
     pub fn gpu_bytes(&self, costs: &[BlockCost], n_layer: usize, ctx: usize, reserve: u64) -> u64 {
         costs
             .iter()
             .filter(|c| self.place(&c.name, n_layer) == GPU)
             .map(|c| {
-                (c.weight_bytes as u64)
+                (c.weight_bytes.saturating_sub(c.in_place_bytes) as u64)
                     .saturating_add((c.kv_bytes_per_token as u64).saturating_mul(ctx as u64))
                     .saturating_add(c.state_bytes_per_seq as u64)
             })

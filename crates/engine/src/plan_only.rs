@@ -59,6 +59,9 @@ impl Backend for PlanOnly {
         let extra = self.extra.lock().unwrap_or_else(|e| e.into_inner());
         self.inner.weight_bytes(w) + extra.get(&key).copied().unwrap_or(0)
     }
+    fn weight_bytes_in_place(&self, w: &Tensor) -> usize {
+        self.inner.weight_bytes_in_place(w)
+    }
     fn matmul(&self, w: &Tensor, x: View<'_>, n_tok: usize, out: ViewMut<'_>) -> CoreResult<()> {
         self.inner.matmul(w, x, n_tok, out)
     }

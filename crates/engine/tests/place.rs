@@ -12,6 +12,7 @@ fn cost(name: &str, w: usize, kv: usize) -> BlockCost {
     BlockCost {
         name: name.into(),
         weight_bytes: w,
+        in_place_bytes: 0,
         kv_bytes_per_token: kv,
         state_bytes_per_seq: 0,
     }
@@ -27,6 +28,24 @@ fn toy() -> Vec<BlockCost> {
         v.push(cost(&format!("blk.{i}.ffn_exps"), 100, 0));
     }
     v
+}
+
+#[test]
+fn weights_read_in_place_do_not_take_gpu_memory() {
+    // a unified-memory GPU that reads the experts in place from the mapped file: they take
+    // host memory, so everything fits a budget that the copied experts would not
+    let mut c = toy();
+    for b in c.iter_mut().filter(|b| b.name.ends_with(".ffn_exps")) {
+        b.in_place_bytes = b.weight_bytes;
+    }
+    let none = Placement::default();
+    // 50 + 4 * 15 + 4 * 8 (KV of 8 tokens) + 7 reserve
+    let f = none.fit(&c, 4, 8, 7, 149);
+    assert!(f.fits && f.gpu_bytes == 149);
+    assert_eq!((f.placement.n_cpu_moe, f.placement.gpu_layers), (0, None));
+    // copied, the same budget sends every expert to RAM
+    let f = none.fit(&toy(), 4, 8, 7, 149);
+    assert_eq!(f.placement.n_cpu_moe, 4);
 }
 
 #[test]

@@ -100,6 +100,9 @@ pub struct DevicePlan {
     pub memory: Option<u64>,
     /// Bytes of weights it holds.
     pub weight_bytes: usize,
+    /// Of `weight_bytes`, those it reads in place from host memory (the mapped file), which
+    /// do not take its own memory ([`hearth_core::Backend::weight_bytes_in_place`]).
+    pub in_place_bytes: usize,
     /// Bytes of per-sequence state per token of context it holds.
     pub kv_bytes_per_token: usize,
     /// Bytes of fixed-size state per sequence it holds (linear-attention layers).
@@ -115,6 +118,9 @@ pub struct BlockCost {
     pub name: String,
     /// Bytes of its weights as device 0 holds them.
     pub weight_bytes: usize,
+    /// Of `weight_bytes`, those device 0 reads in place from host memory, which do not take
+    /// its own memory ([`hearth_core::Backend::weight_bytes_in_place`]).
+    pub in_place_bytes: usize,
     /// Bytes of per-sequence state per token of context (an attention block's KV rows).
     pub kv_bytes_per_token: usize,
     /// Bytes of fixed-size state per sequence (linear-attention layers).

@@ -45,6 +45,40 @@ impl HostImport {
 }
 
 impl Ctx {
+    /// Whether `len` bytes at address `addr` pass the checks [`Ctx::import`] makes before
+    /// asking the driver: imports on, the start aligned as a storage buffer must start, and
+    /// the pages no larger than the largest allocation.
+    pub(crate) fn importable(&self, addr: usize, len: usize) -> bool {
+        let Some(hi) = self.import.as_ref() else {
+            return false;
+        };
+        let addr = addr as u64;
+        let base = addr / hi.page * hi.page;
+        let end = (addr + len as u64 + 4).next_multiple_of(hi.page);
+        (addr - base).is_multiple_of(hi.bind) && end - base <= self.max_alloc
+    }
+
+    /// Whether the driver imports the pages of a mapped file, as weights are (some import
+    /// only anonymous memory): tried once on a small temporary file.
+    pub(crate) fn imports_files(self: &Arc<Self>) -> bool {
+        let Some(hi) = self.import.as_ref() else {
+            return false;
+        };
+        let path = std::env::temp_dir().join(format!("hearth-vk-import-{}", std::process::id()));
+        let map = (|| {
+            std::fs::write(&path, vec![0u8; 2 * hi.page as usize])?;
+            let f = std::fs::File::open(&path)?;
+            // SAFETY: a file this process made and nobody else writes.
+            unsafe { memmap2::Mmap::map(&f) }
+        })();
+        let _ = std::fs::remove_file(&path);
+        let Ok(map) = map else {
+            return false;
+        };
+        // SAFETY: the mapping outlives the buffer (dropped at the end of the statement).
+        unsafe { self.import(map.as_ptr(), 64) }.is_some()
+    }
+
     /// A buffer that reads `len` bytes at `ptr` in place (and the 4 bytes after them, which
     /// the shaders may read past a value's first word), or None where this cannot be done:
     /// no import on this device, `ptr` not aligned as a storage buffer must start, the pages
@@ -61,7 +95,7 @@ impl Ctx {
         let off = addr - base;
         let end = (addr + len as u64 + 4).next_multiple_of(hi.page);
         let size = end - base;
-        if !off.is_multiple_of(hi.bind) || size > self.max_alloc {
+        if !self.importable(addr as usize, len) {
             return None;
         }
         let d = &self.device;

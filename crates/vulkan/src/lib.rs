@@ -138,6 +138,9 @@ pub struct Vulkan {
     packs: Mutex<HashMap<(usize, usize), Arc<Pack>>>,
     /// Bytes of weights read in place from host memory ([`Vulkan::imported_bytes`]).
     imported: std::sync::atomic::AtomicUsize,
+    /// Whether the driver reads the pages of a mapped file in place (a probe when the device
+    /// opened): placement then counts such weights against host memory, not the device's.
+    imports_files: bool,
 }
 
 /// Device copies of weights by (address, length, type) of their bytes, with the storage they
@@ -291,6 +294,7 @@ impl Vulkan {
             (false, false, false) => MatmulKernel::Workgroup,
         };
         let grids = weights::upload_grids(&ctx)?;
+        let imports_files = ctx.imports_files();
         let mm_float = match info.subgroup_arith {
             true => MatmulKernel::Subgroup,
             false => MatmulKernel::Workgroup,
@@ -304,6 +308,7 @@ impl Vulkan {
             tmp: Mutex::new(Default::default()),
             packs: Mutex::new(HashMap::new()),
             imported: Default::default(),
+            imports_files,
         };
         match opts.matmul {
             Some(k) => vk.with_matmul_kernel(k),
@@ -622,6 +627,20 @@ impl Backend for Vulkan {
     fn weight_bytes(&self, w: &Tensor) -> usize {
         // routed experts too, in their layer's pack
         weights::held_bytes(w)
+    }
+
+    fn weight_bytes_in_place(&self, w: &Tensor) -> usize {
+        // as `weight` and `pack` will read it: a matrix's rows, or a routed expert as one
+        // unit of its layer's range (where the layer's experts lie one after another)
+        let b = w.bytes();
+        let (unit, n) = match w.name.contains("_exps") {
+            true => (b.len(), 1),
+            false => (w.row_bytes(), w.n_rows()),
+        };
+        let read = self.imports_files
+            && weights::code(w.dtype).is_some()
+            && weights::import_pieces(&self.ctx, b, w.storage.backing(), unit, n).is_some();
+        if read { b.len() } else { 0 }
     }
 
     fn alloc(&self, n: usize) -> Result<Buf> {

@@ -142,6 +142,27 @@ fn import_rows(
     row_bytes: usize,
     n_rows: usize,
 ) -> Option<Vec<(RawBuf, usize, usize)>> {
+    let mut v = Vec::new();
+    for (r0, n) in import_pieces(ctx, src, backing, row_bytes, n_rows)? {
+        let bytes = &src[r0 * row_bytes..(r0 + n) * row_bytes];
+        // SAFETY: the rows and the 4 bytes after them lie in `backing`, whose storage the
+        // caller keeps alive with the weight's device copy, and weights are never written.
+        let b = unsafe { ctx.import(bytes.as_ptr(), bytes.len()) }?;
+        v.push((b, r0, n));
+    }
+    Some(v)
+}
+
+/// The pieces (first row, rows) in which [`import_rows`] would read `src` in place, where
+/// each passes the checks an import makes before asking the driver ([`Ctx::importable`]),
+/// else None.
+pub(crate) fn import_pieces(
+    ctx: &Ctx,
+    src: &[u8],
+    backing: &[u8],
+    row_bytes: usize,
+    n_rows: usize,
+) -> Option<Vec<(usize, usize)>> {
     let page = ctx.import.as_ref()?.page();
     let end = src.as_ptr() as usize + src.len() + 4;
     if src.len() != row_bytes * n_rows || end > backing.as_ptr() as usize + backing.len() {
@@ -152,11 +173,10 @@ fn import_rows(
     let mut r0 = 0;
     while r0 < n_rows {
         let n = per.min(n_rows - r0);
-        let bytes = &src[r0 * row_bytes..(r0 + n) * row_bytes];
-        // SAFETY: the rows and the 4 bytes after them lie in `backing`, whose storage the
-        // caller keeps alive with the weight's device copy, and weights are never written.
-        let b = unsafe { ctx.import(bytes.as_ptr(), bytes.len()) }?;
-        v.push((b, r0, n));
+        if !ctx.importable(src.as_ptr() as usize + r0 * row_bytes, n * row_bytes) {
+            return None;
+        }
+        v.push((r0, n));
         r0 += n;
     }
     (!v.is_empty()).then_some(v)

@@ -159,3 +159,49 @@ fn free_memory_is_the_budget_given_or_at_most_the_heap() {
     let v = vulkan(&opts).unwrap();
     assert_eq!(v.memory(), Some(123 << 20));
 }
+
+#[test]
+fn the_plan_counts_the_weights_read_in_place_as_loading_reads_them() {
+    // placement leaves weights read in place out of the device's memory: the plan must
+    // predict, before anything is loaded, the bytes that loading then reads in place
+    for import in [Some(true), Some(false)] {
+        let opts = Options {
+            staging: Some(false),
+            import,
+            ..Default::default()
+        };
+        let Some(v) = vulkan(&opts) else { return };
+        let v = Arc::new(v);
+        for name in [
+            "llama/model.gguf",
+            "qwen3_moe/model.gguf",
+            "qwen2-f16-sharded",
+        ] {
+            let before = v.imported_bytes();
+            let f = ModelFiles::open(&fixture(name)).unwrap();
+            let m = Model::load(&f, v.clone()).unwrap();
+            let planned: usize = m.plan().iter().map(|d| d.in_place_bytes).sum();
+            let mut st = m.new_state(4).unwrap();
+            m.forward(&[1, 2, 3], &mut st, false, &mut Vec::new())
+                .unwrap();
+            let read = v.imported_bytes() - before;
+            eprintln!("{name}: import {import:?}: planned {planned}, read in place {read}");
+            // the plan counts matrices; loading may also read norm weights in place, which
+            // the plan keeps out of its weights (a few KiB)
+            let vectors: usize = f
+                .tensors
+                .values()
+                .filter(|t| t.shape.len() == 1)
+                .map(|t| t.bytes().len())
+                .sum();
+            assert!(
+                planned <= read && read - planned <= vectors,
+                "{name}: import {import:?}: planned {planned} bytes in place, read {read} \
+                 ({vectors} in vectors)"
+            );
+            if import == Some(true) && v.imports() && name.ends_with(".gguf") {
+                assert!(planned > 0, "{name}: nothing read in place");
+            }
+        }
+    }
+}

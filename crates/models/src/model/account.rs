@@ -18,6 +18,7 @@ impl Model {
                 name: b.name(),
                 memory: b.memory(),
                 weight_bytes: 0,
+                in_place_bytes: 0,
                 kv_bytes_per_token: 0,
                 state_bytes_per_seq: 0,
             })
@@ -30,8 +31,12 @@ impl Model {
             p[self.dev_embd].weight_bytes += be
                 .weight_bytes(&self.tok_embd)
                 .max(be.weight_bytes(&self.output));
+            p[self.dev_embd].in_place_bytes += be.weight_bytes_in_place(&self.output);
         }
-        let mut add = |d: usize, t: &Tensor| p[d].weight_bytes += self.devs[d].weight_bytes(t);
+        let mut add = |d: usize, t: &Tensor| {
+            p[d].weight_bytes += self.devs[d].weight_bytes(t);
+            p[d].in_place_bytes += self.devs[d].weight_bytes_in_place(t);
+        };
         if !tied {
             add(self.dev_embd, &self.tok_embd);
             add(self.dev_out, &self.output);
@@ -62,6 +67,7 @@ impl Model {
         let cost = |name: String, ts: &[&Tensor]| BlockCost {
             name,
             weight_bytes: ts.iter().map(|t| be.weight_bytes(t)).sum(),
+            in_place_bytes: ts.iter().map(|t| be.weight_bytes_in_place(t)).sum(),
             kv_bytes_per_token: 0,
             state_bytes_per_seq: 0,
         };
@@ -72,6 +78,7 @@ impl Model {
             c.weight_bytes = be
                 .weight_bytes(&self.tok_embd)
                 .max(be.weight_bytes(&self.output));
+            c.in_place_bytes = be.weight_bytes_in_place(&self.output);
             v.push(c);
         } else {
             v.push(cost("token_embd".into(), &[&self.tok_embd]));

@@ -160,6 +160,7 @@ impl Model {
         if let Some(v4) = &self.v4 {
             for t in v4.tensors(true) {
                 p[0].weight_bytes += self.devs[0].weight_bytes(t);
+                p[0].in_place_bytes += self.devs[0].weight_bytes_in_place(t);
             }
             p[0].kv_bytes_per_token += v4.kv_bytes_per_token();
             p[0].state_bytes_per_seq += v4.state_bytes_per_seq();
