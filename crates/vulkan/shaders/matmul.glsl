@@ -10,14 +10,7 @@
 // - otherwise a workgroup per (row, tile): thread l sums chunks l, l + WG, ..., then the
 //   workgroup adds the threads' sums, with subgroupAdd (SUBGROUP, matmul_sg.comp) or a tree
 //   in shared memory (matmul.comp).
-layout(std430, binding = 0) readonly buffer Wt { uint w[]; };
-layout(std430, binding = 1) readonly buffer X { float x[]; };
-layout(std430, binding = 2) buffer O { float o[]; };
-layout(push_constant) uniform P {
-    uint n_in; uint n_out; uint n_tok; uint row_bytes; uint xo; uint oo;
-} p;
-#define GRID_BINDING 3
-#include "quant.glsl"
+#include "matmul_io.glsl"
 const uint TILE = 8;
 
 // acc[t] += the chunks c0, c0 + step, ... of row rb dotted with token t0 + t (t < nt), then

@@ -14,14 +14,7 @@
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
 #include "common.glsl"
-layout(std430, binding = 0) readonly buffer Wt { uint w[]; };
-layout(std430, binding = 1) readonly buffer X { float x[]; };
-layout(std430, binding = 2) buffer O { float o[]; };
-layout(push_constant) uniform P {
-    uint n_in; uint n_out; uint n_tok; uint row_bytes; uint xo; uint oo;
-} p;
-#define GRID_BINDING 3
-#include "quant.glsl"
+#include "matmul_io.glsl"
 
 // rows and tokens of a block
 const uint T = 16u;
