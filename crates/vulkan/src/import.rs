@@ -58,25 +58,14 @@ impl Ctx {
         (addr - base).is_multiple_of(hi.bind) && end - base <= self.max_alloc
     }
 
-    /// Whether the driver imports the pages of a mapped file, as weights are (some import
-    /// only anonymous memory): tried once on a small temporary file.
-    pub(crate) fn imports_files(self: &Arc<Self>) -> bool {
-        let Some(hi) = self.import.as_ref() else {
-            return false;
-        };
-        let path = std::env::temp_dir().join(format!("hearth-vk-import-{}", std::process::id()));
-        let map = (|| {
-            std::fs::write(&path, vec![0u8; 2 * hi.page as usize])?;
-            let f = std::fs::File::open(&path)?;
-            // SAFETY: a file this process made and nobody else writes.
-            unsafe { memmap2::Mmap::map(&f) }
-        })();
-        let _ = std::fs::remove_file(&path);
-        let Ok(map) = map else {
-            return false;
-        };
-        // SAFETY: the mapping outlives the buffer (dropped at the end of the statement).
-        unsafe { self.import(map.as_ptr(), 64) }.is_some()
+    /// Whether the driver reads `backing` (a mapped model file, or any buffer weights lie
+    /// in) in place: tried on its first bytes. Some drivers import only anonymous memory,
+    /// and file systems differ, so placement asks the buffer the weights are in.
+    pub(crate) fn imports_backing(self: &Arc<Self>, backing: &[u8]) -> bool {
+        backing.len() >= 68
+            // SAFETY: the bytes and the 4 after them lie in `backing`, which outlives the
+            // buffer (dropped at the end of the statement).
+            && unsafe { self.import(backing.as_ptr(), 64) }.is_some()
     }
 
     /// A buffer that reads `len` bytes at `ptr` in place (and the 4 bytes after them, which

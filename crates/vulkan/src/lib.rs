@@ -138,9 +138,10 @@ pub struct Vulkan {
     packs: Mutex<HashMap<(usize, usize), Arc<Pack>>>,
     /// Bytes of weights read in place from host memory ([`Vulkan::imported_bytes`]).
     imported: std::sync::atomic::AtomicUsize,
-    /// Whether the driver reads the pages of a mapped file in place (a probe when the device
-    /// opened): placement then counts such weights against host memory, not the device's.
-    imports_files: bool,
+    /// Whether the driver reads a buffer that weights lie in (a mapped model file) in place,
+    /// by the buffer's address: tried once per buffer, so that placement counts such weights
+    /// against host memory, not the device's.
+    reads_in_place: Mutex<HashMap<usize, bool>>,
 }
 
 /// Device copies of weights by (address, length, type) of their bytes, with the storage they
@@ -294,7 +295,6 @@ impl Vulkan {
             (false, false, false) => MatmulKernel::Workgroup,
         };
         let grids = weights::upload_grids(&ctx)?;
-        let imports_files = ctx.imports_files();
         let mm_float = match info.subgroup_arith {
             true => MatmulKernel::Subgroup,
             false => MatmulKernel::Workgroup,
@@ -308,7 +308,7 @@ impl Vulkan {
             tmp: Mutex::new(Default::default()),
             packs: Mutex::new(HashMap::new()),
             imported: Default::default(),
-            imports_files,
+            reads_in_place: Mutex::new(HashMap::new()),
         };
         match opts.matmul {
             Some(k) => vk.with_matmul_kernel(k),
@@ -637,9 +637,15 @@ impl Backend for Vulkan {
             true => (b.len(), 1),
             false => (w.row_bytes(), w.n_rows()),
         };
-        let read = self.imports_files
-            && weights::code(w.dtype).is_some()
-            && weights::import_pieces(&self.ctx, b, w.storage.backing(), unit, n).is_some();
+        let backing = w.storage.backing();
+        let read = weights::code(w.dtype).is_some()
+            && weights::import_pieces(&self.ctx, b, backing, unit, n).is_some()
+            && *self
+                .reads_in_place
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(backing.as_ptr() as usize)
+                .or_insert_with(|| self.ctx.imports_backing(backing));
         if read { b.len() } else { 0 }
     }
 
