@@ -105,6 +105,15 @@ pub enum MatmulKernel {
 }
 
 impl MatmulKernel {
+    /// The workgroup kernel for a GPU: adding with subgroup operations where it has them
+    /// (also the kernel for the types [`MatmulKernel::Coop`] leaves).
+    fn f32_default(info: &DeviceInfo) -> MatmulKernel {
+        match info.subgroup_arith {
+            true => MatmulKernel::Subgroup,
+            false => MatmulKernel::Workgroup,
+        }
+    }
+
     /// The kernel `rows`, `workgroup`, `subgroup` or `coop` names.
     pub fn parse(name: &str) -> Option<MatmulKernel> {
         Some(match name {
@@ -121,9 +130,6 @@ impl MatmulKernel {
 pub struct Vulkan {
     ctx: Arc<Ctx>,
     mm: MatmulKernel,
-    /// Where `mm` is [`MatmulKernel::Coop`], the kernel for weights of float types, which it
-    /// leaves (see [`Vulkan::coop_for`]).
-    mm_float: MatmulKernel,
     /// The i-quants' grids, bound to every shader that decodes weights.
     grids: RawBuf,
     /// Weights copied to the device, by the address and length of their bytes (see
@@ -288,21 +294,15 @@ impl Vulkan {
     pub fn with_options(index: usize, opts: &Options) -> Result<Vulkan> {
         let ctx = Ctx::new(index, opts)?;
         let info = &ctx.info;
-        let mm = match (info.kind == "CPU", info.coop > 0, info.subgroup_arith) {
-            (true, _, _) => MatmulKernel::Rows,
-            (false, true, _) => MatmulKernel::Coop,
-            (false, false, true) => MatmulKernel::Subgroup,
-            (false, false, false) => MatmulKernel::Workgroup,
+        let mm = match (info.kind == "CPU", info.coop > 0) {
+            (true, _) => MatmulKernel::Rows,
+            (false, true) => MatmulKernel::Coop,
+            (false, false) => MatmulKernel::f32_default(info),
         };
         let grids = weights::upload_grids(&ctx)?;
-        let mm_float = match info.subgroup_arith {
-            true => MatmulKernel::Subgroup,
-            false => MatmulKernel::Workgroup,
-        };
         let vk = Vulkan {
             ctx,
             mm,
-            mm_float,
             grids,
             weights: Mutex::new(HashMap::new()),
             tmp: Mutex::new(Default::default()),
@@ -631,11 +631,17 @@ impl Backend for Vulkan {
 
     fn weight_bytes_in_place(&self, w: &Tensor) -> usize {
         // as `weight` and `pack` will read it: a matrix's rows, or a routed expert as one
-        // unit of its layer's range (where the layer's experts lie one after another)
+        // unit of its layer's range
         let b = w.bytes();
-        let (unit, n) = match w.name.contains("_exps") {
-            true => (b.len(), 1),
-            false => (w.row_bytes(), w.n_rows()),
+        let (unit, n) = match (w.name.contains("_exps"), w.name.contains('[')) {
+            // a slice of a stacked expert tensor (`blk.N.ffn_up_exps.weight[E]`): the layer's
+            // experts lie one after another
+            (true, true) => (b.len(), 1),
+            // a per-expert tensor of a Hugging Face checkpoint: its layer's experts are read in
+            // place only where the file happens to hold them one after another, which one
+            // tensor cannot tell, so it counts as copied (the safe side for the device)
+            (true, false) => return 0,
+            (false, _) => (w.row_bytes(), w.n_rows()),
         };
         let backing = w.storage.backing();
         let read = weights::code(w.dtype).is_some()

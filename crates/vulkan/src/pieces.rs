@@ -55,7 +55,7 @@ impl Vulkan {
         let items = n_out * n_tok.div_ceil(8);
         let mm = match (coop, self.mm) {
             (true, _) => MatmulKernel::Coop,
-            (false, MatmulKernel::Coop) => self.mm_float,
+            (false, MatmulKernel::Coop) => MatmulKernel::f32_default(&self.ctx.info),
             (false, k) => k,
         };
         let (shader, groups) = match mm {

@@ -175,6 +175,7 @@ fn the_plan_counts_the_weights_read_in_place_as_loading_reads_them() {
         for name in [
             "llama/model.gguf",
             "qwen3_moe/model.gguf",
+            "qwen3_moe",
             "qwen2-f16-sharded",
         ] {
             let before = v.imported_bytes();
