@@ -156,17 +156,16 @@ impl Suite<'_> {
     }
 }
 
-/// `t` decoded to f32 by the reference dequantizers, each value rounded to f16 (to nearest).
+/// `t` decoded to f32 by the reference dequantizers ([`quant::decoded`]), each value rounded
+/// to f16 (to nearest).
 fn rounded_to_f16(t: &Tensor) -> Result<Tensor> {
-    let mut v = vec![0f32; t.numel()];
-    hearth_quant::dequantize(t.dtype, t.bytes(), &mut v)?;
-    let v: Vec<f32> = v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
-    Ok(tensor(
-        DType::F32,
-        t.shape[0],
-        t.numel() / t.shape[0].max(1),
-        &v,
-    ))
+    let d = quant::decoded(t)?;
+    let v: Vec<f32> = d
+        .bytes()
+        .chunks_exact(4)
+        .map(|b| half::f16::from_f32(f32::from_le_bytes(b.try_into().unwrap())).to_f32())
+        .collect();
+    Ok(tensor(DType::F32, d.n_rows(), d.row_len(), &v))
 }
 
 /// Activations as a kernel that rounds them to f16 sees them: clamped to f16's largest finite

@@ -55,7 +55,7 @@ fn quant_tensor(rng: &mut Rng, dtype: DType, n_out: usize, n_in: usize) -> Tenso
 }
 
 /// `t` decoded to f32 by the reference dequantizers.
-fn decoded(t: &Tensor) -> Result<Tensor> {
+pub(crate) fn decoded(t: &Tensor) -> Result<Tensor> {
     let mut v = vec![0f32; t.numel()];
     hearth_quant::dequantize(t.dtype, t.bytes(), &mut v)?;
     let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();

@@ -163,7 +163,7 @@ impl Instance {
         let exts = unsafe { i.enumerate_device_extension_properties(pd) }.unwrap_or_default();
         let has = |name: &CStr| exts.iter().any(|e| e.extension_name_as_c_str() == Ok(name));
         let budget = has(ash::ext::memory_budget::NAME);
-        let coop = match props_api(&p2.properties) && has(ash::khr::cooperative_matrix::NAME) {
+        let coop = match props_api(&props) && has(ash::khr::cooperative_matrix::NAME) {
             true => self.coop_size(pd),
             false => 0,
         };
@@ -424,7 +424,7 @@ impl Ctx {
         if import {
             ext_names.push(ash::ext::external_memory_host::NAME.as_ptr());
         }
-        // what matmul_coop.comp needs, where the device has it
+        // what matmul_coop.glsl needs, where the device has it
         let mut cf = vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default();
         let mut f12 = vk::PhysicalDeviceVulkan12Features::default();
         if info.coop > 0 {
