@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The Vulkan cooperative-matrix matmul kernel (HEARTH_VK_MATMUL=coop) on a lavapipe that has
 # cooperative matrices (scripts/install_lavapipe_coop.sh): the conformance suite (every type
-# the kernel takes against the CPU with the same f16 rounding, and a row alone equal to the
-# row in a batch, bit for bit) and SmolLM2's top-1 agreement with transformers over real text
+# the kernel takes against the CPU with the same f16 rounding, the MoE experts' kernel over
+# slots grouped by expert, and a row or token alone equal to the same in a batch, bit for bit) and SmolLM2's top-1 agreement with transformers over real text
 # (>= 98%), on this kernel and on lavapipe's default f32-activation one; with
 # HEARTH_COOP_TINY=1 also every architecture's tiny fixtures (their float weights stay on the
 # f32 kernel, so CI leaves them to scripts/test.sh).

@@ -230,7 +230,8 @@ pub trait Backend: Send + Sync {
 
     /// Whether [`Backend::matmul`] by weights of `dtype` rounds the decoded weights and the
     /// activations to f16 (sums stay f32), as GPU cooperative-matrix kernels do: tests then
-    /// compare it with a reference that rounds the same way.
+    /// compare it with a reference that rounds the same way. It holds for the expert matmuls
+    /// of [`Backend::moe_experts`] too, per matrix kind whose experts all have `dtype`.
     fn matmul_rounds_to_f16(&self, _dtype: DType) -> bool {
         false
     }

@@ -138,7 +138,7 @@ pub struct Vulkan {
     /// another tensor while the entry exists.
     weights: Mutex<WeightMap>,
     /// Scratch buffers (rotated keys, MoE intermediates, split matmuls' outputs), by use.
-    tmp: Mutex<[Option<Arc<RawBuf>>; 5]>,
+    tmp: Mutex<[Option<Arc<RawBuf>>; 6]>,
     /// Each MoE layer's experts in one buffer per matrix kind, by the address of its first
     /// expert's gate bytes and the number of experts (the pack keeps that storage alive).
     packs: Mutex<HashMap<(usize, usize), Arc<Pack>>>,
@@ -1219,6 +1219,15 @@ impl Backend for Vulkan {
         let p = self.pack(job.experts)?;
         let ff = p.n_ff;
         let slots = n * k;
+        // the slots grouped by expert, where a matrix kind runs on cooperative matrices
+        let n_exp = job.experts.len();
+        let coop = |w: &DevWeight| self.moe_coop(w, n_exp);
+        let table = if coop(&p.gate) || coop(&p.up) || coop(&p.down) {
+            Some(self.moe_group((&im.raw, io), slots, n_exp)?)
+        } else {
+            None
+        };
+        let groups = |w: &DevWeight| table.as_ref().filter(|_| coop(w)).map(|(t, m)| (&**t, *m));
         let g = self.tmp(1, slots * ff * 4)?;
         let up = self.tmp(2, slots * ff * 4)?;
         let y = self.tmp(3, slots * e * 4)?;
@@ -1228,6 +1237,7 @@ impl Backend for Vulkan {
             p.bias[0].as_ref(),
             (&xm.raw, xo),
             (&im.raw, io),
+            groups(&p.gate),
             &g,
             shape,
             false,
@@ -1237,6 +1247,7 @@ impl Backend for Vulkan {
             p.bias[1].as_ref(),
             (&xm.raw, xo),
             (&im.raw, io),
+            groups(&p.up),
             &up,
             shape,
             false,
@@ -1251,6 +1262,7 @@ impl Backend for Vulkan {
             p.bias[2].as_ref(),
             (&g, 0),
             (&im.raw, io),
+            groups(&p.down),
             &y,
             shape,
             true,

@@ -65,10 +65,12 @@ pub(crate) fn held_bytes(w: &Tensor) -> usize {
 }
 
 /// A weight on the device: its rows in pieces of at most the largest allocation, each
-/// (buffer, first row, rows), quant.glsl's type code and the bytes of a row. A MoE pack's
-/// matrix kind counts a whole expert as a row: its pieces hold whole experts.
+/// (buffer, first row, rows), its type on the device (F32 where it was decoded at load) and
+/// quant.glsl's code for it, and the bytes of a row. A MoE pack's matrix kind counts a whole
+/// expert as a row: its pieces hold whole experts.
 pub(crate) struct DevWeight {
     pub pieces: Vec<(RawBuf, usize, usize)>,
+    pub dtype: DType,
     pub code: u32,
     pub row_bytes: usize,
 }
@@ -83,6 +85,10 @@ pub(crate) struct Pack {
     pub n_ff: usize,
     pub _pin: hearth_core::Storage,
 }
+
+/// The most experts a layer may have for the cooperative-matrix MoE kernel (moe_group.comp's
+/// `MAX_EXPERTS`, shared-memory counters); a larger layer keeps `moe_mm.comp`.
+const GROUP_MAX_EXPERTS: usize = 1024;
 
 /// Byte offsets in the shaders are 32-bit: a piece must leave room for the padding word.
 const MAX_PIECE: u64 = u32::MAX as u64 - 8;
@@ -254,6 +260,7 @@ impl Vulkan {
                             .fetch_add(src.len(), std::sync::atomic::Ordering::Relaxed);
                         return Ok(DevWeight {
                             pieces,
+                            dtype: t0.dtype,
                             code,
                             row_bytes: rb,
                         });
@@ -270,6 +277,7 @@ impl Vulkan {
                 })?;
                 Ok(DevWeight {
                     pieces,
+                    dtype: t0.dtype,
                     code,
                     row_bytes: rb,
                 })
@@ -298,6 +306,7 @@ impl Vulkan {
                 })?;
                 Ok(DevWeight {
                     pieces,
+                    dtype: DType::F32,
                     code: 0,
                     row_bytes: row,
                 })
@@ -372,8 +381,35 @@ impl Vulkan {
         Ok(p)
     }
 
+    /// Whether a MoE pack's matrix kind runs on the cooperative-matrix kernel
+    /// (`shaders/moe_coop.glsl`): where a dense matmul by its type would
+    /// ([`Vulkan::coop_for`]) and the layer has at most [`GROUP_MAX_EXPERTS`] experts.
+    pub(crate) fn moe_coop(&self, w: &DevWeight, n_exp: usize) -> bool {
+        n_exp <= GROUP_MAX_EXPERTS && self.coop_for(w.dtype)
+    }
+
+    /// A batch's `n_slots` slots (expert ids from float `ids.1`) grouped by expert for
+    /// [`Vulkan::moe_mm`]'s cooperative-matrix kernel (`shaders/moe_group.comp`), in scratch:
+    /// the table and the most blocks it may list.
+    pub(crate) fn moe_group(
+        &self,
+        ids: (&RawBuf, u32),
+        n_slots: usize,
+        n_exp: usize,
+    ) -> Result<(Arc<RawBuf>, usize)> {
+        // blocks of up to 16 slots of one expert: at most one partial block per expert used
+        let max_blocks = n_slots.div_ceil(16) + n_exp.min(n_slots);
+        let words = 1 + 3 * max_blocks + n_slots;
+        let t = self.tmp(5, words * 4)?;
+        let pc = [u(n_slots)?, u(n_exp)?, ids.1, u(max_blocks)?];
+        self.run(spv!("moe_group"), &[ids.0, &t], &pc, 1)?;
+        Ok((t, max_blocks))
+    }
+
     /// One of the pack's matmuls over every (token, slot): a dispatch per piece, each
-    /// computing the slots whose expert it holds.
+    /// computing the slots whose expert it holds. With `groups` (the table of
+    /// [`Vulkan::moe_group`] and its most blocks), on the cooperative-matrix kernel: a
+    /// workgroup per 16 rows and block of up to 16 slots of one expert.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn moe_mm(
         &self,
@@ -381,12 +417,40 @@ impl Vulkan {
         b: Option<&RawBuf>,
         x: (&RawBuf, u32),
         ids: (&RawBuf, u32),
+        groups: Option<(&RawBuf, usize)>,
         out: &RawBuf,
         shape: (usize, usize, usize, usize),
         per_slot: bool,
     ) -> Result<()> {
         let (n_in, n_out, n_slots, k) = shape;
         for (wb, e0, ne) in &w.pieces {
+            if let Some((gt, max_blocks)) = groups {
+                let pc = [
+                    u(n_in)?,
+                    u(n_out)?,
+                    u(k)?,
+                    u32::from(per_slot),
+                    u32::from(b.is_some()),
+                    x.1,
+                    0,
+                    u(w.row_bytes)?,
+                    u(*e0)?,
+                    u(*ne)?,
+                    u(max_blocks)?,
+                ];
+                let shader = match self.ctx.info.coop {
+                    16 => spv!("moe_coop"),
+                    _ => spv!("moe_coop8"),
+                };
+                self.run_q(
+                    shader,
+                    w.code,
+                    &[wb, x.0, gt, out, b.unwrap_or(wb), &self.grids],
+                    &pc,
+                    (n_out.div_ceil(16) * max_blocks) as u64,
+                )?;
+                continue;
+            }
             let pc = [
                 u(n_in)?,
                 u(n_out)?,
