@@ -2,59 +2,44 @@
 # The Vulkan cooperative-matrix matmul kernel (HEARTH_VK_MATMUL=coop) on a lavapipe that has
 # cooperative matrices (scripts/install_lavapipe_coop.sh): the conformance suite (every type
 # the kernel takes against the CPU with the same f16 rounding, the MoE experts' kernel over
-# slots grouped by expert, and a row or token alone equal to the same in a batch, bit for bit) and SmolLM2's top-1 agreement with transformers over real text
-# (>= 98%), on this kernel and on lavapipe's default f32-activation one; with
+# slots grouped by expert, and a row or token alone equal to the same in a batch, bit for
+# bit) and SmolLM2's top-1 agreement with transformers over real text (>= 98%), on this kernel and on lavapipe's default f32-activation one; with
 # HEARTH_COOP_TINY=1 also every architecture's tiny fixtures (their float weights stay on the
 # f32 kernel, so CI leaves them to scripts/test.sh).
 #
 # The test binaries are built here (cargo, as scripts/test.sh builds them) and run inside the
-# Debian 13 root with this repository and the model cache bind-mounted at their own paths.
+# Debian 13 root with this repository and the model cache bind-mounted at their own paths
+# (scripts/in_coop_root.sh).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-root=$(bash scripts/install_lavapipe_coop.sh)
-models=${HEARTH_MODELS:-${XDG_CACHE_HOME:-$HOME/.cache}/hearth/models}
-./target/release/hearth pull smollm2 >/dev/null
-# the test binaries' paths, as cargo reports them
-bins=()
-for t in "-p hearth-vulkan --test conformance" "-p hearth --test smollm2" \
-  "-p hearth-models --test tiny_hf"; do
-  # shellcheck disable=SC2086
-  bins+=("$(cargo test --release --locked $t --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json, sys
+if [ -z "${COOP:-}" ]; then
+  ./target/release/hearth pull smollm2 >/dev/null
+  # the test binaries' paths, as cargo reports them
+  bins=()
+  for t in "-p hearth-vulkan --test conformance" "-p hearth --test smollm2" \
+    "-p hearth-models --test tiny_hf"; do
+    # shellcheck disable=SC2086
+    bins+=("$(cargo test --release --locked $t --no-run --message-format=json 2>/dev/null |
+      python3 -c 'import json, sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         print(m["executable"])' | tail -1)")
-done
-mounted=()
-cleanup() {
-  for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount "${mounted[$i]}" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-bind() {
-  mkdir -p "$root$2"
-  # a run killed before its cleanup leaves its mounts: reuse none of them
-  if mountpoint -q "$root$2"; then umount "$root$2"; fi
-  mount --bind "$1" "$root$2"
-  mounted+=("$root$2")
-}
-bind "$repo" "$repo"
-bind "$models" "$models"
-mkdir -p "$root/proc"
-if mountpoint -q "$root/proc"; then umount "$root/proc"; fi
-mount -t proc proc "$root/proc"
-mounted+=("$root/proc")
+  done
+  # again, beside the root ($COOP runs a command in it)
+  exec bash scripts/in_coop_root.sh bash "$repo/scripts/test_coop.sh" "${bins[@]}"
+fi
+bins=("$@")
 run() {
   # $1: the matmul kernel, $2: the crate's directory (cargo runs tests there), then the binary
   # and its arguments
   local kernel=$1 dir=$2
   shift 2
-  chroot "$root" env -i PATH=/usr/bin:/bin HOME="$HOME" HEARTH_MODELS="$models" \
-    HEARTH_REQUIRE_VULKAN=1 HEARTH_TEST_BACKEND=vulkan HEARTH_VK_MATMUL="$kernel" \
-    sh -c 'cd "$0" && exec "$@"' "$repo/$dir" "$@"
+  (cd "$repo/$dir" && HEARTH_REQUIRE_VULKAN=1 HEARTH_TEST_BACKEND=vulkan HEARTH_VK_MATMUL="$kernel" \
+    "$COOP" "$@")
 }
-chroot "$root" sh -c "cd '$repo' && HEARTH_VK_MATMUL=coop ./target/release/hearth devices" | grep vulkan
+HEARTH_VK_MATMUL=coop "$COOP_HEARTH" devices | grep vulkan
 run coop crates/vulkan "${bins[0]}" --test-threads 1 every_op_agrees_with_the_cpu_backend
 run coop crates/cli "${bins[1]}" smollm2_top1
 # SmolLM2 on the f32-activation kernel lavapipe uses by default: here rather than on Debian 12's

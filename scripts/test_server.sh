@@ -20,7 +20,8 @@ fi
 if [ -z "${HEARTH_SERVE_ARGS:-}" ]; then
   bash scripts/install_chromium.sh
 fi
-bin="$PWD/target/release/hearth"
+# HEARTH_BIN: the binary (test.sh: a wrapper that runs it under Mesa 26's lavapipe)
+bin="${HEARTH_BIN:-$PWD/target/release/hearth}"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 p1=$(free_port); p2=$(free_port); p3=$(free_port); p4=$(free_port)
 key="test-key-$RANDOM"
