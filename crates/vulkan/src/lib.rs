@@ -137,7 +137,8 @@ pub struct Vulkan {
     /// Each entry keeps the weight's storage alive, so that its address cannot be reused by
     /// another tensor while the entry exists.
     weights: Mutex<WeightMap>,
-    /// Scratch buffers (rotated keys, MoE intermediates, split matmuls' outputs), by use.
+    /// Scratch buffers (rotated keys, MoE intermediates, split matmuls' outputs, the MoE
+    /// slots grouped by expert), by use.
     tmp: Mutex<[Option<Arc<RawBuf>>; 6]>,
     /// Each MoE layer's experts in one buffer per matrix kind, by the address of its first
     /// expert's gate bytes and the number of experts (the pack keeps that storage alive).
