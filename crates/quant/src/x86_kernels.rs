@@ -1346,6 +1346,21 @@ const fn packed_offs(kind: u8) -> (usize, usize, usize) {
     }
 }
 
+/// Requests the lines `dist` bytes past the `len` bytes at `b` (none where `dist` is 0): the
+/// packed kernels call it at each group-block, so that the lines they will read next arrive
+/// while this one is summed ([`super::stream_ahead`]). A prefetch never faults, so the
+/// lines may lie past the matrix.
+#[inline(always)]
+unsafe fn ahead(b: *const u8, len: usize, dist: usize) {
+    if dist > 0 {
+        let mut o = 0;
+        while o < len {
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(dist + o) as *const i8);
+            o += 64;
+        }
+    }
+}
+
 /// The eight rows of a packed group (`grp`, `nb` group-blocks) against `N` activation rows:
 /// lane r of result k is row r against token k. Each block's exact sum for the eight rows
 /// forms in the lanes, then the float steps of `legacy_rn` run lane by lane, so every value
@@ -1367,6 +1382,7 @@ unsafe fn legacy_p8<const KIND: u8, const N: usize>(
         Q50 => 16,
         _ => 0,
     };
+    let dist = super::stream_ahead();
     let mut acc = [[_mm256_setzero_ps(); 4]; N];
     for i0 in (0..nb).step_by(4) {
         for j in 0..4 {
@@ -1375,6 +1391,7 @@ unsafe fn legacy_p8<const KIND: u8, const N: usize>(
                 break;
             }
             let b = grp.add(i * gbs);
+            ahead(b, gbs, dist);
             let mut is = [_mm256_setzero_si256(); N];
             // pair p of the eight rows times pair p of each token's block
             macro_rules! madd_pair {
@@ -1469,8 +1486,10 @@ unsafe fn q4_k_p8<const N: usize>(grp: *const u8, nb: usize, x: [ActsRow; N]) ->
             _mm256_or_si256(v, _mm256_slli_epi32::<16>(v))
         }};
     }
+    let dist = super::stream_ahead();
     for i in 0..nb {
         let b = grp.add(i * 1184);
+        ahead(b, 1184, dist);
         let mut sumi = [_mm256_setzero_si256(); N];
         let mut summ = [_mm256_setzero_si256(); N];
         for j in 0..8 {
@@ -1514,8 +1533,10 @@ unsafe fn q4_k_p8<const N: usize>(grp: *const u8, nb: usize, x: [ActsRow; N]) ->
 #[inline(always)]
 unsafe fn q6_k_p8<const N: usize>(grp: *const u8, nb: usize, x: [ActsRow; N]) -> [__m256; N] {
     let mut acc = [[_mm256_setzero_ps(); 4]; N];
+    let dist = super::stream_ahead();
     for i in 0..nb {
         let b = grp.add(i * 2192);
+        ahead(b, 2192, dist);
         let d = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));
         for a in 0..8 {
             let base = b.add(144 + 256 * a);
@@ -1585,9 +1606,11 @@ unsafe fn k16_p8<const T: u8, const N: usize>(
     }
     let tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128(grid.as_ptr() as *const __m128i));
     let hb80 = _mm256_set1_epi32(0x8000_8000u32 as i32);
+    let dist = super::stream_ahead();
     let mut acc = [[_mm256_setzero_ps(); 4]; N];
     for i in 0..nb {
         let b = grp.add(i * gbb);
+        ahead(b, gbb, dist);
         let d = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));
         let dmin = match lay.dmin {
             Some(o) => _mm256_cvtph_ps(_mm_loadu_si128(b.add(o) as *const __m128i)),
