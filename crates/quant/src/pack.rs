@@ -16,15 +16,17 @@
 //! | Q4_1 | 8 f16 `d`, 8 f16 `m`, 4 x 32 bytes of nibbles |
 //! | Q5_0 | 8 f16 `d`, 32 bytes of fifth bits, 4 x 32 bytes of nibbles |
 //! | Q5_1 | 8 f16 `d`, 8 f16 `m`, 32 bytes of fifth bits, 4 x 32 bytes of nibbles |
-//! | Q8_0 | 8 f16 `d`, 8 x 32 bytes of signed bytes |
+//! | Q8_0 | 8 f16 `d`, 16 x 16 bytes of signed bytes |
 //!
 //! Weight pair `p` (elements `2p` and `2p + 1`, 16 pairs per block) of row `r`:
 //! - 4-bit: 32-bit word `r` of nibble chunk `p / 4`, nibble `p % 4` (bits `4s..4s+4`) for
 //!   element `2p` and nibble `4 + p % 4` (bits `16 + 4s..`) for element `2p + 1`, so that
 //!   `(word >> 4s) & 0x000F000F` is the pair as two 16-bit integers;
 //! - fifth bits (Q5): 32-bit word `r`, bit `p` for element `2p` and bit `16 + p` for `2p + 1`;
-//! - Q8_0: 32-bit word `r` of chunk `p / 2`; pair `2c` in bytes 0 and 2, pair `2c + 1` in
-//!   bytes 1 and 3, so that 16-bit arithmetic shifts give either pair.
+//! - Q8_0: bytes `2r` and `2r + 1` of the pair's 16-byte chunk, so that one sign-extending
+//!   load (`vpmovsxbw`) gives the pair of all eight rows as 16-bit integers. (Bytes of two
+//!   pairs in one word, split by shifts, took four vector operations per 32 bytes instead of
+//!   two.)
 //!
 //! The K-quants (super-blocks of 256) are packed per super-block of the eight rows:
 //!
@@ -326,11 +328,10 @@ pub fn pack_into(dtype: DType, src: &[u8], rb: usize, dst: &mut [u8]) {
                 o += 32;
             }
             if dtype == DType::Q8_0 {
-                for c in 0..8 {
+                for p in 0..16 {
                     for (r, q) in q.iter().enumerate() {
-                        let (a, b) = (2 * c, 2 * c + 1);
-                        let w = [q[2 * a], q[2 * b], q[2 * a + 1], q[2 * b + 1]];
-                        dst[o + 32 * c + 4 * r..o + 32 * c + 4 * r + 4].copy_from_slice(&w);
+                        let at = o + 16 * p + 2 * r;
+                        dst[at..at + 2].copy_from_slice(&q[2 * p..2 * p + 2]);
                     }
                 }
             } else {
@@ -385,10 +386,9 @@ pub fn unpack_row(dtype: DType, packed: &[u8], rb: usize, n_rows: usize, r: usiz
             o += 32;
         }
         if dtype == DType::Q8_0 {
-            for c in 0..8 {
-                let w = &src[o + 32 * c + 4 * l..o + 32 * c + 4 * l + 4];
-                let (a, b) = (2 * c, 2 * c + 1);
-                (q[2 * a], q[2 * b], q[2 * a + 1], q[2 * b + 1]) = (w[0], w[1], w[2], w[3]);
+            for p in 0..16 {
+                let at = o + 16 * p + 2 * l;
+                q[2 * p..2 * p + 2].copy_from_slice(&src[at..at + 2]);
             }
             blk[2..34].copy_from_slice(&q);
             continue;

@@ -1405,10 +1405,9 @@ unsafe fn legacy_p8<const KIND: u8, const N: usize>(
                 }};
             }
             if KIND == Q80 {
-                for c in 0..8 {
-                    let v = _mm256_loadu_si256(b.add(qo + 32 * c) as *const __m256i);
-                    madd_pair!(_mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(v)), 2 * c);
-                    madd_pair!(_mm256_srai_epi16::<8>(v), 2 * c + 1);
+                for p in 0..16 {
+                    let v = _mm_loadu_si128(b.add(qo + 16 * p) as *const __m128i);
+                    madd_pair!(_mm256_cvtepi8_epi16(v), p);
                 }
             } else {
                 let h = if five {
