@@ -37,6 +37,26 @@ pub(crate) trait Ops {
     unsafe fn exp1(x: f32) -> f32;
     /// `o += e[i] * vals[voff(i)..]` for each `i` in order
     unsafe fn axpy<F: Fn(usize) -> usize>(o: &mut [f32], e: &[f32], voff: F, vals: &[f32]);
+    /// `s[..n] *= scale` and `s[n..] = -inf`; returns the maximum of `s[..n]` (-inf for none)
+    #[inline(always)]
+    unsafe fn scale_max(s: &mut [f32; C], n: usize, scale: f32) -> f32 {
+        let mut cmax = f32::NEG_INFINITY;
+        for si in &mut s[..n] {
+            *si *= scale;
+            cmax = cmax.max(*si);
+        }
+        s[n..].fill(f32::NEG_INFINITY);
+        cmax
+    }
+    /// [`Ops::exp_shift`], then the sum of the weights at the chunk's positions
+    /// `off..off + n` by [`chunk_sum`]'s tree (`s[n..]` are 0 after the shift)
+    #[inline(always)]
+    unsafe fn weights(s: &mut [f32; C], m: f32, off: usize, n: usize) -> f32 {
+        Self::exp_shift(s, m);
+        let mut t = [0f32; C];
+        t[off..off + n].copy_from_slice(&s[..n]);
+        chunk_sum(&t)
+    }
     /// [`Ops::scores`] for two queries over the same keys, each score with exactly the
     /// arithmetic of `scores` (the keys are read once for both)
     unsafe fn scores2<F: Fn(usize) -> usize>(
@@ -232,22 +252,14 @@ pub(crate) fn chunk_sum(t: &[f32; C]) -> f32 {
 /// closure: inlined into the caller's target-feature context.
 #[inline(always)]
 unsafe fn update<O: Ops>(q: &mut Query<'_>, s: &mut [f32; C], n: usize, off: usize, scale: f32) {
-    let mut cmax = f32::NEG_INFINITY;
-    for si in &mut s[..n] {
-        *si *= scale;
-        cmax = cmax.max(*si);
-    }
+    let cmax = O::scale_max(s, n, scale);
     if cmax > q.m {
         let corr = O::exp1(q.m - cmax);
         q.l *= corr;
         O::scale(q.o, corr);
         q.m = cmax;
     }
-    s[n..].fill(f32::NEG_INFINITY);
-    O::exp_shift(s, q.m);
-    let mut t = [0f32; C];
-    t[off..off + n].copy_from_slice(&s[..n]);
-    q.l += chunk_sum(&t);
+    q.l += O::weights(s, q.m, off, n);
 }
 
 /// Portable arithmetic (and the reference for the AVX2 one).
@@ -290,7 +302,7 @@ impl Ops for Scalar {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
-    use super::{C, Ops, Scalar};
+    use super::{C, Ops, Scalar, chunk_sum};
     use std::arch::x86_64::*;
 
     pub(super) struct Avx2;
@@ -713,6 +725,64 @@ pub(crate) mod x86 {
                 let p = s.as_mut_ptr().add(i);
                 _mm256_storeu_ps(p, exp8(_mm256_sub_ps(_mm256_loadu_ps(p), mv)));
             }
+        }
+
+        /// In 128-bit pieces, the width in which the scores were stored, so that every load
+        /// takes its value straight from the store before it (a wider load over two narrower
+        /// stores waits for them to reach the cache), and the maximum over four lanes in
+        /// parallel instead of a chain of scalar maxima. The maximum of the same values in
+        /// another order is the same value: only zeros' signs or NaNs could differ, and
+        /// neither changes a weight.
+        #[inline(always)]
+        unsafe fn scale_max(s: &mut [f32; C], n: usize, scale: f32) -> f32 {
+            let sv = _mm_set1_ps(scale);
+            let ninf = _mm_set1_ps(f32::NEG_INFINITY);
+            let nv = _mm_set1_epi32(n as i32);
+            let mut m = [ninf; 2];
+            for i in 0..C / 4 {
+                let p = s.as_mut_ptr().add(4 * i);
+                let idx = _mm_add_epi32(_mm_set1_epi32(4 * i as i32), _mm_setr_epi32(0, 1, 2, 3));
+                let keep = _mm_castsi128_ps(_mm_cmpgt_epi32(nv, idx));
+                let v = _mm_blendv_ps(ninf, _mm_mul_ps(_mm_loadu_ps(p), sv), keep);
+                _mm_storeu_ps(p, v);
+                m[i % 2] = _mm_max_ps(m[i % 2], v);
+            }
+            let m = _mm_max_ps(m[0], m[1]);
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
+            _mm_cvtss_f32(m)
+        }
+
+        /// The weights stay in registers: each 256-bit value is read as the two 128-bit
+        /// halves [`Avx2::scale_max`] stored, and where the chunk's positions start at its
+        /// first (`off` 0: every query of causal attention without a window) the sum is
+        /// [`chunk_sum`]'s tree on the registers, pair for pair.
+        #[inline(always)]
+        unsafe fn weights(s: &mut [f32; C], m: f32, off: usize, n: usize) -> f32 {
+            if off != 0 {
+                Self::exp_shift(s, m);
+                let mut t = [0f32; C];
+                t[off..off + n].copy_from_slice(&s[..n]);
+                return chunk_sum(&t);
+            }
+            let mv = _mm256_set1_ps(m);
+            // a loop, not `array::from_fn`: a closure would not be inlined into the AVX2
+            // context
+            let mut e = [_mm256_setzero_ps(); 4];
+            for (k, ek) in e.iter_mut().enumerate() {
+                let p = s.as_mut_ptr().add(8 * k);
+                let v = _mm256_castps128_ps256(_mm_loadu_ps(p));
+                *ek = exp8(_mm256_sub_ps(
+                    _mm256_insertf128_ps::<1>(v, _mm_loadu_ps(p.add(4))),
+                    mv,
+                ));
+                _mm256_storeu_ps(p, *ek);
+            }
+            // t[i] + t[16 + i], then the halves: (i, 8 + i), (i, 4 + i), (i, 2 + i), (0, 1)
+            let w8 = _mm256_add_ps(_mm256_add_ps(e[0], e[2]), _mm256_add_ps(e[1], e[3]));
+            let w4 = _mm_add_ps(_mm256_castps256_ps128(w8), _mm256_extractf128_ps::<1>(w8));
+            let w2 = _mm_add_ps(w4, _mm_movehl_ps(w4, w4));
+            _mm_cvtss_f32(_mm_add_ss(w2, _mm_shuffle_ps::<1>(w2, w2)))
         }
 
         #[inline(always)]
