@@ -52,10 +52,7 @@ pub(crate) trait Ops {
     /// `off..off + n` by [`chunk_sum`]'s tree (`s[n..]` are 0 after the shift)
     #[inline(always)]
     unsafe fn weights(s: &mut [f32; C], m: f32, off: usize, n: usize) -> f32 {
-        Self::exp_shift(s, m);
-        let mut t = [0f32; C];
-        t[off..off + n].copy_from_slice(&s[..n]);
-        chunk_sum(&t)
+        shifted_weights::<Self>(s, m, off, n)
     }
     /// [`Ops::scores`] for two queries over the same keys, each score with exactly the
     /// arithmetic of `scores` (the keys are read once for both)
@@ -247,6 +244,16 @@ pub(crate) fn chunk_sum(t: &[f32; C]) -> f32 {
     w2[0] + w2[1]
 }
 
+/// [`Ops::weights`] through memory: the weights copied to their positions in the chunk, then
+/// summed by [`chunk_sum`].
+#[inline(always)]
+unsafe fn shifted_weights<O: Ops + ?Sized>(s: &mut [f32; C], m: f32, off: usize, n: usize) -> f32 {
+    O::exp_shift(s, m);
+    let mut t = [0f32; C];
+    t[off..off + n].copy_from_slice(&s[..n]);
+    chunk_sum(&t)
+}
+
 /// A query's running maximum and denominator after a chunk's `n` raw scores `s` (of the
 /// chunk's positions `off..off + n`), which become the chunk's weights. A function, not a
 /// closure: inlined into the caller's target-feature context.
@@ -302,7 +309,7 @@ impl Ops for Scalar {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
-    use super::{C, Ops, Scalar, chunk_sum};
+    use super::{C, Ops, Scalar};
     use std::arch::x86_64::*;
 
     pub(super) struct Avx2;
@@ -756,14 +763,11 @@ pub(crate) mod x86 {
         /// The weights stay in registers: each 256-bit value is read as the two 128-bit
         /// halves [`Avx2::scale_max`] stored, and where the chunk's positions start at its
         /// first (`off` 0: every query of causal attention without a window) the sum is
-        /// [`chunk_sum`]'s tree on the registers, pair for pair.
+        /// [`super::chunk_sum`]'s tree on the registers, pair for pair.
         #[inline(always)]
         unsafe fn weights(s: &mut [f32; C], m: f32, off: usize, n: usize) -> f32 {
             if off != 0 {
-                Self::exp_shift(s, m);
-                let mut t = [0f32; C];
-                t[off..off + n].copy_from_slice(&s[..n]);
-                return chunk_sum(&t);
+                return super::shifted_weights::<Self>(s, m, off, n);
             }
             let mv = _mm256_set1_ps(m);
             // a loop, not `array::from_fn`: a closure would not be inlined into the AVX2
