@@ -234,6 +234,7 @@ impl QuantizedActs {
     }
 
     /// Row `t`.
+    #[inline]
     pub fn row(&self, t: usize) -> ActsRow<'_> {
         let nb = self.n / QK;
         fn part(v: &[f32], a: usize, b: usize) -> &[f32] {
