@@ -52,6 +52,8 @@ pub mod x86 {
         }
         const VNNI: bool = false;
         include!("x86_kernels.rs");
+        include!("x86_k16.rs");
+        include!("x86_packed.rs");
 
         /// The 16-token kernels exist in the AVX-512 build only (`x86_wide.rs`).
         #[inline(always)]
@@ -82,6 +84,8 @@ pub mod x86 {
         }
         const VNNI: bool = true;
         include!("x86_kernels.rs");
+        include!("x86_k16.rs");
+        include!("x86_packed.rs");
         include!("x86_wide.rs");
     }
 
