@@ -136,13 +136,17 @@ fn run(
     let ms: Vec<usize> = hit.iter().map(|&i| per_expert[i].len()).collect();
     // an expert that every token chose in order (each expert of a decoded token) reads `x`
     // itself: no copy, and the experts' jobs share one quantization of it
-    let whole = |i: usize| {
-        per_expert[i].len() == n_tok && per_expert[i].iter().enumerate().all(|(t, &(u, _))| t == u)
-    };
+    let whole: Vec<bool> = hit
+        .iter()
+        .map(|&i| {
+            per_expert[i].len() == n_tok
+                && per_expert[i].iter().enumerate().all(|(t, &(u, _))| t == u)
+        })
+        .collect();
     xs.clear();
     xs.reserve(ms.iter().sum::<usize>() * e);
-    for &i in &hit {
-        if !whole(i) {
+    for (&i, &w) in hit.iter().zip(&whole) {
+        if !w {
             for &(t, _) in &per_expert[i] {
                 xs.extend_from_slice(&x[t * e..(t + 1) * e]);
             }
@@ -157,9 +161,9 @@ fn run(
         let us = split_lens(ubuf, &lens);
         let mut jobs = Vec::with_capacity(2 * hit.len());
         let mut xo = 0;
-        for (((&k, g), u), &m) in hit.iter().zip(gs).zip(us).zip(&ms) {
+        for ((((&k, g), u), &m), &w) in hit.iter().zip(gs).zip(us).zip(&ms).zip(&whole) {
             let ex = &experts[k];
-            let xin = if whole(k) {
+            let xin = if w {
                 x
             } else {
                 xo += m * e;

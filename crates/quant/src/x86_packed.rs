@@ -421,8 +421,9 @@ unsafe fn rows_q16_packed_impl(
     let tail = full / 8 * gb;
     let prefetch = super::sw_prefetch();
     // the tokens' activation rows, taken once for every group (a decode step's matrices are
-    // small: per group, `QuantizedActs::row`'s slicing was 4% of a MoE model's decode)
-    const KEPT: usize = 16;
+    // small: per group, `QuantizedActs::row`'s slicing was 4% of a MoE model's decode); as
+    // many as the batches that read this layout have
+    const KEPT: usize = crate::pack::PACKED_BELOW;
     let mut kept = [acts.row(0); KEPT];
     for (t, k) in kept.iter_mut().enumerate().take(n_tok).skip(1) {
         *k = acts.row(t);
